@@ -1,0 +1,11 @@
+//! Chorus data types with no IO at all.
+//!
+//! This crate never touches a file, a socket, a clock or a random number
+//! generator: everything here is a pure function of its inputs, so it can be
+//! used by the store, the gossip cores and the simulator alike.
+
+#![forbid(unsafe_code)]
+
+mod names;
+
+pub use names::{FullPrefix, MAX_NAME_BYTES, NameError, validate_key};

@@ -1,0 +1,151 @@
+//! All file access of the engine goes through [`Backend`] and [`LogFile`], so
+//! tests can put a fault-injecting implementation ([`crate::fault`]) in place
+//! of the real one.
+//!
+//! Two things deliberately bypass the backend: the OS writer lock
+//! (`flock` on `lock`) and the shared memory map (`shm`). Both are kernel
+//! objects whose failure modes (a dead holder, a stale map) are tested with
+//! real processes instead.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// An open file with positional IO: the log files and the small metadata files.
+pub trait LogFile: Send + Sync {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read
+    /// (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `offset`, or fails (possibly after writing a part).
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes written data durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// The file system as the engine sees it.
+pub trait Backend: Send + Sync + 'static {
+    /// Opens an existing file for reading and writing.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
+    /// Creates a file (truncating any existing one) for reading and writing.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
+    /// Atomically renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the entries of a directory.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+}
+
+/// Reads a whole file through a backend (for the small metadata files).
+pub(crate) fn read_whole(backend: &dyn Backend, path: &Path) -> io::Result<Vec<u8>> {
+    let file = backend.open(path)?;
+    let len = usize::try_from(file.len()?).map_err(|_| io::Error::other("file too large"))?;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        let n = file.read_at(&mut buf[done..], done as u64)?;
+        if n == 0 {
+            buf.truncate(done);
+            break;
+        }
+        done += n;
+    }
+    Ok(buf)
+}
+
+/// Replaces a small file atomically: write a temporary file, sync it, rename
+/// it over the target, sync the directory.
+pub(crate) fn write_atomic(backend: &dyn Backend, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = tmp_path(path);
+    let file = backend.create(&tmp)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_data()?;
+    drop(file);
+    backend.rename(&tmp, path)?;
+    backend.sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// The real file system, through `std`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdBackend;
+
+struct StdFile(File);
+
+impl LogFile for StdFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        loop {
+            match self.0.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl Backend for StdBackend {
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(StdFile(f)))
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Box::new(StdFile(f)))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            if let Some(name) = entry?.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}

@@ -1,0 +1,45 @@
+//! The Chorus embedded engine: one data directory shared by any number of
+//! processes and threads on a machine, with no server.
+//!
+//! Every process keeps the whole store in memory and answers reads from it.
+//! Writers append checksummed frames to a log under an OS lock held only
+//! while writing; readers notice new frames through a shared memory page and
+//! apply only those. See `docs/design.md` for the byte layout and the commit
+//! protocol, and why it is crash safe.
+//!
+//! ```no_run
+//! use chorus_core::FullPrefix;
+//! use chorus_store::{Options, Store};
+//!
+//! let store = Store::open("/tmp/chorus-demo".as_ref(), Options { create: true, ..Options::default() })?;
+//! let fp = FullPrefix::parse("config/web")?;
+//! store.put(&fp, b"port", b"8080")?;
+//! assert_eq!(store.get(&fp, b"port")?.as_deref(), Some(&b"8080"[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(unsafe_code)]
+
+mod backend;
+mod dirops;
+mod error;
+pub mod fault;
+mod format;
+mod index;
+mod layout;
+mod log;
+mod node;
+mod shm;
+mod store;
+mod sys;
+mod tools;
+
+pub use backend::{Backend, LogFile, StdBackend};
+pub use error::{ConflictKey, Error, LockHolder, Result};
+pub use format::Origin;
+pub use index::{Bytes, Entry, Snapshot};
+pub use node::NodeId;
+pub use store::{
+    CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, Write,
+};
+pub use tools::{CheckReport, Finding, RepairReport, check, repair};

@@ -1,0 +1,1013 @@
+//! The public engine: [`Store`], its options, commits and transactions.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use chorus_core::{FullPrefix, validate_key};
+
+use crate::backend::{Backend, StdBackend};
+use crate::dirops::{self, Dir, Tail, apply_range, check_local};
+use crate::error::{ConflictKey, Error, LockHolder, Result};
+use crate::format::{self, CommitRec, Origin, Payload, Raw, WriteRec};
+use crate::index::{Bytes, Entry, Snapshot, State};
+use crate::layout::{Layout, WriterLock};
+use crate::node::NodeId;
+use crate::shm::{self, Intent, Shm};
+use crate::sys;
+
+/// When a commit is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// Each commit is synced (`fdatasync`) before it is acknowledged.
+    #[default]
+    Always,
+    /// Commits that arrive together from threads of one process share one
+    /// frame and one sync (group commit); each is acknowledged after it.
+    Batch,
+    /// Never sync: a crash of the process loses nothing, a power loss may
+    /// lose recent commits (never more than a tail of them).
+    Never,
+}
+
+/// Size limits, enforced before anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Longest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most bytes of keys and values in one commit.
+    pub max_commit_bytes: usize,
+    /// Most keys written by one commit.
+    pub max_writes_per_commit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 4 << 10,
+            max_value_bytes: 1 << 20,
+            max_commit_bytes: 16 << 20,
+            max_writes_per_commit: 100_000,
+        }
+    }
+}
+
+/// How to open a store.
+#[derive(Clone)]
+pub struct Options {
+    /// Create the directory, node id and first generation if missing.
+    pub create: bool,
+    /// Durability of commits.
+    pub sync: SyncMode,
+    /// Longest a writer waits for the writer lock.
+    pub lock_timeout: Duration,
+    /// Open a directory on a network or FUSE filesystem anyway.
+    pub allow_network_fs: bool,
+    /// Size limits.
+    pub limits: Limits,
+    /// Most commits that share one frame in [`SyncMode::Batch`].
+    pub max_batch: usize,
+    /// The file system (a fault-injecting one in tests).
+    pub backend: Arc<dyn Backend>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            create: false,
+            sync: SyncMode::Always,
+            lock_timeout: Duration::from_secs(10),
+            allow_network_fs: false,
+            limits: Limits::default(),
+            max_batch: 256,
+            backend: Arc::new(StdBackend),
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("create", &self.create)
+            .field("sync", &self.sync)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("allow_network_fs", &self.allow_network_fs)
+            .field("limits", &self.limits)
+            .field("max_batch", &self.max_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One key to write; `value: None` removes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// Its full prefix.
+    pub full_prefix: FullPrefix,
+    /// The key.
+    pub key: Bytes,
+    /// The new value, or `None` to remove the key.
+    pub value: Option<Bytes>,
+}
+
+impl Write {
+    /// A write that sets a value.
+    pub fn put(full_prefix: &FullPrefix, key: &[u8], value: &[u8]) -> Self {
+        Write {
+            full_prefix: full_prefix.clone(),
+            key: Bytes::from(key),
+            value: Some(Bytes::from(value)),
+        }
+    }
+    /// A write that removes a key.
+    pub fn delete(full_prefix: &FullPrefix, key: &[u8]) -> Self {
+        Write {
+            full_prefix: full_prefix.clone(),
+            key: Bytes::from(key),
+            value: None,
+        }
+    }
+}
+
+/// What an acknowledged commit was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// Its sequence number (dense and increasing across the node's history).
+    pub seq: u64,
+    /// Its timestamp, ms since the epoch (never behind an earlier commit's).
+    pub ts_ms: u64,
+    /// The log generation it went to.
+    pub generation: u64,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Generation before.
+    pub old_generation: u64,
+    /// Generation after.
+    pub new_generation: u64,
+    /// Log bytes before.
+    pub bytes_before: u64,
+    /// Log bytes after.
+    pub bytes_after: u64,
+    /// Live keys written.
+    pub keys: usize,
+}
+
+/// A store's state, for `chorus status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Current log generation.
+    pub generation: u64,
+    /// Committed length of the current log file.
+    pub log_bytes: u64,
+    /// Live keys.
+    pub keys: usize,
+    /// Bytes of live keys and values.
+    pub data_bytes: u64,
+    /// Sequence number of the last commit.
+    pub last_seq: u64,
+    /// Who holds the writer lock right now, if anyone.
+    pub lock_holder: Option<LockHolder>,
+}
+
+/// What a queued job produced.
+enum Outcome {
+    Committed(CommitInfo),
+    Unchanged,
+    Compacted(CompactReport),
+}
+
+type UpdateFn = Box<dyn FnOnce(&Snapshot) -> Result<Vec<Write>> + Send>;
+
+enum Job {
+    /// Validate `reads` (key, seq seen) then apply `writes`.
+    Commit {
+        reads: Vec<(FullPrefix, Bytes, Option<u64>)>,
+        writes: Vec<Write>,
+        origin: Origin,
+    },
+    /// Compute the writes from the latest state, under the lock.
+    Update(UpdateFn),
+    Compact,
+}
+
+struct Slot(Mutex<Option<Result<Outcome>>>);
+
+struct Pending {
+    job: Job,
+    bytes: usize,
+    slot: Arc<Slot>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    leader: bool,
+    pending: VecDeque<Pending>,
+}
+
+/// Most jobs waiting in one process; a committer beyond waits for room.
+const QUEUE_MAX: usize = 4096;
+/// Most times a reader retries when generations change under it.
+const RELOAD_TRIES: usize = 64;
+
+struct Inner {
+    dir: Dir,
+    options: Options,
+    host: [u8; 64],
+    lock: WriterLock,
+    state: RwLock<Arc<State>>,
+    tail: Mutex<Tail>,
+    queue: Mutex<QueueState>,
+    queue_cv: Condvar,
+    poisoned: Mutex<Option<String>>,
+}
+
+/// An open data directory. Cheap to clone; share it between threads.
+///
+/// Reads are answered from memory after a check of the shared map (two
+/// atomic loads); writes take the directory's writer lock only while they
+/// append. Any number of processes may open the same directory.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Store {
+    /// Creates a store in `dir` if there is none; returns its node id and
+    /// whether it was created now.
+    pub fn init(dir: &Path, options: &Options) -> Result<(NodeId, bool)> {
+        let backend = options.backend.as_ref();
+        backend
+            .create_dir_all(dir)
+            .map_err(|e| Error::io("create directory", dir, e))?;
+        check_local(dir, options.allow_network_fs)?;
+        let layout = Layout::new(dir);
+        let shm = Shm::open(&layout.shm())?;
+        let writer = WriterLock::open(&layout.lock())?;
+        let _guard = writer.acquire(options.lock_timeout, &shm)?;
+        dirops::create_locked(&layout, backend)
+    }
+
+    /// Opens the store in `dir`.
+    pub fn open(dir: &Path, options: Options) -> Result<Store> {
+        if options.create {
+            Store::init(dir, &options)?;
+        } else if !dir.is_dir() {
+            return Err(Error::NotInitialized {
+                dir: dir.to_path_buf(),
+            });
+        }
+        check_local(dir, options.allow_network_fs)?;
+        check_limits(&options.limits)?;
+        let layout = Layout::new(dir);
+        let backend = options.backend.clone();
+        let node_id = layout.read_node_id(backend.as_ref())?;
+        layout.read_current(backend.as_ref())?;
+        let shm = Shm::open(&layout.shm())?;
+        let lock = WriterLock::open(&layout.lock())?;
+        let boot = sys::boot_id().unwrap_or([0; 16]);
+        let dir = Dir {
+            layout,
+            backend,
+            shm,
+            boot,
+            node_id,
+        };
+        if !dir.shm.is_valid(boot) || dir.shm.intent() != Intent::None as u64 {
+            let _guard = lock.acquire(options.lock_timeout, &dir.shm)?;
+            if !dir.shm.is_valid(boot) || dir.shm.intent() != Intent::None as u64 {
+                dir.recover_locked()?;
+            }
+        }
+        let (tail, state) = load_published(&dir)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir,
+                host: shm::host_field(&sys::hostname()),
+                lock,
+                state: RwLock::new(Arc::new(state)),
+                tail: Mutex::new(tail),
+                queue: Mutex::new(QueueState::default()),
+                queue_cv: Condvar::new(),
+                poisoned: Mutex::new(None),
+                options,
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.dir.node_id
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir.layout.dir
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    /// The value of a key, as of the latest commit by any process.
+    pub fn get(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Bytes>> {
+        let (generation, end) = self.inner.dir.shm.published();
+        {
+            let state = self
+                .inner
+                .state
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if state.generation == generation && state.end == end {
+                return Ok(state.index.get(fp, key).map(|e| e.value.clone()));
+            }
+        }
+        Ok(self
+            .inner
+            .catch_up()?
+            .index
+            .get(fp, key)
+            .map(|e| e.value.clone()))
+    }
+
+    /// The entry (value and sequence number) of a key, as of the latest commit.
+    pub fn get_entry(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Entry>> {
+        Ok(self.snapshot()?.entry(fp, key).cloned())
+    }
+
+    /// A consistent view of every key as of the latest commit. O(1).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot {
+            state: self.inner.fresh()?,
+        })
+    }
+
+    /// Starts an optimistic transaction over a snapshot taken now.
+    pub fn begin(&self) -> Result<Transaction> {
+        Ok(Transaction {
+            store: self.clone(),
+            snapshot: self.snapshot()?,
+            reads: BTreeMap::new(),
+            writes: BTreeMap::new(),
+        })
+    }
+
+    /// Sets a key, superseding whatever is current when the commit happens.
+    pub fn put(&self, fp: &FullPrefix, key: &[u8], value: &[u8]) -> Result<CommitInfo> {
+        self.write(vec![Write::put(fp, key, value)])
+    }
+
+    /// Removes a key (a no-op commit if it is absent).
+    pub fn delete(&self, fp: &FullPrefix, key: &[u8]) -> Result<CommitInfo> {
+        self.write(vec![Write::delete(fp, key)])
+    }
+
+    /// Applies several writes as one atomic commit, without validation.
+    pub fn write(&self, writes: Vec<Write>) -> Result<CommitInfo> {
+        self.commit_job(Vec::new(), writes, Origin::Local)
+    }
+
+    /// Applies writes as one atomic commit recorded as coming from `origin`
+    /// (the daemon uses this for updates merged from peers).
+    pub fn write_from(&self, origin: Origin, writes: Vec<Write>) -> Result<CommitInfo> {
+        self.commit_job(Vec::new(), writes, origin)
+    }
+
+    /// Runs `f` under the writer lock on the latest state and commits the
+    /// writes it returns; it cannot conflict. Returns `None` when `f` wrote
+    /// nothing. Keep `f` short: every writer on the directory waits for it.
+    pub fn update<F>(&self, f: F) -> Result<Option<CommitInfo>>
+    where
+        F: FnOnce(&Snapshot) -> Result<Vec<Write>> + Send + 'static,
+    {
+        match self.inner.submit(Job::Update(Box::new(f)), 0)? {
+            Outcome::Committed(info) => Ok(Some(info)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes the live state to a new log generation and switches to it.
+    /// Other processes notice and reload; nothing is lost.
+    pub fn compact(&self) -> Result<CompactReport> {
+        match self.inner.submit(Job::Compact, 0)? {
+            Outcome::Compacted(r) => Ok(r),
+            _ => Err(Error::InvalidInput("compaction produced no report".into())),
+        }
+    }
+
+    /// Node id, generation, sizes and the current lock holder.
+    pub fn status(&self) -> Result<Status> {
+        let state = self.inner.fresh()?;
+        let probe = WriterLock::open(&self.inner.dir.layout.lock())?;
+        let lock_holder = if probe.is_held_elsewhere()? {
+            self.inner.dir.shm.holder()
+        } else {
+            None
+        };
+        Ok(Status {
+            dir: self.dir().to_path_buf(),
+            node_id: self.node_id(),
+            generation: state.generation,
+            log_bytes: state.end,
+            keys: state.index.keys(),
+            data_bytes: state.index.bytes(),
+            last_seq: state.last_seq,
+            lock_holder,
+        })
+    }
+
+    fn commit_job(
+        &self,
+        reads: Vec<(FullPrefix, Bytes, Option<u64>)>,
+        writes: Vec<Write>,
+        origin: Origin,
+    ) -> Result<CommitInfo> {
+        let bytes = check_writes(&self.inner.options.limits, &writes)?;
+        match self.inner.submit(
+            Job::Commit {
+                reads,
+                writes,
+                origin,
+            },
+            bytes,
+        )? {
+            Outcome::Committed(info) => Ok(info),
+            _ => Err(Error::InvalidInput("a commit with no writes".into())),
+        }
+    }
+
+    #[doc(hidden)]
+    /// Test hook: make the shared map look as it does after a reboot.
+    pub fn forget_shared_map_for_tests(&self) {
+        self.inner.dir.shm.invalidate();
+    }
+}
+
+fn check_limits(limits: &Limits) -> Result<()> {
+    if limits.max_commit_bytes > format::FRAME_PAYLOAD_MAX / 2 {
+        return Err(Error::InvalidInput(format!(
+            "max_commit_bytes {} is above the format's limit of {} bytes",
+            limits.max_commit_bytes,
+            format::FRAME_PAYLOAD_MAX / 2
+        )));
+    }
+    Ok(())
+}
+
+/// Checks writes against the limits; returns their size in bytes.
+fn check_writes(limits: &Limits, writes: &[Write]) -> Result<usize> {
+    if writes.is_empty() {
+        return Err(Error::InvalidInput(
+            "a commit must write at least one key".into(),
+        ));
+    }
+    if writes.len() > limits.max_writes_per_commit {
+        return Err(Error::InvalidInput(format!(
+            "a commit writes {} keys; the limit is {}: split it into several commits",
+            writes.len(),
+            limits.max_writes_per_commit
+        )));
+    }
+    let mut total = 0usize;
+    for w in writes {
+        validate_key(&w.key, limits.max_key_bytes)?;
+        let value_len = w.value.as_ref().map_or(0, |v| v.len());
+        if value_len > limits.max_value_bytes {
+            return Err(Error::InvalidInput(format!(
+                "the value of {}/{} is {value_len} bytes; the limit is {} bytes",
+                w.full_prefix,
+                String::from_utf8_lossy(&w.key),
+                limits.max_value_bytes
+            )));
+        }
+        total += w.key.len()
+            + value_len
+            + w.full_prefix.prefix().len()
+            + w.full_prefix.subprefix().len()
+            + 16;
+    }
+    if total > limits.max_commit_bytes {
+        return Err(Error::InvalidInput(format!(
+            "the commit is {total} bytes; the limit is {} bytes: split it into several commits",
+            limits.max_commit_bytes
+        )));
+    }
+    Ok(total)
+}
+
+/// Loads the generation the shared map publishes, retrying when a
+/// compaction removes it in between.
+fn load_published(dir: &Dir) -> Result<(Tail, State)> {
+    let mut last_err = None;
+    for _ in 0..RELOAD_TRIES {
+        let (generation, end) = dir.shm.published();
+        match dir.load(generation, end) {
+            Ok(loaded) => return Ok(loaded),
+            Err(Error::Io {
+                kind: std::io::ErrorKind::NotFound,
+                ..
+            }) if dir.shm.published().0 != generation => {}
+            Err(
+                e @ Error::Io {
+                    kind: std::io::ErrorKind::NotFound,
+                    ..
+                },
+            ) => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        Error::InvalidInput("the log generation kept changing while loading it".into())
+    }))
+}
+
+impl Inner {
+    /// The latest state: the current one if the shared map shows no change,
+    /// else after catching up.
+    fn fresh(&self) -> Result<Arc<State>> {
+        let (generation, end) = self.dir.shm.published();
+        {
+            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            if state.generation == generation && state.end == end {
+                return Ok(state.clone());
+            }
+        }
+        self.catch_up()
+    }
+
+    fn install(&self, state: State) -> Arc<State> {
+        let state = Arc::new(state);
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = state.clone();
+        state
+    }
+
+    /// Applies what other writers published since this process last looked.
+    fn catch_up(&self) -> Result<Arc<State>> {
+        let mut tail = lock(&self.tail);
+        for _ in 0..RELOAD_TRIES {
+            let (generation, end) = self.dir.shm.published();
+            let current = self
+                .state
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if current.generation == generation && current.end == end {
+                return Ok(current);
+            }
+            if current.generation == generation && end > current.end {
+                let mut next = (*current).clone();
+                apply_range(&tail, &mut next, end)?;
+                return Ok(self.install(next));
+            }
+            match self.dir.load(generation, end) {
+                Ok((new_tail, state)) => {
+                    *tail = new_tail;
+                    return Ok(self.install(state));
+                }
+                Err(Error::Io {
+                    kind: std::io::ErrorKind::NotFound,
+                    ..
+                }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::InvalidInput(
+            "the log generation kept changing while reading it".into(),
+        ))
+    }
+
+    /// Queues a job and waits for its outcome; the first waiter with no
+    /// leader in place becomes the leader and runs batches for everyone.
+    fn submit(&self, job: Job, bytes: usize) -> Result<Outcome> {
+        let start = Instant::now();
+        let deadline = start + self.options.lock_timeout;
+        let slot = Arc::new(Slot(Mutex::new(None)));
+        let mut q = lock(&self.queue);
+        while q.pending.len() >= QUEUE_MAX {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.timeout(start));
+            }
+            q = self
+                .queue_cv
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        q.pending.push_back(Pending {
+            job,
+            bytes,
+            slot: slot.clone(),
+        });
+        loop {
+            if let Some(outcome) = lock(&slot.0).take() {
+                return outcome;
+            }
+            if !q.leader {
+                q.leader = true;
+                let batch = self.take_batch(&mut q);
+                drop(q);
+                self.run_batch(batch);
+                q = lock(&self.queue);
+                q.leader = false;
+                self.queue_cv.notify_all();
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if let Some(at) = q.pending.iter().position(|p| Arc::ptr_eq(&p.slot, &slot)) {
+                    q.pending.remove(at);
+                    self.queue_cv.notify_all();
+                    return Err(self.timeout(start));
+                }
+                // A leader took it: its outcome is being decided; wait for it.
+                q = self
+                    .queue_cv
+                    .wait(q)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            q = self
+                .queue_cv
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn timeout(&self, start: Instant) -> Error {
+        Error::LockTimeout {
+            waited: start.elapsed(),
+            holder: self.dir.shm.holder(),
+        }
+    }
+
+    fn take_batch(&self, q: &mut QueueState) -> Vec<Pending> {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let max = match self.options.sync {
+            SyncMode::Batch => self.options.max_batch.max(1),
+            SyncMode::Always | SyncMode::Never => 1,
+        };
+        while let Some(front) = q.pending.front() {
+            let compact = matches!(front.job, Job::Compact);
+            let full =
+                batch.len() >= max || bytes + front.bytes > self.options.limits.max_commit_bytes;
+            if !batch.is_empty() && (compact || full) {
+                break;
+            }
+            bytes += front.bytes;
+            if let Some(p) = q.pending.pop_front() {
+                batch.push(p);
+            }
+            if compact {
+                break;
+            }
+        }
+        batch
+    }
+
+    fn run_batch(&self, batch: Vec<Pending>) {
+        let (jobs, slots): (Vec<Job>, Vec<Arc<Slot>>) =
+            batch.into_iter().map(|p| (p.job, p.slot)).unzip();
+        let count = jobs.len();
+        let outcomes = match self.lock.acquire(self.options.lock_timeout, &self.dir.shm) {
+            Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
+            Ok(guard) => {
+                self.dir
+                    .shm
+                    .set_holder(std::process::id(), sys::now_ms(), &self.host);
+                let outcomes = self.run_locked(jobs);
+                self.dir.shm.clear_holder();
+                drop(guard);
+                outcomes
+            }
+        };
+        for (slot, outcome) in slots.iter().zip(outcomes) {
+            *lock(&slot.0) = Some(outcome);
+        }
+    }
+
+    fn run_locked(&self, jobs: Vec<Job>) -> Vec<Result<Outcome>> {
+        let count = jobs.len();
+        let fail_all = |e: Error| (0..count).map(|_| Err(e.clone())).collect();
+        if let Some(why) = lock(&self.poisoned).clone() {
+            return fail_all(Error::Poisoned(why));
+        }
+        let state = match self.prepare_locked() {
+            Ok(s) => s,
+            Err(e) => return fail_all(e),
+        };
+        if matches!(jobs.first(), Some(Job::Compact)) {
+            return vec![self.compact_locked(&state).map(Outcome::Compacted)];
+        }
+        self.commit_locked(&state, jobs)
+    }
+
+    /// Brings the shared map and this process up to date. Lock held.
+    fn prepare_locked(&self) -> Result<Arc<State>> {
+        let shm = &self.dir.shm;
+        if !shm.is_valid(self.dir.boot) || shm.intent() != Intent::None as u64 {
+            self.dir.recover_locked()?;
+        }
+        let state = self.catch_up()?;
+        let tail = lock(&self.tail).clone();
+        let len = tail
+            .file
+            .len()
+            .map_err(|e| Error::io("stat", &tail.path, e))?;
+        if len != state.end {
+            // Bytes nobody published (a writer that could not undo a failed
+            // append), or a log cut by something else: let recovery decide.
+            self.dir.recover_locked()?;
+            return self.catch_up();
+        }
+        Ok(state)
+    }
+
+    fn commit_locked(&self, state: &Arc<State>, jobs: Vec<Job>) -> Vec<Result<Outcome>> {
+        let mut work = (**state).clone();
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut commits: Vec<(u64, u64, Origin, Vec<Write>)> = Vec::new();
+        for job in jobs {
+            let (writes, origin) = match job {
+                Job::Commit {
+                    reads,
+                    writes,
+                    origin,
+                } => {
+                    let conflicts: Vec<ConflictKey> = reads
+                        .into_iter()
+                        .filter(|(fp, key, seen)| work.index.get(fp, key).map(|e| e.seq) != *seen)
+                        .map(|(fp, key, _)| ConflictKey {
+                            full_prefix: fp,
+                            key: key.to_vec(),
+                        })
+                        .collect();
+                    if !conflicts.is_empty() {
+                        outcomes.push(Err(Error::WriteConflict { keys: conflicts }));
+                        continue;
+                    }
+                    (writes, origin)
+                }
+                Job::Update(f) => {
+                    let snapshot = Snapshot {
+                        state: Arc::new(work.clone()),
+                    };
+                    match f(&snapshot).and_then(|w| {
+                        if !w.is_empty() {
+                            check_writes(&self.options.limits, &w)?;
+                        }
+                        Ok(w)
+                    }) {
+                        Ok(w) => (w, Origin::Local),
+                        Err(e) => {
+                            outcomes.push(Err(e));
+                            continue;
+                        }
+                    }
+                }
+                Job::Compact => {
+                    outcomes.push(Err(Error::InvalidInput(
+                        "compaction queued inside a batch".into(),
+                    )));
+                    continue;
+                }
+            };
+            if writes.is_empty() {
+                outcomes.push(Ok(Outcome::Unchanged));
+                continue;
+            }
+            let seq = work.last_seq + 1;
+            let ts_ms = sys::now_ms().max(work.last_ts_ms);
+            for w in &writes {
+                match &w.value {
+                    Some(v) => work.index.put(
+                        &w.full_prefix,
+                        w.key.clone(),
+                        Entry {
+                            seq,
+                            value: v.clone(),
+                        },
+                    ),
+                    None => work.index.remove(&w.full_prefix, &w.key),
+                }
+            }
+            work.last_seq = seq;
+            work.last_ts_ms = ts_ms;
+            outcomes.push(Ok(Outcome::Committed(CommitInfo {
+                seq,
+                ts_ms,
+                generation: work.generation,
+            })));
+            commits.push((seq, ts_ms, origin, writes));
+        }
+        if commits.is_empty() {
+            return outcomes;
+        }
+        if let Err(e) = self.append_locked(state, work, &commits) {
+            for o in outcomes.iter_mut() {
+                if matches!(o, Ok(Outcome::Committed(_))) {
+                    *o = Err(e.clone());
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Appends one frame holding `commits`, syncs it as configured, then
+    /// publishes it and installs `work` as this process's state. Lock held.
+    fn append_locked(
+        &self,
+        state: &State,
+        mut work: State,
+        commits: &[(u64, u64, Origin, Vec<Write>)],
+    ) -> Result<()> {
+        let records: Vec<CommitRec<'_>> = commits
+            .iter()
+            .map(|(seq, ts_ms, origin, writes)| CommitRec {
+                seq: *seq,
+                ts_ms: *ts_ms,
+                origin: *origin,
+                writes: writes
+                    .iter()
+                    .map(|w| WriteRec {
+                        prefix: w.full_prefix.prefix(),
+                        subprefix: w.full_prefix.subprefix(),
+                        key: Raw(&w.key),
+                        value: w.value.as_deref().map(Raw),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut frame = Vec::new();
+        format::encode_frame(&Payload::Commits(records), &mut frame)
+            .map_err(Error::InvalidInput)?;
+        let tail = lock(&self.tail).clone();
+        let end = state.end;
+        let shm = &self.dir.shm;
+        shm.set_intent(Intent::Append);
+        let written = tail
+            .file
+            .write_all_at(&frame, end)
+            .and_then(|()| match self.options.sync {
+                SyncMode::Always | SyncMode::Batch => tail.file.sync_data(),
+                SyncMode::Never => Ok(()),
+            });
+        if let Err(e) = written {
+            let err = Error::io("append to", &tail.path, e);
+            match tail.file.set_len(end) {
+                Ok(()) => shm.set_intent(Intent::None),
+                Err(undo) => {
+                    // The intent stays set: the next lock holder cuts the bytes.
+                    *lock(&self.poisoned) =
+                        Some(format!("{err}; then undoing the append failed: {undo}"));
+                }
+            }
+            return Err(err);
+        }
+        work.end = end + frame.len() as u64;
+        let _tail = lock(&self.tail);
+        shm.publish_end(work.generation, work.end);
+        self.install(work);
+        shm.set_intent(Intent::None);
+        Ok(())
+    }
+
+    fn compact_locked(&self, state: &Arc<State>) -> Result<CompactReport> {
+        let shm = &self.dir.shm;
+        let old = state.generation;
+        let new = old + 1;
+        shm.set_intent(Intent::Switch);
+        let end =
+            match self
+                .dir
+                .write_generation(new, &state.index, state.last_seq, state.last_ts_ms)
+            {
+                Ok(end) => end,
+                Err(e) => {
+                    shm.set_intent(Intent::None);
+                    return Err(e);
+                }
+            };
+        // From here the pointer decides; if writing it fails the intent stays
+        // set and the next lock holder recovers from whatever it says.
+        self.dir
+            .layout
+            .write_current(self.dir.backend.as_ref(), new)?;
+        let (tail, loaded) = {
+            let mut tail = lock(&self.tail);
+            shm.publish_generation(new, end);
+            let next = State {
+                generation: new,
+                end,
+                last_seq: state.last_seq,
+                last_ts_ms: state.last_ts_ms,
+                index: state.index.clone(),
+            };
+            let path = self.dir.layout.log(new);
+            let file = self
+                .dir
+                .backend
+                .open(&path)
+                .map_err(|e| Error::io("open", &path, e))?;
+            *tail = Tail {
+                generation: new,
+                path,
+                file: Arc::from(file),
+            };
+            (tail.clone(), self.install(next))
+        };
+        shm.set_intent(Intent::None);
+        let old_path = self.dir.layout.log(old);
+        if let Err(e) = self.dir.backend.remove_file(&old_path) {
+            tracing::warn!(path = %old_path.display(), error = %e, "could not remove the old log generation; the next recovery will");
+        }
+        let _ = tail;
+        Ok(CompactReport {
+            old_generation: old,
+            new_generation: new,
+            bytes_before: state.end,
+            bytes_after: loaded.end,
+            keys: loaded.index.keys(),
+        })
+    }
+}
+
+/// An optimistic transaction: reads come from a snapshot taken at
+/// [`Store::begin`]; at commit, if any key it read has changed since, it
+/// fails with [`Error::WriteConflict`] naming the keys and writes nothing.
+pub struct Transaction {
+    store: Store,
+    snapshot: Snapshot,
+    reads: BTreeMap<(FullPrefix, Bytes), Option<u64>>,
+    writes: BTreeMap<(FullPrefix, Bytes), Option<Bytes>>,
+}
+
+impl Transaction {
+    /// Reads a key: this transaction's own write if it made one, else the
+    /// snapshot's value (and the read is validated at commit).
+    pub fn get(&mut self, fp: &FullPrefix, key: &[u8]) -> Option<Bytes> {
+        let k = (fp.clone(), Bytes::from(key));
+        if let Some(w) = self.writes.get(&k) {
+            return w.clone();
+        }
+        let entry = self.snapshot.entry(fp, key);
+        self.reads.entry(k).or_insert(entry.map(|e| e.seq));
+        entry.map(|e| e.value.clone())
+    }
+
+    /// Sets a key at commit.
+    pub fn put(&mut self, fp: &FullPrefix, key: &[u8], value: &[u8]) {
+        self.writes
+            .insert((fp.clone(), Bytes::from(key)), Some(Bytes::from(value)));
+    }
+
+    /// Removes a key at commit.
+    pub fn delete(&mut self, fp: &FullPrefix, key: &[u8]) {
+        self.writes.insert((fp.clone(), Bytes::from(key)), None);
+    }
+
+    /// The snapshot this transaction reads from.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Validates the reads and applies the writes atomically. A transaction
+    /// that wrote nothing commits nothing and returns `Ok(None)`.
+    pub fn commit(self) -> Result<Option<CommitInfo>> {
+        if self.writes.is_empty() {
+            return Ok(None);
+        }
+        let reads = self
+            .reads
+            .into_iter()
+            .map(|((fp, k), seq)| (fp, k, seq))
+            .collect();
+        let writes = self
+            .writes
+            .into_iter()
+            .map(|((full_prefix, key), value)| Write {
+                full_prefix,
+                key,
+                value,
+            })
+            .collect();
+        self.store
+            .commit_job(reads, writes, Origin::Local)
+            .map(Some)
+    }
+}

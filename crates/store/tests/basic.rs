@@ -1,0 +1,278 @@
+//! In-process behaviour of the engine: reads, writes, transactions,
+//! snapshots, limits, compaction and reopening.
+
+use chorus_core::FullPrefix;
+use chorus_store::{Error, Limits, Options, Store, SyncMode, Write};
+
+fn fp(s: &str) -> FullPrefix {
+    FullPrefix::parse(s).expect("valid full prefix")
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(
+        dir,
+        Options {
+            create: true,
+            ..Options::default()
+        },
+    )
+    .expect("open")
+}
+
+#[test]
+fn open_without_create_says_how_to_init() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = Store::open(&dir.path().join("none"), Options::default())
+        .err()
+        .expect("fails");
+    assert!(matches!(err, Error::NotInitialized { .. }), "{err}");
+    assert!(err.to_string().contains("chorus init"), "{err}");
+}
+
+#[test]
+fn put_get_delete_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let a = fp("config/web");
+    let c1 = s.put(&a, b"port", b"8080").expect("put");
+    let c2 = s.put(&a, b"host", b"example").expect("put");
+    assert_eq!(c2.seq, c1.seq + 1);
+    assert!(c2.ts_ms >= c1.ts_ms);
+    assert_eq!(
+        s.get(&a, b"port").expect("get").as_deref(),
+        Some(&b"8080"[..])
+    );
+    s.delete(&a, b"host").expect("delete");
+    assert_eq!(s.get(&a, b"host").expect("get"), None);
+    let node = s.node_id();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.node_id(), node, "node id survives reopening");
+    assert_eq!(
+        s.get(&a, b"port").expect("get").as_deref(),
+        Some(&b"8080"[..])
+    );
+    assert_eq!(s.get(&a, b"host").expect("get"), None);
+    assert_eq!(s.snapshot().expect("snapshot").seq(), c2.seq + 1);
+}
+
+#[test]
+fn two_handles_in_one_process_see_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = open(dir.path());
+    let b = open(dir.path());
+    let p = fp("x/y");
+    a.put(&p, b"k", b"1").expect("put");
+    assert_eq!(b.get(&p, b"k").expect("get").as_deref(), Some(&b"1"[..]));
+    b.put(&p, b"k", b"2").expect("put");
+    assert_eq!(a.get(&p, b"k").expect("get").as_deref(), Some(&b"2"[..]));
+}
+
+#[test]
+fn transaction_conflict_names_the_keys_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let p = fp("acct/main");
+    s.put(&p, b"balance", b"10").expect("put");
+    let mut tx = s.begin().expect("begin");
+    assert_eq!(tx.get(&p, b"balance").as_deref(), Some(&b"10"[..]));
+    tx.put(&p, b"balance", b"11");
+    tx.put(&p, b"other", b"x");
+    s.put(&p, b"balance", b"20").expect("concurrent put");
+    let err = tx.commit().err().expect("conflict");
+    match &err {
+        Error::WriteConflict { keys } => {
+            assert_eq!(keys.len(), 1);
+            assert_eq!(keys[0].key, b"balance");
+        }
+        other => panic!("expected a conflict, got {other}"),
+    }
+    assert!(err.to_string().contains("acct/main/balance"), "{err}");
+    assert_eq!(
+        s.get(&p, b"other").expect("get"),
+        None,
+        "nothing of the failed commit is visible"
+    );
+    assert_eq!(
+        s.get(&p, b"balance").expect("get").as_deref(),
+        Some(&b"20"[..])
+    );
+}
+
+#[test]
+fn a_change_to_a_key_not_read_is_not_a_conflict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let p = fp("a/b");
+    s.put(&p, b"x", b"1").expect("put");
+    let mut tx = s.begin().expect("begin");
+    tx.get(&p, b"x");
+    tx.put(&p, b"y", b"2");
+    s.put(&p, b"z", b"3").expect("unrelated put");
+    tx.commit().expect("no conflict");
+    // A key read as absent that became present is a conflict.
+    let mut tx = s.begin().expect("begin");
+    assert_eq!(tx.get(&p, b"new"), None);
+    tx.put(&p, b"w", b"1");
+    s.put(&p, b"new", b"now").expect("put");
+    assert!(matches!(tx.commit(), Err(Error::WriteConflict { .. })));
+}
+
+#[test]
+fn snapshots_do_not_move() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let p = fp("a/b");
+    s.put(&p, b"k", b"old").expect("put");
+    let snap = s.snapshot().expect("snapshot");
+    s.put(&p, b"k", b"new").expect("put");
+    s.put(&p, b"k2", b"x").expect("put");
+    s.compact().expect("compact");
+    assert_eq!(snap.get(&p, b"k").as_deref(), Some(&b"old"[..]));
+    assert_eq!(snap.get(&p, b"k2"), None);
+    assert_eq!(snap.len(), 1);
+    assert_eq!(s.get(&p, b"k").expect("get").as_deref(), Some(&b"new"[..]));
+}
+
+#[test]
+fn limits_are_enforced_before_writing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(
+        dir.path(),
+        Options {
+            create: true,
+            limits: Limits {
+                max_key_bytes: 8,
+                max_value_bytes: 16,
+                max_commit_bytes: 200,
+                max_writes_per_commit: 3,
+            },
+            ..Options::default()
+        },
+    )
+    .expect("open");
+    let p = fp("a/b");
+    let before = s.snapshot().expect("snapshot").seq();
+    let e = s.put(&p, b"123456789", b"v").err().expect("key too long");
+    assert!(e.to_string().contains("the limit is 8 bytes"), "{e}");
+    let e = s.put(&p, b"k", &[0u8; 17]).err().expect("value too long");
+    assert!(e.to_string().contains("the limit is 16 bytes"), "{e}");
+    let e = s.put(&p, b"", b"v").err().expect("empty key");
+    assert!(e.to_string().contains("empty"), "{e}");
+    let writes: Vec<Write> = (0..4)
+        .map(|i| Write::put(&p, format!("k{i}").as_bytes(), b"v"))
+        .collect();
+    let e = s.write(writes).err().expect("too many writes");
+    assert!(e.to_string().contains("split it"), "{e}");
+    let writes: Vec<Write> = (0..3)
+        .map(|i| Write::put(&p, format!("k{i}").as_bytes(), &[7u8; 16]))
+        .collect();
+    s.write(writes).expect("within limits");
+    assert_eq!(
+        s.snapshot().expect("snapshot").seq(),
+        before + 1,
+        "refused commits wrote nothing"
+    );
+}
+
+#[test]
+fn compaction_keeps_everything_and_shrinks_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let p = fp("a/b");
+    for i in 0..200u32 {
+        s.put(&p, format!("k{}", i % 20).as_bytes(), &i.to_le_bytes())
+            .expect("put");
+    }
+    let before = s.status().expect("status");
+    let other = open(dir.path());
+    let r = s.compact().expect("compact");
+    assert_eq!((r.old_generation, r.new_generation, r.keys), (1, 2, 20));
+    assert!(r.bytes_after < r.bytes_before / 4, "{r:?}");
+    let after = other.status().expect("status");
+    assert_eq!(
+        after.generation, 2,
+        "another handle notices the new generation"
+    );
+    assert_eq!(after.keys, before.keys);
+    assert_eq!(after.last_seq, before.last_seq);
+    for i in 180..200u32 {
+        assert_eq!(
+            other
+                .get(&p, format!("k{}", i % 20).as_bytes())
+                .expect("get")
+                .as_deref(),
+            Some(&i.to_le_bytes()[..])
+        );
+    }
+    other
+        .put(&p, b"after", b"compaction")
+        .expect("write to the new generation");
+    drop((s, other));
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n == "gen-0000000001.log"),
+        "old generation removed: {names:?}"
+    );
+    let s = open(dir.path());
+    assert_eq!(
+        s.get(&p, b"after").expect("get").as_deref(),
+        Some(&b"compaction"[..])
+    );
+    assert_eq!(s.snapshot().expect("snapshot").len(), 21);
+}
+
+#[test]
+fn update_runs_on_the_latest_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let p = fp("c/n");
+    s.put(&p, b"n", b"1").expect("put");
+    let p2 = p.clone();
+    let info = s
+        .update(move |snap| {
+            let n: u64 = String::from_utf8_lossy(&snap.get(&p2, b"n").unwrap_or_default())
+                .parse()
+                .unwrap_or(0);
+            Ok(vec![Write::put(&p2, b"n", (n + 1).to_string().as_bytes())])
+        })
+        .expect("update");
+    assert!(info.is_some());
+    assert_eq!(s.get(&p, b"n").expect("get").as_deref(), Some(&b"2"[..]));
+    assert_eq!(s.update(|_| Ok(vec![])).expect("empty update"), None);
+}
+
+#[test]
+fn batch_mode_group_commits_threads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(
+        dir.path(),
+        Options {
+            create: true,
+            sync: SyncMode::Batch,
+            ..Options::default()
+        },
+    )
+    .expect("open");
+    let p = fp("t/b");
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let s = s.clone();
+            let p = p.clone();
+            scope.spawn(move || {
+                for i in 0..100 {
+                    s.put(&p, format!("{t}-{i}").as_bytes(), b"v").expect("put");
+                }
+            });
+        }
+    });
+    let snap = s.snapshot().expect("snapshot");
+    assert_eq!(snap.len(), 800);
+    assert_eq!(snap.seq(), 800);
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.snapshot().expect("snapshot").len(), 800);
+}
