@@ -4,7 +4,8 @@
 //! ```text
 //! file   = header frame*
 //! header = magic "CHORUSLG" | format u32 | flags u32 | generation u64
-//!        | base_seq u64 | node_id [16] | created_ms u64 | crc32c u32 | 0u32   (64 bytes, LE)
+//!        | base_seq u64 | node_id [16] | created_ms u64 | 0u32 | crc32c(bytes 0..60) u32
+//!          (64 bytes, little-endian)
 //! frame  = len u32 | crc32c(len_le ++ payload) u32 | payload[len]
 //! payload = version u8 (=1) | postcard(Payload)
 //! ```
@@ -47,8 +48,8 @@ impl LogHeader {
         b[24..32].copy_from_slice(&self.base_seq.to_le_bytes());
         b[32..48].copy_from_slice(self.node_id.as_bytes());
         b[48..56].copy_from_slice(&self.created_ms.to_le_bytes());
-        let crc = crc32c::crc32c(&b[0..56]);
-        b[56..60].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
@@ -63,9 +64,12 @@ impl LogHeader {
         if b[0..8] != LOG_MAGIC {
             return Err("the file does not start with the Chorus log magic".into());
         }
-        let crc = u32_at(b, 56);
-        if crc != crc32c::crc32c(&b[0..56]) {
+        let crc = u32_at(b, 60);
+        if crc != crc32c::crc32c(&b[0..60]) {
             return Err("the header checksum does not match".into());
+        }
+        if u32_at(b, 12) != 0 || u32_at(b, 56) != 0 {
+            return Err("reserved header fields are not zero (written by a newer Chorus?)".into());
         }
         let format = u32_at(b, 8);
         if format != FORMAT_VERSION {
@@ -283,10 +287,13 @@ mod tests {
             node_id: NodeId::from_bytes([7; 16]),
             created_ms: 5,
         };
-        let mut b = h.encode();
+        let b = h.encode();
         assert_eq!(LogHeader::decode(&b), Ok(h));
-        b[20] ^= 1;
-        assert!(LogHeader::decode(&b).is_err());
+        for bit in 0..b.len() * 8 {
+            let mut bad = b;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(LogHeader::decode(&bad).is_err(), "bit {bit} went unnoticed");
+        }
     }
 
     #[test]

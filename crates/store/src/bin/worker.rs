@@ -1,0 +1,160 @@
+//! A worker process for the engine's multi-process and crash tests.
+//!
+//! Each command opens the store given as the first argument and reports on
+//! stdout, one line per event, flushed at once so that a parent that kills
+//! the worker knows exactly what was acknowledged:
+//!
+//! - `write DIR TAG COUNT SYNC`: COUNT commits of key `TAG-i`; prints `ack i`.
+//!   Then waits for a line on stdin and prints `sees N` (keys it can see).
+//! - `counter DIR COUNT`: COUNT read-modify-write increments of `c/n/count`
+//!   in transactions, retrying on conflicts; prints `conflicts N`.
+//! - `torture DIR SYNC COMPACT_EVERY`: commits forever; commit i writes
+//!   `i-a`, `i-b`, `i-c` = i; prints `ack i`. Compacts every COMPACT_EVERY.
+//! - `readwrite DIR TAG COUNT`: writes TAG-i and reads each back, checking
+//!   every earlier key of its own; prints `generation G` at the end.
+//! - `hold DIR MILLIS`: holds the writer lock for MILLIS; prints `locked`.
+
+use std::io::{BufRead, Write as _};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chorus_core::FullPrefix;
+use chorus_store::{Error, Options, Store, SyncMode, Write};
+
+type Failure = Box<dyn std::error::Error>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("worker {args:?}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn say(line: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn sync_mode(s: &str) -> Result<SyncMode, Failure> {
+    match s {
+        "always" => Ok(SyncMode::Always),
+        "batch" => Ok(SyncMode::Batch),
+        "never" => Ok(SyncMode::Never),
+        other => Err(format!("unknown sync mode {other}").into()),
+    }
+}
+
+fn arg<'a>(args: &'a [String], i: usize) -> Result<&'a str, Failure> {
+    args.get(i)
+        .map(String::as_str)
+        .ok_or_else(|| format!("missing argument {i}").into())
+}
+
+fn open(dir: &str, sync: SyncMode) -> Result<Store, Failure> {
+    Ok(Store::open(
+        dir.as_ref(),
+        Options {
+            create: true,
+            sync,
+            lock_timeout: Duration::from_secs(60),
+            ..Options::default()
+        },
+    )?)
+}
+
+fn run(args: &[String]) -> Result<(), Failure> {
+    let dir = arg(args, 1)?;
+    let fp = FullPrefix::parse("test/keys")?;
+    match arg(args, 0)? {
+        "write" => {
+            let tag = arg(args, 2)?;
+            let count: u64 = arg(args, 3)?.parse()?;
+            let store = open(dir, sync_mode(arg(args, 4)?)?)?;
+            for i in 0..count {
+                store.put(&fp, format!("{tag}-{i}").as_bytes(), &i.to_le_bytes())?;
+                say(&format!("ack {i}"))?;
+            }
+            say("done")?;
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            say(&format!("sees {}", store.snapshot()?.len()))?;
+        }
+        "counter" => {
+            let count: u64 = arg(args, 2)?.parse()?;
+            let store = open(dir, SyncMode::Always)?;
+            let c = FullPrefix::parse("c/n")?;
+            let mut conflicts = 0u64;
+            for _ in 0..count {
+                loop {
+                    let mut tx = store.begin()?;
+                    let n = tx.get(&c, b"count").map_or(0, |v| decode(&v));
+                    tx.put(&c, b"count", &(n + 1).to_le_bytes());
+                    match tx.commit() {
+                        Ok(_) => break,
+                        Err(Error::WriteConflict { .. }) => conflicts += 1,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            say(&format!("conflicts {conflicts}"))?;
+        }
+        "torture" => {
+            let store = open(dir, sync_mode(arg(args, 2)?)?)?;
+            let compact_every: u64 = arg(args, 3)?.parse()?;
+            let mut i = store.snapshot()?.len() as u64 / 3;
+            loop {
+                let v = i.to_le_bytes();
+                let writes = ["a", "b", "c"]
+                    .iter()
+                    .map(|s| Write::put(&fp, format!("{i}-{s}").as_bytes(), &v))
+                    .collect();
+                store.write(writes)?;
+                say(&format!("ack {i}"))?;
+                i += 1;
+                if compact_every > 0 && i % compact_every == 0 {
+                    store.compact()?;
+                }
+            }
+        }
+        "readwrite" => {
+            let tag = arg(args, 2)?;
+            let count: u64 = arg(args, 3)?.parse()?;
+            let store = open(dir, SyncMode::Always)?;
+            for i in 0..count {
+                let key = format!("{tag}-{i}");
+                store.put(&fp, key.as_bytes(), &i.to_le_bytes())?;
+                for j in (0..=i).step_by(7) {
+                    let key = format!("{tag}-{j}");
+                    if store.get(&fp, key.as_bytes())?.is_none() {
+                        return Err(format!("{key} vanished").into());
+                    }
+                }
+            }
+            say(&format!("generation {}", store.snapshot()?.generation()))?;
+        }
+        "hold" => {
+            let millis: u64 = arg(args, 2)?.parse()?;
+            let store = open(dir, SyncMode::Always)?;
+            store.update(move |_| {
+                let _ = say("locked");
+                std::thread::sleep(Duration::from_millis(millis));
+                Ok(vec![])
+            })?;
+        }
+        other => return Err(format!("unknown command {other}").into()),
+    }
+    Ok(())
+}
+
+fn decode(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[..n].copy_from_slice(&v[..n]);
+    u64::from_le_bytes(b)
+}

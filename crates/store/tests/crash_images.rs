@@ -1,0 +1,240 @@
+//! Damaged logs: the last frame cut at every byte offset, and every single
+//! bit flipped. Damage is always detected and never applied silently; a torn
+//! tail recovers, damage in the middle refuses to open and names the offset.
+
+use std::path::Path;
+
+use chorus_core::FullPrefix;
+use chorus_store::{Error, Options, Store, check, repair};
+
+const COMMITS: u64 = 6;
+
+fn fp() -> FullPrefix {
+    FullPrefix::parse("crash/img").expect("valid")
+}
+
+fn opts() -> Options {
+    Options {
+        create: true,
+        ..Options::default()
+    }
+}
+
+/// Builds a store of COMMITS commits; returns the log path and the offset at
+/// which each frame starts (plus the end).
+fn build(dir: &Path) -> (std::path::PathBuf, Vec<u64>) {
+    let store = Store::open(dir, opts()).expect("open");
+    let log = dir.join("gen-0000000001.log");
+    let mut offsets = vec![std::fs::metadata(&log).expect("stat").len()];
+    for i in 0..COMMITS {
+        store
+            .put(
+                &fp(),
+                format!("k{i}").as_bytes(),
+                format!("value {i}").as_bytes(),
+            )
+            .expect("put");
+        offsets.push(std::fs::metadata(&log).expect("stat").len());
+    }
+    (log, offsets)
+}
+
+/// What a healthy open after damage may show: the first `n` commits exactly.
+fn assert_first_commits(store: &Store, n: u64, what: &str) {
+    let snap = store.snapshot().expect("snapshot");
+    assert_eq!(snap.len() as u64, n, "{what}");
+    for i in 0..n {
+        assert_eq!(
+            snap.get(&fp(), format!("k{i}").as_bytes()).as_deref(),
+            Some(format!("value {i}").as_bytes()),
+            "{what}"
+        );
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("list") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+/// A reboot: the shared map's contents no longer describe the files.
+fn reboot(dir: &Path) {
+    std::fs::remove_file(dir.join("shm")).expect("remove shm");
+}
+
+#[test]
+fn last_frame_cut_at_every_offset_recovers_after_a_reboot() {
+    let pristine = tempfile::tempdir().expect("tempdir");
+    let (_, offsets) = build(pristine.path());
+    let last = offsets[offsets.len() - 2];
+    let end = offsets[offsets.len() - 1];
+    for cut in last..end {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(pristine.path(), dir.path());
+        reboot(dir.path());
+        let log = dir.path().join("gen-0000000001.log");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .expect("open")
+            .set_len(cut)
+            .expect("truncate");
+        let report = check(dir.path(), &Options::default()).expect("check");
+        assert!(report.is_healthy(), "cut at {cut}: {report:?}");
+        if cut > last {
+            assert!(
+                !report.findings.is_empty(),
+                "cut at {cut}: the torn tail is reported"
+            );
+        }
+        let store = Store::open(dir.path(), opts()).expect("a torn tail recovers");
+        assert_first_commits(&store, COMMITS - 1, &format!("cut at {cut}"));
+        assert_eq!(
+            std::fs::metadata(&log).expect("stat").len(),
+            last,
+            "the torn tail was cut"
+        );
+        store
+            .put(&fp(), b"after", b"recovery")
+            .expect("writes continue");
+        drop(store);
+        let store = Store::open(dir.path(), opts()).expect("reopen");
+        assert_eq!(store.snapshot().expect("snapshot").len() as u64, COMMITS);
+    }
+}
+
+#[test]
+fn bytes_a_dead_writer_left_past_the_committed_end_are_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, offsets) = build(dir.path());
+    let end = offsets[offsets.len() - 1];
+    // Half a frame appended but never published (the writer died), in the
+    // same boot: readers ignore it, the next writer cuts it.
+    let mut bytes = std::fs::read(&log).expect("read");
+    let frame = bytes[offsets[1] as usize..offsets[2] as usize].to_vec();
+    bytes.extend_from_slice(&frame[..frame.len() / 2]);
+    std::fs::write(&log, &bytes).expect("write");
+    let store = Store::open(dir.path(), opts()).expect("open");
+    assert_first_commits(&store, COMMITS, "readers stop at the committed end");
+    store.put(&fp(), b"next", b"writer").expect("put");
+    let s = Store::open(dir.path(), opts()).expect("open");
+    assert_eq!(s.snapshot().expect("snapshot").len() as u64, COMMITS + 1);
+    assert!(std::fs::metadata(&log).expect("stat").len() > end);
+    assert!(
+        check(dir.path(), &Options::default())
+            .expect("check")
+            .findings
+            .is_empty()
+    );
+}
+
+/// Which frame (index into offsets) holds byte `at`; None for the header.
+fn frame_of(offsets: &[u64], at: u64) -> Option<usize> {
+    (0..offsets.len() - 1).find(|&i| offsets[i] <= at && at < offsets[i + 1])
+}
+
+fn flip_every_bit(after_reboot: bool) {
+    let pristine = tempfile::tempdir().expect("tempdir");
+    let (log, offsets) = build(pristine.path());
+    let original = std::fs::read(&log).expect("read");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut tails_recovered = 0;
+    let mut refused = 0;
+    for bit in 0..original.len() * 8 {
+        for entry in std::fs::read_dir(dir.path()).expect("list") {
+            std::fs::remove_file(entry.expect("entry").path()).expect("clean");
+        }
+        copy_dir(pristine.path(), dir.path());
+        if after_reboot {
+            reboot(dir.path());
+        }
+        let mut bytes = original.clone();
+        let at = bit / 8;
+        bytes[at] ^= 1 << (bit % 8);
+        std::fs::write(dir.path().join("gen-0000000001.log"), &bytes).expect("write");
+        let what = format!("bit {bit} (byte {at}), after_reboot={after_reboot}");
+        let frame = frame_of(&offsets, at as u64);
+        let is_last = frame == Some(offsets.len() - 2);
+        match Store::open(dir.path(), opts()) {
+            Ok(store) => {
+                assert!(
+                    after_reboot && is_last,
+                    "{what}: opened although the damage is not a torn tail"
+                );
+                assert_first_commits(&store, COMMITS - 1, &what);
+                tails_recovered += 1;
+            }
+            Err(Error::Corruption { offset, file, .. }) => {
+                let expected = frame.map_or(0, |i| offsets[i]);
+                assert_eq!(
+                    offset, expected,
+                    "{what}: the error names where the damaged frame starts"
+                );
+                assert!(file.ends_with("gen-0000000001.log"), "{what}");
+                let report = check(dir.path(), &Options::default()).expect("check");
+                assert!(!report.is_healthy(), "{what}: check reports it: {report:?}");
+                refused += 1;
+            }
+            Err(other) => panic!("{what}: unexpected error {other}"),
+        }
+    }
+    assert!(refused > 0);
+    if after_reboot {
+        assert!(tails_recovered > 0);
+    }
+}
+
+#[test]
+fn every_bit_flip_is_refused_while_the_shared_map_knows_the_end() {
+    flip_every_bit(false);
+}
+
+#[test]
+fn every_bit_flip_after_a_reboot_is_refused_unless_it_is_in_the_last_frame() {
+    flip_every_bit(true);
+}
+
+#[test]
+fn repair_salvages_every_intact_commit_around_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, offsets) = build(dir.path());
+    let mut bytes = std::fs::read(&log).expect("read");
+    // Damage the third commit's payload.
+    let at = (offsets[2] + 12) as usize;
+    bytes[at] ^= 0x40;
+    std::fs::write(&log, &bytes).expect("write");
+    let err = Store::open(dir.path(), opts()).err().expect("refuses");
+    assert!(
+        err.to_string().contains(&format!("offset {}", offsets[2])),
+        "{err}"
+    );
+    assert!(err.to_string().contains("chorus repair"), "{err}");
+    let report = repair(dir.path(), &Options::default()).expect("repair");
+    assert!(report.repaired);
+    assert_eq!(report.commits_salvaged, COMMITS - 1);
+    assert_eq!(report.lost_ranges, vec![(offsets[2], offsets[3])]);
+    assert!(
+        report.kept_as.as_ref().is_some_and(|p| p.exists()),
+        "the damaged log is kept"
+    );
+    let store = Store::open(dir.path(), opts()).expect("opens after repair");
+    let snap = store.snapshot().expect("snapshot");
+    assert_eq!(snap.len() as u64, COMMITS - 1);
+    assert_eq!(
+        snap.get(&fp(), b"k2"),
+        None,
+        "the damaged commit is gone, not invented"
+    );
+    assert_eq!(snap.get(&fp(), b"k5").as_deref(), Some(&b"value 5"[..]));
+    assert_eq!(snap.generation(), 2);
+    store.put(&fp(), b"k2", b"again").expect("writes continue");
+    assert!(
+        check(dir.path(), &Options::default())
+            .expect("check")
+            .is_healthy()
+    );
+    let again = repair(dir.path(), &Options::default()).expect("repair is idempotent");
+    assert!(!again.repaired);
+}
