@@ -1,0 +1,162 @@
+//! `chorus demo`: several processes write one data directory at once, with
+//! no server, and every write and every increment is accounted for.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use chorus_core::FullPrefix;
+use chorus_store::{Error, Options, Store, SyncMode};
+use clap::Args;
+
+use crate::{Cli, Failure};
+
+#[derive(Args, Debug)]
+pub(crate) struct DemoArgs {
+    /// Processes writing at once
+    #[arg(long, default_value_t = 4)]
+    processes: u32,
+    /// Keys each process writes (plus as many counter increments)
+    #[arg(long, default_value_t = 250)]
+    commits: u64,
+}
+
+fn keys() -> Result<FullPrefix, Failure> {
+    Ok(FullPrefix::parse("demo/keys")?)
+}
+
+fn counter() -> Result<FullPrefix, Failure> {
+    Ok(FullPrefix::parse("demo/counter")?)
+}
+
+pub(crate) fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Failure> {
+    if args.processes == 0 || args.processes > 64 {
+        return Err(Failure::usage("--processes must be between 1 and 64"));
+    }
+    let store = open_created(cli)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::usage(format!("cannot find the chorus binary: {e}")))?;
+    let before = store.snapshot()?;
+    let base = before.get(&counter()?, b"hits").map_or(0, |v| decode(&v));
+    println!(
+        "data directory {} (node {}); starting {} processes, {} writes and {} counter increments each",
+        cli.dir.display(),
+        store.node_id(),
+        args.processes,
+        args.commits,
+        args.commits
+    );
+    let start = Instant::now();
+    let mut children = Vec::new();
+    for p in 0..args.processes {
+        let child = Command::new(&exe)
+            .arg("--dir")
+            .arg(&cli.dir)
+            .args(["--sync", sync_name(cli)])
+            .args(["demo-worker", &format!("p{p}"), &args.commits.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| Failure::usage(format!("cannot start a worker process: {e}")))?;
+        children.push(child);
+    }
+    let mut conflicts = 0u64;
+    for child in children {
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Failure::usage(format!("worker process failed: {e}")))?;
+        if !out.status.success() {
+            return Err(Failure::usage(format!(
+                "a worker process failed: {}",
+                out.status
+            )));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        conflicts += text.trim().parse::<u64>().unwrap_or(0);
+    }
+    let elapsed = start.elapsed();
+    let snap = store.snapshot()?;
+    let hits = snap.get(&counter()?, b"hits").map_or(0, |v| decode(&v)) - base;
+    let commits = snap.seq() - before.seq();
+    println!(
+        "done in {:.2} s: {commits} commits ({:.0}/s, sync {}), counter +{hits} (expected {}), {conflicts} write conflicts retried",
+        elapsed.as_secs_f64(),
+        commits as f64 / elapsed.as_secs_f64().max(1e-9),
+        sync_name(cli),
+        u64::from(args.processes) * args.commits,
+    );
+    println!(
+        "this process sees {} keys under demo/keys; a snapshot taken before the run still sees {}",
+        snap.iter_prefix(&keys()?).count(),
+        before.iter_prefix(&keys()?).count()
+    );
+    let fp = keys()?;
+    let reads = 1_000_000u32;
+    let t = Instant::now();
+    let mut found = 0u32;
+    for _ in 0..reads {
+        found += u32::from(store.get(&fp, b"p0-0")?.is_some());
+    }
+    println!(
+        "{reads} reads of one key from memory, each checking for new commits first: {:.0} ns per read",
+        t.elapsed().as_nanos() as f64 / f64::from(reads)
+    );
+    if found != reads || hits != u64::from(args.processes) * args.commits {
+        return Err(Failure::usage(
+            "the demo lost an update: please report this",
+        ));
+    }
+    println!(
+        "try: chorus --dir {} ls demo/keys | head; chorus --dir {} status",
+        cli.dir.display(),
+        cli.dir.display()
+    );
+    Ok(())
+}
+
+/// One demo writer: `count` keys and `count` transactional increments.
+pub(crate) fn worker(cli: &Cli, tag: &str, count: u64) -> Result<(), Failure> {
+    let store = cli.open()?;
+    let (fp, c) = (keys()?, counter()?);
+    let mut conflicts = 0u64;
+    for i in 0..count {
+        store.put(
+            &fp,
+            format!("{tag}-{i}").as_bytes(),
+            format!("written by {tag}").as_bytes(),
+        )?;
+        loop {
+            let mut tx = store.begin()?;
+            let n = tx.get(&c, b"hits").map_or(0, |v| decode(&v));
+            tx.put(&c, b"hits", &(n + 1).to_le_bytes());
+            match tx.commit() {
+                Ok(_) => break,
+                Err(Error::WriteConflict { .. }) => conflicts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    println!("{conflicts}");
+    Ok(())
+}
+
+fn sync_name(cli: &Cli) -> &'static str {
+    match cli.options().map(|o| o.sync) {
+        Ok(SyncMode::Batch) => "batch",
+        Ok(SyncMode::Never) => "never",
+        _ => "always",
+    }
+}
+
+fn decode(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[..n].copy_from_slice(&v[..n]);
+    u64::from_le_bytes(b)
+}
+
+fn open_created(cli: &Cli) -> Result<Store, Failure> {
+    let options = Options {
+        create: true,
+        ..cli.options()?
+    };
+    Ok(Store::open(&cli.dir, options)?)
+}

@@ -1,0 +1,578 @@
+//! `chorus`: the command line of a Chorus node.
+//!
+//! Exit codes scripts can rely on: 0 ok, 1 not found, 2 bad usage or input,
+//! 3 conflict, 4 corruption or I/O error, 5 lock timeout. Errors go to
+//! stderr as one line that says what happened and what to do; `--json`
+//! prints one JSON document on stdout.
+
+use std::io::{IsTerminal, Read, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chorus_core::FullPrefix;
+use chorus_store::{Error, Finding, Options, Store, SyncMode, Write, check, repair};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+mod demo;
+
+/// A replicated metadata store. This build has the embedded engine: any
+/// number of processes share one data directory with no server.
+#[derive(Parser, Debug)]
+#[command(name = "chorus", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Data directory [default: $CHORUS_DIR, else ./chorus-data]
+    #[arg(
+        long,
+        global = true,
+        env = "CHORUS_DIR",
+        default_value = "chorus-data",
+        hide_default_value = true
+    )]
+    dir: PathBuf,
+    /// Print one JSON document on stdout instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    /// When commits are made durable
+    #[arg(long, global = true, value_enum, default_value_t = Sync::Always)]
+    sync: Sync,
+    /// Seconds a writer waits for the writer lock before giving up (exit 5)
+    #[arg(long, global = true, default_value_t = 10.0)]
+    lock_timeout: f64,
+    /// Allow a data directory on a network or FUSE filesystem
+    #[arg(long, global = true)]
+    allow_network_fs: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    /// Sync every commit before acknowledging it
+    Always,
+    /// Group concurrent commits of one process into one sync
+    Batch,
+    /// Never sync (a power loss may lose recent commits)
+    Never,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the data directory, node id and first log generation
+    Init,
+    /// Set a key: VALUE is the text itself, `-` for stdin, or `@path` for a file
+    Put {
+        /// PREFIX/SUBPREFIX
+        full_prefix: String,
+        /// The key
+        key: String,
+        /// The value: text, `-` (stdin) or `@path`
+        value: String,
+    },
+    /// Print a key's value (exit 1 if absent)
+    Get {
+        /// PREFIX/SUBPREFIX
+        full_prefix: String,
+        /// The key
+        key: String,
+    },
+    /// Remove a key (exit 1 if absent)
+    Del {
+        /// PREFIX/SUBPREFIX
+        full_prefix: String,
+        /// The key
+        key: String,
+    },
+    /// List the keys of a full prefix, or every full prefix when none is given
+    Ls {
+        /// PREFIX/SUBPREFIX
+        full_prefix: Option<String>,
+        /// Also print each key's sequence number, size and value
+        #[arg(long, short)]
+        long: bool,
+    },
+    /// Verify every frame of the log without changing anything (exit 4 if damaged)
+    Check,
+    /// Salvage every intact commit of a damaged log into a new generation
+    Repair,
+    /// Rewrite the live state into a new log generation
+    Compact,
+    /// Node id, generation, log size, keys and the writer-lock holder
+    Status,
+    /// Show the engine at work: processes writing one directory at once
+    Demo(demo::DemoArgs),
+    #[command(hide = true, name = "demo-worker")]
+    DemoWorker { tag: String, count: u64 },
+}
+
+/// A failure, with the exit code it maps to.
+pub(crate) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::NotInitialized { .. } => 1,
+            Error::InvalidInput(_) | Error::NetworkFilesystem { .. } => 2,
+            Error::WriteConflict { .. } => 3,
+            Error::Corruption { .. } | Error::Io { .. } | Error::Poisoned(_) => 4,
+            Error::LockTimeout { .. } => 5,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<chorus_core::NameError> for Failure {
+    fn from(e: chorus_core::NameError) -> Self {
+        Failure::usage(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("chorus: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+impl Cli {
+    pub(crate) fn options(&self) -> Result<Options, Failure> {
+        if !(self.lock_timeout.is_finite() && self.lock_timeout >= 0.0) {
+            return Err(Failure::usage(format!(
+                "--lock-timeout {} is not a number of seconds >= 0",
+                self.lock_timeout
+            )));
+        }
+        Ok(Options {
+            sync: match self.sync {
+                Sync::Always => SyncMode::Always,
+                Sync::Batch => SyncMode::Batch,
+                Sync::Never => SyncMode::Never,
+            },
+            lock_timeout: Duration::from_secs_f64(self.lock_timeout),
+            allow_network_fs: self.allow_network_fs,
+            ..Options::default()
+        })
+    }
+
+    pub(crate) fn open(&self) -> Result<Store, Failure> {
+        Ok(Store::open(&self.dir, self.options()?)?)
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Init => init(cli),
+        Command::Put {
+            full_prefix,
+            key,
+            value,
+        } => put(cli, full_prefix, key, value),
+        Command::Get { full_prefix, key } => get(cli, full_prefix, key),
+        Command::Del { full_prefix, key } => del(cli, full_prefix, key),
+        Command::Ls { full_prefix, long } => ls(cli, full_prefix.as_deref(), *long),
+        Command::Check => run_check(cli),
+        Command::Repair => run_repair(cli),
+        Command::Compact => compact(cli),
+        Command::Status => status(cli),
+        Command::Demo(args) => demo::run(cli, args),
+        Command::DemoWorker { tag, count } => demo::worker(cli, tag, *count),
+    }
+}
+
+/// Prints a JSON document or a text, depending on `--json`.
+fn emit(cli: &Cli, value: Value, text: impl FnOnce() -> String) {
+    if cli.json {
+        println!("{value}");
+    } else {
+        let t = text();
+        if !t.is_empty() {
+            println!("{t}");
+        }
+    }
+}
+
+fn parse_prefix(text: &str) -> Result<FullPrefix, Failure> {
+    Ok(FullPrefix::parse(text)?)
+}
+
+fn writable_prefix(text: &str) -> Result<FullPrefix, Failure> {
+    let fp = parse_prefix(text)?;
+    if fp.is_reserved() {
+        return Err(Failure::usage(format!(
+            "{fp} is reserved for Chorus itself (names starting with '$'); pick a name without '$'"
+        )));
+    }
+    Ok(fp)
+}
+
+fn read_value(arg: &str) -> Result<Vec<u8>, Failure> {
+    if arg == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| Failure::usage(format!("could not read the value from stdin: {e}")))?;
+        return Ok(buf);
+    }
+    if let Some(path) = arg.strip_prefix('@') {
+        return std::fs::read(path)
+            .map_err(|e| Failure::usage(format!("could not read the value from {path}: {e}")));
+    }
+    Ok(arg.as_bytes().to_vec())
+}
+
+/// A value as JSON: text when it is UTF-8, else hex.
+fn value_json(bytes: &[u8]) -> (&'static str, Value) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => ("value", json!(s)),
+        Err(_) => ("value_hex", json!(hex(bytes))),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn init(cli: &Cli) -> Result<(), Failure> {
+    let (node_id, created) = Store::init(&cli.dir, &cli.options()?)?;
+    emit(
+        cli,
+        json!({"dir": cli.dir, "node_id": node_id.to_string(), "created": created}),
+        || {
+            if created {
+                format!("initialized {} (node {node_id})", cli.dir.display())
+            } else {
+                format!(
+                    "{} already holds node {node_id}; nothing changed",
+                    cli.dir.display()
+                )
+            }
+        },
+    );
+    Ok(())
+}
+
+fn put(cli: &Cli, full_prefix: &str, key: &str, value: &str) -> Result<(), Failure> {
+    let fp = writable_prefix(full_prefix)?;
+    let value = read_value(value)?;
+    let store = cli.open()?;
+    let info = store.put(&fp, key.as_bytes(), &value)?;
+    emit(
+        cli,
+        json!({"full_prefix": fp.to_string(), "key": key, "seq": info.seq, "ts_ms": info.ts_ms}),
+        String::new,
+    );
+    Ok(())
+}
+
+fn get(cli: &Cli, full_prefix: &str, key: &str) -> Result<(), Failure> {
+    let fp = parse_prefix(full_prefix)?;
+    let store = cli.open()?;
+    let entry = store
+        .get_entry(&fp, key.as_bytes())?
+        .ok_or_else(|| Failure::not_found(format!("{fp}/{key} not found")))?;
+    if cli.json {
+        let (field, v) = value_json(&entry.value);
+        println!(
+            "{}",
+            json!({"full_prefix": fp.to_string(), "key": key, "seq": entry.seq, field: v})
+        );
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(&entry.value).and_then(|()| {
+        if out.is_terminal() && !entry.value.ends_with(b"\n") {
+            out.write_all(b"\n")?;
+        }
+        out.flush()
+    });
+    written.map_err(|e| Failure {
+        code: 4,
+        message: format!("could not write the value to stdout: {e}"),
+    })
+}
+
+fn del(cli: &Cli, full_prefix: &str, key: &str) -> Result<(), Failure> {
+    let fp = writable_prefix(full_prefix)?;
+    let store = cli.open()?;
+    let k = key.as_bytes().to_vec();
+    let target = fp.clone();
+    let info = store.update(move |snap| {
+        Ok(match snap.get(&target, &k) {
+            Some(_) => vec![Write::delete(&target, &k)],
+            None => vec![],
+        })
+    })?;
+    let info =
+        info.ok_or_else(|| Failure::not_found(format!("{fp}/{key} not found; nothing deleted")))?;
+    emit(
+        cli,
+        json!({"full_prefix": fp.to_string(), "key": key, "deleted": true, "seq": info.seq}),
+        String::new,
+    );
+    Ok(())
+}
+
+fn ls(cli: &Cli, full_prefix: Option<&str>, long: bool) -> Result<(), Failure> {
+    let store = cli.open()?;
+    let snap = store.snapshot()?;
+    let Some(text) = full_prefix else {
+        let prefixes: Vec<(String, usize)> = snap
+            .prefixes()
+            .map(|fp| (fp.to_string(), snap.iter_prefix(fp).count()))
+            .collect();
+        let list: Vec<Value> = prefixes
+            .iter()
+            .map(|(p, n)| json!({"full_prefix": p, "keys": n}))
+            .collect();
+        emit(cli, json!({"prefixes": list}), || {
+            prefixes
+                .iter()
+                .map(|(p, n)| format!("{p}\t{n} keys"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        return Ok(());
+    };
+    let fp = parse_prefix(text)?;
+    let mut keys = Vec::new();
+    let mut lines = Vec::new();
+    for (key, entry) in snap.iter_prefix(&fp) {
+        let name = String::from_utf8_lossy(key).into_owned();
+        let (field, v) = value_json(&entry.value);
+        keys.push(json!({"key": name, "seq": entry.seq, "bytes": entry.value.len(), field: v}));
+        if long {
+            let shown = match std::str::from_utf8(&entry.value) {
+                Ok(s) if s.len() <= 60 => s.escape_debug().to_string(),
+                Ok(s) => format!(
+                    "{}...",
+                    s.chars().take(57).collect::<String>().escape_debug()
+                ),
+                Err(_) => format!("<{} bytes, binary>", entry.value.len()),
+            };
+            lines.push(format!(
+                "{name}\tseq {}\t{} B\t{shown}",
+                entry.seq,
+                entry.value.len()
+            ));
+        } else {
+            lines.push(name);
+        }
+    }
+    emit(
+        cli,
+        json!({"full_prefix": fp.to_string(), "keys": keys}),
+        || lines.join("\n"),
+    );
+    Ok(())
+}
+
+fn finding_json(f: &Finding) -> Value {
+    match f {
+        Finding::Corruption {
+            file,
+            offset,
+            detail,
+        } => {
+            json!({"kind": "corruption", "file": file, "offset": offset, "detail": detail})
+        }
+        Finding::TornTail {
+            offset,
+            bytes,
+            detail,
+        } => {
+            json!({"kind": "torn_tail", "offset": offset, "bytes": bytes, "detail": detail})
+        }
+        Finding::Unpublished { offset, bytes } => {
+            json!({"kind": "unpublished", "offset": offset, "bytes": bytes})
+        }
+        Finding::StaleFile { name } => json!({"kind": "stale_file", "name": name}),
+    }
+}
+
+fn finding_text(f: &Finding) -> String {
+    match f {
+        Finding::Corruption {
+            file,
+            offset,
+            detail,
+        } => {
+            format!(
+                "CORRUPTION in {} at offset {offset}: {detail}; run `chorus repair`",
+                file.display()
+            )
+        }
+        Finding::TornTail {
+            offset,
+            bytes,
+            detail,
+        } => format!(
+            "torn tail at offset {offset} ({bytes} bytes, {detail}): an unfinished write; the next writer cuts it"
+        ),
+        Finding::Unpublished { offset, bytes } => format!(
+            "{bytes} unacknowledged bytes at offset {offset}: a writer is writing, or died writing; the next writer cuts them"
+        ),
+        Finding::StaleFile { name } => format!(
+            "stale file {name}: left by an interrupted compaction; the next writer removes it"
+        ),
+    }
+}
+
+fn run_check(cli: &Cli) -> Result<(), Failure> {
+    let report = check(&cli.dir, &cli.options()?)?;
+    let findings: Vec<Value> = report.findings.iter().map(finding_json).collect();
+    emit(
+        cli,
+        json!({
+            "dir": report.dir, "healthy": report.is_healthy(),
+            "node_id": report.node_id.map(|n| n.to_string()), "generation": report.generation,
+            "log_bytes": report.log_bytes, "committed_bytes": report.committed_bytes,
+            "frames": report.frames, "commits": report.commits, "keys": report.keys,
+            "findings": findings,
+        }),
+        || {
+            let mut lines = vec![format!(
+                "{}: generation {}, {} bytes, {} frames, {} commits, {} keys",
+                report.dir.display(),
+                report.generation,
+                report.log_bytes,
+                report.frames,
+                report.commits,
+                report.keys
+            )];
+            lines.extend(report.findings.iter().map(finding_text));
+            lines.push(if report.is_healthy() {
+                "ok".into()
+            } else {
+                "DAMAGED".into()
+            });
+            lines.join("\n")
+        },
+    );
+    if report.is_healthy() {
+        Ok(())
+    } else {
+        Err(Failure {
+            code: 4,
+            message: format!(
+                "{} is damaged: run `chorus repair --dir {}`",
+                cli.dir.display(),
+                cli.dir.display()
+            ),
+        })
+    }
+}
+
+fn run_repair(cli: &Cli) -> Result<(), Failure> {
+    let r = repair(&cli.dir, &cli.options()?)?;
+    let lost: Vec<Value> = r.lost_ranges.iter().map(|(a, b)| json!([a, b])).collect();
+    emit(
+        cli,
+        json!({
+            "repaired": r.repaired, "old_generation": r.old_generation, "new_generation": r.new_generation,
+            "frames_salvaged": r.frames_salvaged, "commits_salvaged": r.commits_salvaged,
+            "keys": r.keys, "lost_ranges": lost, "kept_as": r.kept_as,
+        }),
+        || {
+            if !r.repaired {
+                return format!(
+                    "nothing to repair: {} frames, {} keys, all intact",
+                    r.frames_salvaged, r.keys
+                );
+            }
+            let ranges: Vec<String> = r
+                .lost_ranges
+                .iter()
+                .map(|(a, b)| format!("{a}..{b}"))
+                .collect();
+            format!(
+                "salvaged {} commits ({} frames, {} keys) into generation {}; unreadable byte ranges: {}; the damaged log is kept as {}",
+                r.commits_salvaged,
+                r.frames_salvaged,
+                r.keys,
+                r.new_generation,
+                ranges.join(", "),
+                r.kept_as
+                    .as_deref()
+                    .map_or_else(String::new, |p: &Path| p.display().to_string())
+            )
+        },
+    );
+    Ok(())
+}
+
+fn compact(cli: &Cli) -> Result<(), Failure> {
+    let r = cli.open()?.compact()?;
+    emit(
+        cli,
+        json!({
+            "old_generation": r.old_generation, "new_generation": r.new_generation,
+            "bytes_before": r.bytes_before, "bytes_after": r.bytes_after, "keys": r.keys,
+        }),
+        || {
+            format!(
+                "generation {} -> {}: {} -> {} bytes, {} keys",
+                r.old_generation, r.new_generation, r.bytes_before, r.bytes_after, r.keys
+            )
+        },
+    );
+    Ok(())
+}
+
+fn status(cli: &Cli) -> Result<(), Failure> {
+    let s = cli.open()?.status()?;
+    let holder = s
+        .lock_holder
+        .as_ref()
+        .map(|h| json!({"pid": h.pid, "host": h.host, "since_ms": h.since_ms}));
+    emit(
+        cli,
+        json!({
+            "dir": s.dir, "node_id": s.node_id.to_string(), "generation": s.generation,
+            "log_bytes": s.log_bytes, "keys": s.keys, "data_bytes": s.data_bytes,
+            "last_seq": s.last_seq, "lock_holder": holder,
+        }),
+        || {
+            let holder = s
+                .lock_holder
+                .as_ref()
+                .map_or_else(|| "free".to_string(), |h| format!("held by {h}"));
+            format!(
+                "dir         {}\nnode id     {}\ngeneration  {}\nlog size    {} bytes\nkeys        {} ({} bytes of keys and values)\nlast commit {}\nwriter lock {holder}",
+                s.dir.display(),
+                s.node_id,
+                s.generation,
+                s.log_bytes,
+                s.keys,
+                s.data_bytes,
+                s.last_seq
+            )
+        },
+    );
+    Ok(())
+}

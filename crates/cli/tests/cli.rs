@@ -1,0 +1,274 @@
+//! The `chorus` binary as scripts use it: outputs, `--json`, exit codes and
+//! error messages, run as real processes.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
+
+fn chorus(dir: &Path, args: &[&str]) -> Output {
+    Command::new(CHORUS)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("CHORUS_DIR")
+        .output()
+        .expect("run chorus")
+}
+
+fn with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(CHORUS)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chorus");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+fn ok(o: Output) -> Output {
+    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
+    o
+}
+
+#[test]
+fn put_get_del_ls_round_trip() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let init = json(&ok(chorus(&dir, &["--json", "init"])));
+    assert_eq!(init["created"], true);
+    assert_eq!(init["node_id"].as_str().map(str::len), Some(32));
+    let again = json(&ok(chorus(&dir, &["--json", "init"])));
+    assert_eq!(
+        (again["created"].clone(), again["node_id"].clone()),
+        (false.into(), init["node_id"].clone())
+    );
+
+    ok(chorus(&dir, &["put", "config/web", "port", "8080"]));
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["get", "config/web", "port"]))),
+        "8080"
+    );
+    let got = json(&ok(chorus(&dir, &["--json", "get", "config/web", "port"])));
+    assert_eq!(got["value"], "8080");
+    assert_eq!(got["seq"], 1);
+
+    ok(with_stdin(
+        &dir,
+        &["put", "config/web", "motd", "-"],
+        b"hello\nworld\n",
+    ));
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["get", "config/web", "motd"]))),
+        "hello\nworld\n"
+    );
+    let file = tmp.path().join("blob");
+    std::fs::write(&file, [0u8, 159, 146, 150]).expect("write file");
+    ok(chorus(
+        &dir,
+        &["put", "config/web", "blob", &format!("@{}", file.display())],
+    ));
+    assert_eq!(
+        ok(chorus(&dir, &["get", "config/web", "blob"])).stdout,
+        vec![0u8, 159, 146, 150]
+    );
+    assert_eq!(
+        json(&ok(chorus(&dir, &["--json", "get", "config/web", "blob"])))["value_hex"],
+        "009f9296"
+    );
+
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["ls", "config/web"]))),
+        "blob\nmotd\nport\n"
+    );
+    let listed = json(&ok(chorus(&dir, &["--json", "ls", "config/web"])));
+    assert_eq!(listed["keys"].as_array().map(Vec::len), Some(3));
+    assert_eq!(stdout(&ok(chorus(&dir, &["ls"]))), "config/web\t3 keys\n");
+
+    ok(chorus(&dir, &["del", "config/web", "port"]));
+    let gone = chorus(&dir, &["get", "config/web", "port"]);
+    assert_eq!(code(&gone), 1);
+    assert!(
+        stderr(&gone).contains("config/web/port not found"),
+        "{}",
+        stderr(&gone)
+    );
+    assert_eq!(
+        code(&chorus(&dir, &["del", "config/web", "port"])),
+        1,
+        "deleting an absent key"
+    );
+
+    let status = json(&ok(chorus(&dir, &["--json", "status"])));
+    assert_eq!(status["keys"], 2);
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["lock_holder"], serde_json::Value::Null);
+    let compacted = json(&ok(chorus(&dir, &["--json", "compact"])));
+    assert_eq!(compacted["new_generation"], 2);
+    assert_eq!(
+        json(&ok(chorus(&dir, &["--json", "check"])))["healthy"],
+        true
+    );
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["get", "config/web", "motd"]))),
+        "hello\nworld\n"
+    );
+}
+
+#[test]
+fn chorus_dir_comes_from_the_environment() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = Command::new(CHORUS)
+        .args(["put", "a/b", "k", "v"])
+        .env("CHORUS_DIR", tmp.path())
+        .output()
+        .expect("run");
+    assert_eq!(code(&o), 1, "no store yet: {}", stderr(&o));
+    assert!(stderr(&o).contains("chorus init"), "{}", stderr(&o));
+    ok(Command::new(CHORUS)
+        .arg("init")
+        .env("CHORUS_DIR", tmp.path())
+        .output()
+        .expect("run"));
+    ok(Command::new(CHORUS)
+        .args(["put", "a/b", "k", "v"])
+        .env("CHORUS_DIR", tmp.path())
+        .output()
+        .expect("run"));
+}
+
+#[test]
+fn bad_input_exits_2_and_changes_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    ok(chorus(&dir, &["init"]));
+    for (args, says) in [
+        (&["put", "noslash", "k", "v"][..], "PREFIX/SUBPREFIX"),
+        (&["put", "a/b/c", "k", "v"][..], "'/'"),
+        (&["put", "$cluster/x", "k", "v"][..], "reserved"),
+        (&["put", "a/b", "", "v"][..], "key is empty"),
+        (
+            &["put", "a/b", "k", "@/nonexistent/file"][..],
+            "could not read the value",
+        ),
+        (&["get", "/b", "k"][..], "prefix is empty"),
+        (&["frobnicate"][..], "unrecognized subcommand"),
+        (
+            &["--lock-timeout=-1", "put", "a/b", "k", "v"][..],
+            "lock-timeout",
+        ),
+    ] {
+        let o = chorus(&dir, args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(says),
+            "{args:?} should say {says:?}: {}",
+            stderr(&o)
+        );
+        assert_eq!(stderr(&o).trim().lines().count().min(1), 1);
+    }
+    let big = "x".repeat(5000);
+    let o = chorus(&dir, &["put", "a/b", &big, "v"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("the limit is 4096 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        json(&ok(chorus(&dir, &["--json", "status"])))["last_seq"],
+        0,
+        "nothing was written"
+    );
+}
+
+#[test]
+fn corruption_exits_4_names_the_offset_and_repair_fixes_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    ok(chorus(&dir, &["init"]));
+    for i in 0..5 {
+        ok(chorus(
+            &dir,
+            &["put", "a/b", &format!("k{i}"), "some value"],
+        ));
+    }
+    let log = dir.join("gen-0000000001.log");
+    let mut bytes = std::fs::read(&log).expect("read");
+    let at = 64 + 20;
+    bytes[at] ^= 0xff;
+    std::fs::write(&log, &bytes).expect("write");
+    let o = chorus(&dir, &["get", "a/b", "k4"]);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(stderr(&o).contains("at byte offset 64"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("chorus repair"), "{}", stderr(&o));
+    let checked = chorus(&dir, &["--json", "check"]);
+    assert_eq!(code(&checked), 4);
+    let report = json(&checked);
+    assert_eq!(report["healthy"], false);
+    assert_eq!(report["findings"][0]["kind"], "corruption");
+    assert_eq!(report["findings"][0]["offset"], 64);
+    let repaired = json(&ok(chorus(&dir, &["--json", "repair"])));
+    assert_eq!(repaired["repaired"], true);
+    assert_eq!(repaired["commits_salvaged"], 4);
+    assert_eq!(
+        code(&chorus(&dir, &["get", "a/b", "k0"])),
+        1,
+        "the damaged commit is gone"
+    );
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["get", "a/b", "k4"]))),
+        "some value"
+    );
+    ok(chorus(&dir, &["check"]));
+}
+
+#[test]
+fn a_held_lock_exits_5_after_the_timeout() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    ok(chorus(&dir, &["init"]));
+    // flock(1) takes the same OS lock a Chorus writer takes.
+    let mut holder = Command::new("flock")
+        .arg(dir.join("lock"))
+        .args(["sleep", "3"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = chorus(&dir, &["--lock-timeout", "0.3", "put", "a/b", "k", "v"]);
+    assert_eq!(code(&o), 5, "{}", stderr(&o));
+    assert!(stderr(&o).contains("writer lock"), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["ls"]))),
+        "",
+        "reads do not wait for the lock"
+    );
+    holder.wait().expect("wait");
+    ok(chorus(&dir, &["put", "a/b", "k", "v"]));
+}
