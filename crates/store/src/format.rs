@@ -337,7 +337,7 @@ mod tests {
     fn unknown_payload_version_is_refused() {
         assert!(
             decode_payload(&[9, 0])
-                .unwrap_err()
+                .expect_err("version 9 is unknown")
                 .contains("payload version 9")
         );
     }

@@ -104,10 +104,11 @@ impl Applier {
     }
 
     fn full_prefix(&mut self, prefix: &str, subprefix: &str) -> Option<FullPrefix> {
-        if let Some(fp) = &self.last {
-            if fp.prefix() == prefix && fp.subprefix() == subprefix {
-                return Some(fp.clone());
-            }
+        if let Some(fp) = &self.last
+            && fp.prefix() == prefix
+            && fp.subprefix() == subprefix
+        {
+            return Some(fp.clone());
         }
         // Names were validated before they were written; a frame whose
         // checksum holds but whose name does not is skipped, not trusted.

@@ -267,10 +267,10 @@ pub(crate) fn find_intact(buf: &[u8], start: usize) -> Option<usize> {
             if budget == 0 {
                 return Some(i);
             }
-            if let FrameParse::Intact { total } = format::parse_frame(&buf[i..]) {
-                if format::decode_payload(&buf[i + FRAME_HEADER_LEN..i + total]).is_ok() {
-                    return Some(i);
-                }
+            if let FrameParse::Intact { total } = format::parse_frame(&buf[i..])
+                && format::decode_payload(&buf[i + FRAME_HEADER_LEN..i + total]).is_ok()
+            {
+                return Some(i);
             }
         }
         i += 1;

@@ -96,14 +96,14 @@ fn unescape_mount(s: &str) -> String {
     while let Some(c) = chars.next() {
         if c == '\\' {
             let oct: String = chars.clone().take(3).collect();
-            if oct.len() == 3 {
-                if let Ok(v) = u8::from_str_radix(&oct, 8) {
-                    out.push(char::from(v));
-                    for _ in 0..3 {
-                        chars.next();
-                    }
-                    continue;
+            if oct.len() == 3
+                && let Ok(v) = u8::from_str_radix(&oct, 8)
+            {
+                out.push(char::from(v));
+                for _ in 0..3 {
+                    chars.next();
                 }
+                continue;
             }
         }
         out.push(c);

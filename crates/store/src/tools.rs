@@ -294,19 +294,18 @@ fn salvage(bytes: &[u8], state: &mut State, report: &mut RepairReport) {
     let mut applier = Applier::new();
     let mut pos = HEADER_LEN as usize;
     while pos < bytes.len() {
-        if let FrameParse::Intact { total } = format::parse_frame(&bytes[pos..]) {
-            if let Ok(payload) = format::decode_payload(&bytes[pos + FRAME_HEADER_LEN..pos + total])
-            {
-                let (seq, ts) = applier.apply(&mut state.index, &payload);
-                state.last_seq = state.last_seq.max(seq);
-                state.last_ts_ms = state.last_ts_ms.max(ts);
-                report.frames_salvaged += 1;
-                if let format::Payload::Commits(c) = &payload {
-                    report.commits_salvaged += c.len() as u64;
-                }
-                pos += total;
-                continue;
+        if let FrameParse::Intact { total } = format::parse_frame(&bytes[pos..])
+            && let Ok(payload) = format::decode_payload(&bytes[pos + FRAME_HEADER_LEN..pos + total])
+        {
+            let (seq, ts) = applier.apply(&mut state.index, &payload);
+            state.last_seq = state.last_seq.max(seq);
+            state.last_ts_ms = state.last_ts_ms.max(ts);
+            report.frames_salvaged += 1;
+            if let format::Payload::Commits(c) = &payload {
+                report.commits_salvaged += c.len() as u64;
             }
+            pos += total;
+            continue;
         }
         let next = log::find_intact(bytes, pos + 1).unwrap_or(bytes.len());
         report.lost_ranges.push((pos as u64, next as u64));

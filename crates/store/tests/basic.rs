@@ -22,9 +22,7 @@ fn open(dir: &std::path::Path) -> Store {
 #[test]
 fn open_without_create_says_how_to_init() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = Store::open(&dir.path().join("none"), Options::default())
-        .err()
-        .expect("fails");
+    let err = Store::open(&dir.path().join("none"), Options::default()).expect_err("fails");
     assert!(matches!(err, Error::NotInitialized { .. }), "{err}");
     assert!(err.to_string().contains("chorus init"), "{err}");
 }
@@ -79,7 +77,7 @@ fn transaction_conflict_names_the_keys_and_writes_nothing() {
     tx.put(&p, b"balance", b"11");
     tx.put(&p, b"other", b"x");
     s.put(&p, b"balance", b"20").expect("concurrent put");
-    let err = tx.commit().err().expect("conflict");
+    let err = tx.commit().expect_err("conflict");
     match &err {
         Error::WriteConflict { keys } => {
             assert_eq!(keys.len(), 1);
@@ -153,16 +151,16 @@ fn limits_are_enforced_before_writing() {
     .expect("open");
     let p = fp("a/b");
     let before = s.snapshot().expect("snapshot").seq();
-    let e = s.put(&p, b"123456789", b"v").err().expect("key too long");
+    let e = s.put(&p, b"123456789", b"v").expect_err("key too long");
     assert!(e.to_string().contains("the limit is 8 bytes"), "{e}");
-    let e = s.put(&p, b"k", &[0u8; 17]).err().expect("value too long");
+    let e = s.put(&p, b"k", &[0u8; 17]).expect_err("value too long");
     assert!(e.to_string().contains("the limit is 16 bytes"), "{e}");
-    let e = s.put(&p, b"", b"v").err().expect("empty key");
+    let e = s.put(&p, b"", b"v").expect_err("empty key");
     assert!(e.to_string().contains("empty"), "{e}");
     let writes: Vec<Write> = (0..4)
         .map(|i| Write::put(&p, format!("k{i}").as_bytes(), b"v"))
         .collect();
-    let e = s.write(writes).err().expect("too many writes");
+    let e = s.write(writes).expect_err("too many writes");
     assert!(e.to_string().contains("split it"), "{e}");
     let writes: Vec<Write> = (0..3)
         .map(|i| Write::put(&p, format!("k{i}").as_bytes(), &[7u8; 16]))

@@ -205,7 +205,7 @@ fn repair_salvages_every_intact_commit_around_damage() {
     let at = (offsets[2] + 12) as usize;
     bytes[at] ^= 0x40;
     std::fs::write(&log, &bytes).expect("write");
-    let err = Store::open(dir.path(), opts()).err().expect("refuses");
+    let err = Store::open(dir.path(), opts()).expect_err("refuses");
     assert!(
         err.to_string().contains(&format!("offset {}", offsets[2])),
         "{err}"

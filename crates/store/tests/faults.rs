@@ -46,10 +46,7 @@ fn failed_commit_changes_nothing(plan: FaultPlan, expect_in_error: &str) {
     store.write(two_keys("ok")).expect("healthy commit");
     let before = store.snapshot().expect("snapshot");
     faults.set(plan);
-    let err = store
-        .write(two_keys("bad"))
-        .err()
-        .expect("the commit fails");
+    let err = store.write(two_keys("bad")).expect_err("the commit fails");
     assert!(matches!(err, Error::Io { .. }), "{err}");
     assert!(err.to_string().contains(expect_in_error), "{err}");
     faults.clear();
@@ -151,7 +148,7 @@ fn when_the_undo_fails_too_the_handle_stops_and_the_next_writer_cuts_the_bytes()
         Err(Error::Io { .. })
     ));
     faults.clear();
-    let err = store.put(&fp(), b"more", b"3").err().expect("poisoned");
+    let err = store.put(&fp(), b"more", b"3").expect_err("poisoned");
     assert!(matches!(err, Error::Poisoned(_)), "{err}");
     assert!(err.to_string().contains("reopen"), "{err}");
     assert_eq!(

@@ -316,7 +316,7 @@ fn a_writer_waiting_too_long_is_told_who_holds_the_lock() {
         status.lock_holder.as_ref().map(|h| h.pid),
         Some(holder.child.id())
     );
-    let err = store.put(&fp(), b"k", b"v").err().expect("times out");
+    let err = store.put(&fp(), b"k", b"v").expect_err("times out");
     match &err {
         Error::LockTimeout {
             holder: Some(h),

@@ -50,7 +50,7 @@ fn sync_mode(s: &str) -> Result<SyncMode, Failure> {
     }
 }
 
-fn arg<'a>(args: &'a [String], i: usize) -> Result<&'a str, Failure> {
+fn arg(args: &[String], i: usize) -> Result<&str, Failure> {
     args.get(i)
         .map(String::as_str)
         .ok_or_else(|| format!("missing argument {i}").into())
@@ -117,7 +117,7 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 store.write(writes)?;
                 say(&format!("ack {i}"))?;
                 i += 1;
-                if compact_every > 0 && i % compact_every == 0 {
+                if compact_every > 0 && i.is_multiple_of(compact_every) {
                     store.compact()?;
                 }
             }
