@@ -43,3 +43,8 @@ pub use store::{
     CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, Write,
 };
 pub use tools::{CheckReport, Finding, RepairReport, check, repair};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
