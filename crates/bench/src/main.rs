@@ -1,1 +1,142 @@
-fn main() {}
+//! `chorus-bench`: measures Chorus side by side with SQLite (WAL mode) and
+//! LMDB (heed) in the same run, on the same filesystem, and prints a
+//! markdown table of figures, ratios and goals. Speed goals live here and in
+//! BENCHMARKS.md, never in tests.
+//!
+//! ```text
+//! chorus-bench [all|read|commit|threads|procs|open|visibility] [--quick] [--json FILE] [--dir DIR]
+//! ```
+
+mod commit;
+mod engines;
+mod harness;
+mod open;
+mod procs;
+mod read;
+mod threads;
+mod visibility;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use harness::{Cfg, Outcome, Res, Row, print_table};
+
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility] [--quick] [--json FILE] [--dir DIR]
+
+  all         run every benchmark (the default)
+  read        point reads in-process: Chorus get vs LMDB vs SQLite WAL
+  commit      durable single-key commits, 1 thread (+ fdatasync floor)
+  threads     8 threads committing in one process
+  procs       4 processes committing into one store, then verify nothing lost
+  open        open a store of 1,000,000 keys in a fresh process: time and memory
+  visibility  how soon another process sees a commit
+
+  --quick     about 10x smaller counts (smoke run)
+  --json FILE also write the raw results as JSON
+  --dir DIR   where to create the temporary stores (default: the system temp dir)";
+
+const BENCHES: [&str; 6] = ["read", "commit", "threads", "procs", "open", "visibility"];
+
+fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
+    match name {
+        "read" => read::run(cfg),
+        "commit" => commit::run(cfg),
+        "threads" => threads::run(cfg),
+        "procs" => procs::run(cfg),
+        "open" => open::run(cfg),
+        "visibility" => visibility::run(cfg),
+        other => Err(format!("unknown benchmark {other:?}\n{USAGE}").into()),
+    }
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("chorus-bench: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Hidden subcommands: the children the benchmarks start.
+    match args.first().map(String::as_str) {
+        Some("__commit") => return procs::child(&args[1..]),
+        Some("__open") => return open::child(&args[1..]),
+        Some("__writer") => return visibility::child(&args[1..]),
+        _ => {}
+    }
+
+    let mut which: Option<String> = None;
+    let mut quick = false;
+    let mut json: Option<PathBuf> = None;
+    let mut dir: Option<PathBuf> = None;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--json" => json = Some(it.next().ok_or("--json needs a FILE")?.into()),
+            "--dir" => dir = Some(it.next().ok_or("--dir needs a DIR")?.into()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            s if s.starts_with('-') => return Err(format!("unknown option {s}\n{USAGE}").into()),
+            s if which.is_none() => which = Some(s.to_string()),
+            s => return Err(format!("unexpected argument {s}\n{USAGE}").into()),
+        }
+    }
+    let which = which.unwrap_or_else(|| "all".to_string());
+    let names: Vec<&str> = if which == "all" {
+        BENCHES.to_vec()
+    } else if BENCHES.contains(&which.as_str()) {
+        vec![which.as_str()]
+    } else {
+        return Err(format!("unknown benchmark {which:?}\n{USAGE}").into());
+    };
+
+    let base = dir.unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let cfg = Cfg { quick, base };
+    let machine = harness::machine(&cfg.base);
+    eprintln!(
+        "chorus-bench{}: {} cpus ({}), temp dir {} on {} ({}), SQLite {}, LMDB {}",
+        if quick { " --quick" } else { "" },
+        machine["nproc"],
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["dir"].as_str().unwrap_or("?"),
+        machine["fs"].as_str().unwrap_or("?"),
+        machine["device"].as_str().unwrap_or("?"),
+        machine["sqlite"].as_str().unwrap_or("?"),
+        machine["lmdb"].as_str().unwrap_or("?"),
+    );
+
+    let started = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut raw = serde_json::Map::new();
+    for name in names {
+        let t = Instant::now();
+        let out = run_one(name, &cfg)?;
+        eprintln!("{name}: done in {:.1} s", t.elapsed().as_secs_f64());
+        rows.extend(out.rows);
+        raw.insert(name.to_string(), out.raw);
+    }
+    print_table(&rows);
+    let total_s = started.elapsed().as_secs_f64();
+    eprintln!("total: {total_s:.1} s");
+
+    if let Some(path) = json {
+        let doc = serde_json::json!({
+            "quick": quick,
+            "machine": machine,
+            "unix_time": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            "total_seconds": total_s,
+            "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+            "raw": raw,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
