@@ -25,6 +25,10 @@ pub(crate) struct Tail {
     pub(crate) generation: u64,
     pub(crate) path: PathBuf,
     pub(crate) file: Arc<dyn LogFile>,
+    /// Length of the file as last seen: committed frames, then zeros written
+    /// ahead so that appends overwrite blocks the file already has. Other
+    /// writers may have grown it since; only recovery ever shrinks it.
+    pub(crate) allocated: u64,
 }
 
 /// The fixed parts of an open directory.
@@ -120,11 +124,13 @@ impl Dir {
                 ),
             ));
         }
+        let allocated = file.len().map_err(|e| Error::io("stat", &path, e))?;
         Ok((
             Tail {
                 generation,
                 path,
                 file,
+                allocated,
             },
             header,
         ))
@@ -311,7 +317,7 @@ impl Dir {
             if let Some(g) = groups.last_mut() {
                 g.entries.push(CheckpointEntry {
                     seq: entry.seq,
-                    key: Raw(key),
+                    key: Raw(key.as_bytes()),
                     value: Raw(&entry.value),
                 });
             }

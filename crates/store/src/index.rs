@@ -7,6 +7,7 @@ use chorus_core::FullPrefix;
 use imbl::OrdMap;
 
 use crate::format::{CommitRec, Payload};
+use crate::key::Key;
 
 /// Bytes shared without copying.
 pub type Bytes = Arc<[u8]>;
@@ -20,7 +21,7 @@ pub struct Entry {
     pub value: Bytes,
 }
 
-type Keys = OrdMap<Bytes, Entry>;
+type Keys = OrdMap<Key, Entry>;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Index {
@@ -47,20 +48,20 @@ impl Index {
         self.prefixes.keys()
     }
 
-    pub(crate) fn iter_prefix(&self, fp: &FullPrefix) -> impl Iterator<Item = (&Bytes, &Entry)> {
+    pub(crate) fn iter_prefix(&self, fp: &FullPrefix) -> impl Iterator<Item = (&Key, &Entry)> {
         self.prefixes
             .get(fp)
             .into_iter()
             .flat_map(|keys| keys.iter())
     }
 
-    pub(crate) fn iter_all(&self) -> impl Iterator<Item = (&FullPrefix, &Bytes, &Entry)> {
+    pub(crate) fn iter_all(&self) -> impl Iterator<Item = (&FullPrefix, &Key, &Entry)> {
         self.prefixes
             .iter()
             .flat_map(|(fp, keys)| keys.iter().map(move |(k, e)| (fp, k, e)))
     }
 
-    pub(crate) fn put(&mut self, fp: &FullPrefix, key: Bytes, entry: Entry) {
+    pub(crate) fn put(&mut self, fp: &FullPrefix, key: Key, entry: Entry) {
         let key_len = key.len() as u64;
         let value_len = entry.value.len() as u64;
         let old = match self.prefixes.get_mut(fp) {
@@ -137,7 +138,7 @@ impl Applier {
                             seq: e.seq,
                             value: Bytes::from(e.value.0),
                         };
-                        index.put(&fp, Bytes::from(e.key.0), entry);
+                        index.put(&fp, Key::new(e.key.0), entry);
                     }
                 }
             }
@@ -153,7 +154,7 @@ impl Applier {
             match w.value {
                 Some(v) => index.put(
                     &fp,
-                    Bytes::from(w.key.0),
+                    Key::new(w.key.0),
                     Entry {
                         seq: c.seq,
                         value: Bytes::from(v.0),
@@ -195,12 +196,12 @@ impl Snapshot {
     }
 
     /// Every live key of a full prefix, in key order.
-    pub fn iter_prefix(&self, fp: &FullPrefix) -> impl Iterator<Item = (&Bytes, &Entry)> {
+    pub fn iter_prefix(&self, fp: &FullPrefix) -> impl Iterator<Item = (&Key, &Entry)> {
         self.state.index.iter_prefix(fp)
     }
 
     /// Every live key, ordered by full prefix then key.
-    pub fn iter(&self) -> impl Iterator<Item = (&FullPrefix, &Bytes, &Entry)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&FullPrefix, &Key, &Entry)> {
         self.state.index.iter_all()
     }
 

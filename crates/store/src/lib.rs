@@ -26,6 +26,7 @@ mod error;
 pub mod fault;
 mod format;
 mod index;
+mod key;
 mod layout;
 mod log;
 mod node;
@@ -38,6 +39,7 @@ pub use backend::{Backend, LogFile, StdBackend};
 pub use error::{ConflictKey, Error, LockHolder, Result};
 pub use format::Origin;
 pub use index::{Bytes, Entry, Snapshot};
+pub use key::Key;
 pub use node::NodeId;
 pub use store::{
     CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, Write,

@@ -55,6 +55,9 @@ pub(crate) struct FrameReader<'f> {
     limit: u64,
     buf: Vec<u8>,
     buf_start: u64,
+    /// Scanning to the physical end: zeros from here to the limit are space
+    /// written ahead for appends, the clean end of the log.
+    zeros_end: bool,
 }
 
 impl<'f> FrameReader<'f> {
@@ -66,7 +69,36 @@ impl<'f> FrameReader<'f> {
             limit,
             buf: Vec::new(),
             buf_start: pos,
+            zeros_end: false,
         }
+    }
+
+    /// Reads to the physical end of the file, where a run of zeros is the
+    /// preallocated space after the last frame.
+    pub(crate) fn to_physical_end(mut self) -> Self {
+        self.zeros_end = true;
+        self
+    }
+
+    /// True when every byte from `pos` to the limit is zero.
+    fn rest_is_zero(&self) -> Result<bool> {
+        let mut chunk = vec![0u8; CHUNK.min((self.limit - self.pos) as usize)];
+        let mut at = self.pos;
+        while at < self.limit {
+            let want = ((self.limit - at) as usize).min(chunk.len());
+            let got = self
+                .file
+                .read_at(&mut chunk[..want], at)
+                .map_err(|e| Error::io("read", self.path, e))?;
+            if got == 0 {
+                break;
+            }
+            if chunk[..got].iter().any(|b| *b != 0) {
+                return Ok(false);
+            }
+            at += got as u64;
+        }
+        Ok(true)
     }
 
     /// Offset of the next frame (the end of the intact run so far).
@@ -107,6 +139,13 @@ impl<'f> FrameReader<'f> {
     pub(crate) fn step(&mut self) -> Result<Step<'_>> {
         if self.pos >= self.limit {
             return Ok(Step::End);
+        }
+        if self.zeros_end {
+            let have = self.fill(FRAME_HEADER_LEN)?;
+            let at = (self.pos - self.buf_start) as usize;
+            if self.buf[at..at + have].iter().all(|b| *b == 0) && self.rest_is_zero()? {
+                return Ok(Step::End);
+            }
         }
         let mut need = FRAME_HEADER_LEN;
         loop {
@@ -193,7 +232,7 @@ pub(crate) struct Scan {
 /// every frame's checksum and payload, and classifies any damage.
 pub(crate) fn scan(file: &dyn LogFile, path: &Path) -> Result<Scan> {
     let file_len = file.len().map_err(|e| Error::io("stat", path, e))?;
-    let mut reader = FrameReader::new(file, path, HEADER_LEN, file_len);
+    let mut reader = FrameReader::new(file, path, HEADER_LEN, file_len).to_physical_end();
     let mut frames = 0;
     let mut commits = 0;
     let damage = loop {

@@ -2,9 +2,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use chorus_core::{FullPrefix, validate_key};
 
 use crate::backend::{Backend, StdBackend};
@@ -12,6 +13,7 @@ use crate::dirops::{self, Dir, Tail, apply_range, check_local};
 use crate::error::{ConflictKey, Error, LockHolder, Result};
 use crate::format::{self, CommitRec, Origin, Payload, Raw, WriteRec};
 use crate::index::{Bytes, Entry, Snapshot, State};
+use crate::key::Key;
 use crate::layout::{Layout, WriterLock};
 use crate::node::NodeId;
 use crate::shm::{self, Intent, Shm};
@@ -215,6 +217,9 @@ struct QueueState {
 
 /// Most jobs waiting in one process; a committer beyond waits for room.
 const QUEUE_MAX: usize = 4096;
+/// Smallest and largest step by which a log file is extended with zeros.
+const PREALLOCATE_MIN: u64 = 64 << 10;
+const PREALLOCATE_MAX: u64 = 8 << 20;
 /// Most times a reader retries when generations change under it.
 const RELOAD_TRIES: usize = 64;
 
@@ -223,7 +228,8 @@ struct Inner {
     options: Options,
     host: [u8; 64],
     lock: WriterLock,
-    state: RwLock<Arc<State>>,
+    /// The latest state this process has applied; swapped whole, read without locks.
+    state: ArcSwap<State>,
     tail: Mutex<Tail>,
     queue: Mutex<QueueState>,
     queue_cv: Condvar,
@@ -306,7 +312,7 @@ impl Store {
                 dir,
                 host: shm::host_field(&sys::hostname()),
                 lock,
-                state: RwLock::new(Arc::new(state)),
+                state: ArcSwap::from_pointee(state),
                 tail: Mutex::new(tail),
                 queue: Mutex::new(QueueState::default()),
                 queue_cv: Condvar::new(),
@@ -335,11 +341,7 @@ impl Store {
     pub fn get(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Bytes>> {
         let (generation, end) = self.inner.dir.shm.published();
         {
-            let state = self
-                .inner
-                .state
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
+            let state = self.inner.state.load();
             if state.generation == generation && state.end == end {
                 return Ok(state.index.get(fp, key).map(|e| e.value.clone()));
             }
@@ -548,18 +550,16 @@ impl Inner {
     /// else after catching up.
     fn fresh(&self) -> Result<Arc<State>> {
         let (generation, end) = self.dir.shm.published();
-        {
-            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-            if state.generation == generation && state.end == end {
-                return Ok(state.clone());
-            }
+        let state = self.state.load_full();
+        if state.generation == generation && state.end == end {
+            return Ok(state);
         }
         self.catch_up()
     }
 
     fn install(&self, state: State) -> Arc<State> {
         let state = Arc::new(state);
-        *self.state.write().unwrap_or_else(PoisonError::into_inner) = state.clone();
+        self.state.store(state.clone());
         state
     }
 
@@ -568,11 +568,7 @@ impl Inner {
         let mut tail = lock(&self.tail);
         for _ in 0..RELOAD_TRIES {
             let (generation, end) = self.dir.shm.published();
-            let current = self
-                .state
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
+            let current = self.state.load_full();
             if current.generation == generation && current.end == end {
                 return Ok(current);
             }
@@ -732,19 +728,10 @@ impl Inner {
         if !shm.is_valid(self.dir.boot) || shm.intent() != Intent::None as u64 {
             self.dir.recover_locked()?;
         }
-        let state = self.catch_up()?;
-        let tail = lock(&self.tail).clone();
-        let len = tail
-            .file
-            .len()
-            .map_err(|e| Error::io("stat", &tail.path, e))?;
-        if len != state.end {
-            // Bytes nobody published (a writer that could not undo a failed
-            // append), or a log cut by something else: let recovery decide.
-            self.dir.recover_locked()?;
-            return self.catch_up();
-        }
-        Ok(state)
+        // Past the committed end there are only zeros written ahead, or the
+        // bytes of a writer that died appending, which set the intent word
+        // that recovery just acted on.
+        self.catch_up()
     }
 
     fn commit_locked(&self, state: &Arc<State>, jobs: Vec<Job>) -> Vec<Result<Outcome>> {
@@ -806,7 +793,7 @@ impl Inner {
                 match &w.value {
                     Some(v) => work.index.put(
                         &w.full_prefix,
-                        w.key.clone(),
+                        Key::new(&w.key),
                         Entry {
                             seq,
                             value: v.clone(),
@@ -869,15 +856,16 @@ impl Inner {
         let end = state.end;
         let shm = &self.dir.shm;
         shm.set_intent(Intent::Append);
-        let written = tail
-            .file
-            .write_all_at(&frame, end)
+        let written = self
+            .make_room(end + frame.len() as u64)
+            .and_then(|()| tail.file.write_all_at(&frame, end))
             .and_then(|()| match self.options.sync {
                 SyncMode::Always | SyncMode::Batch => tail.file.sync_data(),
                 SyncMode::Never => Ok(()),
             });
         if let Err(e) = written {
             let err = Error::io("append to", &tail.path, e);
+            lock(&self.tail).allocated = end;
             match tail.file.set_len(end) {
                 Ok(()) => shm.set_intent(Intent::None),
                 Err(undo) => {
@@ -893,6 +881,33 @@ impl Inner {
         shm.publish_end(work.generation, work.end);
         self.install(work);
         shm.set_intent(Intent::None);
+        Ok(())
+    }
+
+    /// Makes the log file at least `needed` bytes long by writing zeros
+    /// ahead of the end, in steps that grow with the log, so that most
+    /// commits overwrite blocks the file already has and their sync need not
+    /// record a new file size. Lock held.
+    fn make_room(&self, needed: u64) -> std::io::Result<()> {
+        let mut tail = lock(&self.tail);
+        if needed <= tail.allocated {
+            return Ok(());
+        }
+        let actual = tail.file.len()?;
+        if needed <= actual {
+            tail.allocated = actual;
+            return Ok(());
+        }
+        let step = (needed / 8).clamp(PREALLOCATE_MIN, PREALLOCATE_MAX);
+        let target = (needed + step).next_multiple_of(4096);
+        let zeros = vec![0u8; (target - actual).min(PREALLOCATE_MAX) as usize];
+        let mut at = actual;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64) as usize;
+            tail.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        tail.allocated = target;
         Ok(())
     }
 
@@ -937,6 +952,7 @@ impl Inner {
                 generation: new,
                 path,
                 file: Arc::from(file),
+                allocated: end,
             };
             (tail.clone(), self.install(next))
         };

@@ -294,6 +294,9 @@ fn salvage(bytes: &[u8], state: &mut State, report: &mut RepairReport) {
     let mut applier = Applier::new();
     let mut pos = HEADER_LEN as usize;
     while pos < bytes.len() {
+        if bytes[pos..].iter().all(|b| *b == 0) {
+            break; // space written ahead for appends
+        }
         if let FrameParse::Intact { total } = format::parse_frame(&bytes[pos..])
             && let Ok(payload) = format::decode_payload(&bytes[pos + FRAME_HEADER_LEN..pos + total])
         {

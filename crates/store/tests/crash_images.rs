@@ -2,7 +2,8 @@
 //! bit flipped. Damage is always detected and never applied silently; a torn
 //! tail recovers, damage in the middle refuses to open and names the offset.
 
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use chorus_core::FullPrefix;
 use chorus_store::{Error, Options, Store, check, repair};
@@ -21,21 +22,24 @@ fn opts() -> Options {
 }
 
 /// Builds a store of COMMITS commits; returns the log path and the offset at
-/// which each frame starts (plus the end).
-fn build(dir: &Path) -> (std::path::PathBuf, Vec<u64>) {
+/// which each frame starts (plus the committed end).
+fn build(dir: &Path) -> (PathBuf, Vec<u64>) {
     let store = Store::open(dir, opts()).expect("open");
     let log = dir.join("gen-0000000001.log");
-    let mut offsets = vec![std::fs::metadata(&log).expect("stat").len()];
+    let end = |s: &Store| s.status().expect("status").log_bytes;
+    let mut offsets = vec![end(&store)];
     for i in 0..COMMITS {
+        let value = format!("value {i}");
         store
-            .put(
-                &fp(),
-                format!("k{i}").as_bytes(),
-                format!("value {i}").as_bytes(),
-            )
+            .put(&fp(), format!("k{i}").as_bytes(), value.as_bytes())
             .expect("put");
-        offsets.push(std::fs::metadata(&log).expect("stat").len());
+        offsets.push(end(&store));
     }
+    let committed = offsets[offsets.len() - 1];
+    assert!(
+        std::fs::metadata(&log).expect("stat").len() > committed,
+        "the log has zeros written ahead of its committed end"
+    );
     (log, offsets)
 }
 
@@ -62,6 +66,25 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A reboot: the shared map's contents no longer describe the files.
 fn reboot(dir: &Path) {
     std::fs::remove_file(dir.join("shm")).expect("remove shm");
+}
+
+/// What a writer killed in the middle of an append leaves in the shared map:
+/// the intent word (word 7) says "appending".
+fn mark_append_in_progress(dir: &Path) {
+    let shm = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("shm"))
+        .expect("open shm");
+    shm.write_all_at(&1u64.to_le_bytes(), 7 * 8)
+        .expect("write intent");
+}
+
+fn write_at(path: &Path, bytes: &[u8], at: u64) {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
+    f.write_all_at(bytes, at).expect("write");
 }
 
 #[test]
@@ -106,28 +129,53 @@ fn last_frame_cut_at_every_offset_recovers_after_a_reboot() {
 }
 
 #[test]
+fn a_torn_frame_in_the_space_written_ahead_recovers_after_a_reboot() {
+    let pristine = tempfile::tempdir().expect("tempdir");
+    let (log, offsets) = build(pristine.path());
+    let end = offsets[offsets.len() - 1];
+    let bytes = std::fs::read(&log).expect("read");
+    let frame = bytes[offsets[1] as usize..offsets[2] as usize].to_vec();
+    for keep in [1, 4, 8, 9, frame.len() - 1] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(pristine.path(), dir.path());
+        reboot(dir.path());
+        // A power loss kept only the first `keep` bytes of an appended frame;
+        // the zeros written ahead follow.
+        write_at(&dir.path().join("gen-0000000001.log"), &frame[..keep], end);
+        let store = Store::open(dir.path(), opts()).expect("recovers");
+        assert_first_commits(&store, COMMITS, &format!("kept {keep} bytes"));
+    }
+}
+
+#[test]
 fn bytes_a_dead_writer_left_past_the_committed_end_are_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (log, offsets) = build(dir.path());
     let end = offsets[offsets.len() - 1];
-    // Half a frame appended but never published (the writer died), in the
-    // same boot: readers ignore it, the next writer cuts it.
-    let mut bytes = std::fs::read(&log).expect("read");
+    // A whole frame written past the committed end but never published: the
+    // writer died before publishing. Readers ignore it; the next lock holder
+    // cuts it, so it never appears.
+    let bytes = std::fs::read(&log).expect("read");
     let frame = bytes[offsets[1] as usize..offsets[2] as usize].to_vec();
-    bytes.extend_from_slice(&frame[..frame.len() / 2]);
-    std::fs::write(&log, &bytes).expect("write");
+    write_at(&log, &frame, end);
+    mark_append_in_progress(dir.path());
     let store = Store::open(dir.path(), opts()).expect("open");
     assert_first_commits(&store, COMMITS, "readers stop at the committed end");
     store.put(&fp(), b"next", b"writer").expect("put");
     let s = Store::open(dir.path(), opts()).expect("open");
     assert_eq!(s.snapshot().expect("snapshot").len() as u64, COMMITS + 1);
-    assert!(std::fs::metadata(&log).expect("stat").len() > end);
     assert!(
         check(dir.path(), &Options::default())
             .expect("check")
             .findings
             .is_empty()
     );
+    // After a reboot the log is scanned to its physical end: the leftover
+    // frame was cut, so it is not adopted either.
+    drop((s, store));
+    reboot(dir.path());
+    let s = Store::open(dir.path(), opts()).expect("open after reboot");
+    assert_eq!(s.snapshot().expect("snapshot").len() as u64, COMMITS + 1);
 }
 
 /// Which frame (index into offsets) holds byte `at`; None for the header.
@@ -139,10 +187,15 @@ fn flip_every_bit(after_reboot: bool) {
     let pristine = tempfile::tempdir().expect("tempdir");
     let (log, offsets) = build(pristine.path());
     let original = std::fs::read(&log).expect("read");
+    let end = offsets[offsets.len() - 1] as usize;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut tails_recovered = 0;
     let mut refused = 0;
-    for bit in 0..original.len() * 8 {
+    // Every bit of the committed bytes, and a sample of the zeros written
+    // ahead of the end (a flip there must never lose anything).
+    let stride = ((original.len() - end) * 8 / 64).max(1);
+    let ahead = (end * 8..original.len() * 8).step_by(stride);
+    for bit in (0..end * 8).chain(ahead) {
         for entry in std::fs::read_dir(dir.path()).expect("list") {
             std::fs::remove_file(entry.expect("entry").path()).expect("clean");
         }
@@ -158,6 +211,7 @@ fn flip_every_bit(after_reboot: bool) {
         let frame = frame_of(&offsets, at as u64);
         let is_last = frame == Some(offsets.len() - 2);
         match Store::open(dir.path(), opts()) {
+            Ok(store) if at >= end => assert_first_commits(&store, COMMITS, &what),
             Ok(store) => {
                 assert!(
                     after_reboot && is_last,
@@ -167,6 +221,10 @@ fn flip_every_bit(after_reboot: bool) {
                 tails_recovered += 1;
             }
             Err(Error::Corruption { offset, file, .. }) => {
+                assert!(
+                    at < end,
+                    "{what}: a flip in the zeros ahead of the end refused to open"
+                );
                 let expected = frame.map_or(0, |i| offsets[i]);
                 assert_eq!(
                     offset, expected,

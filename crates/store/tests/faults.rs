@@ -31,22 +31,25 @@ fn plain(dir: &std::path::Path) -> Store {
     Store::open(dir, Options::default()).expect("open with the real backend")
 }
 
-fn two_keys(tag: &str) -> Vec<Write> {
+fn two_keys(tag: &str, value_len: usize) -> Vec<Write> {
+    let value = vec![b'v'; value_len];
     vec![
         Write::put(&fp(), format!("{tag}-1").as_bytes(), b"one"),
-        Write::put(&fp(), format!("{tag}-2").as_bytes(), b"two"),
+        Write::put(&fp(), format!("{tag}-2").as_bytes(), &value),
     ]
 }
 
 /// Runs a failing commit under `plan` and checks that nothing of it is
 /// visible, here or in a fresh handle, and that writing works afterwards.
-fn failed_commit_changes_nothing(plan: FaultPlan, expect_in_error: &str) {
+fn failed_commit_changes_nothing(plan: FaultPlan, bad_value_len: usize, expect_in_error: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, faults) = faulty(dir.path(), SyncMode::Always);
-    store.write(two_keys("ok")).expect("healthy commit");
+    store.write(two_keys("ok", 3)).expect("healthy commit");
     let before = store.snapshot().expect("snapshot");
     faults.set(plan);
-    let err = store.write(two_keys("bad")).expect_err("the commit fails");
+    let err = store
+        .write(two_keys("bad", bad_value_len))
+        .expect_err("the commit fails");
     assert!(matches!(err, Error::Io { .. }), "{err}");
     assert!(err.to_string().contains(expect_in_error), "{err}");
     faults.clear();
@@ -62,9 +65,11 @@ fn failed_commit_changes_nothing(plan: FaultPlan, expect_in_error: &str) {
     );
     assert_eq!(
         other.get(&fp(), b"ok-2").expect("get").as_deref(),
-        Some(&b"two"[..])
+        Some(&b"vvv"[..])
     );
-    store.write(two_keys("later")).expect("writing works again");
+    store
+        .write(two_keys("later", 3))
+        .expect("writing works again");
     drop((store, other));
     let reopened = plain(dir.path());
     let snap = reopened.snapshot().expect("snapshot");
@@ -85,6 +90,7 @@ fn a_failed_sync_changes_nothing() {
             fail_sync: true,
             ..FaultPlan::default()
         },
+        100,
         "fsync failed",
     );
 }
@@ -96,6 +102,7 @@ fn a_short_write_changes_nothing() {
             short_write: Some(11),
             ..FaultPlan::default()
         },
+        100,
         "short write",
     );
 }
@@ -107,6 +114,8 @@ fn a_full_disk_changes_nothing_and_says_so() {
             space_left: Some(20),
             ..FaultPlan::default()
         },
+        // Larger than the space written ahead, so the file must grow.
+        200 << 10,
         "the disk is full",
     );
 }
