@@ -75,7 +75,7 @@ impl<'f> FrameReader<'f> {
 
     /// Reads to the physical end of the file, where a run of zeros is the
     /// preallocated space after the last frame.
-    pub(crate) fn to_physical_end(mut self) -> Self {
+    pub(crate) fn reading_to_physical_end(mut self) -> Self {
         self.zeros_end = true;
         self
     }
@@ -232,7 +232,7 @@ pub(crate) struct Scan {
 /// every frame's checksum and payload, and classifies any damage.
 pub(crate) fn scan(file: &dyn LogFile, path: &Path) -> Result<Scan> {
     let file_len = file.len().map_err(|e| Error::io("stat", path, e))?;
-    let mut reader = FrameReader::new(file, path, HEADER_LEN, file_len).to_physical_end();
+    let mut reader = FrameReader::new(file, path, HEADER_LEN, file_len).reading_to_physical_end();
     let mut frames = 0;
     let mut commits = 0;
     let damage = loop {
