@@ -344,7 +344,7 @@ fn ls(cli: &Cli, full_prefix: Option<&str>, long: bool) -> Result<(), Failure> {
     let Some(text) = full_prefix else {
         let prefixes: Vec<(String, usize)> = snap
             .prefixes()
-            .map(|fp| (fp.to_string(), snap.iter_prefix(fp).count()))
+            .map(|fp| (fp.to_string(), snap.len_in(fp)))
             .collect();
         let list: Vec<Value> = prefixes
             .iter()
@@ -362,7 +362,10 @@ fn ls(cli: &Cli, full_prefix: Option<&str>, long: bool) -> Result<(), Failure> {
     let fp = parse_prefix(text)?;
     let mut keys = Vec::new();
     let mut lines = Vec::new();
-    for (key, entry) in snap.iter_prefix(&fp) {
+    // The index keeps keys in hash order; people read them sorted.
+    let mut entries: Vec<_> = snap.iter_prefix(&fp).collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, entry) in entries {
         let name = String::from_utf8_lossy(key).into_owned();
         let (field, v) = value_json(&entry.value);
         keys.push(json!({"key": name, "seq": entry.seq, "bytes": entry.value.len(), field: v}));

@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+mod hash;
 mod names;
 
+pub use hash::key_hash;
 pub use names::{FullPrefix, MAX_NAME_BYTES, NameError, validate_key};

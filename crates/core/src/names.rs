@@ -1,5 +1,6 @@
 //! The address space: a full prefix `(prefix, subprefix)` plus a key.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
 
@@ -54,7 +55,7 @@ pub enum NameError {
 /// with no `/` and no control characters. Names that start with `$` are
 /// reserved for Chorus itself (see [`FullPrefix::is_reserved`]). Cloning is
 /// cheap: both parts are reference counted.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Eq)]
 pub struct FullPrefix {
     prefix: Arc<str>,
     subprefix: Arc<str>,
@@ -93,6 +94,40 @@ impl FullPrefix {
     /// (`$cluster`, `$auth`, `$reducers`, ...), not to applications.
     pub fn is_reserved(&self) -> bool {
         self.prefix.starts_with('$') || self.subprefix.starts_with('$')
+    }
+}
+
+impl PartialEq for FullPrefix {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl std::hash::Hash for FullPrefix {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.prefix.hash(state);
+        self.subprefix.hash(state);
+    }
+}
+
+impl PartialOrd for FullPrefix {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for FullPrefix {
+    /// By prefix, then subprefix; clones of one value compare equal without
+    /// reading their bytes.
+    fn cmp(&self, other: &Self) -> Ordering {
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
+        if same(&self.prefix, &other.prefix) {
+            if same(&self.subprefix, &other.subprefix) {
+                return Ordering::Equal;
+            }
+            return self.subprefix.cmp(&other.subprefix);
+        }
+        self.prefix.cmp(&other.prefix)
     }
 }
 
@@ -188,6 +223,19 @@ mod tests {
             Err(NameError::TooLong { .. })
         ));
         assert!(FullPrefix::new(&"x".repeat(MAX_NAME_BYTES), "b").is_ok());
+    }
+
+    #[test]
+    fn orders_by_prefix_then_subprefix() {
+        let p = |s: &str| FullPrefix::parse(s).expect("valid");
+        let mut v = vec![p("b/a"), p("a/z"), p("a/b"), p("ab/a")];
+        v.sort();
+        let shown: Vec<String> = v.iter().map(|f| f.to_string()).collect();
+        assert_eq!(shown, ["a/b", "a/z", "ab/a", "b/a"]);
+        let x = p("a/b");
+        assert_eq!(x, x.clone());
+        assert_eq!(x, p("a/b"));
+        assert_ne!(x, p("a/c"));
     }
 
     #[test]

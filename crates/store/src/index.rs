@@ -7,6 +7,7 @@ use chorus_core::FullPrefix;
 use imbl::OrdMap;
 
 use crate::format::{CommitRec, Payload};
+use crate::hamt::Hamt;
 use crate::key::Key;
 
 /// Bytes shared without copying.
@@ -21,7 +22,7 @@ pub struct Entry {
     pub value: Bytes,
 }
 
-type Keys = OrdMap<Key, Entry>;
+type Keys = Hamt<Entry>;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Index {
@@ -32,11 +33,15 @@ pub(crate) struct Index {
 
 impl Index {
     pub(crate) fn get(&self, fp: &FullPrefix, key: &[u8]) -> Option<&Entry> {
-        self.prefixes.get(fp)?.get(key)
+        self.prefixes.get(fp)?.get(&Key::new(key))
     }
 
     pub(crate) fn keys(&self) -> usize {
         self.keys
+    }
+
+    pub(crate) fn keys_in(&self, fp: &FullPrefix) -> usize {
+        self.prefixes.get(fp).map_or(0, |keys| keys.len())
     }
 
     /// Bytes of keys and values held.
@@ -67,7 +72,9 @@ impl Index {
         let old = match self.prefixes.get_mut(fp) {
             Some(keys) => keys.insert(key, entry),
             None => {
-                self.prefixes.insert(fp.clone(), OrdMap::unit(key, entry));
+                let mut keys = Keys::default();
+                keys.insert(key, entry);
+                self.prefixes.insert(fp.clone(), keys);
                 None
             }
         };
@@ -84,7 +91,7 @@ impl Index {
         let Some(keys) = self.prefixes.get_mut(fp) else {
             return;
         };
-        if let Some(old) = keys.remove(key) {
+        if let Some(old) = keys.remove(&Key::new(key)) {
             self.keys -= 1;
             self.bytes -= (key.len() + old.value.len()) as u64;
             if keys.is_empty() {
@@ -195,12 +202,15 @@ impl Snapshot {
         self.state.index.get(fp, key)
     }
 
-    /// Every live key of a full prefix, in key order.
+    /// Every live key of a full prefix, in the index's order, which follows
+    /// the keys' [`key_hash`](chorus_core::key_hash): the same in every
+    /// process and on every machine for the same keys, but not key order.
+    /// Sort the keys if you show them to a person.
     pub fn iter_prefix(&self, fp: &FullPrefix) -> impl Iterator<Item = (&Key, &Entry)> {
         self.state.index.iter_prefix(fp)
     }
 
-    /// Every live key, ordered by full prefix then key.
+    /// Every live key, ordered by full prefix, then as [`Snapshot::iter_prefix`].
     pub fn iter(&self) -> impl Iterator<Item = (&FullPrefix, &Key, &Entry)> {
         self.state.index.iter_all()
     }
@@ -208,6 +218,11 @@ impl Snapshot {
     /// Every full prefix that holds at least one live key.
     pub fn prefixes(&self) -> impl Iterator<Item = &FullPrefix> {
         self.state.index.prefixes()
+    }
+
+    /// Number of live keys in one full prefix. O(1).
+    pub fn len_in(&self, fp: &FullPrefix) -> usize {
+        self.state.index.keys_in(fp)
     }
 
     /// Number of live keys.

@@ -64,9 +64,30 @@ impl Borrow<[u8]> for Key {
     }
 }
 
+/// The inline bytes as three big-endian words. Bytes past `len` are zero,
+/// so comparing (words, len) orders keys exactly like comparing the byte
+/// strings: a difference before the shorter end decides in the words, and
+/// a proper prefix pads with zeros, ties the words or loses, and then loses
+/// on length.
+fn words(b: &[u8; INLINE]) -> (u64, u64, u64) {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[0..8]);
+    let a = u64::from_be_bytes(w);
+    w.copy_from_slice(&b[8..16]);
+    let m = u64::from_be_bytes(w);
+    let mut t = [0u8; 8];
+    t[..6].copy_from_slice(&b[16..22]);
+    (a, m, u64::from_be_bytes(t))
+}
+
 impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        match (&self.0, &other.0) {
+            (Repr::Inline { len: la, bytes: a }, Repr::Inline { len: lb, bytes: b }) => {
+                la == lb && a == b
+            }
+            _ => self.as_bytes() == other.as_bytes(),
+        }
     }
 }
 
@@ -80,7 +101,12 @@ impl PartialOrd for Key {
 
 impl Ord for Key {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        match (&self.0, &other.0) {
+            (Repr::Inline { len: la, bytes: a }, Repr::Inline { len: lb, bytes: b }) => {
+                words(a).cmp(&words(b)).then(la.cmp(lb))
+            }
+            _ => self.as_bytes().cmp(other.as_bytes()),
+        }
     }
 }
 
@@ -105,8 +131,16 @@ mod tests {
         assert_eq!(std::mem::size_of::<Key>(), 24);
         let words: Vec<Vec<u8>> = vec![
             b"".to_vec(),
+            b"\0".to_vec(),
             b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\0\0b".to_vec(),
+            b"a\x01".to_vec(),
             b"ab".to_vec(),
+            vec![b'a'; 21],
+            [vec![b'a'; 21], vec![0]].concat(),
+            vec![b'a'; 15],
+            [vec![b'a'; 15], vec![0xff]].concat(),
             vec![b'a'; 22],
             vec![b'a'; 23],
             vec![b'a'; 40],

@@ -25,6 +25,7 @@ mod dirops;
 mod error;
 pub mod fault;
 mod format;
+mod hamt;
 mod index;
 mod key;
 mod layout;
