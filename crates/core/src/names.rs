@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn orders_by_prefix_then_subprefix() {
         let p = |s: &str| FullPrefix::parse(s).expect("valid");
-        let mut v = vec![p("b/a"), p("a/z"), p("a/b"), p("ab/a")];
+        let mut v = [p("b/a"), p("a/z"), p("a/b"), p("ab/a")];
         v.sort();
         let shown: Vec<String> = v.iter().map(|f| f.to_string()).collect();
         assert_eq!(shown, ["a/b", "a/z", "ab/a", "b/a"]);
