@@ -467,6 +467,21 @@ impl Store {
     }
 }
 
+/// Runs an update closure, turning a panic in it into an error for its
+/// caller alone: the other commits of the batch go on.
+fn run_update(f: UpdateFn, snapshot: &Snapshot) -> Result<Vec<Write>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(snapshot))).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(Error::InvalidInput(format!(
+            "the update function panicked ({what}); nothing was written"
+        )))
+    })
+}
+
 fn check_limits(limits: &Limits) -> Result<()> {
     if limits.max_commit_bytes > format::FRAME_PAYLOAD_MAX / 2 {
         return Err(Error::InvalidInput(format!(
@@ -519,6 +534,18 @@ fn check_writes(limits: &Limits, writes: &[Write]) -> Result<usize> {
     Ok(total)
 }
 
+/// Compactions replaced the log faster than this process could read it.
+fn generation_churn(path: &Path) -> Error {
+    Error::Io {
+        op: "load",
+        path: path.to_path_buf(),
+        kind: std::io::ErrorKind::Other,
+        message: format!(
+            "the log generation changed {RELOAD_TRIES} times while this process read it; retry"
+        ),
+    }
+}
+
 /// Loads the generation the shared map publishes, retrying when a
 /// compaction removes it in between.
 fn load_published(dir: &Dir) -> Result<(Tail, State)> {
@@ -540,9 +567,7 @@ fn load_published(dir: &Dir) -> Result<(Tail, State)> {
             Err(e) => return Err(e),
         }
     }
-    Err(last_err.unwrap_or_else(|| {
-        Error::InvalidInput("the log generation kept changing while loading it".into())
-    }))
+    Err(last_err.unwrap_or_else(|| generation_churn(&dir.layout.dir)))
 }
 
 impl Inner {
@@ -589,9 +614,7 @@ impl Inner {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::InvalidInput(
-            "the log generation kept changing while reading it".into(),
-        ))
+        Err(generation_churn(&tail.path))
     }
 
     /// Queues a job and waits for its outcome; the first waiter with no
@@ -695,7 +718,19 @@ impl Inner {
                 self.dir
                     .shm
                     .set_holder(std::process::id(), sys::now_ms(), &self.host);
-                let outcomes = self.run_locked(jobs);
+                // Every committer of the batch must get an answer, even if
+                // this code has a bug that panics: then the handle stops
+                // writing, and the intent word lets the next writer clean up.
+                let outcomes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.run_locked(jobs)
+                }))
+                .unwrap_or_else(|_| {
+                    let why = "an internal error (a panic) while committing".to_string();
+                    *lock(&self.poisoned) = Some(why.clone());
+                    (0..count)
+                        .map(|_| Err(Error::Poisoned(why.clone())))
+                        .collect()
+                });
                 self.dir.shm.clear_holder();
                 drop(guard);
                 outcomes
@@ -763,7 +798,7 @@ impl Inner {
                     let snapshot = Snapshot {
                         state: Arc::new(work.clone()),
                     };
-                    match f(&snapshot).and_then(|w| {
+                    match run_update(f, &snapshot).and_then(|w| {
                         if !w.is_empty() {
                             check_writes(&self.options.limits, &w)?;
                         }

@@ -274,3 +274,16 @@ fn batch_mode_group_commits_threads() {
     let s = open(dir.path());
     assert_eq!(s.snapshot().expect("snapshot").len(), 800);
 }
+
+#[test]
+fn a_panicking_update_fails_alone_and_the_store_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let p = fp("u/p");
+    let err = s
+        .update(|_| -> chorus_store::Result<Vec<Write>> { panic!("boom") })
+        .expect_err("the panic becomes an error");
+    assert!(err.to_string().contains("panicked (boom)"), "{err}");
+    s.put(&p, b"k", b"v").expect("the handle still writes");
+    assert_eq!(s.snapshot().expect("snapshot").len(), 1);
+}
