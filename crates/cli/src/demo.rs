@@ -104,11 +104,11 @@ pub(crate) fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Failure> {
             "the demo lost an update: please report this",
         ));
     }
-    println!(
-        "try: chorus --dir {} ls demo/keys | head; chorus --dir {} status",
-        cli.dir.display(),
-        cli.dir.display()
-    );
+    let shown = exe
+        .strip_prefix(std::env::current_dir().unwrap_or_default())
+        .unwrap_or(&exe);
+    let (chorus, dir) = (shown.display(), cli.dir.display());
+    println!("try: {chorus} --dir {dir} ls demo/keys | head; {chorus} --dir {dir} status");
     Ok(())
 }
 

@@ -404,7 +404,10 @@ impl Store {
     where
         F: FnOnce(&Snapshot) -> Result<Vec<Write>> + Send + 'static,
     {
-        match self.inner.submit(Job::Update(Box::new(f)), 0)? {
+        // Its size is unknown until it runs: count it as a whole commit, so
+        // it gets a batch of its own and no frame outgrows the commit limit.
+        let budget = self.inner.options.limits.max_commit_bytes;
+        match self.inner.submit(Job::Update(Box::new(f)), budget)? {
             Outcome::Committed(info) => Ok(Some(info)),
             _ => Ok(None),
         }
