@@ -9,6 +9,9 @@
 pub mod dvvset;
 mod hash;
 mod names;
+mod node;
+pub mod object;
 
 pub use hash::key_hash;
 pub use names::{FullPrefix, MAX_NAME_BYTES, NameError, validate_key};
+pub use node::NodeId;

@@ -12,9 +12,9 @@ use crate::format::{self, CheckpointEntry, HEADER_LEN, LogHeader, Payload, Prefi
 use crate::index::{Applier, Index, State};
 use crate::layout::Layout;
 use crate::log;
-use crate::node::NodeId;
 use crate::shm::Shm;
 use crate::sys;
+use chorus_core::NodeId;
 
 /// Largest checkpoint frame written by compaction and repair.
 const CHECKPOINT_FRAME_BYTES: usize = 4 << 20;

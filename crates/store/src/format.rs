@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::node::NodeId;
+use chorus_core::NodeId;
 
 /// First bytes of every log file.
 pub(crate) const LOG_MAGIC: [u8; 8] = *b"CHORUSLG";

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{self, Backend};
 use crate::error::{Error, Result};
-use crate::node::NodeId;
 use crate::shm::Shm;
+use chorus_core::NodeId;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {

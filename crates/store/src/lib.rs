@@ -30,18 +30,17 @@ mod index;
 mod key;
 mod layout;
 mod log;
-mod node;
 mod shm;
 mod store;
 mod sys;
 mod tools;
 
 pub use backend::{Backend, LogFile, StdBackend};
+pub use chorus_core::NodeId;
 pub use error::{ConflictKey, Error, LockHolder, Result};
 pub use format::Origin;
 pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
-pub use node::NodeId;
 pub use store::{
     CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, Write,
 };

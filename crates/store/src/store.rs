@@ -15,9 +15,9 @@ use crate::format::{self, CommitRec, Origin, Payload, Raw, WriteRec};
 use crate::index::{Bytes, Entry, Snapshot, State};
 use crate::key::Key;
 use crate::layout::{Layout, WriterLock};
-use crate::node::NodeId;
 use crate::shm::{self, Intent, Shm};
 use crate::sys;
+use chorus_core::NodeId;
 
 /// When a commit is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -27,7 +27,7 @@ pub(crate) fn hostname() -> String {
 pub(crate) fn boot_id() -> Option<[u8; 16]> {
     let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
-    crate::node::NodeId::parse_hex(&hex).map(|id| *id.as_bytes())
+    chorus_core::NodeId::parse_hex(&hex).map(|id| *id.as_bytes())
 }
 
 /// Random bytes from the kernel.

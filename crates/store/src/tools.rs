@@ -11,10 +11,10 @@ use crate::format::{self, FRAME_HEADER_LEN, FrameParse, HEADER_LEN, LogHeader};
 use crate::index::{Applier, Index, State};
 use crate::layout::{Layout, WriterLock};
 use crate::log;
-use crate::node::NodeId;
 use crate::shm::Shm;
 use crate::store::Options;
 use crate::sys;
+use chorus_core::NodeId;
 
 /// Something `check` found.
 #[derive(Debug, Clone, PartialEq, Eq)]

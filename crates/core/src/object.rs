@@ -1,0 +1,482 @@
+//! The metadata object: a dotted version vector set of values, as Riak's
+//! cluster metadata defines it. A value is bytes (or a tombstone), a hybrid
+//! timestamp and the node that wrote it. Concurrent writes become siblings;
+//! nothing is lost until a resolver, a person or a later write settles them.
+//!
+//! Objects have one deterministic encoding ([`Object::encode`]); it is what
+//! the store writes, and what [`Object::hash`] hashes, so equal objects hash
+//! equal on every machine.
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+use crate::NodeId;
+use crate::dvvset::{Dvvs, Entry, VersionVector};
+
+/// A hybrid logical timestamp: milliseconds since the Unix epoch in the high
+/// 48 bits, a counter in the low 16. [`Hlc::tick`] never goes backwards, even
+/// when the wall clock does.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Hlc(pub u64);
+
+impl Hlc {
+    const LOGICAL_BITS: u32 = 16;
+
+    /// The timestamp for an event at wall-clock `now_ms`, after `last`.
+    pub fn tick(last: Hlc, now_ms: u64) -> Hlc {
+        let wall = Hlc(now_ms.min(u64::MAX >> Self::LOGICAL_BITS) << Self::LOGICAL_BITS);
+        if wall > last {
+            wall
+        } else {
+            Hlc(last.0.saturating_add(1))
+        }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn ms(self) -> u64 {
+        self.0 >> Self::LOGICAL_BITS
+    }
+}
+
+impl fmt::Debug for Hlc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.ms(), self.0 & 0xffff)
+    }
+}
+
+/// What a value holds.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Content {
+    /// A deletion. Ordered before any data.
+    Tombstone,
+    /// Bytes.
+    Data(Arc<[u8]>),
+}
+
+impl fmt::Debug for Content {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Content::Tombstone => write!(f, "tombstone"),
+            Content::Data(b) => write!(f, "{:?}", String::from_utf8_lossy(b)),
+        }
+    }
+}
+
+/// One value of an object. Ordered by timestamp, then node id, then content:
+/// the last-writer-wins order, the same on every node.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Value {
+    /// When it was written.
+    pub timestamp: Hlc,
+    /// Which node wrote it.
+    pub node: NodeId,
+    /// Bytes or a tombstone.
+    pub content: Content,
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?}@{:?}/{}",
+            self.content,
+            self.timestamp,
+            &self.node.to_string()[..8]
+        )
+    }
+}
+
+impl Value {
+    /// Data written by `node` at `timestamp`.
+    pub fn data(bytes: &[u8], timestamp: Hlc, node: NodeId) -> Self {
+        Value {
+            timestamp,
+            node,
+            content: Content::Data(Arc::from(bytes)),
+        }
+    }
+
+    /// A tombstone written by `node` at `timestamp`.
+    pub fn tombstone(timestamp: Hlc, node: NodeId) -> Self {
+        Value {
+            timestamp,
+            node,
+            content: Content::Tombstone,
+        }
+    }
+
+    /// The bytes, or `None` for a tombstone.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match &self.content {
+            Content::Data(b) => Some(b),
+            Content::Tombstone => None,
+        }
+    }
+}
+
+/// The version vector a reader saw; handed to clients as an opaque string.
+pub type Context = VersionVector<NodeId>;
+
+/// Why an object operation or a decoding failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectError {
+    /// `value` was asked of an object with siblings.
+    #[error(
+        "the object has {0} sibling values: read them all, or resolve them (lww or a function)"
+    )]
+    Siblings(usize),
+    /// Bytes that are not an object encoding.
+    #[error("not an object encoding: {0}")]
+    BadEncoding(String),
+    /// A context string that is not one Chorus made.
+    #[error("malformed context {0:?}: pass the context string exactly as a read returned it")]
+    BadContext(String),
+}
+
+/// A metadata object: the causal history of one key and its values.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Object {
+    clock: Dvvs<NodeId, Value>,
+}
+
+impl fmt::Debug for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Object{:?}", self.clock)
+    }
+}
+
+/// Version of [`Object::encode`] and of context strings.
+const ENCODING_VERSION: u8 = 1;
+
+impl Object {
+    /// `modify`: the object after `node` writes `value` having read
+    /// `context`. Values of `current` that `context` does not cover stay as
+    /// siblings; with the current object's own context the write supersedes
+    /// every value.
+    pub fn modify(
+        current: Option<&Object>,
+        context: &Context,
+        value: Value,
+        node: NodeId,
+    ) -> Object {
+        let new = Dvvs::new_with(context, vec![value]);
+        let clock = match current {
+            None => new.update(&node),
+            Some(obj) => new.update_with(&obj.clock, &node),
+        };
+        Object {
+            // A clock made by `new_with` holds exactly one value, so update
+            // cannot refuse it.
+            clock: clock.unwrap_or_default(),
+        }
+    }
+
+    /// The single value; an error when there are siblings.
+    pub fn value(&self) -> Result<&Value, ObjectError> {
+        match self.clock.values().as_slice() {
+            [one] => Ok(one),
+            all => Err(ObjectError::Siblings(all.len())),
+        }
+    }
+
+    /// Every value (siblings).
+    pub fn values(&self) -> Vec<&Value> {
+        self.clock.values()
+    }
+
+    /// How many values.
+    pub fn value_count(&self) -> usize {
+        self.clock.size()
+    }
+
+    /// The version vector of the object's history.
+    pub fn context(&self) -> Context {
+        self.clock.join()
+    }
+
+    /// The context of a key never read: a write with it adds a sibling.
+    pub fn empty_context() -> Context {
+        Vec::new()
+    }
+
+    /// True when every value is a tombstone.
+    pub fn is_tombstone(&self) -> bool {
+        self.clock
+            .values()
+            .iter()
+            .all(|v| v.content == Content::Tombstone)
+    }
+
+    /// `reconcile`: merges `remote` into `local`. `None` when `remote` is
+    /// equal to or older than `local` (nothing to do).
+    pub fn reconcile(remote: &Object, local: Option<&Object>) -> Option<Object> {
+        match local {
+            None => Some(remote.clone()),
+            Some(local) if remote.clock.less(&local.clock) || remote.clock.equal(&local.clock) => {
+                None
+            }
+            Some(local) => Some(Object {
+                clock: local.clock.sync(&remote.clock),
+            }),
+        }
+    }
+
+    /// `resolve(lww)`: keeps the newest value by (timestamp, node, content),
+    /// so every node picks the same one. The result may hold it as an
+    /// anonymous value; store it with [`Object::modify`] under the
+    /// result's context.
+    pub fn resolve_lww(&self) -> Object {
+        Object {
+            clock: self.clock.lww(|a, b| a <= b),
+        }
+    }
+
+    /// The value `resolve_lww` keeps, if the object has any.
+    pub fn lww_value(&self) -> Option<&Value> {
+        self.clock.last(|a, b| a <= b)
+    }
+
+    /// `resolve(F)`: replaces the siblings with `f(siblings)`.
+    pub fn resolve_with(&self, f: impl FnOnce(Vec<&Value>) -> Value) -> Object {
+        Object {
+            clock: self.clock.reconcile(f),
+        }
+    }
+
+    /// `is_stale`: true when this object's history already covers
+    /// `remote_context` (an update carrying it brings nothing new).
+    pub fn is_stale(&self, remote_context: &Context) -> bool {
+        descends(&self.context(), remote_context)
+    }
+
+    /// `equal_context`: the object's context is exactly `context`.
+    pub fn equal_context(&self, context: &Context) -> bool {
+        &self.context() == context
+    }
+
+    /// The SHA-256 of the deterministic encoding.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.encode()).into()
+    }
+
+    /// The deterministic encoding (version 1):
+    ///
+    /// ```text
+    /// object = 0x01 | varint n | entry{n} | varint m | value{m}   (m anonymous values)
+    /// entry  = node[16] | counter u64le | varint k | value{k}     (entries sorted by node)
+    /// value  = timestamp u64le | node[16] | 0x00 (tombstone) | 0x01 varint len bytes
+    /// ```
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![ENCODING_VERSION];
+        put_varint(&mut out, self.clock.entries().len() as u64);
+        for e in self.clock.entries() {
+            out.extend_from_slice(e.id.as_bytes());
+            out.extend_from_slice(&e.counter.to_le_bytes());
+            put_values(&mut out, &e.values);
+        }
+        put_values(&mut out, self.clock.anonymous());
+        out
+    }
+
+    /// Decodes [`Object::encode`]'s output, checking every field.
+    pub fn decode(bytes: &[u8]) -> Result<Object, ObjectError> {
+        let mut r = Reader { bytes, at: 0 };
+        let version = r.byte()?;
+        if version != ENCODING_VERSION {
+            return Err(r.bad(format!(
+                "encoding version {version}, this build reads {ENCODING_VERSION}"
+            )));
+        }
+        let n = r.count()?;
+        let mut entries: Vec<Entry<NodeId, Value>> = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let id = r.node()?;
+            let counter = r.u64()?;
+            let values = r.values()?;
+            if (values.len() as u64) > counter {
+                return Err(r.bad(format!(
+                    "an entry holds {} values but only {counter} dots",
+                    values.len()
+                )));
+            }
+            if entries.last().is_some_and(|last| last.id >= id) {
+                return Err(r.bad("entries are not sorted by node id".into()));
+            }
+            entries.push(Entry {
+                id,
+                counter,
+                values,
+            });
+        }
+        let anonymous = r.values()?;
+        if r.at != bytes.len() {
+            return Err(r.bad(format!("{} bytes after the object", bytes.len() - r.at)));
+        }
+        Ok(Object {
+            clock: Dvvs::from_parts(entries, anonymous),
+        })
+    }
+
+    /// The underlying clock.
+    pub fn clock(&self) -> &Dvvs<NodeId, Value> {
+        &self.clock
+    }
+}
+
+/// `descends`: `a` has seen everything `b` has.
+pub fn descends(a: &Context, b: &Context) -> bool {
+    b.iter()
+        .all(|(node, n)| a.iter().any(|(m, k)| m == node && k >= n))
+}
+
+/// A context as the opaque string clients carry (base64url, versioned).
+pub fn context_to_string(context: &Context) -> String {
+    let mut out = vec![ENCODING_VERSION];
+    put_varint(&mut out, context.len() as u64);
+    for (node, counter) in context {
+        out.extend_from_slice(node.as_bytes());
+        put_varint(&mut out, *counter);
+    }
+    URL_SAFE_NO_PAD.encode(out)
+}
+
+/// Parses [`context_to_string`]'s output.
+pub fn context_from_string(text: &str) -> Result<Context, ObjectError> {
+    let bad = || ObjectError::BadContext(text.chars().take(80).collect());
+    let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| bad())?;
+    let mut r = Reader {
+        bytes: &bytes,
+        at: 0,
+    };
+    if r.byte().map_err(|_| bad())? != ENCODING_VERSION {
+        return Err(bad());
+    }
+    let n = r.count().map_err(|_| bad())?;
+    let mut context: Context = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let node = r.node().map_err(|_| bad())?;
+        let counter = r.varint().map_err(|_| bad())?;
+        if context.last().is_some_and(|(last, _)| *last >= node) || counter == 0 {
+            return Err(bad());
+        }
+        context.push((node, counter));
+    }
+    if r.at != bytes.len() {
+        return Err(bad());
+    }
+    Ok(context)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_values(out: &mut Vec<u8>, values: &[Value]) {
+    put_varint(out, values.len() as u64);
+    for v in values {
+        out.extend_from_slice(&v.timestamp.0.to_le_bytes());
+        out.extend_from_slice(v.node.as_bytes());
+        match &v.content {
+            Content::Tombstone => out.push(0),
+            Content::Data(b) => {
+                out.push(1);
+                put_varint(out, b.len() as u64);
+                out.extend_from_slice(b);
+            }
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn bad(&self, what: String) -> ObjectError {
+        ObjectError::BadEncoding(format!("{what} (at byte {})", self.at))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], ObjectError> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(self.bad(format!("{n} bytes needed, the input ends first")));
+        };
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn byte(&mut self) -> Result<u8, ObjectError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, ObjectError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn node(&mut self) -> Result<NodeId, ObjectError> {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(self.take(16)?);
+        Ok(NodeId::from_bytes(b))
+    }
+
+    fn varint(&mut self) -> Result<u64, ObjectError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.bad("a varint longer than 64 bits".into()))
+    }
+
+    /// A count of items that each take at least one byte: never more than
+    /// the bytes left, so a corrupt count cannot make us allocate wildly.
+    fn count(&mut self) -> Result<usize, ObjectError> {
+        let n = self.varint()?;
+        let left = (self.bytes.len() - self.at) as u64;
+        if n > left {
+            return Err(self.bad(format!("a count of {n} with {left} bytes left")));
+        }
+        Ok(n as usize)
+    }
+
+    fn values(&mut self) -> Result<Vec<Value>, ObjectError> {
+        let n = self.count()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let timestamp = Hlc(self.u64()?);
+            let node = self.node()?;
+            let content = match self.byte()? {
+                0 => Content::Tombstone,
+                1 => {
+                    let len = self.count()?;
+                    Content::Data(Arc::from(self.take(len)?))
+                }
+                tag => return Err(self.bad(format!("value tag {tag}"))),
+            };
+            out.push(Value {
+                timestamp,
+                node,
+                content,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;
