@@ -284,7 +284,7 @@ fn put(cli: &Cli, full_prefix: &str, key: &str, value: &str) -> Result<(), Failu
     let info = store.put(&fp, key.as_bytes(), &value)?;
     emit(
         cli,
-        json!({"full_prefix": fp.to_string(), "key": key, "seq": info.seq, "ts_ms": info.ts_ms}),
+        json!({"full_prefix": fp.to_string(), "key": key, "seq": info.seq, "timestamp_ms": chorus_core::object::Hlc(info.ts).ms()}),
         String::new,
     );
     Ok(())

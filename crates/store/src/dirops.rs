@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use tracing::warn;
 
+use chorus_core::object::Hlc;
+
 use crate::backend::{self, Backend, LogFile};
 use crate::error::{Error, Result};
 use crate::format::{self, CheckpointEntry, HEADER_LEN, LogHeader, Payload, PrefixGroup, Raw};
@@ -79,7 +81,7 @@ pub(crate) fn create_locked(layout: &Layout, backend: &dyn Backend) -> Result<(N
         generation: 1,
         base_seq: 0,
         node_id,
-        created_ms: sys::now_ms(),
+        base_ts: Hlc::tick(Hlc::default(), sys::now_ms()).0,
     };
     let path = layout.log(1);
     let file = backend
@@ -143,7 +145,7 @@ impl Dir {
             generation,
             end: HEADER_LEN,
             last_seq: header.base_seq,
-            last_ts_ms: header.created_ms,
+            last_ts: header.base_ts,
             index: Index::default(),
         };
         apply_range(&tail, &mut state, end)?;
@@ -246,11 +248,11 @@ impl Dir {
         generation: u64,
         index: &Index,
         base_seq: u64,
-        ts_ms: u64,
+        ts: u64,
     ) -> Result<u64> {
         let path = self.layout.log(generation);
         let tmp = backend::tmp_path(&path);
-        let result = self.write_generation_at(&tmp, generation, index, base_seq, ts_ms);
+        let result = self.write_generation_at(&tmp, generation, index, base_seq, ts);
         let end = match result {
             Ok(end) => end,
             Err(e) => {
@@ -273,7 +275,7 @@ impl Dir {
         generation: u64,
         index: &Index,
         base_seq: u64,
-        ts_ms: u64,
+        ts: u64,
     ) -> Result<u64> {
         let file = self
             .backend
@@ -283,7 +285,7 @@ impl Dir {
             generation,
             base_seq,
             node_id: self.node_id,
-            created_ms: ts_ms,
+            base_ts: ts,
         };
         file.write_all_at(&header.encode(), 0)
             .map_err(|e| Error::io("write", tmp, e))?;
@@ -341,13 +343,13 @@ pub(crate) fn apply_range(tail: &Tail, state: &mut State, end: u64) -> Result<()
     );
     let mut applier = Applier::new();
     let index = &mut state.index;
-    let mut high = (state.last_seq, state.last_ts_ms);
+    let mut high = (state.last_seq, state.last_ts);
     log::replay(tail.file.as_ref(), &tail.path, state.end, end, |payload| {
         let (seq, ts) = applier.apply(index, &payload);
         high = (high.0.max(seq), high.1.max(ts));
     })?;
     state.last_seq = high.0;
-    state.last_ts_ms = high.1;
+    state.last_ts = high.1;
     state.end = end;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! ```text
 //! file   = header frame*
 //! header = magic "CHORUSLG" | format u32 | flags u32 | generation u64
-//!        | base_seq u64 | node_id [16] | created_ms u64 | 0u32 | crc32c(bytes 0..60) u32
+//!        | base_seq u64 | node_id [16] | base_ts u64 | 0u32 | crc32c(bytes 0..60) u32
 //!          (64 bytes, little-endian)
 //! frame  = len u32 | crc32c(len_le ++ payload) u32 | payload[len]
 //! payload = version u8 (=1) | postcard(Payload)
@@ -35,7 +35,7 @@ pub(crate) struct LogHeader {
     /// its first frame; commits in it continue from `base_seq + 1`.
     pub(crate) base_seq: u64,
     pub(crate) node_id: NodeId,
-    pub(crate) created_ms: u64,
+    pub(crate) base_ts: u64,
 }
 
 impl LogHeader {
@@ -47,7 +47,7 @@ impl LogHeader {
         b[16..24].copy_from_slice(&self.generation.to_le_bytes());
         b[24..32].copy_from_slice(&self.base_seq.to_le_bytes());
         b[32..48].copy_from_slice(self.node_id.as_bytes());
-        b[48..56].copy_from_slice(&self.created_ms.to_le_bytes());
+        b[48..56].copy_from_slice(&self.base_ts.to_le_bytes());
         let crc = crc32c::crc32c(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -83,7 +83,7 @@ impl LogHeader {
             generation: u64_at(b, 16),
             base_seq: u64_at(b, 24),
             node_id: NodeId::from_bytes(id),
-            created_ms: u64_at(b, 48),
+            base_ts: u64_at(b, 48),
         })
     }
 }
@@ -135,7 +135,7 @@ pub(crate) struct WriteRec<'a> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct CommitRec<'a> {
     pub(crate) seq: u64,
-    pub(crate) ts_ms: u64,
+    pub(crate) ts: u64,
     pub(crate) origin: Origin,
     #[serde(borrow)]
     pub(crate) writes: Vec<WriteRec<'a>>,
@@ -260,7 +260,7 @@ mod tests {
     fn sample() -> Payload<'static> {
         Payload::Commits(vec![CommitRec {
             seq: 7,
-            ts_ms: 1_700_000_000_000,
+            ts: 1_700_000_000_000,
             origin: Origin::Local,
             writes: vec![
                 WriteRec {
@@ -285,7 +285,7 @@ mod tests {
             generation: 3,
             base_seq: 99,
             node_id: NodeId::from_bytes([7; 16]),
-            created_ms: 5,
+            base_ts: 5,
         };
         let b = h.encode();
         assert_eq!(LogHeader::decode(&b), Ok(h));

@@ -7,6 +7,8 @@ use chorus_core::FullPrefix;
 use imbl::OrdMap;
 
 use crate::format::{CommitRec, Payload};
+use sha2::{Digest, Sha256};
+
 use crate::hamt::Hamt;
 use crate::key::Key;
 
@@ -22,7 +24,43 @@ pub struct Entry {
     pub value: Bytes,
 }
 
-type Keys = Hamt<Entry>;
+/// The keys of one full prefix, with the running sum that makes its hash.
+#[derive(Debug, Clone, Default)]
+struct Keys {
+    map: Hamt<Entry>,
+    /// Sum (mod 2^128) of [`element_hash`] over the live keys: adding and
+    /// removing keys adjusts it, and it is the same whatever order the same
+    /// keys arrived in.
+    sum: u128,
+}
+
+impl Keys {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// The hash of one (key, value) pair: the first 16 bytes of
+/// SHA-256(len(key) as u32 LE ++ key ++ value).
+fn element_hash(key: &[u8], value: &[u8]) -> u128 {
+    let mut h = Sha256::new();
+    h.update((key.len() as u32).to_le_bytes());
+    h.update(key);
+    h.update(value);
+    let digest: [u8; 32] = h.finalize().into();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_le_bytes(first)
+}
+
+/// The hash of a set of keys from their sum and count.
+fn set_hash(sum: u128, count: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"chorus prefix hash v1");
+    h.update(sum.to_le_bytes());
+    h.update(count.to_le_bytes());
+    h.finalize().into()
+}
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Index {
@@ -33,7 +71,28 @@ pub(crate) struct Index {
 
 impl Index {
     pub(crate) fn get(&self, fp: &FullPrefix, key: &[u8]) -> Option<&Entry> {
-        self.prefixes.get(fp)?.get(&Key::new(key))
+        self.prefixes.get(fp)?.map.get(&Key::new(key))
+    }
+
+    /// The hash of a full prefix's live keys and values; equal on every
+    /// store that holds the same data. O(1): kept up to date by every write.
+    pub(crate) fn prefix_hash(&self, fp: &FullPrefix) -> [u8; 32] {
+        self.prefixes
+            .get(fp)
+            .map_or(set_hash(0, 0), |k| set_hash(k.sum, k.len() as u64))
+    }
+
+    /// The hash of every full prefix under `prefix` together: O(number of
+    /// its subprefixes).
+    pub(crate) fn prefix_hash_all(&self, prefix: &str) -> [u8; 32] {
+        let (sum, count) = self
+            .prefixes
+            .iter()
+            .filter(|(fp, _)| fp.prefix() == prefix)
+            .fold((0u128, 0u64), |(s, n), (_, k)| {
+                (s.wrapping_add(k.sum), n + k.len() as u64)
+            });
+        set_hash(sum, count)
     }
 
     pub(crate) fn keys(&self) -> usize {
@@ -57,23 +116,30 @@ impl Index {
         self.prefixes
             .get(fp)
             .into_iter()
-            .flat_map(|keys| keys.iter())
+            .flat_map(|keys| keys.map.iter())
     }
 
     pub(crate) fn iter_all(&self) -> impl Iterator<Item = (&FullPrefix, &Key, &Entry)> {
         self.prefixes
             .iter()
-            .flat_map(|(fp, keys)| keys.iter().map(move |(k, e)| (fp, k, e)))
+            .flat_map(|(fp, keys)| keys.map.iter().map(move |(k, e)| (fp, k, e)))
     }
 
     pub(crate) fn put(&mut self, fp: &FullPrefix, key: Key, entry: Entry) {
         let key_len = key.len() as u64;
         let value_len = entry.value.len() as u64;
+        let added = element_hash(&key, &entry.value);
         let old = match self.prefixes.get_mut(fp) {
-            Some(keys) => keys.insert(key, entry),
+            Some(keys) => {
+                let old = keys.map.insert(key.clone(), entry);
+                let removed = old.as_ref().map_or(0, |o| element_hash(&key, &o.value));
+                keys.sum = keys.sum.wrapping_add(added).wrapping_sub(removed);
+                old
+            }
             None => {
                 let mut keys = Keys::default();
-                keys.insert(key, entry);
+                keys.map.insert(key, entry);
+                keys.sum = added;
                 self.prefixes.insert(fp.clone(), keys);
                 None
             }
@@ -91,10 +157,11 @@ impl Index {
         let Some(keys) = self.prefixes.get_mut(fp) else {
             return;
         };
-        if let Some(old) = keys.remove(&Key::new(key)) {
+        if let Some(old) = keys.map.remove(&Key::new(key)) {
+            keys.sum = keys.sum.wrapping_sub(element_hash(key, &old.value));
             self.keys -= 1;
             self.bytes -= (key.len() + old.value.len()) as u64;
-            if keys.is_empty() {
+            if keys.map.is_empty() {
                 self.prefixes.remove(fp);
             }
         }
@@ -132,7 +199,7 @@ impl Applier {
             Payload::Commits(commits) => {
                 for c in commits {
                     self.apply_commit(index, c);
-                    high = (high.0.max(c.seq), high.1.max(c.ts_ms));
+                    high = (high.0.max(c.seq), high.1.max(c.ts));
                 }
             }
             Payload::Checkpoint(groups) => {
@@ -180,7 +247,7 @@ pub(crate) struct State {
     /// Offset up to which the log has been applied.
     pub(crate) end: u64,
     pub(crate) last_seq: u64,
-    pub(crate) last_ts_ms: u64,
+    pub(crate) last_ts: u64,
     pub(crate) index: Index,
 }
 
@@ -189,6 +256,8 @@ pub(crate) struct State {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub(crate) state: Arc<State>,
+    /// Inside an update closure: the timestamp its commit will carry.
+    pub(crate) commit_ts: Option<u64>,
 }
 
 impl Snapshot {
@@ -220,6 +289,17 @@ impl Snapshot {
         self.state.index.prefixes()
     }
 
+    /// The hash of a full prefix's keys and values: equal on every store
+    /// that holds the same data, whatever order it was written in. O(1).
+    pub fn prefix_hash(&self, fp: &FullPrefix) -> [u8; 32] {
+        self.state.index.prefix_hash(fp)
+    }
+
+    /// The hash of every full prefix under `prefix` together.
+    pub fn prefix_hash_all(&self, prefix: &str) -> [u8; 32] {
+        self.state.index.prefix_hash_all(prefix)
+    }
+
     /// Number of live keys in one full prefix. O(1).
     pub fn len_in(&self, fp: &FullPrefix) -> usize {
         self.state.index.keys_in(fp)
@@ -238,6 +318,19 @@ impl Snapshot {
     /// Sequence number of the last commit in this view.
     pub fn seq(&self) -> u64 {
         self.state.last_seq
+    }
+
+    /// Hybrid timestamp ([`chorus_core::object::Hlc`]) of the last commit
+    /// in this view.
+    pub fn last_ts(&self) -> u64 {
+        self.state.last_ts
+    }
+
+    /// Inside an [`update`](crate::Store::update) closure: the hybrid
+    /// timestamp the commit being prepared will carry, later than every
+    /// earlier commit on this directory. `None` elsewhere.
+    pub fn commit_ts(&self) -> Option<u64> {
+        self.commit_ts
     }
 
     /// Log generation this view was read from.

@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use chorus_core::object::Hlc;
 use chorus_core::{FullPrefix, validate_key};
 
 use crate::backend::{Backend, StdBackend};
@@ -138,8 +139,9 @@ impl Write {
 pub struct CommitInfo {
     /// Its sequence number (dense and increasing across the node's history).
     pub seq: u64,
-    /// Its timestamp, ms since the epoch (never behind an earlier commit's).
-    pub ts_ms: u64,
+    /// Its hybrid timestamp ([`Hlc`]): never behind an earlier commit's on
+    /// this directory, even when the wall clock goes back.
+    pub ts: u64,
     /// The log generation it went to.
     pub generation: u64,
 }
@@ -363,6 +365,7 @@ impl Store {
     pub fn snapshot(&self) -> Result<Snapshot> {
         Ok(Snapshot {
             state: self.inner.fresh()?,
+            commit_ts: None,
         })
     }
 
@@ -777,6 +780,9 @@ impl Inner {
         let mut outcomes = Vec::with_capacity(jobs.len());
         let mut commits: Vec<(u64, u64, Origin, Vec<Write>)> = Vec::new();
         for job in jobs {
+            // The hybrid timestamp this commit will carry: never behind an
+            // earlier commit of any process on this directory.
+            let next_ts = Hlc::tick(Hlc(work.last_ts), sys::now_ms()).0;
             let (writes, origin) = match job {
                 Job::Commit {
                     reads,
@@ -800,6 +806,7 @@ impl Inner {
                 Job::Update(f) => {
                     let snapshot = Snapshot {
                         state: Arc::new(work.clone()),
+                        commit_ts: Some(next_ts),
                     };
                     match run_update(f, &snapshot).and_then(|w| {
                         if !w.is_empty() {
@@ -826,7 +833,7 @@ impl Inner {
                 continue;
             }
             let seq = work.last_seq + 1;
-            let ts_ms = sys::now_ms().max(work.last_ts_ms);
+            let ts = next_ts;
             for w in &writes {
                 match &w.value {
                     Some(v) => work.index.put(
@@ -841,13 +848,13 @@ impl Inner {
                 }
             }
             work.last_seq = seq;
-            work.last_ts_ms = ts_ms;
+            work.last_ts = ts;
             outcomes.push(Ok(Outcome::Committed(CommitInfo {
                 seq,
-                ts_ms,
+                ts,
                 generation: work.generation,
             })));
-            commits.push((seq, ts_ms, origin, writes));
+            commits.push((seq, ts, origin, writes));
         }
         if commits.is_empty() {
             return outcomes;
@@ -872,9 +879,9 @@ impl Inner {
     ) -> Result<()> {
         let records: Vec<CommitRec<'_>> = commits
             .iter()
-            .map(|(seq, ts_ms, origin, writes)| CommitRec {
+            .map(|(seq, ts, origin, writes)| CommitRec {
                 seq: *seq,
-                ts_ms: *ts_ms,
+                ts: *ts,
                 origin: *origin,
                 writes: writes
                     .iter()
@@ -954,17 +961,16 @@ impl Inner {
         let old = state.generation;
         let new = old + 1;
         shm.set_intent(Intent::Switch);
-        let end =
-            match self
-                .dir
-                .write_generation(new, &state.index, state.last_seq, state.last_ts_ms)
-            {
-                Ok(end) => end,
-                Err(e) => {
-                    shm.set_intent(Intent::None);
-                    return Err(e);
-                }
-            };
+        let end = match self
+            .dir
+            .write_generation(new, &state.index, state.last_seq, state.last_ts)
+        {
+            Ok(end) => end,
+            Err(e) => {
+                shm.set_intent(Intent::None);
+                return Err(e);
+            }
+        };
         // From here the pointer decides; if writing it fails the intent stays
         // set and the next lock holder recovers from whatever it says.
         self.dir
@@ -977,7 +983,7 @@ impl Inner {
                 generation: new,
                 end,
                 last_seq: state.last_seq,
-                last_ts_ms: state.last_ts_ms,
+                last_ts: state.last_ts,
                 index: state.index.clone(),
             };
             let path = self.dir.layout.log(new);

@@ -238,7 +238,7 @@ pub fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
         generation,
         end: HEADER_LEN,
         last_seq: header.map_or(0, |h| h.base_seq),
-        last_ts_ms: header.map_or(0, |h| h.created_ms),
+        last_ts: header.map_or(0, |h| h.base_ts),
         index: Index::default(),
     };
     let mut report = RepairReport {
@@ -269,12 +269,7 @@ pub fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
         node_id,
     };
     let new = generation + 1;
-    let end = dir_ops.write_generation(
-        new,
-        &state.index,
-        state.last_seq,
-        state.last_ts_ms.max(sys::now_ms()),
-    )?;
+    let end = dir_ops.write_generation(new, &state.index, state.last_seq, state.last_ts)?;
     let kept = path.with_extension("log.damaged");
     backend
         .rename(&path, &kept)
@@ -302,7 +297,7 @@ fn salvage(bytes: &[u8], state: &mut State, report: &mut RepairReport) {
         {
             let (seq, ts) = applier.apply(&mut state.index, &payload);
             state.last_seq = state.last_seq.max(seq);
-            state.last_ts_ms = state.last_ts_ms.max(ts);
+            state.last_ts = state.last_ts.max(ts);
             report.frames_salvaged += 1;
             if let format::Payload::Commits(c) = &payload {
                 report.commits_salvaged += c.len() as u64;
