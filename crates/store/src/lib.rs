@@ -30,6 +30,7 @@ mod index;
 mod key;
 mod layout;
 mod log;
+mod metadata;
 mod shm;
 mod store;
 mod sys;
@@ -41,6 +42,10 @@ pub use error::{ConflictKey, Error, LockHolder, Result};
 pub use format::Origin;
 pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
+pub use metadata::{
+    GetOptions, Item, IterOptions, Match, MetaTransaction, Metadata, PutOptions, PutValue, Read,
+    ResolveFn, Resolver, Scope,
+};
 pub use store::{
     CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, Write,
 };

@@ -13,13 +13,19 @@
 //! - `readwrite DIR TAG COUNT`: writes TAG-i and reads each back, checking
 //!   every earlier key of its own; prints `generation G` at the end.
 //! - `hold DIR MILLIS`: holds the writer lock for MILLIS; prints `locked`.
+//! - `meta-put-after-read DIR KEY VALUE`: reads KEY (metadata API), prints
+//!   `read`, waits for a line on stdin, puts VALUE with the context it read.
+//! - `meta-values DIR KEY`: prints `values N` (siblings of KEY).
+//! - `meta-churn DIR COUNT`: inserts and deletes `churn-i` keys COUNT times.
 
 use std::io::{BufRead, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use chorus_core::FullPrefix;
-use chorus_store::{Error, Options, Store, SyncMode, Write};
+use chorus_store::{
+    Error, GetOptions, Metadata, Options, PutOptions, PutValue, Store, SyncMode, Write,
+};
 
 type Failure = Box<dyn std::error::Error>;
 
@@ -146,6 +152,47 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 std::thread::sleep(Duration::from_millis(millis));
                 Ok(vec![])
             })?;
+        }
+        "meta-put-after-read" => {
+            let (key, value) = (arg(args, 2)?, arg(args, 3)?);
+            let meta = Metadata::new(open(dir, SyncMode::Always)?);
+            let read = meta.get(&fp, key.as_bytes(), &GetOptions::default())?;
+            let context = read.map(|r| r.context).unwrap_or_default();
+            say("read")?;
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            let opts = PutOptions {
+                context: Some(context),
+            };
+            meta.put(
+                &fp,
+                key.as_bytes(),
+                PutValue::Bytes(value.as_bytes().to_vec()),
+                &opts,
+            )?;
+            say("done")?;
+        }
+        "meta-values" => {
+            let meta = Metadata::new(open(dir, SyncMode::Always)?);
+            let read = meta.get(&fp, arg(args, 2)?.as_bytes(), &GetOptions::default())?;
+            say(&format!("values {}", read.map_or(0, |r| r.values.len())))?;
+        }
+        "meta-churn" => {
+            let count: u64 = arg(args, 2)?.parse()?;
+            let meta = Metadata::new(open(dir, SyncMode::Never)?);
+            for i in 0..count {
+                let key = format!("churn-{}", i % 50);
+                meta.put(
+                    &fp,
+                    key.as_bytes(),
+                    PutValue::Bytes(i.to_le_bytes().to_vec()),
+                    &PutOptions::default(),
+                )?;
+                if i % 3 == 0 {
+                    meta.delete(&fp, key.as_bytes(), &PutOptions::default())?;
+                }
+            }
+            say("done")?;
         }
         other => return Err(format!("unknown command {other}").into()),
     }

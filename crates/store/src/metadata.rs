@@ -1,0 +1,623 @@
+//! The cluster-metadata API (Riak's, shared/seeds/002) over the engine:
+//! every key holds an [`Object`], a dotted version vector set of values, so
+//! concurrent writes become siblings instead of overwriting each other.
+//!
+//! Three ways to write, and what a concurrent writer makes of each:
+//! - [`Metadata::put`] without a context supersedes every value current
+//!   when it commits;
+//! - with the context of an earlier read it supersedes what that read saw;
+//!   anything written since stays as a sibling;
+//! - a [`MetaTransaction`] fails with a write conflict if any key it read
+//!   changed before it commits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chorus_core::object::{Content, Context, Hlc, Object, Value};
+use chorus_core::{FullPrefix, NodeId};
+
+use crate::error::{ConflictKey, Error, Result};
+use crate::index::{Bytes, Snapshot};
+use crate::store::{CommitInfo, Store, Write};
+
+/// A function that settles siblings: it receives every value and returns
+/// the bytes of the one that replaces them (`None` for a tombstone).
+pub type ResolveFn = Arc<dyn Fn(&[Value]) -> Option<Vec<u8>> + Send + Sync>;
+
+/// How a read settles siblings.
+#[derive(Clone, Default)]
+pub enum Resolver {
+    /// Return every sibling.
+    #[default]
+    None,
+    /// Keep the newest by (timestamp, node id, bytes): every node picks the
+    /// same value.
+    Lww,
+    /// Replace the siblings by what the function returns.
+    Function(ResolveFn),
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resolver::None => write!(f, "None"),
+            Resolver::Lww => write!(f, "Lww"),
+            Resolver::Function(_) => write!(f, "Function"),
+        }
+    }
+}
+
+/// Options of a read.
+#[derive(Clone, Debug, Default)]
+pub struct GetOptions {
+    /// Returned (as one value) when the key is absent or deleted.
+    pub default: Option<Vec<u8>>,
+    /// How siblings are settled.
+    pub resolver: Resolver,
+    /// Write the resolved value back when the resolver settled siblings, so
+    /// the next reader (in any process) finds one value.
+    pub allow_put: bool,
+}
+
+/// What a read found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// The values: one, or several siblings.
+    pub values: Vec<Value>,
+    /// The context to write back with, to supersede exactly these values.
+    pub context: Context,
+    /// True when every value is a tombstone (the key is deleted).
+    pub tombstone: bool,
+}
+
+/// What a write puts.
+pub enum PutValue {
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// A tombstone (what `delete` writes).
+    Tombstone,
+    /// Computed under the writer lock from the current siblings (empty when
+    /// the key is absent): resolve on write. `None` writes a tombstone.
+    Function(Box<dyn FnOnce(&[Value]) -> Option<Vec<u8>> + Send>),
+}
+
+/// Options of a write.
+#[derive(Clone, Debug, Default)]
+pub struct PutOptions {
+    /// The context of an earlier read: values written since stay as
+    /// siblings. `None`: supersede whatever is current at commit.
+    pub context: Option<Context>,
+}
+
+/// Which keys an iteration visits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Match {
+    /// Every key.
+    #[default]
+    All,
+    /// One key.
+    Exact(Vec<u8>),
+    /// Keys starting with these bytes.
+    Prefix(Vec<u8>),
+    /// Keys matching a glob: `*` any run of bytes, `?` one byte, `\` escapes.
+    Glob(String),
+}
+
+impl Match {
+    /// True when `key` is visited.
+    pub fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            Match::All => true,
+            Match::Exact(k) => key == k.as_slice(),
+            Match::Prefix(p) => key.starts_with(p),
+            Match::Glob(g) => glob(g.as_bytes(), key),
+        }
+    }
+}
+
+fn glob(pattern: &[u8], key: &[u8]) -> bool {
+    // Iterative matcher with one backtrack point for the last `*`.
+    let (mut p, mut k) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while k < key.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, k));
+                p += 1;
+                continue;
+            }
+            Some(b'?') => {
+                p += 1;
+                k += 1;
+                continue;
+            }
+            Some(b'\\') if pattern.get(p + 1) == Some(&key[k]) => {
+                p += 2;
+                k += 1;
+                continue;
+            }
+            Some(&c) if c != b'\\' && c == key[k] => {
+                p += 1;
+                k += 1;
+                continue;
+            }
+            _ => {}
+        }
+        match star {
+            Some((sp, sk)) => {
+                p = sp + 1;
+                k = sk + 1;
+                star = Some((sp, sk + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|c| *c == b'*')
+}
+
+/// Which part of the store an iteration covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One full prefix.
+    FullPrefix(FullPrefix),
+    /// Every subprefix of a prefix.
+    Prefix(String),
+    /// Everything.
+    All,
+}
+
+/// Options of an iteration.
+#[derive(Clone, Debug, Default)]
+pub struct IterOptions {
+    /// Which keys.
+    pub matching: Match,
+    /// How siblings are settled.
+    pub resolver: Resolver,
+    /// Write resolved values back.
+    pub allow_put: bool,
+    /// Visit deleted keys too; with `default` set, they show the default.
+    pub tombstones: bool,
+    /// What a deleted key shows when `tombstones` is set.
+    pub default: Option<Vec<u8>>,
+}
+
+/// One key visited by an iteration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// Its full prefix.
+    pub full_prefix: FullPrefix,
+    /// The key.
+    pub key: Vec<u8>,
+    /// What a read of it returns.
+    pub read: Read,
+}
+
+/// The cluster-metadata API over one data directory.
+#[derive(Clone, Debug)]
+pub struct Metadata {
+    store: Store,
+}
+
+impl Metadata {
+    /// Wraps an open store.
+    pub fn new(store: Store) -> Self {
+        Metadata { store }
+    }
+
+    /// The engine underneath.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The object stored under a key, undecoded reads included.
+    pub fn object(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Object>> {
+        match self.store.get(fp, key)? {
+            Some(bytes) => decode(fp, key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads a key. `None` when it is absent (or deleted) and no default is
+    /// given.
+    pub fn get(&self, fp: &FullPrefix, key: &[u8], opts: &GetOptions) -> Result<Option<Read>> {
+        let Some(object) = self.object(fp, key)? else {
+            return Ok(opts.default.as_ref().map(|d| default_read(d, self.node())));
+        };
+        let read = self.settle(fp, key, object, &opts.resolver, opts.allow_put)?;
+        if read.tombstone {
+            return Ok(opts.default.as_ref().map(|d| Read {
+                values: vec![default_value(d, self.node())],
+                context: read.context.clone(),
+                tombstone: false,
+            }));
+        }
+        Ok(Some(read))
+    }
+
+    /// Writes a key; see the module documentation for what a concurrent
+    /// writer makes of it. Names starting with `$` are refused.
+    pub fn put(
+        &self,
+        fp: &FullPrefix,
+        key: &[u8],
+        value: PutValue,
+        opts: &PutOptions,
+    ) -> Result<CommitInfo> {
+        refuse_reserved(fp)?;
+        self.write(fp, key, value, opts)
+    }
+
+    /// Writes a tombstone (same options as `put`).
+    pub fn delete(&self, fp: &FullPrefix, key: &[u8], opts: &PutOptions) -> Result<CommitInfo> {
+        self.put(fp, key, PutValue::Tombstone, opts)
+    }
+
+    /// Writes under a reserved (`$`) prefix: for Chorus's own services.
+    pub fn put_reserved(
+        &self,
+        fp: &FullPrefix,
+        key: &[u8],
+        value: PutValue,
+        opts: &PutOptions,
+    ) -> Result<CommitInfo> {
+        self.write(fp, key, value, opts)
+    }
+
+    fn write(
+        &self,
+        fp: &FullPrefix,
+        key: &[u8],
+        value: PutValue,
+        opts: &PutOptions,
+    ) -> Result<CommitInfo> {
+        let (fp, key, context) = (fp.clone(), key.to_vec(), opts.context.clone());
+        let node = self.node();
+        let info = self.store.update(move |snap| {
+            let object = new_object(snap, &fp, &key, context.as_ref(), value, node)?;
+            Ok(vec![Write::put(&fp, &key, &object.encode())])
+        })?;
+        info.ok_or_else(|| Error::InvalidInput("the write produced no commit".into()))
+    }
+
+    /// Every key in `scope` that `opts` selects, from one consistent
+    /// snapshot: each key once, whatever other processes write meanwhile.
+    pub fn iter(&self, scope: &Scope, opts: &IterOptions) -> Result<Vec<Item>> {
+        let snap = self.store.snapshot()?;
+        let mut out = Vec::new();
+        for (fp, key, entry) in scoped(&snap, scope) {
+            if !opts.matching.matches(key) {
+                continue;
+            }
+            let object = decode(fp, key, &entry.value)?;
+            let mut read = self.settle(fp, key, object, &opts.resolver, opts.allow_put)?;
+            if read.tombstone {
+                if !opts.tombstones {
+                    continue;
+                }
+                if let Some(d) = &opts.default {
+                    read.values = vec![default_value(d, self.node())];
+                    read.tombstone = false;
+                }
+            }
+            out.push(Item {
+                full_prefix: fp.clone(),
+                key: key.to_vec(),
+                read,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Folds over [`Metadata::iter`]'s items.
+    pub fn fold<A>(
+        &self,
+        scope: &Scope,
+        opts: &IterOptions,
+        init: A,
+        f: impl FnMut(A, Item) -> A,
+    ) -> Result<A> {
+        Ok(self.iter(scope, opts)?.into_iter().fold(init, f))
+    }
+
+    /// The hash of a full prefix's data: equal on stores with equal data.
+    pub fn prefix_hash(&self, fp: &FullPrefix) -> Result<[u8; 32]> {
+        Ok(self.store.snapshot()?.prefix_hash(fp))
+    }
+
+    /// The hash of all the data under a prefix.
+    pub fn prefix_hash_all(&self, prefix: &str) -> Result<[u8; 32]> {
+        Ok(self.store.snapshot()?.prefix_hash_all(prefix))
+    }
+
+    /// Starts a transaction over a snapshot taken now.
+    pub fn begin(&self) -> Result<MetaTransaction> {
+        Ok(MetaTransaction {
+            meta: self.clone(),
+            snapshot: self.store.snapshot()?,
+            reads: BTreeMap::new(),
+            writes: Vec::new(),
+        })
+    }
+
+    fn node(&self) -> NodeId {
+        self.store.node_id()
+    }
+
+    /// Applies a resolver; with `allow_put`, writes the result back (with
+    /// the context of what was resolved, so later writes stay siblings).
+    fn settle(
+        &self,
+        fp: &FullPrefix,
+        key: &[u8],
+        object: Object,
+        resolver: &Resolver,
+        allow_put: bool,
+    ) -> Result<Read> {
+        let resolved = match resolver {
+            Resolver::None => None,
+            _ if object.value_count() <= 1 => None,
+            Resolver::Lww => object.lww_value().cloned(),
+            Resolver::Function(f) => {
+                let values: Vec<Value> = object.values().into_iter().cloned().collect();
+                let newest = values.iter().map(|v| v.timestamp).max().unwrap_or_default();
+                Some(make_value(f(&values), newest, self.node()))
+            }
+        };
+        let Some(value) = resolved else {
+            return Ok(read_of(&object));
+        };
+        let context = object.context();
+        if allow_put {
+            let bytes = value.bytes().map(<[u8]>::to_vec);
+            let put = match bytes {
+                Some(b) => PutValue::Bytes(b),
+                None => PutValue::Tombstone,
+            };
+            self.write(
+                fp,
+                key,
+                put,
+                &PutOptions {
+                    context: Some(context.clone()),
+                },
+            )?;
+        }
+        Ok(Read {
+            tombstone: value.content == Content::Tombstone,
+            values: vec![value],
+            context,
+        })
+    }
+}
+
+fn refuse_reserved(fp: &FullPrefix) -> Result<()> {
+    if fp.is_reserved() {
+        return Err(Error::InvalidInput(format!(
+            "{fp} is reserved for Chorus itself (names starting with '$'); pick a name without '$'"
+        )));
+    }
+    Ok(())
+}
+
+fn decode(fp: &FullPrefix, key: &[u8], bytes: &[u8]) -> Result<Object> {
+    Object::decode(bytes).map_err(|e| {
+        Error::InvalidInput(format!(
+            "{fp}/{} does not hold a metadata object ({e}): it was written with the raw engine API",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+fn read_of(object: &Object) -> Read {
+    Read {
+        values: object.values().into_iter().cloned().collect(),
+        context: object.context(),
+        tombstone: object.is_tombstone(),
+    }
+}
+
+fn make_value(bytes: Option<Vec<u8>>, timestamp: Hlc, node: NodeId) -> Value {
+    match bytes {
+        Some(b) => Value::data(&b, timestamp, node),
+        None => Value::tombstone(timestamp, node),
+    }
+}
+
+fn default_value(bytes: &[u8], node: NodeId) -> Value {
+    Value::data(bytes, Hlc::default(), node)
+}
+
+fn default_read(bytes: &[u8], node: NodeId) -> Read {
+    Read {
+        values: vec![default_value(bytes, node)],
+        context: Object::empty_context(),
+        tombstone: false,
+    }
+}
+
+/// The object a write produces, computed under the writer lock.
+fn new_object(
+    snap: &Snapshot,
+    fp: &FullPrefix,
+    key: &[u8],
+    context: Option<&Context>,
+    value: PutValue,
+    node: NodeId,
+) -> Result<Object> {
+    let current = match snap.get(fp, key) {
+        Some(bytes) => Some(decode(fp, key, &bytes)?),
+        None => None,
+    };
+    let ts = Hlc(snap.commit_ts().unwrap_or_else(|| snap.last_ts()));
+    let bytes = match value {
+        PutValue::Bytes(b) => Some(b),
+        PutValue::Tombstone => None,
+        PutValue::Function(f) => {
+            let siblings: Vec<Value> = current
+                .as_ref()
+                .map(|o| o.values().into_iter().cloned().collect())
+                .unwrap_or_default();
+            f(&siblings)
+        }
+    };
+    let context = match context {
+        Some(c) => c.clone(),
+        None => current.as_ref().map(Object::context).unwrap_or_default(),
+    };
+    Ok(Object::modify(
+        current.as_ref(),
+        &context,
+        make_value(bytes, ts, node),
+        node,
+    ))
+}
+
+fn scoped<'a>(
+    snap: &'a Snapshot,
+    scope: &'a Scope,
+) -> Box<dyn Iterator<Item = (&'a FullPrefix, &'a crate::Key, &'a crate::Entry)> + 'a> {
+    match scope {
+        Scope::FullPrefix(fp) => Box::new(snap.iter_prefix(fp).map(move |(k, e)| (fp, k, e))),
+        Scope::Prefix(p) => Box::new(snap.iter().filter(move |(fp, _, _)| fp.prefix() == p)),
+        Scope::All => Box::new(snap.iter()),
+    }
+}
+
+enum TxWrite {
+    Put(FullPrefix, Vec<u8>, Option<Vec<u8>>, Option<Context>),
+}
+
+/// A transaction over several keys: reads come from a snapshot; at commit,
+/// if any key it read changed since, it fails with [`Error::WriteConflict`]
+/// naming the keys, and writes nothing.
+pub struct MetaTransaction {
+    meta: Metadata,
+    snapshot: Snapshot,
+    reads: BTreeMap<(FullPrefix, Vec<u8>), Option<u64>>,
+    writes: Vec<TxWrite>,
+}
+
+impl MetaTransaction {
+    /// Reads a key from the transaction's snapshot (siblings unresolved).
+    pub fn get(&mut self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Read>> {
+        let entry = self.snapshot.entry(fp, key);
+        self.reads
+            .entry((fp.clone(), key.to_vec()))
+            .or_insert(entry.map(|e| e.seq));
+        match entry {
+            Some(e) => Ok(Some(read_of(&decode(fp, key, &e.value)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets a key at commit (with a context: values written since that read
+    /// stay siblings; without: supersede what is current at commit).
+    pub fn put(
+        &mut self,
+        fp: &FullPrefix,
+        key: &[u8],
+        value: &[u8],
+        context: Option<Context>,
+    ) -> Result<()> {
+        refuse_reserved(fp)?;
+        self.writes.push(TxWrite::Put(
+            fp.clone(),
+            key.to_vec(),
+            Some(value.to_vec()),
+            context,
+        ));
+        Ok(())
+    }
+
+    /// Deletes a key at commit (a tombstone).
+    pub fn delete(&mut self, fp: &FullPrefix, key: &[u8], context: Option<Context>) -> Result<()> {
+        refuse_reserved(fp)?;
+        self.writes
+            .push(TxWrite::Put(fp.clone(), key.to_vec(), None, context));
+        Ok(())
+    }
+
+    /// Validates the reads and applies the writes as one commit.
+    pub fn commit(self) -> Result<Option<CommitInfo>> {
+        if self.writes.is_empty() {
+            return Ok(None);
+        }
+        let node = self.meta.node();
+        let reads = self.reads;
+        let writes = self.writes;
+        self.meta.store.update(move |snap| {
+            let conflicts: Vec<ConflictKey> = reads
+                .iter()
+                .filter(|((fp, key), seen)| snap.entry(fp, key).map(|e| e.seq) != **seen)
+                .map(|((fp, key), _)| ConflictKey {
+                    full_prefix: fp.clone(),
+                    key: key.clone(),
+                })
+                .collect();
+            if !conflicts.is_empty() {
+                return Err(Error::WriteConflict { keys: conflicts });
+            }
+            let mut out: Vec<Write> = Vec::with_capacity(writes.len());
+            let mut latest: BTreeMap<(FullPrefix, Vec<u8>), Bytes> = BTreeMap::new();
+            for TxWrite::Put(fp, key, bytes, context) in writes {
+                // A key written twice builds on its first write.
+                let overlay = latest.get(&(fp.clone(), key.clone())).cloned();
+                let object = match overlay {
+                    Some(prev) => {
+                        let current = decode(&fp, &key, &prev)?;
+                        let ts = Hlc(snap.commit_ts().unwrap_or_else(|| snap.last_ts()));
+                        let ctx = context.unwrap_or_else(|| current.context());
+                        Object::modify(Some(&current), &ctx, make_value(bytes, ts, node), node)
+                    }
+                    None => {
+                        let value = match bytes {
+                            Some(b) => PutValue::Bytes(b),
+                            None => PutValue::Tombstone,
+                        };
+                        new_object(snap, &fp, &key, context.as_ref(), value, node)?
+                    }
+                };
+                let encoded: Bytes = Bytes::from(object.encode());
+                latest.insert((fp.clone(), key.clone()), encoded.clone());
+                out.push(Write {
+                    full_prefix: fp,
+                    key: Bytes::from(key),
+                    value: Some(encoded),
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("*", "", true),
+            ("*", "anything", true),
+            ("a*", "abc", true),
+            ("a*", "bac", false),
+            ("*.txt", "notes.txt", true),
+            ("*.txt", "notes.txt.bak", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("a*b*c", "a-b-b-c", true),
+            ("a*b*c", "a-b-b-d", false),
+            ("\\*", "*", true),
+            ("\\*", "x", false),
+            ("", "", true),
+            ("", "x", false),
+        ];
+        for (pattern, key, want) in cases {
+            assert_eq!(
+                glob(pattern.as_bytes(), key.as_bytes()),
+                *want,
+                "{pattern:?} vs {key:?}"
+            );
+        }
+    }
+}

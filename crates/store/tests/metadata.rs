@@ -1,0 +1,447 @@
+//! The cluster-metadata API: siblings across processes, resolvers and
+//! allow_put, tombstones, iteration, prefix hashes, transactions, bad input.
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::process::{Command, Stdio};
+
+use chorus_core::FullPrefix;
+use chorus_core::object::context_from_string;
+use chorus_store::{
+    Error, GetOptions, IterOptions, Match, Metadata, Options, PutOptions, PutValue, Resolver,
+    Scope, Store,
+};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_chorus-store-worker");
+
+fn fp() -> FullPrefix {
+    FullPrefix::parse("test/keys").expect("valid")
+}
+
+fn meta(dir: &std::path::Path) -> Metadata {
+    Metadata::new(
+        Store::open(
+            dir,
+            Options {
+                create: true,
+                ..Options::default()
+            },
+        )
+        .expect("open"),
+    )
+}
+
+fn put(m: &Metadata, key: &str, value: &str) {
+    m.put(
+        &fp(),
+        key.as_bytes(),
+        PutValue::Bytes(value.into()),
+        &PutOptions::default(),
+    )
+    .expect("put");
+}
+
+fn texts(read: &chorus_store::Read) -> Vec<String> {
+    let mut t: Vec<String> = read
+        .values
+        .iter()
+        .map(|v| {
+            v.bytes().map_or("<deleted>".into(), |b| {
+                String::from_utf8_lossy(b).into_owned()
+            })
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+fn worker(args: &[&str]) -> std::process::Child {
+    Command::new(WORKER)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn worker")
+}
+
+fn first_line(child: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    line.trim().to_string()
+}
+
+#[test]
+fn two_processes_writing_with_the_context_they_read_leave_two_siblings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8");
+    let m = meta(dir.path());
+    put(&m, "k", "original");
+    let mut a = worker(&["meta-put-after-read", d, "k", "from-a"]);
+    let mut b = worker(&["meta-put-after-read", d, "k", "from-b"]);
+    assert_eq!(first_line(&mut a), "read");
+    assert_eq!(first_line(&mut b), "read");
+    for w in [&mut a, &mut b] {
+        writeln!(w.stdin.as_mut().expect("stdin"), "go").expect("tell");
+    }
+    for w in [a, b] {
+        let out = w.wait_with_output().expect("wait");
+        assert!(out.status.success());
+    }
+    let read = m
+        .get(&fp(), b"k", &GetOptions::default())
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        texts(&read),
+        ["from-a", "from-b"],
+        "both kept, the original superseded"
+    );
+    let mut other = worker(&["meta-values", d, "k"]);
+    assert_eq!(
+        first_line(&mut other),
+        "values 2",
+        "another process sees both"
+    );
+    other.wait().expect("wait");
+    // A put with a context that covers both leaves one value.
+    m.put(
+        &fp(),
+        b"k",
+        PutValue::Bytes(b"merged".to_vec()),
+        &PutOptions {
+            context: Some(read.context),
+        },
+    )
+    .expect("put");
+    let read = m
+        .get(&fp(), b"k", &GetOptions::default())
+        .expect("get")
+        .expect("present");
+    assert_eq!(texts(&read), ["merged"]);
+}
+
+#[test]
+fn resolving_with_allow_put_writes_one_value_that_other_processes_see() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8");
+    let m = meta(dir.path());
+    let empty = PutOptions {
+        context: Some(Vec::new()),
+    };
+    for v in ["one", "two", "three"] {
+        m.put(&fp(), b"k", PutValue::Bytes(v.into()), &empty)
+            .expect("put a sibling");
+    }
+    let lww = GetOptions {
+        resolver: Resolver::Lww,
+        ..GetOptions::default()
+    };
+    let read = m.get(&fp(), b"k", &lww).expect("get").expect("present");
+    assert_eq!(texts(&read), ["three"], "the newest wins");
+    let mut other = worker(&["meta-values", d, "k"]);
+    assert_eq!(
+        first_line(&mut other),
+        "values 3",
+        "without allow_put nothing is written"
+    );
+    other.wait().expect("wait");
+    let read = m
+        .get(
+            &fp(),
+            b"k",
+            &GetOptions {
+                allow_put: true,
+                ..lww
+            },
+        )
+        .expect("get")
+        .expect("present");
+    assert_eq!(texts(&read), ["three"]);
+    let mut other = worker(&["meta-values", d, "k"]);
+    assert_eq!(
+        first_line(&mut other),
+        "values 1",
+        "the resolution is in the log"
+    );
+    other.wait().expect("wait");
+    // A function resolver.
+    for v in ["a", "b"] {
+        m.put(&fp(), b"f", PutValue::Bytes(v.into()), &empty)
+            .expect("put");
+    }
+    let join = Resolver::Function(std::sync::Arc::new(
+        |vs: &[chorus_core::object::Value]| {
+            let mut parts: Vec<&[u8]> = vs.iter().filter_map(|v| v.bytes()).collect();
+            parts.sort();
+            Some(parts.join(&b'+'))
+        },
+    ));
+    let read = m
+        .get(
+            &fp(),
+            b"f",
+            &GetOptions {
+                resolver: join,
+                allow_put: true,
+                default: None,
+            },
+        )
+        .expect("get")
+        .expect("present");
+    assert_eq!(texts(&read), ["a+b"]);
+    let stored = m
+        .get(&fp(), b"f", &GetOptions::default())
+        .expect("get")
+        .expect("present");
+    assert_eq!(texts(&stored), ["a+b"]);
+}
+
+#[test]
+fn put_with_a_function_resolves_on_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = meta(dir.path());
+    let empty = PutOptions {
+        context: Some(Vec::new()),
+    };
+    for v in ["3", "4"] {
+        m.put(&fp(), b"n", PutValue::Bytes(v.into()), &empty)
+            .expect("put");
+    }
+    let sum = PutValue::Function(Box::new(|siblings| {
+        let total: u64 = siblings
+            .iter()
+            .filter_map(|v| v.bytes())
+            .filter_map(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+            .sum();
+        Some(total.to_string().into_bytes())
+    }));
+    m.put(&fp(), b"n", sum, &PutOptions::default())
+        .expect("put");
+    let read = m
+        .get(&fp(), b"n", &GetOptions::default())
+        .expect("get")
+        .expect("present");
+    assert_eq!(texts(&read), ["7"]);
+}
+
+#[test]
+fn tombstones_hide_keys_from_get_and_iteration_unless_asked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = meta(dir.path());
+    put(&m, "live", "1");
+    put(&m, "dead", "2");
+    m.delete(&fp(), b"dead", &PutOptions::default())
+        .expect("delete");
+    assert_eq!(
+        m.get(&fp(), b"dead", &GetOptions::default()).expect("get"),
+        None
+    );
+    let with_default = GetOptions {
+        default: Some(b"fallback".to_vec()),
+        ..GetOptions::default()
+    };
+    let read = m
+        .get(&fp(), b"dead", &with_default)
+        .expect("get")
+        .expect("the default");
+    assert_eq!(texts(&read), ["fallback"]);
+    let keys = |opts: &IterOptions| -> Vec<String> {
+        let mut k: Vec<String> = m
+            .iter(&Scope::FullPrefix(fp()), opts)
+            .expect("iter")
+            .into_iter()
+            .map(|i| String::from_utf8_lossy(&i.key).into_owned())
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&IterOptions::default()), ["live"]);
+    let all = IterOptions {
+        tombstones: true,
+        ..IterOptions::default()
+    };
+    assert_eq!(keys(&all), ["dead", "live"]);
+    let items = m
+        .iter(
+            &Scope::FullPrefix(fp()),
+            &IterOptions {
+                default: Some(b"gone".to_vec()),
+                ..all
+            },
+        )
+        .expect("iter");
+    let dead = items
+        .iter()
+        .find(|i| i.key == b"dead")
+        .expect("dead listed");
+    assert_eq!(texts(&dead.read), ["gone"]);
+}
+
+#[test]
+fn iteration_scopes_and_matches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = meta(dir.path());
+    let other = FullPrefix::parse("test/other").expect("valid");
+    let elsewhere = FullPrefix::parse("else/where").expect("valid");
+    for k in ["a1", "a2", "b1", "notes.txt"] {
+        put(&m, k, "v");
+    }
+    for p in [&other, &elsewhere] {
+        m.put(
+            p,
+            b"x",
+            PutValue::Bytes(b"v".to_vec()),
+            &PutOptions::default(),
+        )
+        .expect("put");
+    }
+    let count = |scope: Scope, matching: Match| {
+        m.iter(
+            &scope,
+            &IterOptions {
+                matching,
+                ..IterOptions::default()
+            },
+        )
+        .expect("iter")
+        .len()
+    };
+    assert_eq!(count(Scope::FullPrefix(fp()), Match::All), 4);
+    assert_eq!(
+        count(Scope::FullPrefix(fp()), Match::Exact(b"a1".to_vec())),
+        1
+    );
+    assert_eq!(
+        count(Scope::FullPrefix(fp()), Match::Prefix(b"a".to_vec())),
+        2
+    );
+    assert_eq!(
+        count(Scope::FullPrefix(fp()), Match::Glob("*.txt".into())),
+        1
+    );
+    assert_eq!(count(Scope::FullPrefix(fp()), Match::Glob("?1".into())), 2);
+    assert_eq!(count(Scope::Prefix("test".into()), Match::All), 5);
+    assert_eq!(count(Scope::All, Match::All), 6);
+    let total = m
+        .fold(&Scope::All, &IterOptions::default(), 0usize, |n, item| {
+            n + item.read.values.len()
+        })
+        .expect("fold");
+    assert_eq!(total, 6);
+}
+
+#[test]
+fn iteration_while_another_process_inserts_and_deletes_visits_each_key_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8");
+    let m = meta(dir.path());
+    let mut churn = worker(&["meta-churn", d, "3000"]);
+    let mut rounds = 0;
+    loop {
+        let items = m
+            .iter(
+                &Scope::FullPrefix(fp()),
+                &IterOptions {
+                    tombstones: true,
+                    ..IterOptions::default()
+                },
+            )
+            .expect("iterate while another process writes");
+        let mut keys: Vec<&[u8]> = items.iter().map(|i| i.key.as_slice()).collect();
+        let before = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), before, "a key visited twice");
+        rounds += 1;
+        if churn.try_wait().expect("poll").is_some() {
+            break;
+        }
+    }
+    assert!(rounds > 1, "iterated {rounds} times during the churn");
+    assert!(churn.wait().expect("wait").success());
+}
+
+#[test]
+fn prefix_hashes_through_the_metadata_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = meta(dir.path());
+    let before = m.prefix_hash(&fp()).expect("hash");
+    put(&m, "k", "v");
+    let after = m.prefix_hash(&fp()).expect("hash");
+    assert_ne!(before, after);
+    assert_ne!(
+        m.prefix_hash_all("test").expect("hash"),
+        m.prefix_hash_all("none").expect("hash")
+    );
+}
+
+#[test]
+fn transactions_conflict_when_a_read_key_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = meta(dir.path());
+    put(&m, "balance", "10");
+    let mut tx = m.begin().expect("begin");
+    let read = tx.get(&fp(), b"balance").expect("get").expect("present");
+    assert_eq!(texts(&read), ["10"]);
+    tx.put(&fp(), b"balance", b"11", None).expect("put");
+    tx.put(&fp(), b"audit", b"+1", None).expect("put");
+    put(&m, "balance", "20");
+    let err = tx.commit().expect_err("conflict");
+    assert!(
+        matches!(&err, Error::WriteConflict { keys } if keys.len() == 1),
+        "{err}"
+    );
+    assert_eq!(
+        m.get(&fp(), b"audit", &GetOptions::default()).expect("get"),
+        None,
+        "nothing written"
+    );
+    let mut tx = m.begin().expect("begin");
+    tx.get(&fp(), b"balance").expect("get");
+    tx.put(&fp(), b"balance", b"21", None).expect("put");
+    tx.delete(&fp(), b"audit", None).expect("delete");
+    tx.commit().expect("commit");
+    let read = m
+        .get(&fp(), b"balance", &GetOptions::default())
+        .expect("get")
+        .expect("present");
+    assert_eq!(texts(&read), ["21"]);
+}
+
+#[test]
+fn bad_input_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = meta(dir.path());
+    let seq = || m.store().snapshot().expect("snapshot").seq();
+    let start = seq();
+    let reserved = FullPrefix::parse("$cluster/members").expect("valid name");
+    let e = m
+        .put(
+            &reserved,
+            b"k",
+            PutValue::Bytes(b"v".to_vec()),
+            &PutOptions::default(),
+        )
+        .expect_err("reserved");
+    assert!(e.to_string().contains("reserved"), "{e}");
+    let e = m
+        .put(
+            &fp(),
+            &[b'k'; 5000],
+            PutValue::Bytes(b"v".to_vec()),
+            &PutOptions::default(),
+        )
+        .expect_err("oversize key");
+    assert!(e.to_string().contains("limit"), "{e}");
+    assert!(FullPrefix::parse("/x").is_err(), "empty prefix");
+    assert!(context_from_string("not a context").is_err());
+    assert_eq!(seq(), start, "nothing was written");
+    m.put_reserved(
+        &reserved,
+        b"k",
+        PutValue::Bytes(b"v".to_vec()),
+        &PutOptions::default(),
+    )
+    .expect("Chorus's own services may write reserved names");
+}
