@@ -44,7 +44,7 @@ pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
 pub use metadata::{
     GetOptions, Item, IterOptions, Match, MetaTransaction, Metadata, PutOptions, PutValue, Read,
-    ResolveFn, Resolver, Scope,
+    ResolveFn, Resolver, Scope, WriteFn,
 };
 pub use store::{
     CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, Write,

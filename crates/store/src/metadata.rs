@@ -24,6 +24,9 @@ use crate::store::{CommitInfo, Store, Write};
 /// the bytes of the one that replaces them (`None` for a tombstone).
 pub type ResolveFn = Arc<dyn Fn(&[Value]) -> Option<Vec<u8>> + Send + Sync>;
 
+/// Computes a write from the current siblings, under the writer lock.
+pub type WriteFn = Box<dyn FnOnce(&[Value]) -> Option<Vec<u8>> + Send>;
+
 /// How a read settles siblings.
 #[derive(Clone, Default)]
 pub enum Resolver {
@@ -78,7 +81,7 @@ pub enum PutValue {
     Tombstone,
     /// Computed under the writer lock from the current siblings (empty when
     /// the key is absent): resolve on write. `None` writes a tombstone.
-    Function(Box<dyn FnOnce(&[Value]) -> Option<Vec<u8>> + Send>),
+    Function(WriteFn),
 }
 
 /// Options of a write.
