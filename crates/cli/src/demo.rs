@@ -5,7 +5,9 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use chorus_core::FullPrefix;
-use chorus_store::{Error, Options, Store, SyncMode};
+use chorus_store::{
+    Error, GetOptions, Metadata, Options, PutOptions, PutValue, Read, Store, SyncMode,
+};
 use clap::Args;
 
 use crate::{Cli, Failure};
@@ -35,8 +37,14 @@ pub(crate) fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Failure> {
     let store = open_created(cli)?;
     let exe = std::env::current_exe()
         .map_err(|e| Failure::usage(format!("cannot find the chorus binary: {e}")))?;
+    let meta = Metadata::new(store.clone());
+    let count_now = || -> Result<u64, Failure> {
+        Ok(meta
+            .get(&counter()?, b"hits", &GetOptions::default())?
+            .map_or(0, |r| hits(&r)))
+    };
     let before = store.snapshot()?;
-    let base = before.get(&counter()?, b"hits").map_or(0, |v| decode(&v));
+    let base = count_now()?;
     println!(
         "data directory {} (node {}); starting {} processes, {} writes and {} counter increments each",
         cli.dir.display(),
@@ -74,7 +82,7 @@ pub(crate) fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Failure> {
     }
     let elapsed = start.elapsed();
     let snap = store.snapshot()?;
-    let hits = snap.get(&counter()?, b"hits").map_or(0, |v| decode(&v)) - base;
+    let hits = count_now()? - base;
     let commits = snap.seq() - before.seq();
     println!(
         "done in {:.2} s: {commits} commits ({:.0}/s, sync {}), counter +{hits} (expected {}), {conflicts} write conflicts retried",
@@ -114,19 +122,21 @@ pub(crate) fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Failure> {
 
 /// One demo writer: `count` keys and `count` transactional increments.
 pub(crate) fn worker(cli: &Cli, tag: &str, count: u64) -> Result<(), Failure> {
-    let store = cli.open()?;
+    let meta = Metadata::new(cli.open()?);
     let (fp, c) = (keys()?, counter()?);
     let mut conflicts = 0u64;
     for i in 0..count {
-        store.put(
+        let value = format!("written by {tag}").into_bytes();
+        meta.put(
             &fp,
             format!("{tag}-{i}").as_bytes(),
-            format!("written by {tag}").as_bytes(),
+            PutValue::Bytes(value),
+            &PutOptions::default(),
         )?;
         loop {
-            let mut tx = store.begin()?;
-            let n = tx.get(&c, b"hits").map_or(0, |v| decode(&v));
-            tx.put(&c, b"hits", &(n + 1).to_le_bytes());
+            let mut tx = meta.begin()?;
+            let n = tx.get(&c, b"hits")?.map_or(0, |r| hits(&r));
+            tx.put(&c, b"hits", (n + 1).to_string().as_bytes(), None)?;
             match tx.commit() {
                 Ok(_) => break,
                 Err(Error::WriteConflict { .. }) => conflicts += 1,
@@ -138,19 +148,22 @@ pub(crate) fn worker(cli: &Cli, tag: &str, count: u64) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The counter in a read: the newest value, as decimal text.
+fn hits(read: &Read) -> u64 {
+    read.values
+        .iter()
+        .max()
+        .and_then(|v| v.bytes())
+        .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn sync_name(cli: &Cli) -> &'static str {
     match cli.options().map(|o| o.sync) {
         Ok(SyncMode::Batch) => "batch",
         Ok(SyncMode::Never) => "never",
         _ => "always",
     }
-}
-
-fn decode(v: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = v.len().min(8);
-    b[..n].copy_from_slice(&v[..n]);
-    u64::from_le_bytes(b)
 }
 
 fn open_created(cli: &Cli) -> Result<Store, Failure> {

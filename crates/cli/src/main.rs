@@ -5,17 +5,18 @@
 //! stderr as one line that says what happened and what to do; `--json`
 //! prints one JSON document on stdout.
 
-use std::io::{IsTerminal, Read, Write as _};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use chorus_core::FullPrefix;
-use chorus_store::{Error, Finding, Options, Store, SyncMode, Write, check, repair};
+use chorus_store::{Error, Finding, Options, Store, SyncMode, check, repair};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 mod demo;
+mod kv;
 
 /// A replicated metadata store. This build has the embedded engine: any
 /// number of processes share one data directory with no server.
@@ -61,37 +62,18 @@ enum Sync {
 enum Command {
     /// Create the data directory, node id and first log generation
     Init,
-    /// Set a key: VALUE is the text itself, `-` for stdin, or `@path` for a file
-    Put {
-        /// PREFIX/SUBPREFIX
-        full_prefix: String,
-        /// The key
-        key: String,
-        /// The value: text, `-` (stdin) or `@path`
-        value: String,
-    },
-    /// Print a key's value (exit 1 if absent)
-    Get {
-        /// PREFIX/SUBPREFIX
-        full_prefix: String,
-        /// The key
-        key: String,
-    },
-    /// Remove a key (exit 1 if absent)
-    Del {
-        /// PREFIX/SUBPREFIX
-        full_prefix: String,
-        /// The key
-        key: String,
-    },
-    /// List the keys of a full prefix, or every full prefix when none is given
-    Ls {
-        /// PREFIX/SUBPREFIX
-        full_prefix: Option<String>,
-        /// Also print each key's sequence number, size and value
-        #[arg(long, short)]
-        long: bool,
-    },
+    /// Set a key (with --context: values written since that read stay siblings)
+    Put(kv::PutArgs),
+    /// Print a key's value, or all its siblings with their context (exit 1 if absent)
+    Get(kv::GetArgs),
+    /// Delete a key: writes a tombstone (exit 1 if absent)
+    Del(kv::DelArgs),
+    /// Replace a key's siblings by one value
+    Resolve(kv::ResolveArgs),
+    /// List keys of PREFIX/SUBPREFIX, subprefixes of PREFIX, or every full prefix
+    Ls(kv::LsArgs),
+    /// The hash of a full prefix's data, or of a whole prefix's
+    Hash(kv::HashArgs),
     /// Verify every frame of the log without changing anything (exit 4 if damaged)
     Check,
     /// Salvage every intact commit of a damaged log into a new generation
@@ -119,9 +101,15 @@ impl Failure {
             message: message.into(),
         }
     }
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Failure {
             code: 1,
+            message: message.into(),
+        }
+    }
+    pub(crate) fn io(message: impl Into<String>) -> Self {
+        Failure {
+            code: 4,
             message: message.into(),
         }
     }
@@ -188,14 +176,12 @@ impl Cli {
 fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Init => init(cli),
-        Command::Put {
-            full_prefix,
-            key,
-            value,
-        } => put(cli, full_prefix, key, value),
-        Command::Get { full_prefix, key } => get(cli, full_prefix, key),
-        Command::Del { full_prefix, key } => del(cli, full_prefix, key),
-        Command::Ls { full_prefix, long } => ls(cli, full_prefix.as_deref(), *long),
+        Command::Put(a) => kv::put(cli, a),
+        Command::Get(a) => kv::get(cli, a),
+        Command::Del(a) => kv::del(cli, a),
+        Command::Resolve(a) => kv::resolve(cli, a),
+        Command::Ls(a) => kv::ls(cli, a),
+        Command::Hash(a) => kv::hash(cli, a),
         Command::Check => run_check(cli),
         Command::Repair => run_repair(cli),
         Command::Compact => compact(cli),
@@ -246,18 +232,6 @@ fn read_value(arg: &str) -> Result<Vec<u8>, Failure> {
     Ok(arg.as_bytes().to_vec())
 }
 
-/// A value as JSON: text when it is UTF-8, else hex.
-fn value_json(bytes: &[u8]) -> (&'static str, Value) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => ("value", json!(s)),
-        Err(_) => ("value_hex", json!(hex(bytes))),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn init(cli: &Cli) -> Result<(), Failure> {
     let (node_id, created) = Store::init(&cli.dir, &cli.options()?)?;
     emit(
@@ -273,124 +247,6 @@ fn init(cli: &Cli) -> Result<(), Failure> {
                 )
             }
         },
-    );
-    Ok(())
-}
-
-fn put(cli: &Cli, full_prefix: &str, key: &str, value: &str) -> Result<(), Failure> {
-    let fp = writable_prefix(full_prefix)?;
-    let value = read_value(value)?;
-    let store = cli.open()?;
-    let info = store.put(&fp, key.as_bytes(), &value)?;
-    emit(
-        cli,
-        json!({"full_prefix": fp.to_string(), "key": key, "seq": info.seq, "timestamp_ms": chorus_core::object::Hlc(info.ts).ms()}),
-        String::new,
-    );
-    Ok(())
-}
-
-fn get(cli: &Cli, full_prefix: &str, key: &str) -> Result<(), Failure> {
-    let fp = parse_prefix(full_prefix)?;
-    let store = cli.open()?;
-    let entry = store
-        .get_entry(&fp, key.as_bytes())?
-        .ok_or_else(|| Failure::not_found(format!("{fp}/{key} not found")))?;
-    if cli.json {
-        let (field, v) = value_json(&entry.value);
-        println!(
-            "{}",
-            json!({"full_prefix": fp.to_string(), "key": key, "seq": entry.seq, field: v})
-        );
-        return Ok(());
-    }
-    let mut out = std::io::stdout().lock();
-    let written = out.write_all(&entry.value).and_then(|()| {
-        if out.is_terminal() && !entry.value.ends_with(b"\n") {
-            out.write_all(b"\n")?;
-        }
-        out.flush()
-    });
-    written.map_err(|e| Failure {
-        code: 4,
-        message: format!("could not write the value to stdout: {e}"),
-    })
-}
-
-fn del(cli: &Cli, full_prefix: &str, key: &str) -> Result<(), Failure> {
-    let fp = writable_prefix(full_prefix)?;
-    let store = cli.open()?;
-    let k = key.as_bytes().to_vec();
-    let target = fp.clone();
-    let info = store.update(move |snap| {
-        Ok(match snap.get(&target, &k) {
-            Some(_) => vec![Write::delete(&target, &k)],
-            None => vec![],
-        })
-    })?;
-    let info =
-        info.ok_or_else(|| Failure::not_found(format!("{fp}/{key} not found; nothing deleted")))?;
-    emit(
-        cli,
-        json!({"full_prefix": fp.to_string(), "key": key, "deleted": true, "seq": info.seq}),
-        String::new,
-    );
-    Ok(())
-}
-
-fn ls(cli: &Cli, full_prefix: Option<&str>, long: bool) -> Result<(), Failure> {
-    let store = cli.open()?;
-    let snap = store.snapshot()?;
-    let Some(text) = full_prefix else {
-        let prefixes: Vec<(String, usize)> = snap
-            .prefixes()
-            .map(|fp| (fp.to_string(), snap.len_in(fp)))
-            .collect();
-        let list: Vec<Value> = prefixes
-            .iter()
-            .map(|(p, n)| json!({"full_prefix": p, "keys": n}))
-            .collect();
-        emit(cli, json!({"prefixes": list}), || {
-            prefixes
-                .iter()
-                .map(|(p, n)| format!("{p}\t{n} keys"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        });
-        return Ok(());
-    };
-    let fp = parse_prefix(text)?;
-    let mut keys = Vec::new();
-    let mut lines = Vec::new();
-    // The index keeps keys in hash order; people read them sorted.
-    let mut entries: Vec<_> = snap.iter_prefix(&fp).collect();
-    entries.sort_by(|a, b| a.0.cmp(b.0));
-    for (key, entry) in entries {
-        let name = String::from_utf8_lossy(key).into_owned();
-        let (field, v) = value_json(&entry.value);
-        keys.push(json!({"key": name, "seq": entry.seq, "bytes": entry.value.len(), field: v}));
-        if long {
-            let shown = match std::str::from_utf8(&entry.value) {
-                Ok(s) if s.len() <= 60 => s.escape_debug().to_string(),
-                Ok(s) => format!(
-                    "{}...",
-                    s.chars().take(57).collect::<String>().escape_debug()
-                ),
-                Err(_) => format!("<{} bytes, binary>", entry.value.len()),
-            };
-            lines.push(format!(
-                "{name}\tseq {}\t{} B\t{shown}",
-                entry.seq,
-                entry.value.len()
-            ));
-        } else {
-            lines.push(name);
-        }
-    }
-    emit(
-        cli,
-        json!({"full_prefix": fp.to_string(), "keys": keys}),
-        || lines.join("\n"),
     );
     Ok(())
 }

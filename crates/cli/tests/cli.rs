@@ -76,8 +76,11 @@ fn put_get_del_ls_round_trip() {
         "8080"
     );
     let got = json(&ok(chorus(&dir, &["--json", "get", "config/web", "port"])));
-    assert_eq!(got["value"], "8080");
-    assert_eq!(got["seq"], 1);
+    assert_eq!(got["values"][0]["value"], "8080");
+    assert_eq!(got["values"].as_array().map(Vec::len), Some(1));
+    assert_eq!(got["tombstone"], false);
+    assert!(got["context"].as_str().is_some_and(|c| !c.is_empty()));
+    assert_eq!(got["values"][0]["node"], init["node_id"]);
 
     ok(with_stdin(
         &dir,
@@ -98,10 +101,9 @@ fn put_get_del_ls_round_trip() {
         ok(chorus(&dir, &["get", "config/web", "blob"])).stdout,
         vec![0u8, 159, 146, 150]
     );
-    assert_eq!(
-        json(&ok(chorus(&dir, &["--json", "get", "config/web", "blob"])))["value_hex"],
-        "009f9296"
-    );
+    let blob = json(&ok(chorus(&dir, &["--json", "get", "config/web", "blob"])));
+    assert_eq!(blob["values"][0]["value"], "AJ+Slg==");
+    assert_eq!(blob["values"][0]["encoding"], "base64");
 
     assert_eq!(
         stdout(&ok(chorus(&dir, &["ls", "config/web"]))),
@@ -126,7 +128,10 @@ fn put_get_del_ls_round_trip() {
     );
 
     let status = json(&ok(chorus(&dir, &["--json", "status"])));
-    assert_eq!(status["keys"], 2);
+    assert_eq!(
+        status["keys"], 3,
+        "a deleted key is a tombstone until it is collected"
+    );
     assert_eq!(status["generation"], 1);
     assert_eq!(status["lock_holder"], serde_json::Value::Null);
     let compacted = json(&ok(chorus(&dir, &["--json", "compact"])));
@@ -271,4 +276,149 @@ fn a_held_lock_exits_5_after_the_timeout() {
     );
     holder.wait().expect("wait");
     ok(chorus(&dir, &["put", "a/b", "k", "v"]));
+}
+
+#[test]
+fn siblings_contexts_and_resolve() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    ok(chorus(&dir, &["init"]));
+    ok(chorus(&dir, &["put", "app/cfg", "mode", "first"]));
+    let ctx = stdout(&ok(chorus(
+        &dir,
+        &["get", "--context-only", "app/cfg", "mode"],
+    )));
+    let ctx = ctx.trim();
+    // Two writers that read the same version.
+    ok(chorus(
+        &dir,
+        &["put", "--context", ctx, "app/cfg", "mode", "blue"],
+    ));
+    ok(chorus(
+        &dir,
+        &["put", "--context", ctx, "app/cfg", "mode", "green"],
+    ));
+    let text = stdout(&ok(chorus(&dir, &["get", "app/cfg", "mode"])));
+    assert!(
+        text.contains("sibling 1 of 2") && text.contains("sibling 2 of 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("blue") && text.contains("green") && !text.contains("first"),
+        "{text}"
+    );
+    assert!(text.contains("--- context "), "{text}");
+    let count = |dir: &Path| {
+        json(&ok(chorus(dir, &["--json", "get", "app/cfg", "mode"])))["values"]
+            .as_array()
+            .map(Vec::len)
+    };
+    assert_eq!(count(&dir), Some(2));
+    // Resolving on read without writing back leaves the siblings.
+    assert_eq!(
+        stdout(&ok(chorus(
+            &dir,
+            &["get", "--resolve", "lww", "app/cfg", "mode"]
+        ))),
+        "green"
+    );
+    assert_eq!(count(&dir), Some(2));
+    assert_eq!(
+        code(&chorus(&dir, &["get", "--allow-put", "app/cfg", "mode"])),
+        2,
+        "--allow-put needs --resolve"
+    );
+    // resolve --pick writes one value.
+    let picked = json(&ok(chorus(
+        &dir,
+        &["--json", "resolve", "--pick", "1", "app/cfg", "mode"],
+    )));
+    assert_eq!(picked["resolved"], 2);
+    assert_eq!(count(&dir), Some(1));
+    // resolve --value and --lww; a bad --pick.
+    ok(chorus(
+        &dir,
+        &["put", "--context", ctx, "app/cfg", "mode", "red"],
+    ));
+    assert_eq!(count(&dir), Some(2));
+    assert_eq!(
+        code(&chorus(
+            &dir,
+            &["resolve", "--pick", "9", "app/cfg", "mode"]
+        )),
+        2
+    );
+    ok(chorus(
+        &dir,
+        &["resolve", "--value", "purple", "app/cfg", "mode"],
+    ));
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["get", "app/cfg", "mode"]))),
+        "purple"
+    );
+    ok(chorus(
+        &dir,
+        &["put", "--context", ctx, "app/cfg", "mode", "zzz"],
+    ));
+    ok(chorus(
+        &dir,
+        &["get", "--resolve", "lww", "--allow-put", "app/cfg", "mode"],
+    ));
+    assert_eq!(count(&dir), Some(1));
+    // A malformed context is refused and writes nothing.
+    let before = json(&ok(chorus(&dir, &["--json", "status"])))["last_seq"].clone();
+    let o = chorus(
+        &dir,
+        &["put", "--context", "garbage!", "app/cfg", "mode", "x"],
+    );
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("malformed context"), "{}", stderr(&o));
+    assert_eq!(
+        json(&ok(chorus(&dir, &["--json", "status"])))["last_seq"],
+        before
+    );
+}
+
+#[test]
+fn ls_scopes_matches_tombstones_and_hashes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let other = tmp.path().join("other");
+    ok(chorus(&dir, &["init"]));
+    ok(chorus(&other, &["init"]));
+    for (fp, k) in [
+        ("app/a", "x1"),
+        ("app/a", "x2"),
+        ("app/a", "y1"),
+        ("app/b", "z"),
+        ("web/c", "q"),
+    ] {
+        ok(chorus(&dir, &["put", fp, k, "v"]));
+    }
+    ok(chorus(&dir, &["del", "app/a", "y1"]));
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["ls", "app"]))),
+        "a\t3 keys\nb\t1 keys\n"
+    );
+    assert_eq!(stdout(&ok(chorus(&dir, &["ls", "app/a"]))), "x1\nx2\n");
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["ls", "--tombstones", "app/a"]))),
+        "x1\nx2\ny1\n"
+    );
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["ls", "--match", "*2", "app/a"]))),
+        "x2\n"
+    );
+    let h1 = stdout(&ok(chorus(&dir, &["hash", "app/b"])));
+    assert_eq!(h1.trim().len(), 64);
+    assert_ne!(h1, stdout(&ok(chorus(&dir, &["hash", "app/a"]))));
+    assert_ne!(
+        stdout(&ok(chorus(&dir, &["hash", "app"]))),
+        stdout(&ok(chorus(&dir, &["hash", "web"])))
+    );
+    // An empty full prefix hashes the same on every node.
+    assert_eq!(
+        stdout(&ok(chorus(&dir, &["hash", "none/x"]))),
+        stdout(&ok(chorus(&other, &["hash", "none/x"])))
+    );
 }
