@@ -360,3 +360,44 @@ fn a_killed_lock_holder_leaves_no_stale_lock() {
         .put(&fp(), b"k", b"v")
         .expect("the kernel released the dead holder's lock");
 }
+
+#[test]
+fn prefix_hashes_agree_across_processes_and_orders() {
+    let a = tempfile::tempdir().expect("tempdir");
+    let b = tempfile::tempdir().expect("tempdir");
+    let da = a.path().to_str().expect("utf-8 path");
+    open(a.path());
+    // Store A: two processes at once, interleaving their commits.
+    let mut workers: Vec<Worker> = (0..2)
+        .map(|p| Worker::spawn(&["write", da, &format!("p{p}"), "200", "never"]))
+        .collect();
+    for w in workers.iter_mut() {
+        w.expect_line("done");
+        w.tell("look");
+        w.expect_line("sees");
+    }
+    for w in workers {
+        w.finish();
+    }
+    // Store B: this process, the other way round, with detours.
+    let sb = open(b.path());
+    for p in [1, 0] {
+        for i in (0..200u64).rev() {
+            sb.put(&fp(), format!("p{p}-{i}").as_bytes(), b"first")
+                .expect("put");
+            sb.put(&fp(), format!("p{p}-{i}").as_bytes(), &i.to_le_bytes())
+                .expect("put");
+        }
+    }
+    let sa = open(a.path());
+    let hash = |s: &Store| s.snapshot().expect("snapshot").prefix_hash(&fp());
+    assert_eq!(
+        hash(&sa),
+        hash(&sb),
+        "same data, different writers and orders"
+    );
+    sb.put(&fp(), b"p0-7", b"changed").expect("put");
+    assert_ne!(hash(&sa), hash(&sb), "one changed key changes the hash");
+    sb.put(&fp(), b"p0-7", &7u64.to_le_bytes()).expect("put");
+    assert_eq!(hash(&sa), hash(&sb));
+}
