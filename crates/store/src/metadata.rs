@@ -285,8 +285,28 @@ impl Metadata {
     /// Every key in `scope` that `opts` selects, from one consistent
     /// snapshot: each key once, whatever other processes write meanwhile.
     pub fn iter(&self, scope: &Scope, opts: &IterOptions) -> Result<Vec<Item>> {
+        self.fold(scope, opts, Vec::new(), |mut out, item| {
+            out.push(item);
+            out
+        })
+    }
+
+    /// The same as [`Metadata::iter`] (Riak's name).
+    pub fn to_list(&self, scope: &Scope, opts: &IterOptions) -> Result<Vec<Item>> {
+        self.iter(scope, opts)
+    }
+
+    /// Folds `f` over the keys [`Metadata::iter`] would return, one at a
+    /// time, without collecting them.
+    pub fn fold<A>(
+        &self,
+        scope: &Scope,
+        opts: &IterOptions,
+        init: A,
+        mut f: impl FnMut(A, Item) -> A,
+    ) -> Result<A> {
         let snap = self.store.snapshot()?;
-        let mut out = Vec::new();
+        let mut acc = init;
         for (fp, key, entry) in scoped(&snap, scope) {
             if !opts.matching.matches(key) {
                 continue;
@@ -302,24 +322,16 @@ impl Metadata {
                     read.tombstone = false;
                 }
             }
-            out.push(Item {
-                full_prefix: fp.clone(),
-                key: key.to_vec(),
-                read,
-            });
+            acc = f(
+                acc,
+                Item {
+                    full_prefix: fp.clone(),
+                    key: key.to_vec(),
+                    read,
+                },
+            );
         }
-        Ok(out)
-    }
-
-    /// Folds over [`Metadata::iter`]'s items.
-    pub fn fold<A>(
-        &self,
-        scope: &Scope,
-        opts: &IterOptions,
-        init: A,
-        f: impl FnMut(A, Item) -> A,
-    ) -> Result<A> {
-        Ok(self.iter(scope, opts)?.into_iter().fold(init, f))
+        Ok(acc)
     }
 
     /// The hash of a full prefix's data: equal on stores with equal data.
