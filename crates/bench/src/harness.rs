@@ -74,6 +74,41 @@ impl Row {
         }
     }
 
+    /// A row whose goal is a bound on how much slower Chorus may be than
+    /// the peer (Chorus time / peer time <= `max`). The ratio column keeps
+    /// the table's convention (peer time / Chorus time).
+    pub(crate) fn slowdown_goal(
+        bench: &str,
+        chorus: String,
+        peer: &str,
+        peer_figure: String,
+        ratio: f64,
+        max: f64,
+    ) -> Row {
+        Row {
+            bench: bench.to_string(),
+            chorus,
+            peer: peer.to_string(),
+            peer_figure,
+            ratio: Some(ratio),
+            goal: format!("within {max}x of the peer (>= {})", fmt_ratio(1.0 / max)),
+            met: Some(ratio * max >= 1.0),
+        }
+    }
+
+    /// A row given as context only: no ratio column, no goal.
+    pub(crate) fn context(bench: &str, chorus: String, peer: &str, peer_figure: String) -> Row {
+        Row {
+            bench: bench.to_string(),
+            chorus,
+            peer: peer.to_string(),
+            peer_figure,
+            ratio: None,
+            goal: "none (context)".to_string(),
+            met: None,
+        }
+    }
+
     /// A row judged on an absolute goal, with no ratio to the peer.
     pub(crate) fn absolute(
         bench: &str,

@@ -4,12 +4,13 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta] [--quick] [--json FILE] [--dir DIR]
 //! ```
 
 mod commit;
 mod engines;
 mod harness;
+mod meta;
 mod open;
 mod procs;
 mod read;
@@ -21,7 +22,7 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta] [--quick] [--json FILE] [--dir DIR]
 
   all         run every benchmark (the default)
   read        point reads in-process: Chorus get vs LMDB vs SQLite WAL
@@ -30,12 +31,22 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
   procs       4 processes committing into one store, then verify nothing lost
   open        open a store of 1,000,000 keys in a fresh process: time and memory
   visibility  how soon another process sees a commit
+  meta        metadata API: get (1 value, 3 siblings + lww) vs engine get,
+              iterate 1,000,000 keys vs SQLite, object size for 1/2/5 writers
 
   --quick     about 10x smaller counts (smoke run)
   --json FILE also write the raw results as JSON
   --dir DIR   where to create the temporary stores (default: the system temp dir)";
 
-const BENCHES: [&str; 6] = ["read", "commit", "threads", "procs", "open", "visibility"];
+const BENCHES: [&str; 7] = [
+    "read",
+    "commit",
+    "threads",
+    "procs",
+    "open",
+    "visibility",
+    "meta",
+];
 
 fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
     match name {
@@ -45,6 +56,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "procs" => procs::run(cfg),
         "open" => open::run(cfg),
         "visibility" => visibility::run(cfg),
+        "meta" => meta::run(cfg),
         other => Err(format!("unknown benchmark {other:?}\n{USAGE}").into()),
     }
 }

@@ -4,14 +4,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use chorus_store::{Options, Store, SyncMode};
+use chorus_store::{GetOptions, Metadata, Options, Store, SyncMode};
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
 use crate::engines;
 use crate::harness::{
     Cfg, Kid, Outcome, Res, Row, VALUE_LEN, dir_bytes, fmt_mib, fmt_ns, key, median, mem, say,
-    settle,
+    settle, value,
 };
 
 /// Hidden subcommand `__open ENGINE PATH KEYS`: measures the open (plus one
@@ -43,6 +43,31 @@ pub(crate) fn child(args: &[String]) -> Res<()> {
                 return Err("key-0000000 missing after open".into());
             }
             let len = store.snapshot()?.len();
+            if len != keys {
+                return Err(format!("opened store holds {len} keys, expected {keys}").into());
+            }
+            (ns, after, after.hwm)
+        }
+        "meta" => {
+            // A store of metadata objects (the `meta` benchmark's): open it
+            // and read `key(0)` through the metadata API.
+            let fp = engines::fp()?;
+            let start = Instant::now();
+            let meta = Metadata::new(Store::open(
+                path,
+                Options {
+                    sync: SyncMode::Always,
+                    ..Options::default()
+                },
+            )?);
+            let read = meta.get(&fp, &first, &GetOptions::default())?;
+            let ns = start.elapsed().as_nanos() as f64;
+            let after = mem()?;
+            let got = read.as_ref().and_then(|r| r.values.first()?.bytes());
+            if got != Some(value(0).as_slice()) {
+                return Err("key-0000000 missing or wrong after open (metadata)".into());
+            }
+            let len = meta.store().snapshot()?.len();
             if len != keys {
                 return Err(format!("opened store holds {len} keys, expected {keys}").into());
             }
@@ -105,7 +130,14 @@ fn measure(engine: &str, path: &Path, keys: usize) -> Res<serde_json::Value> {
 }
 
 /// Warm-up child, then `reps` children; the median of each field.
-fn measure_median(engine: &str, path: &Path, keys: usize, reps: usize) -> Res<serde_json::Value> {
+/// `engine` is `chorus`, `meta` (a store of metadata objects), `lmdb` or
+/// `sqlite`.
+pub(crate) fn measure_median(
+    engine: &str,
+    path: &Path,
+    keys: usize,
+    reps: usize,
+) -> Res<serde_json::Value> {
     measure(engine, path, keys)?;
     let runs = (0..reps)
         .map(|_| measure(engine, path, keys))
