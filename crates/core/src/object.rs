@@ -48,13 +48,77 @@ impl fmt::Debug for Hlc {
     }
 }
 
+/// Shared, immutable bytes: a range of a reference-counted buffer, so the
+/// values of an object decoded from the store's copy point into that copy
+/// instead of copying it. Compares, orders and hashes as its bytes.
+#[derive(Clone)]
+pub struct Blob {
+    buf: Arc<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Blob {
+    /// The bytes `start..end` of `buf`, shared.
+    fn shared(buf: &Arc<[u8]>, start: usize, end: usize) -> Self {
+        Blob {
+            buf: buf.clone(),
+            start,
+            end,
+        }
+    }
+}
+
+impl From<&[u8]> for Blob {
+    fn from(bytes: &[u8]) -> Self {
+        Blob {
+            buf: Arc::from(bytes),
+            start: 0,
+            end: bytes.len(),
+        }
+    }
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+}
+
+impl PartialEq for Blob {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Blob {}
+
+impl PartialOrd for Blob {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Blob {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl std::hash::Hash for Blob {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
 /// What a value holds.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Content {
     /// A deletion. Ordered before any data.
     Tombstone,
     /// Bytes.
-    Data(Arc<[u8]>),
+    Data(Blob),
 }
 
 impl fmt::Debug for Content {
@@ -96,7 +160,7 @@ impl Value {
         Value {
             timestamp,
             node,
-            content: Content::Data(Arc::from(bytes)),
+            content: Content::Data(Blob::from(bytes)),
         }
     }
 
@@ -147,6 +211,18 @@ impl fmt::Debug for Object {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Object{:?}", self.clock)
     }
+}
+
+/// What a read needs of an encoded object, decoded without building its
+/// clock: see [`Object::decode_summary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Every value, in [`Object::values`] order (anonymous ones first).
+    pub values: Vec<Value>,
+    /// The object's context.
+    pub context: Context,
+    /// Index in `values` of the value [`Object::resolve_lww`] keeps.
+    pub lww: Option<usize>,
 }
 
 /// Version of [`Object::encode`] and of context strings.
@@ -284,7 +360,11 @@ impl Object {
 
     /// Decodes [`Object::encode`]'s output, checking every field.
     pub fn decode(bytes: &[u8]) -> Result<Object, ObjectError> {
-        let mut r = Reader { bytes, at: 0 };
+        let mut r = Reader {
+            bytes,
+            at: 0,
+            shared: None,
+        };
         let version = r.byte()?;
         if version != ENCODING_VERSION {
             return Err(r.bad(format!(
@@ -321,6 +401,90 @@ impl Object {
         })
     }
 
+    /// Decodes what a read needs (values, context, the last-writer-wins
+    /// pick) with two allocations, validating exactly as
+    /// [`Object::decode`] does: `decode_summary(b)` agrees with
+    /// `decode(b)` on every input.
+    pub fn decode_summary(bytes: &[u8]) -> Result<Summary, ObjectError> {
+        Self::summary_from(Reader {
+            bytes,
+            at: 0,
+            shared: None,
+        })
+    }
+
+    /// [`Object::decode_summary`] of a shared buffer: the values point into
+    /// `buf` instead of copying their bytes.
+    pub fn decode_summary_shared(buf: &Arc<[u8]>) -> Result<Summary, ObjectError> {
+        Self::summary_from(Reader {
+            bytes: buf,
+            at: 0,
+            shared: Some(buf),
+        })
+    }
+
+    fn summary_from(mut r: Reader<'_>) -> Result<Summary, ObjectError> {
+        let bytes = r.bytes;
+        let version = r.byte()?;
+        if version != ENCODING_VERSION {
+            return Err(r.bad(format!(
+                "encoding version {version}, this build reads {ENCODING_VERSION}"
+            )));
+        }
+        let n = r.count()?;
+        let mut context: Context = Vec::with_capacity(n);
+        let mut values: Vec<Value> = Vec::with_capacity(n.max(1));
+        // The lww pick among each entry's newest value, then the anonymous
+        // values, as `Dvvs::last` makes it.
+        let mut lww: Option<usize> = None;
+        let pick = |lww: Option<usize>, c: usize, values: &[Value]| match lww {
+            Some(w) if values[w] > values[c] => Some(w),
+            _ => Some(c),
+        };
+        for _ in 0..n {
+            let id = r.node()?;
+            let counter = r.u64()?;
+            let before = values.len();
+            r.values_into(&mut values)?;
+            let held = (values.len() - before) as u64;
+            if held > counter {
+                return Err(r.bad(format!(
+                    "an entry holds {held} values but only {counter} dots"
+                )));
+            }
+            if context.last().is_some_and(|(last, _)| *last >= id) {
+                return Err(r.bad("entries are not sorted by node id".into()));
+            }
+            if held > 0 {
+                lww = pick(lww, before, &values);
+            }
+            context.push((id, counter));
+        }
+        let dotted = values.len();
+        r.values_into(&mut values)?;
+        if r.at != bytes.len() {
+            return Err(r.bad(format!("{} bytes after the object", bytes.len() - r.at)));
+        }
+        for c in dotted..values.len() {
+            lww = pick(lww, c, &values);
+        }
+        // `values()` lists the anonymous values first.
+        let anonymous = values.len() - dotted;
+        values.rotate_right(anonymous);
+        let lww = lww.map(|i| {
+            if i >= dotted {
+                i - dotted
+            } else {
+                i + anonymous
+            }
+        });
+        Ok(Summary {
+            values,
+            context,
+            lww,
+        })
+    }
+
     /// The underlying clock.
     pub fn clock(&self) -> &Dvvs<NodeId, Value> {
         &self.clock
@@ -351,6 +515,7 @@ pub fn context_from_string(text: &str) -> Result<Context, ObjectError> {
     let mut r = Reader {
         bytes: &bytes,
         at: 0,
+        shared: None,
     };
     if r.byte().map_err(|_| bad())? != ENCODING_VERSION {
         return Err(bad());
@@ -398,6 +563,8 @@ fn put_values(out: &mut Vec<u8>, values: &[Value]) {
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// When set, `bytes` is this buffer and values share it.
+    shared: Option<&'a Arc<[u8]>>,
 }
 
 impl Reader<'_> {
@@ -455,8 +622,14 @@ impl Reader<'_> {
     }
 
     fn values(&mut self) -> Result<Vec<Value>, ObjectError> {
+        let mut out = Vec::new();
+        self.values_into(&mut out)?;
+        Ok(out)
+    }
+
+    fn values_into(&mut self, out: &mut Vec<Value>) -> Result<(), ObjectError> {
         let n = self.count()?;
-        let mut out = Vec::with_capacity(n);
+        out.reserve(n);
         for _ in 0..n {
             let timestamp = Hlc(self.u64()?);
             let node = self.node()?;
@@ -464,7 +637,13 @@ impl Reader<'_> {
                 0 => Content::Tombstone,
                 1 => {
                     let len = self.count()?;
-                    Content::Data(Arc::from(self.take(len)?))
+                    let start = self.at;
+                    let shared = self.shared;
+                    let bytes = self.take(len)?;
+                    match shared {
+                        Some(buf) => Content::Data(Blob::shared(buf, start, start + len)),
+                        None => Content::Data(Blob::from(bytes)),
+                    }
                 }
                 tag => return Err(self.bad(format!("value tag {tag}"))),
             };
@@ -474,7 +653,7 @@ impl Reader<'_> {
                 content,
             });
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chorus_core::object::{Content, Context, Hlc, Object, Value};
+use chorus_core::object::{Content, Context, Hlc, Object, Summary, Value};
 use chorus_core::{FullPrefix, NodeId};
 
 use crate::error::{ConflictKey, Error, Result};
@@ -223,10 +223,16 @@ impl Metadata {
     /// Reads a key. `None` when it is absent (or deleted) and no default is
     /// given.
     pub fn get(&self, fp: &FullPrefix, key: &[u8], opts: &GetOptions) -> Result<Option<Read>> {
-        let Some(object) = self.object(fp, key)? else {
+        let Some(bytes) = self.store.get(fp, key)? else {
             return Ok(opts.default.as_ref().map(|d| default_read(d, self.node())));
         };
-        let read = self.settle(fp, key, object, &opts.resolver, opts.allow_put)?;
+        let read = self.settle(
+            fp,
+            key,
+            summary(fp, key, &bytes)?,
+            &opts.resolver,
+            opts.allow_put,
+        )?;
         if read.tombstone {
             return Ok(opts.default.as_ref().map(|d| Read {
                 values: vec![default_value(d, self.node())],
@@ -311,8 +317,8 @@ impl Metadata {
             if !opts.matching.matches(key) {
                 continue;
             }
-            let object = decode(fp, key, &entry.value)?;
-            let mut read = self.settle(fp, key, object, &opts.resolver, opts.allow_put)?;
+            let found = summary(fp, key, &entry.value)?;
+            let mut read = self.settle(fp, key, found, &opts.resolver, opts.allow_put)?;
             if read.tombstone {
                 if !opts.tombstones {
                     continue;
@@ -364,28 +370,35 @@ impl Metadata {
         &self,
         fp: &FullPrefix,
         key: &[u8],
-        object: Object,
+        found: Summary,
         resolver: &Resolver,
         allow_put: bool,
     ) -> Result<Read> {
+        let Summary {
+            mut values,
+            context,
+            lww,
+        } = found;
         let resolved = match resolver {
             Resolver::None => None,
-            _ if object.value_count() <= 1 => None,
-            Resolver::Lww => object.lww_value().cloned(),
+            _ if values.len() <= 1 => None,
+            Resolver::Lww => lww.map(|i| values.swap_remove(i)),
             Resolver::Function(f) => {
-                let values: Vec<Value> = object.values().into_iter().cloned().collect();
                 let newest = values.iter().map(|v| v.timestamp).max().unwrap_or_default();
                 Some(make_value(f(&values), newest, self.node()))
             }
         };
         let Some(value) = resolved else {
-            return Ok(read_of(&object));
+            let tombstone = values.iter().all(|v| v.content == Content::Tombstone);
+            return Ok(Read {
+                values,
+                context,
+                tombstone,
+            });
         };
-        let context = object.context();
         if allow_put {
-            let bytes = value.bytes().map(<[u8]>::to_vec);
-            let put = match bytes {
-                Some(b) => PutValue::Bytes(b),
+            let put = match value.bytes() {
+                Some(b) => PutValue::Bytes(b.to_vec()),
                 None => PutValue::Tombstone,
             };
             self.write(
@@ -397,10 +410,13 @@ impl Metadata {
                 },
             )?;
         }
+        values.clear();
+        let tombstone = value.content == Content::Tombstone;
+        values.push(value);
         Ok(Read {
-            tombstone: value.content == Content::Tombstone,
-            values: vec![value],
+            values,
             context,
+            tombstone,
         })
     }
 }
@@ -415,20 +431,19 @@ fn refuse_reserved(fp: &FullPrefix) -> Result<()> {
 }
 
 fn decode(fp: &FullPrefix, key: &[u8], bytes: &[u8]) -> Result<Object> {
-    Object::decode(bytes).map_err(|e| {
-        Error::InvalidInput(format!(
-            "{fp}/{} does not hold a metadata object ({e}): it was written with the raw engine API",
-            String::from_utf8_lossy(key)
-        ))
-    })
+    Object::decode(bytes).map_err(|e| not_an_object(fp, key, e))
 }
 
-fn read_of(object: &Object) -> Read {
-    Read {
-        values: object.values().into_iter().cloned().collect(),
-        context: object.context(),
-        tombstone: object.is_tombstone(),
-    }
+/// What a read needs of the object in `bytes`; its values share `bytes`.
+fn summary(fp: &FullPrefix, key: &[u8], bytes: &Bytes) -> Result<Summary> {
+    Object::decode_summary_shared(bytes).map_err(|e| not_an_object(fp, key, e))
+}
+
+fn not_an_object(fp: &FullPrefix, key: &[u8], e: chorus_core::object::ObjectError) -> Error {
+    Error::InvalidInput(format!(
+        "{fp}/{} does not hold a metadata object ({e}): it was written with the raw engine API",
+        String::from_utf8_lossy(key)
+    ))
 }
 
 fn make_value(bytes: Option<Vec<u8>>, timestamp: Hlc, node: NodeId) -> Value {
@@ -520,7 +535,17 @@ impl MetaTransaction {
             .entry((fp.clone(), key.to_vec()))
             .or_insert(entry.map(|e| e.seq));
         match entry {
-            Some(e) => Ok(Some(read_of(&decode(fp, key, &e.value)?))),
+            Some(e) => {
+                let Summary {
+                    values, context, ..
+                } = summary(fp, key, &e.value)?;
+                let tombstone = values.iter().all(|v| v.content == Content::Tombstone);
+                Ok(Some(Read {
+                    values,
+                    context,
+                    tombstone,
+                }))
+            }
             None => Ok(None),
         }
     }

@@ -269,8 +269,26 @@ proptest! {
     }
 
     #[test]
+    fn the_read_summary_agrees_with_the_full_decoding(o in objects(), other in objects()) {
+        // Resolutions can hold anonymous values; merges hold siblings.
+        let newest = Value::data(b"resolved", Hlc(1 << 40), node(9));
+        let merged = Object::reconcile(&other, Some(&o)).unwrap_or_else(|| o.clone());
+        for obj in [o.clone(), merged.clone(), merged.resolve_lww(), merged.resolve_with(|_| newest.clone())] {
+            let bytes = obj.encode();
+            let s = Object::decode_summary(&bytes).expect("decodes");
+            let values: Vec<Value> = obj.values().into_iter().cloned().collect();
+            prop_assert_eq!(&s.values, &values);
+            prop_assert_eq!(&s.context, &obj.context());
+            prop_assert_eq!(s.lww.map(|i| &s.values[i]), obj.lww_value());
+            for cut in 0..bytes.len() {
+                prop_assert!(Object::decode_summary(&bytes[..cut]).is_err());
+            }
+        }
+    }
+
+    #[test]
     fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let _ = Object::decode(&bytes);
+        prop_assert_eq!(Object::decode(&bytes).is_ok(), Object::decode_summary(&bytes).is_ok());
         let _ = context_from_string(&String::from_utf8_lossy(&bytes));
     }
 }
