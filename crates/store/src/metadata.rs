@@ -508,13 +508,22 @@ fn scoped<'a>(
 ) -> Box<dyn Iterator<Item = (&'a FullPrefix, &'a crate::Key, &'a crate::Entry)> + 'a> {
     match scope {
         Scope::FullPrefix(fp) => Box::new(snap.iter_prefix(fp).map(move |(k, e)| (fp, k, e))),
-        Scope::Prefix(p) => Box::new(snap.iter().filter(move |(fp, _, _)| fp.prefix() == p)),
+        // Only the full prefixes under `p`: their keys, not every key.
+        Scope::Prefix(p) => Box::new(
+            snap.prefixes()
+                .filter(move |fp| fp.prefix() == p)
+                .flat_map(move |fp| snap.iter_prefix(fp).map(move |(k, e)| (fp, k, e))),
+        ),
         Scope::All => Box::new(snap.iter()),
     }
 }
 
-enum TxWrite {
-    Put(FullPrefix, Vec<u8>, Option<Vec<u8>>, Option<Context>),
+/// A write a transaction makes at commit; `bytes: None` is a tombstone.
+struct TxWrite {
+    fp: FullPrefix,
+    key: Vec<u8>,
+    bytes: Option<Vec<u8>>,
+    context: Option<Context>,
 }
 
 /// A transaction over several keys: reads come from a snapshot; at commit,
@@ -560,20 +569,24 @@ impl MetaTransaction {
         context: Option<Context>,
     ) -> Result<()> {
         refuse_reserved(fp)?;
-        self.writes.push(TxWrite::Put(
-            fp.clone(),
-            key.to_vec(),
-            Some(value.to_vec()),
+        self.writes.push(TxWrite {
+            fp: fp.clone(),
+            key: key.to_vec(),
+            bytes: Some(value.to_vec()),
             context,
-        ));
+        });
         Ok(())
     }
 
     /// Deletes a key at commit (a tombstone).
     pub fn delete(&mut self, fp: &FullPrefix, key: &[u8], context: Option<Context>) -> Result<()> {
         refuse_reserved(fp)?;
-        self.writes
-            .push(TxWrite::Put(fp.clone(), key.to_vec(), None, context));
+        self.writes.push(TxWrite {
+            fp: fp.clone(),
+            key: key.to_vec(),
+            bytes: None,
+            context,
+        });
         Ok(())
     }
 
@@ -599,7 +612,13 @@ impl MetaTransaction {
             }
             let mut out: Vec<Write> = Vec::with_capacity(writes.len());
             let mut latest: BTreeMap<(FullPrefix, Vec<u8>), Bytes> = BTreeMap::new();
-            for TxWrite::Put(fp, key, bytes, context) in writes {
+            for TxWrite {
+                fp,
+                key,
+                bytes,
+                context,
+            } in writes
+            {
                 // A key written twice builds on its first write.
                 let overlay = latest.get(&(fp.clone(), key.clone())).cloned();
                 let object = match overlay {
