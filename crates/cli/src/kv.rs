@@ -370,7 +370,7 @@ pub(crate) fn ls(cli: &Cli, a: &LsArgs) -> Result<(), Failure> {
         tombstones: a.tombstones,
         ..IterOptions::default()
     };
-    let mut items = meta.iter(&Scope::FullPrefix(fp.clone()), &opts)?;
+    let mut items = meta.to_list(&Scope::FullPrefix(fp.clone()), &opts)?;
     // The index keeps keys in hash order; people read them sorted.
     items.sort_by(|x, y| x.key.cmp(&y.key));
     let keys: Vec<Value> = items

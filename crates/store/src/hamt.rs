@@ -166,6 +166,15 @@ impl<V: Clone> Hamt<V> {
         old
     }
 
+    /// An iterator that owns what it walks (the trie's nodes are shared),
+    /// so it borrows nothing and outlives this map; it yields clones.
+    pub(crate) fn owned_iter(&self) -> OwnedIter<V> {
+        OwnedIter {
+            stack: vec![(self.root.slots.clone(), 0)],
+            bucket: Vec::new().into_iter(),
+        }
+    }
+
     pub(crate) fn iter(&self) -> Iter<'_, V> {
         Iter {
             stack: vec![(&self.root, 0)],
@@ -303,6 +312,44 @@ fn remove_slot<V: Clone>(node: &mut Node<V>, at: usize, bit: u32) -> Slot<V> {
     let removed = slots.remove(at);
     node.slots = Arc::from(slots);
     removed
+}
+
+/// Entries in hash order, owning the nodes it walks.
+pub(crate) struct OwnedIter<V> {
+    stack: Vec<(Arc<[Slot<V>]>, usize)>,
+    bucket: std::vec::IntoIter<(Key, V)>,
+}
+
+impl<V: Clone> Iterator for OwnedIter<V> {
+    type Item = (Key, V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.bucket.next() {
+                return Some(item);
+            }
+            let (slots, at) = self.stack.last_mut()?;
+            let Some(slot) = slots.get(*at) else {
+                self.stack.pop();
+                continue;
+            };
+            *at += 1;
+            match slot {
+                Slot::Leaf(k, v) => return Some((k.clone(), v.clone())),
+                Slot::Branch(child) => {
+                    let slots = child.slots.clone();
+                    self.stack.push((slots, 0));
+                }
+                Slot::Collision(_, entries) => {
+                    let items: Vec<(Key, V)> = entries
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    self.bucket = items.into_iter();
+                }
+            }
+        }
+    }
 }
 
 /// Entries in hash order (see the module documentation).
@@ -449,6 +496,8 @@ mod tests {
             versions.push((m, model));
             for (m, model) in versions {
                 let mut got: Vec<(Vec<u8>, u8)> = m.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
+                let owned: Vec<(Vec<u8>, u8)> = m.owned_iter().map(|(k, v)| (k.to_vec(), v)).collect();
+                prop_assert_eq!(&owned, &got, "both iterators visit the same keys in the same order");
                 got.sort();
                 let want: Vec<(Vec<u8>, u8)> = model.into_iter().collect();
                 prop_assert_eq!(got, want);

@@ -9,7 +9,7 @@ use imbl::OrdMap;
 use crate::format::{CommitRec, Payload};
 use sha2::{Digest, Sha256};
 
-use crate::hamt::Hamt;
+use crate::hamt::{Hamt, OwnedIter};
 use crate::key::Key;
 
 /// Bytes shared without copying.
@@ -117,6 +117,11 @@ impl Index {
             .get(fp)
             .into_iter()
             .flat_map(|keys| keys.map.iter())
+    }
+
+    /// An owning iterator over one full prefix's keys (see `Hamt::owned_iter`).
+    pub(crate) fn owned_keys(&self, fp: &FullPrefix) -> Option<OwnedIter<Entry>> {
+        self.prefixes.get(fp).map(|k| k.map.owned_iter())
     }
 
     pub(crate) fn iter_all(&self) -> impl Iterator<Item = (&FullPrefix, &Key, &Entry)> {

@@ -17,7 +17,9 @@ use chorus_core::object::{Content, Context, Hlc, Object, Summary, Value};
 use chorus_core::{FullPrefix, NodeId};
 
 use crate::error::{ConflictKey, Error, Result};
-use crate::index::{Bytes, Snapshot};
+use crate::hamt::OwnedIter;
+use crate::index::{Bytes, Entry, Snapshot};
+use crate::key::Key;
 use crate::store::{CommitInfo, Store, Write};
 
 /// A function that settles siblings: it receives every value and returns
@@ -288,22 +290,35 @@ impl Metadata {
         info.ok_or_else(|| Error::InvalidInput("the write produced no commit".into()))
     }
 
-    /// Every key in `scope` that `opts` selects, from one consistent
-    /// snapshot: each key once, whatever other processes write meanwhile.
-    pub fn iter(&self, scope: &Scope, opts: &IterOptions) -> Result<Vec<Item>> {
-        self.fold(scope, opts, Vec::new(), |mut out, item| {
-            out.push(item);
-            out
+    /// An iterator over every key in `scope` that `opts` selects. It owns a
+    /// snapshot taken now, so it visits each key once, whatever other
+    /// processes write meanwhile, and decodes one key per step.
+    pub fn iter(&self, scope: &Scope, opts: &IterOptions) -> Result<MetaIter> {
+        let snapshot = self.store.snapshot()?;
+        let prefixes: Vec<FullPrefix> = match scope {
+            Scope::FullPrefix(fp) => vec![fp.clone()],
+            Scope::Prefix(p) => snapshot
+                .prefixes()
+                .filter(|fp| fp.prefix() == p)
+                .cloned()
+                .collect(),
+            Scope::All => snapshot.prefixes().cloned().collect(),
+        };
+        Ok(MetaIter {
+            meta: self.clone(),
+            opts: opts.clone(),
+            snapshot,
+            prefixes: prefixes.into_iter(),
+            current: None,
         })
     }
 
-    /// The same as [`Metadata::iter`] (Riak's name).
+    /// The keys [`Metadata::iter`] visits, collected (Riak's `to_list`).
     pub fn to_list(&self, scope: &Scope, opts: &IterOptions) -> Result<Vec<Item>> {
-        self.iter(scope, opts)
+        self.iter(scope, opts)?.collect()
     }
 
-    /// Folds `f` over the keys [`Metadata::iter`] would return, one at a
-    /// time, without collecting them.
+    /// Folds `f` over the keys [`Metadata::iter`] visits, one at a time.
     pub fn fold<A>(
         &self,
         scope: &Scope,
@@ -311,33 +326,40 @@ impl Metadata {
         init: A,
         mut f: impl FnMut(A, Item) -> A,
     ) -> Result<A> {
-        let snap = self.store.snapshot()?;
         let mut acc = init;
-        for (fp, key, entry) in scoped(&snap, scope) {
-            if !opts.matching.matches(key) {
-                continue;
-            }
-            let found = summary(fp, key, &entry.value)?;
-            let mut read = self.settle(fp, key, found, &opts.resolver, opts.allow_put)?;
-            if read.tombstone {
-                if !opts.tombstones {
-                    continue;
-                }
-                if let Some(d) = &opts.default {
-                    read.values = vec![default_value(d, self.node())];
-                    read.tombstone = false;
-                }
-            }
-            acc = f(
-                acc,
-                Item {
-                    full_prefix: fp.clone(),
-                    key: key.to_vec(),
-                    read,
-                },
-            );
+        for item in self.iter(scope, opts)? {
+            acc = f(acc, item?);
         }
         Ok(acc)
+    }
+
+    /// What an iteration yields for one key: `None` when it is skipped.
+    fn item(
+        &self,
+        opts: &IterOptions,
+        fp: &FullPrefix,
+        key: Key,
+        entry: Entry,
+    ) -> Result<Option<Item>> {
+        if !opts.matching.matches(&key) {
+            return Ok(None);
+        }
+        let found = summary(fp, &key, &entry.value)?;
+        let mut read = self.settle(fp, &key, found, &opts.resolver, opts.allow_put)?;
+        if read.tombstone {
+            if !opts.tombstones {
+                return Ok(None);
+            }
+            if let Some(d) = &opts.default {
+                read.values = vec![default_value(d, self.node())];
+                read.tombstone = false;
+            }
+        }
+        Ok(Some(Item {
+            full_prefix: fp.clone(),
+            key: key.to_vec(),
+            read,
+        }))
     }
 
     /// The hash of a full prefix's data: equal on stores with equal data.
@@ -421,6 +443,39 @@ impl Metadata {
     }
 }
 
+/// The iterator [`Metadata::iter`] returns; an item is an error when a key
+/// does not hold an object, or a resolution could not be written back.
+pub struct MetaIter {
+    meta: Metadata,
+    opts: IterOptions,
+    snapshot: Snapshot,
+    prefixes: std::vec::IntoIter<FullPrefix>,
+    current: Option<(FullPrefix, OwnedIter<Entry>)>,
+}
+
+impl Iterator for MetaIter {
+    type Item = Result<Item>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((fp, keys)) = &mut self.current {
+                match keys.next() {
+                    Some((key, entry)) => match self.meta.item(&self.opts, fp, key, entry) {
+                        Ok(Some(item)) => return Some(Ok(item)),
+                        Ok(None) => continue,
+                        Err(e) => return Some(Err(e)),
+                    },
+                    None => self.current = None,
+                }
+            }
+            let fp = self.prefixes.next()?;
+            if let Some(keys) = self.snapshot.state.index.owned_keys(&fp) {
+                self.current = Some((fp, keys));
+            }
+        }
+    }
+}
+
 fn refuse_reserved(fp: &FullPrefix) -> Result<()> {
     if fp.is_reserved() {
         return Err(Error::InvalidInput(format!(
@@ -500,22 +555,6 @@ fn new_object(
         make_value(bytes, ts, node),
         node,
     ))
-}
-
-fn scoped<'a>(
-    snap: &'a Snapshot,
-    scope: &'a Scope,
-) -> Box<dyn Iterator<Item = (&'a FullPrefix, &'a crate::Key, &'a crate::Entry)> + 'a> {
-    match scope {
-        Scope::FullPrefix(fp) => Box::new(snap.iter_prefix(fp).map(move |(k, e)| (fp, k, e))),
-        // Only the full prefixes under `p`: their keys, not every key.
-        Scope::Prefix(p) => Box::new(
-            snap.prefixes()
-                .filter(move |fp| fp.prefix() == p)
-                .flat_map(move |fp| snap.iter_prefix(fp).map(move |(k, e)| (fp, k, e))),
-        ),
-        Scope::All => Box::new(snap.iter()),
-    }
 }
 
 /// A write a transaction makes at commit; `bytes: None` is a tombstone.

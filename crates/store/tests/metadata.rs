@@ -248,7 +248,7 @@ fn tombstones_hide_keys_from_get_and_iteration_unless_asked_for() {
     assert_eq!(texts(&read), ["fallback"]);
     let keys = |opts: &IterOptions| -> Vec<String> {
         let mut k: Vec<String> = m
-            .iter(&Scope::FullPrefix(fp()), opts)
+            .to_list(&Scope::FullPrefix(fp()), opts)
             .expect("iter")
             .into_iter()
             .map(|i| String::from_utf8_lossy(&i.key).into_owned())
@@ -263,7 +263,7 @@ fn tombstones_hide_keys_from_get_and_iteration_unless_asked_for() {
     };
     assert_eq!(keys(&all), ["dead", "live"]);
     let items = m
-        .iter(
+        .to_list(
             &Scope::FullPrefix(fp()),
             &IterOptions {
                 default: Some(b"gone".to_vec()),
@@ -297,7 +297,7 @@ fn iteration_scopes_and_matches() {
         .expect("put");
     }
     let count = |scope: Scope, matching: Match| {
-        m.iter(
+        m.to_list(
             &scope,
             &IterOptions {
                 matching,
@@ -340,7 +340,7 @@ fn iteration_while_another_process_inserts_and_deletes_visits_each_key_once() {
     let mut rounds = 0;
     loop {
         let items = m
-            .iter(
+            .to_list(
                 &Scope::FullPrefix(fp()),
                 &IterOptions {
                     tombstones: true,
