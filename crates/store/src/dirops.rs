@@ -305,14 +305,19 @@ impl Dir {
             *end += frame.len() as u64;
             Ok(())
         };
+        let mut last_prefix: Option<&chorus_core::FullPrefix> = None;
         for (fp, key, entry) in index.iter_all() {
             let same = groups
                 .last()
                 .is_some_and(|g| g.prefix == fp.prefix() && g.subprefix == fp.subprefix());
             if !same {
+                // The prefix's sum goes with its first group only.
+                let first = last_prefix.is_none_or(|last| last != fp);
+                last_prefix = Some(fp);
                 groups.push(PrefixGroup {
                     prefix: fp.prefix(),
                     subprefix: fp.subprefix(),
+                    sum: if first { index.prefix_sum(fp) } else { 0 },
                     entries: Vec::new(),
                 });
             }

@@ -157,6 +157,10 @@ pub(crate) struct CheckpointEntry<'a> {
 pub(crate) struct PrefixGroup<'a> {
     pub(crate) prefix: &'a str,
     pub(crate) subprefix: &'a str,
+    /// The prefix's running hash sum (see the index) in the first group of
+    /// each prefix, 0 in the groups that continue it in later frames: replay
+    /// adds it instead of hashing every entry again.
+    pub(crate) sum: u128,
     #[serde(borrow)]
     pub(crate) entries: Vec<CheckpointEntry<'a>>,
 }

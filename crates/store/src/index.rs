@@ -158,6 +158,45 @@ impl Index {
         }
     }
 
+    /// The running hash sum of a full prefix, for checkpoint frames.
+    pub(crate) fn prefix_sum(&self, fp: &FullPrefix) -> u128 {
+        self.prefixes.get(fp).map_or(0, |k| k.sum)
+    }
+
+    /// Puts an entry without hashing it; the caller adds the prefix's sum
+    /// with `add_sum` (replay of a checkpoint, whose frames carry the sums).
+    fn put_unhashed(&mut self, fp: &FullPrefix, key: Key, entry: Entry) {
+        let value_len = entry.value.len() as u64;
+        let key_len = key.len() as u64;
+        let keys = match self.prefixes.get_mut(fp) {
+            Some(keys) => keys,
+            None => {
+                self.prefixes.insert(fp.clone(), Keys::default());
+                match self.prefixes.get_mut(fp) {
+                    Some(keys) => keys,
+                    None => return,
+                }
+            }
+        };
+        match keys.map.insert(key.clone(), entry) {
+            Some(old) => {
+                // Not expected in a checkpoint; kept correct all the same.
+                keys.sum = keys.sum.wrapping_sub(element_hash(&key, &old.value));
+                self.bytes = self.bytes - old.value.len() as u64 + value_len;
+            }
+            None => {
+                self.keys += 1;
+                self.bytes += key_len + value_len;
+            }
+        }
+    }
+
+    fn add_sum(&mut self, fp: &FullPrefix, sum: u128) {
+        if let Some(keys) = self.prefixes.get_mut(fp) {
+            keys.sum = keys.sum.wrapping_add(sum);
+        }
+    }
+
     pub(crate) fn remove(&mut self, fp: &FullPrefix, key: &[u8]) {
         let Some(keys) = self.prefixes.get_mut(fp) else {
             return;
@@ -217,8 +256,9 @@ impl Applier {
                             seq: e.seq,
                             value: Bytes::from(e.value.0),
                         };
-                        index.put(&fp, Key::new(e.key.0), entry);
+                        index.put_unhashed(&fp, Key::new(e.key.0), entry);
                     }
+                    index.add_sum(&fp, g.sum);
                 }
             }
         }

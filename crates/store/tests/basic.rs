@@ -341,3 +341,39 @@ fn prefix_hashes_are_equal_for_equal_data_whatever_the_order() {
         h2.prefix_hash(&a)
     );
 }
+
+#[test]
+fn prefix_hashes_survive_compaction_across_checkpoint_frames() {
+    let d1 = tempfile::tempdir().expect("tempdir");
+    let d2 = tempfile::tempdir().expect("tempdir");
+    let (s1, s2) = (open(d1.path()), open(d2.path()));
+    let (big, small) = (fp("h/big"), fp("h/small"));
+    // 10 MiB in one prefix: its checkpoint spans several 4 MiB frames.
+    let value = vec![7u8; 100 << 10];
+    for s in [&s1, &s2] {
+        for i in 0..100u32 {
+            let mut v = value.clone();
+            v[..4].copy_from_slice(&i.to_le_bytes());
+            s.put(&big, format!("k{i}").as_bytes(), &v).expect("put");
+        }
+        s.put(&small, b"x", b"1").expect("put");
+    }
+    s1.compact().expect("compact");
+    s1.put(&small, b"y", b"2").expect("put after compaction");
+    s2.put(&small, b"y", b"2").expect("put");
+    drop(s1);
+    let reopened = open(d1.path()).snapshot().expect("snapshot");
+    let never_compacted = s2.snapshot().expect("snapshot");
+    assert!(reopened.generation() > 1);
+    for p in [&big, &small] {
+        assert_eq!(
+            reopened.prefix_hash(p),
+            never_compacted.prefix_hash(p),
+            "{p}"
+        );
+    }
+    assert_eq!(
+        reopened.prefix_hash_all("h"),
+        never_compacted.prefix_hash_all("h")
+    );
+}
