@@ -225,6 +225,10 @@ pub struct Summary {
     pub lww: Option<usize>,
 }
 
+/// Largest counter an object may carry: no node makes 2^62 writes to one
+/// key, and the bound keeps a crafted object from overflowing a dot.
+const MAX_COUNTER: u64 = 1 << 62;
+
 /// Version of [`Object::encode`] and of context strings.
 const ENCODING_VERSION: u8 = 1;
 
@@ -375,7 +379,7 @@ impl Object {
         let mut entries: Vec<Entry<NodeId, Value>> = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
             let id = r.node()?;
-            let counter = r.u64()?;
+            let counter = r.counter()?;
             let values = r.values()?;
             if (values.len() as u64) > counter {
                 return Err(r.bad(format!(
@@ -443,7 +447,7 @@ impl Object {
         };
         for _ in 0..n {
             let id = r.node()?;
-            let counter = r.u64()?;
+            let counter = r.counter()?;
             let before = values.len();
             r.values_into(&mut values)?;
             let held = (values.len() - before) as u64;
@@ -598,16 +602,33 @@ impl Reader<'_> {
         Ok(NodeId::from_bytes(b))
     }
 
+    /// A LEB128 varint in its one minimal form, so that equal objects have
+    /// equal bytes (and equal hashes) everywhere.
     fn varint(&mut self) -> Result<u64, ObjectError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
+            if shift == 63 && b > 1 {
+                return Err(self.bad("a varint longer than 64 bits".into()));
+            }
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
+                if b == 0 && shift > 0 {
+                    return Err(self.bad("a varint with a redundant zero byte".into()));
+                }
                 return Ok(v);
             }
         }
         Err(self.bad("a varint longer than 64 bits".into()))
+    }
+
+    /// An entry's counter: at least 1, and far from overflowing.
+    fn counter(&mut self) -> Result<u64, ObjectError> {
+        let counter = self.u64()?;
+        if counter == 0 || counter > MAX_COUNTER {
+            return Err(self.bad(format!("a counter of {counter}, outside 1..={MAX_COUNTER}")));
+        }
+        Ok(counter)
     }
 
     /// A count of items that each take at least one byte: never more than

@@ -158,6 +158,20 @@ impl Index {
         }
     }
 
+    /// Recomputes every prefix's hash sum from its keys (repair, after
+    /// frames whose stored sums covered lost keys).
+    pub(crate) fn rehash(&mut self) {
+        let prefixes: Vec<FullPrefix> = self.prefixes.keys().cloned().collect();
+        for fp in prefixes {
+            if let Some(keys) = self.prefixes.get_mut(&fp) {
+                keys.sum = keys
+                    .map
+                    .iter()
+                    .fold(0u128, |s, (k, e)| s.wrapping_add(element_hash(k, &e.value)));
+            }
+        }
+    }
+
     /// The running hash sum of a full prefix, for checkpoint frames.
     pub(crate) fn prefix_sum(&self, fp: &FullPrefix) -> u128 {
         self.prefixes.get(fp).map_or(0, |k| k.sum)

@@ -7,8 +7,7 @@ use std::path::Path;
 use crate::backend::LogFile;
 use crate::error::{Error, Result};
 use crate::format::{
-    self, FRAME_HEADER_LEN, FRAME_PAYLOAD_MAX, FrameParse, HEADER_LEN, LogHeader, PAYLOAD_VERSION,
-    Payload,
+    self, FRAME_HEADER_LEN, FRAME_PAYLOAD_MAX, FrameParse, HEADER_LEN, LogHeader, Payload,
 };
 
 const CHUNK: usize = 4 << 20;
@@ -235,6 +234,9 @@ pub(crate) fn scan(file: &dyn LogFile, path: &Path) -> Result<Scan> {
     let mut reader = FrameReader::new(file, path, HEADER_LEN, file_len).reading_to_physical_end();
     let mut frames = 0;
     let mut commits = 0;
+    // An intact frame (its checksum holds) whose payload this build cannot
+    // read was written, not torn: never cut, whatever follows it.
+    let mut unreadable = false;
     let damage = loop {
         match reader.step()? {
             Step::End => break None,
@@ -244,14 +246,18 @@ pub(crate) fn scan(file: &dyn LogFile, path: &Path) -> Result<Scan> {
                     commits += c.len() as u64;
                 }
                 Ok(Payload::Checkpoint(_)) => frames += 1,
-                Err(detail) => break Some(Damage { offset, detail }),
+                Err(detail) => {
+                    unreadable = true;
+                    break Some(Damage { offset, detail });
+                }
             },
             Step::Damaged(d) => break Some(d),
         }
     };
-    let end = reader.pos();
+    let end = damage.as_ref().map_or(reader.pos(), |d| d.offset);
     let torn = match &damage {
         None => false,
+        Some(_) if unreadable => false,
         Some(d) => !intact_frame_after(file, path, d.offset, file_len)?,
     };
     Ok(Scan {
@@ -288,11 +294,12 @@ fn intact_frame_after(file: &dyn LogFile, path: &Path, from: u64, file_len: u64)
     Ok(find_intact(&buf, 1).is_some())
 }
 
-/// The first offset at or after `start` in `buf` where an intact frame whose
-/// payload decodes begins. Candidates are filtered by a plausible length and
-/// the payload version byte before their checksum is computed, and the total
-/// checksum work is bounded; running out of budget counts as "found" (the
-/// caller then refuses rather than truncates).
+/// The first offset at or after `start` in `buf` where an intact frame
+/// begins: its checksum holds, whatever its payload version (a frame from a
+/// newer build is data, not a torn write). Candidates are filtered by a
+/// plausible length and a non-zero first payload byte before their checksum
+/// is computed, and the total checksum work is bounded; running out of
+/// budget counts as "found" (the caller then refuses rather than truncates).
 pub(crate) fn find_intact(buf: &[u8], start: usize) -> Option<usize> {
     let mut budget = SEARCH_BUDGET_BYTES;
     let mut i = start;
@@ -301,14 +308,12 @@ pub(crate) fn find_intact(buf: &[u8], start: usize) -> Option<usize> {
         len_le.copy_from_slice(&buf[i..i + 4]);
         let len = u32::from_le_bytes(len_le) as usize;
         let fits = len > 0 && i + FRAME_HEADER_LEN + len <= buf.len();
-        if fits && buf[i + FRAME_HEADER_LEN] == PAYLOAD_VERSION {
+        if fits && buf[i + FRAME_HEADER_LEN] != 0 {
             budget = budget.saturating_sub(len as u64);
             if budget == 0 {
                 return Some(i);
             }
-            if let FrameParse::Intact { total } = format::parse_frame(&buf[i..])
-                && format::decode_payload(&buf[i + FRAME_HEADER_LEN..i + total]).is_ok()
-            {
+            if let FrameParse::Intact { .. } = format::parse_frame(&buf[i..]) {
                 return Some(i);
             }
         }

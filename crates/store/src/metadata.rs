@@ -281,13 +281,38 @@ impl Metadata {
         value: PutValue,
         opts: &PutOptions,
     ) -> Result<CommitInfo> {
+        self.write_returning(fp, key, value, opts)
+            .map(|(info, _)| info)
+    }
+
+    /// Writes a key and returns the object the commit stored.
+    fn write_returning(
+        &self,
+        fp: &FullPrefix,
+        key: &[u8],
+        value: PutValue,
+        opts: &PutOptions,
+    ) -> Result<(CommitInfo, Object)> {
         let (fp, key, context) = (fp.clone(), key.to_vec(), opts.context.clone());
         let node = self.node();
+        let written: Arc<std::sync::Mutex<Option<Object>>> = Arc::default();
+        let slot = written.clone();
         let info = self.store.update(move |snap| {
             let object = new_object(snap, &fp, &key, context.as_ref(), value, node)?;
-            Ok(vec![Write::put(&fp, &key, &object.encode())])
+            let encoded = object.encode();
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(object);
+            Ok(vec![Write::put(&fp, &key, &encoded)])
         })?;
-        info.ok_or_else(|| Error::InvalidInput("the write produced no commit".into()))
+        let info =
+            info.ok_or_else(|| Error::InvalidInput("the write produced no commit".into()))?;
+        let object = written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| Error::InvalidInput("the write kept no object".into()))?;
+        Ok((info, object))
     }
 
     /// An iterator over every key in `scope` that `opts` selects. It owns a
@@ -423,14 +448,20 @@ impl Metadata {
                 Some(b) => PutValue::Bytes(b.to_vec()),
                 None => PutValue::Tombstone,
             };
-            self.write(
-                fp,
-                key,
-                put,
-                &PutOptions {
-                    context: Some(context.clone()),
-                },
-            )?;
+            let opts = PutOptions {
+                context: Some(context),
+            };
+            // What the read returns is what was stored: its value (with the
+            // commit's timestamp) and its context, so a client writing back
+            // with that context supersedes it.
+            let (_, stored) = self.write_returning(fp, key, put, &opts)?;
+            let values: Vec<Value> = stored.values().into_iter().cloned().collect();
+            let tombstone = stored.is_tombstone();
+            return Ok(Read {
+                values,
+                context: stored.context(),
+                tombstone,
+            });
         }
         values.clear();
         let tombstone = value.content == Content::Tombstone;

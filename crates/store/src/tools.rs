@@ -256,7 +256,11 @@ pub fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
             .lost_ranges
             .push((0, HEADER_LEN.min(bytes.len() as u64)));
     }
-    salvage(&bytes, &mut state, &mut report);
+    salvage(&bytes, &mut state, &mut report)
+        .map_err(|(offset, detail)| Error::corruption(&path, offset, detail))?;
+    // Checkpoint frames carry their prefixes' hash sums; with frames lost,
+    // those no longer match the keys that remain: hash them all again.
+    state.index.rehash();
     report.keys = state.index.keys();
     if report.lost_ranges.is_empty() {
         return Ok(report);
@@ -270,11 +274,13 @@ pub fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
     };
     let new = generation + 1;
     let end = dir_ops.write_generation(new, &state.index, state.last_seq, state.last_ts)?;
+    // Switch first: a crash after this leaves a complete new generation in
+    // charge (at worst the damaged file is then removed as stale, not kept).
+    layout.write_current(backend.as_ref(), new)?;
     let kept = path.with_extension("log.damaged");
     backend
         .rename(&path, &kept)
         .map_err(|e| Error::io("rename", &path, e))?;
-    layout.write_current(backend.as_ref(), new)?;
     dir_ops.shm.reset(dir_ops.boot, new, end);
     report.repaired = true;
     report.new_generation = new;
@@ -284,13 +290,30 @@ pub fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
 }
 
 /// Applies every intact frame of `bytes` in order, skipping damaged
-/// stretches to the next intact frame.
-fn salvage(bytes: &[u8], state: &mut State, report: &mut RepairReport) {
+/// stretches to the next intact frame. Refuses (with the offset) when an
+/// intact frame holds a payload version this build cannot read: that is a
+/// newer build's data, which only a newer build may repair.
+fn salvage(
+    bytes: &[u8],
+    state: &mut State,
+    report: &mut RepairReport,
+) -> std::result::Result<(), (u64, String)> {
     let mut applier = Applier::new();
     let mut pos = HEADER_LEN as usize;
     while pos < bytes.len() {
         if bytes[pos..].iter().all(|b| *b == 0) {
             break; // space written ahead for appends
+        }
+        if let FrameParse::Intact { .. } = format::parse_frame(&bytes[pos..])
+            && bytes[pos + FRAME_HEADER_LEN] != format::PAYLOAD_VERSION
+        {
+            return Err((
+                pos as u64,
+                format!(
+                    "an intact frame of payload version {}, which this build cannot read: repair it with a newer Chorus",
+                    bytes[pos + FRAME_HEADER_LEN]
+                ),
+            ));
         }
         if let FrameParse::Intact { total } = format::parse_frame(&bytes[pos..])
             && let Ok(payload) = format::decode_payload(&bytes[pos + FRAME_HEADER_LEN..pos + total])
@@ -309,4 +332,5 @@ fn salvage(bytes: &[u8], state: &mut State, report: &mut RepairReport) {
         report.lost_ranges.push((pos as u64, next as u64));
         pos = next;
     }
+    Ok(())
 }

@@ -445,3 +445,48 @@ fn bad_input_is_refused_and_writes_nothing() {
     )
     .expect("Chorus's own services may write reserved names");
 }
+
+#[test]
+fn writing_back_with_the_context_an_allow_put_read_returned_leaves_one_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = meta(dir.path());
+    let empty = PutOptions {
+        context: Some(Vec::new()),
+    };
+    for v in ["a", "b"] {
+        m.put(&fp(), b"k", PutValue::Bytes(v.into()), &empty)
+            .expect("put a sibling");
+    }
+    let lww = GetOptions {
+        resolver: Resolver::Lww,
+        allow_put: true,
+        ..GetOptions::default()
+    };
+    let read = m.get(&fp(), b"k", &lww).expect("get").expect("present");
+    let stored = m
+        .get(&fp(), b"k", &GetOptions::default())
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        read.context, stored.context,
+        "the read returns the context of what it stored"
+    );
+    assert_eq!(
+        read.values, stored.values,
+        "and its value, with the commit's timestamp"
+    );
+    m.put(
+        &fp(),
+        b"k",
+        PutValue::Bytes(b"next".to_vec()),
+        &PutOptions {
+            context: Some(read.context),
+        },
+    )
+    .expect("put");
+    let after = m
+        .get(&fp(), b"k", &GetOptions::default())
+        .expect("get")
+        .expect("present");
+    assert_eq!(texts(&after), ["next"]);
+}

@@ -188,6 +188,20 @@ fn decoding_refuses_every_truncation_and_malformed_input() {
     assert!(
         matches!(Object::decode(&version), Err(ObjectError::BadEncoding(m)) if m.contains("version 9"))
     );
+    // Non-minimal varints, zero and huge counters are refused (by both
+    // decoders), so equal objects always have equal bytes.
+    let mut padded = vec![1u8, 0x80, 0x00];
+    padded.push(0);
+    assert!(Object::decode(&padded).is_err());
+    assert!(Object::decode_summary(&padded).is_err());
+    for counter in [0u64, (1 << 62) + 1, u64::MAX] {
+        let mut b = vec![1u8, 1];
+        b.extend_from_slice(&[3; 16]);
+        b.extend_from_slice(&counter.to_le_bytes());
+        b.extend_from_slice(&[0, 0]);
+        assert!(Object::decode(&b).is_err(), "counter {counter}");
+        assert!(Object::decode_summary(&b).is_err(), "counter {counter}");
+    }
     // A count far beyond the input is refused before anything is allocated.
     assert!(Object::decode(&[1, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
     // Entries out of order.
