@@ -350,6 +350,10 @@ impl Object {
     /// entry  = node[16] | counter u64le | varint k | value{k}     (entries sorted by node)
     /// value  = timestamp u64le | node[16] | 0x00 (tombstone) | 0x01 varint len bytes
     /// ```
+    ///
+    /// Varints are LEB128 in their minimal form and counters lie in
+    /// `1..=2^62`; decoding refuses anything else, so an object has exactly
+    /// one encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![ENCODING_VERSION];
         put_varint(&mut out, self.clock.entries().len() as u64);
