@@ -309,3 +309,182 @@ fn the_same_seeds_and_inputs_give_the_same_run() {
     };
     assert_eq!(run(), run());
 }
+
+fn drain(n: &mut HyParView<u32>) -> Vec<Output<u32>> {
+    std::iter::from_fn(|| n.poll_output()).collect()
+}
+
+fn sends(outs: &[Output<u32>]) -> Vec<(u32, Message<u32>)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, message } => Some((*to, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A node whose active view holds `peers`.
+fn with_active(peers: &[u32]) -> HyParView<u32> {
+    let mut n = HyParView::new(0u32, small(), 42);
+    for p in peers {
+        n.handle_message(
+            *p,
+            Message::Neighbor {
+                priority: Priority::High,
+            },
+        );
+    }
+    drain(&mut n);
+    n
+}
+
+#[test]
+fn a_join_is_accepted_and_walked_to_every_other_active_peer() {
+    let mut n = with_active(&[1, 2]);
+    n.handle_message(9, Message::Join);
+    let out = sends(&drain(&mut n));
+    assert!(n.active_view().contains(&9));
+    assert!(out.contains(&(
+        9,
+        Message::Neighbor {
+            priority: Priority::High
+        }
+    )));
+    for p in [1, 2] {
+        assert!(
+            out.contains(&(p, Message::ForwardJoin { joiner: 9, ttl: 6 })),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_forward_join_at_ttl_zero_or_with_one_neighbour_ends_the_walk_here() {
+    let mut n = with_active(&[1, 2]);
+    n.handle_message(1, Message::ForwardJoin { joiner: 9, ttl: 0 });
+    assert!(
+        n.active_view().contains(&9),
+        "ttl 0: the joiner is taken in"
+    );
+    let mut lone = with_active(&[1]);
+    lone.handle_message(1, Message::ForwardJoin { joiner: 9, ttl: 5 });
+    assert!(
+        lone.active_view().contains(&9),
+        "only the sender as neighbour: taken in"
+    );
+    assert!(sends(&drain(&mut lone)).contains(&(
+        9,
+        Message::Neighbor {
+            priority: Priority::High
+        }
+    )));
+}
+
+#[test]
+fn a_forward_join_walks_on_to_another_peer_and_fills_the_passive_view_at_prwl() {
+    let mut n = with_active(&[1, 2, 3]);
+    n.handle_message(1, Message::ForwardJoin { joiner: 9, ttl: 3 });
+    let out = sends(&drain(&mut n));
+    assert!(!n.active_view().contains(&9));
+    assert!(
+        n.passive_view().contains(&9),
+        "at the passive walk length the joiner becomes a backup"
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (to, message) = &out[0];
+    assert!(*to == 2 || *to == 3, "never back to the sender");
+    assert_eq!(message, &Message::ForwardJoin { joiner: 9, ttl: 2 });
+    n.handle_message(1, Message::ForwardJoin { joiner: 8, ttl: 5 });
+    assert!(
+        !n.passive_view().contains(&8),
+        "above the passive walk length it only passes through"
+    );
+}
+
+#[test]
+fn a_shuffle_is_forwarded_while_it_has_hops_then_answered_and_merged() {
+    let mut n = with_active(&[1, 2, 3]);
+    n.handle_message(
+        1,
+        Message::Shuffle {
+            origin: 7,
+            ttl: 4,
+            peers: vec![7, 20, 21],
+        },
+    );
+    let out = sends(&drain(&mut n));
+    assert_eq!(out.len(), 1);
+    assert!(
+        matches!(&out[0], (to, Message::Shuffle { origin: 7, ttl: 3, .. }) if *to != 1 && *to != 7)
+    );
+    assert!(
+        n.passive_view().is_empty(),
+        "a shuffle passing through changes nothing"
+    );
+    n.handle_message(
+        2,
+        Message::Shuffle {
+            origin: 7,
+            ttl: 1,
+            peers: vec![7, 20, 21],
+        },
+    );
+    let out = sends(&drain(&mut n));
+    assert!(
+        matches!(&out[..], [(7, Message::ShuffleReply { .. })]),
+        "answered to the origin: {out:?}"
+    );
+    for p in [7, 20, 21] {
+        assert!(
+            n.passive_view().contains(&p),
+            "{p} merged into the passive view"
+        );
+    }
+}
+
+#[test]
+fn a_shuffle_reply_fills_the_passive_view_without_self_or_active_peers() {
+    let mut n = with_active(&[1]);
+    n.handle_message(
+        5,
+        Message::ShuffleReply {
+            peers: vec![0, 1, 30, 31],
+        },
+    );
+    let mut p = n.passive_view().to_vec();
+    p.sort();
+    assert_eq!(p, vec![30, 31]);
+}
+
+#[test]
+fn the_shuffle_timer_sends_a_sample_of_both_views_and_rearms() {
+    let mut n = with_active(&[1, 2]);
+    n.handle_message(
+        5,
+        Message::ShuffleReply {
+            peers: vec![30, 31],
+        },
+    );
+    drain(&mut n);
+    n.handle_timer(Timer::Shuffle);
+    let outs = drain(&mut n);
+    assert!(outs.contains(&Output::SetTimer {
+        after_ms: 10_000,
+        timer: Timer::Shuffle
+    }));
+    let shuffles: Vec<Vec<u32>> = sends(&outs)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::Shuffle {
+                origin: 0, peers, ..
+            } => Some(peers),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shuffles.len(), 1);
+    assert_eq!(shuffles[0][0], 0, "the origin sends itself first");
+    assert!(
+        shuffles[0].iter().any(|p| *p == 30 || *p == 31),
+        "and passive peers"
+    );
+}
