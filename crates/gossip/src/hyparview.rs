@@ -243,6 +243,8 @@ impl<P: Clone + Eq + Debug> HyParView<P> {
     }
 
     fn on_join(&mut self, joiner: P) {
+        // Always answered, even if the joiner is already active here: a node
+        // that restarted joins again with empty views.
         self.add_active(joiner.clone());
         self.send(
             joiner.clone(),
@@ -269,15 +271,7 @@ impl<P: Clone + Eq + Debug> HyParView<P> {
             return;
         }
         if ttl == 0 || self.active.len() <= 1 {
-            if !self.active.contains(&joiner) {
-                self.add_active(joiner.clone());
-                self.send(
-                    joiner,
-                    Message::Neighbor {
-                        priority: Priority::High,
-                    },
-                );
-            }
+            self.take_in(joiner);
             return;
         }
         if ttl == self.config.prwl {
@@ -297,17 +291,21 @@ impl<P: Clone + Eq + Debug> HyParView<P> {
                     ttl: ttl - 1,
                 },
             ),
-            None => {
-                if !self.active.contains(&joiner) {
-                    self.add_active(joiner.clone());
-                    self.send(
-                        joiner,
-                        Message::Neighbor {
-                            priority: Priority::High,
-                        },
-                    );
-                }
-            }
+            None => self.take_in(joiner),
+        }
+    }
+
+    /// Ends a join's walk here: the joiner becomes an active peer, and is
+    /// asked (with high priority) to make this node one of its own.
+    fn take_in(&mut self, joiner: P) {
+        if !self.active.contains(&joiner) {
+            self.add_active(joiner.clone());
+            self.send(
+                joiner,
+                Message::Neighbor {
+                    priority: Priority::High,
+                },
+            );
         }
     }
 

@@ -976,36 +976,36 @@ impl Inner {
         self.dir
             .layout
             .write_current(self.dir.backend.as_ref(), new)?;
-        let (tail, loaded) = {
+        // Open the new log before publishing it, so a failure here leaves
+        // this handle consistent with what it published.
+        let path = self.dir.layout.log(new);
+        let file = self
+            .dir
+            .backend
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let loaded = {
             let mut tail = lock(&self.tail);
             shm.publish_generation(new, end);
-            let next = State {
-                generation: new,
-                end,
-                last_seq: state.last_seq,
-                last_ts: state.last_ts,
-                index: state.index.clone(),
-            };
-            let path = self.dir.layout.log(new);
-            let file = self
-                .dir
-                .backend
-                .open(&path)
-                .map_err(|e| Error::io("open", &path, e))?;
             *tail = Tail {
                 generation: new,
                 path,
                 file: Arc::from(file),
                 allocated: end,
             };
-            (tail.clone(), self.install(next))
+            self.install(State {
+                generation: new,
+                end,
+                last_seq: state.last_seq,
+                last_ts: state.last_ts,
+                index: state.index.clone(),
+            })
         };
         shm.set_intent(Intent::None);
         let old_path = self.dir.layout.log(old);
         if let Err(e) = self.dir.backend.remove_file(&old_path) {
             tracing::warn!(path = %old_path.display(), error = %e, "could not remove the old log generation; the next recovery will");
         }
-        let _ = tail;
         Ok(CompactReport {
             old_generation: old,
             new_generation: new,

@@ -2,7 +2,6 @@
 //! every intact commit of a damaged log into a new generation.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::backend::{self, LogFile};
 use crate::dirops::{Dir, check_local};
@@ -285,7 +284,6 @@ pub fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
     report.repaired = true;
     report.new_generation = new;
     report.kept_as = Some(kept);
-    let _ = Arc::clone(&backend);
     Ok(report)
 }
 

@@ -488,3 +488,20 @@ fn the_shuffle_timer_sends_a_sample_of_both_views_and_rearms() {
         "and passive peers"
     );
 }
+
+#[test]
+fn a_restarted_node_that_joins_again_is_answered_though_already_active() {
+    let mut n = with_active(&[1, 2]);
+    n.handle_message(1, Message::Join);
+    let out = sends(&drain(&mut n));
+    assert!(
+        out.contains(&(
+            1,
+            Message::Neighbor {
+                priority: Priority::High
+            }
+        )),
+        "{out:?}"
+    );
+    assert_eq!(n.active_view().iter().filter(|p| **p == 1).count(), 1);
+}
