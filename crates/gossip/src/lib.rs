@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod hyparview;
+pub mod plumtree;
 mod rng;
 
 pub use rng::Rng;
