@@ -407,6 +407,45 @@ impl Metadata {
         })
     }
 
+    /// Merges objects received from a peer (by broadcast or anti-entropy)
+    /// into the local ones, as one commit recorded as coming from `origin`.
+    /// Each is reconciled with the local object: nothing is written where
+    /// the local object already covers it, and concurrent values become
+    /// siblings. A key listed twice gets both. Reserved prefixes are
+    /// merged too: replication carries everything. Returns how many keys
+    /// changed. The objects must fit one commit
+    /// ([`crate::Limits::max_commit_bytes`]); split larger batches.
+    pub fn merge(
+        &self,
+        origin: crate::Origin,
+        objects: Vec<(FullPrefix, Vec<u8>, Object)>,
+    ) -> Result<usize> {
+        let changed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = changed.clone();
+        self.store.update_from(origin, move |snap| {
+            let mut merged: BTreeMap<(FullPrefix, Vec<u8>), Object> = BTreeMap::new();
+            for (fp, key, remote) in objects {
+                let slot = (fp, key);
+                let local = match merged.get(&slot) {
+                    Some(pending) => Some(pending.clone()),
+                    None => match snap.get(&slot.0, &slot.1) {
+                        Some(bytes) => Some(decode(&slot.0, &slot.1, &bytes)?),
+                        None => None,
+                    },
+                };
+                if let Some(result) = Object::reconcile(&remote, local.as_ref()) {
+                    merged.insert(slot, result);
+                }
+            }
+            count.store(merged.len(), std::sync::atomic::Ordering::Relaxed);
+            Ok(merged
+                .iter()
+                .map(|((fp, key), object)| Write::put(fp, key, &object.encode()))
+                .collect())
+        })?;
+        Ok(changed.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn node(&self) -> NodeId {
         self.store.node_id()
     }

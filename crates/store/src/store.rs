@@ -199,7 +199,7 @@ enum Job {
         origin: Origin,
     },
     /// Compute the writes from the latest state, under the lock.
-    Update(UpdateFn),
+    Update(UpdateFn, Origin),
     Compact,
 }
 
@@ -407,10 +407,22 @@ impl Store {
     where
         F: FnOnce(&Snapshot) -> Result<Vec<Write>> + Send + 'static,
     {
+        self.update_from(Origin::Local, f)
+    }
+
+    /// [`Store::update`], with the commit recorded as coming from `origin`
+    /// (the daemon merges peers' objects this way).
+    pub fn update_from<F>(&self, origin: Origin, f: F) -> Result<Option<CommitInfo>>
+    where
+        F: FnOnce(&Snapshot) -> Result<Vec<Write>> + Send + 'static,
+    {
         // Its size is unknown until it runs: count it as a whole commit, so
         // it gets a batch of its own and no frame outgrows the commit limit.
         let budget = self.inner.options.limits.max_commit_bytes;
-        match self.inner.submit(Job::Update(Box::new(f)), budget)? {
+        match self
+            .inner
+            .submit(Job::Update(Box::new(f), origin), budget)?
+        {
             Outcome::Committed(info) => Ok(Some(info)),
             _ => Ok(None),
         }
@@ -803,7 +815,7 @@ impl Inner {
                     }
                     (writes, origin)
                 }
-                Job::Update(f) => {
+                Job::Update(f, origin) => {
                     let snapshot = Snapshot {
                         state: Arc::new(work.clone()),
                         commit_ts: Some(next_ts),
@@ -814,7 +826,7 @@ impl Inner {
                         }
                         Ok(w)
                     }) {
-                        Ok(w) => (w, Origin::Local),
+                        Ok(w) => (w, origin),
                         Err(e) => {
                             outcomes.push(Err(e));
                             continue;

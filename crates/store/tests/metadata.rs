@@ -490,3 +490,52 @@ fn writing_back_with_the_context_an_allow_put_read_returned_leaves_one_value() {
         .expect("present");
     assert_eq!(texts(&after), ["next"]);
 }
+
+#[test]
+fn merging_a_peers_objects_keeps_concurrent_values_as_siblings_and_ignores_older_ones() {
+    let (a_dir, b_dir) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (a, b) = (meta(a_dir.path()), meta(b_dir.path()));
+    put(&a, "k", "from a");
+    put(&b, "k", "from b");
+    put(&b, "only-b", "x");
+    let objects =
+        |m: &Metadata, keys: &[&str]| -> Vec<(FullPrefix, Vec<u8>, chorus_core::object::Object)> {
+            keys.iter()
+                .map(|k| {
+                    let o = m
+                        .object(&fp(), k.as_bytes())
+                        .expect("read")
+                        .expect("present");
+                    (fp(), k.as_bytes().to_vec(), o)
+                })
+                .collect()
+        };
+    let from_b = objects(&b, &["k", "only-b"]);
+    let peer = chorus_store::Origin::Peer([7; 16]);
+    assert_eq!(a.merge(peer, from_b.clone()).expect("merge"), 2);
+    let read = a
+        .get(&fp(), b"k", &GetOptions::default())
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        texts(&read),
+        ["from a", "from b"],
+        "concurrent writes are both kept"
+    );
+    // Merging the same objects again, or an older one, changes nothing.
+    assert_eq!(a.merge(peer, from_b).expect("merge"), 0);
+    // A key listed twice gets both objects.
+    let from_a = objects(&a, &["k"]);
+    put(&b, "k", "b again");
+    let mut twice = objects(&b, &["k"]);
+    twice.extend(from_a);
+    assert_eq!(b.merge(peer, twice).expect("merge"), 1);
+    let read = b
+        .get(&fp(), b"k", &GetOptions::default())
+        .expect("get")
+        .expect("present");
+    assert_eq!(texts(&read), ["b again", "from a"]);
+}
