@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 mod demo;
 mod kv;
+mod sim;
 
 /// A replicated metadata store. This build has the embedded engine: any
 /// number of processes share one data directory with no server.
@@ -84,6 +85,8 @@ enum Command {
     Status,
     /// Show the engine at work: processes writing one directory at once
     Demo(demo::DemoArgs),
+    /// Simulate the gossip protocols on thousands of nodes (Plumtree beside flooding)
+    Sim(sim::SimArgs),
     #[command(hide = true, name = "demo-worker")]
     DemoWorker { tag: String, count: u64 },
 }
@@ -187,6 +190,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Compact => compact(cli),
         Command::Status => status(cli),
         Command::Demo(args) => demo::run(cli, args),
+        Command::Sim(args) => sim::run(cli, args),
         Command::DemoWorker { tag, count } => demo::worker(cli, tag, *count),
     }
 }

@@ -12,6 +12,8 @@
 use std::collections::VecDeque;
 use std::fmt::Debug;
 
+use serde::{Deserialize, Serialize};
+
 use crate::Rng;
 
 /// Sizes and walk lengths. The defaults are the paper's for a target of
@@ -52,7 +54,7 @@ impl Default for Config {
 /// How urgently a node asks a passive peer to become active: `High` when
 /// its active view is empty (the peer must accept), `Low` otherwise (the
 /// peer accepts only if it has room).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Priority {
     /// The sender has no active peer left.
     High,
@@ -61,7 +63,7 @@ pub enum Priority {
 }
 
 /// The protocol's messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message<P> {
     /// A new node asks to join through the receiver.
     Join,

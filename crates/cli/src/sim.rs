@@ -1,0 +1,286 @@
+//! `chorus sim`: the gossip cores at scale in the simulator, Plumtree and
+//! eager flooding side by side, and the anti-entropy exchange between two
+//! large stores.
+
+use std::path::{Path, PathBuf};
+
+use chorus_sim::{Config, Protocol, Report};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use crate::{Cli, Failure, emit};
+
+#[derive(Args, Debug)]
+pub(crate) struct SimArgs {
+    /// Nodes in the simulated cluster
+    #[arg(long, default_value_t = 1_000)]
+    nodes: usize,
+    /// Messages broadcast after the overlay is built
+    #[arg(long, default_value_t = 100)]
+    messages: usize,
+    /// Share of the nodes to crash at once after the overlay is built (0 to <1)
+    #[arg(long, default_value_t = 0.0)]
+    fail: f64,
+    /// Probability that a broadcast or exchange message is lost on a link (0 to <1)
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Seed of every random choice (same seed, same run)
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Broadcast protocol; both runs them one after the other on the same overlay seed
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Both)]
+    protocol: ProtocolArg,
+    /// Anti-entropy exchange interval per node in virtual ms (0 = off) [default: 2000 with --loss, else off]
+    #[arg(long)]
+    anti_entropy_ms: Option<u64>,
+    /// Virtual ms between two broadcasts
+    #[arg(long, default_value_t = 1_000)]
+    message_gap_ms: u64,
+    /// Draw reliability and RMR per message for both protocols into this .svg file
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Instead of broadcasting: exchange two stores of this many keys each and measure
+    #[arg(long)]
+    exchange_keys: Option<u64>,
+    /// With --exchange-keys: the share of keys that differ
+    #[arg(long, default_value_t = 0.01)]
+    diff: f64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ProtocolArg {
+    Plumtree,
+    Flood,
+    Both,
+}
+
+pub(crate) fn run(cli: &Cli, args: &SimArgs) -> Result<(), Failure> {
+    if let Some(keys) = args.exchange_keys {
+        return exchange(cli, keys, args.diff, args.seed);
+    }
+    let config = config(args)?;
+    if let Some(path) = &args.plot {
+        check_plot_path(path)?;
+    }
+    let protocols: &[Protocol] = match args.protocol {
+        ProtocolArg::Plumtree => &[Protocol::Plumtree],
+        ProtocolArg::Flood => &[Protocol::Flood],
+        ProtocolArg::Both => &[Protocol::Plumtree, Protocol::Flood],
+    };
+    let reports: Vec<Report> = protocols
+        .iter()
+        .map(|&protocol| {
+            if !cli.json {
+                eprintln!(
+                    "simulating {} nodes, {} messages with {}...",
+                    config.nodes,
+                    config.messages,
+                    protocol.name()
+                );
+            }
+            chorus_sim::run(&Config {
+                protocol,
+                ..config.clone()
+            })
+        })
+        .collect();
+    if let Some(path) = &args.plot {
+        plot(path, &reports)?;
+    }
+    emit(
+        cli,
+        json!({ "runs": reports, "plot": args.plot }),
+        || table(&config, &reports, args.plot.as_deref()),
+    );
+    Ok(())
+}
+
+fn config(args: &SimArgs) -> Result<Config, Failure> {
+    if args.nodes < 2 {
+        return Err(Failure::usage(format!(
+            "--nodes {} is too few: a cluster needs at least 2",
+            args.nodes
+        )));
+    }
+    for (name, value) in [("--fail", args.fail), ("--loss", args.loss)] {
+        if !(value.is_finite() && (0.0..1.0).contains(&value)) {
+            return Err(Failure::usage(format!(
+                "{name} {value} is not a share: give a number from 0 up to (not including) 1"
+            )));
+        }
+    }
+    let anti_entropy_ms = match args.anti_entropy_ms {
+        Some(0) => None,
+        Some(ms) => Some(ms),
+        None if args.loss > 0.0 => Some(2_000),
+        None => None,
+    };
+    Ok(Config {
+        nodes: args.nodes,
+        messages: args.messages,
+        fail: args.fail,
+        loss: args.loss,
+        seed: args.seed,
+        message_gap_ms: args.message_gap_ms.max(1),
+        anti_entropy_ms,
+        drain_ms: if anti_entropy_ms.is_some() { 30_000 } else { 10_000 },
+        ..Config::default()
+    })
+}
+
+fn check_plot_path(path: &Path) -> Result<(), Failure> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("svg") => Ok(()),
+        _ => Err(Failure::usage(format!(
+            "--plot {}: only .svg is supported (convert with any SVG tool, e.g. rsvg-convert, for a .png)",
+            path.display()
+        ))),
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}%", v * 100.0)
+}
+
+fn table(config: &Config, reports: &[Report], plot: Option<&Path>) -> String {
+    let mut rows: Vec<(&str, Vec<String>)> = vec![
+        ("live nodes", reports.iter().map(|r| r.live_nodes.to_string()).collect()),
+        ("reliability min", reports.iter().map(|r| pct(r.reliability_min)).collect()),
+        ("reliability mean", reports.iter().map(|r| pct(r.reliability_mean)).collect()),
+        ("reliability min after 10", reports.iter().map(|r| pct(r.reliability_min_after_10)).collect()),
+        ("RMR mean", reports.iter().map(|r| format!("{:.3}", r.rmr_mean)).collect()),
+        ("RMR after 10, mean", reports.iter().map(|r| format!("{:.3}", r.rmr_after_10_mean)).collect()),
+        ("RMR after 10, max", reports.iter().map(|r| format!("{:.3}", r.rmr_after_10_max)).collect()),
+        ("LDH mean", reports.iter().map(|r| format!("{:.2}", r.ldh_mean)).collect()),
+        ("LDH max", reports.iter().map(|r| r.ldh_max.to_string()).collect()),
+        ("latency mean (virtual ms)", reports.iter().map(|r| format!("{:.0}", r.latency_mean_ms)).collect()),
+        ("latency max (virtual ms)", reports.iter().map(|r| r.latency_max_ms.to_string()).collect()),
+        ("messages per broadcast", reports.iter().map(|r| format!("{:.0}", r.messages_per_broadcast)).collect()),
+        ("bytes per broadcast", reports.iter().map(|r| format!("{:.0}", r.bytes_per_broadcast)).collect()),
+        ("grafts", reports.iter().map(|r| r.grafts.to_string()).collect()),
+        ("prunes", reports.iter().map(|r| r.prunes.to_string()).collect()),
+        ("anti-entropy exchanges", reports.iter().map(|r| r.counters.ae_exchanges.to_string()).collect()),
+        ("anti-entropy repairs", reports.iter().map(|r| r.counters.ae_repairs.to_string()).collect()),
+        ("messages lost on links", reports.iter().map(|r| r.counters.lost.to_string()).collect()),
+        ("overlay components", reports.iter().map(|r| r.overlay_components.to_string()).collect()),
+        ("isolated nodes", reports.iter().map(|r| r.isolated_nodes.to_string()).collect()),
+        ("events", reports.iter().map(|r| r.counters.events.to_string()).collect()),
+        ("trace hash", reports.iter().map(|r| r.trace_hash.clone()).collect()),
+        ("wall time", reports.iter().map(|r| format!("{:.1} s", r.wall_ms as f64 / 1000.0)).collect()),
+    ];
+    let header: Vec<String> = reports.iter().map(|r| r.protocol.name().to_string()).collect();
+    rows.insert(0, ("", header));
+    let mut out = format!(
+        "{} nodes, {} messages, fail {}, loss {}, seed {}, anti-entropy {}\n",
+        config.nodes,
+        config.messages,
+        config.fail,
+        config.loss,
+        config.seed,
+        config
+            .anti_entropy_ms
+            .map_or("off".to_string(), |ms| format!("every {ms} ms")),
+    );
+    for (name, cells) in rows {
+        out.push_str(&format!("{name:<28}"));
+        for cell in cells {
+            out.push_str(&format!("{cell:>18}"));
+        }
+        out.push('\n');
+    }
+    if let Some(path) = plot {
+        out.push_str(&format!("plot written to {}\n", path.display()));
+    }
+    out
+}
+
+fn plot(path: &Path, reports: &[Report]) -> Result<(), Failure> {
+    use plotters::prelude::*;
+    let fail = |e: &dyn std::fmt::Display| Failure::io(format!("cannot draw {}: {e}", path.display()));
+    let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let (top, bottom) = root.split_vertically(350);
+    let n = reports.iter().map(|r| r.per_message.len()).max().unwrap_or(1).max(1);
+    let colours = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+    let min_rel = reports
+        .iter()
+        .flat_map(|r| r.per_message.iter().map(|m| m.reliability))
+        .fold(1.0, f64::min)
+        .min(0.99);
+    let mut chart = ChartBuilder::on(&top)
+        .caption("Reliability per message", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0..n, (min_rel - 0.01)..1.005)
+        .map_err(|e| fail(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("message")
+        .y_desc("share of live nodes")
+        .draw()
+        .map_err(|e| fail(&e))?;
+    for (r, colour) in reports.iter().zip(colours) {
+        chart
+            .draw_series(LineSeries::new(
+                r.per_message.iter().enumerate().map(|(i, m)| (i, m.reliability)),
+                colour.stroke_width(2),
+            ))
+            .map_err(|e| fail(&e))?
+            .label(r.protocol.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| fail(&e))?;
+    let max_rmr = reports
+        .iter()
+        .flat_map(|r| r.per_message.iter().map(|m| m.rmr))
+        .fold(0.1, f64::max);
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption("RMR per message (0 = a perfect tree)", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0..n, 0.0..max_rmr * 1.05)
+        .map_err(|e| fail(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("message")
+        .y_desc("RMR")
+        .draw()
+        .map_err(|e| fail(&e))?;
+    for (r, colour) in reports.iter().zip(colours) {
+        chart
+            .draw_series(LineSeries::new(
+                r.per_message.iter().enumerate().map(|(i, m)| (i, m.rmr)),
+                colour.stroke_width(2),
+            ))
+            .map_err(|e| fail(&e))?
+            .label(r.protocol.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| fail(&e))?;
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
+}
+
+fn exchange(cli: &Cli, keys: u64, diff: f64, seed: u64) -> Result<(), Failure> {
+    if !(diff.is_finite() && (0.0..=1.0).contains(&diff)) {
+        return Err(Failure::usage(format!(
+            "--diff {diff} is not a share: give a number from 0 to 1"
+        )));
+    }
+    if !cli.json {
+        eprintln!("building two stores of {keys} keys each, {:.2}% different...", diff * 100.0);
+    }
+    let report = chorus_sim::exchange::run(keys, diff, seed).map_err(Failure::from)?;
+    emit(cli, json!(report), || report.to_string());
+    Ok(())
+}
