@@ -36,6 +36,9 @@ pub(crate) struct SimArgs {
     /// Virtual ms between two broadcasts
     #[arg(long, default_value_t = 1_000)]
     message_gap_ms: u64,
+    /// Plumtree's optimization: move a tree link when an announcement shows a path this many hops shorter (0 = off)
+    #[arg(long)]
+    optimization_threshold: Option<u32>,
     /// Draw reliability and RMR per message for both protocols into this .svg file
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -87,11 +90,9 @@ pub(crate) fn run(cli: &Cli, args: &SimArgs) -> Result<(), Failure> {
     if let Some(path) = &args.plot {
         plot(path, &reports)?;
     }
-    emit(
-        cli,
-        json!({ "runs": reports, "plot": args.plot }),
-        || table(&config, &reports, args.plot.as_deref()),
-    );
+    emit(cli, json!({ "runs": reports, "plot": args.plot }), || {
+        table(&config, &reports, args.plot.as_deref())
+    });
     Ok(())
 }
 
@@ -115,7 +116,12 @@ fn config(args: &SimArgs) -> Result<Config, Failure> {
         None if args.loss > 0.0 => Some(2_000),
         None => None,
     };
+    let mut plumtree = chorus_gossip::plumtree::Config::default();
+    if let Some(t) = args.optimization_threshold {
+        plumtree.optimization_threshold = t;
+    }
     Ok(Config {
+        plumtree,
         nodes: args.nodes,
         messages: args.messages,
         fail: args.fail,
@@ -123,7 +129,11 @@ fn config(args: &SimArgs) -> Result<Config, Failure> {
         seed: args.seed,
         message_gap_ms: args.message_gap_ms.max(1),
         anti_entropy_ms,
-        drain_ms: if anti_entropy_ms.is_some() { 30_000 } else { 10_000 },
+        drain_ms: if anti_entropy_ms.is_some() {
+            30_000
+        } else {
+            10_000
+        },
         ..Config::default()
     })
 }
@@ -144,31 +154,151 @@ fn pct(v: f64) -> String {
 
 fn table(config: &Config, reports: &[Report], plot: Option<&Path>) -> String {
     let mut rows: Vec<(&str, Vec<String>)> = vec![
-        ("live nodes", reports.iter().map(|r| r.live_nodes.to_string()).collect()),
-        ("reliability min", reports.iter().map(|r| pct(r.reliability_min)).collect()),
-        ("reliability mean", reports.iter().map(|r| pct(r.reliability_mean)).collect()),
-        ("reliability min after 10", reports.iter().map(|r| pct(r.reliability_min_after_10)).collect()),
-        ("RMR mean", reports.iter().map(|r| format!("{:.3}", r.rmr_mean)).collect()),
-        ("RMR after 10, mean", reports.iter().map(|r| format!("{:.3}", r.rmr_after_10_mean)).collect()),
-        ("RMR after 10, max", reports.iter().map(|r| format!("{:.3}", r.rmr_after_10_max)).collect()),
-        ("LDH mean", reports.iter().map(|r| format!("{:.2}", r.ldh_mean)).collect()),
-        ("LDH max", reports.iter().map(|r| r.ldh_max.to_string()).collect()),
-        ("latency mean (virtual ms)", reports.iter().map(|r| format!("{:.0}", r.latency_mean_ms)).collect()),
-        ("latency max (virtual ms)", reports.iter().map(|r| r.latency_max_ms.to_string()).collect()),
-        ("messages per broadcast", reports.iter().map(|r| format!("{:.0}", r.messages_per_broadcast)).collect()),
-        ("bytes per broadcast", reports.iter().map(|r| format!("{:.0}", r.bytes_per_broadcast)).collect()),
-        ("grafts", reports.iter().map(|r| r.grafts.to_string()).collect()),
-        ("prunes", reports.iter().map(|r| r.prunes.to_string()).collect()),
-        ("anti-entropy exchanges", reports.iter().map(|r| r.counters.ae_exchanges.to_string()).collect()),
-        ("anti-entropy repairs", reports.iter().map(|r| r.counters.ae_repairs.to_string()).collect()),
-        ("messages lost on links", reports.iter().map(|r| r.counters.lost.to_string()).collect()),
-        ("overlay components", reports.iter().map(|r| r.overlay_components.to_string()).collect()),
-        ("isolated nodes", reports.iter().map(|r| r.isolated_nodes.to_string()).collect()),
-        ("events", reports.iter().map(|r| r.counters.events.to_string()).collect()),
-        ("trace hash", reports.iter().map(|r| r.trace_hash.clone()).collect()),
-        ("wall time", reports.iter().map(|r| format!("{:.1} s", r.wall_ms as f64 / 1000.0)).collect()),
+        (
+            "live nodes",
+            reports.iter().map(|r| r.live_nodes.to_string()).collect(),
+        ),
+        (
+            "reliability min",
+            reports.iter().map(|r| pct(r.reliability_min)).collect(),
+        ),
+        (
+            "reliability mean",
+            reports.iter().map(|r| pct(r.reliability_mean)).collect(),
+        ),
+        (
+            "reliability min after 10",
+            reports
+                .iter()
+                .map(|r| pct(r.reliability_min_after_10))
+                .collect(),
+        ),
+        (
+            "RMR mean",
+            reports
+                .iter()
+                .map(|r| format!("{:.3}", r.rmr_mean))
+                .collect(),
+        ),
+        (
+            "RMR after 10, mean",
+            reports
+                .iter()
+                .map(|r| format!("{:.3}", r.rmr_after_10_mean))
+                .collect(),
+        ),
+        (
+            "RMR after 10, max",
+            reports
+                .iter()
+                .map(|r| format!("{:.3}", r.rmr_after_10_max))
+                .collect(),
+        ),
+        (
+            "LDH mean",
+            reports
+                .iter()
+                .map(|r| format!("{:.2}", r.ldh_mean))
+                .collect(),
+        ),
+        (
+            "LDH max",
+            reports.iter().map(|r| r.ldh_max.to_string()).collect(),
+        ),
+        (
+            "latency mean (virtual ms)",
+            reports
+                .iter()
+                .map(|r| format!("{:.0}", r.latency_mean_ms))
+                .collect(),
+        ),
+        (
+            "latency max (virtual ms)",
+            reports
+                .iter()
+                .map(|r| r.latency_max_ms.to_string())
+                .collect(),
+        ),
+        (
+            "messages per broadcast",
+            reports
+                .iter()
+                .map(|r| format!("{:.0}", r.messages_per_broadcast))
+                .collect(),
+        ),
+        (
+            "bytes per broadcast",
+            reports
+                .iter()
+                .map(|r| format!("{:.0}", r.bytes_per_broadcast))
+                .collect(),
+        ),
+        (
+            "grafts",
+            reports.iter().map(|r| r.grafts.to_string()).collect(),
+        ),
+        (
+            "prunes",
+            reports.iter().map(|r| r.prunes.to_string()).collect(),
+        ),
+        (
+            "anti-entropy exchanges",
+            reports
+                .iter()
+                .map(|r| r.counters.ae_exchanges.to_string())
+                .collect(),
+        ),
+        (
+            "anti-entropy repairs",
+            reports
+                .iter()
+                .map(|r| r.counters.ae_repairs.to_string())
+                .collect(),
+        ),
+        (
+            "messages lost on links",
+            reports
+                .iter()
+                .map(|r| r.counters.lost.to_string())
+                .collect(),
+        ),
+        (
+            "overlay components",
+            reports
+                .iter()
+                .map(|r| r.overlay_components.to_string())
+                .collect(),
+        ),
+        (
+            "isolated nodes",
+            reports
+                .iter()
+                .map(|r| r.isolated_nodes.to_string())
+                .collect(),
+        ),
+        (
+            "events",
+            reports
+                .iter()
+                .map(|r| r.counters.events.to_string())
+                .collect(),
+        ),
+        (
+            "trace hash",
+            reports.iter().map(|r| r.trace_hash.clone()).collect(),
+        ),
+        (
+            "wall time",
+            reports
+                .iter()
+                .map(|r| format!("{:.1} s", r.wall_ms as f64 / 1000.0))
+                .collect(),
+        ),
     ];
-    let header: Vec<String> = reports.iter().map(|r| r.protocol.name().to_string()).collect();
+    let header: Vec<String> = reports
+        .iter()
+        .map(|r| r.protocol.name().to_string())
+        .collect();
     rows.insert(0, ("", header));
     let mut out = format!(
         "{} nodes, {} messages, fail {}, loss {}, seed {}, anti-entropy {}\n",
@@ -196,11 +326,17 @@ fn table(config: &Config, reports: &[Report], plot: Option<&Path>) -> String {
 
 fn plot(path: &Path, reports: &[Report]) -> Result<(), Failure> {
     use plotters::prelude::*;
-    let fail = |e: &dyn std::fmt::Display| Failure::io(format!("cannot draw {}: {e}", path.display()));
+    let fail =
+        |e: &dyn std::fmt::Display| Failure::io(format!("cannot draw {}: {e}", path.display()));
     let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let (top, bottom) = root.split_vertically(350);
-    let n = reports.iter().map(|r| r.per_message.len()).max().unwrap_or(1).max(1);
+    let n = reports
+        .iter()
+        .map(|r| r.per_message.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let colours = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
     let min_rel = reports
         .iter()
@@ -223,7 +359,10 @@ fn plot(path: &Path, reports: &[Report]) -> Result<(), Failure> {
     for (r, colour) in reports.iter().zip(colours) {
         chart
             .draw_series(LineSeries::new(
-                r.per_message.iter().enumerate().map(|(i, m)| (i, m.reliability)),
+                r.per_message
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (i, m.reliability)),
                 colour.stroke_width(2),
             ))
             .map_err(|e| fail(&e))?
@@ -278,7 +417,10 @@ fn exchange(cli: &Cli, keys: u64, diff: f64, seed: u64) -> Result<(), Failure> {
         )));
     }
     if !cli.json {
-        eprintln!("building two stores of {keys} keys each, {:.2}% different...", diff * 100.0);
+        eprintln!(
+            "building two stores of {keys} keys each, {:.2}% different...",
+            diff * 100.0
+        );
     }
     let report = chorus_sim::exchange::run(keys, diff, seed).map_err(Failure::from)?;
     emit(cli, json!(report), || report.to_string());

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod hyparview;
+pub mod merkle;
 pub mod plumtree;
 mod rng;
 

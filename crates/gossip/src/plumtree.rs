@@ -22,7 +22,7 @@
 //! single [`Timer::Tick`] while it has queued announcements or pending
 //! grafts.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
 
@@ -50,6 +50,10 @@ pub struct Config {
     /// Most ids remembered as seen; when full, the oldest is forgotten (the
     /// application's [`Application::is_stale`] still recognises it).
     pub seen_max: usize,
+    /// The paper's optimization: when an announcement shows a path at
+    /// least this many hops shorter than the one a payload took, the tree
+    /// link moves to the announcer. 0 turns it off.
+    pub optimization_threshold: u32,
 }
 
 impl Default for Config {
@@ -62,6 +66,7 @@ impl Default for Config {
             lazy_queue_max: 16_384,
             missing_max: 16_384,
             seen_max: 65_536,
+            optimization_threshold: 6,
         }
     }
 }
@@ -83,10 +88,12 @@ pub enum Message<I, D> {
         /// The announcements.
         ids: Vec<(I, u32)>,
     },
-    /// The sender is missing `id`: send it, and push eagerly from now on.
+    /// Push eagerly to the sender from now on, and send it `id` if given
+    /// (a missing message); without an id it only moves the link into the
+    /// tree (the paper's optimization).
     Graft {
         /// The missing id.
-        id: I,
+        id: Option<I>,
         /// The round the receiver announced it at.
         round: u32,
     },
@@ -149,18 +156,24 @@ pub struct Stats {
     pub gossip_sent: u64,
     /// `IHave` messages sent.
     pub ihave_sent: u64,
-    /// Grafts sent.
+    /// Grafts sent for missing messages (the optimization's count as
+    /// `shortened`).
     pub grafts_sent: u64,
     /// Prunes sent.
     pub prunes_sent: u64,
-    /// Payloads received that were already known.
+    /// Payloads received twice over the broadcast layer (each prunes).
     pub duplicates: u64,
+    /// Payloads received once here but already known to the application
+    /// (by anti-entropy or a newer write): forwarded, not delivered.
+    pub already_known: u64,
     /// Queued announcements dropped because the queue was full.
     pub lazy_dropped: u64,
     /// Missing ids forgotten because the structure was full.
     pub missing_evicted: u64,
     /// Missing ids given up after every announcer was grafted.
     pub missing_abandoned: u64,
+    /// Tree links moved to a shorter path by the optimization.
+    pub shortened: u64,
 }
 
 /// An id announced but not received.
@@ -179,7 +192,9 @@ pub struct Plumtree<P, I, D> {
     config: Config,
     eager: Vec<P>,
     lazy: Vec<P>,
-    seen: HashSet<I>,
+    /// Ids seen, with the hops they arrived at and the peer they came
+    /// from (`None` for this node's own broadcasts).
+    seen: HashMap<I, (u32, Option<P>)>,
     /// `seen` in insertion order, for eviction.
     seen_order: VecDeque<I>,
     missing: HashMap<I, Missing<P>>,
@@ -205,7 +220,7 @@ where
             config,
             eager: Vec::new(),
             lazy: Vec::new(),
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             seen_order: VecDeque::new(),
             missing: HashMap::new(),
             due: BTreeMap::new(),
@@ -220,7 +235,7 @@ where
     /// Broadcasts a message that originated here. The application already
     /// has it, so it is not delivered back.
     pub fn broadcast(&mut self, _now: u64, id: I, payload: D) {
-        if !self.mark_seen(&id) {
+        if !self.mark_seen(&id, 0, None) {
             return;
         }
         self.eager_push(&id, 0, &payload, None);
@@ -328,22 +343,31 @@ where
         payload: D,
         app: &mut impl Application<I, D>,
     ) {
-        if self.seen.contains(&id) || app.is_stale(&id) {
+        if self.seen.contains_key(&id) {
+            // A second copy over the broadcast layer: the link closes a
+            // cycle, so it becomes lazy.
             self.stats.duplicates += 1;
-            self.mark_seen(&id);
             self.move_to_lazy(&from);
             self.stats.prunes_sent += 1;
             self.send(from, Message::Prune);
             return;
         }
-        self.mark_seen(&id);
+        let hops = round.saturating_add(1);
+        self.mark_seen(&id, hops, Some(from.clone()));
         self.forget_missing(&id);
         // The sender pushes to us eagerly, so the link is eager both ways
         // (it may have been pruned here before and grafted there since).
         self.neighbor_up_if_linked(&from);
-        let hops = round.saturating_add(1);
         self.eager_push(&id, hops, &payload, Some(&from));
         self.lazy_push(&id, hops, Some(&from));
+        // What the application already has from elsewhere (anti-entropy,
+        // a newer write) is still forwarded, since this node is on the
+        // tree path of its subtree, but not delivered again; the link is
+        // not pruned, since no cycle brought it.
+        if app.is_stale(&id) {
+            self.stats.already_known += 1;
+            return;
+        }
         self.out.push_back(Output::Deliver {
             id,
             payload,
@@ -360,7 +384,12 @@ where
         app: &mut impl Application<I, D>,
     ) {
         for (id, round) in ids {
-            if self.seen.contains(&id) || app.is_stale(&id) {
+            if let Some((hops, parent)) = self.seen.get(&id) {
+                let (hops, parent) = (*hops, parent.clone());
+                self.maybe_shorten(&from, round, hops, parent);
+                continue;
+            }
+            if app.is_stale(&id) {
                 continue;
             }
             if let Some(missing) = self.missing.get_mut(&id) {
@@ -373,15 +402,42 @@ where
         }
     }
 
-    fn on_graft(&mut self, from: P, id: I, round: u32, app: &mut impl Application<I, D>) {
+    fn on_graft(&mut self, from: P, id: Option<I>, round: u32, app: &mut impl Application<I, D>) {
         self.lazy.retain(|p| *p != from);
         if !self.eager.contains(&from) {
             self.eager.push(from.clone());
         }
+        let Some(id) = id else { return };
         if let Some(payload) = app.payload(&id) {
             self.stats.gossip_sent += 1;
             self.send(from, Message::Gossip { id, round, payload });
         }
+    }
+
+    /// The paper's optimization: an announcement shows a path to the
+    /// origin at least `optimization_threshold` hops shorter than the one
+    /// the payload took, so the announcer's link joins the tree and the
+    /// parent's leaves it. The announcer got the payload by a path that
+    /// does not pass through this node (it is shorter), so the tree stays
+    /// connected.
+    fn maybe_shorten(&mut self, announcer: &P, round: u32, hops: u32, parent: Option<P>) {
+        let threshold = self.config.optimization_threshold;
+        let Some(parent) = parent else { return };
+        if threshold == 0
+            || parent == *announcer
+            || round.saturating_add(threshold) >= hops
+            || !self.lazy.contains(announcer)
+            || !self.eager.contains(&parent)
+        {
+            return;
+        }
+        self.lazy.retain(|p| p != announcer);
+        self.eager.push(announcer.clone());
+        self.send(announcer.clone(), Message::Graft { id: None, round });
+        self.move_to_lazy(&parent);
+        self.stats.prunes_sent += 1;
+        self.send(parent, Message::Prune);
+        self.stats.shortened += 1;
     }
 
     fn on_prune(&mut self, from: P) {
@@ -402,7 +458,7 @@ where
             let Some(mut missing) = self.missing.remove(&id) else {
                 continue;
             };
-            if self.seen.contains(&id) || app.is_stale(&id) {
+            if self.seen.contains_key(&id) || app.is_stale(&id) {
                 continue;
             }
             let Some((peer, round)) = missing.announcers.pop_front() else {
@@ -417,7 +473,7 @@ where
             self.send(
                 peer,
                 Message::Graft {
-                    id: id.clone(),
+                    id: Some(id.clone()),
                     round,
                 },
             );
@@ -431,11 +487,11 @@ where
         if self.config.missing_max == 0 {
             return;
         }
-        if self.missing.len() >= self.config.missing_max {
-            if let Some((_, oldest)) = self.due.pop_first() {
-                self.missing.remove(&oldest);
-                self.stats.missing_evicted += 1;
-            }
+        if self.missing.len() >= self.config.missing_max
+            && let Some((_, oldest)) = self.due.pop_first()
+        {
+            self.missing.remove(&oldest);
+            self.stats.missing_evicted += 1;
         }
         let due_key = self.next_due_key(now + self.config.graft_timeout_ms);
         self.due.insert(due_key, id.clone());
@@ -463,19 +519,19 @@ where
 
     /// Records `id` as seen; false if it already was. Evicts the oldest id
     /// when the set is full.
-    fn mark_seen(&mut self, id: &I) -> bool {
-        if self.seen.contains(id) {
+    fn mark_seen(&mut self, id: &I, hops: u32, from: Option<P>) -> bool {
+        if self.seen.contains_key(id) {
             return false;
         }
         if self.config.seen_max == 0 {
             return true;
         }
-        if self.seen.len() >= self.config.seen_max {
-            if let Some(oldest) = self.seen_order.pop_front() {
-                self.seen.remove(&oldest);
-            }
+        if self.seen.len() >= self.config.seen_max
+            && let Some(oldest) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&oldest);
         }
-        self.seen.insert(id.clone());
+        self.seen.insert(id.clone(), (hops, from));
         self.seen_order.push_back(id.clone());
         true
     }

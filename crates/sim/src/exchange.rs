@@ -12,7 +12,7 @@ use chorus_core::FullPrefix;
 use chorus_core::key_hash;
 use chorus_core::object::Object;
 use chorus_gossip::Rng;
-use chorus_gossip::merkle::{Exchange, ExchangeConfig, Message, MerkleTree, ObjectSource, Repair};
+use chorus_gossip::merkle::{Exchange, ExchangeConfig, MerkleTree, Message, ObjectSource, Repair};
 use chorus_store::{Error, Metadata, Options, Origin, Snapshot, Store, SyncMode};
 use serde::Serialize;
 
@@ -79,7 +79,11 @@ impl fmt::Display for ExchangeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "keys per store              {}", self.keys)?;
         writeln!(f, "differing keys              {}", self.differing_keys)?;
-        writeln!(f, "differing objects (bytes)   {}", self.differing_object_bytes)?;
+        writeln!(
+            f,
+            "differing objects (bytes)   {}",
+            self.differing_object_bytes
+        )?;
         writeln!(
             f,
             "bytes sent                  {} ({} + {}), {} messages",
@@ -102,7 +106,11 @@ impl fmt::Display for ExchangeReport {
         writeln!(f, "exchange                    {:.0} ms", self.exchange_ms)?;
         writeln!(f, "merge                       {:.0} ms", self.merge_ms)?;
         writeln!(f, "exchange + merge            {:.0} ms", self.total_ms)?;
-        writeln!(f, "tree build (one store)      {:.0} ms", self.tree_build_ms)?;
+        writeln!(
+            f,
+            "tree build (one store)      {:.0} ms",
+            self.tree_build_ms
+        )?;
         writeln!(f, "stores equal after          {}", self.equal_after)?;
         write!(f, "setup                       {:.1} s", self.setup_s)
     }
@@ -125,7 +133,11 @@ impl ObjectSource<Vec<u8>, Vec<u8>> for Source<'_> {
 }
 
 fn full_prefix(prefix: &[u8], sub: &[u8]) -> Option<FullPrefix> {
-    FullPrefix::new(std::str::from_utf8(prefix).ok()?, std::str::from_utf8(sub).ok()?).ok()
+    FullPrefix::new(
+        std::str::from_utf8(prefix).ok()?,
+        std::str::from_utf8(sub).ok()?,
+    )
+    .ok()
 }
 
 /// The hash the tree keeps of an object: its canonical encoding hashed.
@@ -212,7 +224,8 @@ pub fn run(keys: u64, diff: f64, seed: u64) -> Result<ExchangeReport, Error> {
 }
 
 fn tempdir() -> Result<tempfile::TempDir, Error> {
-    tempfile::tempdir().map_err(|e| Error::InvalidInput(format!("cannot make a temporary directory: {e}")))
+    tempfile::tempdir()
+        .map_err(|e| Error::InvalidInput(format!("cannot make a temporary directory: {e}")))
 }
 
 fn populate(a: &Metadata, keys: u64) -> Result<(), Error> {
@@ -312,10 +325,11 @@ struct Outcome {
     bytes: (u64, u64),
     messages: u64,
     received: (u64, u64),
-    repairs: (Vec<Repair<Vec<u8>, Vec<u8>>>, Vec<Repair<Vec<u8>, Vec<u8>>>),
+    repairs: (Vec<Received>, Vec<Received>),
 }
 
 type Wire = Message<Vec<u8>, Vec<u8>>;
+type Received = Repair<Vec<u8>, Vec<u8>>;
 
 /// Passes one message through the wire encoding; returns it and its size.
 fn wire(msg: &Wire) -> Result<(Wire, u64), Error> {
@@ -328,7 +342,7 @@ fn wire(msg: &Wire) -> Result<(Wire, u64), Error> {
 
 fn exchange(a: &Side, b: &Side) -> Result<Outcome, Error> {
     let config = ExchangeConfig::default();
-    let (mut ex_a, first) = Exchange::initiate(&a.tree, config.clone());
+    let (mut ex_a, first) = Exchange::initiate(&a.tree, config);
     let mut ex_b = Exchange::respond(config);
     let mut outcome = Outcome {
         bytes: (0, 0),
@@ -361,7 +375,10 @@ fn exchange(a: &Side, b: &Side) -> Result<Outcome, Error> {
     if !(ex_a.is_done() && ex_b.is_done()) {
         return Err(Error::InvalidInput("the exchange did not finish".into()));
     }
-    outcome.received = (outcome.repairs.0.len() as u64, outcome.repairs.1.len() as u64);
+    outcome.received = (
+        outcome.repairs.0.len() as u64,
+        outcome.repairs.1.len() as u64,
+    );
     Ok(outcome)
 }
 
@@ -372,10 +389,12 @@ fn apply(side: &mut Side, repairs: Vec<Repair<Vec<u8>, Vec<u8>>>) -> Result<usiz
     for chunk in repairs.chunks(MERGE_BATCH) {
         let mut batch = Vec::with_capacity(chunk.len());
         for r in chunk {
-            let fp = full_prefix(&r.prefix, &r.sub)
-                .ok_or_else(|| Error::InvalidInput("a repair names an invalid full prefix".into()))?;
-            let object = Object::decode(&r.object)
-                .map_err(|e| Error::InvalidInput(format!("a peer sent an undecodable object: {e}")))?;
+            let fp = full_prefix(&r.prefix, &r.sub).ok_or_else(|| {
+                Error::InvalidInput("a repair names an invalid full prefix".into())
+            })?;
+            let object = Object::decode(&r.object).map_err(|e| {
+                Error::InvalidInput(format!("a peer sent an undecodable object: {e}"))
+            })?;
             touched.push((fp.clone(), r.key.clone()));
             batch.push((fp, r.key.clone(), object));
         }

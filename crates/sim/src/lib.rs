@@ -226,7 +226,13 @@ pub fn run(config: &Config) -> Report {
     let mut world = World::new(config);
     let mut t = 0;
     for node in 0..config.nodes as u32 {
-        world.at(t, Action::Join { node, contact: None });
+        world.at(
+            t,
+            Action::Join {
+                node,
+                contact: None,
+            },
+        );
         t += config.join_gap_ms;
     }
     t += config.settle_ms;
@@ -277,7 +283,12 @@ pub fn report(world: &World, config: &Config) -> Report {
         ldh_max: per_message.iter().map(|m| m.ldh).max().unwrap_or(0),
         latency_mean_ms: world.records.iter().map(|r| r.latency_sum).sum::<u64>() as f64
             / deliveries.max(1) as f64,
-        latency_max_ms: world.records.iter().map(|r| r.latency_max).max().unwrap_or(0),
+        latency_max_ms: world
+            .records
+            .iter()
+            .map(|r| r.latency_max)
+            .max()
+            .unwrap_or(0),
         messages_per_broadcast: world.counters.broadcast_messages as f64 / broadcasts,
         bytes_per_broadcast: world.counters.broadcast_bytes as f64 / broadcasts,
         grafts: stats.grafts_sent,

@@ -339,7 +339,8 @@ impl World {
     }
 
     fn record_trace(&mut self, kind: u64, a: u64, b: u64, extra: u64) {
-        self.trace = mix(self.trace ^ mix(self.now ^ kind << 56 ^ a << 28 ^ b ^ extra.rotate_left(17)));
+        self.trace =
+            mix(self.trace ^ mix(self.now ^ kind << 56 ^ a << 28 ^ b ^ extra.rotate_left(17)));
     }
 
     fn dispatch(&mut self, event: Event) {
@@ -447,7 +448,12 @@ impl World {
             self.members.push(node);
         }
         let contact = contact.or_else(|| self.random_live_member(node));
-        self.record_trace(1, u64::from(node), u64::from(contact.unwrap_or(u32::MAX)), 0);
+        self.record_trace(
+            1,
+            u64::from(node),
+            u64::from(contact.unwrap_or(u32::MAX)),
+            0,
+        );
         if let Some(c) = contact {
             self.nodes[node as usize].hpv.join(c);
         }
@@ -460,7 +466,10 @@ impl World {
     fn start_timers(&mut self, node: u32) {
         let inc = self.nodes[node as usize].inc;
         let phase = self.rng.below(REJOIN_MS as usize) as u64;
-        self.schedule(self.now + REJOIN_MS + phase, Event::RejoinTimer { node, inc });
+        self.schedule(
+            self.now + REJOIN_MS + phase,
+            Event::RejoinTimer { node, inc },
+        );
         if let Some(every) = self.config.anti_entropy_ms {
             let phase = self.rng.below(every.max(1) as usize) as u64;
             self.schedule(self.now + phase + 1, Event::AeTimer { node, inc });
@@ -651,10 +660,10 @@ impl World {
                 false
             }
             Wire::Bcast(msg) => {
-                if let Message::Gossip { id, .. } = msg {
-                    if let Some(r) = self.records.get_mut(*id as usize) {
-                        r.payload_messages += 1;
-                    }
+                if let Message::Gossip { id, .. } = msg
+                    && let Some(r) = self.records.get_mut(*id as usize)
+                {
+                    r.payload_messages += 1;
                 }
                 self.counters.broadcast_messages += 1;
                 self.counters.broadcast_bytes += bytes;
@@ -718,7 +727,9 @@ impl World {
                             .map(|(id, r)| varint_len(*id) + varint_len(u64::from(*r)))
                             .sum::<u64>()
                 }
-                Message::Graft { id, round } => 1 + varint_len(*id) + varint_len(u64::from(*round)),
+                Message::Graft { id, round } => {
+                    2 + id.map_or(0, varint_len) + varint_len(u64::from(*round))
+                }
                 Message::Prune => 1,
             },
         }
@@ -888,30 +899,48 @@ fn add_stats(total: &mut chorus_gossip::plumtree::Stats, s: &chorus_gossip::plum
     total.grafts_sent += s.grafts_sent;
     total.prunes_sent += s.prunes_sent;
     total.duplicates += s.duplicates;
+    total.already_known += s.already_known;
     total.lazy_dropped += s.lazy_dropped;
     total.missing_evicted += s.missing_evicted;
     total.missing_abandoned += s.missing_abandoned;
+    total.shortened += s.shortened;
+}
+
+/// Folds values into one, for the trace.
+fn fold(values: &[u64]) -> u64 {
+    values.iter().fold(0, |h, v| mix(h ^ v))
 }
 
 fn hpv_tag(msg: &hyparview::Message<u32>) -> u64 {
+    use hyparview::Message as M;
     match msg {
-        hyparview::Message::Join => 1,
-        hyparview::Message::ForwardJoin { joiner, ttl } => 2 ^ u64::from(*joiner) << 8 ^ u64::from(*ttl) << 40,
-        hyparview::Message::Neighbor { priority } => 3 ^ (*priority == hyparview::Priority::High) as u64 * 16,
-        hyparview::Message::NeighborReply { accepted } => 4 ^ u64::from(*accepted) * 16,
-        hyparview::Message::Disconnect => 5,
-        hyparview::Message::Shuffle { origin, ttl, peers } => {
-            6 ^ u64::from(*origin) << 8 ^ u64::from(*ttl) << 40 ^ peers.iter().fold(0, |h, p| mix(h ^ u64::from(*p))) << 1
+        M::Join => 1,
+        M::ForwardJoin { joiner, ttl } => fold(&[2, u64::from(*joiner), u64::from(*ttl)]),
+        M::Neighbor { priority } => fold(&[3, u64::from(*priority == hyparview::Priority::High)]),
+        M::NeighborReply { accepted } => fold(&[4, u64::from(*accepted)]),
+        M::Disconnect => 5,
+        M::Shuffle { origin, ttl, peers } => {
+            let peers: Vec<u64> = peers.iter().map(|p| u64::from(*p)).collect();
+            fold(&[6, u64::from(*origin), u64::from(*ttl), fold(&peers)])
         }
-        hyparview::Message::ShuffleReply { peers } => 7 ^ peers.iter().fold(0, |h, p| mix(h ^ u64::from(*p))) << 1,
+        M::ShuffleReply { peers } => {
+            let peers: Vec<u64> = peers.iter().map(|p| u64::from(*p)).collect();
+            fold(&[7, fold(&peers)])
+        }
     }
 }
 
 fn bcast_tag(msg: &Msg) -> u64 {
     match msg {
-        Message::Gossip { id, round, .. } => 1 ^ id << 8 ^ u64::from(*round) << 40,
-        Message::IHave { ids } => 2 ^ ids.iter().fold(0, |h, (id, r)| mix(h ^ id ^ u64::from(*r) << 40)) << 1,
-        Message::Graft { id, round } => 3 ^ id << 8 ^ u64::from(*round) << 40,
+        Message::Gossip { id, round, .. } => fold(&[1, *id, u64::from(*round)]),
+        Message::IHave { ids } => {
+            let ids: Vec<u64> = ids
+                .iter()
+                .map(|(id, r)| fold(&[*id, u64::from(*r)]))
+                .collect();
+            fold(&[2, fold(&ids)])
+        }
+        Message::Graft { id, round } => fold(&[3, id.map_or(u64::MAX, |i| i), u64::from(*round)]),
         Message::Prune => 4,
     }
 }

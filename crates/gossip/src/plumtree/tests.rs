@@ -98,14 +98,23 @@ fn a_duplicate_payload_prunes_the_link_it_came_over() {
 }
 
 #[test]
-fn a_payload_the_application_finds_stale_is_a_duplicate() {
-    let mut n = node(0, &[1]);
+fn a_payload_the_application_already_has_is_forwarded_but_not_delivered_and_not_pruned() {
+    let mut n = node(0, &[1, 2]);
     let mut app = Store::default();
-    app.0.insert(4, "newer");
+    app.0.insert(4, "from anti-entropy");
     n.handle_message(0, 1, gossip(4, 0), &mut app);
     let out = drain(&mut n);
-    assert_eq!(sends(&out), vec![(1, Message::Prune)]);
+    assert_eq!(
+        sends(&out),
+        vec![(2, gossip(4, 1))],
+        "its subtree still needs it"
+    );
     assert!(!out.iter().any(|o| matches!(o, Output::Deliver { .. })));
+    assert_eq!(n.eager_peers(), &[1, 2]);
+    assert_eq!(n.stats().already_known, 1);
+    // A second copy over the broadcast layer is a duplicate.
+    n.handle_message(1, 2, gossip(4, 0), &mut app);
+    assert_eq!(sends(&drain(&mut n)), vec![(2, Message::Prune)]);
 }
 
 #[test]
@@ -132,7 +141,13 @@ fn an_announced_id_that_does_not_arrive_grafts_its_first_announcer_after_the_tim
     n.handle_timer(400, Timer::Tick, &mut app);
     assert_eq!(
         sends(&drain(&mut n)),
-        vec![(1, Message::Graft { id: 5, round: 3 })]
+        vec![(
+            1,
+            Message::Graft {
+                id: Some(5),
+                round: 3
+            }
+        )]
     );
     assert!(n.eager_peers().contains(&1), "a graft makes the link eager");
     // The retry timer then tries the second announcer.
@@ -141,7 +156,13 @@ fn an_announced_id_that_does_not_arrive_grafts_its_first_announcer_after_the_tim
     n.handle_timer(600, Timer::Tick, &mut app);
     assert_eq!(
         sends(&drain(&mut n)),
-        vec![(2, Message::Graft { id: 5, round: 1 })]
+        vec![(
+            2,
+            Message::Graft {
+                id: Some(5),
+                round: 1
+            }
+        )]
     );
     // With no announcer left, the id is given up to anti-entropy.
     n.handle_timer(800, Timer::Tick, &mut app);
@@ -183,7 +204,15 @@ fn a_graft_is_answered_with_the_payload_and_makes_the_link_eager() {
     app.0.insert(5, "five");
     n.handle_message(0, 1, Message::Prune, &mut app);
     assert_eq!(n.lazy_peers(), &[1]);
-    n.handle_message(0, 1, Message::Graft { id: 5, round: 2 }, &mut app);
+    n.handle_message(
+        0,
+        1,
+        Message::Graft {
+            id: Some(5),
+            round: 2,
+        },
+        &mut app,
+    );
     assert_eq!(
         sends(&drain(&mut n)),
         vec![(
@@ -204,7 +233,10 @@ fn a_graft_for_a_payload_the_application_lacks_goes_unanswered() {
     n.handle_message(
         0,
         1,
-        Message::Graft { id: 5, round: 2 },
+        Message::Graft {
+            id: Some(5),
+            round: 2,
+        },
         &mut Store::default(),
     );
     assert!(sends(&drain(&mut n)).is_empty());
