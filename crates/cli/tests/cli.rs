@@ -422,3 +422,57 @@ fn ls_scopes_matches_tombstones_and_hashes() {
         stdout(&ok(chorus(&other, &["hash", "none/x"])))
     );
 }
+
+#[test]
+fn sim_reports_both_protocols_draws_the_plot_and_refuses_bad_shares() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let plot = dir.path().join("sim.svg");
+    let plot_arg = plot.to_str().expect("utf-8 path");
+    let out = ok(chorus(
+        dir.path(),
+        &[
+            "sim",
+            "--json",
+            "--nodes",
+            "60",
+            "--messages",
+            "12",
+            "--plot",
+            plot_arg,
+        ],
+    ));
+    let doc = json(&out);
+    let runs = doc["runs"].as_array().expect("runs");
+    let protocols: Vec<&str> = runs.iter().filter_map(|r| r["protocol"].as_str()).collect();
+    assert_eq!(protocols, ["plumtree", "flood"]);
+    for r in runs {
+        assert_eq!(r["reliability_min"], 1.0);
+        assert_eq!(r["per_message"].as_array().map(Vec::len), Some(12));
+    }
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.contains("plumtree") && svg.contains("flood"));
+
+    for (flag, value) in [("--fail", "1.5"), ("--loss", "1"), ("--nodes", "1")] {
+        let out = chorus(dir.path(), &["sim", flag, value]);
+        assert_eq!(code(&out), 2, "{flag} {value}: {}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{}", stderr(&out));
+    }
+    let out = chorus(dir.path(), &["sim", "--plot", "x.png"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains(".svg"));
+    // Nothing was created for the refused runs: no data directory either.
+    assert!(!dir.path().join("chorus-data").exists());
+}
+
+#[test]
+fn sim_exchange_makes_two_stores_equal() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = ok(chorus(
+        dir.path(),
+        &["sim", "--json", "--exchange-keys", "2000", "--diff", "0.05"],
+    ));
+    let doc = json(&out);
+    assert_eq!(doc["differing_keys"], 100);
+    assert_eq!(doc["equal_after"], true);
+    assert!(doc["bytes_total"].as_u64().unwrap_or(0) > 0);
+}
