@@ -140,9 +140,11 @@ fn full_prefix(prefix: &[u8], sub: &[u8]) -> Option<FullPrefix> {
     .ok()
 }
 
-/// The hash the tree keeps of an object: its canonical encoding hashed.
-fn object_hash(bytes: &[u8]) -> u64 {
-    key_hash(bytes) ^ 0x6f62_6a65_6374_0000
+/// The hash the tree keeps of an object: its canonical encoding hashed,
+/// bound to its key (the tree's contract: keys may share a key hash, so
+/// the object hash must tell them apart).
+fn object_hash(key: &[u8], bytes: &[u8]) -> u64 {
+    key_hash(bytes) ^ key_hash(key).rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn key_name(i: u64) -> Vec<u8> {
@@ -301,7 +303,7 @@ fn side(meta: Metadata) -> Result<Side, Error> {
             fp.subprefix().as_bytes(),
             &key.to_vec(),
             key_hash(key),
-            Some(object_hash(&entry.value)),
+            Some(object_hash(key, &entry.value)),
         );
     }
     Ok(Side {
@@ -402,7 +404,7 @@ fn apply(side: &mut Side, repairs: Vec<Repair<Vec<u8>, Vec<u8>>>) -> Result<usiz
     }
     side.snapshot = side.meta.store().snapshot()?;
     for (fp, key) in touched {
-        let hash = side.snapshot.get(&fp, &key).map(|v| object_hash(&v));
+        let hash = side.snapshot.get(&fp, &key).map(|v| object_hash(&key, &v));
         side.tree.update(
             fp.prefix().as_bytes(),
             fp.subprefix().as_bytes(),
