@@ -103,6 +103,11 @@ fn config(args: &SimArgs) -> Result<Config, Failure> {
             args.nodes
         )));
     }
+    if args.messages == 0 {
+        return Err(Failure::usage(
+            "--messages 0 measures nothing: give at least 1",
+        ));
+    }
     for (name, value) in [("--fail", args.fail), ("--loss", args.loss)] {
         if !(value.is_finite() && (0.0..1.0).contains(&value)) {
             return Err(Failure::usage(format!(

@@ -452,7 +452,12 @@ fn sim_reports_both_protocols_draws_the_plot_and_refuses_bad_shares() {
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.starts_with("<svg") && svg.contains("plumtree") && svg.contains("flood"));
 
-    for (flag, value) in [("--fail", "1.5"), ("--loss", "1"), ("--nodes", "1")] {
+    for (flag, value) in [
+        ("--fail", "1.5"),
+        ("--loss", "1"),
+        ("--nodes", "1"),
+        ("--messages", "0"),
+    ] {
         let out = chorus(dir.path(), &["sim", flag, value]);
         assert_eq!(code(&out), 2, "{flag} {value}: {}", stderr(&out));
         assert!(stderr(&out).contains(flag), "{}", stderr(&out));

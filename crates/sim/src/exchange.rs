@@ -144,7 +144,10 @@ fn full_prefix(prefix: &[u8], sub: &[u8]) -> Option<FullPrefix> {
 /// bound to its key (the tree's contract: keys may share a key hash, so
 /// the object hash must tell them apart).
 fn object_hash(key: &[u8], bytes: &[u8]) -> u64 {
-    key_hash(bytes) ^ key_hash(key).rotate_left(29).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    key_hash(bytes)
+        ^ key_hash(key)
+            .rotate_left(29)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn key_name(i: u64) -> Vec<u8> {
