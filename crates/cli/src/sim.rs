@@ -43,7 +43,7 @@ pub(crate) struct SimArgs {
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Instead of broadcasting: exchange two stores of this many keys each and measure
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["nodes", "messages", "fail", "loss", "protocol", "anti_entropy_ms", "message_gap_ms", "plot", "optimization_threshold"])]
     exchange_keys: Option<u64>,
     /// With --exchange-keys: the share of keys that differ
     #[arg(long, default_value_t = 0.01)]
@@ -97,11 +97,21 @@ pub(crate) fn run(cli: &Cli, args: &SimArgs) -> Result<(), Failure> {
 }
 
 fn config(args: &SimArgs) -> Result<Config, Failure> {
-    if args.nodes < 2 {
+    if !(2..=NODES_MAX).contains(&args.nodes) {
         return Err(Failure::usage(format!(
-            "--nodes {} is too few: a cluster needs at least 2",
+            "--nodes {}: give from 2 to {NODES_MAX} nodes",
             args.nodes
         )));
+    }
+    for (name, value) in [
+        ("--message-gap-ms", Some(args.message_gap_ms)),
+        ("--anti-entropy-ms", args.anti_entropy_ms),
+    ] {
+        if value.is_some_and(|v| v > INTERVAL_MS_MAX) {
+            return Err(Failure::usage(format!(
+                "{name}: give at most {INTERVAL_MS_MAX} ms (an hour of virtual time)"
+            )));
+        }
     }
     if args.messages == 0 {
         return Err(Failure::usage(
@@ -143,168 +153,90 @@ fn config(args: &SimArgs) -> Result<Config, Failure> {
     })
 }
 
+/// Refuses a plot path that is not .svg or cannot be written, before a
+/// long run rather than after it.
 fn check_plot_path(path: &Path) -> Result<(), Failure> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("svg") => Ok(()),
-        _ => Err(Failure::usage(format!(
+    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+        return Err(Failure::usage(format!(
             "--plot {}: only .svg is supported (convert with any SVG tool, e.g. rsvg-convert, for a .png)",
             path.display()
-        ))),
+        )));
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            Failure::io(format!(
+                "--plot {}: cannot write there: {e}",
+                path.display()
+            ))
+        })
+}
+
+/// Most nodes, and the longest interval in virtual ms, `chorus sim` takes:
+/// beyond them a run would not finish in any useful time.
+const NODES_MAX: usize = 1_000_000;
+const INTERVAL_MS_MAX: u64 = 3_600_000;
+
+fn pct(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{:.2}%", v * 100.0)
     }
 }
 
-fn pct(v: f64) -> String {
-    format!("{:.2}%", v * 100.0)
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{v:.decimals$}")
+    }
 }
 
 fn table(config: &Config, reports: &[Report], plot: Option<&Path>) -> String {
-    let mut rows: Vec<(&str, Vec<String>)> = vec![
-        (
-            "live nodes",
-            reports.iter().map(|r| r.live_nodes.to_string()).collect(),
-        ),
-        (
-            "reliability min",
-            reports.iter().map(|r| pct(r.reliability_min)).collect(),
-        ),
-        (
-            "reliability mean",
-            reports.iter().map(|r| pct(r.reliability_mean)).collect(),
-        ),
-        (
-            "reliability min after 10",
-            reports
-                .iter()
-                .map(|r| pct(r.reliability_min_after_10))
-                .collect(),
-        ),
-        (
-            "RMR mean",
-            reports
-                .iter()
-                .map(|r| format!("{:.3}", r.rmr_mean))
-                .collect(),
-        ),
-        (
-            "RMR after 10, mean",
-            reports
-                .iter()
-                .map(|r| format!("{:.3}", r.rmr_after_10_mean))
-                .collect(),
-        ),
-        (
-            "RMR after 10, max",
-            reports
-                .iter()
-                .map(|r| format!("{:.3}", r.rmr_after_10_max))
-                .collect(),
-        ),
-        (
-            "LDH mean",
-            reports
-                .iter()
-                .map(|r| format!("{:.2}", r.ldh_mean))
-                .collect(),
-        ),
-        (
-            "LDH max",
-            reports.iter().map(|r| r.ldh_max.to_string()).collect(),
-        ),
-        (
-            "latency mean (virtual ms)",
-            reports
-                .iter()
-                .map(|r| format!("{:.0}", r.latency_mean_ms))
-                .collect(),
-        ),
-        (
-            "latency max (virtual ms)",
-            reports
-                .iter()
-                .map(|r| r.latency_max_ms.to_string())
-                .collect(),
-        ),
-        (
-            "messages per broadcast",
-            reports
-                .iter()
-                .map(|r| format!("{:.0}", r.messages_per_broadcast))
-                .collect(),
-        ),
-        (
-            "bytes per broadcast",
-            reports
-                .iter()
-                .map(|r| format!("{:.0}", r.bytes_per_broadcast))
-                .collect(),
-        ),
-        (
-            "grafts",
-            reports.iter().map(|r| r.grafts.to_string()).collect(),
-        ),
-        (
-            "prunes",
-            reports.iter().map(|r| r.prunes.to_string()).collect(),
-        ),
-        (
-            "anti-entropy exchanges",
-            reports
-                .iter()
-                .map(|r| r.counters.ae_exchanges.to_string())
-                .collect(),
-        ),
-        (
-            "anti-entropy repairs",
-            reports
-                .iter()
-                .map(|r| r.counters.ae_repairs.to_string())
-                .collect(),
-        ),
-        (
-            "messages lost on links",
-            reports
-                .iter()
-                .map(|r| r.counters.lost.to_string())
-                .collect(),
-        ),
-        (
-            "overlay components",
-            reports
-                .iter()
-                .map(|r| r.overlay_components.to_string())
-                .collect(),
-        ),
-        (
-            "isolated nodes",
-            reports
-                .iter()
-                .map(|r| r.isolated_nodes.to_string())
-                .collect(),
-        ),
-        (
-            "events",
-            reports
-                .iter()
-                .map(|r| r.counters.events.to_string())
-                .collect(),
-        ),
-        (
-            "trace hash",
-            reports.iter().map(|r| r.trace_hash.clone()).collect(),
-        ),
-        (
-            "wall time",
-            reports
-                .iter()
-                .map(|r| format!("{:.1} s", r.wall_ms as f64 / 1000.0))
-                .collect(),
-        ),
+    type Cell = fn(&Report) -> String;
+    let rows: [(&str, Cell); 24] = [
+        ("live nodes", |r| r.live_nodes.to_string()),
+        ("reliability min", |r| pct(r.reliability_min)),
+        ("reliability mean", |r| pct(r.reliability_mean)),
+        ("reliability min after 10", |r| {
+            pct(r.reliability_min_after_10)
+        }),
+        ("RMR mean", |r| num(r.rmr_mean, 3)),
+        ("RMR after 10, mean", |r| num(r.rmr_after_10_mean, 3)),
+        ("RMR after 10, max", |r| num(r.rmr_after_10_max, 3)),
+        ("LDH mean", |r| num(r.ldh_mean, 2)),
+        ("LDH max", |r| r.ldh_max.to_string()),
+        ("latency mean (virtual ms)", |r| num(r.latency_mean_ms, 0)),
+        ("latency max (virtual ms)", |r| r.latency_max_ms.to_string()),
+        ("messages per broadcast", |r| {
+            num(r.messages_per_broadcast, 0)
+        }),
+        ("bytes per broadcast", |r| num(r.bytes_per_broadcast, 0)),
+        ("grafts", |r| r.grafts.to_string()),
+        ("prunes", |r| r.prunes.to_string()),
+        ("anti-entropy exchanges", |r| {
+            r.counters.ae_exchanges.to_string()
+        }),
+        ("anti-entropy repairs", |r| {
+            r.counters.ae_repairs.to_string()
+        }),
+        ("links after stale repairs", |r| {
+            r.counters.overlay_links.to_string()
+        }),
+        ("messages lost on links", |r| r.counters.lost.to_string()),
+        ("overlay components", |r| r.overlay_components.to_string()),
+        ("isolated nodes", |r| r.isolated_nodes.to_string()),
+        ("events", |r| r.counters.events.to_string()),
+        ("trace hash", |r| r.trace_hash.clone()),
+        ("wall time", |r| {
+            format!("{:.1} s", r.wall_ms as f64 / 1000.0)
+        }),
     ];
-    let header: Vec<String> = reports
-        .iter()
-        .map(|r| r.protocol.name().to_string())
-        .collect();
-    rows.insert(0, ("", header));
     let mut out = format!(
         "{} nodes, {} messages, fail {}, loss {}, seed {}, anti-entropy {}\n",
         config.nodes,
@@ -316,10 +248,15 @@ fn table(config: &Config, reports: &[Report], plot: Option<&Path>) -> String {
             .anti_entropy_ms
             .map_or("off".to_string(), |ms| format!("every {ms} ms")),
     );
-    for (name, cells) in rows {
+    out.push_str(&format!("{:<28}", ""));
+    for r in reports {
+        out.push_str(&format!("{:>18}", r.protocol.name()));
+    }
+    out.push('\n');
+    for (name, cell) in rows {
         out.push_str(&format!("{name:<28}"));
-        for cell in cells {
-            out.push_str(&format!("{cell:>18}"));
+        for r in reports {
+            out.push_str(&format!("{:>18}", cell(r)));
         }
         out.push('\n');
     }

@@ -156,8 +156,10 @@ pub struct HyParView<P> {
 }
 
 impl<P: Clone + Eq + Debug> HyParView<P> {
-    /// A node with empty views; it asks for its first shuffle timer.
-    pub fn new(me: P, config: Config, seed: u64) -> Self {
+    /// A node with empty views; it asks for its first shuffle timer. An
+    /// active view size of 0 is raised to 1 (a node must have a link).
+    pub fn new(me: P, mut config: Config, seed: u64) -> Self {
+        config.active_size = config.active_size.max(1);
         let mut node = HyParView {
             me,
             rng: Rng::new(seed),
@@ -209,6 +211,18 @@ impl<P: Clone + Eq + Debug> HyParView<P> {
                 self.promote();
                 self.set_shuffle_timer();
             }
+        }
+    }
+
+    /// Makes `peer` an active peer now and asks it, with high priority (it
+    /// must accept), to do the same; a full active view drops a random
+    /// peer to make room. For the application when it learns by other
+    /// means that the overlay may be split: HyParView alone never merges
+    /// two overlays whose active views are full (Chorus: anti-entropy with
+    /// a member brought data that no broadcast did).
+    pub fn connect(&mut self, peer: P) {
+        if peer != self.me {
+            self.take_in(peer);
         }
     }
 
@@ -452,6 +466,9 @@ impl<P: Clone + Eq + Debug> HyParView<P> {
     /// when full, evicts first the peers just sent away in `sent`, then at
     /// random.
     fn integrate_passive(&mut self, peers: Vec<P>, sent: &[P]) {
+        if self.config.passive_size == 0 {
+            return;
+        }
         for peer in peers {
             if peer == self.me || self.active.contains(&peer) || self.passive.contains(&peer) {
                 continue;
@@ -464,9 +481,7 @@ impl<P: Clone + Eq + Debug> HyParView<P> {
                     .unwrap_or_else(|| self.rng.below(self.passive.len()));
                 self.passive.swap_remove(at);
             }
-            if self.config.passive_size > 0 {
-                self.passive.push(peer);
-            }
+            self.passive.push(peer);
         }
     }
 

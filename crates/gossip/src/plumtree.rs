@@ -47,8 +47,11 @@ pub struct Config {
     /// Most announced ids waiting for their payload; when full, the one
     /// closest to its graft deadline is forgotten.
     pub missing_max: usize,
-    /// Most ids remembered as seen; when full, the oldest is forgotten (the
-    /// application's [`Application::is_stale`] still recognises it).
+    /// Most ids remembered as seen; when full, the oldest is forgotten. A
+    /// copy of a forgotten id that arrives later is forwarded once more
+    /// (but not delivered: the application's [`Application::is_stale`]
+    /// recognises it), and its receivers prune the links it takes; size
+    /// this above the ids a node sees while a message is in flight.
     pub seen_max: usize,
     /// The paper's optimization: when an announcement shows a path at
     /// least this many hops shorter than the one a payload took, the tree
@@ -216,8 +219,13 @@ where
     I: Clone + Eq + Hash + Debug,
     D: Clone,
 {
-    /// A node with no peers yet.
-    pub fn new(me: P, config: Config) -> Self {
+    /// A node with no peers yet. Settings that would break the protocol
+    /// are raised to their least workable value: a tick of at least 1 ms,
+    /// at least one id per `IHave` and one remembered id.
+    pub fn new(me: P, mut config: Config) -> Self {
+        config.tick_ms = config.tick_ms.max(1);
+        config.ihave_batch_max = config.ihave_batch_max.max(1);
+        config.seen_max = config.seen_max.max(1);
         Plumtree {
             me,
             config,
@@ -386,6 +394,11 @@ where
         ids: Vec<(I, u32)>,
         app: &mut impl Application<I, D>,
     ) {
+        if !self.is_neighbor(&from) {
+            // A link closed while this was in flight: grafting the sender
+            // would make a tree link HyParView does not have.
+            return;
+        }
         for (id, round) in ids {
             if let Some((hops, parent)) = self.seen.get(&id) {
                 let (hops, parent) = (*hops, parent.clone());
@@ -406,9 +419,13 @@ where
     }
 
     fn on_graft(&mut self, from: P, id: Option<I>, round: u32, app: &mut impl Application<I, D>) {
-        self.lazy.retain(|p| *p != from);
-        if !self.eager.contains(&from) {
-            self.eager.push(from.clone());
+        // A graft from a peer that is no longer a neighbour is still
+        // answered (it is missing the message), but makes no tree link.
+        if self.is_neighbor(&from) {
+            self.lazy.retain(|p| *p != from);
+            if !self.eager.contains(&from) {
+                self.eager.push(from.clone());
+            }
         }
         let Some(id) = id else { return };
         if let Some(payload) = app.payload(&id) {
@@ -596,6 +613,10 @@ where
         }
     }
 
+    fn is_neighbor(&self, peer: &P) -> bool {
+        self.eager.contains(peer) || self.lazy.contains(peer)
+    }
+
     fn move_to_lazy(&mut self, peer: &P) {
         let was_eager = self.eager.len();
         self.eager.retain(|p| p != peer);
@@ -604,9 +625,10 @@ where
         }
     }
 
-    /// Makes `peer` eager if it is a known (lazy) neighbour; a payload from
-    /// a peer that is no neighbour (a link that closed meanwhile) changes
-    /// nothing.
+    /// Makes `peer` eager if it is a known (lazy) neighbour, as the 2019
+    /// revision of the paper's Algorithm 1 does on a first copy; a payload
+    /// from a peer that is no neighbour (a link that closed meanwhile)
+    /// changes nothing.
     fn neighbor_up_if_linked(&mut self, peer: &P) {
         let before = self.lazy.len();
         self.lazy.retain(|p| p != peer);

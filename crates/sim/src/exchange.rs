@@ -276,23 +276,26 @@ fn make_differences(
     let all: Vec<u64> = (0..keys).collect();
     let mut chosen = Rng::new(seed).sample(&all, count);
     chosen.sort_unstable();
-    let (mut tx_a, mut tx_b) = (a.begin()?, b.begin()?);
     let mut differing = Vec::with_capacity(count);
-    for (n, &i) in chosen.iter().enumerate() {
-        let (fp, key) = (fp_of(i)?, key_name(i));
-        match n % 4 {
-            0 => tx_a.put(&fp, &key, &value(i, 2), None)?,
-            1 => tx_b.put(&fp, &key, &value(i, 3), None)?,
-            2 => {
-                tx_a.put(&fp, &key, &value(i, 4), None)?;
-                tx_b.put(&fp, &key, &value(i, 5), None)?;
+    // In commits of at most BUILD_BATCH keys, under the commit limits.
+    for batch in chosen.chunks(BUILD_BATCH) {
+        let (mut tx_a, mut tx_b) = (a.begin()?, b.begin()?);
+        for &i in batch {
+            let (fp, key) = (fp_of(i)?, key_name(i));
+            match differing.len() % 4 {
+                0 => tx_a.put(&fp, &key, &value(i, 2), None)?,
+                1 => tx_b.put(&fp, &key, &value(i, 3), None)?,
+                2 => {
+                    tx_a.put(&fp, &key, &value(i, 4), None)?;
+                    tx_b.put(&fp, &key, &value(i, 5), None)?;
+                }
+                _ => tx_a.delete(&fp, &key, None)?,
             }
-            _ => tx_a.delete(&fp, &key, None)?,
+            differing.push((fp, key));
         }
-        differing.push((fp, key));
+        tx_a.commit()?;
+        tx_b.commit()?;
     }
-    tx_a.commit()?;
-    tx_b.commit()?;
     Ok(differing)
 }
 

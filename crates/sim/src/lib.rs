@@ -111,6 +111,9 @@ pub struct Counters {
     pub lost: u64,
     /// Crashes.
     pub crashes: u64,
+    /// Links made because anti-entropy brought a message broadcast had not
+    /// (the overlay may have been split).
+    pub overlay_links: u64,
 }
 
 /// What happened to one broadcast.
@@ -130,7 +133,7 @@ pub struct MessageRecord {
     pub payload_messages: u64,
     /// Hops of the last delivery (LDH).
     pub ldh: u32,
-    /// Sum of delivery latencies (ms).
+    /// Sum of delivery latencies, the origin's excluded (ms).
     pub latency_sum: u64,
     /// Slowest delivery (ms).
     pub latency_max: u64,
@@ -141,7 +144,8 @@ pub struct MessageRecord {
 pub struct MessageFigures {
     /// Share of the live nodes that delivered it.
     pub reliability: f64,
-    /// Relative message redundancy: payloads / (deliveries - 1) - 1.
+    /// Relative message redundancy: payloads / (deliveries - 1) - 1; NaN
+    /// (null) when only the origin delivered.
     pub rmr: f64,
     /// Last delivery hop.
     pub ldh: u32,
@@ -149,7 +153,9 @@ pub struct MessageFigures {
     pub latency_max_ms: u64,
 }
 
-/// The figures of a run.
+/// The figures of a run. A figure with nothing to measure (RMR of a
+/// message only its origin delivered, anything "after 10" in a run of ten
+/// messages or fewer) is NaN, `null` in JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// The protocol.
@@ -278,11 +284,11 @@ pub fn report(world: &World, config: &Config) -> Report {
         reliability_min_after_10: min(after.iter().map(|m| m.reliability)),
         rmr_mean: mean(per_message.iter().map(|m| m.rmr)),
         rmr_after_10_mean: mean(after.iter().map(|m| m.rmr)),
-        rmr_after_10_max: after.iter().map(|m| m.rmr).fold(0.0, f64::max),
+        rmr_after_10_max: after.iter().map(|m| m.rmr).fold(f64::NAN, f64::max),
         ldh_mean: mean(per_message.iter().map(|m| f64::from(m.ldh))),
         ldh_max: per_message.iter().map(|m| m.ldh).max().unwrap_or(0),
         latency_mean_ms: world.records.iter().map(|r| r.latency_sum).sum::<u64>() as f64
-            / deliveries.max(1) as f64,
+            / deliveries.saturating_sub(world.records.len() as u64).max(1) as f64,
         latency_max_ms: world
             .records
             .iter()
@@ -306,10 +312,12 @@ pub fn report(world: &World, config: &Config) -> Report {
 }
 
 fn figures(r: &MessageRecord, live_delivered: u32, live: usize) -> MessageFigures {
-    let rmr = if r.tree_delivered > 1 {
-        r.payload_messages as f64 / f64::from(r.tree_delivered - 1) - 1.0
+    // The paper's n: every node that delivered the message. Undefined (NaN,
+    // null in JSON, skipped by the means) when only the origin did.
+    let rmr = if r.delivered > 1 {
+        r.payload_messages as f64 / f64::from(r.delivered - 1) - 1.0
     } else {
-        0.0
+        f64::NAN
     };
     MessageFigures {
         reliability: f64::from(live_delivered) / live.max(1) as f64,
@@ -319,9 +327,12 @@ fn figures(r: &MessageRecord, live_delivered: u32, live: usize) -> MessageFigure
     }
 }
 
+/// The mean of the values that are numbers; NaN if there are none.
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
-    let (sum, n) = values.fold((0.0, 0u64), |(s, n), v| (s + v, n + 1));
-    if n == 0 { 0.0 } else { sum / n as f64 }
+    let (sum, n) = values
+        .filter(|v| !v.is_nan())
+        .fold((0.0, 0u64), |(s, n), v| (s + v, n + 1));
+    if n == 0 { f64::NAN } else { sum / n as f64 }
 }
 
 fn min(values: impl Iterator<Item = f64>) -> f64 {

@@ -21,6 +21,10 @@ const AE_SUB: &[u8] = b"messages";
 const AE_SESSIONS_MAX: usize = 8;
 /// How often a node with no active peer tries to join again, in ms.
 const REJOIN_MS: u64 = 5_000;
+/// A message that anti-entropy brings this long after it was broadcast
+/// means broadcast did not reach this node: its overlay may be split from
+/// the peer's, so the node links to that peer (ms).
+const STALE_REPAIR_MS: u64 = 2_000;
 /// Framing added to every message on the wire (a length prefix).
 const FRAME_BYTES: u64 = 4;
 
@@ -76,6 +80,9 @@ enum Event {
         node: u32,
         inc: u32,
         peer: u32,
+        /// The peer's incarnation the failure is about: a notice about a
+        /// connection to a peer that has since restarted is stale.
+        peer_inc: u32,
     },
     HpvTimer {
         node: u32,
@@ -138,6 +145,8 @@ struct Node {
     sessions: VecDeque<Session>,
     /// Counters of earlier incarnations' layers.
     past: chorus_gossip::plumtree::Stats,
+    /// When this node last linked to a peer because of a stale repair.
+    last_connect: Option<u64>,
 }
 
 struct Objects<'a>(&'a [bool]);
@@ -254,6 +263,11 @@ impl World {
         counts
     }
 
+    /// What happened to message `id` so far.
+    pub fn message(&self, id: u64) -> Option<&MessageRecord> {
+        self.records.get(usize::try_from(id).ok()?)
+    }
+
     /// Messages broadcast so far.
     pub fn message_count(&self) -> u64 {
         self.records.len() as u64
@@ -326,6 +340,7 @@ impl World {
             tree,
             sessions: VecDeque::new(),
             past: chorus_gossip::plumtree::Stats::default(),
+            last_connect: None,
         }
     }
 
@@ -353,11 +368,17 @@ impl World {
                 to_inc,
                 wire,
             } => self.arrive(from, from_inc, to, to_inc, wire),
-            Event::LinkFailed { node, inc, peer } => {
-                if self.current(node, inc) {
+            Event::LinkFailed {
+                node,
+                inc,
+                peer,
+                peer_inc,
+            } => {
+                if self.current(node, inc) && self.nodes[peer as usize].inc == peer_inc {
                     self.record_trace(2, u64::from(node), u64::from(peer), 0);
                     let n = &mut self.nodes[node as usize];
                     n.hpv.peer_failed(&peer);
+                    n.layer.neighbor_down(peer);
                     n.sessions.retain(|s| s.peer != peer);
                     self.pump(node);
                 }
@@ -406,18 +427,28 @@ impl World {
 
     fn act(&mut self, action: Action) {
         match action {
-            Action::Join { node, contact } => self.join(node, contact),
+            Action::Join { node, contact } => {
+                let contact = contact.filter(|&c| (c as usize) < self.nodes.len());
+                match self.nodes.get(node as usize) {
+                    // A node that ran before starts again, with its store.
+                    Some(n) if n.joined && !n.alive => self.restart(node, contact),
+                    Some(n) if !n.alive => self.join(node, contact),
+                    _ => {}
+                }
+            }
             Action::Crash(node) => self.crash(node),
             Action::CrashFraction(share) => {
                 let live: Vec<u32> = (0..self.nodes.len() as u32)
                     .filter(|&i| self.nodes[i as usize].alive)
                     .collect();
+                // At least one node survives, whatever the rounding.
                 let k = ((live.len() as f64) * share.clamp(0.0, 1.0)).round() as usize;
+                let k = k.min(live.len().saturating_sub(1));
                 for node in self.rng.sample(&live, k) {
                     self.crash(node);
                 }
             }
-            Action::Restart(node) => self.restart(node),
+            Action::Restart(node) => self.restart(node, None),
             Action::Partition(groups) => self.partition(groups),
             Action::Heal => {
                 self.record_trace(9, 0, 0, 0);
@@ -486,14 +517,20 @@ impl World {
         n.alive = false;
         self.counters.crashes += 1;
         self.record_trace(5, u64::from(node), 0, 0);
-        // Open links break: each peer's transport notices.
-        let peers = self.nodes[node as usize].hpv.active_view().to_vec();
+        // Open links break: each peer's transport notices, including peers
+        // that list this node while it does not list them.
+        let peers: Vec<u32> = (0..self.nodes.len() as u32)
+            .filter(|&p| {
+                let n = &self.nodes[p as usize];
+                n.alive && n.hpv.active_view().contains(&node)
+            })
+            .collect();
         for peer in peers {
             self.notify_failure(peer, node);
         }
     }
 
-    fn restart(&mut self, node: u32) {
+    fn restart(&mut self, node: u32, contact: Option<u32>) {
         let Some(old) = self.nodes.get_mut(node as usize) else {
             return;
         };
@@ -505,11 +542,12 @@ impl World {
         let mut past = old.past.clone();
         add_stats(&mut past, &old.layer.stats());
         let inc = old.inc + 1;
+        let joined = old.joined;
         let mut fresh = self.fresh_node(node, inc, delivered, tree);
-        fresh.joined = true;
+        fresh.joined = joined;
         fresh.past = past;
         self.nodes[node as usize] = fresh;
-        self.join(node, None);
+        self.join(node, contact);
     }
 
     fn partition(&mut self, groups: Vec<u32>) {
@@ -543,7 +581,16 @@ impl World {
         }
         let inc = n.inc;
         let at = self.now + 2 * self.latency(node, peer);
-        self.schedule(at, Event::LinkFailed { node, inc, peer });
+        let peer_inc = self.nodes[peer as usize].inc;
+        self.schedule(
+            at,
+            Event::LinkFailed {
+                node,
+                inc,
+                peer,
+                peer_inc,
+            },
+        );
     }
 
     fn broadcast(&mut self, from: Option<u32>) {
@@ -590,9 +637,11 @@ impl World {
             return;
         };
         record.delivered += 1;
-        let latency = now - record.sent_at;
-        record.latency_sum += latency;
-        record.latency_max = record.latency_max.max(latency);
+        if node != record.origin {
+            let latency = now.saturating_sub(record.sent_at);
+            record.latency_sum += latency;
+            record.latency_max = record.latency_max.max(latency);
+        }
         if by_repair {
             record.repairs += 1;
         } else {
@@ -602,15 +651,22 @@ impl World {
     }
 
     fn arrive(&mut self, from: u32, from_inc: u32, to: u32, to_inc: u32, wire: Wire) {
+        if self.nodes[from as usize].inc != from_inc {
+            // Sent by an incarnation that has since restarted: its
+            // connection is gone.
+            return;
+        }
         if !self.reachable(from, to) || self.nodes[to as usize].inc != to_inc {
             // The link broke while the message was in flight.
             let at = self.now + self.latency(from, to);
+            let peer_inc = to_inc;
             self.schedule(
                 at,
                 Event::LinkFailed {
                     node: from,
                     inc: from_inc,
                     peer: to,
+                    peer_inc,
                 },
             );
             return;
@@ -685,12 +741,14 @@ impl World {
         let latency = self.latency(from, to);
         let from_inc = self.nodes[from as usize].inc;
         if !self.reachable(from, to) {
+            let peer_inc = self.nodes[to as usize].inc;
             self.schedule(
                 self.now + 2 * latency,
                 Event::LinkFailed {
                     node: from,
                     inc: from_inc,
                     peer: to,
+                    peer_inc,
                 },
             );
             return;
@@ -810,6 +868,24 @@ impl World {
         );
     }
 
+    /// Links `node` to `peer` in the overlay (at most once per
+    /// `REJOIN_MS`): HyParView never merges two overlays whose active views
+    /// are full, as after a partition heals, and a stale repair is the
+    /// evidence that this may have happened.
+    fn link_after_stale_repair(&mut self, node: u32, peer: u32) {
+        let now = self.now;
+        let n = &mut self.nodes[node as usize];
+        if n.hpv.active_view().contains(&peer)
+            || n.last_connect.is_some_and(|t| now < t + REJOIN_MS)
+        {
+            return;
+        }
+        n.last_connect = Some(now);
+        n.hpv.connect(peer);
+        self.counters.overlay_links += 1;
+        self.record_trace(14, u64::from(node), u64::from(peer), 0);
+    }
+
     /// Anti-entropy picks any member, not only overlay neighbours, so data
     /// converges even where the overlay split (as Riak prefers peers
     /// outside the broadcast tree).
@@ -873,11 +949,20 @@ impl World {
         if done {
             sessions.remove(pos);
         }
+        let mut stale = false;
         for id in repaired {
             if !self.has_delivered(node, id) {
                 self.counters.ae_repairs += 1;
                 self.deliver(node, id, 0, true);
+                let sent_at = self
+                    .records
+                    .get(id as usize)
+                    .map_or(self.now, |r| r.sent_at);
+                stale |= self.now.saturating_sub(sent_at) > STALE_REPAIR_MS;
             }
+        }
+        if stale {
+            self.link_after_stale_repair(node, peer);
         }
         if let Some(msg) = reply {
             self.send(

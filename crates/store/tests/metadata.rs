@@ -527,15 +527,35 @@ fn merging_a_peers_objects_keeps_concurrent_values_as_siblings_and_ignores_older
     );
     // Merging the same objects again, or an older one, changes nothing.
     assert_eq!(a.merge(peer, from_b).expect("merge"), 0);
-    // A key listed twice gets both objects.
-    let from_a = objects(&a, &["k"]);
+    // A key listed twice, with two objects concurrent with each other and
+    // both new here, gets both: the second merges into the first, not into
+    // what the store held.
+    let c_dir = tempfile::tempdir().expect("tmp");
+    let c = meta(c_dir.path());
+    put(&c, "k", "from c");
+    let mut twice = objects(&c, &["k"]);
     put(&b, "k", "b again");
-    let mut twice = objects(&b, &["k"]);
-    twice.extend(from_a);
-    assert_eq!(b.merge(peer, twice).expect("merge"), 1);
-    let read = b
+    twice.extend(objects(&b, &["k"]));
+    assert_eq!(a.merge(peer, twice).expect("merge"), 1);
+    let read = a
         .get(&fp(), b"k", &GetOptions::default())
         .expect("get")
         .expect("present");
-    assert_eq!(texts(&read), ["b again", "from a"]);
+    assert_eq!(texts(&read), ["b again", "from a", "from c"]);
+    // Replication carries reserved prefixes too.
+    let reserved = FullPrefix::parse("$cluster/members").expect("valid");
+    b.put_reserved(
+        &reserved,
+        b"n1",
+        PutValue::Bytes(b"up".to_vec()),
+        &PutOptions::default(),
+    )
+    .expect("put");
+    let member = b.object(&reserved, b"n1").expect("read").expect("present");
+    assert_eq!(
+        a.merge(peer, vec![(reserved.clone(), b"n1".to_vec(), member)])
+            .expect("merge"),
+        1
+    );
+    assert!(a.object(&reserved, b"n1").expect("read").is_some());
 }

@@ -505,3 +505,56 @@ fn a_restarted_node_that_joins_again_is_answered_though_already_active() {
     );
     assert_eq!(n.active_view().iter().filter(|p| **p == 1).count(), 1);
 }
+
+#[test]
+fn connect_joins_two_overlays_whose_active_views_are_full() {
+    // Two separate overlays of 6: no join or shuffle would ever link them.
+    let config = small();
+    let mut net = Net::new(12, &config);
+    for id in 1..6 {
+        if let Some(n) = net.nodes.get_mut(&id) {
+            n.join(0);
+        }
+        net.drain(id);
+        net.run();
+    }
+    for id in 7..12 {
+        if let Some(n) = net.nodes.get_mut(&id) {
+            n.join(6);
+        }
+        net.drain(id);
+        net.run();
+    }
+    let linked = |net: &Net| {
+        (0..6).any(|a| {
+            net.nodes[&a]
+                .active_view()
+                .iter()
+                .any(|p| (6..12).contains(p))
+        })
+    };
+    assert!(!linked(&net));
+    if let Some(n) = net.nodes.get_mut(&2) {
+        n.connect(9);
+    }
+    net.drain(2);
+    net.run();
+    assert!(linked(&net));
+    net.assert_healthy(&config);
+}
+
+#[test]
+fn views_of_size_zero_do_not_panic() {
+    let config = Config {
+        active_size: 0,
+        passive_size: 0,
+        ..Config::default()
+    };
+    let mut net = Net::new(5, &config);
+    net.join_all(0);
+    net.shuffle_all();
+    for n in net.nodes.values() {
+        assert!(n.active_view().len() <= 1);
+        assert!(n.passive_view().is_empty());
+    }
+}

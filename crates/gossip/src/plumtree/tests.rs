@@ -260,6 +260,61 @@ fn a_neighbor_that_goes_down_is_no_longer_pushed_to_announced_to_or_grafted() {
 }
 
 #[test]
+fn announcements_and_grafts_from_a_peer_that_is_no_longer_a_neighbor_make_no_tree_link() {
+    let mut n = node(0, &[1, 2]);
+    let mut app = Store::default();
+    app.0.insert(5, "five");
+    n.neighbor_down(&2);
+    n.handle_message(0, 2, Message::IHave { ids: vec![(9, 0)] }, &mut app);
+    assert_eq!(
+        n.occupancy().1,
+        0,
+        "not waited for: it would graft a closed link"
+    );
+    n.handle_message(
+        0,
+        2,
+        Message::Graft {
+            id: Some(5),
+            round: 1,
+        },
+        &mut app,
+    );
+    assert_eq!(
+        sends(&drain(&mut n)),
+        vec![(
+            2,
+            Message::Gossip {
+                id: 5,
+                round: 1,
+                payload: "five"
+            }
+        )],
+        "still answered"
+    );
+    assert_eq!(n.eager_peers(), &[1]);
+    assert!(n.lazy_peers().is_empty());
+}
+
+#[test]
+fn settings_that_would_break_the_protocol_are_raised_to_their_least_workable_value() {
+    let config = Config {
+        tick_ms: 0,
+        seen_max: 0,
+        ihave_batch_max: 0,
+        ..Config::default()
+    };
+    let mut n = Node::new(0, config);
+    n.neighbor_up(1);
+    n.broadcast(0, 1, "p");
+    let out = drain(&mut n);
+    assert_eq!(sends(&out), vec![(1, gossip(1, 0))]);
+    // A copy coming back is a duplicate, not a new message going round.
+    n.handle_message(1, 1, gossip(1, 3), &mut Store::default());
+    assert_eq!(sends(&drain(&mut n)), vec![(1, Message::Prune)]);
+}
+
+#[test]
 fn a_neighbor_that_comes_up_starts_eager() {
     let mut n = node(0, &[1]);
     n.handle_message(0, 1, Message::Prune, &mut Store::default());
@@ -377,6 +432,10 @@ impl Net {
                     self.queue.push_back((self.now + 1, i, to, message));
                 }
                 Output::SetTimer { after_ms, .. } => {
+                    assert!(
+                        !self.timers.keys().any(|&(_, n)| n == i),
+                        "node {i} armed its tick twice"
+                    );
                     self.timers.insert((self.now + after_ms, i), ());
                 }
                 Output::Deliver { id, payload, .. } => {
