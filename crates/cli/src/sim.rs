@@ -268,88 +268,98 @@ fn table(config: &Config, reports: &[Report], plot: Option<&Path>) -> String {
 
 fn plot(path: &Path, reports: &[Report]) -> Result<(), Failure> {
     use plotters::prelude::*;
-    let fail =
-        |e: &dyn std::fmt::Display| Failure::io(format!("cannot draw {}: {e}", path.display()));
     let root = SVGBackend::new(path, (1000, 700)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    root.fill(&WHITE).map_err(|e| plot_failure(path, &e))?;
     let (top, bottom) = root.split_vertically(350);
-    let n = reports
-        .iter()
-        .map(|r| r.per_message.len())
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let colours = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
     let min_rel = reports
         .iter()
         .flat_map(|r| r.per_message.iter().map(|m| m.reliability))
         .fold(1.0, f64::min)
         .min(0.99);
-    let mut chart = ChartBuilder::on(&top)
-        .caption("Reliability per message", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0..n, (min_rel - 0.01)..1.005)
-        .map_err(|e| fail(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("message")
-        .y_desc("share of live nodes")
-        .draw()
-        .map_err(|e| fail(&e))?;
-    for (r, colour) in reports.iter().zip(colours) {
-        chart
-            .draw_series(LineSeries::new(
-                r.per_message
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| (i, m.reliability)),
-                colour.stroke_width(2),
-            ))
-            .map_err(|e| fail(&e))?
-            .label(r.protocol.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| fail(&e))?;
     let max_rmr = reports
         .iter()
         .flat_map(|r| r.per_message.iter().map(|m| m.rmr))
         .fold(0.1, f64::max);
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("RMR per message (0 = a perfect tree)", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0..n, 0.0..max_rmr * 1.05)
-        .map_err(|e| fail(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("message")
-        .y_desc("RMR")
-        .draw()
-        .map_err(|e| fail(&e))?;
-    for (r, colour) in reports.iter().zip(colours) {
-        chart
-            .draw_series(LineSeries::new(
-                r.per_message.iter().enumerate().map(|(i, m)| (i, m.rmr)),
-                colour.stroke_width(2),
-            ))
-            .map_err(|e| fail(&e))?
-            .label(r.protocol.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| fail(&e))?;
-    root.present().map_err(|e| fail(&e))?;
+    let reliability = Panel {
+        caption: "Reliability per message",
+        y_desc: "share of live nodes",
+        y_range: (min_rel - 0.01)..1.005,
+        value: |m| m.reliability,
+    };
+    let rmr = Panel {
+        caption: "RMR per message (0 = a perfect tree)",
+        y_desc: "RMR",
+        y_range: 0.0..max_rmr * 1.05,
+        value: |m| m.rmr,
+    };
+    reliability
+        .draw(&top, reports)
+        .map_err(|e| plot_failure(path, &e))?;
+    rmr.draw(&bottom, reports)
+        .map_err(|e| plot_failure(path, &e))?;
+    root.present().map_err(|e| plot_failure(path, &e))?;
     Ok(())
+}
+
+fn plot_failure(path: &Path, e: &dyn std::fmt::Display) -> Failure {
+    Failure::io(format!("cannot draw {}: {e}", path.display()))
+}
+
+/// One chart of the plot: a figure per message, a line per protocol.
+struct Panel {
+    caption: &'static str,
+    y_desc: &'static str,
+    y_range: std::ops::Range<f64>,
+    value: fn(&chorus_sim::MessageFigures) -> f64,
+}
+
+impl Panel {
+    fn draw<DB: plotters::prelude::DrawingBackend>(
+        &self,
+        area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+        reports: &[Report],
+    ) -> Result<(), String> {
+        use plotters::prelude::*;
+        let n = reports
+            .iter()
+            .map(|r| r.per_message.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let colours = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+        let mut chart = ChartBuilder::on(area)
+            .caption(self.caption, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0..n, self.y_range.clone())
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("message")
+            .y_desc(self.y_desc)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (r, colour) in reports.iter().zip(colours) {
+            // Undefined figures (NaN) are left out of the line.
+            let points = r
+                .per_message
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (i, (self.value)(m)))
+                .filter(|(_, v)| !v.is_nan());
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(r.protocol.name())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())
+    }
 }
 
 fn exchange(cli: &Cli, keys: u64, diff: f64, seed: u64) -> Result<(), Failure> {

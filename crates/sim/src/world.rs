@@ -574,14 +574,26 @@ impl World {
         }
     }
 
+    /// `node`'s transport notices, after a round trip, that its link to
+    /// `peer` broke.
     fn notify_failure(&mut self, node: u32, peer: u32) {
         let n = &self.nodes[node as usize];
         if !n.alive {
             return;
         }
-        let inc = n.inc;
         let at = self.now + 2 * self.latency(node, peer);
-        let peer_inc = self.nodes[peer as usize].inc;
+        let (inc, peer_inc) = (n.inc, self.nodes[peer as usize].inc);
+        self.schedule_link_failed(at, (node, inc), (peer, peer_inc));
+    }
+
+    /// Schedules a link failure notice for (node, incarnation) about
+    /// (peer, incarnation).
+    fn schedule_link_failed(
+        &mut self,
+        at: u64,
+        (node, inc): (u32, u32),
+        (peer, peer_inc): (u32, u32),
+    ) {
         self.schedule(
             at,
             Event::LinkFailed {
@@ -659,16 +671,7 @@ impl World {
         if !self.reachable(from, to) || self.nodes[to as usize].inc != to_inc {
             // The link broke while the message was in flight.
             let at = self.now + self.latency(from, to);
-            let peer_inc = to_inc;
-            self.schedule(
-                at,
-                Event::LinkFailed {
-                    node: from,
-                    inc: from_inc,
-                    peer: to,
-                    peer_inc,
-                },
-            );
+            self.schedule_link_failed(at, (from, from_inc), (to, to_inc));
             return;
         }
         match wire {
@@ -741,16 +744,7 @@ impl World {
         let latency = self.latency(from, to);
         let from_inc = self.nodes[from as usize].inc;
         if !self.reachable(from, to) {
-            let peer_inc = self.nodes[to as usize].inc;
-            self.schedule(
-                self.now + 2 * latency,
-                Event::LinkFailed {
-                    node: from,
-                    inc: from_inc,
-                    peer: to,
-                    peer_inc,
-                },
-            );
+            self.notify_failure(from, to);
             return;
         }
         let to_inc = self.nodes[to as usize].inc;

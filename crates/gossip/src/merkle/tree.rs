@@ -48,6 +48,16 @@ pub(super) struct FullPrefix<K> {
     depth: u8,
 }
 
+/// Adjusts a named node's sum for one child whose summary went from `old`
+/// to `new`.
+fn replace_child(parent: &mut Summary, name_hash: u64, old: Summary, new: Summary) {
+    parent.hash = parent
+        .hash
+        .wrapping_add(child_value(name_hash, new))
+        .wrapping_sub(child_value(name_hash, old));
+    parent.count = parent.count.wrapping_add(new.count).wrapping_sub(old.count);
+}
+
 /// Where level `level` starts in a full prefix's dense array.
 fn level_offset(level: u8) -> usize {
     ((1usize << (2 * u32::from(level))) - 1) / 3
@@ -104,32 +114,12 @@ impl<K: Clone + Ord> MerkleTree<K> {
             return;
         };
         let old_prefix = node.summary;
-        let sub_hash = name_hash(sub);
-        node.summary.hash = node
-            .summary
-            .hash
-            .wrapping_add(child_value(sub_hash, new_fp))
-            .wrapping_sub(child_value(sub_hash, old_fp));
-        node.summary.count = node
-            .summary
-            .count
-            .wrapping_add(new_fp.count)
-            .wrapping_sub(old_fp.count);
+        replace_child(&mut node.summary, name_hash(sub), old_fp, new_fp);
         let new_prefix = node.summary;
         if new_prefix.count == 0 {
             self.prefixes.remove(prefix);
         }
-        let prefix_hash = name_hash(prefix);
-        self.root.hash = self
-            .root
-            .hash
-            .wrapping_add(child_value(prefix_hash, new_prefix))
-            .wrapping_sub(child_value(prefix_hash, old_prefix));
-        self.root.count = self
-            .root
-            .count
-            .wrapping_add(new_prefix.count)
-            .wrapping_sub(old_prefix.count);
+        replace_child(&mut self.root, name_hash(prefix), old_prefix, new_prefix);
     }
 
     /// The whole tree's summary: the hash of all the contents and the
