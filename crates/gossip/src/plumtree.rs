@@ -625,10 +625,11 @@ where
         }
     }
 
-    /// Makes `peer` eager if it is a known (lazy) neighbour, as the 2019
-    /// revision of the paper's Algorithm 1 does on a first copy; a payload
-    /// from a peer that is no neighbour (a link that closed meanwhile)
-    /// changes nothing.
+    /// Makes `peer` eager if it is a known (lazy) neighbour: a peer that
+    /// pushes a first copy to us eagerly has us as an eager peer (it
+    /// grafted us, or a prune crossed its payload), and a tree link is
+    /// eager at both ends. A payload from a peer that is no neighbour (a
+    /// link that closed meanwhile) changes nothing.
     fn neighbor_up_if_linked(&mut self, peer: &P) {
         let before = self.lazy.len();
         self.lazy.retain(|p| p != peer);
