@@ -369,6 +369,21 @@ impl Store {
         })
     }
 
+    /// The latest state and the log file it was read from, of the same
+    /// generation (for the change feed).
+    pub(crate) fn feed_view(
+        &self,
+    ) -> Result<(Arc<State>, Arc<dyn crate::backend::LogFile>, PathBuf)> {
+        for _ in 0..RELOAD_TRIES {
+            let state = self.inner.fresh()?;
+            let tail = lock(&self.inner.tail);
+            if tail.generation == state.generation {
+                return Ok((state, tail.file.clone(), tail.path.clone()));
+            }
+        }
+        Err(generation_churn(&lock(&self.inner.tail).path))
+    }
+
     /// Starts an optimistic transaction over a snapshot taken now.
     pub fn begin(&self) -> Result<Transaction> {
         Ok(Transaction {
