@@ -62,7 +62,8 @@ fn the_feed_returns_every_commit_in_order_with_its_keys_and_origin() {
     let (changes, end) = drain(&store, start, 100);
     let seqs: Vec<u64> = changes.iter().map(|c| c.seq).collect();
     assert_eq!(seqs, [2, 3, 4], "only what came after the cursor");
-    let keys: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>> = changes
+    type Written = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+    let keys: Vec<Written> = changes
         .iter()
         .map(|c| {
             c.keys
