@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 mod demo;
 mod kv;
+mod serve;
 mod sim;
 
 /// A replicated metadata store. This build has the embedded engine: any
@@ -85,6 +86,8 @@ enum Command {
     Status,
     /// Show the engine at work: processes writing one directory at once
     Demo(demo::DemoArgs),
+    /// Run this directory as a node of a cluster: replicate with peers
+    Serve(serve::ServeArgs),
     /// Simulate the gossip protocols on thousands of nodes (Plumtree beside flooding)
     Sim(sim::SimArgs),
     #[command(hide = true, name = "demo-worker")]
@@ -191,6 +194,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Status => status(cli),
         Command::Demo(args) => demo::run(cli, args),
         Command::Sim(args) => sim::run(cli, args),
+        Command::Serve(args) => serve::run(cli, args),
         Command::DemoWorker { tag, count } => demo::worker(cli, tag, *count),
     }
 }

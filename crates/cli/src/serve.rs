@@ -1,0 +1,65 @@
+//! `chorus serve`: this directory as a node of a cluster.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+
+use crate::{Cli, Failure};
+
+#[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Where to listen for peers
+    #[arg(long, default_value = "127.0.0.1:7900")]
+    gossip: SocketAddr,
+    /// A peer to join through (HOST:PORT); repeat for several
+    #[arg(long)]
+    join: Vec<String>,
+    /// Talk to peers in plaintext (loopback addresses only; required until TLS is built)
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds between anti-entropy exchanges with a random peer
+    #[arg(long, default_value_t = 10.0)]
+    exchange_interval: f64,
+}
+
+pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
+    if !args.insecure {
+        return Err(Failure::usage(
+            "peers talk TLS only, and TLS is not built yet: pass --insecure to use plaintext on a loopback address",
+        ));
+    }
+    if !args.gossip.ip().is_loopback() {
+        return Err(Failure::usage(format!(
+            "--insecure with --gossip {}: plaintext is only allowed on a loopback address",
+            args.gossip
+        )));
+    }
+    if !(args.exchange_interval.is_finite() && args.exchange_interval > 0.0) {
+        return Err(Failure::usage(format!(
+            "--exchange-interval {} is not a number of seconds > 0",
+            args.exchange_interval
+        )));
+    }
+    let mut config = chorus_node::Config::new(cli.dir.clone(), args.gossip);
+    config.join = args.join.clone();
+    config.exchange_interval = std::time::Duration::from_secs_f64(args.exchange_interval);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::io(format!("cannot start the runtime: {e}")))?;
+    eprintln!(
+        "chorus: serving {} to peers on {} (plaintext); Ctrl-C stops",
+        cli.dir.display(),
+        args.gossip
+    );
+    runtime
+        .block_on(chorus_node::run(config, async {
+            let _ = tokio::signal::ctrl_c().await;
+        }))
+        .map_err(|e| match e {
+            chorus_node::Error::Store(e) => Failure::from(e),
+            chorus_node::Error::Config(m) => Failure::usage(m),
+            chorus_node::Error::Io(m) => Failure::io(m),
+        })
+}

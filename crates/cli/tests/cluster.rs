@@ -1,0 +1,147 @@
+//! `chorus serve` nodes as real processes on loopback: writes made by
+//! embedded processes on one node's directory reach the others.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
+
+/// A running node, killed when dropped.
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn serve(dir: &Path, port: u16, join: Option<u16>) -> Node {
+    let mut cmd = Command::new(CHORUS);
+    cmd.arg("--dir")
+        .arg(dir)
+        .args(["serve", "--insecure", "--exchange-interval", "1"])
+        .arg("--gossip")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(j) = join {
+        cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
+    }
+    Node(cmd.spawn().expect("start chorus serve"))
+}
+
+fn chorus(dir: &Path, args: &[&str]) -> Output {
+    Command::new(CHORUS)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run chorus")
+}
+
+/// Waits until `dir` holds `value` under test/keys `key`.
+fn wait_for(dir: &Path, key: &str, value: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let out = chorus(dir, &["get", "test/keys", key]);
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == value {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{key}={value} never reached {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_write_by_an_embedded_process_on_one_node_reaches_the_others() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    for d in &dirs {
+        assert!(chorus(d.path(), &["init"]).status.success());
+    }
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let _nodes: Vec<Node> = vec![
+        serve(dirs[0].path(), ports[0], None),
+        serve(dirs[1].path(), ports[1], Some(ports[0])),
+        serve(dirs[2].path(), ports[2], Some(ports[0])),
+    ];
+    // No HTTP, no daemon call: a plain process writes node 1's directory.
+    assert!(
+        chorus(dirs[0].path(), &["put", "test/keys", "from-1", "one"])
+            .status
+            .success()
+    );
+    for d in &dirs[1..] {
+        wait_for(d.path(), "from-1", "one");
+    }
+    assert!(
+        chorus(dirs[2].path(), &["put", "test/keys", "from-3", "three"])
+            .status
+            .success()
+    );
+    for d in &dirs[..2] {
+        wait_for(d.path(), "from-3", "three");
+    }
+    // Written while node 2 had it already: every node ends with the same data.
+    for d in &dirs {
+        let out = chorus(d.path(), &["hash", "test/keys"]);
+        assert!(out.status.success());
+    }
+    let hashes: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            String::from_utf8_lossy(&chorus(d.path(), &["hash", "test/keys"]).stdout).into_owned()
+        })
+        .collect();
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+}
+
+#[test]
+fn a_node_that_was_down_catches_up_by_anti_entropy() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    for d in &dirs {
+        assert!(chorus(d.path(), &["init"]).status.success());
+    }
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    // Node 1 has data before node 2 ever runs: broadcast cannot bring it.
+    for i in 0..50 {
+        let key = format!("old-{i}");
+        assert!(
+            chorus(dirs[0].path(), &["put", "test/keys", &key, "v"])
+                .status
+                .success()
+        );
+    }
+    let _a = serve(dirs[0].path(), ports[0], None);
+    let _b = serve(dirs[1].path(), ports[1], Some(ports[0]));
+    for i in 0..50 {
+        wait_for(dirs[1].path(), &format!("old-{i}"), "v");
+    }
+}
+
+#[test]
+fn serve_refuses_plaintext_without_insecure_and_beyond_loopback() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = chorus(dir.path(), &["serve", "--gossip", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure"));
+    let out = chorus(
+        dir.path(),
+        &["serve", "--insecure", "--gossip", "0.0.0.0:7900"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}

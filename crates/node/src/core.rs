@@ -1,0 +1,595 @@
+//! The core task: the gossip state machines, driven by connection events,
+//! timers and the change feed.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use chorus_core::object::{Object, context_from_string, context_to_string};
+use chorus_core::{FullPrefix, key_hash};
+use chorus_gossip::Rng;
+use chorus_gossip::hyparview::{self, HyParView};
+use chorus_gossip::merkle::{Exchange, ExchangeConfig, MerkleTree, ObjectSource};
+use chorus_gossip::plumtree::{self, Application, Plumtree};
+use chorus_store::{Cursor, Feed, Metadata, Options, Origin, Snapshot, Store};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::net::{self, ConnIds, Event, PEER_QUEUE};
+use crate::wire::{BroadcastId, Frame, Hello, Peer};
+use crate::{Config, Error};
+
+/// Events waiting for the core; connection tasks wait when it is full.
+const EVENT_QUEUE: usize = 4096;
+/// Commits read from the feed per poll.
+const FEED_BATCH: usize = 1024;
+/// Open anti-entropy sessions; the oldest is dropped beyond.
+const SESSIONS_MAX: usize = 8;
+/// How often a node with no active peer joins again.
+const REJOIN: Duration = Duration::from_secs(5);
+
+/// Counters, for tests and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Local commits broadcast.
+    pub broadcasts: u64,
+    /// Objects received by broadcast and merged.
+    pub received: u64,
+    /// Objects received by anti-entropy and merged.
+    pub repaired: u64,
+    /// Exchanges started.
+    pub exchanges: u64,
+    /// Frames dropped because a peer's queue was full.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    Shuffle,
+    Tick,
+    Rejoin,
+    Exchange,
+}
+
+struct Link {
+    conn: u64,
+    tx: mpsc::Sender<Frame>,
+    outbound: bool,
+    node_id: Option<[u8; 16]>,
+}
+
+struct Session {
+    peer: Peer,
+    id: u64,
+    initiator: bool,
+    exchange: Exchange<Vec<u8>, Vec<u8>>,
+}
+
+pub(crate) struct Core {
+    config: Config,
+    me: Peer,
+    node_id: [u8; 16],
+    meta: Metadata,
+    hpv: HyParView<Peer>,
+    plum: Plumtree<Peer, BroadcastId, Vec<u8>>,
+    tree: MerkleTree<Vec<u8>>,
+    cursor: Cursor,
+    sessions: VecDeque<Session>,
+    links: HashMap<Peer, Link>,
+    timers: BTreeMap<(Instant, u64), Timer>,
+    timer_seq: u64,
+    started: Instant,
+    rng: Rng,
+    ids: ConnIds,
+    events: mpsc::Sender<Event>,
+    inbox: Option<mpsc::Receiver<Event>>,
+    stats: Stats,
+}
+
+/// The store as Plumtree's application: staleness is a causal check.
+struct Objects<'a>(&'a Metadata);
+
+impl Application<BroadcastId, Vec<u8>> for Objects<'_> {
+    fn is_stale(&mut self, id: &BroadcastId) -> bool {
+        let (Ok(fp), Ok(context)) = (
+            FullPrefix::parse(&id.full_prefix),
+            context_from_string(&id.context),
+        ) else {
+            return true;
+        };
+        matches!(self.0.object(&fp, &id.key), Ok(Some(o)) if o.is_stale(&context))
+    }
+
+    fn payload(&mut self, id: &BroadcastId) -> Option<Vec<u8>> {
+        let fp = FullPrefix::parse(&id.full_prefix).ok()?;
+        let context = context_from_string(&id.context).ok()?;
+        let object = self.0.object(&fp, &id.key).ok()??;
+        object.equal_context(&context).then(|| object.encode())
+    }
+}
+
+/// The store's objects for the exchange, from one snapshot.
+struct SnapshotObjects<'a>(&'a Snapshot);
+
+impl ObjectSource<Vec<u8>, Vec<u8>> for SnapshotObjects<'_> {
+    fn object(&mut self, prefix: &[u8], sub: &[u8], key: &Vec<u8>) -> Option<Vec<u8>> {
+        let fp = FullPrefix::new(
+            std::str::from_utf8(prefix).ok()?,
+            std::str::from_utf8(sub).ok()?,
+        )
+        .ok()?;
+        self.0.get(&fp, key).map(|b| b.to_vec())
+    }
+}
+
+/// The hash the Merkle tree keeps of a stored object, bound to its key.
+fn object_hash(key: &[u8], bytes: &[u8]) -> u64 {
+    key_hash(bytes)
+        ^ key_hash(key)
+            .rotate_left(29)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl Core {
+    pub(crate) fn open(config: &Config, me: Peer) -> Result<Core, Error> {
+        let store = Store::open(
+            &config.dir,
+            Options {
+                create: true,
+                ..Options::default()
+            },
+        )?;
+        let node_id = *store.node_id().as_bytes();
+        let seed = config
+            .seed
+            .unwrap_or_else(|| u64::from_le_bytes(node_id[..8].try_into().unwrap_or([7; 8])));
+        let cursor = store.cursor()?;
+        let tree = build_tree(&store.snapshot()?);
+        let (events, inbox) = mpsc::channel(EVENT_QUEUE);
+        Ok(Core {
+            config: config.clone(),
+            hpv: HyParView::new(me.clone(), hyparview::Config::default(), seed),
+            plum: Plumtree::new(me.clone(), plumtree::Config::default()),
+            me,
+            node_id,
+            meta: Metadata::new(store),
+            tree,
+            cursor,
+            sessions: VecDeque::new(),
+            links: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            started: Instant::now(),
+            rng: Rng::new(seed ^ 0x5EED),
+            ids: ConnIds::default(),
+            events,
+            inbox: Some(inbox),
+            stats: Stats::default(),
+        })
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let hello = Hello::new(self.node_id, self.me.clone());
+        net::accept(listener, hello, self.ids.clone(), self.events.clone());
+        let Some(mut inbox) = self.inbox.take() else {
+            return Err(Error::Config("the core ran twice".into()));
+        };
+        self.join_seeds();
+        self.pump();
+        self.set_timer(REJOIN, Timer::Rejoin);
+        self.set_timer(self.config.exchange_interval, Timer::Exchange);
+        let mut feed = tokio::time::interval(self.config.feed_interval);
+        feed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            let next_timer = self.timers.keys().next().map(|(at, _)| *at);
+            let sleep = tokio::time::sleep_until(
+                next_timer
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+                    .into(),
+            );
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                Some(event) = inbox.recv() => self.on_event(event),
+                _ = feed.tick() => self.read_feed()?,
+                () = sleep => self.fire_timers(),
+            }
+            self.pump();
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn set_timer(&mut self, after: Duration, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers
+            .insert((Instant::now() + after, self.timer_seq), timer);
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((&key, _)) = self.timers.first_key_value() {
+            if key.0 > now {
+                break;
+            }
+            let Some(timer) = self.timers.remove(&key) else {
+                break;
+            };
+            match timer {
+                Timer::Shuffle => self.hpv.handle_timer(hyparview::Timer::Shuffle),
+                Timer::Tick => {
+                    let now_ms = self.now_ms();
+                    self.plum
+                        .handle_timer(now_ms, plumtree::Timer::Tick, &mut Objects(&self.meta));
+                }
+                Timer::Rejoin => {
+                    if self.hpv.active_view().is_empty() {
+                        self.join_seeds();
+                    }
+                    self.set_timer(REJOIN, Timer::Rejoin);
+                }
+                Timer::Exchange => {
+                    self.start_exchange();
+                    self.set_timer(self.config.exchange_interval, Timer::Exchange);
+                }
+            }
+        }
+    }
+
+    fn join_seeds(&mut self) {
+        let seeds: Vec<Peer> = self
+            .config
+            .join
+            .iter()
+            .filter(|s| **s != self.me)
+            .cloned()
+            .collect();
+        if let Some(seed) = self.rng.pick(&seeds).cloned() {
+            self.hpv.join(seed);
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Up {
+                peer,
+                node_id,
+                conn,
+                tx,
+            } => self.on_up(peer, node_id, conn, tx),
+            Event::Frame {
+                peer,
+                node_id,
+                conn,
+                frame,
+            } => {
+                if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
+                    self.on_frame(peer, node_id, frame);
+                }
+            }
+            Event::Down { peer, conn } => {
+                if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
+                    self.links.remove(&peer);
+                    self.hpv.peer_failed(&peer);
+                    self.plum.neighbor_down(&peer);
+                    self.sessions.retain(|s| s.peer != peer);
+                }
+            }
+        }
+    }
+
+    /// Keeps one connection per pair of nodes: when both dialled, the one
+    /// dialled by the node with the smaller address survives, on both
+    /// sides alike.
+    fn on_up(&mut self, peer: Peer, node_id: [u8; 16], conn: u64, tx: Option<mpsc::Sender<Frame>>) {
+        match tx {
+            None => {
+                if let Some(link) = self.links.get_mut(&peer).filter(|l| l.conn == conn) {
+                    link.node_id = Some(node_id);
+                }
+            }
+            Some(tx) => {
+                let keep_mine = self
+                    .links
+                    .get(&peer)
+                    .is_some_and(|l| l.outbound && self.me < peer);
+                if !keep_mine {
+                    self.links.insert(
+                        peer,
+                        Link {
+                            conn,
+                            tx,
+                            outbound: false,
+                            node_id: Some(node_id),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, peer: Peer, node_id: [u8; 16], frame: Frame) {
+        match frame {
+            Frame::Membership(m) => self.hpv.handle_message(peer, m),
+            Frame::Broadcast(m) => {
+                let now = self.now_ms();
+                self.plum
+                    .handle_message(now, peer, m, &mut Objects(&self.meta));
+                self.drain_plumtree(Some(node_id));
+            }
+            Frame::Exchange {
+                session,
+                from_initiator,
+                message,
+            } => self.on_exchange(peer, node_id, session, from_initiator, message),
+        }
+    }
+
+    /// Sends a frame, opening a connection if there is none. A full queue
+    /// drops announcements first and data last.
+    fn send(&mut self, peer: Peer, frame: Frame) {
+        if peer == self.me {
+            return;
+        }
+        if !self.links.contains_key(&peer) {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let conn = self.ids.next();
+            let hello = Hello::new(self.node_id, self.me.clone());
+            net::connect(peer.clone(), conn, hello, rx, self.events.clone());
+            self.links.insert(
+                peer.clone(),
+                Link {
+                    conn,
+                    tx,
+                    outbound: true,
+                    node_id: None,
+                },
+            );
+        }
+        let Some(link) = self.links.get(&peer) else {
+            return;
+        };
+        if frame.is_lazy() && link.tx.capacity() < PEER_QUEUE / 2 {
+            self.stats.dropped += 1;
+            return;
+        }
+        match link.tx.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.stats.dropped += 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.links.remove(&peer);
+                self.hpv.peer_failed(&peer);
+                self.plum.neighbor_down(&peer);
+            }
+        }
+    }
+
+    /// Drains both state machines' outputs until they are quiet.
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(out) = self.hpv.poll_output() {
+                progressed = true;
+                match out {
+                    hyparview::Output::Send { to, message } => {
+                        self.send(to, Frame::Membership(message));
+                    }
+                    hyparview::Output::SetTimer { after_ms, .. } => {
+                        self.set_timer(Duration::from_millis(after_ms), Timer::Shuffle);
+                    }
+                    hyparview::Output::NeighborUp(p) => self.plum.neighbor_up(p),
+                    hyparview::Output::NeighborDown(p) => self.plum.neighbor_down(&p),
+                }
+            }
+            progressed |= self.drain_plumtree(None);
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Sends Plumtree's messages and merges what it delivers (from the
+    /// peer with `node_id`).
+    fn drain_plumtree(&mut self, node_id: Option<[u8; 16]>) -> bool {
+        let mut progressed = false;
+        let mut delivered = Vec::new();
+        while let Some(out) = self.plum.poll_output() {
+            progressed = true;
+            match out {
+                plumtree::Output::Send { to, message } => self.send(to, Frame::Broadcast(message)),
+                plumtree::Output::SetTimer { after_ms, .. } => {
+                    self.set_timer(Duration::from_millis(after_ms), Timer::Tick);
+                }
+                plumtree::Output::Deliver { id, payload, .. } => delivered.push((id, payload)),
+            }
+        }
+        if !delivered.is_empty() {
+            let origin = Origin::Peer(node_id.unwrap_or([0; 16]));
+            let n = delivered.len() as u64;
+            self.merge(
+                origin,
+                delivered
+                    .into_iter()
+                    .map(|(id, p)| (id.full_prefix, id.key, p)),
+            );
+            self.stats.received += n;
+        }
+        progressed
+    }
+
+    /// Merges encoded objects from a peer; undecodable ones are skipped
+    /// (a peer cannot make this node fail).
+    fn merge(&mut self, origin: Origin, items: impl Iterator<Item = (String, Vec<u8>, Vec<u8>)>) {
+        let objects: Vec<_> = items
+            .filter_map(|(fp, key, bytes)| {
+                let fp = FullPrefix::parse(&fp).ok()?;
+                let object = Object::decode(&bytes).ok()?;
+                Some((fp, key, object))
+            })
+            .collect();
+        if objects.is_empty() {
+            return;
+        }
+        let meta = self.meta.clone();
+        // The commit syncs: let the runtime move other tasks off this
+        // thread meanwhile.
+        let _ = tokio::task::block_in_place(|| meta.merge(origin, objects));
+    }
+
+    /// Reads new commits: updates the tree with all, broadcasts the local
+    /// ones.
+    fn read_feed(&mut self) -> Result<(), Error> {
+        let store = self.meta.store().clone();
+        let feed = tokio::task::block_in_place(|| store.changes_since(&self.cursor, FEED_BATCH))?;
+        match feed {
+            Feed::Changes { changes, next } => {
+                self.cursor = next;
+                let now = self.now_ms();
+                for change in changes {
+                    for k in change.keys {
+                        let (p, s) = (k.full_prefix.prefix(), k.full_prefix.subprefix());
+                        let hash = k.value.as_deref().map(|v| object_hash(&k.key, v));
+                        self.tree.update(
+                            p.as_bytes(),
+                            s.as_bytes(),
+                            &k.key,
+                            key_hash(&k.key),
+                            hash,
+                        );
+                        if change.origin != Origin::Local {
+                            continue;
+                        }
+                        let Some(bytes) = k.value else { continue };
+                        let Ok(object) = Object::decode(&bytes) else {
+                            continue;
+                        };
+                        let id = BroadcastId {
+                            full_prefix: k.full_prefix.to_string(),
+                            key: k.key,
+                            context: context_to_string(&object.context()),
+                        };
+                        self.plum.broadcast(now, id, bytes.to_vec());
+                        self.stats.broadcasts += 1;
+                    }
+                }
+            }
+            Feed::Gap { resume, .. } => {
+                self.tree = build_tree(&store.snapshot()?);
+                self.cursor = resume;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_exchange(&mut self) {
+        let mut peers: Vec<Peer> = self.hpv.active_view().to_vec();
+        peers.extend(self.hpv.passive_view().iter().cloned());
+        let Some(peer) = self.rng.pick(&peers).cloned() else {
+            return;
+        };
+        let (exchange, message) = Exchange::initiate(&self.tree, ExchangeConfig::default());
+        let id = self.rng.next_u64();
+        if self.sessions.len() >= SESSIONS_MAX {
+            self.sessions.pop_front();
+        }
+        self.sessions.push_back(Session {
+            peer: peer.clone(),
+            id,
+            initiator: true,
+            exchange,
+        });
+        self.stats.exchanges += 1;
+        self.send(
+            peer,
+            Frame::Exchange {
+                session: id,
+                from_initiator: true,
+                message,
+            },
+        );
+    }
+
+    fn on_exchange(
+        &mut self,
+        peer: Peer,
+        node_id: [u8; 16],
+        session: u64,
+        from_initiator: bool,
+        message: chorus_gossip::merkle::Message<Vec<u8>, Vec<u8>>,
+    ) {
+        let mine = !from_initiator;
+        let pos = self
+            .sessions
+            .iter()
+            .position(|s| s.peer == peer && s.id == session && s.initiator == mine);
+        let pos = match pos {
+            Some(p) => p,
+            None if from_initiator => {
+                if self.sessions.len() >= SESSIONS_MAX {
+                    self.sessions.pop_front();
+                }
+                self.sessions.push_back(Session {
+                    peer: peer.clone(),
+                    id: session,
+                    initiator: false,
+                    exchange: Exchange::respond(ExchangeConfig::default()),
+                });
+                self.sessions.len() - 1
+            }
+            None => return,
+        };
+        let Ok(snapshot) = self.meta.store().snapshot() else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(pos) else {
+            return;
+        };
+        let reply = s
+            .exchange
+            .handle(&self.tree, message, &mut SnapshotObjects(&snapshot));
+        let mut repairs = Vec::new();
+        while let Some(r) = s.exchange.poll_repair() {
+            let (Ok(p), Ok(sub)) = (String::from_utf8(r.prefix), String::from_utf8(r.sub)) else {
+                continue;
+            };
+            repairs.push((format!("{p}/{sub}"), r.key, r.object));
+        }
+        if s.exchange.is_done() {
+            self.sessions.remove(pos);
+        }
+        if !repairs.is_empty() {
+            self.stats.repaired += repairs.len() as u64;
+            self.merge(Origin::Peer(node_id), repairs.into_iter());
+        }
+        if let Some(message) = reply {
+            self.send(
+                peer,
+                Frame::Exchange {
+                    session,
+                    from_initiator: mine,
+                    message,
+                },
+            );
+        }
+    }
+}
+
+fn build_tree(snapshot: &Snapshot) -> MerkleTree<Vec<u8>> {
+    let mut tree = MerkleTree::new();
+    for (fp, key, entry) in snapshot.iter() {
+        let key = key.as_bytes();
+        tree.update(
+            fp.prefix().as_bytes(),
+            fp.subprefix().as_bytes(),
+            &key.to_vec(),
+            key_hash(key),
+            Some(object_hash(key, &entry.value)),
+        );
+    }
+    tree
+}

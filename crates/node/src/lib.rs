@@ -1,0 +1,106 @@
+//! The Chorus daemon: a data directory replicated to peers.
+//!
+//! One task, the core, owns the gossip state machines (HyParView, Plumtree,
+//! the Merkle tree and exchange sessions) and the timers; connection tasks
+//! (`net.rs`) carry frames (`wire.rs`) to and from it through bounded
+//! queues. The core tails the directory's change feed: every commit that
+//! originated on this node, by any process, is broadcast; every commit
+//! updates the Merkle tree. Objects from peers are merged as commits
+//! recorded as the peer's, so they are never broadcast again from here.
+//!
+//! This first version speaks plaintext TCP and refuses to listen beyond
+//! loopback; TLS, HTTP and the member list come next (issue 5).
+
+#![forbid(unsafe_code)]
+
+mod core;
+mod net;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use crate::core::Stats;
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data directory (created if missing).
+    pub dir: PathBuf,
+    /// Where to listen for peers.
+    pub gossip: SocketAddr,
+    /// Peers to join through (host:port).
+    pub join: Vec<String>,
+    /// How often the change feed is read.
+    pub feed_interval: Duration,
+    /// How often an anti-entropy exchange starts with a random peer.
+    pub exchange_interval: Duration,
+    /// Seed of the protocols' random choices (defaults to one from the
+    /// node id).
+    pub seed: Option<u64>,
+}
+
+impl Config {
+    /// Defaults for a node with this directory and listen address.
+    pub fn new(dir: PathBuf, gossip: SocketAddr) -> Config {
+        Config {
+            dir,
+            gossip,
+            join: Vec::new(),
+            feed_interval: Duration::from_millis(20),
+            exchange_interval: Duration::from_secs(10),
+            seed: None,
+        }
+    }
+}
+
+/// Why a node could not start or stopped.
+#[derive(Debug)]
+pub enum Error {
+    /// The data directory failed.
+    Store(chorus_store::Error),
+    /// A socket failed.
+    Io(String),
+    /// The configuration was refused.
+    Config(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Store(e) => write!(f, "{e}"),
+            Error::Io(e) | Error::Config(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<chorus_store::Error> for Error {
+    fn from(e: chorus_store::Error) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// Runs a node until `shutdown` completes. Plaintext peers only, so the
+/// gossip address must be a loopback address.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    if !config.gossip.ip().is_loopback() {
+        return Err(Error::Config(format!(
+            "--gossip {}: plaintext gossip is only allowed on a loopback address (TLS is not built yet)",
+            config.gossip
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(config.gossip)
+        .await
+        .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.gossip)))?;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Error::Io(format!("cannot read the listen address: {e}")))?;
+    let core = core::Core::open(&config, listen.to_string())?;
+    core.run(listener, shutdown).await
+}

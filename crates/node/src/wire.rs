@@ -1,0 +1,145 @@
+//! The peer protocol on a byte stream: a handshake, then length-delimited
+//! frames.
+//!
+//! Every frame is `[u32 little-endian length][postcard payload]`, the
+//! payload at most [`FRAME_MAX`] bytes. The first frame each side sends is
+//! a [`Hello`] naming the protocol version, the sender's node id and the
+//! address it listens on; a peer with another version is refused with the
+//! reason, so an upgrade fails loudly instead of garbling.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use chorus_gossip::{hyparview, merkle, plumtree};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame payload accepted; a peer that sends more is cut off.
+pub const FRAME_MAX: usize = 16 << 20;
+/// The first bytes of every hello, so a stray client is told apart.
+const MAGIC: [u8; 8] = *b"CHORUS01";
+
+/// A peer's address: where it listens for gossip.
+pub type Peer = String;
+
+/// What a Plumtree broadcast is identified by: the key and the context of
+/// the object it carries, so staleness is a causal check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BroadcastId {
+    /// `prefix/subprefix`.
+    pub full_prefix: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The object's context, as clients see it.
+    pub context: String,
+}
+
+/// The first frame on a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    magic: [u8; 8],
+    /// The sender's protocol version.
+    pub version: u16,
+    /// The sender's node id.
+    pub node_id: [u8; 16],
+    /// Where the sender listens for gossip.
+    pub listen: Peer,
+}
+
+impl Hello {
+    /// This build's hello.
+    pub fn new(node_id: [u8; 16], listen: Peer) -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            node_id,
+            listen,
+        }
+    }
+
+    /// Refuses a hello from another protocol, with the reason.
+    pub fn check(&self) -> Result<(), String> {
+        if self.magic != MAGIC {
+            return Err("the peer is not a Chorus node".into());
+        }
+        if self.version != PROTOCOL_VERSION {
+            return Err(format!(
+                "the peer speaks protocol version {}, this node {PROTOCOL_VERSION}: run the same Chorus version on both",
+                self.version
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every frame after the hello.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Frame {
+    /// Membership.
+    Membership(hyparview::Message<Peer>),
+    /// Broadcast; the payload is an encoded object.
+    Broadcast(plumtree::Message<BroadcastId, Vec<u8>>),
+    /// Anti-entropy.
+    Exchange {
+        /// The session, chosen by the initiator.
+        session: u64,
+        /// True when the initiator sent it.
+        from_initiator: bool,
+        /// The step.
+        message: merkle::Message<Vec<u8>, Vec<u8>>,
+    },
+}
+
+impl Frame {
+    /// Announcements and prunes: what a full queue drops first.
+    pub fn is_lazy(&self) -> bool {
+        matches!(
+            self,
+            Frame::Broadcast(plumtree::Message::IHave { .. } | plumtree::Message::Prune)
+        )
+    }
+}
+
+/// Writes one frame.
+pub async fn write_frame<W, T>(w: &mut W, value: &T) -> std::io::Result<()>
+where
+    W: AsyncWriteExt + Unpin,
+    T: Serialize,
+{
+    let bytes = postcard::to_stdvec(value).map_err(std::io::Error::other)?;
+    if bytes.len() > FRAME_MAX {
+        return Err(std::io::Error::other(format!(
+            "a frame of {} bytes exceeds the limit of {FRAME_MAX}",
+            bytes.len()
+        )));
+    }
+    let len = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
+    w.write_all(&len.to_le_bytes()).await?;
+    w.write_all(&bytes).await?;
+    w.flush().await
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R, T>(r: &mut R) -> std::io::Result<Option<T>>
+where
+    R: AsyncReadExt + Unpin,
+    T: for<'de> Deserialize<'de>,
+{
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > FRAME_MAX {
+        return Err(std::io::Error::other(format!(
+            "the peer sent a frame of {len} bytes, over the limit of {FRAME_MAX}"
+        )));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    postcard::from_bytes(&buf)
+        .map(Some)
+        .map_err(|e| std::io::Error::other(format!("the peer sent an undecodable frame: {e}")))
+}
