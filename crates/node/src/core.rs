@@ -194,7 +194,13 @@ impl Core {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 Some(event) = inbox.recv() => self.on_event(event),
-                _ = feed.tick() => self.read_feed()?,
+                _ = feed.tick() => {
+                    if let Err(e) = self.read_feed() {
+                        // Retried at the next tick; a persistent failure
+                        // (a damaged log) shows here every time.
+                        eprintln!("chorus: cannot read the change feed: {e}");
+                    }
+                }
                 () = sleep => self.fire_timers(),
             }
             self.pump();
@@ -262,16 +268,14 @@ impl Core {
                 conn,
                 tx,
             } => self.on_up(peer, node_id, conn, tx),
+            // A frame counts whichever connection brought it: the one that
+            // loses when both nodes dialled still delivers what was queued
+            // on it before it closes.
             Event::Frame {
                 peer,
                 node_id,
-                conn,
                 frame,
-            } => {
-                if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
-                    self.on_frame(peer, node_id, frame);
-                }
-            }
+            } => self.on_frame(peer, node_id, frame),
             Event::Down { peer, conn } => {
                 if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
                     self.links.remove(&peer);
@@ -438,7 +442,10 @@ impl Core {
         let meta = self.meta.clone();
         // The commit syncs: let the runtime move other tasks off this
         // thread meanwhile.
-        let _ = tokio::task::block_in_place(|| meta.merge(origin, objects));
+        if let Err(e) = tokio::task::block_in_place(|| meta.merge(origin, objects)) {
+            // Not acknowledged to anyone: anti-entropy brings it again.
+            eprintln!("chorus: cannot merge objects from a peer: {e}");
+        }
     }
 
     /// Reads new commits: updates the tree with all, broadcasts the local

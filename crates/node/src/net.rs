@@ -28,11 +28,10 @@ pub(crate) enum Event {
         conn: u64,
         tx: Option<mpsc::Sender<Frame>>,
     },
-    /// A frame arrived on connection `conn`.
+    /// A frame arrived from `peer`.
     Frame {
         peer: Peer,
         node_id: [u8; 16],
-        conn: u64,
         frame: Frame,
     },
     /// Connection `conn` with `peer` closed or could not be opened.
@@ -139,7 +138,7 @@ async fn serve(
         tokio::select! {
             frame = wire::read_frame::<_, Frame>(&mut read) => {
                 let Ok(Some(frame)) = frame else { break };
-                let ev = Event::Frame { peer: peer.clone(), node_id, conn, frame };
+                let ev = Event::Frame { peer: peer.clone(), node_id, frame };
                 if events.send(ev).await.is_err() {
                     break;
                 }
