@@ -145,3 +145,82 @@ fn serve_refuses_plaintext_without_insecure_and_beyond_loopback() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+#[test]
+fn a_node_joining_a_cluster_of_ten_thousand_keys_ends_with_all_of_them() {
+    use chorus_store::{Metadata, Options, Store};
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    {
+        let meta = Metadata::new(
+            Store::open(
+                dirs[0].path(),
+                Options {
+                    create: true,
+                    ..Options::default()
+                },
+            )
+            .expect("open"),
+        );
+        let fp = chorus_core::FullPrefix::parse("bulk/keys").expect("valid");
+        for chunk in (0..10_000u32).collect::<Vec<_>>().chunks(2_000) {
+            let mut tx = meta.begin().expect("begin");
+            for i in chunk {
+                tx.put(&fp, format!("k{i:05}").as_bytes(), b"v", None)
+                    .expect("put");
+            }
+            tx.commit().expect("commit");
+        }
+    }
+    assert!(chorus(dirs[1].path(), &["init"]).status.success());
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let _a = serve(dirs[0].path(), ports[0], None);
+    let _b = serve(dirs[1].path(), ports[1], Some(ports[0]));
+    let start = Instant::now();
+    loop {
+        let a = chorus(dirs[0].path(), &["hash", "bulk/keys"]);
+        let b = chorus(dirs[1].path(), &["hash", "bulk/keys"]);
+        if b.status.success() && a.stdout == b.stdout {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the new node did not converge"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = chorus(dirs[1].path(), &["ls", "bulk/keys"]);
+    let keys = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(keys, 10_000);
+}
+
+#[test]
+fn a_node_killed_and_restarted_catches_up_and_loses_nothing_it_acknowledged() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    for d in &dirs {
+        assert!(chorus(d.path(), &["init"]).status.success());
+    }
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let a = serve(dirs[0].path(), ports[0], None);
+    let _b = serve(dirs[1].path(), ports[1], Some(ports[0]));
+    let put = |d: &tempfile::TempDir, key: String| {
+        assert!(
+            chorus(d.path(), &["put", "test/keys", &key, "v"])
+                .status
+                .success()
+        );
+    };
+    for i in 0..10 {
+        put(&dirs[0], format!("before-{i}"));
+    }
+    drop(a); // SIGKILL, whatever it was doing
+    for i in 0..10 {
+        put(&dirs[0], format!("while-down-a-{i}"));
+        put(&dirs[1], format!("while-down-b-{i}"));
+    }
+    let _a = serve(dirs[0].path(), ports[0], Some(ports[1]));
+    for i in 0..10 {
+        wait_for(dirs[1].path(), &format!("before-{i}"), "v");
+        wait_for(dirs[1].path(), &format!("while-down-a-{i}"), "v");
+        wait_for(dirs[0].path(), &format!("while-down-b-{i}"), "v");
+    }
+}
