@@ -11,6 +11,9 @@ pub(crate) struct ServeArgs {
     /// Where to listen for peers
     #[arg(long, default_value = "127.0.0.1:7900")]
     gossip: SocketAddr,
+    /// Where to serve the HTTP API (loopback only until auth is built)
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    http: SocketAddr,
     /// A peer to join through (HOST:PORT); repeat for several
     #[arg(long)]
     join: Vec<String>,
@@ -41,6 +44,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         )));
     }
     let mut config = chorus_node::Config::new(cli.dir.clone(), args.gossip);
+    config.http = Some(args.http);
     config.join = args.join.clone();
     config.exchange_interval = std::time::Duration::from_secs_f64(args.exchange_interval);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -49,8 +53,9 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::io(format!("cannot start the runtime: {e}")))?;
     eprintln!(
-        "chorus: serving {} to peers on {} (plaintext); Ctrl-C stops",
+        "chorus: serving {} at http://{} (peers: {}, plaintext); Ctrl-C stops",
         cli.dir.display(),
+        args.http,
         args.gossip
     );
     runtime

@@ -32,6 +32,8 @@ fn serve(dir: &Path, port: u16, join: Option<u16>) -> Node {
         .args(["serve", "--insecure", "--exchange-interval", "1"])
         .arg("--gossip")
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", free_port()))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if let Some(j) = join {

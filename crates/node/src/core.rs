@@ -14,6 +14,9 @@ use chorus_store::{Cursor, Feed, Metadata, Options, Origin, Snapshot, Store};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use std::sync::{Arc, Mutex};
+
+use crate::http::{Api, ClusterView, RequestStats};
 use crate::net::{self, ConnIds, Event, PEER_QUEUE};
 use crate::wire::{BroadcastId, Frame, Hello, Peer};
 use crate::{Config, Error};
@@ -83,6 +86,9 @@ pub(crate) struct Core {
     events: mpsc::Sender<Event>,
     inbox: Option<mpsc::Receiver<Event>>,
     stats: Stats,
+    view: Arc<Mutex<ClusterView>>,
+    requests: Arc<Mutex<RequestStats>>,
+    last_exchange: HashMap<Peer, Instant>,
 }
 
 /// The store as Plumtree's application: staleness is a causal check.
@@ -164,7 +170,55 @@ impl Core {
             events,
             inbox: Some(inbox),
             stats: Stats::default(),
+            view: Arc::default(),
+            requests: Arc::default(),
+            last_exchange: HashMap::new(),
         })
+    }
+
+    /// What the HTTP API needs.
+    pub(crate) fn api(&self) -> Api {
+        Api {
+            meta: self.meta.clone(),
+            view: self.view.clone(),
+            requests: self.requests.clone(),
+        }
+    }
+
+    /// Publishes the views and counters for the API.
+    fn publish_view(&self) {
+        let p = self.plum.stats();
+        let mut last: Vec<(String, f64)> = self
+            .last_exchange
+            .iter()
+            .map(|(peer, at)| (peer.clone(), at.elapsed().as_secs_f64()))
+            .collect();
+        last.sort_by(|a, b| a.0.cmp(&b.0));
+        let view = ClusterView {
+            node: chorus_core::NodeId::from_bytes(self.node_id).to_string(),
+            gossip: self.me.clone(),
+            active: self.hpv.active_view().to_vec(),
+            passive: self.hpv.passive_view().to_vec(),
+            eager: self.plum.eager_peers().to_vec(),
+            lazy: self.plum.lazy_peers().to_vec(),
+            last_exchange: last,
+            counters: vec![
+                ("commits_broadcast_total", self.stats.broadcasts),
+                ("objects_received_total", self.stats.received),
+                ("keys_repaired_total", self.stats.repaired),
+                ("exchanges_total", self.stats.exchanges),
+                ("frames_dropped_total", self.stats.dropped),
+                ("broadcasts_sent_total", p.gossip_sent),
+                ("grafts_total", p.grafts_sent),
+                ("prunes_total", p.prunes_sent),
+                ("duplicates_total", p.duplicates),
+                ("feed_seq", self.cursor.seq()),
+            ],
+        };
+        *self
+            .view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = view;
     }
 
     pub(crate) async fn run(
@@ -200,6 +254,7 @@ impl Core {
                         // (a damaged log) shows here every time.
                         eprintln!("chorus: cannot read the change feed: {e}");
                     }
+                    self.publish_view();
                 }
                 () = sleep => self.fire_timers(),
             }
@@ -568,6 +623,7 @@ impl Core {
         }
         if s.exchange.is_done() {
             self.sessions.remove(pos);
+            self.last_exchange.insert(peer.clone(), Instant::now());
         }
         if !repairs.is_empty() {
             self.stats.repaired += repairs.len() as u64;

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod core;
+pub mod http;
 mod net;
 pub mod wire;
 
@@ -30,6 +31,8 @@ pub struct Config {
     pub dir: PathBuf,
     /// Where to listen for peers.
     pub gossip: SocketAddr,
+    /// Where to serve the HTTP API, if anywhere.
+    pub http: Option<SocketAddr>,
     /// Peers to join through (host:port).
     pub join: Vec<String>,
     /// How often the change feed is read.
@@ -47,6 +50,7 @@ impl Config {
         Config {
             dir,
             gossip,
+            http: None,
             join: Vec::new(),
             feed_interval: Duration::from_millis(20),
             exchange_interval: Duration::from_secs(10),
@@ -95,6 +99,11 @@ pub async fn run(
             config.gossip
         )));
     }
+    if let Some(http) = config.http.filter(|a| !a.ip().is_loopback()) {
+        return Err(Error::Config(format!(
+            "--http {http}: the API has no authentication yet, so it listens on loopback only"
+        )));
+    }
     let listener = tokio::net::TcpListener::bind(config.gossip)
         .await
         .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.gossip)))?;
@@ -102,5 +111,16 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::Io(format!("cannot read the listen address: {e}")))?;
     let core = core::Core::open(&config, listen.to_string())?;
+    if let Some(addr) = config.http {
+        let http = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Io(format!("cannot listen on {addr}: {e}")))?;
+        let app = http::router(core.api());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, app).await {
+                eprintln!("chorus: the HTTP server stopped: {e}");
+            }
+        });
+    }
     core.run(listener, shutdown).await
 }

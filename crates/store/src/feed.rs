@@ -34,6 +34,13 @@ impl Cursor {
         self.seq
     }
 
+    /// The same read position with the commits up to `seq` counted as
+    /// read: a position for each commit of a batch read from `self`
+    /// (reading resumes at `self`'s offset and skips them).
+    pub fn with_seq(self, seq: u64) -> Cursor {
+        Cursor { seq, ..self }
+    }
+
     /// Parses the printed form.
     pub fn parse(text: &str) -> Result<Cursor> {
         let bad = || {

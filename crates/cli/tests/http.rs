@@ -1,0 +1,337 @@
+//! The HTTP API of `chorus serve`, driven with curl as any client would:
+//! every route, bad input on every route, and a change stream resumed
+//! after a disconnect.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts a node and waits until its API answers; returns it and its URL.
+fn start(dir: &Path) -> (Node, String) {
+    let (gossip, http) = (free_port(), free_port());
+    let node = Node(
+        Command::new(CHORUS)
+            .arg("--dir")
+            .arg(dir)
+            .args(["serve", "--insecure"])
+            .arg("--gossip")
+            .arg(format!("127.0.0.1:{gossip}"))
+            .arg("--http")
+            .arg(format!("127.0.0.1:{http}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chorus serve"),
+    );
+    let url = format!("http://127.0.0.1:{http}");
+    let started = Instant::now();
+    while curl(&["-f", &format!("{url}/health")]).0 != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the API never came up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (node, url)
+}
+
+/// Runs curl; returns (exit code, HTTP status, headers, body).
+fn curl(args: &[&str]) -> (i32, u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-D", "/dev/stderr", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        out.status.code().unwrap_or(-1),
+        status.trim().parse().unwrap_or(0),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        body.to_string(),
+    )
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn header(headers: &str, name: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_node, url) = start(dir.path());
+    let key = format!("{url}/v1/kv/app/cfg/mode");
+    let (_, status, _, body) = curl(&["-X", "PUT", "--data-binary", "blue", &key]);
+    assert_eq!(status, 200, "{body}");
+    let (_, status, headers, body) = curl(&[&key]);
+    assert_eq!(status, 200);
+    let read = json(&body);
+    assert_eq!(read["values"][0]["value"], "blue");
+    let context = header(&headers, "x-chorus-context").expect("context header");
+    assert_eq!(read["context"], context.as_str());
+    // Two writers with the same context: siblings.
+    let ctx = format!("X-Chorus-Context: {context}");
+    for v in ["green", "red"] {
+        let (_, status, _, _) = curl(&["-X", "PUT", "-H", &ctx, "--data-binary", v, &key]);
+        assert_eq!(status, 200);
+    }
+    let read = json(&curl(&[&key]).3);
+    assert_eq!(read["values"].as_array().map(Vec::len), Some(2));
+    let lww = json(&curl(&[&format!("{key}?resolve=lww")]).3);
+    assert_eq!(lww["values"].as_array().map(Vec::len), Some(1));
+    // A key with slashes, a list with a pattern, hashes.
+    assert_eq!(
+        curl(&[
+            "-X",
+            "PUT",
+            "--data-binary",
+            "x",
+            &format!("{url}/v1/kv/app/cfg/a/b")
+        ])
+        .1,
+        200
+    );
+    let list = json(&curl(&[&format!("{url}/v1/kv/app/cfg?match=a*")]).3);
+    assert_eq!(list["keys"][0]["key"], "a/b");
+    assert_eq!(list["keys"].as_array().map(Vec::len), Some(1));
+    let h1 = json(&curl(&[&format!("{url}/v1/hash/app/cfg")]).3);
+    let h2 = json(&curl(&[&format!("{url}/v1/hash/app")]).3);
+    assert_eq!(h1["hash"].as_str().map(str::len), Some(64));
+    assert_eq!(h2["hash"].as_str().map(str::len), Some(64));
+    // Delete, then the key is gone.
+    assert_eq!(
+        curl(&["-X", "DELETE", &format!("{url}/v1/kv/app/cfg/a/b")]).1,
+        200
+    );
+    let (_, status, _, body) = curl(&[&format!("{url}/v1/kv/app/cfg/a/b")]);
+    assert_eq!(status, 404);
+    assert_eq!(json(&body)["code"], "not_found");
+    // Service routes.
+    assert_eq!(json(&curl(&[&format!("{url}/health")]).3)["status"], "ok");
+    let cluster = json(&curl(&[&format!("{url}/v1/cluster")]).3);
+    assert!(
+        cluster["node"].as_str().is_some_and(|n| n.len() == 32),
+        "{cluster}"
+    );
+    let metrics = curl(&[&format!("{url}/metrics")]).3;
+    assert!(
+        metrics.contains("chorus_http_write_seconds_count 5"),
+        "{metrics}"
+    );
+    let openapi = json(&curl(&[&format!("{url}/openapi.json")]).3);
+    let mut paths: Vec<&str> = openapi["paths"]
+        .as_object()
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/health",
+            "/metrics",
+            "/openapi.json",
+            "/v1/cluster",
+            "/v1/hash/{prefix}",
+            "/v1/hash/{prefix}/{subprefix}",
+            "/v1/kv/{prefix}/{subprefix}",
+            "/v1/kv/{prefix}/{subprefix}/{key}",
+            "/v1/watch",
+        ]
+    );
+}
+
+#[test]
+fn bad_input_gets_a_json_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_node, url) = start(dir.path());
+    let key = format!("{url}/v1/kv/app/cfg/k");
+    assert_eq!(curl(&["-X", "PUT", "--data-binary", "v1", &key]).1, 200);
+    let before = curl(&[&format!("{url}/v1/hash/app/cfg")]).3;
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 2 << 20]).expect("write");
+    let big_arg = format!("@{}", big.display());
+    let cases: Vec<(Vec<String>, u16, &str)> = vec![
+        (
+            vec![
+                "-X".into(),
+                "PUT".into(),
+                "-H".into(),
+                "X-Chorus-Context: not-a-context!".into(),
+                "--data-binary".into(),
+                "v2".into(),
+                key.clone(),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            vec![
+                "-X".into(),
+                "PUT".into(),
+                "--data-binary".into(),
+                big_arg,
+                key.clone(),
+            ],
+            413,
+            "",
+        ),
+        (
+            vec![
+                "-X".into(),
+                "PUT".into(),
+                "--data-binary".into(),
+                "v".into(),
+                format!("{url}/v1/kv/$cluster/x/k"),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            vec![
+                "-X".into(),
+                "PUT".into(),
+                "--data-binary".into(),
+                "v".into(),
+                format!("{url}/v1/kv/a%01b/x/k"),
+            ],
+            400,
+            "bad_request",
+        ),
+        (vec![format!("{key}?resolve=newest")], 400, "bad_request"),
+        (vec![format!("{url}/v1/kv/app/cfg?match=%5B")], 200, ""),
+        (vec![format!("{url}/v1/nothing")], 404, "not_found"),
+        (
+            vec![
+                "-H".into(),
+                "Last-Event-ID: 1-2".into(),
+                "--max-time".into(),
+                "2".into(),
+                format!("{url}/v1/watch"),
+            ],
+            400,
+            "bad_request",
+        ),
+        (
+            vec![format!("{url}/v1/watch?prefix=a%01b")],
+            400,
+            "bad_request",
+        ),
+    ];
+    for (args, status, code) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (_, got, _, body) = curl(&args);
+        assert_eq!(got, status, "{args:?}: {body}");
+        if !code.is_empty() {
+            let err = json(&body);
+            assert_eq!(err["code"], code, "{args:?}");
+            assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    }
+    assert_eq!(
+        curl(&[&format!("{url}/v1/hash/app/cfg")]).3,
+        before,
+        "nothing changed"
+    );
+    assert_eq!(json(&curl(&[&key]).3)["values"][0]["value"], "v1");
+}
+
+/// Reads a watch for `secs` seconds with curl; returns the stream's text.
+fn watch(url: &str, last_event_id: Option<&str>, secs: &str) -> std::process::Child {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sN", "--max-time", secs]);
+    if let Some(id) = last_event_id {
+        cmd.arg("-H").arg(format!("Last-Event-ID: {id}"));
+    }
+    cmd.arg(format!("{url}/v1/watch?prefix=app"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl")
+}
+
+fn events(child: std::process::Child) -> Vec<(String, serde_json::Value)> {
+    let out = child.wait_with_output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut found = Vec::new();
+    let mut id = String::new();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.to_string();
+        }
+        if let Some(v) = line.strip_prefix("data: ") {
+            found.push((id.clone(), json(v)));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_change_stream_reports_every_change_and_resumes_after_a_disconnect() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_node, url) = start(dir.path());
+    let stream = watch(&url, None, "3");
+    std::thread::sleep(Duration::from_millis(500));
+    for (k, v) in [("one", "1"), ("two", "2")] {
+        let path = format!("{url}/v1/kv/app/cfg/{k}");
+        assert_eq!(curl(&["-X", "PUT", "--data-binary", v, &path]).1, 200);
+    }
+    // Another process, not the API, writes too: the stream shows it.
+    let out = Command::new(CHORUS)
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["put", "app/cfg", "three", "3"])
+        .output()
+        .expect("chorus put");
+    assert!(out.status.success());
+    assert!(
+        curl(&[
+            "-X",
+            "PUT",
+            "--data-binary",
+            "x",
+            &format!("{url}/v1/kv/other/cfg/k")
+        ])
+        .1 == 200
+    );
+    let seen = events(stream);
+    let keys: Vec<&str> = seen.iter().filter_map(|(_, d)| d["key"].as_str()).collect();
+    assert_eq!(
+        keys,
+        ["one", "two", "three"],
+        "in order, other prefixes left out"
+    );
+    assert_eq!(seen[0].1["values"][0]["value"], "1");
+    assert_eq!(seen[0].1["from_peer"], false);
+    // Disconnected after the first event: resuming from its id gives the rest.
+    let resumed = events(watch(&url, Some(&seen[0].0), "2"));
+    let keys: Vec<&str> = resumed
+        .iter()
+        .filter_map(|(_, d)| d["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["two", "three"]);
+}
