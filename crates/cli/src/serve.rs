@@ -14,6 +14,9 @@ pub(crate) struct ServeArgs {
     /// Where to serve the HTTP API (loopback only until auth is built)
     #[arg(long, default_value = "127.0.0.1:7800")]
     http: SocketAddr,
+    /// The address peers should dial, if not --gossip (a proxy or forwarded port)
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
     /// A peer to join through (HOST:PORT); repeat for several
     #[arg(long)]
     join: Vec<String>,
@@ -45,6 +48,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     }
     let mut config = chorus_node::Config::new(cli.dir.clone(), args.gossip);
     config.http = Some(args.http);
+    config.advertise = args.advertise;
     config.join = args.join.clone();
     config.exchange_interval = std::time::Duration::from_secs_f64(args.exchange_interval);
     let runtime = tokio::runtime::Builder::new_multi_thread()

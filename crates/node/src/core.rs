@@ -1,7 +1,7 @@
 //! The core task: the gossip state machines, driven by connection events,
 //! timers and the change feed.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chorus_core::object::{Object, context_from_string, context_to_string};
@@ -29,6 +29,10 @@ const FEED_BATCH: usize = 1024;
 const SESSIONS_MAX: usize = 8;
 /// How often a node with no active peer joins again.
 const REJOIN: Duration = Duration::from_secs(5);
+/// An object anti-entropy brings whose newest value is older than this
+/// was missed by broadcast: the overlay may be split from that peer's, so
+/// this node links to it (the simulator's policy, see crates/sim).
+const STALE_REPAIR: Duration = Duration::from_secs(2);
 
 /// Counters, for tests and metrics.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +47,9 @@ pub struct Stats {
     pub exchanges: u64,
     /// Frames dropped because a peer's queue was full.
     pub dropped: u64,
+    /// Overlay links made because anti-entropy brought what broadcast
+    /// missed.
+    pub overlay_links: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +96,12 @@ pub(crate) struct Core {
     view: Arc<Mutex<ClusterView>>,
     requests: Arc<Mutex<RequestStats>>,
     last_exchange: HashMap<Peer, Instant>,
+    /// Every peer this node has heard of (seeds, connections, views): what
+    /// anti-entropy picks from, so data converges even where the overlay
+    /// split. Never shrinks (the member list under `$cluster` will replace
+    /// it, with leaving).
+    members: BTreeSet<Peer>,
+    last_link: Option<Instant>,
 }
 
 /// The store as Plumtree's application: staleness is a causal check.
@@ -151,6 +164,7 @@ impl Core {
         let cursor = store.cursor()?;
         let tree = build_tree(&store.snapshot()?);
         let (events, inbox) = mpsc::channel(EVENT_QUEUE);
+        let me_for_members = me.clone();
         Ok(Core {
             config: config.clone(),
             hpv: HyParView::new(me.clone(), hyparview::Config::default(), seed),
@@ -173,6 +187,13 @@ impl Core {
             view: Arc::default(),
             requests: Arc::default(),
             last_exchange: HashMap::new(),
+            members: config
+                .join
+                .iter()
+                .filter(|p| **p != me_for_members)
+                .cloned()
+                .collect(),
+            last_link: None,
         })
     }
 
@@ -208,6 +229,7 @@ impl Core {
                 ("keys_repaired_total", self.stats.repaired),
                 ("exchanges_total", self.stats.exchanges),
                 ("frames_dropped_total", self.stats.dropped),
+                ("overlay_links_total", self.stats.overlay_links),
                 ("broadcasts_sent_total", p.gossip_sent),
                 ("grafts_total", p.grafts_sent),
                 ("prunes_total", p.prunes_sent),
@@ -346,6 +368,9 @@ impl Core {
     /// dialled by the node with the smaller address survives, on both
     /// sides alike.
     fn on_up(&mut self, peer: Peer, node_id: [u8; 16], conn: u64, tx: Option<mpsc::Sender<Frame>>) {
+        if peer != self.me {
+            self.members.insert(peer.clone());
+        }
         match tx {
             None => {
                 if let Some(link) = self.links.get_mut(&peer).filter(|l| l.conn == conn) {
@@ -548,9 +573,29 @@ impl Core {
         Ok(())
     }
 
+    /// Links to `peer` in the overlay (at most once per `REJOIN`).
+    fn link_after_stale_repair(&mut self, peer: &Peer) {
+        if self.hpv.active_view().contains(peer)
+            || self.last_link.is_some_and(|t| t.elapsed() < REJOIN)
+        {
+            return;
+        }
+        self.last_link = Some(Instant::now());
+        self.hpv.connect(peer.clone());
+        self.stats.overlay_links += 1;
+    }
+
     fn start_exchange(&mut self) {
-        let mut peers: Vec<Peer> = self.hpv.active_view().to_vec();
-        peers.extend(self.hpv.passive_view().iter().cloned());
+        let known: Vec<Peer> = self
+            .hpv
+            .active_view()
+            .iter()
+            .chain(self.hpv.passive_view())
+            .cloned()
+            .collect();
+        self.members.extend(known);
+        self.members.remove(&self.me);
+        let peers: Vec<Peer> = self.members.iter().cloned().collect();
         let Some(peer) = self.rng.pick(&peers).cloned() else {
             return;
         };
@@ -627,6 +672,12 @@ impl Core {
         }
         if !repairs.is_empty() {
             self.stats.repaired += repairs.len() as u64;
+            if repairs
+                .iter()
+                .any(|(_, _, bytes)| missed_by_broadcast(bytes))
+            {
+                self.link_after_stale_repair(&peer);
+            }
             self.merge(Origin::Peer(node_id), repairs.into_iter());
         }
         if let Some(message) = reply {
@@ -640,6 +691,24 @@ impl Core {
             );
         }
     }
+}
+
+/// True when an object's newest value was written longer ago than
+/// broadcast takes: anti-entropy brought what broadcast missed.
+fn missed_by_broadcast(bytes: &[u8]) -> bool {
+    let Ok(object) = Object::decode(bytes) else {
+        return false;
+    };
+    let newest = object
+        .values()
+        .iter()
+        .map(|v| v.timestamp.ms())
+        .max()
+        .unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub(newest) > STALE_REPAIR.as_millis() as u64
 }
 
 fn build_tree(snapshot: &Snapshot) -> MerkleTree<Vec<u8>> {

@@ -33,6 +33,9 @@ pub struct Config {
     pub gossip: SocketAddr,
     /// Where to serve the HTTP API, if anywhere.
     pub http: Option<SocketAddr>,
+    /// The address peers should dial, when it is not `gossip` (a proxy or
+    /// a forwarded port in front of this node).
+    pub advertise: Option<SocketAddr>,
     /// Peers to join through (host:port).
     pub join: Vec<String>,
     /// How often the change feed is read.
@@ -51,6 +54,7 @@ impl Config {
             dir,
             gossip,
             http: None,
+            advertise: None,
             join: Vec::new(),
             feed_interval: Duration::from_millis(20),
             exchange_interval: Duration::from_secs(10),
@@ -99,6 +103,11 @@ pub async fn run(
             config.gossip
         )));
     }
+    if let Some(a) = config.advertise.filter(|a| !a.ip().is_loopback()) {
+        return Err(Error::Config(format!(
+            "--advertise {a}: plaintext gossip is only allowed on a loopback address"
+        )));
+    }
     if let Some(http) = config.http.filter(|a| !a.ip().is_loopback()) {
         return Err(Error::Config(format!(
             "--http {http}: the API has no authentication yet, so it listens on loopback only"
@@ -110,7 +119,8 @@ pub async fn run(
     let listen = listener
         .local_addr()
         .map_err(|e| Error::Io(format!("cannot read the listen address: {e}")))?;
-    let core = core::Core::open(&config, listen.to_string())?;
+    let me = config.advertise.unwrap_or(listen).to_string();
+    let core = core::Core::open(&config, me)?;
     if let Some(addr) = config.http {
         let http = tokio::net::TcpListener::bind(addr)
             .await
