@@ -27,6 +27,12 @@ fn free_port() -> u16 {
 
 /// Starts a node and waits until its API answers; returns it and its URL.
 fn start(dir: &Path) -> (Node, String) {
+    let (node, url, _) = start_with_gossip(dir);
+    (node, url)
+}
+
+/// Also returns the node's gossip address.
+fn start_with_gossip(dir: &Path) -> (Node, String, String) {
     let (gossip, http) = (free_port(), free_port());
     let node = Node(
         Command::new(CHORUS)
@@ -51,7 +57,7 @@ fn start(dir: &Path) -> (Node, String) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (node, url)
+    (node, url, format!("127.0.0.1:{gossip}"))
 }
 
 /// Runs curl; returns (exit code, HTTP status, headers, body).
@@ -157,6 +163,7 @@ fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
             "/metrics",
             "/openapi.json",
             "/v1/cluster",
+            "/v1/cluster/join",
             "/v1/hash/{prefix}",
             "/v1/hash/{prefix}/{subprefix}",
             "/v1/kv/{prefix}/{subprefix}",
@@ -334,4 +341,64 @@ fn a_change_stream_reports_every_change_and_resumes_after_a_disconnect() {
         .filter_map(|(_, d)| d["key"].as_str())
         .collect();
     assert_eq!(keys, ["two", "three"]);
+}
+
+#[test]
+fn a_node_told_to_join_over_http_receives_the_clusters_writes() {
+    let (d1, d2) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (_n1, url1, gossip1) = start_with_gossip(d1.path());
+    let (_n2, url2, _) = start_with_gossip(d2.path());
+    let join = format!("{url2}/v1/cluster/join");
+    for (body, status) in [
+        ("{\"peer\": \"not an address\"}", 400),
+        ("{\"peer\": \"10.0.0.1:7900\"}", 400),
+        ("peer=1", 400),
+    ] {
+        let (_, got, _, out) = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            body,
+            &join,
+        ]);
+        assert_eq!(got, status, "{body}: {out}");
+        assert_eq!(json(&out)["code"], "bad_request");
+    }
+    let body = format!("{{\"peer\": \"{gossip1}\"}}");
+    let (_, status, _, out) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        &body,
+        &join,
+    ]);
+    assert_eq!(status, 202, "{out}");
+    assert_eq!(
+        curl(&[
+            "-X",
+            "PUT",
+            "--data-binary",
+            "v",
+            &format!("{url1}/v1/kv/app/cfg/k")
+        ])
+        .1,
+        200
+    );
+    let started = Instant::now();
+    while curl(&[&format!("{url2}/v1/kv/app/cfg/k")]).1 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never replicated"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cluster = json(&curl(&[&format!("{url2}/v1/cluster")]).3);
+    assert_eq!(cluster["active"][0], gossip1.as_str());
 }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use std::sync::{Arc, Mutex};
 
-use crate::http::{Api, ClusterView, RequestStats};
+use crate::http::{Api, ClusterView, Command, RequestStats};
 use crate::net::{self, ConnIds, Event, PEER_QUEUE};
 use crate::wire::{BroadcastId, Frame, Hello, Peer};
 use crate::{Config, Error};
@@ -102,6 +102,8 @@ pub(crate) struct Core {
     /// it, with leaving).
     members: BTreeSet<Peer>,
     last_link: Option<Instant>,
+    commands: mpsc::Sender<Command>,
+    command_inbox: Option<mpsc::Receiver<Command>>,
 }
 
 /// The store as Plumtree's application: staleness is a causal check.
@@ -165,6 +167,7 @@ impl Core {
         let tree = build_tree(&store.snapshot()?);
         let (events, inbox) = mpsc::channel(EVENT_QUEUE);
         let me_for_members = me.clone();
+        let (commands, command_inbox) = mpsc::channel(16);
         Ok(Core {
             config: config.clone(),
             hpv: HyParView::new(me.clone(), hyparview::Config::default(), seed),
@@ -194,12 +197,15 @@ impl Core {
                 .cloned()
                 .collect(),
             last_link: None,
+            commands,
+            command_inbox: Some(command_inbox),
         })
     }
 
     /// What the HTTP API needs.
     pub(crate) fn api(&self) -> Api {
         Api {
+            commands: self.commands.clone(),
             meta: self.meta.clone(),
             view: self.view.clone(),
             requests: self.requests.clone(),
@@ -250,7 +256,8 @@ impl Core {
     ) -> Result<(), Error> {
         let hello = Hello::new(self.node_id, self.me.clone());
         net::accept(listener, hello, self.ids.clone(), self.events.clone());
-        let Some(mut inbox) = self.inbox.take() else {
+        let (Some(mut inbox), Some(mut commands)) = (self.inbox.take(), self.command_inbox.take())
+        else {
             return Err(Error::Config("the core ran twice".into()));
         };
         self.join_seeds();
@@ -270,6 +277,10 @@ impl Core {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 Some(event) = inbox.recv() => self.on_event(event),
+                Some(Command::Join(peer)) = commands.recv() => {
+                    self.members.insert(peer.clone());
+                    self.hpv.join(peer);
+                }
                 _ = feed.tick() => {
                     if let Err(e) = self.read_feed() {
                         // Retried at the next tick; a persistent failure

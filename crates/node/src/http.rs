@@ -58,8 +58,16 @@ pub struct ClusterView {
     pub counters: Vec<(&'static str, u64)>,
 }
 
+/// What the API asks of the core.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Join the cluster through this peer.
+    Join(String),
+}
+
 #[derive(Clone)]
 pub(crate) struct Api {
+    pub(crate) commands: tokio::sync::mpsc::Sender<Command>,
     pub(crate) meta: Metadata,
     pub(crate) view: Arc<Mutex<ClusterView>>,
     pub(crate) requests: Arc<Mutex<RequestStats>>,
@@ -138,6 +146,7 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/join", axum::routing::post(cluster_join))
         .route(
             "/v1/kv/{prefix}/{sub}/{*key}",
             get(kv_get).put(kv_put).delete(kv_delete),
@@ -163,6 +172,45 @@ async fn cluster(State(api): State<Api>) -> Response {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     axum::Json(view).into_response()
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
+    peer: String,
+}
+
+async fn cluster_join(
+    State(api): State<Api>,
+    body: Result<axum::Json<JoinBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let axum::Json(body) = body.map_err(|e| {
+        ApiError::bad(format!(
+            "the body must be JSON like {{\"peer\": \"127.0.0.1:7900\"}}: {e}"
+        ))
+    })?;
+    let addr: std::net::SocketAddr = body.peer.parse().map_err(|_| {
+        ApiError::bad(format!(
+            "peer {:?} is not HOST:PORT with a numeric address",
+            body.peer
+        ))
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(ApiError::bad(format!(
+            "peer {addr}: plaintext gossip reaches loopback addresses only"
+        )));
+    }
+    api.commands
+        .try_send(Command::Join(addr.to_string()))
+        .map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "busy",
+            message: "the node is busy: try again".into(),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"joining": addr.to_string()})),
+    )
+        .into_response())
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
