@@ -33,6 +33,17 @@ const REJOIN: Duration = Duration::from_secs(5);
 /// was missed by broadcast: the overlay may be split from that peer's, so
 /// this node links to it (the simulator's policy, see crates/sim).
 const STALE_REPAIR: Duration = Duration::from_secs(2);
+/// Redialling a peer that could not be reached waits 200 ms, doubling
+/// with every failure up to 30 s, each wait scaled by a random 0.5-1.5 so
+/// that nodes do not redial in step.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A peer that could not be dialled, and when to try it again.
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
 
 /// Counters, for tests and metrics.
 #[derive(Debug, Clone, Default)]
@@ -104,6 +115,8 @@ pub(crate) struct Core {
     last_link: Option<Instant>,
     commands: mpsc::Sender<Command>,
     command_inbox: Option<mpsc::Receiver<Command>>,
+    /// Peers not to dial before a time (at most one entry per member).
+    backoff: HashMap<Peer, Backoff>,
 }
 
 /// The store as Plumtree's application: staleness is a causal check.
@@ -199,6 +212,7 @@ impl Core {
             last_link: None,
             commands,
             command_inbox: Some(command_inbox),
+            backoff: HashMap::new(),
         })
     }
 
@@ -365,12 +379,14 @@ impl Core {
                 frame,
             } => self.on_frame(peer, node_id, frame),
             Event::Down { peer, conn } => {
-                if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
-                    self.links.remove(&peer);
-                    self.hpv.peer_failed(&peer);
-                    self.plum.neighbor_down(&peer);
-                    self.sessions.retain(|s| s.peer != peer);
+                let Some(link) = self.links.get(&peer).filter(|l| l.conn == conn) else {
+                    return;
+                };
+                if link.outbound && link.node_id.is_none() {
+                    self.back_off(&peer);
                 }
+                self.links.remove(&peer);
+                self.fail_peer(&peer);
             }
         }
     }
@@ -382,6 +398,7 @@ impl Core {
         if peer != self.me {
             self.members.insert(peer.clone());
         }
+        self.backoff.remove(&peer);
         match tx {
             None => {
                 if let Some(link) = self.links.get_mut(&peer).filter(|l| l.conn == conn) {
@@ -431,6 +448,17 @@ impl Core {
         if peer == self.me {
             return;
         }
+        if !self.links.contains_key(&peer)
+            && self
+                .backoff
+                .get(&peer)
+                .is_some_and(|b| Instant::now() < b.until)
+        {
+            // Unreachable a moment ago: fail at once instead of redialling.
+            self.stats.dropped += 1;
+            self.fail_peer(&peer);
+            return;
+        }
         if !self.links.contains_key(&peer) {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             let conn = self.ids.next();
@@ -458,10 +486,32 @@ impl Core {
             Err(mpsc::error::TrySendError::Full(_)) => self.stats.dropped += 1,
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.links.remove(&peer);
-                self.hpv.peer_failed(&peer);
-                self.plum.neighbor_down(&peer);
+                self.fail_peer(&peer);
             }
         }
+    }
+
+    /// Tells the protocols that `peer` is unreachable.
+    fn fail_peer(&mut self, peer: &Peer) {
+        self.hpv.peer_failed(peer);
+        self.plum.neighbor_down(peer);
+        self.sessions.retain(|s| s.peer != *peer);
+    }
+
+    /// Records a failed dial: the next waits longer, with jitter.
+    fn back_off(&mut self, peer: &Peer) {
+        let failures = self.backoff.get(peer).map_or(0, |b| b.failures) + 1;
+        let base = BACKOFF_FIRST
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(BACKOFF_MAX);
+        let jitter = 0.5 + (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        self.backoff.insert(
+            peer.clone(),
+            Backoff {
+                failures,
+                until: Instant::now() + base.mul_f64(jitter),
+            },
+        );
     }
 
     /// Drains both state machines' outputs until they are quiet.
