@@ -88,6 +88,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run this directory as a node of a cluster: replicate with peers
     Serve(serve::ServeArgs),
+    /// Leave the cluster: mark this node left in the member list (its daemon stops)
+    Leave,
     /// Simulate the gossip protocols on thousands of nodes (Plumtree beside flooding)
     Sim(sim::SimArgs),
     #[command(hide = true, name = "demo-worker")]
@@ -195,6 +197,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Demo(args) => demo::run(cli, args),
         Command::Sim(args) => sim::run(cli, args),
         Command::Serve(args) => serve::run(cli, args),
+        Command::Leave => serve::leave(cli),
         Command::DemoWorker { tag, count } => demo::worker(cli, tag, *count),
     }
 }

@@ -72,3 +72,22 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
             chorus_node::Error::Io(m) => Failure::io(m),
         })
 }
+
+pub(crate) fn leave(cli: &Cli) -> Result<(), Failure> {
+    let store = cli.open()?;
+    let node = store.node_id();
+    let meta = chorus_store::Metadata::new(store);
+    match chorus_node::members::leave(&meta, node)? {
+        Some(addr) => {
+            crate::emit(
+                cli,
+                serde_json::json!({"node": node.to_string(), "address": addr, "state": "left"}),
+                || format!("node {node} ({addr}) has left the cluster; its daemon stops"),
+            );
+            Ok(())
+        }
+        None => Err(Failure::not_found(format!(
+            "node {node} has no member record: it never served (`chorus serve`), so it is in no cluster"
+        ))),
+    }
+}

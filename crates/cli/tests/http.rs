@@ -402,3 +402,82 @@ fn a_node_told_to_join_over_http_receives_the_clusters_writes() {
     let cluster = json(&curl(&[&format!("{url2}/v1/cluster")]).3);
     assert_eq!(cluster["active"][0], gossip1.as_str());
 }
+
+#[test]
+fn a_node_that_leaves_stops_and_the_others_record_it_as_left() {
+    let (d1, d2) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (_n1, url1, gossip1) = start_with_gossip(d1.path());
+    let (mut n2, url2, gossip2) = start_with_gossip(d2.path());
+    let body = format!("{{\"peer\": \"{gossip1}\"}}");
+    let join = format!("{url2}/v1/cluster/join");
+    assert_eq!(
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            &body,
+            &join
+        ])
+        .1,
+        202
+    );
+    let members_of = |url: &str| json(&curl(&[&format!("{url}/v1/cluster")]).3)["members"].clone();
+    let started = Instant::now();
+    while !members_of(&url1).to_string().contains(&gossip2) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "node 2 never became a member"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(CHORUS)
+        .arg("--dir")
+        .arg(d2.path())
+        .arg("leave")
+        .output()
+        .expect("chorus leave");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = Instant::now();
+    while n2.0.try_wait().ok().flatten().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the daemon kept running after leave"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let expected = serde_json::json!([gossip2, "left"]);
+    while !members_of(&url1)
+        .as_array()
+        .is_some_and(|m| m.contains(&expected))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "node 1 never saw node 2 leave: {}",
+            members_of(&url1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A directory that never served is in no cluster.
+    let lone = tempfile::tempdir().expect("tmp");
+    let _ = Command::new(CHORUS)
+        .arg("--dir")
+        .arg(lone.path())
+        .arg("init")
+        .output();
+    let out = Command::new(CHORUS)
+        .arg("--dir")
+        .arg(lone.path())
+        .arg("leave")
+        .output()
+        .expect("leave");
+    assert_eq!(out.status.code(), Some(1));
+}

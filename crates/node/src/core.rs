@@ -117,6 +117,11 @@ pub(crate) struct Core {
     command_inbox: Option<mpsc::Receiver<Command>>,
     /// Peers not to dial before a time (at most one entry per member).
     backoff: HashMap<Peer, Backoff>,
+    /// Members that left (from `$cluster/members`): never dialled.
+    left: BTreeSet<Peer>,
+    /// When this node itself left: it stops shortly after, once its
+    /// record has gone out.
+    leaving: Option<Instant>,
 }
 
 /// The store as Plumtree's application: staleness is a causal check.
@@ -173,6 +178,19 @@ impl Core {
             },
         )?;
         let node_id = *store.node_id().as_bytes();
+        let meta = Metadata::new(store.clone());
+        crate::members::announce(&meta, &me, store.node_id())?;
+        let records = crate::members::read_all(&meta)?;
+        let left: BTreeSet<Peer> = records
+            .iter()
+            .filter(|(_, m)| m.has_left())
+            .map(|(a, _)| a.clone())
+            .collect();
+        let known: Vec<Peer> = records
+            .iter()
+            .filter(|(a, m)| !m.has_left() && **a != me)
+            .map(|(a, _)| a.clone())
+            .collect();
         let seed = config
             .seed
             .unwrap_or_else(|| u64::from_le_bytes(node_id[..8].try_into().unwrap_or([7; 8])));
@@ -187,7 +205,7 @@ impl Core {
             plum: Plumtree::new(me.clone(), plumtree::Config::default()),
             me,
             node_id,
-            meta: Metadata::new(store),
+            meta,
             tree,
             cursor,
             sessions: VecDeque::new(),
@@ -206,6 +224,7 @@ impl Core {
             members: config
                 .join
                 .iter()
+                .chain(&known)
                 .filter(|p| **p != me_for_members)
                 .cloned()
                 .collect(),
@@ -213,6 +232,8 @@ impl Core {
             commands,
             command_inbox: Some(command_inbox),
             backoff: HashMap::new(),
+            left,
+            leaving: None,
         })
     }
 
@@ -243,6 +264,12 @@ impl Core {
             eager: self.plum.eager_peers().to_vec(),
             lazy: self.plum.lazy_peers().to_vec(),
             last_exchange: last,
+            members: self
+                .members
+                .iter()
+                .map(|m| (m.clone(), "up"))
+                .chain(self.left.iter().map(|m| (m.clone(), "left")))
+                .collect(),
             counters: vec![
                 ("commits_broadcast_total", self.stats.broadcasts),
                 ("objects_received_total", self.stats.received),
@@ -302,6 +329,10 @@ impl Core {
                         eprintln!("chorus: cannot read the change feed: {e}");
                     }
                     self.publish_view();
+                    // Leaving: a moment for the record to go out, then stop.
+                    if self.leaving.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) {
+                        return Ok(());
+                    }
                 }
                 () = sleep => self.fire_timers(),
             }
@@ -446,6 +477,10 @@ impl Core {
     /// drops announcements first and data last.
     fn send(&mut self, peer: Peer, frame: Frame) {
         if peer == self.me {
+            return;
+        }
+        if self.left.contains(&peer) {
+            self.fail_peer(&peer);
             return;
         }
         if !self.links.contains_key(&peer)
@@ -600,6 +635,9 @@ impl Core {
                 let now = self.now_ms();
                 for change in changes {
                     for k in change.keys {
+                        if k.full_prefix.to_string() == crate::members::MEMBERS {
+                            self.on_member_record(&k.key, k.value.as_deref());
+                        }
                         let (p, s) = (k.full_prefix.prefix(), k.full_prefix.subprefix());
                         let hash = k.value.as_deref().map(|v| object_hash(&k.key, v));
                         self.tree.update(
@@ -646,6 +684,36 @@ impl Core {
         self.stats.overlay_links += 1;
     }
 
+    /// A member record changed (here or by replication).
+    fn on_member_record(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let Ok(addr) = String::from_utf8(key.to_vec()) else {
+            return;
+        };
+        let member = value
+            .and_then(|b| Object::decode(b).ok())
+            .and_then(|o| o.lww_value().and_then(|v| v.bytes().map(<[u8]>::to_vec)))
+            .and_then(|b| crate::members::decode(&b));
+        let Some(member) = member else { return };
+        if !member.has_left() {
+            self.left.remove(&addr);
+            if addr != self.me {
+                self.members.insert(addr);
+            }
+            return;
+        }
+        if addr == self.me {
+            if self.leaving.is_none() {
+                eprintln!("chorus: this node left the cluster; stopping");
+                self.leaving = Some(Instant::now());
+            }
+            return;
+        }
+        self.members.remove(&addr);
+        self.left.insert(addr.clone());
+        self.links.remove(&addr);
+        self.fail_peer(&addr);
+    }
+
     fn start_exchange(&mut self) {
         let known: Vec<Peer> = self
             .hpv
@@ -656,6 +724,9 @@ impl Core {
             .collect();
         self.members.extend(known);
         self.members.remove(&self.me);
+        for gone in &self.left {
+            self.members.remove(gone);
+        }
         let peers: Vec<Peer> = self.members.iter().cloned().collect();
         let Some(peer) = self.rng.pick(&peers).cloned() else {
             return;

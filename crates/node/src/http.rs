@@ -54,6 +54,8 @@ pub struct ClusterView {
     pub lazy: Vec<String>,
     /// Seconds since the last finished exchange with each peer.
     pub last_exchange: Vec<(String, f64)>,
+    /// Every member this node knows of, and its state (`up`, `left`).
+    pub members: Vec<(String, &'static str)>,
     /// Counters (name, value) for /metrics.
     pub counters: Vec<(&'static str, u64)>,
 }

@@ -15,6 +15,7 @@
 
 mod core;
 pub mod http;
+pub mod members;
 mod net;
 pub mod wire;
 
