@@ -90,6 +90,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Leave the cluster: mark this node left in the member list (its daemon stops)
     Leave,
+    /// The cluster's CA and node certificates for mutual TLS
+    #[command(subcommand)]
+    Cluster(serve::ClusterCommand),
     /// Simulate the gossip protocols on thousands of nodes (Plumtree beside flooding)
     Sim(sim::SimArgs),
     #[command(hide = true, name = "demo-worker")]
@@ -198,6 +201,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Sim(args) => sim::run(cli, args),
         Command::Serve(args) => serve::run(cli, args),
         Command::Leave => serve::leave(cli),
+        Command::Cluster(c) => serve::cluster(cli, c),
         Command::DemoWorker { tag, count } => demo::worker(cli, tag, *count),
     }
 }

@@ -20,21 +20,24 @@ pub(crate) struct ServeArgs {
     /// A peer to join through (HOST:PORT); repeat for several
     #[arg(long)]
     join: Vec<String>,
-    /// Talk to peers in plaintext (loopback addresses only; required until TLS is built)
-    #[arg(long)]
+    /// Talk to peers in plaintext (loopback addresses only)
+    #[arg(long, conflicts_with = "tls")]
     insecure: bool,
+    /// Mutual TLS with peers: a directory from `chorus cluster cert` (ca.crt, node.crt, node.key)
+    #[arg(long)]
+    tls: Option<std::path::PathBuf>,
     /// Seconds between anti-entropy exchanges with a random peer
     #[arg(long, default_value_t = 10.0)]
     exchange_interval: f64,
 }
 
 pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
-    if !args.insecure {
+    if !args.insecure && args.tls.is_none() {
         return Err(Failure::usage(
-            "peers talk TLS only, and TLS is not built yet: pass --insecure to use plaintext on a loopback address",
+            "peers talk TLS: give --tls DIR (made by `chorus cluster init` and `chorus cluster cert`), or --insecure for plaintext on a loopback address",
         ));
     }
-    if !args.gossip.ip().is_loopback() {
+    if args.insecure && !args.gossip.ip().is_loopback() {
         return Err(Failure::usage(format!(
             "--insecure with --gossip {}: plaintext is only allowed on a loopback address",
             args.gossip
@@ -48,6 +51,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     }
     let mut config = chorus_node::Config::new(cli.dir.clone(), args.gossip);
     config.http = Some(args.http);
+    config.tls = args.tls.clone();
     config.advertise = args.advertise;
     config.join = args.join.clone();
     config.exchange_interval = std::time::Duration::from_secs_f64(args.exchange_interval);
@@ -57,20 +61,21 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::io(format!("cannot start the runtime: {e}")))?;
     eprintln!(
-        "chorus: serving {} at http://{} (peers: {}, plaintext); Ctrl-C stops",
+        "chorus: serving {} at http://{} (peers: {}, {}); Ctrl-C stops",
         cli.dir.display(),
         args.http,
-        args.gossip
+        args.gossip,
+        if args.tls.is_some() {
+            "mutual TLS"
+        } else {
+            "plaintext"
+        }
     );
     runtime
         .block_on(chorus_node::run(config, async {
             let _ = tokio::signal::ctrl_c().await;
         }))
-        .map_err(|e| match e {
-            chorus_node::Error::Store(e) => Failure::from(e),
-            chorus_node::Error::Config(m) => Failure::usage(m),
-            chorus_node::Error::Io(m) => Failure::io(m),
-        })
+        .map_err(node_failure)
 }
 
 pub(crate) fn leave(cli: &Cli) -> Result<(), Failure> {
@@ -89,5 +94,76 @@ pub(crate) fn leave(cli: &Cli) -> Result<(), Failure> {
         None => Err(Failure::not_found(format!(
             "node {node} has no member record: it never served (`chorus serve`), so it is in no cluster"
         ))),
+    }
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum ClusterCommand {
+    /// Make a cluster CA (ca.crt, ca.key) in --ca DIR; keep ca.key off the nodes
+    Init {
+        /// Where the CA goes
+        #[arg(long, default_value = "chorus-ca")]
+        ca: std::path::PathBuf,
+    },
+    /// Issue a node certificate for NAME into --out DIR (ca.crt, node.crt, node.key)
+    Cert {
+        /// The node's name (also a DNS name in the certificate)
+        name: String,
+        /// The CA directory
+        #[arg(long, default_value = "chorus-ca")]
+        ca: std::path::PathBuf,
+        /// An IP address peers dial this node at; repeat for several [default: 127.0.0.1]
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        /// Where the node's files go [default: NAME-tls]
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+fn node_failure(e: chorus_node::Error) -> Failure {
+    match e {
+        chorus_node::Error::Store(e) => Failure::from(e),
+        chorus_node::Error::Config(m) => Failure::usage(m),
+        chorus_node::Error::Io(m) => Failure::io(m),
+    }
+}
+
+pub(crate) fn cluster(cli: &Cli, command: &ClusterCommand) -> Result<(), Failure> {
+    match command {
+        ClusterCommand::Init { ca } => {
+            let crt = chorus_node::tls::init_ca(ca).map_err(node_failure)?;
+            crate::emit(cli, serde_json::json!({"ca": crt}), || {
+                format!(
+                    "cluster CA written to {}; issue node certificates with `chorus cluster cert NAME --ca {}`",
+                    crt.display(),
+                    ca.display()
+                )
+            });
+            Ok(())
+        }
+        ClusterCommand::Cert { name, ca, ip, out } => {
+            let ips = if ip.is_empty() {
+                vec![std::net::IpAddr::from([127, 0, 0, 1])]
+            } else {
+                ip.clone()
+            };
+            let out = out
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(format!("{name}-tls")));
+            chorus_node::tls::issue(ca, name, &ips, &out).map_err(node_failure)?;
+            crate::emit(
+                cli,
+                serde_json::json!({"name": name, "dir": out, "ips": ips}),
+                || {
+                    format!(
+                        "certificate for {name} written to {}; start the node with --tls {}",
+                        out.display(),
+                        out.display()
+                    )
+                },
+            );
+            Ok(())
+        }
     }
 }

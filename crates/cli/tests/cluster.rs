@@ -226,3 +226,95 @@ fn a_node_killed_and_restarted_catches_up_and_loses_nothing_it_acknowledged() {
         wait_for(dirs[0].path(), &format!("while-down-b-{i}"), "v");
     }
 }
+
+fn serve_tls(dir: &Path, port: u16, tls: &Path, join: Option<u16>) -> Node {
+    let mut cmd = Command::new(CHORUS);
+    cmd.arg("--dir")
+        .arg(dir)
+        .args(["serve", "--exchange-interval", "1", "--tls"])
+        .arg(tls)
+        .arg("--gossip")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(j) = join {
+        cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
+    }
+    Node(cmd.spawn().expect("start chorus serve"))
+}
+
+#[test]
+fn nodes_with_certificates_from_the_cluster_ca_replicate_and_others_are_refused() {
+    let work = tempfile::tempdir().expect("tmp");
+    let w = work.path();
+    let run = |args: &[&str]| chorus(w, args);
+    let ca = w.join("ca");
+    let other_ca = w.join("other-ca");
+    assert!(
+        run(&["cluster", "init", "--ca", ca.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
+    let again = run(&["cluster", "init", "--ca", ca.to_str().expect("utf-8")]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing CA is never replaced"
+    );
+    assert!(
+        run(&["cluster", "init", "--ca", other_ca.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
+    for (name, from) in [("n1", &ca), ("n2", &ca), ("rogue", &other_ca)] {
+        let out = w.join(name);
+        let o = run(&[
+            "cluster",
+            "cert",
+            name,
+            "--ca",
+            from.to_str().expect("utf-8"),
+            "--out",
+            out.to_str().expect("utf-8"),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    for d in &dirs {
+        assert!(chorus(d.path(), &["init"]).status.success());
+    }
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let _n1 = serve_tls(dirs[0].path(), ports[0], &w.join("n1"), None);
+    let _n2 = serve_tls(dirs[1].path(), ports[1], &w.join("n2"), Some(ports[0]));
+    let _rogue = serve_tls(dirs[2].path(), ports[2], &w.join("rogue"), Some(ports[0]));
+    let _plain = serve(dirs[3].path(), ports[3], Some(ports[0]));
+    assert!(
+        chorus(dirs[0].path(), &["put", "test/keys", "secret", "s"])
+            .status
+            .success()
+    );
+    wait_for(dirs[1].path(), "secret", "s");
+    assert!(
+        chorus(dirs[2].path(), &["put", "test/keys", "from-rogue", "r"])
+            .status
+            .success()
+    );
+    assert!(
+        chorus(dirs[3].path(), &["put", "test/keys", "from-plain", "p"])
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    for outsider in &dirs[2..] {
+        let out = chorus(outsider.path(), &["get", "test/keys", "secret"]);
+        assert_eq!(out.status.code(), Some(1), "an outsider got the data");
+    }
+    for insider in &dirs[..2] {
+        for key in ["from-rogue", "from-plain"] {
+            let out = chorus(insider.path(), &["get", "test/keys", key]);
+            assert_eq!(out.status.code(), Some(1), "an outsider's write got in");
+        }
+    }
+}

@@ -122,6 +122,8 @@ pub(crate) struct Core {
     /// When this node itself left: it stops shortly after, once its
     /// record has gone out.
     leaving: Option<Instant>,
+    /// Mutual TLS with peers, or plaintext on loopback.
+    tls: Option<crate::tls::Tls>,
 }
 
 /// The store as Plumtree's application: staleness is a causal check.
@@ -170,6 +172,7 @@ fn object_hash(key: &[u8], bytes: &[u8]) -> u64 {
 
 impl Core {
     pub(crate) fn open(config: &Config, me: Peer) -> Result<Core, Error> {
+        let tls = config.tls.as_deref().map(crate::tls::load).transpose()?;
         let store = Store::open(
             &config.dir,
             Options {
@@ -234,6 +237,7 @@ impl Core {
             backoff: HashMap::new(),
             left,
             leaving: None,
+            tls,
         })
     }
 
@@ -296,7 +300,13 @@ impl Core {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
         let hello = Hello::new(self.node_id, self.me.clone());
-        net::accept(listener, hello, self.ids.clone(), self.events.clone());
+        net::accept(
+            listener,
+            hello,
+            self.tls.clone(),
+            self.ids.clone(),
+            self.events.clone(),
+        );
         let (Some(mut inbox), Some(mut commands)) = (self.inbox.take(), self.command_inbox.take())
         else {
             return Err(Error::Config("the core ran twice".into()));
@@ -498,7 +508,14 @@ impl Core {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             let conn = self.ids.next();
             let hello = Hello::new(self.node_id, self.me.clone());
-            net::connect(peer.clone(), conn, hello, rx, self.events.clone());
+            net::connect(
+                peer.clone(),
+                conn,
+                hello,
+                self.tls.clone(),
+                rx,
+                self.events.clone(),
+            );
             self.links.insert(
                 peer.clone(),
                 Link {

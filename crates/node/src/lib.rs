@@ -17,6 +17,7 @@ mod core;
 pub mod http;
 pub mod members;
 mod net;
+pub mod tls;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ pub struct Config {
     pub gossip: SocketAddr,
     /// Where to serve the HTTP API, if anywhere.
     pub http: Option<SocketAddr>,
+    /// A TLS directory (`ca.crt`, `node.crt`, `node.key`): mutual TLS
+    /// with peers. `None`: plaintext, allowed on loopback only.
+    pub tls: Option<PathBuf>,
     /// The address peers should dial, when it is not `gossip` (a proxy or
     /// a forwarded port in front of this node).
     pub advertise: Option<SocketAddr>,
@@ -55,6 +59,7 @@ impl Config {
             dir,
             gossip,
             http: None,
+            tls: None,
             advertise: None,
             join: Vec::new(),
             feed_interval: Duration::from_millis(20),
@@ -98,13 +103,17 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    if !config.gossip.ip().is_loopback() {
+    let plaintext = config.tls.is_none();
+    if plaintext && !config.gossip.ip().is_loopback() {
         return Err(Error::Config(format!(
-            "--gossip {}: plaintext gossip is only allowed on a loopback address (TLS is not built yet)",
+            "--gossip {}: plaintext gossip is only allowed on a loopback address (give a TLS directory)",
             config.gossip
         )));
     }
-    if let Some(a) = config.advertise.filter(|a| !a.ip().is_loopback()) {
+    if let Some(a) = config
+        .advertise
+        .filter(|a| plaintext && !a.ip().is_loopback())
+    {
         return Err(Error::Config(format!(
             "--advertise {a}: plaintext gossip is only allowed on a loopback address"
         )));

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::tls::Tls;
 use crate::wire::{self, Frame, Hello, Peer};
 
 /// Frames queued for one peer. Announcements and prunes are dropped when
@@ -55,16 +57,35 @@ pub(crate) fn connect(
     peer: Peer,
     conn: u64,
     hello: Hello,
+    tls: Option<Tls>,
     rx: mpsc::Receiver<Frame>,
     events: mpsc::Sender<Event>,
 ) {
     tokio::spawn(async move {
         let opened = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&peer)).await;
-        match opened {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                serve(stream, Some(peer), conn, hello, None, rx, events).await;
+        let Ok(Ok(stream)) = opened else {
+            let _ = events.send(Event::Down { peer, conn }).await;
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else {
+            serve(stream, Some(peer), conn, hello, None, rx, events).await;
+            return;
+        };
+        // The peer must present a certificate from the cluster CA for the
+        // address dialled.
+        let name = server_name(&peer);
+        let secured = match name {
+            Some(name) => {
+                tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(name, stream)).await
             }
+            None => {
+                let _ = events.send(Event::Down { peer, conn }).await;
+                return;
+            }
+        };
+        match secured {
+            Ok(Ok(stream)) => serve(stream, Some(peer), conn, hello, None, rx, events).await,
             _ => {
                 let _ = events.send(Event::Down { peer, conn }).await;
             }
@@ -72,10 +93,21 @@ pub(crate) fn connect(
     });
 }
 
+/// The name a peer's certificate must carry: its IP address, or its host
+/// name.
+fn server_name(peer: &str) -> Option<rustls::pki_types::ServerName<'static>> {
+    if let Ok(addr) = peer.parse::<std::net::SocketAddr>() {
+        return Some(rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+    }
+    let host = peer.rsplit_once(':')?.0.to_string();
+    rustls::pki_types::ServerName::try_from(host).ok()
+}
+
 /// Accepts connections until the process ends.
 pub(crate) fn accept(
     listener: TcpListener,
     hello: Hello,
+    tls: Option<Tls>,
     ids: ConnIds,
     events: mpsc::Sender<Event>,
 ) {
@@ -88,8 +120,22 @@ pub(crate) fn accept(
             let _ = stream.set_nodelay(true);
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             let conn = ids.next();
-            let (hello, events) = (hello.clone(), events.clone());
-            tokio::spawn(serve(stream, None, conn, hello, Some(tx), rx, events));
+            let (hello, events, tls) = (hello.clone(), events.clone(), tls.clone());
+            tokio::spawn(async move {
+                match tls {
+                    None => serve(stream, None, conn, hello, Some(tx), rx, events).await,
+                    // A peer without a certificate from the cluster CA
+                    // fails here and is never seen by the core.
+                    Some(tls) => {
+                        let accepted =
+                            tokio::time::timeout(CONNECT_TIMEOUT, tls.acceptor.accept(stream))
+                                .await;
+                        if let Ok(Ok(stream)) = accepted {
+                            serve(stream, None, conn, hello, Some(tx), rx, events).await;
+                        }
+                    }
+                }
+            });
         }
     });
 }
@@ -97,8 +143,8 @@ pub(crate) fn accept(
 /// Handshakes, then writes the frames from `rx` and reads frames for the
 /// core until either side ends; reports `Down` once it has reported `Up`
 /// (or when an outbound handshake fails).
-async fn serve(
-    stream: TcpStream,
+async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
     dialled: Option<Peer>,
     conn: u64,
     hello: Hello,
@@ -106,7 +152,7 @@ async fn serve(
     rx: mpsc::Receiver<Frame>,
     events: mpsc::Sender<Event>,
 ) {
-    let (mut read, mut write) = stream.into_split();
+    let (mut read, mut write) = tokio::io::split(stream);
     let handshake = tokio::time::timeout(CONNECT_TIMEOUT, async {
         wire::write_frame(&mut write, &hello).await.ok()?;
         let theirs: Hello = wire::read_frame(&mut read).await.ok()??;
@@ -151,7 +197,10 @@ async fn serve(
     let _ = events.send(Event::Down { peer, conn }).await;
 }
 
-async fn write_loop(mut write: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+async fn write_loop<W: AsyncWrite>(
+    mut write: tokio::io::WriteHalf<W>,
+    mut rx: mpsc::Receiver<Frame>,
+) {
     while let Some(frame) = rx.recv().await {
         if wire::write_frame(&mut write, &frame).await.is_err() {
             return;
