@@ -29,6 +29,9 @@ pub(crate) struct ServeArgs {
     /// Seconds between anti-entropy exchanges with a random peer
     #[arg(long, default_value_t = 10.0)]
     exchange_interval: f64,
+    /// Seconds a tombstone is kept at least, even once every member has it (see docs/tombstones.md)
+    #[arg(long, default_value_t = 3600.0)]
+    tombstone_grace: f64,
 }
 
 pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
@@ -43,11 +46,15 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
             args.gossip
         )));
     }
-    if !(args.exchange_interval.is_finite() && args.exchange_interval > 0.0) {
-        return Err(Failure::usage(format!(
-            "--exchange-interval {} is not a number of seconds > 0",
-            args.exchange_interval
-        )));
+    for (name, value) in [
+        ("--exchange-interval", args.exchange_interval),
+        ("--tombstone-grace", args.tombstone_grace),
+    ] {
+        if !(value.is_finite() && value > 0.0 && value < 1e9) {
+            return Err(Failure::usage(format!(
+                "{name} {value} is not a number of seconds > 0"
+            )));
+        }
     }
     let mut config = chorus_node::Config::new(cli.dir.clone(), args.gossip);
     config.http = Some(args.http);
@@ -55,6 +62,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.advertise = args.advertise;
     config.join = args.join.clone();
     config.exchange_interval = std::time::Duration::from_secs_f64(args.exchange_interval);
+    config.tombstone_grace = std::time::Duration::from_secs_f64(args.tombstone_grace);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -318,3 +318,110 @@ fn nodes_with_certificates_from_the_cluster_ca_replicate_and_others_are_refused(
         }
     }
 }
+
+fn serve_with(dir: &Path, port: u16, join: Option<u16>, extra: &[&str]) -> Node {
+    let mut cmd = Command::new(CHORUS);
+    cmd.arg("--dir")
+        .arg(dir)
+        .args(["serve", "--insecure"])
+        .args(extra)
+        .arg("--gossip")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(j) = join {
+        cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
+    }
+    Node(cmd.spawn().expect("start chorus serve"))
+}
+
+/// True when the key is still stored, as a tombstone or a value.
+fn holds_key(dir: &Path, key: &str) -> bool {
+    let out = chorus(dir, &["ls", "test/keys", "--tombstones"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == key)
+}
+
+#[test]
+fn tombstones_are_collected_once_every_member_has_them_and_an_absent_member_brings_nothing_back() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    for d in &dirs {
+        assert!(chorus(d.path(), &["init"]).status.success());
+    }
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let fast = ["--exchange-interval", "0.3", "--tombstone-grace", "1"];
+    let _a = serve_with(dirs[0].path(), ports[0], None, &fast);
+    let _b = serve_with(dirs[1].path(), ports[1], Some(ports[0]), &fast);
+    let c = serve_with(dirs[2].path(), ports[2], Some(ports[0]), &fast);
+    assert!(
+        chorus(dirs[0].path(), &["put", "test/keys", "gone", "v"])
+            .status
+            .success()
+    );
+    for d in &dirs {
+        wait_for(d.path(), "gone", "v");
+    }
+    // Node 3 is away while the key is deleted.
+    drop(c);
+    assert!(
+        chorus(dirs[0].path(), &["del", "test/keys", "gone"])
+            .status
+            .success()
+    );
+    let start = Instant::now();
+    while chorus(dirs[1].path(), &["get", "test/keys", "gone"])
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the delete never replicated"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Well past the grace period, the tombstone stays: a member lacks it.
+    std::thread::sleep(Duration::from_secs(4));
+    for d in &dirs[..2] {
+        assert!(
+            holds_key(d.path(), "gone"),
+            "collected while a member was away"
+        );
+    }
+    assert!(
+        holds_key(dirs[2].path(), "gone"),
+        "node 3 still has the old value"
+    );
+    // Node 3 comes back with the old value: it gets the tombstone, then
+    // every node collects it, and the value never comes back.
+    let _c = serve_with(dirs[2].path(), ports[2], Some(ports[0]), &fast);
+    let start = Instant::now();
+    while dirs.iter().any(|d| holds_key(d.path(), "gone")) {
+        for d in &dirs {
+            let out = chorus(d.path(), &["get", "test/keys", "gone"]);
+            let back = out.status.success()
+                && String::from_utf8_lossy(&out.stdout).trim() == "v"
+                && !std::ptr::eq(d, &dirs[2]);
+            assert!(
+                !back,
+                "the deleted value came back on {}",
+                d.path().display()
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the tombstone was never collected"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for d in &dirs {
+        assert_eq!(
+            chorus(d.path(), &["get", "test/keys", "gone"])
+                .status
+                .code(),
+            Some(1)
+        );
+    }
+}

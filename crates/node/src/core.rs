@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chorus_core::object::{Object, context_from_string, context_to_string};
+use chorus_core::object::{Object, context_from_string, context_to_string, descends};
 use chorus_core::{FullPrefix, key_hash};
 use chorus_gossip::Rng;
 use chorus_gossip::hyparview::{self, HyParView};
@@ -38,6 +38,8 @@ const STALE_REPAIR: Duration = Duration::from_secs(2);
 /// that nodes do not redial in step.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Most collected tombstones remembered.
+const COLLECTED_MAX: usize = 1 << 20;
 
 /// A peer that could not be dialled, and when to try it again.
 struct Backoff {
@@ -61,6 +63,8 @@ pub struct Stats {
     /// Overlay links made because anti-entropy brought what broadcast
     /// missed.
     pub overlay_links: u64,
+    /// Tombstones removed once every member had them.
+    pub tombstones_collected: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +73,7 @@ enum Timer {
     Tick,
     Rejoin,
     Exchange,
+    CollectTombstones,
 }
 
 struct Link {
@@ -83,6 +88,9 @@ struct Session {
     id: u64,
     initiator: bool,
     exchange: Exchange<Vec<u8>, Vec<u8>>,
+    /// When it started: the tree it compared held every tombstone that
+    /// had arrived before.
+    started: Instant,
 }
 
 pub(crate) struct Core {
@@ -124,6 +132,17 @@ pub(crate) struct Core {
     leaving: Option<Instant>,
     /// Mutual TLS with peers, or plaintext on loopback.
     tls: Option<crate::tls::Tls>,
+    /// Tombstones held here, by key, with when they arrived (this run:
+    /// those found at start count as arriving then).
+    tombstones: BTreeMap<(FullPrefix, Vec<u8>), Instant>,
+    /// When an exchange that finished last started, per peer: everything
+    /// that arrived here before it has reached that peer.
+    synced: HashMap<Peer, Instant>,
+    /// Tombstones collected here recently, with their contexts: a peer
+    /// that has not collected its copy yet sends it back, and it is not
+    /// stored again. Entries expire after four grace periods, and at most
+    /// `COLLECTED_MAX` are kept (the oldest go first).
+    collected: BTreeMap<(FullPrefix, Vec<u8>), (chorus_core::object::Context, Instant)>,
 }
 
 /// The store as Plumtree's application: staleness is a causal check.
@@ -198,7 +217,8 @@ impl Core {
             .seed
             .unwrap_or_else(|| u64::from_le_bytes(node_id[..8].try_into().unwrap_or([7; 8])));
         let cursor = store.cursor()?;
-        let tree = build_tree(&store.snapshot()?);
+        let snapshot = store.snapshot()?;
+        let tree = build_tree(&snapshot);
         let (events, inbox) = mpsc::channel(EVENT_QUEUE);
         let me_for_members = me.clone();
         let (commands, command_inbox) = mpsc::channel(16);
@@ -238,6 +258,9 @@ impl Core {
             left,
             leaving: None,
             tls,
+            tombstones: find_tombstones(&snapshot),
+            synced: HashMap::new(),
+            collected: BTreeMap::new(),
         })
     }
 
@@ -281,6 +304,11 @@ impl Core {
                 ("exchanges_total", self.stats.exchanges),
                 ("frames_dropped_total", self.stats.dropped),
                 ("overlay_links_total", self.stats.overlay_links),
+                (
+                    "tombstones_collected_total",
+                    self.stats.tombstones_collected,
+                ),
+                ("tombstones_held", self.tombstones.len() as u64),
                 ("broadcasts_sent_total", p.gossip_sent),
                 ("grafts_total", p.grafts_sent),
                 ("prunes_total", p.prunes_sent),
@@ -315,6 +343,7 @@ impl Core {
         self.pump();
         self.set_timer(REJOIN, Timer::Rejoin);
         self.set_timer(self.config.exchange_interval, Timer::Exchange);
+        self.set_timer(self.collect_interval(), Timer::CollectTombstones);
         let mut feed = tokio::time::interval(self.config.feed_interval);
         feed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -385,6 +414,10 @@ impl Core {
                 Timer::Exchange => {
                     self.start_exchange();
                     self.set_timer(self.config.exchange_interval, Timer::Exchange);
+                }
+                Timer::CollectTombstones => {
+                    self.collect_tombstones();
+                    self.set_timer(self.collect_interval(), Timer::CollectTombstones);
                 }
             }
         }
@@ -626,7 +659,17 @@ impl Core {
             .filter_map(|(fp, key, bytes)| {
                 let fp = FullPrefix::parse(&fp).ok()?;
                 let object = Object::decode(&bytes).ok()?;
-                Some((fp, key, object))
+                // A delete this node already collected (or something older)
+                // is not stored again: only a write it has not seen is.
+                let slot = (fp, key);
+                if self
+                    .collected
+                    .get(&slot)
+                    .is_some_and(|(context, _)| descends(context, &object.context()))
+                {
+                    return None;
+                }
+                Some((slot.0, slot.1, object))
             })
             .collect();
         if objects.is_empty() {
@@ -654,6 +697,17 @@ impl Core {
                     for k in change.keys {
                         if k.full_prefix.to_string() == crate::members::MEMBERS {
                             self.on_member_record(&k.key, k.value.as_deref());
+                        }
+                        let dead = k
+                            .value
+                            .as_deref()
+                            .and_then(|v| Object::decode(v).ok())
+                            .is_some_and(|o| o.is_tombstone());
+                        let slot = (k.full_prefix.clone(), k.key.clone());
+                        if dead {
+                            self.tombstones.entry(slot).or_insert_with(Instant::now);
+                        } else {
+                            self.tombstones.remove(&slot);
                         }
                         let (p, s) = (k.full_prefix.prefix(), k.full_prefix.subprefix());
                         let hash = k.value.as_deref().map(|v| object_hash(&k.key, v));
@@ -699,6 +753,93 @@ impl Core {
         self.last_link = Some(Instant::now());
         self.hpv.connect(peer.clone());
         self.stats.overlay_links += 1;
+    }
+
+    fn collect_interval(&self) -> Duration {
+        (self.config.tombstone_grace / 10)
+            .clamp(Duration::from_millis(200), Duration::from_secs(60))
+    }
+
+    /// Removes the tombstones every current member has: see
+    /// `docs/tombstones.md` for the rule and why a node that was away
+    /// cannot bring the value back.
+    fn collect_tombstones(&mut self) {
+        let grace = self.config.tombstone_grace;
+        let members: Vec<&Peer> = self
+            .members
+            .iter()
+            .filter(|m| **m != self.me && !self.left.contains(*m))
+            .collect();
+        let ready: Vec<(FullPrefix, Vec<u8>)> = self
+            .tombstones
+            .iter()
+            .filter(|(_, arrived)| {
+                arrived.elapsed() >= grace
+                    && members
+                        .iter()
+                        .all(|m| self.synced.get(*m).is_some_and(|s| s > *arrived))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        let snapshot = self.meta.store().snapshot();
+        let store = self.meta.store().clone();
+        let keys = ready.clone();
+        // Under the writer lock: only what is still a tombstone goes (a
+        // write since then keeps the key).
+        let result = tokio::task::block_in_place(|| {
+            store.update(move |snap| {
+                Ok(keys
+                    .iter()
+                    .filter(|(fp, key)| {
+                        snap.get(fp, key)
+                            .and_then(|b| Object::decode(&b).ok())
+                            .is_some_and(|o| o.is_tombstone())
+                    })
+                    .map(|(fp, key)| chorus_store::Write::delete(fp, key))
+                    .collect())
+            })
+        });
+        match result {
+            Ok(_) => {
+                self.stats.tombstones_collected += ready.len() as u64;
+                let now = Instant::now();
+                for k in ready {
+                    self.tombstones.remove(&k);
+                    let context = snapshot
+                        .as_ref()
+                        .ok()
+                        .and_then(|s| s.get(&k.0, &k.1))
+                        .and_then(|b| Object::decode(&b).ok())
+                        .map(|o| o.context());
+                    if let Some(context) = context {
+                        self.collected.insert(k, (context, now));
+                    }
+                }
+                self.forget_old_collected();
+            }
+            Err(e) => eprintln!("chorus: cannot collect tombstones: {e}"),
+        }
+    }
+
+    fn forget_old_collected(&mut self) {
+        let horizon = self.config.tombstone_grace.saturating_mul(4);
+        self.collected.retain(|_, (_, at)| at.elapsed() < horizon);
+        while self.collected.len() > COLLECTED_MAX {
+            let oldest = self
+                .collected
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    self.collected.remove(&k);
+                }
+                None => break,
+            }
+        }
     }
 
     /// A member record changed (here or by replication).
@@ -758,6 +899,7 @@ impl Core {
             id,
             initiator: true,
             exchange,
+            started: Instant::now(),
         });
         self.stats.exchanges += 1;
         self.send(
@@ -794,6 +936,7 @@ impl Core {
                     id: session,
                     initiator: false,
                     exchange: Exchange::respond(ExchangeConfig::default()),
+                    started: Instant::now(),
                 });
                 self.sessions.len() - 1
             }
@@ -816,8 +959,10 @@ impl Core {
             repairs.push((format!("{p}/{sub}"), r.key, r.object));
         }
         if s.exchange.is_done() {
+            let started = s.started;
             self.sessions.remove(pos);
             self.last_exchange.insert(peer.clone(), Instant::now());
+            self.synced.insert(peer.clone(), started);
         }
         if !repairs.is_empty() {
             self.stats.repaired += repairs.len() as u64;
@@ -858,6 +1003,15 @@ fn missed_by_broadcast(bytes: &[u8]) -> bool {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     now.saturating_sub(newest) > STALE_REPAIR.as_millis() as u64
+}
+
+fn find_tombstones(snapshot: &Snapshot) -> BTreeMap<(FullPrefix, Vec<u8>), Instant> {
+    let now = Instant::now();
+    snapshot
+        .iter()
+        .filter(|(_, _, e)| Object::decode(&e.value).is_ok_and(|o| o.is_tombstone()))
+        .map(|(fp, key, _)| ((fp.clone(), key.as_bytes().to_vec()), now))
+        .collect()
 }
 
 fn build_tree(snapshot: &Snapshot) -> MerkleTree<Vec<u8>> {

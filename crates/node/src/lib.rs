@@ -47,6 +47,9 @@ pub struct Config {
     pub feed_interval: Duration,
     /// How often an anti-entropy exchange starts with a random peer.
     pub exchange_interval: Duration,
+    /// How long a tombstone is kept at least, even once every member has
+    /// it.
+    pub tombstone_grace: Duration,
     /// Seed of the protocols' random choices (defaults to one from the
     /// node id).
     pub seed: Option<u64>,
@@ -64,6 +67,7 @@ impl Config {
             join: Vec::new(),
             feed_interval: Duration::from_millis(20),
             exchange_interval: Duration::from_secs(10),
+            tombstone_grace: Duration::from_secs(3600),
             seed: None,
         }
     }
@@ -123,18 +127,14 @@ pub async fn run(
             "--http {http}: the API has no authentication yet, so it listens on loopback only"
         )));
     }
-    let listener = tokio::net::TcpListener::bind(config.gossip)
-        .await
-        .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", config.gossip)))?;
+    let listener = listen_on(config.gossip)?;
     let listen = listener
         .local_addr()
         .map_err(|e| Error::Io(format!("cannot read the listen address: {e}")))?;
     let me = config.advertise.unwrap_or(listen).to_string();
     let core = core::Core::open(&config, me)?;
     if let Some(addr) = config.http {
-        let http = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::Io(format!("cannot listen on {addr}: {e}")))?;
+        let http = listen_on(addr)?;
         let app = http::router(core.api());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http, app).await {
@@ -143,4 +143,19 @@ pub async fn run(
         });
     }
     core.run(listener, shutdown).await
+}
+
+/// Listens with SO_REUSEADDR, so a node restarted at once after a crash
+/// gets its port back while old connections linger in TIME_WAIT.
+fn listen_on(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    let fail = |e: std::io::Error| Error::Io(format!("cannot listen on {addr}: {e}"));
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(addr).map_err(fail)?;
+    socket.listen(1024).map_err(fail)
 }
