@@ -4,9 +4,10 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster] [--quick] [--json FILE] [--dir DIR]
 //! ```
 
+mod cluster;
 mod commit;
 mod engines;
 mod harness;
@@ -22,7 +23,7 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster] [--quick] [--json FILE] [--dir DIR]
 
   all         run every benchmark (the default)
   read        point reads in-process: Chorus get vs LMDB vs SQLite WAL
@@ -33,6 +34,9 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
   visibility  how soon another process sees a commit
   meta        metadata API: get (1 value, 3 siblings + lww) vs engine get,
               iterate 1,000,000 keys vs SQLite, object size for 1/2/5 writers
+  cluster     (not in all) 3 chorus serve nodes vs a 3-member etcd over HTTP:
+              PUT/GET latency, visibility on the other nodes, PUT throughput;
+              needs `cargo build --release -p chorus-cli` and etcd on PATH
 
   --quick     about 10x smaller counts (smoke run)
   --json FILE also write the raw results as JSON
@@ -57,6 +61,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "open" => open::run(cfg),
         "visibility" => visibility::run(cfg),
         "meta" => meta::run(cfg),
+        "cluster" => cluster::run(cfg),
         other => Err(format!("unknown benchmark {other:?}\n{USAGE}").into()),
     }
 }
@@ -100,7 +105,7 @@ fn real_main() -> Res<()> {
     let which = which.unwrap_or_else(|| "all".to_string());
     let names: Vec<&str> = if which == "all" {
         BENCHES.to_vec()
-    } else if BENCHES.contains(&which.as_str()) {
+    } else if BENCHES.contains(&which.as_str()) || which == "cluster" {
         vec![which.as_str()]
     } else {
         return Err(format!("unknown benchmark {which:?}\n{USAGE}").into());

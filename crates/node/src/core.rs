@@ -132,6 +132,8 @@ pub(crate) struct Core {
     leaving: Option<Instant>,
     /// Mutual TLS with peers, or plaintext on loopback.
     tls: Option<crate::tls::Tls>,
+    /// Woken by the API after a local commit: read the feed now.
+    committed: Arc<tokio::sync::Notify>,
     /// Tombstones held here, by key, with when they arrived (this run:
     /// those found at start count as arriving then).
     tombstones: BTreeMap<(FullPrefix, Vec<u8>), Instant>,
@@ -261,12 +263,14 @@ impl Core {
             tombstones: find_tombstones(&snapshot),
             synced: HashMap::new(),
             collected: BTreeMap::new(),
+            committed: Arc::default(),
         })
     }
 
     /// What the HTTP API needs.
     pub(crate) fn api(&self) -> Api {
         Api {
+            committed: self.committed.clone(),
             commands: self.commands.clone(),
             meta: self.meta.clone(),
             view: self.view.clone(),
@@ -347,6 +351,7 @@ impl Core {
         let mut feed = tokio::time::interval(self.config.feed_interval);
         feed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let committed = self.committed.clone();
         loop {
             let next_timer = self.timers.keys().next().map(|(at, _)| *at);
             let sleep = tokio::time::sleep_until(
@@ -360,6 +365,11 @@ impl Core {
                 Some(Command::Join(peer)) = commands.recv() => {
                     self.members.insert(peer.clone());
                     self.hpv.join(peer);
+                }
+                () = committed.notified() => {
+                    if let Err(e) = self.read_feed() {
+                        eprintln!("chorus: cannot read the change feed: {e}");
+                    }
                 }
                 _ = feed.tick() => {
                     if let Err(e) = self.read_feed() {

@@ -69,6 +69,7 @@ pub(crate) enum Command {
 
 #[derive(Clone)]
 pub(crate) struct Api {
+    pub(crate) committed: Arc<tokio::sync::Notify>,
     pub(crate) commands: tokio::sync::mpsc::Sender<Command>,
     pub(crate) meta: Metadata,
     pub(crate) view: Arc<Mutex<ClusterView>>,
@@ -387,10 +388,21 @@ async fn write(
     let context = context_header(&headers)?;
     let deleted = matches!(value, PutValue::Tombstone);
     let meta = api.meta.clone();
-    let k = key.clone();
-    let info = tokio::task::block_in_place(|| {
-        meta.put(&fp, k.as_bytes(), value, &PutOptions { context })
-    })?;
+    let (k, f) = (key.clone(), fp.clone());
+    // On the blocking pool, not in place: concurrent writes then wait in
+    // the store's commit queue together and share one sync.
+    let info = tokio::task::spawn_blocking(move || {
+        meta.put(&f, k.as_bytes(), value, &PutOptions { context })
+    })
+    .await
+    .map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "internal",
+        message: format!("the write task failed: {e}"),
+    })??;
+    // The core reads the feed now instead of at its next tick, so the
+    // write starts replicating at once.
+    api.committed.notify_one();
     record(&api, true, started);
     Ok(axum::Json(json!({
         "full_prefix": fp.to_string(), "key": key, "seq": info.seq, "deleted": deleted

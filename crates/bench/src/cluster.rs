@@ -1,0 +1,443 @@
+//! `chorus-bench cluster`: a 3-node Chorus cluster (`chorus serve`, HTTP)
+//! beside a 3-member etcd cluster (its v3 JSON gateway), both on loopback,
+//! started by the benchmark, measured with the same HTTP/1.1 client:
+//! acknowledged PUT latency, GET latency, how soon a PUT on node 1 is
+//! visible on nodes 2 and 3, and PUT throughput from 16 connections.
+//!
+//! Chorus acknowledges a PUT after its local commit (synced) and
+//! replicates after; etcd acknowledges after a quorum has it. GETs: Chorus
+//! reads its local copy; etcd's default GET is linearizable (through the
+//! leader), and its serializable GET reads the member's copy; both are
+//! measured.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Cfg, Outcome, Res, Row};
+
+/// A process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client on one kept-alive connection.
+struct Http {
+    reader: BufReader<TcpStream>,
+    host: String,
+}
+
+impl Http {
+    fn connect(addr: &str) -> Res<Http> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(Http {
+            reader: BufReader::new(stream),
+            host: addr.to_string(),
+        })
+    }
+
+    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Res<(u16, Vec<u8>)> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        let s = self.reader.get_mut();
+        s.write_all(head.as_bytes())?;
+        s.write_all(body)?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {line:?}"))?;
+        let (mut length, mut chunked) = (0usize, false);
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let lower = l.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse()?;
+            }
+            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                self.reader.read_line(&mut line)?;
+                let n = usize::from_str_radix(line.trim(), 16)?;
+                let mut chunk = vec![0u8; n + 2];
+                self.reader.read_exact(&mut chunk)?;
+                chunk.truncate(n);
+                body.extend_from_slice(&chunk);
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            body.resize(length, 0);
+            self.reader.read_exact(&mut body)?;
+        }
+        Ok((status, body))
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum System {
+    Chorus,
+    Etcd,
+}
+
+/// How a GET reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read_ {
+    Default,
+    Local,
+}
+
+fn put(c: &mut Http, sys: System, key: &str, value: &[u8]) -> Res<()> {
+    let (status, body) = match sys {
+        System::Chorus => c.request("PUT", &format!("/v1/kv/bench/data/{key}"), value)?,
+        System::Etcd => {
+            let req = json!({"key": b64(key.as_bytes()), "value": b64(value)}).to_string();
+            c.request("POST", "/v3/kv/put", req.as_bytes())?
+        }
+    };
+    if status != 200 {
+        return Err(format!("PUT {key}: {status} {}", String::from_utf8_lossy(&body)).into());
+    }
+    Ok(())
+}
+
+fn get(c: &mut Http, sys: System, key: &str, how: Read_) -> Res<Option<Vec<u8>>> {
+    match sys {
+        System::Chorus => {
+            let (status, body) = c.request("GET", &format!("/v1/kv/bench/data/{key}"), b"")?;
+            if status == 404 {
+                return Ok(None);
+            }
+            let v: Value = serde_json::from_slice(&body)?;
+            Ok(v["values"][0]["value"]
+                .as_str()
+                .map(|s| s.as_bytes().to_vec()))
+        }
+        System::Etcd => {
+            let req = json!({"key": b64(key.as_bytes()), "serializable": how == Read_::Local})
+                .to_string();
+            let (_, body) = c.request("POST", "/v3/kv/range", req.as_bytes())?;
+            let v: Value = serde_json::from_slice(&body)?;
+            let Some(value) = v["kvs"][0]["value"].as_str() else {
+                return Ok(None);
+            };
+            use base64::Engine as _;
+            Ok(Some(
+                base64::engine::general_purpose::STANDARD.decode(value)?,
+            ))
+        }
+    }
+}
+
+fn free_port() -> Res<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until `addr` answers `GET /health` (both systems serve it).
+fn wait_http(addr: &str) -> Res<()> {
+    let start = Instant::now();
+    loop {
+        let ok = Http::connect(addr).and_then(|mut c| c.request("GET", "/health", b""));
+        if matches!(ok, Ok((200, _))) {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{addr} never came up").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_chorus(bin: &Path, base: &Path) -> Res<(Vec<Proc>, Vec<String>)> {
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    let first_gossip = free_port()?;
+    for i in 0..3 {
+        let gossip = if i == 0 { first_gossip } else { free_port()? };
+        let http = free_port()?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--dir")
+            .arg(base.join(format!("chorus-{i}")))
+            .args(["serve", "--insecure"])
+            .arg("--gossip")
+            .arg(format!("127.0.0.1:{gossip}"))
+            .arg("--http")
+            .arg(format!("127.0.0.1:{http}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if i > 0 {
+            cmd.arg("--join").arg(format!("127.0.0.1:{first_gossip}"));
+        }
+        procs.push(Proc(cmd.spawn()?));
+        urls.push(format!("127.0.0.1:{http}"));
+    }
+    for u in &urls {
+        wait_http(u)?;
+    }
+    Ok((procs, urls))
+}
+
+fn start_etcd(base: &Path) -> Res<(Vec<Proc>, Vec<String>)> {
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<Res<_>>()?;
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let cmd = Command::new("etcd")
+            .arg("--name")
+            .arg(format!("e{i}"))
+            .arg("--data-dir")
+            .arg(base.join(format!("etcd-{i}")))
+            .arg("--listen-client-urls")
+            .arg(format!("http://127.0.0.1:{client}"))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://127.0.0.1:{client}"))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{peer}"))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://127.0.0.1:{peer}"))
+            .arg("--initial-cluster")
+            .arg(initial.join(","))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start etcd (apt-get install etcd-server): {e}"))?;
+        procs.push(Proc(cmd));
+        urls.push(format!("127.0.0.1:{client}"));
+    }
+    for u in &urls {
+        wait_http(u)?;
+    }
+    // A first write waits for a leader.
+    let mut c = Http::connect(&urls[0])?;
+    let start = Instant::now();
+    while put(&mut c, System::Etcd, "warmup", b"x").is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err("etcd elected no leader".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((procs, urls))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Figures {
+    put_us: (f64, f64),
+    get_us: (f64, f64),
+    get_local_us: (f64, f64),
+    visible_ms: (f64, f64),
+    put_per_s: f64,
+}
+
+fn p50_p99(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (percentile(&v, 0.5), percentile(&v, 0.99))
+}
+
+fn measure(sys: System, urls: &[String], n: usize) -> Res<Figures> {
+    let value = vec![b'v'; 100];
+    let mut c = Http::connect(&urls[0])?;
+    let mut puts = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        put(&mut c, sys, &format!("lat-{i}"), &value)?;
+        puts.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut gets = Vec::with_capacity(2 * n);
+    let mut locals = Vec::with_capacity(2 * n);
+    for i in 0..2 * n {
+        let key = format!("lat-{}", i % n);
+        let t = Instant::now();
+        get(&mut c, sys, &key, Read_::Default)?;
+        gets.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        get(&mut c, sys, &key, Read_::Local)?;
+        locals.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut others: Vec<Http> = urls[1..]
+        .iter()
+        .map(|u| Http::connect(u))
+        .collect::<Res<_>>()?;
+    let mut visible = Vec::new();
+    for i in 0..(n / 5).max(10) {
+        let key = format!("vis-{i}");
+        let t = Instant::now();
+        put(&mut c, sys, &key, &value)?;
+        for o in &mut others {
+            while get(o, sys, &key, Read_::Local)?.is_none() {
+                if t.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("{key} never became visible").into());
+                }
+            }
+        }
+        visible.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let threads = 16;
+    let per = (n / 2).max(50);
+    let t = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|th| {
+            let url = urls[0].clone();
+            let value = value.clone();
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut c = Http::connect(&url).map_err(|e| e.to_string())?;
+                for i in 0..per {
+                    put(&mut c, sys, &format!("tp-{th}-{i}"), &value).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| "a client thread panicked")??;
+    }
+    let put_per_s = (threads * per) as f64 / t.elapsed().as_secs_f64();
+    Ok(Figures {
+        put_us: p50_p99(puts),
+        get_us: p50_p99(gets),
+        get_local_us: p50_p99(locals),
+        visible_ms: p50_p99(visible),
+        put_per_s,
+    })
+}
+
+fn chorus_binary() -> Res<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("chorus");
+    if !bin.exists() {
+        return Err(format!(
+            "{} is missing: build it first with `cargo build --release -p chorus-cli`",
+            bin.display()
+        )
+        .into());
+    }
+    Ok(bin)
+}
+
+pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
+    let n = if cfg.quick { 200 } else { 2000 };
+    let bin = chorus_binary()?;
+    let dir = tempfile::tempdir_in(&cfg.base)?;
+    let (chorus_procs, chorus_urls) = start_chorus(&bin, dir.path())?;
+    let (etcd_procs, etcd_urls) = start_etcd(dir.path())?;
+    let ch = measure(System::Chorus, &chorus_urls, n)?;
+    drop(chorus_procs);
+    let et = measure(System::Etcd, &etcd_urls, n)?;
+    drop(etcd_procs);
+    let time = |name: &str, unit: &str, c: f64, e: f64, goal: Option<f64>| {
+        Row::ratio_goal(
+            name,
+            format!("{c:.0} {unit}"),
+            "etcd",
+            format!("{e:.0} {unit}"),
+            e / c,
+            goal,
+        )
+    };
+    let rows = vec![
+        time(
+            "cluster: PUT p50, acknowledged",
+            "us",
+            ch.put_us.0,
+            et.put_us.0,
+            Some(5.0),
+        ),
+        time("cluster: PUT p99", "us", ch.put_us.1, et.put_us.1, None),
+        time(
+            "cluster: GET p50 (etcd linearizable)",
+            "us",
+            ch.get_us.0,
+            et.get_us.0,
+            Some(5.0),
+        ),
+        time(
+            "cluster: GET p99 (etcd linearizable)",
+            "us",
+            ch.get_us.1,
+            et.get_us.1,
+            None,
+        ),
+        time(
+            "cluster: GET p50 (etcd serializable)",
+            "us",
+            ch.get_local_us.0,
+            et.get_local_us.0,
+            None,
+        ),
+        time(
+            "cluster: visible on 2 others, p50",
+            "ms",
+            ch.visible_ms.0,
+            et.visible_ms.0,
+            None,
+        ),
+        time(
+            "cluster: visible on 2 others, p99",
+            "ms",
+            ch.visible_ms.1,
+            et.visible_ms.1,
+            None,
+        ),
+        Row::ratio_goal(
+            "cluster: PUT throughput, 16 conns",
+            format!("{:.0}/s", ch.put_per_s),
+            "etcd",
+            format!("{:.0}/s", et.put_per_s),
+            ch.put_per_s / et.put_per_s,
+            Some(5.0),
+        ),
+    ];
+    let raw = json!({
+        "chorus": {"put_us": ch.put_us, "get_us": ch.get_us, "get_local_us": ch.get_local_us, "visible_ms": ch.visible_ms, "put_per_s": ch.put_per_s},
+        "etcd": {"put_us": et.put_us, "get_us": et.get_us, "get_local_us": et.get_local_us, "visible_ms": et.visible_ms, "put_per_s": et.put_per_s},
+    });
+    Ok(Outcome { rows, raw })
+}
