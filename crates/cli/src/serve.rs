@@ -50,9 +50,9 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         ("--exchange-interval", args.exchange_interval),
         ("--tombstone-grace", args.tombstone_grace),
     ] {
-        if !(value.is_finite() && value > 0.0 && value < 1e9) {
+        if !(value.is_finite() && (0.001..1e9).contains(&value)) {
             return Err(Failure::usage(format!(
-                "{name} {value} is not a number of seconds > 0"
+                "{name} {value}: give a number of seconds from 0.001 up"
             )));
         }
     }

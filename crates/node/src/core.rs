@@ -38,8 +38,23 @@ const STALE_REPAIR: Duration = Duration::from_secs(2);
 /// that nodes do not redial in step.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A merge commit's share of the engine's limits (16 MiB, 100,000
+/// writes by default), so a large exchange step is stored in several.
+const MERGE_BYTES_MAX: usize = 4 << 20;
+const MERGE_KEYS_MAX: usize = 10_000;
 /// Most collected tombstones remembered.
 const COLLECTED_MAX: usize = 1 << 20;
+
+/// A tombstone held here: when this version arrived, and its hash (so
+/// that only this version is removed, never one that replaced it).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    arrived: Instant,
+    hash: u64,
+}
+
+/// A tombstone removed under the writer lock, with its context.
+type Removed = ((FullPrefix, Vec<u8>), chorus_core::object::Context);
 
 /// A peer that could not be dialled, and when to try it again.
 struct Backoff {
@@ -136,7 +151,7 @@ pub(crate) struct Core {
     committed: Arc<tokio::sync::Notify>,
     /// Tombstones held here, by key, with when they arrived (this run:
     /// those found at start count as arriving then).
-    tombstones: BTreeMap<(FullPrefix, Vec<u8>), Instant>,
+    tombstones: BTreeMap<(FullPrefix, Vec<u8>), Held>,
     /// When an exchange that finished last started, per peer: everything
     /// that arrived here before it has reached that peer.
     synced: HashMap<Peer, Instant>,
@@ -493,7 +508,7 @@ impl Core {
                 let keep_mine = self
                     .links
                     .get(&peer)
-                    .is_some_and(|l| l.outbound && self.me < peer);
+                    .is_some_and(|l| l.outbound && l.node_id.is_some() && self.me < peer);
                 if !keep_mine {
                     self.links.insert(
                         peer,
@@ -532,7 +547,8 @@ impl Core {
         if peer == self.me {
             return;
         }
-        if self.left.contains(&peer) {
+        if self.left.contains(&peer) || (self.tls.is_none() && !is_loopback(&peer)) {
+            // Left, or beyond loopback without TLS: never dialled.
             self.fail_peer(&peer);
             return;
         }
@@ -664,33 +680,56 @@ impl Core {
 
     /// Merges encoded objects from a peer; undecodable ones are skipped
     /// (a peer cannot make this node fail).
-    fn merge(&mut self, origin: Origin, items: impl Iterator<Item = (String, Vec<u8>, Vec<u8>)>) {
-        let objects: Vec<_> = items
-            .filter_map(|(fp, key, bytes)| {
-                let fp = FullPrefix::parse(&fp).ok()?;
-                let object = Object::decode(&bytes).ok()?;
-                // A delete this node already collected (or something older)
-                // is not stored again: only a write it has not seen is.
-                let slot = (fp, key);
-                if self
-                    .collected
-                    .get(&slot)
-                    .is_some_and(|(context, _)| descends(context, &object.context()))
-                {
-                    return None;
+    /// Merges encoded objects from a peer, in commits that stay under the
+    /// engine's limits; undecodable objects are skipped (a peer cannot
+    /// make this node fail). False if a commit failed: nothing after it
+    /// was stored, and the caller must not acknowledge.
+    fn merge(
+        &mut self,
+        origin: Origin,
+        items: impl Iterator<Item = (String, Vec<u8>, Vec<u8>)>,
+    ) -> bool {
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0usize;
+        for (fp, key, bytes) in items {
+            let Ok(fp) = FullPrefix::parse(&fp) else {
+                continue;
+            };
+            let Ok(object) = Object::decode(&bytes) else {
+                continue;
+            };
+            // A delete this node already collected (or something older)
+            // is not stored again: only a write it has not seen is.
+            let slot = (fp, key);
+            if self
+                .collected
+                .get(&slot)
+                .is_some_and(|(context, _)| descends(context, &object.context()))
+            {
+                continue;
+            }
+            if batch_bytes + bytes.len() > MERGE_BYTES_MAX || batch.len() >= MERGE_KEYS_MAX {
+                if !self.commit_merge(origin, std::mem::take(&mut batch)) {
+                    return false;
                 }
-                Some((slot.0, slot.1, object))
-            })
-            .collect();
-        if objects.is_empty() {
-            return;
+                batch_bytes = 0;
+            }
+            batch_bytes += bytes.len() + slot.1.len();
+            batch.push((slot.0, slot.1, object));
         }
+        batch.is_empty() || self.commit_merge(origin, batch)
+    }
+
+    fn commit_merge(&self, origin: Origin, objects: Vec<(FullPrefix, Vec<u8>, Object)>) -> bool {
         let meta = self.meta.clone();
         // The commit syncs: let the runtime move other tasks off this
         // thread meanwhile.
-        if let Err(e) = tokio::task::block_in_place(|| meta.merge(origin, objects)) {
-            // Not acknowledged to anyone: anti-entropy brings it again.
-            eprintln!("chorus: cannot merge objects from a peer: {e}");
+        match tokio::task::block_in_place(|| meta.merge(origin, objects)) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("chorus: cannot merge objects from a peer: {e}");
+                false
+            }
         }
     }
 
@@ -711,13 +750,21 @@ impl Core {
                         let dead = k
                             .value
                             .as_deref()
-                            .and_then(|v| Object::decode(v).ok())
-                            .is_some_and(|o| o.is_tombstone());
+                            .filter(|v| Object::decode(v).is_ok_and(|o| o.is_tombstone()));
                         let slot = (k.full_prefix.clone(), k.key.clone());
-                        if dead {
-                            self.tombstones.entry(slot).or_insert_with(Instant::now);
-                        } else {
-                            self.tombstones.remove(&slot);
+                        match dead {
+                            // Every new version of a tombstone starts its
+                            // wait again.
+                            Some(v) => {
+                                let held = Held {
+                                    arrived: Instant::now(),
+                                    hash: object_hash(&k.key, v),
+                                };
+                                self.tombstones.insert(slot, held);
+                            }
+                            None => {
+                                self.tombstones.remove(&slot);
+                            }
                         }
                         let (p, s) = (k.full_prefix.prefix(), k.full_prefix.subprefix());
                         let hash = k.value.as_deref().map(|v| object_hash(&k.key, v));
@@ -746,7 +793,12 @@ impl Core {
                 }
             }
             Feed::Gap { resume, .. } => {
-                self.tree = build_tree(&store.snapshot()?);
+                // Commits were compacted before this node read them:
+                // start over from the state, as at start (every tombstone
+                // waits again).
+                let snapshot = store.snapshot()?;
+                self.tree = build_tree(&snapshot);
+                self.tombstones = find_tombstones(&snapshot);
                 self.cursor = resume;
             }
         }
@@ -780,58 +832,67 @@ impl Core {
             .iter()
             .filter(|m| **m != self.me && !self.left.contains(*m))
             .collect();
-        let ready: Vec<(FullPrefix, Vec<u8>)> = self
+        let ready: Vec<((FullPrefix, Vec<u8>), u64)> = self
             .tombstones
             .iter()
-            .filter(|(_, arrived)| {
-                arrived.elapsed() >= grace
+            .filter(|(_, held)| {
+                held.arrived.elapsed() >= grace
                     && members
                         .iter()
-                        .all(|m| self.synced.get(*m).is_some_and(|s| s > *arrived))
+                        .all(|m| self.synced.get(*m).is_some_and(|s| *s > held.arrived))
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, held)| (k.clone(), held.hash))
+            .take(MERGE_KEYS_MAX)
             .collect();
         if ready.is_empty() {
             return;
         }
-        let snapshot = self.meta.store().snapshot();
         let store = self.meta.store().clone();
+        let removed: Arc<Mutex<Vec<Removed>>> = Arc::default();
+        let sink = removed.clone();
         let keys = ready.clone();
-        // Under the writer lock: only what is still a tombstone goes (a
-        // write since then keeps the key).
+        // Under the writer lock: only the very version that waited goes (a
+        // write or another delete since then keeps the key), and the
+        // context remembered is the one removed.
         let result = tokio::task::block_in_place(|| {
             store.update(move |snap| {
-                Ok(keys
-                    .iter()
-                    .filter(|(fp, key)| {
-                        snap.get(fp, key)
-                            .and_then(|b| Object::decode(&b).ok())
-                            .is_some_and(|o| o.is_tombstone())
-                    })
-                    .map(|(fp, key)| chorus_store::Write::delete(fp, key))
-                    .collect())
+                let mut writes = Vec::new();
+                let mut gone = Vec::new();
+                for ((fp, key), hash) in keys {
+                    let Some(bytes) = snap.get(&fp, &key) else {
+                        continue;
+                    };
+                    if object_hash(&key, &bytes) != hash {
+                        continue;
+                    }
+                    let Ok(object) = Object::decode(&bytes) else {
+                        continue;
+                    };
+                    writes.push(chorus_store::Write::delete(&fp, &key));
+                    gone.push(((fp, key), object.context()));
+                }
+                *sink
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = gone;
+                Ok(writes)
             })
         });
-        match result {
-            Ok(_) => {
-                self.stats.tombstones_collected += ready.len() as u64;
-                let now = Instant::now();
-                for k in ready {
-                    self.tombstones.remove(&k);
-                    let context = snapshot
-                        .as_ref()
-                        .ok()
-                        .and_then(|s| s.get(&k.0, &k.1))
-                        .and_then(|b| Object::decode(&b).ok())
-                        .map(|o| o.context());
-                    if let Some(context) = context {
-                        self.collected.insert(k, (context, now));
-                    }
-                }
-                self.forget_old_collected();
-            }
-            Err(e) => eprintln!("chorus: cannot collect tombstones: {e}"),
+        if let Err(e) = result {
+            eprintln!("chorus: cannot collect tombstones: {e}");
+            return;
         }
+        let gone = std::mem::take(
+            &mut *removed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let now = Instant::now();
+        self.stats.tombstones_collected += gone.len() as u64;
+        for (k, context) in gone {
+            self.tombstones.remove(&k);
+            self.collected.insert(k, (context, now));
+        }
+        self.forget_old_collected();
     }
 
     fn forget_old_collected(&mut self) {
@@ -922,6 +983,12 @@ impl Core {
         );
     }
 
+    fn session_index(&self, peer: &Peer, id: u64, initiator: bool) -> Option<usize> {
+        self.sessions
+            .iter()
+            .position(|s| s.peer == *peer && s.id == id && s.initiator == initiator)
+    }
+
     fn on_exchange(
         &mut self,
         peer: Peer,
@@ -937,7 +1004,12 @@ impl Core {
             .position(|s| s.peer == peer && s.id == session && s.initiator == mine);
         let pos = match pos {
             Some(p) => p,
-            None if from_initiator => {
+            // Only a Begin opens a session: a step for a session this node
+            // does not have (evicted, or from before a restart) would
+            // otherwise look like a whole exchange that found nothing.
+            None if from_initiator
+                && matches!(message, chorus_gossip::merkle::Message::Begin { .. }) =>
+            {
                 if self.sessions.len() >= SESSIONS_MAX {
                     self.sessions.pop_front();
                 }
@@ -968,12 +1040,7 @@ impl Core {
             };
             repairs.push((format!("{p}/{sub}"), r.key, r.object));
         }
-        if s.exchange.is_done() {
-            let started = s.started;
-            self.sessions.remove(pos);
-            self.last_exchange.insert(peer.clone(), Instant::now());
-            self.synced.insert(peer.clone(), started);
-        }
+        let (done, started) = (s.exchange.is_done(), s.started);
         if !repairs.is_empty() {
             self.stats.repaired += repairs.len() as u64;
             if repairs
@@ -982,7 +1049,21 @@ impl Core {
             {
                 self.link_after_stale_repair(&peer);
             }
-            self.merge(Origin::Peer(node_id), repairs.into_iter());
+            if !self.merge(Origin::Peer(node_id), repairs.into_iter()) {
+                // Not stored, so not acknowledged: the exchange ends here
+                // unanswered, and the peer counts it as unfinished.
+                if let Some(i) = self.session_index(&peer, session, mine) {
+                    self.sessions.remove(i);
+                }
+                return;
+            }
+        }
+        if done {
+            if let Some(i) = self.session_index(&peer, session, mine) {
+                self.sessions.remove(i);
+            }
+            self.last_exchange.insert(peer.clone(), Instant::now());
+            self.synced.insert(peer.clone(), started);
         }
         if let Some(message) = reply {
             self.send(
@@ -1015,12 +1096,24 @@ fn missed_by_broadcast(bytes: &[u8]) -> bool {
     now.saturating_sub(newest) > STALE_REPAIR.as_millis() as u64
 }
 
-fn find_tombstones(snapshot: &Snapshot) -> BTreeMap<(FullPrefix, Vec<u8>), Instant> {
+/// True for an address on loopback (what plaintext may dial).
+fn is_loopback(peer: &str) -> bool {
+    peer.parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+}
+
+fn find_tombstones(snapshot: &Snapshot) -> BTreeMap<(FullPrefix, Vec<u8>), Held> {
     let now = Instant::now();
     snapshot
         .iter()
         .filter(|(_, _, e)| Object::decode(&e.value).is_ok_and(|o| o.is_tombstone()))
-        .map(|(fp, key, _)| ((fp.clone(), key.as_bytes().to_vec()), now))
+        .map(|(fp, key, e)| {
+            let held = Held {
+                arrived: now,
+                hash: object_hash(key.as_bytes(), &e.value),
+            };
+            ((fp.clone(), key.as_bytes().to_vec()), held)
+        })
         .collect()
 }
 

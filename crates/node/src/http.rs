@@ -451,7 +451,7 @@ async fn hash_prefix(
     Path(prefix): Path<String>,
 ) -> Result<Response, ApiError> {
     FullPrefix::new(&prefix, "x")?;
-    let hash = api.meta.prefix_hash_all(&prefix)?;
+    let hash = tokio::task::block_in_place(|| api.meta.prefix_hash_all(&prefix))?;
     Ok(axum::Json(json!({"prefix": prefix, "hash": hex(&hash)})).into_response())
 }
 
@@ -460,7 +460,7 @@ async fn hash_full(
     Path((prefix, sub)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let fp = full_prefix(&prefix, &sub)?;
-    let hash = api.meta.prefix_hash(&fp)?;
+    let hash = tokio::task::block_in_place(|| api.meta.prefix_hash(&fp))?;
     Ok(axum::Json(json!({"full_prefix": fp.to_string(), "hash": hex(&hash)})).into_response())
 }
 
@@ -502,7 +502,7 @@ async fn watch(
                 .map_err(|_| ApiError::bad("Last-Event-ID is not ASCII"))?;
             Cursor::parse(text)?
         }
-        None => api.meta.store().cursor()?,
+        None => tokio::task::block_in_place(|| api.meta.store().cursor())?,
     };
     let state = WatchState {
         meta: api.meta.clone(),
@@ -543,12 +543,17 @@ async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, 
                 }
                 for change in changes {
                     let position = cursor.with_seq(change.seq).to_string();
-                    for k in &change.keys {
-                        if !in_scope(&s.scope, &k.full_prefix) {
-                            continue;
-                        }
-                        s.pending
-                            .push_back(change_event(&change.origin, k, &position));
+                    let keys: Vec<_> = change
+                        .keys
+                        .iter()
+                        .filter(|k| in_scope(&s.scope, &k.full_prefix))
+                        .collect();
+                    // Only a commit's last event carries the position: a
+                    // client that reconnects after part of a commit gets
+                    // the whole commit again rather than losing its rest.
+                    for (i, k) in keys.iter().enumerate() {
+                        let id = (i + 1 == keys.len()).then_some(position.as_str());
+                        s.pending.push_back(change_event(&change.origin, k, id));
                     }
                 }
                 s.cursor = next;
@@ -580,7 +585,7 @@ fn in_scope(scope: &Option<(String, Option<String>)>, fp: &FullPrefix) -> bool {
     }
 }
 
-fn change_event(origin: &Origin, k: &chorus_store::ChangedKey, position: &str) -> SseEvent {
+fn change_event(origin: &Origin, k: &chorus_store::ChangedKey, position: Option<&str>) -> SseEvent {
     let object = k
         .value
         .as_deref()
@@ -598,8 +603,11 @@ fn change_event(origin: &Origin, k: &chorus_store::ChangedKey, position: &str) -
         }
         None => data["removed"] = json!(true),
     }
-    SseEvent::default()
-        .id(position)
-        .event("change")
-        .data(data.to_string())
+    // The id goes first, so a client that reads line by line knows it
+    // before the data it numbers.
+    let event = match position {
+        Some(p) => SseEvent::default().id(p),
+        None => SseEvent::default(),
+    };
+    event.event("change").data(data.to_string())
 }
