@@ -466,6 +466,22 @@ fn a_node_that_leaves_stops_and_the_others_record_it_as_left() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // It cannot come back with its old data.
+    let out = Command::new(CHORUS)
+        .arg("--dir")
+        .arg(d2.path())
+        .args([
+            "serve",
+            "--insecure",
+            "--gossip",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("chorus serve");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left the cluster"));
     // A directory that never served is in no cluster.
     let lone = tempfile::tempdir().expect("tmp");
     let _ = Command::new(CHORUS)

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use chorus_core::{FullPrefix, NodeId};
-use chorus_store::{GetOptions, IterOptions, Metadata, PutOptions, PutValue, Resolver, Scope};
+use chorus_store::{IterOptions, Metadata, PutOptions, PutValue, Resolver, Scope};
 use serde::{Deserialize, Serialize};
 
 /// Where the member list lives.
@@ -41,40 +41,54 @@ pub fn decode(bytes: &[u8]) -> Option<Member> {
     serde_json::from_slice(bytes).ok()
 }
 
-/// Writes this node's record as `up`, unless it already says so.
+/// Writes this node's record as `up`, unless it already says so. Refuses
+/// a node that left (it must come back from an empty directory), and marks
+/// the node's records under other addresses left (it moved).
 pub fn announce(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_store::Error> {
     let fp = members_prefix()?;
     let record = Member {
         node: node.to_string(),
         state: "up".into(),
     };
-    let current = read_one(meta, &fp, me)?;
-    if current.as_ref() == Some(&record) {
+    let all = read_all(meta)?;
+    // A node that left must not come back with its old data (see
+    // docs/tombstones.md): refuse rather than mark it up again.
+    if all.values().any(|m| m.node == record.node && m.has_left()) {
+        return Err(chorus_store::Error::InvalidInput(format!(
+            "node {} left the cluster: its data may hold deletes the cluster has forgotten; start it from an empty directory to join again",
+            record.node
+        )));
+    }
+    for (addr, m) in &all {
+        if m.node == record.node && addr != me {
+            let moved = Member {
+                node: m.node.clone(),
+                state: "left".into(),
+            };
+            put(meta, &fp, addr, &moved)?;
+        }
+    }
+    if all.get(me) == Some(&record) {
         return Ok(());
     }
-    let bytes = serde_json::to_vec(&record)
-        .map_err(|e| chorus_store::Error::InvalidInput(e.to_string()))?;
+    put(meta, &fp, me, &record)
+}
+
+fn put(
+    meta: &Metadata,
+    fp: &FullPrefix,
+    addr: &str,
+    record: &Member,
+) -> Result<(), chorus_store::Error> {
+    let bytes =
+        serde_json::to_vec(record).map_err(|e| chorus_store::Error::InvalidInput(e.to_string()))?;
     meta.put_reserved(
-        &fp,
-        me.as_bytes(),
+        fp,
+        addr.as_bytes(),
         PutValue::Bytes(bytes),
         &PutOptions::default(),
     )?;
     Ok(())
-}
-
-fn read_one(
-    meta: &Metadata,
-    fp: &FullPrefix,
-    key: &str,
-) -> Result<Option<Member>, chorus_store::Error> {
-    let opts = GetOptions {
-        resolver: Resolver::Lww,
-        ..GetOptions::default()
-    };
-    Ok(meta
-        .get(fp, key.as_bytes(), &opts)?
-        .and_then(|r| r.values.first().and_then(|v| v.bytes().and_then(decode))))
 }
 
 /// Every member record, by address.
@@ -106,20 +120,16 @@ pub fn read_all(meta: &Metadata) -> Result<BTreeMap<String, Member>, chorus_stor
 pub fn leave(meta: &Metadata, node: NodeId) -> Result<Option<String>, chorus_store::Error> {
     let fp = members_prefix()?;
     let id = node.to_string();
-    let Some((addr, _)) = read_all(meta)?.into_iter().find(|(_, m)| m.node == id) else {
+    let Some((addr, _)) = read_all(meta)?
+        .into_iter()
+        .find(|(_, m)| m.node == id && !m.has_left())
+    else {
         return Ok(None);
     };
     let record = Member {
         node: id,
         state: "left".into(),
     };
-    let bytes = serde_json::to_vec(&record)
-        .map_err(|e| chorus_store::Error::InvalidInput(e.to_string()))?;
-    meta.put_reserved(
-        &fp,
-        addr.as_bytes(),
-        PutValue::Bytes(bytes),
-        &PutOptions::default(),
-    )?;
+    put(meta, &fp, &addr, &record)?;
     Ok(Some(addr))
 }
