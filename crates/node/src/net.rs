@@ -18,6 +18,8 @@ use crate::wire::{self, Frame, Hello, Peer};
 pub(crate) const PEER_QUEUE: usize = 1024;
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one frame may take to write before the peer is cut off.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What connection tasks tell the core.
 pub(crate) enum Event {
@@ -155,7 +157,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     let (mut read, mut write) = tokio::io::split(stream);
     let handshake = tokio::time::timeout(CONNECT_TIMEOUT, async {
         wire::write_frame(&mut write, &hello).await.ok()?;
-        let theirs: Hello = wire::read_frame(&mut read).await.ok()??;
+        let theirs: Hello = wire::read_frame_limited(&mut read, wire::HELLO_MAX)
+            .await
+            .ok()??;
         theirs.check().ok()?;
         Some(theirs)
     })
@@ -202,8 +206,11 @@ async fn write_loop<W: AsyncWrite>(
     mut rx: mpsc::Receiver<Frame>,
 ) {
     while let Some(frame) = rx.recv().await {
-        if wire::write_frame(&mut write, &frame).await.is_err() {
-            return;
+        // A peer that stops reading is cut off rather than left to pin its
+        // queue: the core then counts it failed and HyParView replaces it.
+        match tokio::time::timeout(WRITE_TIMEOUT, wire::write_frame(&mut write, &frame)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut write).await;

@@ -119,8 +119,20 @@ where
     w.flush().await
 }
 
+/// Largest hello accepted: it is read before the peer is known.
+pub const HELLO_MAX: usize = 4096;
+
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub async fn read_frame<R, T>(r: &mut R) -> std::io::Result<Option<T>>
+where
+    R: AsyncReadExt + Unpin,
+    T: for<'de> Deserialize<'de>,
+{
+    read_frame_limited(r, FRAME_MAX).await
+}
+
+/// Reads one frame of at most `max` bytes.
+pub async fn read_frame_limited<R, T>(r: &mut R, max: usize) -> std::io::Result<Option<T>>
 where
     R: AsyncReadExt + Unpin,
     T: for<'de> Deserialize<'de>,
@@ -132,9 +144,9 @@ where
         Err(e) => return Err(e),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len > FRAME_MAX {
+    if len > max {
         return Err(std::io::Error::other(format!(
-            "the peer sent a frame of {len} bytes, over the limit of {FRAME_MAX}"
+            "the peer sent a frame of {len} bytes, over the limit of {max}"
         )));
     }
     let mut buf = vec![0u8; len];
