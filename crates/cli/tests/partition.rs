@@ -167,6 +167,7 @@ fn after_a_partition_heals_all_nodes_agree_keep_concurrent_writes_and_lose_nothi
     }
     let (listen, fronts): (Vec<u16>, Vec<u16>) = (0..n).map(|_| (free_port(), free_port())).unzip();
     let proxies: Vec<Proxy> = (0..n).map(|i| Proxy::start(fronts[i], listen[i])).collect();
+    let http: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let addr = |i: usize| format!("127.0.0.1:{}", fronts[i]);
     let _nodes: Vec<Node> = (0..n)
         .map(|i| {
@@ -179,7 +180,7 @@ fn after_a_partition_heals_all_nodes_agree_keep_concurrent_writes_and_lose_nothi
                 .arg("--advertise")
                 .arg(addr(i))
                 .arg("--http")
-                .arg(format!("127.0.0.1:{}", free_port()))
+                .arg(format!("127.0.0.1:{}", http[i]))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             if i > 0 {
@@ -188,10 +189,22 @@ fn after_a_partition_heals_all_nodes_agree_keep_concurrent_writes_and_lose_nothi
             Node(cmd.spawn().expect("start chorus serve"))
         })
         .collect();
-    // Warm up: one write reaches everyone.
+    // Warm up: one write reaches everyone, and every node knows every
+    // member (the member list is data; anti-entropy picks from it).
     put(dirs[0].path(), "warm", "up");
     wait_until(Duration::from_secs(30), || {
         dirs.iter().all(|d| has(d.path(), "warm"))
+    });
+    wait_until(Duration::from_secs(30), || {
+        (0..n).all(|i| {
+            let out = Command::new("curl")
+                .arg("-s")
+                .arg(format!("http://127.0.0.1:{}/v1/cluster", http[i]))
+                .output();
+            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            let text = text.unwrap_or_default();
+            (0..n).filter(|&j| j != i).all(|j| text.contains(&addr(j)))
+        })
     });
 
     let (left, right) = ((0..2).collect::<Vec<_>>(), (2..n).collect::<Vec<_>>());
@@ -241,6 +254,7 @@ fn after_a_partition_heals_all_nodes_agree_keep_concurrent_writes_and_lose_nothi
     }
 }
 
+#[track_caller]
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {

@@ -147,6 +147,8 @@ pub(crate) struct Core {
     leaving: Option<Instant>,
     /// Mutual TLS with peers, or plaintext on loopback.
     tls: Option<crate::tls::Tls>,
+    /// Whether this run has written its member record since its first link.
+    announced: bool,
     /// Woken by the API after a local commit: read the feed now.
     committed: Arc<tokio::sync::Notify>,
     /// Tombstones held here, by key, with when they arrived (this run:
@@ -279,6 +281,7 @@ impl Core {
             synced: HashMap::new(),
             collected: BTreeMap::new(),
             committed: Arc::default(),
+            announced: false,
         })
     }
 
@@ -602,6 +605,21 @@ impl Core {
         }
     }
 
+    /// On the first link of this run, writes this node's member record
+    /// again: the commit is broadcast, so every member learns of this node
+    /// now rather than at its next exchange.
+    fn announce_once(&mut self) {
+        if self.announced {
+            return;
+        }
+        self.announced = true;
+        let (meta, me) = (self.meta.clone(), self.me.clone());
+        let node = chorus_core::NodeId::from_bytes(self.node_id);
+        if let Err(e) = tokio::task::block_in_place(|| crate::members::refresh(&meta, &me, node)) {
+            eprintln!("chorus: cannot write this node's member record: {e}");
+        }
+    }
+
     /// Tells the protocols that `peer` is unreachable.
     fn fail_peer(&mut self, peer: &Peer) {
         self.hpv.peer_failed(peer);
@@ -638,7 +656,10 @@ impl Core {
                     hyparview::Output::SetTimer { after_ms, .. } => {
                         self.set_timer(Duration::from_millis(after_ms), Timer::Shuffle);
                     }
-                    hyparview::Output::NeighborUp(p) => self.plum.neighbor_up(p),
+                    hyparview::Output::NeighborUp(p) => {
+                        self.plum.neighbor_up(p);
+                        self.announce_once();
+                    }
                     hyparview::Output::NeighborDown(p) => self.plum.neighbor_down(&p),
                 }
             }

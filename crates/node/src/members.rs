@@ -74,6 +74,17 @@ pub fn announce(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_st
     put(meta, &fp, me, &record)
 }
 
+/// Writes this node's `up` record again (a new version), so that it is
+/// broadcast once the node has peers: new members learn of it at once
+/// instead of by anti-entropy.
+pub fn refresh(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_store::Error> {
+    let record = Member {
+        node: node.to_string(),
+        state: "up".into(),
+    };
+    put(meta, &members_prefix()?, me, &record)
+}
+
 fn put(
     meta: &Metadata,
     fp: &FullPrefix,
