@@ -8,8 +8,9 @@
 //! updates the Merkle tree. Objects from peers are merged as commits
 //! recorded as the peer's, so they are never broadcast again from here.
 //!
-//! This first version speaks plaintext TCP and refuses to listen beyond
-//! loopback; TLS, HTTP and the member list come next (issue 5).
+//! Peers talk mutual TLS (`tls.rs`), or plaintext on loopback only; the
+//! HTTP API (`http.rs`) listens on loopback only until authentication
+//! exists; the member list lives as data (`members.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -101,8 +102,10 @@ impl From<chorus_store::Error> for Error {
     }
 }
 
-/// Runs a node until `shutdown` completes. Plaintext peers only, so the
-/// gossip address must be a loopback address.
+/// Runs a node until `shutdown` completes (or the node leaves). Without a
+/// TLS directory the gossip address must be on loopback. Needs tokio's
+/// multi-threaded runtime: store calls that sync run in place
+/// (`block_in_place`), which the current-thread runtime does not allow.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,

@@ -1,5 +1,5 @@
 //! Connections to peers: one task per connection, a bounded queue per
-//! peer, and events to the core. Plaintext TCP (loopback only, for now).
+//! peer, and events to the core. Mutual TLS, or plaintext on loopback.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
