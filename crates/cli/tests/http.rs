@@ -497,3 +497,29 @@ fn a_node_that_leaves_stops_and_the_others_record_it_as_left() {
         .expect("leave");
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_node_that_moves_to_another_address_serves_again_and_its_old_address_is_left() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (first, url1, gossip1) = start_with_gossip(dir.path());
+    drop(first);
+    let _ = url1;
+    let (_second, url2, gossip2) = start_with_gossip(dir.path());
+    let members = json(&curl(&[&format!("{url2}/v1/cluster")]).3)["members"].clone();
+    assert!(
+        members
+            .as_array()
+            .is_some_and(|m| m.contains(&serde_json::json!([gossip1, "left"]))),
+        "the old address is left: {members}"
+    );
+    // A third start at yet another address works too.
+    drop(_second);
+    let (_third, url3, _) = start_with_gossip(dir.path());
+    let members = json(&curl(&[&format!("{url3}/v1/cluster")]).3)["members"].clone();
+    assert!(
+        members
+            .as_array()
+            .is_some_and(|m| m.contains(&serde_json::json!([gossip2, "left"]))),
+        "{members}"
+    );
+}

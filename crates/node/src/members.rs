@@ -51,16 +51,23 @@ pub fn announce(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_st
         state: "up".into(),
     };
     let all = read_all(meta)?;
-    // A node that left must not come back with its old data (see
-    // docs/tombstones.md): refuse rather than mark it up again.
-    if all.values().any(|m| m.node == record.node && m.has_left()) {
+    let mine: Vec<&Member> = all.values().filter(|m| m.node == record.node).collect();
+    // A node that left (every record of it says so) must not come back
+    // with its old data (see docs/tombstones.md): refuse rather than mark
+    // it up again.
+    if !mine.is_empty() && mine.iter().all(|m| m.has_left()) {
         return Err(chorus_store::Error::InvalidInput(format!(
             "node {} left the cluster: its data may hold deletes the cluster has forgotten; start it from an empty directory to join again",
             record.node
         )));
     }
+    // The new record first: a crash between the two writes leaves the
+    // node up under both addresses, never left under both.
+    if all.get(me) != Some(&record) {
+        put(meta, &fp, me, &record)?;
+    }
     for (addr, m) in &all {
-        if m.node == record.node && addr != me {
+        if m.node == record.node && addr != me && !m.has_left() {
             let moved = Member {
                 node: m.node.clone(),
                 state: "left".into(),
@@ -68,10 +75,7 @@ pub fn announce(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_st
             put(meta, &fp, addr, &moved)?;
         }
     }
-    if all.get(me) == Some(&record) {
-        return Ok(());
-    }
-    put(meta, &fp, me, &record)
+    Ok(())
 }
 
 /// Writes this node's `up` record again (a new version), so that it is
