@@ -4,7 +4,7 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy] [--quick] [--json FILE] [--dir DIR]
 //! ```
 
 mod cluster;
@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy] [--quick] [--json FILE] [--dir DIR]
 
   all         run every benchmark (the default)
   read        point reads in-process: Chorus get vs LMDB vs SQLite WAL
@@ -37,6 +37,8 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
   cluster     (not in all) 3 chorus serve nodes vs a 3-member etcd over HTTP:
               PUT/GET latency, visibility on the other nodes, PUT throughput;
               needs `cargo build --release -p chorus-cli` and etcd on PATH
+  antientropy (not in all) two chorus serve daemons whose stores of 1,000,000
+              keys differ in 1%: time to equal hashes, bytes between them
 
   --quick     about 10x smaller counts (smoke run)
   --json FILE also write the raw results as JSON
@@ -62,6 +64,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "visibility" => visibility::run(cfg),
         "meta" => meta::run(cfg),
         "cluster" => cluster::run(cfg),
+        "antientropy" => cluster::run_ae(cfg),
         other => Err(format!("unknown benchmark {other:?}\n{USAGE}").into()),
     }
 }
@@ -105,7 +108,7 @@ fn real_main() -> Res<()> {
     let which = which.unwrap_or_else(|| "all".to_string());
     let names: Vec<&str> = if which == "all" {
         BENCHES.to_vec()
-    } else if BENCHES.contains(&which.as_str()) || which == "cluster" {
+    } else if BENCHES.contains(&which.as_str()) || which == "cluster" || which == "antientropy" {
         vec![which.as_str()]
     } else {
         return Err(format!("unknown benchmark {which:?}\n{USAGE}").into());

@@ -331,6 +331,10 @@ impl Core {
                     self.stats.tombstones_collected,
                 ),
                 ("tombstones_held", self.tombstones.len() as u64),
+                (
+                    "peer_bytes_sent_total",
+                    crate::wire::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed),
+                ),
                 ("broadcasts_sent_total", p.gossip_sent),
                 ("grafts_total", p.grafts_sent),
                 ("prunes_total", p.prunes_sent),
@@ -495,7 +499,9 @@ impl Core {
 
     /// Keeps one connection per pair of nodes: when both dialled, the one
     /// dialled by the node with the smaller address survives, on both
-    /// sides alike.
+    /// sides alike. The rule looks at addresses only, never at whether a
+    /// dial has finished its handshake: two nodes deciding on different
+    /// facts would each keep the connection the other dropped.
     fn on_up(&mut self, peer: Peer, node_id: [u8; 16], conn: u64, tx: Option<mpsc::Sender<Frame>>) {
         if peer != self.me {
             self.members.insert(peer.clone());
@@ -511,7 +517,7 @@ impl Core {
                 let keep_mine = self
                     .links
                     .get(&peer)
-                    .is_some_and(|l| l.outbound && l.node_id.is_some() && self.me < peer);
+                    .is_some_and(|l| l.outbound && self.me < peer);
                 if !keep_mine {
                     self.links.insert(
                         peer,

@@ -116,8 +116,14 @@ where
     let len = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
     w.write_all(&len.to_le_bytes()).await?;
     w.write_all(&bytes).await?;
-    w.flush().await
+    w.flush().await?;
+    BYTES_SENT.fetch_add(bytes.len() as u64 + 4, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
+
+/// Bytes this process has written to peers, framing included (for
+/// `/metrics`).
+pub static BYTES_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Largest hello accepted: it is read before the peer is known.
 pub const HELLO_MAX: usize = 4096;

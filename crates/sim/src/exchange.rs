@@ -228,6 +228,23 @@ pub fn run(keys: u64, diff: f64, seed: u64) -> Result<ExchangeReport, Error> {
     })
 }
 
+/// Builds the two stores of [`run`] in `a_dir` and `b_dir` and leaves
+/// them there (for measuring daemons on them): `keys` keys each, `diff`
+/// of them different. Returns how many differ.
+pub fn build_pair(
+    a_dir: &std::path::Path,
+    b_dir: &std::path::Path,
+    keys: u64,
+    diff: f64,
+    seed: u64,
+) -> Result<u64, Error> {
+    let a = open(a_dir)?;
+    let b = open(b_dir)?;
+    populate(&a, keys)?;
+    copy(&a, &b)?;
+    Ok(make_differences(&a, &b, keys, diff, seed)?.len() as u64)
+}
+
 fn tempdir() -> Result<tempfile::TempDir, Error> {
     tempfile::tempdir()
         .map_err(|e| Error::InvalidInput(format!("cannot make a temporary directory: {e}")))
