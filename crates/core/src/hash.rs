@@ -55,6 +55,16 @@ pub fn key_hash(bytes: &[u8]) -> u64 {
     fold(seed ^ P2, (bytes.len() as u64) ^ P1)
 }
 
+/// The hash a Merkle tree keeps of a stored object: its bytes hashed,
+/// bound to its key (keys may share a key hash, so the object hash must
+/// tell them apart). Every node computes it the same way.
+pub fn object_hash(key: &[u8], bytes: &[u8]) -> u64 {
+    key_hash(bytes)
+        ^ key_hash(key)
+            .rotate_left(29)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +108,12 @@ mod tests {
             81,
             "41 lengths of two inputs, but both empty inputs are the same"
         );
+    }
+
+    #[test]
+    fn an_object_hash_binds_the_key() {
+        assert_eq!(object_hash(b"k", b"v"), object_hash(b"k", b"v"));
+        assert_ne!(object_hash(b"k1", b"v"), object_hash(b"k2", b"v"));
+        assert_ne!(object_hash(b"k", b"v1"), object_hash(b"k", b"v2"));
     }
 }

@@ -12,6 +12,6 @@ mod names;
 mod node;
 pub mod object;
 
-pub use hash::key_hash;
+pub use hash::{key_hash, object_hash};
 pub use names::{FullPrefix, MAX_NAME_BYTES, NameError, validate_key};
 pub use node::NodeId;

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chorus_core::object::{Object, context_from_string, context_to_string, descends};
+use chorus_core::object_hash;
 use chorus_core::{FullPrefix, key_hash};
 use chorus_gossip::Rng;
 use chorus_gossip::hyparview::{self, HyParView};
@@ -198,14 +199,6 @@ impl ObjectSource<Vec<u8>, Vec<u8>> for SnapshotObjects<'_> {
         .ok()?;
         self.0.get(&fp, key).map(|b| b.to_vec())
     }
-}
-
-/// The hash the Merkle tree keeps of a stored object, bound to its key.
-fn object_hash(key: &[u8], bytes: &[u8]) -> u64 {
-    key_hash(bytes)
-        ^ key_hash(key)
-            .rotate_left(29)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 impl Core {

@@ -11,6 +11,7 @@ use std::time::Instant;
 use chorus_core::FullPrefix;
 use chorus_core::key_hash;
 use chorus_core::object::Object;
+use chorus_core::object_hash;
 use chorus_gossip::Rng;
 use chorus_gossip::merkle::{Exchange, ExchangeConfig, MerkleTree, Message, ObjectSource, Repair};
 use chorus_store::{Error, Metadata, Options, Origin, Snapshot, Store, SyncMode};
@@ -138,16 +139,6 @@ fn full_prefix(prefix: &[u8], sub: &[u8]) -> Option<FullPrefix> {
         std::str::from_utf8(sub).ok()?,
     )
     .ok()
-}
-
-/// The hash the tree keeps of an object: its canonical encoding hashed,
-/// bound to its key (the tree's contract: keys may share a key hash, so
-/// the object hash must tell them apart).
-fn object_hash(key: &[u8], bytes: &[u8]) -> u64 {
-    key_hash(bytes)
-        ^ key_hash(key)
-            .rotate_left(29)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn key_name(i: u64) -> Vec<u8> {
