@@ -7,8 +7,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chorus_core::FullPrefix;
 use chorus_core::object::{Context, Value as ObjValue, context_from_string, context_to_string};
+use chorus_node::json::read_json;
 use chorus_store::{
-    GetOptions, IterOptions, Match, Metadata, PutOptions, PutValue, Read, Resolver, Scope,
+    GetOptions, IterOptions, Match, Metadata, PutOptions, PutValue, Resolver, Scope,
 };
 use clap::Args;
 use serde_json::{Value, json};
@@ -111,27 +112,6 @@ fn metadata(cli: &Cli) -> Result<Metadata, Failure> {
 
 fn parse_context(text: &str) -> Result<Context, Failure> {
     context_from_string(text).map_err(|e| Failure::usage(e.to_string()))
-}
-
-/// A value as JSON: text where it is UTF-8, else base64.
-fn value_json(v: &ObjValue) -> Value {
-    let mut o = json!({"timestamp": v.timestamp.ms(), "node": v.node.to_string()});
-    match v.bytes() {
-        None => o["tombstone"] = json!(true),
-        Some(b) => match std::str::from_utf8(b) {
-            Ok(s) => o["value"] = json!(s),
-            Err(_) => {
-                o["value"] = json!(STANDARD.encode(b));
-                o["encoding"] = json!("base64");
-            }
-        },
-    }
-    o
-}
-
-fn read_json(read: &Read) -> Value {
-    let values: Vec<Value> = read.values.iter().map(value_json).collect();
-    json!({"values": values, "context": context_to_string(&read.context), "tombstone": read.tombstone})
 }
 
 /// A UTC time for people: `2026-11-22T02:15:01.123Z`.

@@ -1,54 +1,29 @@
 //! `chorus serve` nodes as real processes on loopback: writes made by
 //! embedded processes on one node's directory reach the others.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
+mod common;
+use common::{Node, chorus, free_port};
 
-/// A running node, killed when dropped.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
+/// A plaintext node exchanging every second.
 fn serve(dir: &Path, port: u16, join: Option<u16>) -> Node {
-    let mut cmd = Command::new(CHORUS);
-    cmd.arg("--dir")
-        .arg(dir)
-        .args(["serve", "--insecure", "--exchange-interval", "1"])
-        .arg("--gossip")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--http")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(j) = join {
-        cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
-    }
-    Node(cmd.spawn().expect("start chorus serve"))
+    serve_with(dir, port, join, &["--exchange-interval", "1"])
 }
 
-fn chorus(dir: &Path, args: &[&str]) -> Output {
-    Command::new(CHORUS)
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run chorus")
+/// A plaintext node with more arguments.
+fn serve_with(dir: &Path, port: u16, join: Option<u16>, extra: &[&str]) -> Node {
+    let mut args = vec!["--insecure"];
+    args.extend_from_slice(extra);
+    common::serve(dir, port, free_port(), join, &args)
+}
+
+/// A node with mutual TLS from the directory `tls`.
+fn serve_tls(dir: &Path, port: u16, tls: &Path, join: Option<u16>) -> Node {
+    let tls = tls.to_str().expect("utf-8 path");
+    let args = ["--exchange-interval", "1", "--tls", tls];
+    common::serve(dir, port, free_port(), join, &args)
 }
 
 /// Waits until `dir` holds `value` under test/keys `key`.
@@ -97,15 +72,13 @@ fn a_write_by_an_embedded_process_on_one_node_reaches_the_others() {
     for d in &dirs[..2] {
         wait_for(d.path(), "from-3", "three");
     }
-    // Written while node 2 had it already: every node ends with the same data.
-    for d in &dirs {
-        let out = chorus(d.path(), &["hash", "test/keys"]);
-        assert!(out.status.success());
-    }
+    // Every node ends with the same data.
     let hashes: Vec<String> = dirs
         .iter()
         .map(|d| {
-            String::from_utf8_lossy(&chorus(d.path(), &["hash", "test/keys"]).stdout).into_owned()
+            let out = chorus(d.path(), &["hash", "test/keys"]);
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stdout).into_owned()
         })
         .collect();
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
@@ -227,24 +200,6 @@ fn a_node_killed_and_restarted_catches_up_and_loses_nothing_it_acknowledged() {
     }
 }
 
-fn serve_tls(dir: &Path, port: u16, tls: &Path, join: Option<u16>) -> Node {
-    let mut cmd = Command::new(CHORUS);
-    cmd.arg("--dir")
-        .arg(dir)
-        .args(["serve", "--exchange-interval", "1", "--tls"])
-        .arg(tls)
-        .arg("--gossip")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--http")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(j) = join {
-        cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
-    }
-    Node(cmd.spawn().expect("start chorus serve"))
-}
-
 #[test]
 fn nodes_with_certificates_from_the_cluster_ca_replicate_and_others_are_refused() {
     let work = tempfile::tempdir().expect("tmp");
@@ -317,24 +272,6 @@ fn nodes_with_certificates_from_the_cluster_ca_replicate_and_others_are_refused(
             assert_eq!(out.status.code(), Some(1), "an outsider's write got in");
         }
     }
-}
-
-fn serve_with(dir: &Path, port: u16, join: Option<u16>, extra: &[&str]) -> Node {
-    let mut cmd = Command::new(CHORUS);
-    cmd.arg("--dir")
-        .arg(dir)
-        .args(["serve", "--insecure"])
-        .args(extra)
-        .arg("--gossip")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--http")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(j) = join {
-        cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
-    }
-    Node(cmd.spawn().expect("start chorus serve"))
 }
 
 /// True when the key is still stored, as a tombstone or a value.

@@ -2,28 +2,12 @@
 //! every route, bad input on every route, and a change stream resumed
 //! after a disconnect.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
-
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+mod common;
+use common::{CHORUS, Node, free_port, serve};
 
 /// Starts a node and waits until its API answers; returns it and its URL.
 fn start(dir: &Path) -> (Node, String) {
@@ -34,20 +18,7 @@ fn start(dir: &Path) -> (Node, String) {
 /// Also returns the node's gossip address.
 fn start_with_gossip(dir: &Path) -> (Node, String, String) {
     let (gossip, http) = (free_port(), free_port());
-    let node = Node(
-        Command::new(CHORUS)
-            .arg("--dir")
-            .arg(dir)
-            .args(["serve", "--insecure"])
-            .arg("--gossip")
-            .arg(format!("127.0.0.1:{gossip}"))
-            .arg("--http")
-            .arg(format!("127.0.0.1:{http}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chorus serve"),
-    );
+    let node = serve(dir, gossip, http, None, &["--insecure"]);
     let url = format!("http://127.0.0.1:{http}");
     let started = Instant::now();
     while curl(&["-f", &format!("{url}/health")]).0 != 0 {

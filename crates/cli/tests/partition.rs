@@ -7,27 +7,12 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
+
+mod common;
+use common::{Node, chorus, free_port, serve, wait_until};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
-
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use std::time::Duration;
 
 /// A TCP proxy in front of one node. It reads the dialler's hello (the
 /// first frame, which names the address the dialler advertises) and
@@ -140,15 +125,6 @@ fn read_hello(s: &mut TcpStream) -> Option<(Vec<u8>, String)> {
     Some((frame, from))
 }
 
-fn chorus(dir: &Path, args: &[&str]) -> Output {
-    Command::new(CHORUS)
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run chorus")
-}
-
 fn put(dir: &Path, key: &str, value: &str) {
     let out = chorus(dir, &["put", "test/keys", key, value]);
     assert!(out.status.success(), "put {key} was not acknowledged");
@@ -171,22 +147,22 @@ fn after_a_partition_heals_all_nodes_agree_keep_concurrent_writes_and_lose_nothi
     let addr = |i: usize| format!("127.0.0.1:{}", fronts[i]);
     let _nodes: Vec<Node> = (0..n)
         .map(|i| {
-            let mut cmd = Command::new(CHORUS);
-            cmd.arg("--dir")
-                .arg(dirs[i].path())
-                .args(["serve", "--insecure", "--exchange-interval", "1"])
-                .arg("--gossip")
-                .arg(format!("127.0.0.1:{}", listen[i]))
-                .arg("--advertise")
-                .arg(addr(i))
-                .arg("--http")
-                .arg(format!("127.0.0.1:{}", http[i]))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            if i > 0 {
-                cmd.arg("--join").arg(addr(0));
-            }
-            Node(cmd.spawn().expect("start chorus serve"))
+            let advertise = addr(i);
+            let args = [
+                "--insecure",
+                "--exchange-interval",
+                "1",
+                "--advertise",
+                &advertise,
+            ];
+            // Peers dial node 0 through its proxy.
+            serve(
+                dirs[i].path(),
+                listen[i],
+                http[i],
+                (i > 0).then_some(fronts[0]),
+                &args,
+            )
         })
         .collect();
     // Warm up: one write reaches everyone, and every node knows every
@@ -251,14 +227,5 @@ fn after_a_partition_heals_all_nodes_agree_keep_concurrent_writes_and_lose_nothi
         for k in 0..10 {
             assert!(has(d.path(), &format!("left-{k}")) && has(d.path(), &format!("right-{k}")));
         }
-    }
-}
-
-#[track_caller]
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "not reached within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }

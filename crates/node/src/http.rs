@@ -20,13 +20,15 @@ use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chorus_core::FullPrefix;
-use chorus_core::object::{Value as ObjValue, context_from_string, context_to_string};
+use chorus_core::object::{context_from_string, context_to_string};
 use chorus_store::{
-    Cursor, Feed, GetOptions, IterOptions, Match, Metadata, Origin, PutOptions, PutValue, Read,
-    Resolver, Scope,
+    Cursor, Feed, GetOptions, IterOptions, Match, Metadata, Origin, PutOptions, PutValue, Resolver,
+    Scope,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::json::{read_json, value_json};
 
 /// Largest request body accepted.
 pub const BODY_MAX: usize = 1 << 20;
@@ -263,26 +265,6 @@ async fn openapi() -> Response {
 struct GetQuery {
     resolve: Option<String>,
     allow_put: Option<bool>,
-}
-
-fn value_json(v: &ObjValue) -> Value {
-    let mut o = json!({"timestamp": v.timestamp.ms(), "node": v.node.to_string()});
-    match v.bytes() {
-        None => o["tombstone"] = json!(true),
-        Some(b) => match std::str::from_utf8(b) {
-            Ok(s) => o["value"] = json!(s),
-            Err(_) => {
-                o["value"] = json!(STANDARD.encode(b));
-                o["encoding"] = json!("base64");
-            }
-        },
-    }
-    o
-}
-
-fn read_json(read: &Read) -> Value {
-    let values: Vec<Value> = read.values.iter().map(value_json).collect();
-    json!({"values": values, "context": context_to_string(&read.context), "tombstone": read.tombstone})
 }
 
 fn full_prefix(prefix: &str, sub: &str) -> Result<FullPrefix, ApiError> {

@@ -16,6 +16,7 @@
 
 mod core;
 pub mod http;
+pub mod json;
 pub mod members;
 mod net;
 pub mod tls;

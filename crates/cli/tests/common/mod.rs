@@ -1,0 +1,70 @@
+//! What the tests that run `chorus serve` share: starting nodes as real
+//! processes (killed when dropped), free loopback ports, running the CLI
+//! on a directory, and waiting for a condition.
+
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub(crate) const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
+
+/// A running node, killed when dropped.
+pub(crate) struct Node(pub(crate) Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts `chorus serve` on `dir` with peers on `gossip`, the API on
+/// `http`, joining `join` (a loopback port) if given, with `extra`
+/// arguments (`--insecure` or `--tls DIR`, intervals...).
+pub(crate) fn serve(dir: &Path, gossip: u16, http: u16, join: Option<u16>, extra: &[&str]) -> Node {
+    let mut cmd = Command::new(CHORUS);
+    cmd.arg("--dir")
+        .arg(dir)
+        .arg("serve")
+        .args(extra)
+        .arg("--gossip")
+        .arg(format!("127.0.0.1:{gossip}"))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{http}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(j) = join {
+        cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
+    }
+    Node(cmd.spawn().expect("start chorus serve"))
+}
+
+/// Runs the CLI on a data directory.
+pub(crate) fn chorus(dir: &Path, args: &[&str]) -> Output {
+    Command::new(CHORUS)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run chorus")
+}
+
+/// Waits until `done`, failing the test after `limit`.
+#[track_caller]
+pub(crate) fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "not reached within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

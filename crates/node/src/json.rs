@@ -1,0 +1,32 @@
+//! How a key's values look in JSON, the same for the HTTP API and the
+//! command line: text where the bytes are UTF-8, else base64 with
+//! `"encoding": "base64"`; a deleted value shows `"tombstone": true`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chorus_core::object::{Value as ObjValue, context_to_string};
+use chorus_store::Read;
+use serde_json::{Value, json};
+
+/// One value, with its timestamp and the node that wrote it.
+pub fn value_json(v: &ObjValue) -> Value {
+    let mut o = json!({"timestamp": v.timestamp.ms(), "node": v.node.to_string()});
+    match v.bytes() {
+        None => o["tombstone"] = json!(true),
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => o["value"] = json!(s),
+            Err(_) => {
+                o["value"] = json!(STANDARD.encode(b));
+                o["encoding"] = json!("base64");
+            }
+        },
+    }
+    o
+}
+
+/// A read: its values (siblings), the context to write back with, and
+/// whether the key is deleted.
+pub fn read_json(read: &Read) -> Value {
+    let values: Vec<Value> = read.values.iter().map(value_json).collect();
+    json!({"values": values, "context": context_to_string(&read.context), "tombstone": read.tombstone})
+}
