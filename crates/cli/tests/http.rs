@@ -121,6 +121,18 @@ fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
         metrics.contains("chorus_http_write_seconds_count 5"),
         "{metrics}"
     );
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let (commits, syncs) = (
+        counter("chorus_store_commits_total"),
+        counter("chorus_store_syncs_total"),
+    );
+    assert!(commits >= 5 && syncs >= 1 && syncs <= commits, "{metrics}");
     let openapi = json(&curl(&[&format!("{url}/openapi.json")]).3);
     let mut paths: Vec<&str> = openapi["paths"]
         .as_object()

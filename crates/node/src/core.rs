@@ -11,7 +11,7 @@ use chorus_gossip::Rng;
 use chorus_gossip::hyparview::{self, HyParView};
 use chorus_gossip::merkle::{Exchange, ExchangeConfig, MerkleTree, ObjectSource};
 use chorus_gossip::plumtree::{self, Application, Plumtree};
-use chorus_store::{Cursor, Feed, Metadata, Options, Origin, Snapshot, Store};
+use chorus_store::{Cursor, Feed, Incoming, Metadata, Options, Origin, Snapshot, Store, SyncMode};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -45,6 +45,15 @@ const MERGE_BYTES_MAX: usize = 4 << 20;
 const MERGE_KEYS_MAX: usize = 10_000;
 /// Most collected tombstones remembered.
 const COLLECTED_MAX: usize = 1 << 20;
+/// Most further events handled before the objects they delivered are
+/// merged: what arrives together is stored by commits sharing one sync.
+const EVENTS_PER_MERGE: usize = 256;
+
+/// An object Plumtree delivered, waiting to be merged: origin, full
+/// prefix, key, encoded object.
+type Delivery = (Origin, String, Vec<u8>, Vec<u8>);
+/// An object as a peer sent it: full prefix, key, encoded object.
+type Encoded = (String, Vec<u8>, Vec<u8>);
 
 /// A tombstone held here: when this version arrived, and its hash (so
 /// that only this version is removed, never one that replaced it).
@@ -127,6 +136,10 @@ pub(crate) struct Core {
     ids: ConnIds,
     events: mpsc::Sender<Event>,
     inbox: Option<mpsc::Receiver<Event>>,
+    /// Delivered by broadcast, not yet merged (at most about
+    /// `MERGE_BYTES_MAX` before a merge).
+    deliveries: Vec<Delivery>,
+    delivered_bytes: usize,
     stats: Stats,
     view: Arc<Mutex<ClusterView>>,
     requests: Arc<Mutex<RequestStats>>,
@@ -208,6 +221,9 @@ impl Core {
             &config.dir,
             Options {
                 create: true,
+                // Concurrent HTTP writes and merges share one sync; each
+                // is still acknowledged only after the sync that covers it.
+                sync: SyncMode::Batch,
                 ..Options::default()
             },
         )?;
@@ -252,6 +268,8 @@ impl Core {
             ids: ConnIds::default(),
             events,
             inbox: Some(inbox),
+            deliveries: Vec::new(),
+            delivered_bytes: 0,
             stats: Stats::default(),
             view: Arc::default(),
             requests: Arc::default(),
@@ -376,7 +394,18 @@ impl Core {
             );
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                Some(event) = inbox.recv() => self.on_event(event),
+                Some(event) = inbox.recv() => {
+                    self.on_event(event);
+                    // Take what else has arrived, so that its objects are
+                    // merged together below.
+                    for _ in 0..EVENTS_PER_MERGE {
+                        if self.delivered_bytes >= MERGE_BYTES_MAX {
+                            break;
+                        }
+                        let Ok(event) = inbox.try_recv() else { break };
+                        self.on_event(event);
+                    }
+                }
                 Some(Command::Join(peer)) = commands.recv() => {
                     self.members.insert(peer.clone());
                     self.hpv.join(peer);
@@ -401,6 +430,7 @@ impl Core {
                 () = sleep => self.fire_timers(),
             }
             self.pump();
+            self.merge_deliveries();
         }
     }
 
@@ -684,31 +714,67 @@ impl Core {
                 plumtree::Output::Deliver { id, payload, .. } => delivered.push((id, payload)),
             }
         }
-        if !delivered.is_empty() {
-            let origin = Origin::Peer(node_id.unwrap_or([0; 16]));
-            let n = delivered.len() as u64;
-            self.merge(
-                origin,
-                delivered
-                    .into_iter()
-                    .map(|(id, p)| (id.full_prefix, id.key, p)),
-            );
-            self.stats.received += n;
+        let origin = Origin::Peer(node_id.unwrap_or([0; 16]));
+        for (id, payload) in delivered {
+            self.delivered_bytes += payload.len() + id.key.len();
+            self.deliveries
+                .push((origin, id.full_prefix, id.key, payload));
         }
         progressed
     }
 
-    /// Merges encoded objects from a peer; undecodable ones are skipped
-    /// (a peer cannot make this node fail).
+    /// Merges what broadcast delivered since the last call: one commit per
+    /// origin (and per `MERGE_BYTES_MAX`), all queued together.
+    fn merge_deliveries(&mut self) {
+        if self.deliveries.is_empty() {
+            return;
+        }
+        self.delivered_bytes = 0;
+        let mut by_origin: Vec<(Origin, Vec<Encoded>)> = Vec::new();
+        for (origin, fp, key, payload) in std::mem::take(&mut self.deliveries) {
+            self.stats.received += 1;
+            match by_origin.iter_mut().find(|(o, _)| *o == origin) {
+                Some((_, items)) => items.push((fp, key, payload)),
+                None => by_origin.push((origin, vec![(fp, key, payload)])),
+            }
+        }
+        let groups: Vec<_> = by_origin
+            .into_iter()
+            .flat_map(|(origin, items)| {
+                self.merge_chunks(items.into_iter())
+                    .into_iter()
+                    .map(move |chunk| (origin, chunk))
+            })
+            .collect();
+        // A failed merge is logged; anti-entropy brings the objects again.
+        self.commit_merges(groups);
+    }
+
     /// Merges encoded objects from a peer, in commits that stay under the
     /// engine's limits; undecodable objects are skipped (a peer cannot
-    /// make this node fail). False if a commit failed: nothing after it
-    /// was stored, and the caller must not acknowledge.
+    /// make this node fail). False if a commit failed: the caller must not
+    /// acknowledge.
     fn merge(
         &mut self,
         origin: Origin,
         items: impl Iterator<Item = (String, Vec<u8>, Vec<u8>)>,
     ) -> bool {
+        let groups = self
+            .merge_chunks(items)
+            .into_iter()
+            .map(|chunk| (origin, chunk))
+            .collect();
+        self.commit_merges(groups)
+    }
+
+    /// Decodes objects and splits them into merge commits of at most
+    /// `MERGE_BYTES_MAX` and `MERGE_KEYS_MAX`; skips what cannot be
+    /// decoded and deletes this node already collected.
+    fn merge_chunks(
+        &self,
+        items: impl Iterator<Item = (String, Vec<u8>, Vec<u8>)>,
+    ) -> Vec<Vec<Incoming>> {
+        let mut chunks = Vec::new();
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
         for (fp, key, bytes) in items {
@@ -729,28 +795,34 @@ impl Core {
                 continue;
             }
             if batch_bytes + bytes.len() > MERGE_BYTES_MAX || batch.len() >= MERGE_KEYS_MAX {
-                if !self.commit_merge(origin, std::mem::take(&mut batch)) {
-                    return false;
-                }
+                chunks.push(std::mem::take(&mut batch));
                 batch_bytes = 0;
             }
             batch_bytes += bytes.len() + slot.1.len();
             batch.push((slot.0, slot.1, object));
         }
-        batch.is_empty() || self.commit_merge(origin, batch)
+        if !batch.is_empty() {
+            chunks.push(batch);
+        }
+        chunks
     }
 
-    fn commit_merge(&self, origin: Origin, objects: Vec<(FullPrefix, Vec<u8>, Object)>) -> bool {
-        let meta = self.meta.clone();
-        // The commit syncs: let the runtime move other tasks off this
-        // thread meanwhile.
-        match tokio::task::block_in_place(|| meta.merge(origin, objects)) {
-            Ok(_) => true,
-            Err(e) => {
-                eprintln!("chorus: cannot merge objects from a peer: {e}");
-                false
-            }
+    /// Stores merge commits, queued together so that they share a sync.
+    /// False if any failed.
+    fn commit_merges(&self, groups: Vec<(Origin, Vec<Incoming>)>) -> bool {
+        if groups.is_empty() {
+            return true;
         }
+        let meta = self.meta.clone();
+        // The commits sync: let the runtime move other tasks off this
+        // thread meanwhile.
+        let outcomes = tokio::task::block_in_place(|| meta.merge_all(groups));
+        let mut ok = true;
+        for e in outcomes.into_iter().filter_map(Result::err) {
+            eprintln!("chorus: cannot merge objects from a peer: {e}");
+            ok = false;
+        }
+        ok
     }
 
     /// Reads new commits: updates the tree with all, broadcasts the local

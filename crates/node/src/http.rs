@@ -241,6 +241,24 @@ async fn metrics(State(api): State<Api>) -> Response {
             "# TYPE chorus_{name} gauge\nchorus_{name} {value}\n"
         ));
     }
+    let w = api.meta.store().write_stats();
+    for (name, value, help) in [
+        (
+            "store_commits_total",
+            w.commits,
+            "commits this daemon appended (local writes and merges)",
+        ),
+        ("store_frames_total", w.frames, "log frames they took"),
+        (
+            "store_syncs_total",
+            w.syncs,
+            "fdatasyncs they took: below commits when writes arrive together",
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP chorus_{name} {help}\n# TYPE chorus_{name} counter\nchorus_{name} {value}\n"
+        ));
+    }
     let r = api
         .requests
         .lock()

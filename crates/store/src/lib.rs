@@ -45,11 +45,12 @@ pub use format::Origin;
 pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
 pub use metadata::{
-    GetOptions, Item, IterOptions, Match, MetaTransaction, Metadata, PutOptions, PutValue, Read,
-    ResolveFn, Resolver, Scope, WriteFn,
+    GetOptions, Incoming, Item, IterOptions, Match, MetaTransaction, Metadata, PutOptions,
+    PutValue, Read, ResolveFn, Resolver, Scope, WriteFn,
 };
 pub use store::{
-    CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, Write,
+    CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, UpdateFn,
+    Write, WriteStats,
 };
 pub use tools::{CheckReport, Finding, RepairReport, check, repair};
 

@@ -420,30 +420,37 @@ impl Metadata {
         origin: crate::Origin,
         objects: Vec<(FullPrefix, Vec<u8>, Object)>,
     ) -> Result<usize> {
-        let changed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = changed.clone();
-        self.store.update_from(origin, move |snap| {
-            let mut merged: BTreeMap<(FullPrefix, Vec<u8>), Object> = BTreeMap::new();
-            for (fp, key, remote) in objects {
-                let slot = (fp, key);
-                let local = match merged.get(&slot) {
-                    Some(pending) => Some(pending.clone()),
-                    None => match snap.get(&slot.0, &slot.1) {
-                        Some(bytes) => Some(decode(&slot.0, &slot.1, &bytes)?),
-                        None => None,
-                    },
-                };
-                if let Some(result) = Object::reconcile(&remote, local.as_ref()) {
-                    merged.insert(slot, result);
-                }
-            }
-            count.store(merged.len(), std::sync::atomic::Ordering::Relaxed);
-            Ok(merged
-                .iter()
-                .map(|((fp, key), object)| Write::put(fp, key, &object.encode()))
-                .collect())
-        })?;
-        Ok(changed.load(std::sync::atomic::Ordering::Relaxed))
+        self.merge_all(vec![(origin, objects)])
+            .pop()
+            .unwrap_or(Ok(0))
+    }
+
+    /// Several [`Metadata::merge`]s (one commit each, each with its own
+    /// origin) queued together, so that they share one sync when the
+    /// store is in [`crate::SyncMode::Batch`]. Outcomes come back in order.
+    pub fn merge_all(&self, groups: Vec<(crate::Origin, Vec<Incoming>)>) -> Vec<Result<usize>> {
+        let counts: Vec<Arc<std::sync::atomic::AtomicUsize>> =
+            groups.iter().map(|_| Arc::default()).collect();
+        let updates = groups
+            .into_iter()
+            .zip(counts.iter().cloned())
+            .map(|((origin, objects), count)| {
+                let f: crate::UpdateFn = Box::new(move |snap| {
+                    let writes = merge_writes(snap, objects)?;
+                    count.store(writes.len(), std::sync::atomic::Ordering::Relaxed);
+                    Ok(writes)
+                });
+                (origin, f)
+            })
+            .collect();
+        self.store
+            .update_all(updates)
+            .into_iter()
+            .zip(counts)
+            .map(|(outcome, count)| {
+                outcome.map(|_| count.load(std::sync::atomic::Ordering::Relaxed))
+            })
+            .collect()
     }
 
     fn node(&self) -> NodeId {
@@ -544,6 +551,35 @@ impl Iterator for MetaIter {
             }
         }
     }
+}
+
+/// An object received from a peer: its full prefix, key and object.
+pub type Incoming = (FullPrefix, Vec<u8>, Object);
+
+/// The writes that reconcile `objects` with the local ones in `snap` (see
+/// [`Metadata::merge`]).
+fn merge_writes(
+    snap: &Snapshot,
+    objects: Vec<(FullPrefix, Vec<u8>, Object)>,
+) -> Result<Vec<Write>> {
+    let mut merged: BTreeMap<(FullPrefix, Vec<u8>), Object> = BTreeMap::new();
+    for (fp, key, remote) in objects {
+        let slot = (fp, key);
+        let local = match merged.get(&slot) {
+            Some(pending) => Some(pending.clone()),
+            None => match snap.get(&slot.0, &slot.1) {
+                Some(bytes) => Some(decode(&slot.0, &slot.1, &bytes)?),
+                None => None,
+            },
+        };
+        if let Some(result) = Object::reconcile(&remote, local.as_ref()) {
+            merged.insert(slot, result);
+        }
+    }
+    Ok(merged
+        .iter()
+        .map(|((fp, key), object)| Write::put(fp, key, &object.encode()))
+        .collect())
 }
 
 fn refuse_reserved(fp: &FullPrefix) -> Result<()> {

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -189,7 +190,9 @@ enum Outcome {
     Compacted(CompactReport),
 }
 
-type UpdateFn = Box<dyn FnOnce(&Snapshot) -> Result<Vec<Write>> + Send>;
+/// An update function for [`Store::update_all`]: given the latest state
+/// under the writer lock, it returns the writes of its commit.
+pub type UpdateFn = Box<dyn FnOnce(&Snapshot) -> Result<Vec<Write>> + Send>;
 
 enum Job {
     /// Validate `reads` (key, seq seen) then apply `writes`.
@@ -203,11 +206,44 @@ enum Job {
     Compact,
 }
 
-struct Slot(Mutex<Option<Result<Outcome>>>);
+/// Where a queued job's submitter waits: for its outcome, or to be told
+/// to lead the next batch. Each submitter is woken alone.
+struct Slot {
+    state: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+enum SlotState {
+    Waiting,
+    /// The previous leader finished with this job at the queue's front.
+    Lead,
+    Done(Result<Outcome>),
+}
+
+impl Slot {
+    fn new() -> Arc<Slot> {
+        Arc::new(Slot {
+            state: Mutex::new(SlotState::Waiting),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(*lock(&self.state), SlotState::Done(_))
+    }
+
+    fn set(&self, state: SlotState) {
+        let mut s = lock(&self.state);
+        if !matches!(*s, SlotState::Done(_)) {
+            *s = state;
+        }
+        drop(s);
+        self.cv.notify_one();
+    }
+}
 
 struct Pending {
     job: Job,
-    bytes: usize,
     slot: Arc<Slot>,
 }
 
@@ -236,6 +272,21 @@ struct Inner {
     queue: Mutex<QueueState>,
     queue_cv: Condvar,
     poisoned: Mutex<Option<String>>,
+    commits: AtomicU64,
+    frames: AtomicU64,
+    syncs: AtomicU64,
+}
+
+/// What this process's handle has written since it opened the directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Commits acknowledged.
+    pub commits: u64,
+    /// Log frames appended (a group commit may need several).
+    pub frames: u64,
+    /// Syncs (`fdatasync`) of the log; far below `commits` when commits
+    /// arriving together share one.
+    pub syncs: u64,
 }
 
 /// An open data directory. Cheap to clone; share it between threads.
@@ -319,6 +370,9 @@ impl Store {
                 queue: Mutex::new(QueueState::default()),
                 queue_cv: Condvar::new(),
                 poisoned: Mutex::new(None),
+                commits: AtomicU64::new(0),
+                frames: AtomicU64::new(0),
+                syncs: AtomicU64::new(0),
                 options,
             }),
         })
@@ -431,22 +485,44 @@ impl Store {
     where
         F: FnOnce(&Snapshot) -> Result<Vec<Write>> + Send + 'static,
     {
-        // Its size is unknown until it runs: count it as a whole commit, so
-        // it gets a batch of its own and no frame outgrows the commit limit.
-        let budget = self.inner.options.limits.max_commit_bytes;
-        match self
-            .inner
-            .submit(Job::Update(Box::new(f), origin), budget)?
-        {
+        match self.inner.submit(Job::Update(Box::new(f), origin))? {
             Outcome::Committed(info) => Ok(Some(info)),
             _ => Ok(None),
         }
     }
 
+    /// Counts of the commits, frames and syncs this handle has made.
+    pub fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            commits: self.inner.commits.load(Ordering::Relaxed),
+            frames: self.inner.frames.load(Ordering::Relaxed),
+            syncs: self.inner.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs several update functions as [`Store::update_from`] does, queued
+    /// together so that they share a batch (and one sync) in
+    /// [`SyncMode::Batch`]. Each is its own commit, with its own origin,
+    /// and fails or succeeds alone; the outcomes come back in order.
+    pub fn update_all(&self, updates: Vec<(Origin, UpdateFn)>) -> Vec<Result<Option<CommitInfo>>> {
+        let jobs = updates
+            .into_iter()
+            .map(|(origin, f)| Job::Update(f, origin))
+            .collect();
+        self.inner
+            .submit_all(jobs)
+            .into_iter()
+            .map(|o| match o? {
+                Outcome::Committed(info) => Ok(Some(info)),
+                _ => Ok(None),
+            })
+            .collect()
+    }
+
     /// Writes the live state to a new log generation and switches to it.
     /// Other processes notice and reload; nothing is lost.
     pub fn compact(&self) -> Result<CompactReport> {
-        match self.inner.submit(Job::Compact, 0)? {
+        match self.inner.submit(Job::Compact)? {
             Outcome::Compacted(r) => Ok(r),
             _ => Err(Error::InvalidInput("compaction produced no report".into())),
         }
@@ -479,15 +555,12 @@ impl Store {
         writes: Vec<Write>,
         origin: Origin,
     ) -> Result<CommitInfo> {
-        let bytes = check_writes(&self.inner.options.limits, &writes)?;
-        match self.inner.submit(
-            Job::Commit {
-                reads,
-                writes,
-                origin,
-            },
-            bytes,
-        )? {
+        check_writes(&self.inner.options.limits, &writes)?;
+        match self.inner.submit(Job::Commit {
+            reads,
+            writes,
+            origin,
+        })? {
             Outcome::Committed(info) => Ok(info),
             _ => Err(Error::InvalidInput("a commit with no writes".into())),
         }
@@ -526,6 +599,20 @@ fn check_limits(limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// The size of a commit's writes as the commit limit counts it.
+fn writes_bytes(writes: &[Write]) -> usize {
+    writes
+        .iter()
+        .map(|w| {
+            w.key.len()
+                + w.value.as_ref().map_or(0, |v| v.len())
+                + w.full_prefix.prefix().len()
+                + w.full_prefix.subprefix().len()
+                + 16
+        })
+        .sum()
+}
+
 /// Checks writes against the limits; returns their size in bytes.
 fn check_writes(limits: &Limits, writes: &[Write]) -> Result<usize> {
     if writes.is_empty() {
@@ -540,7 +627,6 @@ fn check_writes(limits: &Limits, writes: &[Write]) -> Result<usize> {
             limits.max_writes_per_commit
         )));
     }
-    let mut total = 0usize;
     for w in writes {
         validate_key(&w.key, limits.max_key_bytes)?;
         let value_len = w.value.as_ref().map_or(0, |v| v.len());
@@ -552,12 +638,8 @@ fn check_writes(limits: &Limits, writes: &[Write]) -> Result<usize> {
                 limits.max_value_bytes
             )));
         }
-        total += w.key.len()
-            + value_len
-            + w.full_prefix.prefix().len()
-            + w.full_prefix.subprefix().len()
-            + 16;
     }
+    let total = writes_bytes(writes);
     if total > limits.max_commit_bytes {
         return Err(Error::InvalidInput(format!(
             "the commit is {total} bytes; the limit is {} bytes: split it into several commits",
@@ -652,61 +734,138 @@ impl Inner {
 
     /// Queues a job and waits for its outcome; the first waiter with no
     /// leader in place becomes the leader and runs batches for everyone.
-    fn submit(&self, job: Job, bytes: usize) -> Result<Outcome> {
+    fn submit(&self, job: Job) -> Result<Outcome> {
+        self.submit_all(vec![job])
+            .pop()
+            .unwrap_or_else(|| Err(Error::InvalidInput("a job was lost in the queue".into())))
+    }
+
+    /// Queues jobs one after the other (so they tend to share a batch and
+    /// its sync) and waits for every outcome, in order.
+    ///
+    /// Waiting is per job: a leader that finishes a batch wakes the
+    /// submitters of its jobs, and hands the lead to the job now at the
+    /// queue's front, so no wakeup is wasted on a thread with nothing to do.
+    fn submit_all(&self, jobs: Vec<Job>) -> Vec<Result<Outcome>> {
         let start = Instant::now();
         let deadline = start + self.options.lock_timeout;
-        let slot = Arc::new(Slot(Mutex::new(None)));
+        let slots: Vec<Arc<Slot>> = jobs.iter().map(|_| Slot::new()).collect();
+        let mut unqueued = jobs.into_iter().zip(slots.iter().cloned()).peekable();
         let mut q = lock(&self.queue);
-        while q.pending.len() >= QUEUE_MAX {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(self.timeout(start));
-            }
-            q = self
-                .queue_cv
-                .wait_timeout(q, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        q.pending.push_back(Pending {
-            job,
-            bytes,
-            slot: slot.clone(),
-        });
         loop {
-            if let Some(outcome) = lock(&slot.0).take() {
-                return outcome;
+            while q.pending.len() < QUEUE_MAX {
+                let Some((job, slot)) = unqueued.next() else {
+                    break;
+                };
+                q.pending.push_back(Pending { job, slot });
             }
-            if !q.leader {
+            let waiting_on = slots.iter().find(|s| !s.is_done()).cloned();
+            let Some(slot) = waiting_on else {
+                if unqueued.peek().is_none() {
+                    break;
+                }
+                // Every queued job is done but the queue had no room for
+                // the rest: wait for room.
+                q = self.wait_for_room(q, deadline);
+                if Instant::now() >= deadline {
+                    for (_, slot) in unqueued.by_ref() {
+                        slot.set(SlotState::Done(Err(self.timeout(start))));
+                    }
+                }
+                continue;
+            };
+            if !q.leader && !q.pending.is_empty() {
                 q.leader = true;
                 let batch = self.take_batch(&mut q);
                 drop(q);
+                self.queue_cv.notify_all();
                 self.run_batch(batch);
                 q = lock(&self.queue);
                 q.leader = false;
-                self.queue_cv.notify_all();
+                Self::hand_off(&q);
                 continue;
             }
+            drop(q);
             let now = Instant::now();
-            if now >= deadline {
-                if let Some(at) = q.pending.iter().position(|p| Arc::ptr_eq(&p.slot, &slot)) {
-                    q.pending.remove(at);
-                    self.queue_cv.notify_all();
-                    return Err(self.timeout(start));
+            let timed_out = now >= deadline;
+            if !timed_out {
+                let mut state = lock(&slot.state);
+                while matches!(*state, SlotState::Waiting) && Instant::now() < deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    state = slot
+                        .cv
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
-                // A leader took it: its outcome is being decided; wait for it.
-                q = self
-                    .queue_cv
-                    .wait(q)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
+                if matches!(*state, SlotState::Lead) {
+                    *state = SlotState::Waiting;
+                }
             }
-            q = self
-                .queue_cv
-                .wait_timeout(q, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            q = lock(&self.queue);
+            if timed_out {
+                // What is still queued is withdrawn; what a leader took is
+                // being decided: wait for it.
+                let mine = |p: &Pending| slots.iter().any(|s| Arc::ptr_eq(s, &p.slot));
+                let (withdrawn, kept): (VecDeque<Pending>, VecDeque<Pending>) =
+                    std::mem::take(&mut q.pending).into_iter().partition(mine);
+                q.pending = kept;
+                for p in withdrawn {
+                    p.slot.set(SlotState::Done(Err(self.timeout(start))));
+                }
+                for (_, slot) in unqueued.by_ref() {
+                    slot.set(SlotState::Done(Err(self.timeout(start))));
+                }
+                Self::hand_off(&q);
+                self.queue_cv.notify_all();
+                if slots.iter().all(|s| s.is_done()) {
+                    break;
+                }
+                drop(q);
+                let mut state = lock(&slot.state);
+                while !matches!(*state, SlotState::Done(_)) {
+                    state = slot.cv.wait(state).unwrap_or_else(PoisonError::into_inner);
+                }
+                drop(state);
+                q = lock(&self.queue);
+            }
         }
+        drop(q);
+        slots
+            .iter()
+            .map(
+                |s| match std::mem::replace(&mut *lock(&s.state), SlotState::Waiting) {
+                    SlotState::Done(outcome) => outcome,
+                    _ => Err(Error::InvalidInput("a job lost its outcome".into())),
+                },
+            )
+            .collect()
+    }
+
+    /// With no leader in place, tells the submitter of the job at the
+    /// queue's front to lead. Queue lock held.
+    fn hand_off(q: &QueueState) {
+        if !q.leader
+            && let Some(front) = q.pending.front()
+        {
+            front.slot.set(SlotState::Lead);
+        }
+    }
+
+    /// Waits until the queue has room or the deadline passes.
+    fn wait_for_room<'a>(
+        &self,
+        q: MutexGuard<'a, QueueState>,
+        deadline: Instant,
+    ) -> MutexGuard<'a, QueueState> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return q;
+        }
+        self.queue_cv
+            .wait_timeout_while(q, left, |q| q.pending.len() >= QUEUE_MAX)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
     }
 
     fn timeout(&self, start: Instant) -> Error {
@@ -716,21 +875,20 @@ impl Inner {
         }
     }
 
+    /// The jobs the next batch runs: up to `max_batch` commits and updates
+    /// (any size: the append splits them into frames by the commit limit),
+    /// or one compaction alone.
     fn take_batch(&self, q: &mut QueueState) -> Vec<Pending> {
         let mut batch = Vec::new();
-        let mut bytes = 0usize;
         let max = match self.options.sync {
             SyncMode::Batch => self.options.max_batch.max(1),
             SyncMode::Always | SyncMode::Never => 1,
         };
         while let Some(front) = q.pending.front() {
             let compact = matches!(front.job, Job::Compact);
-            let full =
-                batch.len() >= max || bytes + front.bytes > self.options.limits.max_commit_bytes;
-            if !batch.is_empty() && (compact || full) {
+            if !batch.is_empty() && (compact || batch.len() >= max) {
                 break;
             }
-            bytes += front.bytes;
             if let Some(p) = q.pending.pop_front() {
                 batch.push(p);
             }
@@ -770,7 +928,7 @@ impl Inner {
             }
         };
         for (slot, outcome) in slots.iter().zip(outcomes) {
-            *lock(&slot.0) = Some(outcome);
+            slot.set(SlotState::Done(outcome));
         }
     }
 
@@ -896,17 +1054,30 @@ impl Inner {
         outcomes
     }
 
-    /// Appends one frame holding `commits`, syncs it as configured, then
-    /// publishes it and installs `work` as this process's state. Lock held.
+    /// Appends `commits` (as few frames as the commit limit allows; each
+    /// commit lies whole in one frame), syncs them once as configured, then
+    /// publishes them and installs `work` as this process's state. Lock held.
     fn append_locked(
         &self,
         state: &State,
         mut work: State,
         commits: &[(u64, u64, Origin, Vec<Write>)],
     ) -> Result<()> {
-        let records: Vec<CommitRec<'_>> = commits
-            .iter()
-            .map(|(seq, ts, origin, writes)| CommitRec {
+        let mut frame = Vec::new();
+        let mut frames = 1u64;
+        let mut group: Vec<CommitRec<'_>> = Vec::new();
+        let mut group_bytes = 0usize;
+        let limit = self.options.limits.max_commit_bytes;
+        for (seq, ts, origin, writes) in commits {
+            let bytes = writes_bytes(writes);
+            if !group.is_empty() && group_bytes + bytes > limit {
+                format::encode_frame(&Payload::Commits(std::mem::take(&mut group)), &mut frame)
+                    .map_err(Error::InvalidInput)?;
+                group_bytes = 0;
+                frames += 1;
+            }
+            group_bytes += bytes;
+            group.push(CommitRec {
                 seq: *seq,
                 ts: *ts,
                 origin: *origin,
@@ -919,11 +1090,12 @@ impl Inner {
                         value: w.value.as_deref().map(Raw),
                     })
                     .collect(),
-            })
-            .collect();
-        let mut frame = Vec::new();
-        format::encode_frame(&Payload::Commits(records), &mut frame)
-            .map_err(Error::InvalidInput)?;
+            });
+        }
+        if !group.is_empty() {
+            format::encode_frame(&Payload::Commits(group), &mut frame)
+                .map_err(Error::InvalidInput)?;
+        }
         let tail = lock(&self.tail).clone();
         let end = state.end;
         let shm = &self.dir.shm;
@@ -949,6 +1121,12 @@ impl Inner {
             return Err(err);
         }
         work.end = end + frame.len() as u64;
+        self.commits
+            .fetch_add(commits.len() as u64, Ordering::Relaxed);
+        self.frames.fetch_add(frames, Ordering::Relaxed);
+        if self.options.sync != SyncMode::Never {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
         let _tail = lock(&self.tail);
         shm.publish_end(work.generation, work.end);
         self.install(work);

@@ -377,3 +377,257 @@ fn prefix_hashes_survive_compaction_across_checkpoint_frames() {
         never_compacted.prefix_hash_all("h")
     );
 }
+
+#[test]
+fn batch_mode_group_commits_update_closures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(
+        dir.path(),
+        Options {
+            create: true,
+            sync: SyncMode::Batch,
+            ..Options::default()
+        },
+    )
+    .expect("open");
+    let p = fp("t/u");
+    std::thread::scope(|scope| {
+        // The first update holds the writer lock for a while, so the
+        // others queue behind it and the next batch takes them together.
+        let first = s.clone();
+        let q = p.clone();
+        scope.spawn(move || {
+            first
+                .update(move |_| {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    Ok(vec![Write::put(&q, b"first", b"v")])
+                })
+                .expect("update")
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        for t in 0..8 {
+            let s = s.clone();
+            let p = p.clone();
+            scope.spawn(move || {
+                s.update(move |snap| {
+                    // Each closure sees the commits before it in its batch.
+                    let n = snap.len();
+                    Ok(vec![Write::put(
+                        &p,
+                        format!("t{t}").as_bytes(),
+                        &n.to_le_bytes(),
+                    )])
+                })
+                .expect("update")
+            });
+        }
+    });
+    let stats = s.write_stats();
+    assert_eq!(stats.commits, 9);
+    assert!(
+        stats.syncs < stats.commits,
+        "update closures that queue together share a sync: {stats:?}"
+    );
+    let snap = s.snapshot().expect("snapshot");
+    assert_eq!(snap.len(), 9);
+    let mut seen: Vec<u64> = (0..8)
+        .map(|t| {
+            let v = snap.get(&p, format!("t{t}").as_bytes()).expect("written");
+            u64::from_le_bytes(v[..8].try_into().expect("8 bytes"))
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..9).collect::<Vec<u64>>(),
+        "every closure saw the state before it"
+    );
+}
+
+#[test]
+fn a_group_commit_larger_than_the_commit_limit_is_split_into_frames() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options {
+        create: true,
+        sync: SyncMode::Batch,
+        limits: chorus_store::Limits {
+            max_commit_bytes: 8 << 10,
+            ..chorus_store::Limits::default()
+        },
+        ..Options::default()
+    };
+    let s = Store::open(dir.path(), options.clone()).expect("open");
+    let p = fp("t/big");
+    std::thread::scope(|scope| {
+        let first = s.clone();
+        let q = p.clone();
+        scope.spawn(move || {
+            first
+                .update(move |_| {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    Ok(vec![Write::put(&q, b"first", &[1u8; 6000])])
+                })
+                .expect("update")
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        for t in 0..6u8 {
+            let s = s.clone();
+            let p = p.clone();
+            scope.spawn(move || {
+                s.update(move |_| Ok(vec![Write::put(&p, &[t], &[t; 6000])]))
+                    .expect("update")
+            });
+        }
+    });
+    let stats = s.write_stats();
+    assert_eq!(stats.commits, 7);
+    assert!(stats.syncs < stats.commits, "{stats:?}");
+    assert_eq!(
+        stats.frames, 7,
+        "no two 6000-byte commits fit one 8 KiB frame"
+    );
+    drop(s);
+    let report = chorus_store::check(dir.path(), &options).expect("check");
+    assert!(report.is_healthy(), "{report:?}");
+    assert_eq!((report.frames, report.commits), (7, 7));
+    let s = Store::open(dir.path(), options).expect("reopen");
+    let snap = s.snapshot().expect("snapshot");
+    assert_eq!(snap.len(), 7);
+    for t in 0..6u8 {
+        assert_eq!(snap.get(&p, &[t]).expect("kept").as_ref(), &[t; 6000][..]);
+    }
+}
+
+#[test]
+fn update_all_queues_its_commits_together_and_each_fails_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(
+        dir.path(),
+        Options {
+            create: true,
+            sync: SyncMode::Batch,
+            ..Options::default()
+        },
+    )
+    .expect("open");
+    let p = fp("t/all");
+    let mut updates: Vec<(chorus_store::Origin, chorus_store::UpdateFn)> = Vec::new();
+    for i in 0..10u8 {
+        let p = p.clone();
+        let origin = if i % 2 == 0 {
+            chorus_store::Origin::Local
+        } else {
+            chorus_store::Origin::Peer([i; 16])
+        };
+        updates.push((
+            origin,
+            Box::new(move |snap: &chorus_store::Snapshot| {
+                if i == 3 {
+                    return Err(chorus_store::Error::InvalidInput("no".into()));
+                }
+                if i == 5 {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Write::put(
+                    &p,
+                    &[i],
+                    &(snap.len() as u64).to_le_bytes(),
+                )])
+            }),
+        ));
+    }
+    let cursor = s.cursor().expect("cursor");
+    let outcomes = s.update_all(updates);
+    assert_eq!(outcomes.len(), 10);
+    assert!(matches!(
+        outcomes[3],
+        Err(chorus_store::Error::InvalidInput(_))
+    ));
+    assert!(matches!(outcomes[5], Ok(None)));
+    let seqs: Vec<u64> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok().copied().flatten())
+        .map(|info| info.seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=8).collect::<Vec<u64>>(),
+        "in order, one commit each"
+    );
+    let stats = s.write_stats();
+    assert_eq!((stats.commits, stats.frames, stats.syncs), (8, 1, 1));
+    // Each function saw the commits queued before it.
+    let snap = s.snapshot().expect("snapshot");
+    assert_eq!(
+        snap.get(&p, &[9]).expect("written").as_ref(),
+        &7u64.to_le_bytes()[..]
+    );
+    // Each commit keeps its own origin.
+    let chorus_store::Feed::Changes { changes, .. } = s.changes_since(&cursor, 100).expect("feed")
+    else {
+        panic!("no gap expected");
+    };
+    let origins: Vec<chorus_store::Origin> = changes.iter().map(|c| c.origin).collect();
+    let expected: Vec<chorus_store::Origin> = [0u8, 1, 2, 4, 6, 7, 8, 9]
+        .iter()
+        .map(|&i| {
+            if i % 2 == 0 {
+                chorus_store::Origin::Local
+            } else {
+                chorus_store::Origin::Peer([i; 16])
+            }
+        })
+        .collect();
+    assert_eq!(origins, expected);
+}
+
+#[test]
+fn many_threads_with_small_batches_all_finish_and_count_exactly() {
+    // Leadership passes from batch to batch: with 32 threads and batches
+    // of 3, every hand-off path runs many times.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(
+        dir.path(),
+        Options {
+            create: true,
+            sync: SyncMode::Batch,
+            max_batch: 3,
+            ..Options::default()
+        },
+    )
+    .expect("open");
+    let p = fp("t/n");
+    std::thread::scope(|scope| {
+        for t in 0..32 {
+            let s = s.clone();
+            let p = p.clone();
+            scope.spawn(move || {
+                for i in 0..50 {
+                    if i % 2 == 0 {
+                        let p = p.clone();
+                        s.update(move |snap| {
+                            let n = snap.get(&p, b"counter").map_or(0, |v| {
+                                u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8]))
+                            });
+                            Ok(vec![Write::put(&p, b"counter", &(n + 1).to_le_bytes())])
+                        })
+                        .expect("update");
+                    } else {
+                        s.put(&p, format!("{t}-{i}").as_bytes(), b"v").expect("put");
+                    }
+                }
+            });
+        }
+    });
+    let snap = s.snapshot().expect("snapshot");
+    assert_eq!(snap.seq(), 32 * 50);
+    let counter = snap.get(&p, b"counter").expect("counter");
+    assert_eq!(
+        u64::from_le_bytes(counter[..8].try_into().expect("8 bytes")),
+        32 * 25
+    );
+    assert_eq!(snap.len(), 32 * 25 + 1);
+    let stats = s.write_stats();
+    assert_eq!(stats.commits, 32 * 50);
+    assert!(stats.syncs >= stats.commits / 3, "{stats:?}");
+}
