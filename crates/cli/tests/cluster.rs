@@ -169,6 +169,57 @@ fn a_node_joining_a_cluster_of_ten_thousand_keys_ends_with_all_of_them() {
 }
 
 #[test]
+fn a_node_joining_gets_large_values_that_exceed_one_frame_together() {
+    // 40 values of ~1 MB: one exchange step holding all of them would be
+    // far above the 16 MiB frame limit, so steps must be cut by bytes.
+    use chorus_store::{Metadata, Options, PutOptions, PutValue, Store};
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    {
+        let meta = Metadata::new(
+            Store::open(
+                dirs[0].path(),
+                Options {
+                    create: true,
+                    sync: chorus_store::SyncMode::Never,
+                    ..Options::default()
+                },
+            )
+            .expect("open"),
+        );
+        let fp = chorus_core::FullPrefix::parse("bulk/large").expect("valid");
+        for i in 0..40u8 {
+            let value = vec![b'a' + i % 26; 1_000_000];
+            meta.put(
+                &fp,
+                format!("big-{i:02}").as_bytes(),
+                PutValue::Bytes(value),
+                &PutOptions::default(),
+            )
+            .expect("put");
+        }
+    }
+    assert!(chorus(dirs[1].path(), &["init"]).status.success());
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let _a = serve(dirs[0].path(), ports[0], None);
+    let _b = serve(dirs[1].path(), ports[1], Some(ports[0]));
+    let start = Instant::now();
+    loop {
+        let a = chorus(dirs[0].path(), &["hash", "bulk/large"]);
+        let b = chorus(dirs[1].path(), &["hash", "bulk/large"]);
+        if b.status.success() && a.stdout == b.stdout {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the new node did not converge"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = chorus(dirs[1].path(), &["ls", "bulk/large"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 40);
+}
+
+#[test]
 fn a_node_killed_and_restarted_catches_up_and_loses_nothing_it_acknowledged() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect();
     for d in &dirs {

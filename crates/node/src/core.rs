@@ -212,6 +212,9 @@ impl ObjectSource<Vec<u8>, Vec<u8>> for SnapshotObjects<'_> {
         .ok()?;
         self.0.get(&fp, key).map(|b| b.to_vec())
     }
+    fn size(&self, key: &Vec<u8>, object: &Vec<u8>) -> usize {
+        key.len() + object.len()
+    }
 }
 
 impl Core {

@@ -131,6 +131,9 @@ impl ObjectSource<Vec<u8>, Vec<u8>> for Source<'_> {
         let fp = full_prefix(prefix, sub)?;
         self.0.get(&fp, key).map(|b| b.to_vec())
     }
+    fn size(&self, key: &Vec<u8>, object: &Vec<u8>) -> usize {
+        key.len() + object.len()
+    }
 }
 
 fn full_prefix(prefix: &[u8], sub: &[u8]) -> Option<FullPrefix> {

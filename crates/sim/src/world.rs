@@ -156,6 +156,9 @@ impl ObjectSource<u64, ()> for Objects<'_> {
         let i = usize::try_from(*key).ok()?;
         self.0.get(i).copied().unwrap_or(false).then_some(())
     }
+    fn size(&self, _key: &u64, _object: &()) -> usize {
+        8
+    }
 }
 
 /// The simulated world.

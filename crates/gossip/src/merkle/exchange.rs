@@ -40,6 +40,10 @@ pub struct ExchangeConfig {
     /// Most items in one step (see [`Step::items`]); work beyond it waits
     /// for the next turns. Values below 4 act as 4 (one node's children).
     pub max_step_items: usize,
+    /// Most bytes of objects (as [`ObjectSource::size`] counts them) in one
+    /// step; the rest waits for the next turns. An object larger than this
+    /// goes in a step of its own, so every object is sent eventually.
+    pub max_step_bytes: usize,
 }
 
 impl Default for ExchangeConfig {
@@ -47,6 +51,7 @@ impl Default for ExchangeConfig {
         ExchangeConfig {
             leaf_threshold: 8,
             max_step_items: 8192,
+            max_step_bytes: 8 << 20,
         }
     }
 }
@@ -56,6 +61,9 @@ pub trait ObjectSource<K, O> {
     /// The object stored under `key` in full prefix (`prefix`, `sub`) now,
     /// or `None` if there is none (the key is then skipped).
     fn object(&mut self, prefix: &[u8], sub: &[u8], key: &K) -> Option<O>;
+    /// What `object` costs of a step's byte budget
+    /// ([`ExchangeConfig::max_step_bytes`]): its encoded size, key included.
+    fn size(&self, key: &K, object: &O) -> usize;
 }
 
 /// An object the peer sent, for the application to merge into its store
@@ -628,11 +636,30 @@ fn multiset_difference<K: Clone>(
     (send, want)
 }
 
-/// A step being filled, with what is left of its item budget.
+/// A step being filled, with what is left of its item and byte budgets.
 struct Builder<K, O> {
     named: Vec<NamedChildren>,
     full: BTreeMap<(Vec<u8>, Vec<u8>), FullPrefixStep<K, O>>,
     budget: usize,
+    bytes_left: usize,
+    /// Whether an object is in the step yet (the first always fits).
+    has_objects: bool,
+    /// An object did not fit: the step is full.
+    bytes_full: bool,
+}
+
+impl<K, O> Builder<K, O> {
+    /// Takes an object of `size` bytes out of the byte budget, or says it
+    /// does not fit.
+    fn take_bytes(&mut self, size: usize) -> bool {
+        if self.has_objects && size > self.bytes_left {
+            self.bytes_full = true;
+            return false;
+        }
+        self.bytes_left = self.bytes_left.saturating_sub(size);
+        self.has_objects = true;
+        true
+    }
 }
 
 impl<K, O> Builder<K, O> {
@@ -667,8 +694,11 @@ impl<K: Clone + Ord, O> Exchange<K, O> {
             named: Vec::new(),
             full: BTreeMap::new(),
             budget: self.cap(),
+            bytes_left: self.config.max_step_bytes,
+            has_objects: false,
+            bytes_full: false,
         };
-        while out.budget > 0 {
+        while out.budget > 0 && !out.bytes_full {
             let Some(task) = self.queue.pop_front() else {
                 break;
             };
@@ -832,14 +862,19 @@ impl<K: Clone + Ord, O> Exchange<K, O> {
                 break;
             }
             if let Some(object) = app.object(&node.prefix, &node.sub, key) {
+                if !out.take_bytes(app.size(key, &object)) {
+                    // Resumes at this key, after the last one sent.
+                    unfinished = true;
+                    break;
+                }
                 objects.push((key.clone(), object));
             }
             last = Some((h, key));
         }
-        if let (true, Some((h, key))) = (unfinished, last) {
+        if unfinished {
             self.queue.push_front(Task::Range {
                 node: node.clone(),
-                after: Some((h, key.clone())),
+                after: last.map(|(h, key)| (h, key.clone())).or(after),
             });
         }
         self.emit_objects(&node.prefix, &node.sub, objects, out);
@@ -879,14 +914,18 @@ impl<K: Clone + Ord, O> Exchange<K, O> {
         out: &mut Builder<K, O>,
     ) {
         let mut objects = Vec::new();
-        let mut keys = keys.into_iter();
+        let mut keys = keys.into_iter().peekable();
         while objects.len() < out.budget {
-            let Some(key) = keys.next() else {
+            let Some(key) = keys.peek() else {
                 break;
             };
-            if let Some(object) = app.object(&prefix, &sub, &key) {
-                objects.push((key, object));
+            if let Some(object) = app.object(&prefix, &sub, key) {
+                if !out.take_bytes(app.size(key, &object)) {
+                    break;
+                }
+                objects.push((key.clone(), object));
             }
+            keys.next();
         }
         let rest: Vec<K> = keys.collect();
         if !rest.is_empty() {

@@ -81,6 +81,9 @@ impl ObjectSource<u64, u64> for Objects<'_> {
     fn object(&mut self, prefix: &[u8], sub: &[u8], key: &u64) -> Option<u64> {
         self.0.get(&(prefix.to_vec(), sub.to_vec(), *key)).copied()
     }
+    fn size(&self, _key: &u64, _object: &u64) -> usize {
+        16
+    }
 }
 
 /// What one exchange cost on the wire.
@@ -92,11 +95,18 @@ struct Traffic {
     /// The bytes without the objects (the protocol's own overhead).
     protocol_bytes: usize,
     max_items: usize,
+    /// Most objects in one step.
+    max_objects: usize,
 }
 
 /// Sends `message` through postcard, counting its bytes, and checks the
-/// item cap.
-fn wire(message: &Message<u64, u64>, cap: usize, traffic: &mut Traffic) -> Message<u64, u64> {
+/// item and byte caps.
+fn wire(
+    message: &Message<u64, u64>,
+    config: &ExchangeConfig,
+    traffic: &mut Traffic,
+) -> Message<u64, u64> {
+    let cap = config.max_step_items;
     let bytes = postcard::to_allocvec(message).expect("encode");
     let mut stripped = message.clone();
     if let Message::Step(step) = &mut stripped {
@@ -114,6 +124,15 @@ fn wire(message: &Message<u64, u64>, cap: usize, traffic: &mut Traffic) -> Messa
         "a step over the cap: {} items",
         message.items()
     );
+    if let Message::Step(step) = message {
+        // Every object weighs 16 bytes (`Objects::size`); one always fits.
+        let objects: usize = step.full.iter().map(|g| g.objects.len()).sum();
+        assert!(
+            objects * 16 <= config.max_step_bytes.max(16),
+            "a step over the byte cap: {objects} objects"
+        );
+        traffic.max_objects = traffic.max_objects.max(objects);
+    }
     postcard::from_bytes(&bytes).expect("decode")
 }
 
@@ -126,7 +145,7 @@ fn exchange(a: &mut Store, b: &mut Store, config: ExchangeConfig) -> Traffic {
     let mut next = Some((true, begin));
     while let Some((to_b, message)) = next.take() {
         assert!(traffic.messages < 1_000_000, "the exchange did not end");
-        let message = wire(&message, config.max_step_items, &mut traffic);
+        let message = wire(&message, &config, &mut traffic);
         let (session, store) = if to_b {
             (&mut eb, &mut *b)
         } else {
@@ -380,6 +399,7 @@ struct Scenario {
     weak: bool,
     leaf_threshold: usize,
     max_step_items: usize,
+    max_step_bytes: usize,
 }
 
 fn scenarios() -> impl Strategy<Value = Scenario> {
@@ -391,10 +411,19 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
             prop::bool::weighted(0.1),
             any::<bool>(),
         ),
-        (1usize..12, prop_oneof![Just(8192usize), 4usize..40]),
+        (
+            1usize..12,
+            prop_oneof![Just(8192usize), 4usize..40],
+            prop_oneof![Just(8usize << 20), 0usize..200],
+        ),
     )
         .prop_map(
-            |(keys, (pa, fb), (empty_a, empty_b, weak), (leaf_threshold, max_step_items))| {
+            |(
+                keys,
+                (pa, fb),
+                (empty_a, empty_b, weak),
+                (leaf_threshold, max_step_items, max_step_bytes),
+            )| {
                 Scenario {
                     keys,
                     only_a_prefix: pa,
@@ -404,6 +433,7 @@ fn scenarios() -> impl Strategy<Value = Scenario> {
                     weak,
                     leaf_threshold,
                     max_step_items,
+                    max_step_bytes,
                 }
             },
         )
@@ -455,6 +485,7 @@ proptest! {
         let config = ExchangeConfig {
             leaf_threshold: sc.leaf_threshold,
             max_step_items: sc.max_step_items,
+            max_step_bytes: sc.max_step_bytes,
         };
         let traffic = exchange(&mut a, &mut b, config);
         assert_converged(&a, &b, &expected);
@@ -623,10 +654,42 @@ fn the_item_cap_holds_in_every_step_and_a_large_diff_completes() {
     let config = ExchangeConfig {
         leaf_threshold: 8,
         max_step_items: 32,
+        ..ExchangeConfig::default()
     };
     let traffic = exchange(&mut a, &mut b, config);
     assert_converged(&a, &b, &expected);
     assert_eq!(traffic.max_items, 32, "steps are filled to the cap");
+}
+
+#[test]
+fn the_byte_cap_holds_in_every_step_and_a_large_diff_completes() {
+    let n = 5_000;
+    let (mut a, mut b, _) = diverge(&base(n), n, 2_000);
+    for k in 0..500 {
+        a.put(b"only-a", &name((k % 4) as u8), k, 1);
+    }
+    let expected = merged(&a.data, &b.data);
+    let config = ExchangeConfig {
+        // Room for 5 objects of 16 bytes, far fewer than the item cap.
+        max_step_bytes: 80,
+        ..ExchangeConfig::default()
+    };
+    let traffic = exchange(&mut a, &mut b, config);
+    assert_converged(&a, &b, &expected);
+    assert_eq!(traffic.max_objects, 5, "steps are filled to the byte cap");
+    // One object larger than the cap still goes, alone.
+    let (mut a, mut b) = (Store::new(false), Store::new(false));
+    for k in 0..10 {
+        a.put(&name(0), &name(0), k, 7);
+    }
+    let expected = a.data.clone();
+    let config = ExchangeConfig {
+        max_step_bytes: 1,
+        ..ExchangeConfig::default()
+    };
+    let traffic = exchange(&mut a, &mut b, config);
+    assert_converged(&a, &b, &expected);
+    assert_eq!(traffic.max_objects, 1);
 }
 
 #[test]
@@ -665,6 +728,7 @@ fn both_sides_end_when_work_announced_as_more_comes_to_nothing() {
     let config = ExchangeConfig {
         leaf_threshold: 1,
         max_step_items: 4,
+        ..ExchangeConfig::default()
     };
     exchange(&mut a, &mut b, config);
     assert_converged(&a, &b, &expected);
