@@ -129,9 +129,9 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::NotInitialized { .. } => 1,
+            Error::NotInitialized { .. } | Error::NotFound(_) => 1,
             Error::InvalidInput(_) | Error::NetworkFilesystem { .. } => 2,
-            Error::WriteConflict { .. } => 3,
+            Error::WriteConflict { .. } | Error::Conflict(_) => 3,
             Error::Corruption { .. } | Error::Io { .. } | Error::Poisoned(_) => 4,
             Error::LockTimeout { .. } => 5,
         };

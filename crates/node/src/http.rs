@@ -120,7 +120,8 @@ impl From<chorus_store::Error> for ApiError {
     fn from(e: chorus_store::Error) -> Self {
         use chorus_store::Error as E;
         let (status, code) = match &e {
-            E::NotInitialized { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            E::NotInitialized { .. } | E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             E::InvalidInput(_) | E::NetworkFilesystem { .. } => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }

@@ -112,6 +112,13 @@ pub enum Error {
         /// The filesystem type from the mount table.
         fstype: String,
     },
+    /// What was asked for does not exist (a document, a revision).
+    #[error("{0}")]
+    NotFound(String),
+    /// A document edit named a revision that is not current, or created
+    /// a document that exists; nothing was written.
+    #[error("{0}")]
+    Conflict(String),
     /// A previous failure left this handle unable to write safely.
     #[error(
         "this store handle stopped writing after an earlier failure ({0}); reopen the store: the next writer repairs the log tail"
@@ -158,6 +165,17 @@ impl Error {
             file: file.into(),
             offset,
             detail: detail.into(),
+        }
+    }
+}
+
+impl From<chorus_core::docs::DocError> for Error {
+    fn from(e: chorus_core::docs::DocError) -> Self {
+        use chorus_core::docs::DocError as D;
+        match e {
+            D::NotFound(m) => Error::NotFound(m),
+            D::AlreadyExists(m) | D::Conflict(m) => Error::Conflict(m),
+            D::Invalid(m) => Error::InvalidInput(m),
         }
     }
 }

@@ -22,6 +22,7 @@
 
 mod backend;
 mod dirops;
+pub mod docs;
 mod error;
 pub mod fault;
 mod feed;

@@ -663,6 +663,18 @@ fn new_object(
     ))
 }
 
+/// The encoded object that stores `bytes` under the key, superseding every
+/// value there now (for update closures of other APIs, like documents).
+pub(crate) fn new_object_bytes(
+    snap: &Snapshot,
+    fp: &FullPrefix,
+    key: &[u8],
+    bytes: Vec<u8>,
+    node: NodeId,
+) -> Result<Vec<u8>> {
+    Ok(new_object(snap, fp, key, None, PutValue::Bytes(bytes), node)?.encode())
+}
+
 /// A write a transaction makes at commit; `bytes: None` is a tombstone.
 struct TxWrite {
     fp: FullPrefix,

@@ -2,66 +2,14 @@
 //! transactional counter, SIGKILL at random moments, compaction under load,
 //! snapshots and the lock timeout.
 
-use std::io::{BufRead, BufReader, Write as _};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use chorus_core::FullPrefix;
 use chorus_store::{Error, Options, Store, check};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_chorus-store-worker");
-
-struct Worker {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: std::io::Lines<BufReader<ChildStdout>>,
-}
-
-impl Worker {
-    fn spawn(args: &[&str]) -> Worker {
-        let mut child = Command::new(WORKER)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn worker");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdin = child.stdin.take();
-        Worker {
-            child,
-            stdin,
-            lines: BufReader::new(stdout).lines(),
-        }
-    }
-
-    fn line(&mut self) -> String {
-        self.lines
-            .next()
-            .expect("worker ended early")
-            .expect("read line")
-    }
-
-    fn expect_line(&mut self, prefix: &str) -> String {
-        loop {
-            let l = self.line();
-            if let Some(rest) = l.strip_prefix(prefix) {
-                return rest.trim().to_string();
-            }
-        }
-    }
-
-    fn tell(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{line}").expect("write to worker");
-        stdin.flush().expect("flush");
-    }
-
-    fn finish(mut self) {
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "worker failed: {status}");
-    }
-}
+mod common;
+use common::Worker;
 
 fn fp() -> FullPrefix {
     FullPrefix::parse("test/keys").expect("valid")

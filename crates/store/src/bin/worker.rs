@@ -17,6 +17,11 @@
 //!   `read`, waits for a line on stdin, puts VALUE with the context it read.
 //! - `meta-values DIR KEY`: prints `values N` (siblings of KEY).
 //! - `meta-churn DIR COUNT`: inserts and deletes `churn-i` keys COUNT times.
+//! - `doc-edit DIR STORE ID FIELD VALUE KEEP_BOTH`: reads document ID,
+//!   prints `read REV`, waits for a line on stdin, then updates that
+//!   revision with FIELD = VALUE; prints `saved REV` or `conflict`.
+//! - `doc-churn DIR STORE ID`: upserts document ID forever with fields
+//!   `a` = `b` = i and a filler of i % 500 bytes; prints `ack i`.
 
 use std::io::{BufRead, Write as _};
 use std::process::ExitCode;
@@ -193,6 +198,34 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 }
             }
             say("done")?;
+        }
+        "doc-edit" => {
+            let (store_name, id, field, value) =
+                (arg(args, 2)?, arg(args, 3)?, arg(args, 4)?, arg(args, 5)?);
+            let keep_both = arg(args, 6)? == "true";
+            let meta = Metadata::new(open(dir, SyncMode::Always)?);
+            let docs = chorus_store::docs::Docs::open(&meta, store_name)?;
+            let mut doc = docs.get(id)?;
+            say(&format!("read {}", doc["_rev"].as_str().unwrap_or("?")))?;
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            doc[field] = serde_json::Value::String(value.to_string());
+            match docs.update(doc, keep_both) {
+                Ok(saved) => say(&format!("saved {}", saved.rev))?,
+                Err(Error::Conflict(_)) => say("conflict")?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        "doc-churn" => {
+            let (store_name, id) = (arg(args, 2)?, arg(args, 3)?);
+            let meta = Metadata::new(open(dir, SyncMode::Always)?);
+            let docs = chorus_store::docs::Docs::open(&meta, store_name)?;
+            let start = docs.get(id).ok().and_then(|d| d["a"].as_u64()).unwrap_or(0);
+            for i in start + 1.. {
+                let filler = "x".repeat((i % 500) as usize);
+                docs.upsert(serde_json::json!({"_id": id, "a": i, "b": i, "filler": filler}))?;
+                say(&format!("ack {i}"))?;
+            }
         }
         other => return Err(format!("unknown command {other}").into()),
     }
