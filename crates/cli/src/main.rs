@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 mod demo;
+mod doc;
 mod kv;
 mod serve;
 mod sim;
@@ -84,6 +85,9 @@ enum Command {
     Compact,
     /// Node id, generation, log size, keys and the writer-lock holder
     Status,
+    /// Documents: JSON objects with _id and _rev, revisions and conflicts
+    #[command(subcommand)]
+    Doc(doc::DocCommand),
     /// Show the engine at work: processes writing one directory at once
     Demo(demo::DemoArgs),
     /// Run this directory as a node of a cluster: replicate with peers
@@ -197,6 +201,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Repair => run_repair(cli),
         Command::Compact => compact(cli),
         Command::Status => status(cli),
+        Command::Doc(c) => doc::run(cli, c),
         Command::Demo(args) => demo::run(cli, args),
         Command::Sim(args) => sim::run(cli, args),
         Command::Serve(args) => serve::run(cli, args),

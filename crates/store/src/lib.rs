@@ -51,7 +51,7 @@ pub use metadata::{
 };
 pub use store::{
     CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, UpdateFn,
-    Write, WriteStats,
+    Write, WriteStats, expand_home,
 };
 pub use tools::{CheckReport, Finding, RepairReport, check, repair};
 

@@ -289,6 +289,30 @@ pub struct WriteStats {
     pub syncs: u64,
 }
 
+/// `~` or `~/rest` at the start of a directory path is the home directory
+/// (`$HOME`), as in a shell: `~/.chorus/users` works even where no shell
+/// expanded it (a quoted argument, an environment variable).
+pub fn expand_home(dir: &Path) -> Result<PathBuf> {
+    let Some(text) = dir.to_str() else {
+        return Ok(dir.to_path_buf());
+    };
+    let rest = match text {
+        "~" => "",
+        _ => match text.strip_prefix("~/") {
+            Some(rest) => rest,
+            None => return Ok(dir.to_path_buf()),
+        },
+    };
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{text} starts with '~' but HOME is not set: give the full path"
+            ))
+        })?;
+    Ok(PathBuf::from(home).join(rest))
+}
+
 /// An open data directory. Cheap to clone; share it between threads.
 ///
 /// Reads are answered from memory after a check of the shared map (two
@@ -316,6 +340,7 @@ impl Store {
     /// Creates a store in `dir` if there is none; returns its node id and
     /// whether it was created now.
     pub fn init(dir: &Path, options: &Options) -> Result<(NodeId, bool)> {
+        let dir = &expand_home(dir)?;
         let backend = options.backend.as_ref();
         backend
             .create_dir_all(dir)
@@ -330,6 +355,7 @@ impl Store {
 
     /// Opens the store in `dir`.
     pub fn open(dir: &Path, options: Options) -> Result<Store> {
+        let dir = &expand_home(dir)?;
         if options.create {
             Store::init(dir, &options)?;
         } else if !dir.is_dir() {

@@ -1,0 +1,185 @@
+//! `chorus doc`: multiprocess-store's user-manager scenario end to end,
+//! exit codes, stdin, and bad input.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{Value, json};
+
+mod common;
+use common::chorus;
+
+fn ok(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exit code")
+}
+
+fn doc(dir: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["doc"];
+    all.extend_from_slice(args);
+    chorus(dir, &all)
+}
+
+#[test]
+fn the_user_manager_scenario_end_to_end() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    assert!(chorus(d, &["init"]).status.success());
+    // Sign up alice; a second sign-up fails as existing (exit 3).
+    let alice = ok(&doc(
+        d,
+        &[
+            "create",
+            "users",
+            r#"{"_id": "alice", "password": "secret"}"#,
+        ],
+    ));
+    assert_eq!(alice["_id"], "alice");
+    let again = doc(
+        d,
+        &["create", "users", r#"{"_id": "alice", "password": "x"}"#],
+    );
+    assert_eq!(code(&again), 3);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    // Change her password, with the revision read, and verify it.
+    let mut current = ok(&doc(d, &["get", "users", "alice"]));
+    assert_eq!(current["_rev"], alice["_rev"]);
+    current["password"] = json!("hunter2");
+    let changed = ok(&doc(d, &["update", "users", &current.to_string()]));
+    assert_ne!(changed["_rev"], alice["_rev"]);
+    assert_eq!(
+        ok(&doc(d, &["get", "users", "alice"]))["password"],
+        "hunter2"
+    );
+    // The old revision is not current any more: a conflict (exit 3).
+    let stale = doc(d, &["update", "users", &current.to_string()]);
+    assert_eq!(
+        code(&stale),
+        3,
+        "{}",
+        String::from_utf8_lossy(&stale.stderr)
+    );
+    // Create bob and carol (carol from stdin), list all objects.
+    ok(&doc(
+        d,
+        &["create", "users", r#"{"_id": "bob", "password": "123"}"#],
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .arg("--dir")
+        .arg(d)
+        .args(["doc", "create", "users", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(br#"{"_id": "carol", "password": "hunter2"}"#)
+        .expect("write");
+    ok(&child.wait_with_output().expect("wait"));
+    let all = ok(&doc(d, &["all", "users"]));
+    let ids: Vec<&str> = all
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|u| u["_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["alice", "bob", "carol"]);
+    assert!(
+        all.as_array()
+            .expect("array")
+            .iter()
+            .all(|u| u["_rev"].is_string())
+    );
+    // No conflicts, then delete bob with his revision.
+    assert_eq!(ok(&doc(d, &["conflicts", "users", "alice"])), json!([]));
+    let bob = ok(&doc(d, &["get", "users", "bob"]));
+    ok(&doc(
+        d,
+        &["delete", "users", "bob", bob["_rev"].as_str().expect("rev")],
+    ));
+    assert_eq!(code(&doc(d, &["get", "users", "bob"])), 1);
+    assert_eq!(
+        ok(&doc(d, &["all", "users"])).as_array().map(Vec::len),
+        Some(2)
+    );
+}
+
+#[test]
+fn keep_both_then_conflicts_then_resolve() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    assert!(chorus(d, &["init"]).status.success());
+    let hello = ok(&doc(d, &["create", "s", r#"{"_id": "hello", "n": 0}"#]));
+    let base = hello["_rev"].as_str().expect("rev");
+    let edit = |n: u32, keep: bool| {
+        let body = json!({"_id": "hello", "_rev": base, "n": n}).to_string();
+        let mut args = vec!["update", "s", body.as_str()];
+        if keep {
+            args.push("--keep-both");
+        }
+        doc(d, &args)
+    };
+    let a = ok(&edit(1, false));
+    assert_eq!(code(&edit(2, false)), 3);
+    let b = ok(&edit(2, true));
+    let groups = ok(&doc(d, &["conflicts", "s", "hello"]));
+    let mut pair = vec![a["_rev"].clone(), b["_rev"].clone()];
+    pair.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
+    assert_eq!(groups, json!([pair]));
+    let with = ok(&doc(d, &["get", "s", "hello", "--conflicts"]));
+    assert_eq!(with["_rev"], pair[1]);
+    assert_eq!(with["_conflicts"], json!([pair[0]]));
+    let loser = pair[0].as_str().expect("rev");
+    assert_eq!(
+        ok(&doc(d, &["get", "s", "hello", "--rev", loser]))["_rev"],
+        loser
+    );
+    ok(&doc(d, &["resolve", "s", "hello", loser]));
+    assert_eq!(ok(&doc(d, &["conflicts", "s", "hello"])), json!([]));
+    assert_eq!(ok(&doc(d, &["get", "s", "hello"]))["_rev"], loser);
+}
+
+#[test]
+fn bad_input_exits_2_with_the_reason_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    assert!(chorus(d, &["init"]).status.success());
+    let long = format!(r#"{{"_id": "{}"}}"#, "x".repeat(600));
+    for (json, why) in [
+        (r#"{"_id": "../x"}"#, "'/'"),
+        (r#"{"_id": "a/b"}"#, "'/'"),
+        (r#"{"_id": ""}"#, "empty"),
+        (long.as_str(), "512"),
+        ("{not json", "not valid JSON"),
+        (r#"{"_id": "a", "_rev": "x-1"}"#, "N-hash"),
+        ("[1]", "JSON object"),
+    ] {
+        for cmd in ["create", "upsert", "update"] {
+            let out = doc(d, &[cmd, "users", json]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(code(&out), 2, "{cmd} {json}: {err}");
+            assert!(err.contains(why), "{cmd} {json}: {err}");
+        }
+    }
+    assert_eq!(code(&doc(d, &["get", "users", "a/b"])), 2);
+    assert_eq!(code(&doc(d, &["delete", "users", "a", "nope"])), 2);
+    assert_eq!(code(&doc(d, &["get", "users", "nobody"])), 1);
+    assert_eq!(code(&doc(d, &["get", "a/b/c", "x"])), 2);
+    assert_eq!(ok(&doc(d, &["all", "users"])), json!([]));
+    let status = chorus(d, &["--json", "status"]);
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status");
+    assert_eq!(status["keys"], 0, "nothing was written: {status}");
+}
