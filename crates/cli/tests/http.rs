@@ -147,6 +147,10 @@ fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
             "/openapi.json",
             "/v1/cluster",
             "/v1/cluster/join",
+            "/v1/docs/{store}",
+            "/v1/docs/{store}/{id}",
+            "/v1/docs/{store}/{id}/conflicts",
+            "/v1/docs/{store}/{id}/resolve",
             "/v1/hash/{prefix}",
             "/v1/hash/{prefix}/{subprefix}",
             "/v1/kv/{prefix}/{subprefix}",
@@ -505,4 +509,110 @@ fn a_node_that_moves_to_another_address_serves_again_and_its_old_address_is_left
             .is_some_and(|m| m.contains(&serde_json::json!([gossip2, "left"]))),
         "{members}"
     );
+}
+
+#[test]
+fn documents_over_http_with_revisions_conflicts_and_bad_input() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_node, url) = start(dir.path());
+    let base = format!("{url}/v1/docs/users");
+    let send = |method: &str, url: &str, body: &str| {
+        curl(&[
+            "-X",
+            method,
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+            url,
+        ])
+    };
+    // Create (POST and PUT), then a second create of the same id: 409.
+    let (_, status, _, body) = send(
+        "POST",
+        &base,
+        r#"{"_id": "alice", "email": "a@example.com"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let first = json(&body)["_rev"].as_str().expect("rev").to_string();
+    let (_, status, _, body) = send("PUT", &format!("{base}/bob"), r#"{"n": 1}"#);
+    assert_eq!(status, 201, "{body}");
+    let (_, status, _, body) = send("POST", &base, r#"{"_id": "alice"}"#);
+    assert_eq!(
+        (status, json(&body)["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    // Read, update with the revision, a stale update is 409, keep_both
+    // makes a branch that shows in conflicts.
+    let (_, status, _, body) = curl(&[&format!("{base}/alice")]);
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["_rev"], first.as_str());
+    let update = |email: &str, keep: bool| {
+        let target = format!("{base}/alice{}", if keep { "?keep_both=true" } else { "" });
+        send(
+            "PUT",
+            &target,
+            &format!(r#"{{"_rev": "{first}", "email": "{email}"}}"#),
+        )
+    };
+    let (_, status, _, body) = update("b@example.com", false);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(update("c@example.com", false).1, 409);
+    let (_, status, _, body) = update("c@example.com", true);
+    assert_eq!(status, 200, "{body}");
+    let groups = json(&curl(&[&format!("{base}/alice/conflicts")]).3);
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
+    let with = json(&curl(&[&format!("{base}/alice?conflicts=true")]).3);
+    let loser = with["_conflicts"][0].as_str().expect("a loser").to_string();
+    let old = json(&curl(&[&format!("{base}/alice?rev={loser}")]).3);
+    assert_eq!(old["_rev"], loser.as_str());
+    // Resolve, list, delete.
+    let winner = with["_rev"].as_str().expect("rev").to_string();
+    let (_, status, _, body) = curl(&["-X", "POST", &format!("{base}/alice/resolve?rev={winner}")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&curl(&[&format!("{base}/alice/conflicts")]).3),
+        serde_json::json!([])
+    );
+    let all = json(&curl(&[&base]).3);
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+    let bob_rev = json(&curl(&[&format!("{base}/bob")]).3)["_rev"]
+        .as_str()
+        .expect("rev")
+        .to_string();
+    assert_eq!(
+        curl(&["-X", "DELETE", &format!("{base}/bob?rev={bob_rev}")]).1,
+        200
+    );
+    assert_eq!(curl(&[&format!("{base}/bob")]).1, 404);
+    // Bad input: 400 with a JSON error, nothing written.
+    let before = curl(&[&format!("{url}/v1/hash/docs/users")]).3;
+    let long = "x".repeat(600);
+    for (method, target, body) in [
+        ("POST", base.clone(), "{not json".to_string()),
+        ("POST", base.clone(), r#"{"_id": "../x"}"#.to_string()),
+        ("POST", base.clone(), r#"{"_id": ""}"#.to_string()),
+        ("POST", base.clone(), format!(r#"{{"_id": "{long}"}}"#)),
+        (
+            "POST",
+            base.clone(),
+            r#"{"_id": "z", "_rev": "nope"}"#.to_string(),
+        ),
+        (
+            "PUT",
+            format!("{base}/carol"),
+            r#"{"_id": "dave"}"#.to_string(),
+        ),
+        ("PUT", format!("{base}/carol"), "[1]".to_string()),
+        ("DELETE", format!("{base}/alice"), String::new()),
+        ("DELETE", format!("{base}/alice?rev=bad"), String::new()),
+        ("GET", format!("{base}/alice?rev=1-zz"), String::new()),
+        ("POST", format!("{url}/v1/docs/$cluster"), "{}".to_string()),
+    ] {
+        let (_, status, _, reply) = send(method, &target, &body);
+        assert_eq!(status, 400, "{method} {target} {body}: {reply}");
+        assert_eq!(json(&reply)["code"], "bad_request", "{reply}");
+    }
+    assert_eq!(curl(&[&format!("{url}/v1/hash/docs/users")]).3, before);
 }

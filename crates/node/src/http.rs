@@ -93,7 +93,14 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: message.into(),
+        }
+    }
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "bad_request",
@@ -161,6 +168,7 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/v1/hash/{prefix}", get(hash_prefix))
         .route("/v1/hash/{prefix}/{sub}", get(hash_full))
         .route("/v1/watch", get(watch))
+        .merge(crate::docs_http::routes())
         .fallback(|| async { ApiError::not_found("no such route: see /openapi.json") })
         .layer(DefaultBodyLimit::max(BODY_MAX))
         .with_state(api)
@@ -304,7 +312,7 @@ fn context_header(headers: &HeaderMap) -> Result<Option<chorus_core::object::Con
     })
 }
 
-fn record(api: &Api, write: bool, started: Instant) {
+pub(crate) fn record(api: &Api, write: bool, started: Instant) {
     let mut r = api
         .requests
         .lock()

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod core;
+mod docs_http;
 pub mod http;
 pub mod json;
 pub mod members;

@@ -81,7 +81,7 @@ impl Docs {
     /// [`DEFAULT_REVS_LIMIT`] revisions behind each leaf.
     pub fn open(meta: &Metadata, name: &str) -> Result<Docs> {
         let fp = store_prefix(name)?;
-        if fp.prefix().starts_with('$') {
+        if fp.prefix().starts_with('$') || fp.subprefix().starts_with('$') {
             return Err(Error::InvalidInput(format!(
                 "the store name {name:?} is reserved ('$' prefixes belong to Chorus)"
             )));

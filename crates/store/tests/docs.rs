@@ -260,7 +260,7 @@ fn bad_input_is_refused_and_writes_nothing() {
         docs.update(json!({"_id": "ok"}), false),
         Err(Error::InvalidInput(_))
     ));
-    for name in ["", "a/b/c", "$cluster/x", "../x"] {
+    for name in ["", "a/b/c", "$cluster/x", "$cluster", "x/$y", "../x"] {
         assert!(Docs::open(&m, name).is_err(), "{name}");
     }
     assert_eq!(
