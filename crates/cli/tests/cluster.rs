@@ -413,3 +413,51 @@ fn tombstones_are_collected_once_every_member_has_them_and_an_absent_member_brin
         );
     }
 }
+
+#[test]
+fn two_nodes_that_edit_a_document_while_apart_agree_on_its_winner_and_conflicts() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    for d in &dirs {
+        assert!(chorus(d.path(), &["init"]).status.success());
+    }
+    let (a, b) = (dirs[0].path(), dirs[1].path());
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let _na = serve(a, ports[0], None);
+    let nb = serve(b, ports[1], Some(ports[0]));
+    let doc = |dir: &Path, args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["doc"];
+        all.extend_from_slice(args);
+        let out = chorus(dir, &all);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let created = doc(a, &["create", "wiki", r#"{"_id": "page", "text": "v0"}"#]);
+    let base = created["_rev"].as_str().expect("rev").to_string();
+    common::wait_until(Duration::from_secs(20), || {
+        chorus(b, &["doc", "get", "wiki", "page"]).status.success()
+    });
+    // Apart: B's daemon is killed; each side edits the same revision.
+    drop(nb);
+    let edit = |text: &str| {
+        serde_json::json!({"_id": "page", "_rev": base, "text": text, text: true}).to_string()
+    };
+    doc(a, &["update", "wiki", &edit("from a")]);
+    doc(b, &["update", "wiki", &edit("from b")]);
+    let _nb = serve(b, ports[1], Some(ports[0]));
+    // Healed: both return the same winner and the same conflict pair.
+    common::wait_until(Duration::from_secs(30), || {
+        let view = |dir: &Path| {
+            (
+                chorus(dir, &["doc", "get", "wiki", "page"]).stdout,
+                chorus(dir, &["doc", "conflicts", "wiki", "page"]).stdout,
+            )
+        };
+        let (va, vb) = (view(a), view(b));
+        va == vb && String::from_utf8_lossy(&va.1).contains("2-")
+    });
+    let groups = doc(a, &["conflicts", "wiki", "page"]);
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
+    assert_eq!(groups[0].as_array().map(Vec::len), Some(2), "{groups}");
+    let winner = doc(b, &["get", "wiki", "page"]);
+    assert_eq!(winner["_rev"], groups[0][1], "the greater revision wins");
+}
