@@ -385,8 +385,12 @@ pub(crate) struct Kid {
 impl Kid {
     /// Starts `chorus-bench <args>` (this same executable).
     pub(crate) fn spawn(args: &[String]) -> Res<Kid> {
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
+        Kid::spawn_program(std::env::current_exe()?, args)
+    }
+
+    /// Starts another program speaking the same line protocol.
+    pub(crate) fn spawn_program(program: impl AsRef<std::ffi::OsStr>, args: &[String]) -> Res<Kid> {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

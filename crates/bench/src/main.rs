@@ -4,11 +4,12 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs] [--quick] [--json FILE] [--dir DIR]
 //! ```
 
 mod cluster;
 mod commit;
+mod docs;
 mod engines;
 mod harness;
 mod meta;
@@ -23,7 +24,7 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs] [--quick] [--json FILE] [--dir DIR]
 
   all         run every benchmark (the default)
   read        point reads in-process: Chorus get vs LMDB vs SQLite WAL
@@ -40,6 +41,11 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
   antientropy (not in all) two chorus serve daemons whose stores of 1,000,000
               keys differ in 1%: time to equal hashes, bytes between them
 
+  docs        (not in all) the document store beside multiprocess-store (npm,
+              installed by the run; needs node and npm): create, get and
+              update of 1 KiB documents from 1 and 4 processes, and one
+              document's size after 10,000 updates
+
   --quick     about 10x smaller counts (smoke run)
   --json FILE also write the raw results as JSON
   --dir DIR   where to create the temporary stores (default: the system temp dir)";
@@ -54,6 +60,10 @@ const BENCHES: [&str; 7] = [
     "meta",
 ];
 
+/// Benchmarks run only when named: they start daemons or need a peer
+/// installed from outside Rust.
+const EXTRA: [&str; 3] = ["cluster", "antientropy", "docs"];
+
 fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
     match name {
         "read" => read::run(cfg),
@@ -65,6 +75,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "meta" => meta::run(cfg),
         "cluster" => cluster::run(cfg),
         "antientropy" => cluster::run_ae(cfg),
+        "docs" => docs::run(cfg),
         other => Err(format!("unknown benchmark {other:?}\n{USAGE}").into()),
     }
 }
@@ -83,6 +94,7 @@ fn real_main() -> Res<()> {
         Some("__commit") => return procs::child(&args[1..]),
         Some("__open") => return open::child(&args[1..]),
         Some("__writer") => return visibility::child(&args[1..]),
+        Some("__docs") => return docs::child(&args[1..]),
         _ => {}
     }
 
@@ -108,7 +120,7 @@ fn real_main() -> Res<()> {
     let which = which.unwrap_or_else(|| "all".to_string());
     let names: Vec<&str> = if which == "all" {
         BENCHES.to_vec()
-    } else if BENCHES.contains(&which.as_str()) || which == "cluster" || which == "antientropy" {
+    } else if BENCHES.contains(&which.as_str()) || EXTRA.contains(&which.as_str()) {
         vec![which.as_str()]
     } else {
         return Err(format!("unknown benchmark {which:?}\n{USAGE}").into());

@@ -428,7 +428,11 @@ fn two_nodes_that_edit_a_document_while_apart_agree_on_its_winner_and_conflicts(
         let mut all = vec!["doc"];
         all.extend_from_slice(args);
         let out = chorus(dir, &all);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("JSON")
     };
     let created = doc(a, &["create", "wiki", r#"{"_id": "page", "text": "v0"}"#]);
