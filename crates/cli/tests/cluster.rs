@@ -43,6 +43,17 @@ fn wait_for(dir: &Path, key: &str, value: &str) -> Duration {
     }
 }
 
+/// Waits until `a` and `b` report the same hash for `full_prefix`.
+fn same_hash(a: &Path, b: &Path, full_prefix: &str, limit: Duration) {
+    common::wait_until(limit, || {
+        let (ha, hb) = (
+            chorus(a, &["hash", full_prefix]),
+            chorus(b, &["hash", full_prefix]),
+        );
+        hb.status.success() && ha.stdout == hb.stdout
+    });
+}
+
 #[test]
 fn a_write_by_an_embedded_process_on_one_node_reaches_the_others() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
@@ -150,19 +161,12 @@ fn a_node_joining_a_cluster_of_ten_thousand_keys_ends_with_all_of_them() {
     let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
     let _a = serve(dirs[0].path(), ports[0], None);
     let _b = serve(dirs[1].path(), ports[1], Some(ports[0]));
-    let start = Instant::now();
-    loop {
-        let a = chorus(dirs[0].path(), &["hash", "bulk/keys"]);
-        let b = chorus(dirs[1].path(), &["hash", "bulk/keys"]);
-        if b.status.success() && a.stdout == b.stdout {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the new node did not converge"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    same_hash(
+        dirs[0].path(),
+        dirs[1].path(),
+        "bulk/keys",
+        Duration::from_secs(30),
+    );
     let out = chorus(dirs[1].path(), &["ls", "bulk/keys"]);
     let keys = String::from_utf8_lossy(&out.stdout).lines().count();
     assert_eq!(keys, 10_000);
@@ -202,19 +206,12 @@ fn a_node_joining_gets_large_values_that_exceed_one_frame_together() {
     let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
     let _a = serve(dirs[0].path(), ports[0], None);
     let _b = serve(dirs[1].path(), ports[1], Some(ports[0]));
-    let start = Instant::now();
-    loop {
-        let a = chorus(dirs[0].path(), &["hash", "bulk/large"]);
-        let b = chorus(dirs[1].path(), &["hash", "bulk/large"]);
-        if b.status.success() && a.stdout == b.stdout {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the new node did not converge"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    same_hash(
+        dirs[0].path(),
+        dirs[1].path(),
+        "bulk/large",
+        Duration::from_secs(60),
+    );
     let out = chorus(dirs[1].path(), &["ls", "bulk/large"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 40);
 }
