@@ -149,6 +149,12 @@ impl Rev {
 
 /// JSON with object keys sorted, no spaces: the same value always gives
 /// the same text.
+pub fn canonical_json(v: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(v, &mut out);
+    out
+}
+
 fn write_canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(m) => {

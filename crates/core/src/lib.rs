@@ -12,6 +12,7 @@ mod hash;
 mod names;
 mod node;
 pub mod object;
+pub mod oplog;
 
 pub use hash::{key_hash, object_hash};
 pub use names::{FullPrefix, MAX_NAME_BYTES, NameError, validate_key};

@@ -1,0 +1,637 @@
+//! Operation logs, with no IO: the value at a path is the reduction of a
+//! log of typed operations (GiG.fs's model), and logs from every device
+//! merge by union instead of overwriting each other.
+//!
+//! - An [`Op`] is `{timestamp, node, sha, payload}` (its id is the first 16
+//!   hex digits of `sha`): a hybrid timestamp that never goes backwards on
+//!   a node, the node that pushed it, SHA-256 over the type, the timestamp,
+//!   the node and the payload as canonical JSON.
+//! - Operations apply in the order (timestamp, node, sha), the same on
+//!   every node; GiG.fs ordered by wall clock alone.
+//! - A [`Checkpoint`] (GiG.fs's "value") folds every operation up to a
+//!   point into a value; the operations it folded are dropped.
+//! - [`OpLog::merge`] is a union of operations plus the newest checkpoint:
+//!   commutative, associative and idempotent (property-tested).
+//!
+//! An operation that arrives at or before the newest checkpoint's point,
+//! and that the checkpoint did not fold, is *late*: it is not applied (the
+//! order would no longer be the same everywhere); [`OpLog::merge`] and
+//! [`OpLog::push`] return it so that the caller reports it, and nothing
+//! disappears silently. The checkpoint names the operations of its own
+//! fold so that a replica which still had them is not reported. (With
+//! Chorus's pruning rule a late operation can only come from a node that
+//! was not a member when the checkpoint was made.)
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::docs::canonical_json;
+
+/// Most bytes of an operation's payload, as JSON.
+pub const MAX_PAYLOAD_BYTES: usize = 64 << 10;
+
+/// Why an oplog operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpError {
+    /// Bad input: type, payload, encoding.
+    Invalid(String),
+    /// A reducer failed on an operation.
+    Reducer(String),
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::Invalid(m) | OpError::Reducer(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for OpError {}
+
+/// Where an operation sorts: (timestamp, node, sha).
+pub type OpKey = (u64, String, String);
+
+/// One operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Op {
+    /// Hybrid timestamp (milliseconds in the high bits, see `object::Hlc`).
+    pub timestamp: u64,
+    /// The pushing node's id, hex.
+    pub node: String,
+    /// SHA-256 over the type, timestamp, node and payload, hex.
+    pub sha: String,
+    /// What the user pushed.
+    pub payload: Value,
+}
+
+impl Op {
+    /// A new operation of log type `kind`.
+    pub fn new(kind: &str, timestamp: u64, node: &str, payload: Value) -> Op {
+        let sha = op_sha(kind, timestamp, node, &payload);
+        Op {
+            timestamp,
+            node: node.to_string(),
+            sha,
+            payload,
+        }
+    }
+
+    /// Its id: the first 16 hex digits of its sha.
+    pub fn id(&self) -> &str {
+        &self.sha[..16.min(self.sha.len())]
+    }
+
+    /// Where it sorts.
+    pub fn key(&self) -> OpKey {
+        (self.timestamp, self.node.clone(), self.sha.clone())
+    }
+
+    fn to_json(&self) -> Value {
+        serde_json::json!({
+            "id": self.id(), "timestamp": self.timestamp, "node": self.node,
+            "sha": self.sha, "payload": self.payload,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Op> {
+        Some(Op {
+            timestamp: v.get("timestamp")?.as_u64()?,
+            node: v.get("node")?.as_str()?.to_string(),
+            sha: v.get("sha")?.as_str()?.to_string(),
+            payload: v.get("payload")?.clone(),
+        })
+    }
+}
+
+fn op_sha(kind: &str, timestamp: u64, node: &str, payload: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(b"chorus-op-v1\0");
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(timestamp.to_be_bytes());
+    h.update(node.as_bytes());
+    h.update([0]);
+    h.update(canonical_json(payload).as_bytes());
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every operation up to `upto` folded into `value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// The last operation folded.
+    pub upto: OpKey,
+    /// The reducer's state after it.
+    pub value: Value,
+    /// SHA-256 over `upto` and the value, hex.
+    pub sha: String,
+    /// The shas of the operations this checkpoint's own fold took (not
+    /// those of earlier checkpoints), so replicas that still hold them are
+    /// not mistaken for late.
+    pub folded: Vec<String>,
+}
+
+impl Checkpoint {
+    fn new(upto: OpKey, value: Value, mut folded: Vec<String>) -> Checkpoint {
+        let mut h = Sha256::new();
+        h.update(b"chorus-checkpoint-v1\0");
+        h.update(upto.0.to_be_bytes());
+        h.update(upto.1.as_bytes());
+        h.update([0]);
+        h.update(upto.2.as_bytes());
+        h.update([0]);
+        h.update(canonical_json(&value).as_bytes());
+        folded.sort();
+        folded.dedup();
+        Checkpoint {
+            upto,
+            value,
+            sha: hex(&h.finalize()),
+            folded,
+        }
+    }
+}
+
+/// A reducer: how a type's operations make its value.
+pub trait Reducer: Send + Sync {
+    /// The state before any operation.
+    fn init(&self) -> Value;
+    /// The state after `op`.
+    fn reduce(&self, state: Value, op: &Op) -> Result<Value, String>;
+    /// The payload to record for a push made on `state` (unchanged by
+    /// default; `set` records which adds a remove has seen).
+    fn prepare(&self, state: &Value, payload: Value) -> Value {
+        let _ = state;
+        payload
+    }
+    /// What readers see of a state (the state itself by default).
+    fn view(&self, state: &Value) -> Value {
+        state.clone()
+    }
+}
+
+/// The log of one path.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OpLog {
+    kind: String,
+    ops: BTreeMap<OpKey, Op>,
+    checkpoint: Option<Checkpoint>,
+}
+
+impl OpLog {
+    /// An empty log of type `kind`.
+    pub fn new(kind: &str) -> OpLog {
+        OpLog {
+            kind: kind.to_string(),
+            ..OpLog::default()
+        }
+    }
+
+    /// Its type.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The operations not yet folded, in application order.
+    pub fn ops(&self) -> impl Iterator<Item = &Op> {
+        self.ops.values()
+    }
+
+    /// Number of operations not yet folded.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when no operation waits to be folded.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The newest checkpoint.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.checkpoint.as_ref()
+    }
+
+    /// The greatest timestamp in the log (a push must go above it).
+    pub fn max_timestamp(&self) -> u64 {
+        let ops = self.ops.keys().next_back().map_or(0, |k| k.0);
+        let cp = self.checkpoint.as_ref().map_or(0, |c| c.upto.0);
+        ops.max(cp)
+    }
+
+    /// Adds an operation (a no-op if it is there). Returns it back if it
+    /// is late (at or before the checkpoint, and not folded by it).
+    #[must_use = "a late operation must be reported, not dropped silently"]
+    pub fn push(&mut self, op: Op) -> Option<Op> {
+        let key = op.key();
+        match &self.checkpoint {
+            Some(cp) if key <= cp.upto => (!cp.folded.contains(&op.sha)).then_some(op),
+            _ => {
+                self.ops.insert(key, op);
+                None
+            }
+        }
+    }
+
+    /// Union of operations plus the newest checkpoint; returns the late
+    /// operations it met. Logs of different types keep the type that sorts
+    /// first; the other's operations are returned as late (two nodes
+    /// created the path with different types).
+    #[must_use = "late operations must be reported, not dropped silently"]
+    pub fn merge(&mut self, other: &OpLog) -> Vec<Op> {
+        if other.kind != self.kind && !other.kind.is_empty() {
+            if self.kind.is_empty() || other.kind < self.kind {
+                let mine = std::mem::replace(self, other.clone());
+                return mine.ops.into_values().collect();
+            }
+            return other.ops.values().cloned().collect();
+        }
+        let mut late = Vec::new();
+        let newer = match (&self.checkpoint, &other.checkpoint) {
+            (None, Some(c)) => Some(c.clone()),
+            (Some(a), Some(b)) if (&b.upto, &b.sha) > (&a.upto, &a.sha) => Some(b.clone()),
+            _ => None,
+        };
+        if let Some(cp) = newer {
+            self.checkpoint = Some(cp);
+            let ops = std::mem::take(&mut self.ops);
+            late.extend(ops.into_values().filter_map(|op| self.push(op)));
+        }
+        for op in other.ops.values() {
+            late.extend(self.push(op.clone()));
+        }
+        late
+    }
+
+    /// The reducer's state: the checkpoint's value (or `init`), then every
+    /// operation in order.
+    pub fn state(&self, reducer: &dyn Reducer) -> Result<Value, OpError> {
+        let mut state = self
+            .checkpoint
+            .as_ref()
+            .map_or_else(|| reducer.init(), |c| c.value.clone());
+        for op in self.ops.values() {
+            state = reducer.reduce(state, op).map_err(|e| {
+                OpError::Reducer(format!(
+                    "the reducer of type {:?} failed on operation {} ({}): {e}",
+                    self.kind,
+                    op.id(),
+                    op.payload
+                ))
+            })?;
+        }
+        Ok(state)
+    }
+
+    /// What readers see.
+    pub fn value(&self, reducer: &dyn Reducer) -> Result<Value, OpError> {
+        Ok(reducer.view(&self.state(reducer)?))
+    }
+
+    /// Folds every operation with key `<= upto` into a new checkpoint. The
+    /// value afterwards is the same as before (only the log is shorter).
+    pub fn prune(&mut self, upto: &OpKey, reducer: &dyn Reducer) -> Result<usize, OpError> {
+        let keep = self
+            .ops
+            .split_off(&(upto.0, upto.1.clone(), format!("{}~", upto.2)));
+        let folded_ops = std::mem::replace(&mut self.ops, keep);
+        if folded_ops.is_empty() {
+            return Ok(0);
+        }
+        let mut state = self
+            .checkpoint
+            .as_ref()
+            .map_or_else(|| reducer.init(), |c| c.value.clone());
+        for op in folded_ops.values() {
+            state = reducer.reduce(state, op).map_err(|e| {
+                OpError::Reducer(format!(
+                    "the reducer of type {:?} failed on operation {}: {e}",
+                    self.kind,
+                    op.id()
+                ))
+            })?;
+        }
+        let last = folded_ops
+            .keys()
+            .next_back()
+            .cloned()
+            .unwrap_or_else(|| upto.clone());
+        let shas = folded_ops.values().map(|o| o.sha.clone()).collect();
+        let n = folded_ops.len();
+        self.checkpoint = Some(Checkpoint::new(last, state, shas));
+        Ok(n)
+    }
+
+    /// The log as JSON (what [`OpLog::decode`] reads).
+    pub fn to_json(&self) -> Value {
+        let ops: Vec<Value> = self.ops.values().map(Op::to_json).collect();
+        let checkpoint = self.checkpoint.as_ref().map_or(Value::Null, |c| {
+            serde_json::json!({
+                "timestamp": c.upto.0, "node": c.upto.1, "upto": c.upto.2,
+                "sha": c.sha, "value": c.value, "folded": c.folded,
+            })
+        });
+        serde_json::json!({"v": 1, "type": self.kind, "checkpoint": checkpoint, "ops": ops})
+    }
+
+    /// Bytes for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_json().to_string().into_bytes()
+    }
+
+    /// Reads what [`OpLog::encode`] wrote; refuses anything else.
+    pub fn decode(bytes: &[u8]) -> Result<OpLog, OpError> {
+        let bad = |why: &str| OpError::Invalid(format!("a stored operation log is damaged: {why}"));
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
+        if v.get("v") != Some(&Value::from(1)) {
+            return Err(bad("unknown version"));
+        }
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("type"))?;
+        let mut log = OpLog::new(kind);
+        let list = |name: &str| -> Result<Vec<Op>, OpError> {
+            v.get(name)
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad(name))?
+                .iter()
+                .map(|o| Op::from_json(o).ok_or_else(|| bad(name)))
+                .collect()
+        };
+        match v.get("checkpoint") {
+            Some(Value::Null) => {}
+            Some(c) => {
+                let get = |k: &str| c.get(k).ok_or_else(|| bad("checkpoint"));
+                let upto = (
+                    get("timestamp")?
+                        .as_u64()
+                        .ok_or_else(|| bad("checkpoint"))?,
+                    get("node")?
+                        .as_str()
+                        .ok_or_else(|| bad("checkpoint"))?
+                        .to_string(),
+                    get("upto")?
+                        .as_str()
+                        .ok_or_else(|| bad("checkpoint"))?
+                        .to_string(),
+                );
+                let folded = get("folded")?
+                    .as_array()
+                    .ok_or_else(|| bad("checkpoint"))?
+                    .iter()
+                    .map(|s| {
+                        s.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| bad("checkpoint"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                log.checkpoint = Some(Checkpoint::new(upto, get("value")?.clone(), folded));
+            }
+            None => return Err(bad("checkpoint")),
+        }
+        for op in list("ops")? {
+            log.ops.insert(op.key(), op);
+        }
+        Ok(log)
+    }
+}
+
+/// Checks a type name: 1 to 64 bytes of `[a-z0-9_-]`.
+pub fn validate_kind(kind: &str) -> Result<(), OpError> {
+    let ok = !kind.is_empty()
+        && kind.len() <= 64
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(OpError::Invalid(format!(
+            "{kind:?} is not a type name: use 1 to 64 of a-z, 0-9, '-' and '_' (built in: {})",
+            BUILT_IN.join(", ")
+        )))
+    }
+}
+
+/// The built-in types.
+pub const BUILT_IN: [&str; 7] = [
+    "counter",
+    "max",
+    "min",
+    "set",
+    "list",
+    "json-merge",
+    "register",
+];
+
+/// A built-in reducer by name.
+pub fn built_in(kind: &str) -> Option<Box<dyn Reducer>> {
+    Some(match kind {
+        "counter" => Box::new(Counter),
+        "max" => Box::new(Extreme { max: true }),
+        "min" => Box::new(Extreme { max: false }),
+        "set" => Box::new(Set),
+        "list" => Box::new(List),
+        "json-merge" => Box::new(JsonMerge),
+        "register" => Box::new(Register),
+        _ => return None,
+    })
+}
+
+/// `counter`: payloads are numbers, added.
+struct Counter;
+
+impl Reducer for Counter {
+    fn init(&self) -> Value {
+        Value::from(0)
+    }
+    fn reduce(&self, state: Value, op: &Op) -> Result<Value, String> {
+        let add = number(&op.payload)?;
+        Ok(add_numbers(&state, add))
+    }
+}
+
+enum Num {
+    Int(i64),
+    Float(f64),
+}
+
+fn number(v: &Value) -> Result<Num, String> {
+    if let Some(i) = v.as_i64() {
+        return Ok(Num::Int(i));
+    }
+    v.as_f64()
+        .map(Num::Float)
+        .ok_or_else(|| format!("the payload {v} is not a number"))
+}
+
+fn add_numbers(state: &Value, add: Num) -> Value {
+    match (state.as_i64(), add) {
+        (Some(s), Num::Int(a)) => match s.checked_add(a) {
+            Some(sum) => Value::from(sum),
+            None => Value::from(s as f64 + a as f64),
+        },
+        (_, Num::Int(a)) => Value::from(state.as_f64().unwrap_or(0.0) + a as f64),
+        (_, Num::Float(a)) => Value::from(state.as_f64().unwrap_or(0.0) + a),
+    }
+}
+
+/// `max` / `min`: payloads are numbers; the greatest or least so far.
+struct Extreme {
+    max: bool,
+}
+
+impl Reducer for Extreme {
+    fn init(&self) -> Value {
+        Value::Null
+    }
+    fn reduce(&self, state: Value, op: &Op) -> Result<Value, String> {
+        let n = op
+            .payload
+            .as_f64()
+            .ok_or_else(|| format!("the payload {} is not a number", op.payload))?;
+        let Some(s) = state.as_f64() else {
+            return Ok(op.payload.clone());
+        };
+        let better = if self.max { n > s } else { n < s };
+        Ok(if better { op.payload.clone() } else { state })
+    }
+}
+
+/// `set`: `{"add": x}` or `{"remove": x, "seen": [add ids]}`, an
+/// observed-remove set. A remove cancels only the adds it has seen: the
+/// push fills `seen` with the ids of the adds of `x` in the state the
+/// pusher read ([`Reducer::prepare`]), so a concurrent add it had not seen
+/// survives. A remove without `seen` cancels every add applied before it.
+struct Set;
+
+impl Reducer for Set {
+    fn init(&self) -> Value {
+        Value::Object(Map::new())
+    }
+    fn prepare(&self, state: &Value, payload: Value) -> Value {
+        let (Some(x), None) = (payload.get("remove"), payload.get("seen")) else {
+            return payload;
+        };
+        let adds = state
+            .get(canonical_json(x))
+            .and_then(|m| m.get("adds"))
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new()));
+        let mut out = payload.clone();
+        out["seen"] = adds;
+        out
+    }
+    fn reduce(&self, state: Value, op: &Op) -> Result<Value, String> {
+        let Value::Object(mut members) = state else {
+            return Err("the set's state is not an object".into());
+        };
+        let bad = || {
+            format!(
+                "the payload {} is not {{\"add\": x}} or {{\"remove\": x}}",
+                op.payload
+            )
+        };
+        let (add, elem) = match (op.payload.get("add"), op.payload.get("remove")) {
+            (Some(x), None) => (true, x.clone()),
+            (None, Some(x)) => (false, x.clone()),
+            _ => return Err(bad()),
+        };
+        let key = canonical_json(&elem);
+        let mut entry = members
+            .remove(&key)
+            .unwrap_or_else(|| serde_json::json!({"elem": elem, "adds": []}));
+        let mut adds: Vec<Value> = entry["adds"].as_array().cloned().unwrap_or_default();
+        if add {
+            adds.push(Value::String(op.id().to_string()));
+        } else {
+            match op.payload.get("seen").and_then(Value::as_array) {
+                Some(seen) => adds.retain(|a| !seen.contains(a)),
+                None if op.payload.get("seen").is_some() => return Err(bad()),
+                None => adds.clear(),
+            }
+        }
+        if !adds.is_empty() {
+            entry["adds"] = Value::Array(adds);
+            members.insert(key, entry);
+        }
+        Ok(Value::Object(members))
+    }
+    fn view(&self, state: &Value) -> Value {
+        let mut elems: Vec<(&String, &Value)> = state
+            .as_object()
+            .map(|m| m.iter().collect())
+            .unwrap_or_default();
+        elems.sort_by(|a, b| a.0.cmp(b.0));
+        Value::Array(elems.into_iter().map(|(_, v)| v["elem"].clone()).collect())
+    }
+}
+
+/// `list`: every payload appended.
+struct List;
+
+impl Reducer for List {
+    fn init(&self) -> Value {
+        Value::Array(Vec::new())
+    }
+    fn reduce(&self, state: Value, op: &Op) -> Result<Value, String> {
+        let Value::Array(mut items) = state else {
+            return Err("the list's state is not an array".into());
+        };
+        items.push(op.payload.clone());
+        Ok(Value::Array(items))
+    }
+}
+
+/// `json-merge`: each payload is an RFC 7386 merge patch.
+struct JsonMerge;
+
+impl Reducer for JsonMerge {
+    fn init(&self) -> Value {
+        Value::Null
+    }
+    fn reduce(&self, state: Value, op: &Op) -> Result<Value, String> {
+        Ok(merge_patch(state, &op.payload))
+    }
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else
+/// replaces.
+pub fn merge_patch(target: Value, patch: &Value) -> Value {
+    let Value::Object(patch) = patch else {
+        return patch.clone();
+    };
+    let mut target = match target {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    for (k, v) in patch {
+        if v.is_null() {
+            target.remove(k);
+        } else {
+            let current = target.remove(k).unwrap_or(Value::Null);
+            target.insert(k.clone(), merge_patch(current, v));
+        }
+    }
+    Value::Object(target)
+}
+
+/// `register`: the last payload.
+struct Register;
+
+impl Reducer for Register {
+    fn init(&self) -> Value {
+        Value::Null
+    }
+    fn reduce(&self, _state: Value, op: &Op) -> Result<Value, String> {
+        Ok(op.payload.clone())
+    }
+}
