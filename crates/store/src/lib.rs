@@ -33,6 +33,7 @@ mod key;
 mod layout;
 mod log;
 mod metadata;
+pub mod oplog;
 mod shm;
 mod store;
 mod sys;

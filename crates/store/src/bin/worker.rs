@@ -20,6 +20,8 @@
 //! - `doc-edit DIR STORE ID FIELD VALUE KEEP_BOTH`: reads document ID,
 //!   prints `read REV`, waits for a line on stdin, then updates that
 //!   revision with FIELD = VALUE; prints `saved REV` or `conflict`.
+//! - `op-push DIR PATH COUNT`: COUNT pushes of counter +1 at PATH in
+//!   `ops/test`; prints `pushed COUNT`.
 //! - `doc-churn DIR STORE ID`: upserts document ID forever with fields
 //!   `a` = `b` = i and a filler of i % 500 bytes; prints `ack i`.
 
@@ -215,6 +217,16 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 Err(Error::Conflict(_)) => say("conflict")?,
                 Err(e) => return Err(e.into()),
             }
+        }
+        "op-push" => {
+            let (path, count) = (arg(args, 2)?, arg(args, 3)?.parse::<u64>()?);
+            let meta = Metadata::new(open(dir, SyncMode::Batch)?);
+            let ops = chorus_store::oplog::Oplogs::new(&meta);
+            let fp = FullPrefix::parse("ops/test")?;
+            for _ in 0..count {
+                ops.push(&fp, path, "counter", serde_json::json!(1))?;
+            }
+            say(&format!("pushed {count}"))?;
         }
         "doc-churn" => {
             let (store_name, id) = (arg(args, 2)?, arg(args, 3)?);

@@ -1,0 +1,223 @@
+//! Operation logs over the causal store: the value at a path is the
+//! reduction of its log ([`chorus_core::oplog`]).
+//!
+//! A path's log is one key (the path) in a full prefix, holding the
+//! encoded [`OpLog`]. A push runs under the writer lock on the union of the
+//! key's siblings, so pushes from processes on one machine never lose each
+//! other, and writes the union back with the siblings' context; logs from
+//! other nodes arrive as siblings and merge on the next read or push. A
+//! push's timestamp is above every operation in the log it extends (and
+//! above the directory's last commit), so it sorts after everything its
+//! writer had seen.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use chorus_core::FullPrefix;
+use chorus_core::oplog::{MAX_PAYLOAD_BYTES, Op, OpLog, Reducer, built_in, validate_kind};
+use serde_json::Value;
+
+use crate::metadata::{Metadata, new_object_bytes};
+use crate::{Error, Result, Snapshot, Write};
+
+/// Operation logs in a [`Metadata`] store, with the reducers this process
+/// knows (the built-in ones, and those registered).
+#[derive(Clone)]
+pub struct Oplogs {
+    meta: Metadata,
+    reducers: Arc<RwLock<BTreeMap<String, Arc<dyn Reducer>>>>,
+}
+
+impl std::fmt::Debug for Oplogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Oplogs").finish_non_exhaustive()
+    }
+}
+
+/// A path's log as readers see it.
+#[derive(Debug, Clone)]
+pub struct LogView {
+    /// The merged log.
+    pub log: OpLog,
+    /// Operations older than the checkpoint that it did not fold: not
+    /// applied, reported.
+    pub late: Vec<Op>,
+}
+
+impl LogView {
+    /// `{type, checkpoint, ops, late}` as JSON.
+    pub fn to_json(&self) -> Value {
+        let mut v = self.log.to_json();
+        v["late"] = Value::Array(
+            self.late
+                .iter()
+                .map(|op| {
+                    serde_json::json!({"id": op.id(), "timestamp": op.timestamp, "node": op.node, "sha": op.sha, "payload": op.payload})
+                })
+                .collect(),
+        );
+        if let Some(m) = v.as_object_mut() {
+            m.remove("v");
+        }
+        v
+    }
+}
+
+impl Oplogs {
+    /// The logs of `meta`, with the built-in reducers.
+    pub fn new(meta: &Metadata) -> Oplogs {
+        Oplogs {
+            meta: meta.clone(),
+            reducers: Arc::default(),
+        }
+    }
+
+    /// Registers (or replaces) the reducer of `kind` in this process.
+    pub fn register(&self, kind: &str, reducer: Arc<dyn Reducer>) -> Result<()> {
+        validate_kind(kind)?;
+        self.reducers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(kind.to_string(), reducer);
+        Ok(())
+    }
+
+    fn reducer(&self, kind: &str) -> Result<Arc<dyn Reducer>> {
+        if let Some(r) = self
+            .reducers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(kind)
+        {
+            return Ok(r.clone());
+        }
+        built_in(kind).map(Arc::from).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "no reducer for type {kind:?}: use a built-in type (counter, max, min, set, list, json-merge, register) or register one"
+            ))
+        })
+    }
+
+    /// Pushes an operation of type `kind` onto the log at `path`; returns
+    /// the value after it. The first push fixes the path's type.
+    pub fn push(&self, fp: &FullPrefix, path: &str, kind: &str, payload: Value) -> Result<Value> {
+        validate_path(path)?;
+        validate_kind(kind)?;
+        if fp.is_reserved() {
+            return Err(Error::InvalidInput(format!(
+                "{fp} is reserved for Chorus itself (names starting with '$')"
+            )));
+        }
+        let size = payload.to_string().len();
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "the payload is {size} bytes of JSON; the limit is {MAX_PAYLOAD_BYTES}"
+            )));
+        }
+        let reducer = self.reducer(kind)?;
+        let (fp, key, kind) = (fp.clone(), path.as_bytes().to_vec(), kind.to_string());
+        let node = self.meta.store().node_id();
+        let node_hex = node.to_string();
+        let out: Arc<Mutex<Option<Value>>> = Arc::default();
+        let slot = out.clone();
+        self.meta.store().update(move |snap: &Snapshot| {
+            let mut view = read_log(snap, &fp, &key)?;
+            if view.log.kind().is_empty() {
+                view.log = OpLog::new(&kind);
+            } else if view.log.kind() != kind {
+                return Err(Error::InvalidInput(format!(
+                    "the log at {fp}/{} has type {:?}, not {kind:?}",
+                    String::from_utf8_lossy(&key),
+                    view.log.kind()
+                )));
+            }
+            let state = view.log.state(&*reducer)?;
+            let payload = reducer.prepare(&state, payload);
+            let commit_ts = snap.commit_ts().unwrap_or_else(|| snap.last_ts());
+            let ts = commit_ts.max(view.log.max_timestamp() + 1);
+            let op = Op::new(&kind, ts, &node_hex, payload);
+            // Checked before anything is written: a reducer error refuses
+            // the push.
+            let after = reducer.reduce(state, &op).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "the reducer of type {kind:?} refused the operation ({}): {e}",
+                    op.payload
+                ))
+            })?;
+            if let Some(late) = view.log.push(op) {
+                return Err(Error::InvalidInput(format!(
+                    "the new operation {} sorts before the log's checkpoint: the clock is far behind",
+                    late.id()
+                )));
+            }
+            let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), node)?;
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(reducer.view(&after));
+            Ok(vec![Write::put(&fp, &key, &encoded)])
+        })?;
+        let value = out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| Error::InvalidInput("the push made no commit".into()))?;
+        Ok(value)
+    }
+
+    /// The value at `path` (`null` if nothing was pushed).
+    pub fn get(&self, fp: &FullPrefix, path: &str) -> Result<Value> {
+        let view = self.log(fp, path)?;
+        if view.log.kind().is_empty() {
+            return Ok(Value::Null);
+        }
+        let reducer = self.reducer(view.log.kind())?;
+        Ok(view.log.value(&*reducer)?)
+    }
+
+    /// The merged log at `path`, with any late operations.
+    pub fn log(&self, fp: &FullPrefix, path: &str) -> Result<LogView> {
+        validate_path(path)?;
+        let snap = self.meta.store().snapshot()?;
+        read_log(&snap, fp, path.as_bytes())
+    }
+}
+
+/// The union of the logs in every sibling of the key.
+fn read_log(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<LogView> {
+    let mut view = LogView {
+        log: OpLog::default(),
+        late: Vec::new(),
+    };
+    let Some(bytes) = snap.get(fp, key) else {
+        return Ok(view);
+    };
+    let bad = |e: &dyn std::fmt::Display| {
+        Error::InvalidInput(format!(
+            "{fp}/{} is not an operation log: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    };
+    let object = chorus_core::object::Object::decode(&bytes).map_err(|e| bad(&e))?;
+    for value in object.values() {
+        if let Some(b) = value.bytes() {
+            let log = OpLog::decode(b).map_err(|e| bad(&e))?;
+            view.late.extend(view.log.merge(&log));
+        }
+    }
+    Ok(view)
+}
+
+/// A path: 1 to 1,024 bytes, no control characters.
+fn validate_path(path: &str) -> Result<()> {
+    if path.is_empty() || path.len() > 1024 || path.chars().any(char::is_control) {
+        return Err(Error::InvalidInput(format!(
+            "{:?} is not a path: use 1 to 1,024 bytes without control characters",
+            path.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+impl From<chorus_core::oplog::OpError> for Error {
+    fn from(e: chorus_core::oplog::OpError) -> Self {
+        Error::InvalidInput(e.to_string())
+    }
+}

@@ -1,0 +1,191 @@
+//! Operation logs in the store: pushes from two processes, logs from two
+//! hosts merging, reducers and their errors, bad input.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chorus_core::FullPrefix;
+use chorus_core::oplog::{Op, Reducer};
+use chorus_store::oplog::Oplogs;
+use chorus_store::{Error, Metadata, Options, Origin, Store};
+use serde_json::{Value, json};
+
+mod common;
+use common::Worker;
+
+fn meta(dir: &Path) -> Metadata {
+    Metadata::new(
+        Store::open(
+            dir,
+            Options {
+                create: true,
+                ..Options::default()
+            },
+        )
+        .expect("open"),
+    )
+}
+
+fn fp() -> FullPrefix {
+    FullPrefix::parse("ops/test").expect("valid")
+}
+
+/// GiG.fs's counting reducer: the value is the number of operations.
+struct CountOps;
+
+impl Reducer for CountOps {
+    fn init(&self) -> Value {
+        json!(0)
+    }
+    fn reduce(&self, state: Value, _op: &Op) -> Result<Value, String> {
+        Ok(json!(state.as_i64().unwrap_or(0) + 1))
+    }
+}
+
+/// A reducer that fails on a payload of `"boom"`.
+struct Fussy;
+
+impl Reducer for Fussy {
+    fn init(&self) -> Value {
+        Value::Null
+    }
+    fn reduce(&self, _state: Value, op: &Op) -> Result<Value, String> {
+        if op.payload == "boom" {
+            return Err("cannot take boom".into());
+        }
+        Ok(op.payload.clone())
+    }
+}
+
+#[test]
+fn a_user_reducer_counts_zero_then_one_then_one_on_a_fresh_read() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ops = Oplogs::new(&meta(dir.path()));
+    ops.register("tally", Arc::new(CountOps)).expect("register");
+    assert_eq!(
+        ops.get(&fp(), "p").expect("get"),
+        Value::Null,
+        "nothing pushed"
+    );
+    let v = ops
+        .push(&fp(), "p", "tally", json!({"any": "thing"}))
+        .expect("push");
+    assert_eq!(v, json!(1));
+    let fresh = Oplogs::new(&meta(dir.path()));
+    fresh
+        .register("tally", Arc::new(CountOps))
+        .expect("register");
+    assert_eq!(fresh.get(&fp(), "p").expect("get"), json!(1));
+    // Without the reducer, the error names the type.
+    let err = Oplogs::new(&meta(dir.path()))
+        .get(&fp(), "p")
+        .expect_err("unknown");
+    assert!(err.to_string().contains("\"tally\""), "{err}");
+}
+
+#[test]
+fn a_failing_reducer_names_the_type_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = meta(dir.path());
+    let ops = Oplogs::new(&m);
+    ops.register("fussy", Arc::new(Fussy)).expect("register");
+    ops.push(&fp(), "p", "fussy", json!("fine")).expect("push");
+    let before = m.store().snapshot().expect("snap").seq();
+    let err = ops
+        .push(&fp(), "p", "fussy", json!("boom"))
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("\"fussy\"") && text.contains("cannot take boom"),
+        "{text}"
+    );
+    assert_eq!(m.store().snapshot().expect("snap").seq(), before);
+    assert_eq!(ops.get(&fp(), "p").expect("get"), json!("fine"));
+}
+
+#[test]
+fn bad_input_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = meta(dir.path());
+    let ops = Oplogs::new(&m);
+    ops.push(&fp(), "n", "counter", json!(1)).expect("push");
+    let before = m.store().snapshot().expect("snap").seq();
+    let big = json!("x".repeat(70 << 10));
+    for (path, kind, payload, why) in [
+        ("n", "unknown-type", json!(1), "no reducer"),
+        ("n", "Bad Type", json!(1), "not a type name"),
+        ("n", "max", json!(1), "has type \"counter\""),
+        ("n", "counter", json!("one"), "not a number"),
+        ("", "counter", json!(1), "not a path"),
+        ("n", "counter", big, "limit"),
+    ] {
+        let err = ops.push(&fp(), path, kind, payload).expect_err(why);
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+        assert!(err.to_string().contains(why), "{why}: {err}");
+    }
+    let reserved = FullPrefix::parse("$cluster/x").expect("valid");
+    assert!(ops.push(&reserved, "n", "counter", json!(1)).is_err());
+    assert_eq!(m.store().snapshot().expect("snap").seq(), before);
+    assert_eq!(ops.get(&fp(), "n").expect("get"), json!(1));
+}
+
+#[test]
+fn two_processes_pushing_a_thousand_increments_each_give_the_exact_total() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().to_str().expect("utf-8");
+    meta(dir.path());
+    let a = Worker::spawn(&["op-push", d, "hits", "1000"]);
+    let b = Worker::spawn(&["op-push", d, "hits", "1000"]);
+    a.finish();
+    b.finish();
+    let ops = Oplogs::new(&meta(dir.path()));
+    assert_eq!(ops.get(&fp(), "hits").expect("get"), json!(2000));
+    assert_eq!(ops.log(&fp(), "hits").expect("log").log.len(), 2000);
+}
+
+#[test]
+fn logs_pushed_on_two_hosts_merge_and_count_every_operation_once() {
+    let (d1, d2) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (m1, m2) = (meta(d1.path()), meta(d2.path()));
+    let (o1, o2) = (Oplogs::new(&m1), Oplogs::new(&m2));
+    let ship = |from: &Metadata, to: &Metadata| {
+        let snap = from.store().snapshot().expect("snap");
+        let objects = snap
+            .iter_prefix(&fp())
+            .map(|(k, e)| {
+                (
+                    fp(),
+                    k.as_bytes().to_vec(),
+                    chorus_core::object::Object::decode(&e.value).expect("object"),
+                )
+            })
+            .collect();
+        to.merge(Origin::Peer([7; 16]), objects).expect("merge");
+    };
+    for i in 0..50 {
+        o1.push(&fp(), "c", "counter", json!(1)).expect("push");
+        o2.push(&fp(), "c", "counter", json!(2)).expect("push");
+        o1.push(&fp(), "s", "set", json!({"add": i % 10}))
+            .expect("push");
+    }
+    ship(&m1, &m2);
+    ship(&m2, &m1);
+    for o in [&o1, &o2] {
+        assert_eq!(o.get(&fp(), "c").expect("get"), json!(150));
+        assert_eq!(
+            o.get(&fp(), "s").expect("get"),
+            json!([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+        );
+    }
+    // A push on one host after the merge collapses the siblings.
+    o2.push(&fp(), "c", "counter", json!(1)).expect("push");
+    ship(&m2, &m1);
+    assert_eq!(o1.get(&fp(), "c").expect("get"), json!(151));
+    assert_eq!(
+        o1.log(&fp(), "c").expect("log").to_json(),
+        o2.log(&fp(), "c").expect("log").to_json()
+    );
+}
