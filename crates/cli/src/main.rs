@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 mod demo;
 mod doc;
 mod kv;
+mod op;
 mod serve;
 mod sim;
 
@@ -88,6 +89,9 @@ enum Command {
     /// Documents: JSON objects with _id and _rev, revisions and conflicts
     #[command(subcommand)]
     Doc(doc::DocCommand),
+    /// Operation logs: the value at a path is the reduction of its operations
+    #[command(subcommand)]
+    Op(op::OpCommand),
     /// Show the engine at work: processes writing one directory at once
     Demo(demo::DemoArgs),
     /// Run this directory as a node of a cluster: replicate with peers
@@ -202,6 +206,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Compact => compact(cli),
         Command::Status => status(cli),
         Command::Doc(c) => doc::run(cli, c),
+        Command::Op(c) => op::run(cli, c),
         Command::Demo(args) => demo::run(cli, args),
         Command::Sim(args) => sim::run(cli, args),
         Command::Serve(args) => serve::run(cli, args),
