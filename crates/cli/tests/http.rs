@@ -155,6 +155,7 @@ fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
             "/v1/hash/{prefix}/{subprefix}",
             "/v1/kv/{prefix}/{subprefix}",
             "/v1/kv/{prefix}/{subprefix}/{key}",
+            "/v1/ops/{prefix}/{subprefix}/{path}",
             "/v1/watch",
         ]
     );
@@ -615,4 +616,48 @@ fn documents_over_http_with_revisions_conflicts_and_bad_input() {
         assert_eq!(json(&reply)["code"], "bad_request", "{reply}");
     }
     assert_eq!(curl(&[&format!("{url}/v1/hash/docs/users")]).3, before);
+}
+
+#[test]
+fn operation_logs_over_http() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_node, url) = start(dir.path());
+    let at = format!("{url}/v1/ops/app/stats/visits/today");
+    let push = |body: &str| {
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+            &at,
+        ])
+    };
+    assert_eq!(json(&curl(&[&at]).3), serde_json::json!({"value": null}));
+    assert_eq!(
+        json(&push(r#"{"type": "counter", "payload": 2}"#).3)["value"],
+        2
+    );
+    assert_eq!(
+        json(&push(r#"{"type": "counter", "payload": 3}"#).3)["value"],
+        5
+    );
+    assert_eq!(json(&curl(&[&at]).3)["value"], 5);
+    let log = json(&curl(&[&format!("{at}?log=true")]).3);
+    assert_eq!(log["type"], "counter");
+    assert_eq!(log["ops"].as_array().map(Vec::len), Some(2));
+    for body in [
+        "{not json",
+        r#"{"payload": 1}"#,
+        r#"{"type": "counter"}"#,
+        r#"{"type": "nosuch", "payload": 1}"#,
+        r#"{"type": "set", "payload": {"add": 1}}"#,
+        r#"{"type": "counter", "payload": "x"}"#,
+    ] {
+        let (_, status, _, reply) = push(body);
+        assert_eq!(status, 400, "{body}: {reply}");
+        assert_eq!(json(&reply)["code"], "bad_request");
+    }
+    assert_eq!(json(&curl(&[&at]).3)["value"], 5, "nothing written");
 }

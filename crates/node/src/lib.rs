@@ -20,6 +20,7 @@ pub mod http;
 pub mod json;
 pub mod members;
 mod net;
+mod ops_http;
 pub mod tls;
 pub mod wire;
 
