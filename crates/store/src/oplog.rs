@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chorus_core::FullPrefix;
-use chorus_core::oplog::{MAX_PAYLOAD_BYTES, Op, OpLog, Reducer, built_in, validate_kind};
+use chorus_core::object::Hlc;
+use chorus_core::oplog::{MAX_PAYLOAD_BYTES, Op, OpKey, OpLog, Reducer, built_in, validate_kind};
 use serde_json::Value;
 
 use crate::metadata::{Metadata, new_object_bytes};
@@ -160,6 +161,61 @@ impl Oplogs {
             .take()
             .ok_or_else(|| Error::InvalidInput("the push made no commit".into()))?;
         Ok(value)
+    }
+
+    /// Folds every operation of the log at `path` up to `upto` (in the
+    /// (timestamp, node, sha) order) into a checkpoint; returns how many
+    /// were folded. The value is unchanged; the log is shorter. The caller
+    /// decides when this is safe (see `docs/oplogs.md`): every current
+    /// member must already have these operations.
+    pub fn prune(&self, fp: &FullPrefix, path: &str, upto: &OpKey) -> Result<usize> {
+        validate_path(path)?;
+        let (fp, key, upto) = (fp.clone(), path.as_bytes().to_vec(), upto.clone());
+        let node = self.meta.store().node_id();
+        let this = self.clone();
+        let folded: Arc<Mutex<usize>> = Arc::default();
+        let slot = folded.clone();
+        self.meta.store().update(move |snap: &Snapshot| {
+            let mut view = read_log(snap, &fp, &key)?;
+            if view.log.kind().is_empty() {
+                return Ok(vec![]);
+            }
+            let reducer = this.reducer(view.log.kind())?;
+            let n = view.log.prune(&upto, &*reducer)?;
+            if n == 0 {
+                return Ok(vec![]);
+            }
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = n;
+            let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), node)?;
+            Ok(vec![Write::put(&fp, &key, &encoded)])
+        })?;
+        let n = *folded.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(n)
+    }
+
+    /// [`Oplogs::prune`] of every operation older than `grace` (by its
+    /// timestamp): the rule for a node with no peers.
+    pub fn prune_older_than(
+        &self,
+        fp: &FullPrefix,
+        path: &str,
+        grace: std::time::Duration,
+    ) -> Result<usize> {
+        let view = self.log(fp, path)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let cutoff_ms = now_ms.saturating_sub(grace.as_millis() as u64);
+        let upto = view
+            .log
+            .ops()
+            .take_while(|op| Hlc(op.timestamp).ms() < cutoff_ms)
+            .last()
+            .map(Op::key);
+        match upto {
+            Some(k) => self.prune(fp, path, &k),
+            None => Ok(0),
+        }
     }
 
     /// The value at `path` (`null` if nothing was pushed).

@@ -189,3 +189,78 @@ fn logs_pushed_on_two_hosts_merge_and_count_every_operation_once() {
         o2.log(&fp(), "c").expect("log").to_json()
     );
 }
+
+#[test]
+fn pruning_keeps_the_value_and_shortens_the_log_and_a_late_op_is_reported() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = meta(dir.path());
+    let ops = Oplogs::new(&m);
+    for i in 0..100 {
+        ops.push(&fp(), "c", "counter", json!(i)).expect("push");
+        ops.push(&fp(), "l", "list", json!(i)).expect("push");
+    }
+    let before = (
+        ops.get(&fp(), "c").expect("c"),
+        ops.get(&fp(), "l").expect("l"),
+    );
+    // Nothing is older than an hour.
+    assert_eq!(
+        ops.prune_older_than(&fp(), "c", std::time::Duration::from_secs(3600))
+            .expect("prune"),
+        0
+    );
+    // With no grace, everything is folded.
+    assert_eq!(
+        ops.prune_older_than(&fp(), "c", std::time::Duration::ZERO)
+            .expect("prune"),
+        100
+    );
+    let upto = ops
+        .log(&fp(), "l")
+        .expect("log")
+        .log
+        .ops()
+        .nth(59)
+        .expect("op")
+        .key();
+    assert_eq!(ops.prune(&fp(), "l", &upto).expect("prune"), 60);
+    assert_eq!(
+        (
+            ops.get(&fp(), "c").expect("c"),
+            ops.get(&fp(), "l").expect("l")
+        ),
+        before
+    );
+    assert_eq!(ops.log(&fp(), "c").expect("log").log.len(), 0);
+    assert_eq!(ops.log(&fp(), "l").expect("log").log.len(), 40);
+    // A push after pruning counts.
+    assert_eq!(
+        ops.push(&fp(), "c", "counter", json!(1)).expect("push"),
+        json!(4951)
+    );
+    // An operation from a node that was away, older than the checkpoint,
+    // is not applied and is reported by `log`.
+    let d2 = tempfile::tempdir().expect("tmp");
+    let m2 = meta(d2.path());
+    let mut old = chorus_core::oplog::OpLog::new("counter");
+    assert!(
+        old.push(Op::new("counter", 1, "away", json!(1000)))
+            .is_none()
+    );
+    let object = chorus_core::object::Object::modify(
+        None,
+        &chorus_core::object::Context::default(),
+        chorus_core::object::Value::data(
+            &old.encode(),
+            chorus_core::object::Hlc(1),
+            m2.store().node_id(),
+        ),
+        m2.store().node_id(),
+    );
+    m.merge(Origin::Peer([3; 16]), vec![(fp(), b"c".to_vec(), object)])
+        .expect("merge");
+    let view = ops.log(&fp(), "c").expect("log");
+    assert_eq!(view.late.len(), 1);
+    assert_eq!(view.to_json()["late"][0]["payload"], json!(1000));
+    assert_eq!(ops.get(&fp(), "c").expect("c"), json!(4951), "not applied");
+}
