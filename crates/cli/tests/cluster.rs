@@ -462,3 +462,59 @@ fn two_nodes_that_edit_a_document_while_apart_agree_on_its_winner_and_conflicts(
     let winner = doc(b, &["get", "wiki", "page"]);
     assert_eq!(winner["_rev"], groups[0][1], "the greater revision wins");
 }
+
+#[test]
+fn operation_logs_are_pruned_alone_and_in_a_cluster_and_the_values_stay() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    for d in &dirs {
+        assert!(chorus(d.path(), &["init"]).status.success());
+    }
+    let (solo, a, b) = (dirs[0].path(), dirs[1].path(), dirs[2].path());
+    let op = |dir: &Path, args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["op"];
+        all.extend_from_slice(args);
+        let out = chorus(dir, &all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let log_len = |dir: &Path| {
+        op(dir, &["log", "app/stats", "n"])["ops"]
+            .as_array()
+            .map_or(usize::MAX, Vec::len)
+    };
+    let grace = ["--exchange-interval", "1", "--tombstone-grace", "1"];
+    // A node with no peers prunes after the grace period.
+    let _solo = serve_with(solo, free_port(), None, &grace);
+    for _ in 0..10 {
+        op(solo, &["push", "app/stats", "n", "counter", "1"]);
+    }
+    common::wait_until(Duration::from_secs(20), || log_len(solo) == 0);
+    assert_eq!(op(solo, &["get", "app/stats", "n"]), serde_json::json!(10));
+    assert!(op(solo, &["log", "app/stats", "n"])["checkpoint"]["value"] == 10);
+    // Two nodes: pushes on both; pruned once both have everything.
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let _na = serve_with(a, ports[0], None, &grace);
+    let _nb = serve_with(b, ports[1], Some(ports[0]), &grace);
+    for i in 0..10 {
+        op(a, &["push", "app/stats", "n", "counter", "1"]);
+        op(
+            b,
+            &["push", "app/stats", "n", "counter", &format!("{}", i + 1)],
+        );
+    }
+    common::wait_until(Duration::from_secs(30), || {
+        log_len(a) == 0
+            && log_len(b) == 0
+            && op(a, &["get", "app/stats", "n"]) == 65
+            && op(b, &["get", "app/stats", "n"]) == 65
+    });
+    // Pushed after pruning: counted everywhere.
+    op(b, &["push", "app/stats", "n", "counter", "5"]);
+    common::wait_until(Duration::from_secs(20), || {
+        op(a, &["get", "app/stats", "n"]) == 70
+    });
+}

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use chorus_core::object::{Object, context_from_string, context_to_string, descends};
 use chorus_core::object_hash;
+use chorus_core::oplog::OpKey;
 use chorus_core::{FullPrefix, key_hash};
 use chorus_gossip::Rng;
 use chorus_gossip::hyparview::{self, HyParView};
@@ -45,6 +46,9 @@ const MERGE_BYTES_MAX: usize = 4 << 20;
 const MERGE_KEYS_MAX: usize = 10_000;
 /// Most collected tombstones remembered.
 const COLLECTED_MAX: usize = 1 << 20;
+/// Operation logs whose marks are kept, and marks per log.
+const OPLOGS_TRACKED_MAX: usize = 100_000;
+const OPLOG_MARKS_MAX: usize = 16;
 /// Most further events handled before the objects they delivered are
 /// merged: what arrives together is stored by commits sharing one sync.
 const EVENTS_PER_MERGE: usize = 256;
@@ -90,6 +94,8 @@ pub struct Stats {
     pub overlay_links: u64,
     /// Tombstones removed once every member had them.
     pub tombstones_collected: u64,
+    /// Operations folded into operation logs' checkpoints.
+    pub oplog_ops_folded: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +174,9 @@ pub(crate) struct Core {
     /// Tombstones held here, by key, with when they arrived (this run:
     /// those found at start count as arriving then).
     tombstones: BTreeMap<(FullPrefix, Vec<u8>), Held>,
+    /// Per operation log: when its greatest operation was seen here, a
+    /// few marks each, oldest first (see `prune_oplogs`).
+    oplog_marks: HashMap<(FullPrefix, Vec<u8>), VecDeque<(Instant, OpKey)>>,
     /// When an exchange that finished last started, per peer: everything
     /// that arrived here before it has reached that peer.
     synced: HashMap<Peer, Instant>,
@@ -294,6 +303,7 @@ impl Core {
             tombstones: find_tombstones(&snapshot),
             synced: HashMap::new(),
             collected: BTreeMap::new(),
+            oplog_marks: HashMap::new(),
             committed: Arc::default(),
             announced: false,
         })
@@ -345,6 +355,7 @@ impl Core {
                     self.stats.tombstones_collected,
                 ),
                 ("tombstones_held", self.tombstones.len() as u64),
+                ("oplog_ops_folded_total", self.stats.oplog_ops_folded),
                 (
                     "peer_bytes_sent_total",
                     crate::wire::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed),
@@ -475,6 +486,7 @@ impl Core {
                 }
                 Timer::CollectTombstones => {
                     self.collect_tombstones();
+                    self.prune_oplogs();
                     self.set_timer(self.collect_interval(), Timer::CollectTombstones);
                 }
             }
@@ -861,6 +873,9 @@ impl Core {
                                 self.tombstones.remove(&slot);
                             }
                         }
+                        if let Some(v) = k.value.as_deref() {
+                            self.mark_oplog((k.full_prefix.clone(), k.key.clone()), v);
+                        }
                         let (p, s) = (k.full_prefix.prefix(), k.full_prefix.subprefix());
                         let hash = k.value.as_deref().map(|v| object_hash(&k.key, v));
                         self.tree.update(
@@ -988,6 +1003,94 @@ impl Core {
             self.collected.insert(k, (context, now));
         }
         self.forget_old_collected();
+    }
+
+    /// Remembers when an operation log's greatest operation was seen here.
+    fn mark_oplog(&mut self, slot: (FullPrefix, Vec<u8>), value: &[u8]) {
+        let Ok(object) = Object::decode(value) else {
+            return;
+        };
+        let mut log = chorus_core::oplog::OpLog::default();
+        for v in object.values() {
+            let Some(bytes) = v.bytes().filter(|b| b.starts_with(br#"{"checkpoint""#)) else {
+                return;
+            };
+            let Ok(one) = chorus_core::oplog::OpLog::decode(bytes) else {
+                return;
+            };
+            let _late = log.merge(&one);
+        }
+        let Some(top) = log.ops().last().map(chorus_core::oplog::Op::key) else {
+            return;
+        };
+        if self.oplog_marks.len() >= OPLOGS_TRACKED_MAX && !self.oplog_marks.contains_key(&slot) {
+            return;
+        }
+        let marks = self.oplog_marks.entry(slot).or_default();
+        if marks.back().is_some_and(|(_, k)| *k == top) {
+            return;
+        }
+        marks.push_back((Instant::now(), top));
+        while marks.len() > OPLOG_MARKS_MAX {
+            marks.pop_front();
+        }
+    }
+
+    /// Folds old operations into checkpoints: an operation log is pruned
+    /// up to the greatest operation this node had at a moment M such that
+    /// M is at least a grace period ago and every current member has since
+    /// started (and finished) an exchange with this node. Such an exchange
+    /// left the member with every one of those operations and gave this
+    /// node every operation the member had, and a member's later pushes
+    /// sort after what it had seen; so nothing a member holds is folded
+    /// out of order. A node with no other member prunes after the grace
+    /// period alone. See `docs/oplogs.md`.
+    fn prune_oplogs(&mut self) {
+        if self.oplog_marks.is_empty() {
+            return;
+        }
+        let grace = self.config.tombstone_grace;
+        let members: Vec<&Peer> = self
+            .members
+            .iter()
+            .filter(|m| **m != self.me && !self.left.contains(*m))
+            .collect();
+        let mut horizon = Instant::now().checked_sub(grace);
+        for m in members {
+            match (self.synced.get(m), horizon) {
+                (Some(s), Some(h)) => horizon = Some(h.min(*s)),
+                _ => horizon = None,
+            }
+        }
+        let Some(horizon) = horizon else {
+            return;
+        };
+        let ready: Vec<((FullPrefix, Vec<u8>), OpKey)> = self
+            .oplog_marks
+            .iter()
+            .filter_map(|(slot, marks)| {
+                marks
+                    .iter()
+                    .rev()
+                    .find(|(at, _)| *at <= horizon)
+                    .map(|(_, k)| (slot.clone(), k.clone()))
+            })
+            .collect();
+        let ops = chorus_store::oplog::Oplogs::new(&self.meta);
+        for (slot, upto) in ready {
+            let path = String::from_utf8_lossy(&slot.1).into_owned();
+            match tokio::task::block_in_place(|| ops.prune(&slot.0, &path, &upto)) {
+                Ok(n) => self.stats.oplog_ops_folded += n as u64,
+                // An unknown (user) type or a reducer error: left as is.
+                Err(e) => eprintln!("chorus: cannot prune the log {}/{path}: {e}", slot.0),
+            }
+            if let Some(marks) = self.oplog_marks.get_mut(&slot) {
+                marks.retain(|(_, k)| *k > upto);
+                if marks.is_empty() {
+                    self.oplog_marks.remove(&slot);
+                }
+            }
+        }
     }
 
     fn forget_old_collected(&mut self) {
