@@ -67,6 +67,9 @@ struct Held {
     hash: u64,
 }
 
+/// When an operation log's greatest operation was seen here, oldest first.
+type Marks = VecDeque<(Instant, OpKey)>;
+
 /// A tombstone removed under the writer lock, with its context.
 type Removed = ((FullPrefix, Vec<u8>), chorus_core::object::Context);
 
@@ -176,7 +179,7 @@ pub(crate) struct Core {
     tombstones: BTreeMap<(FullPrefix, Vec<u8>), Held>,
     /// Per operation log: when its greatest operation was seen here, a
     /// few marks each, oldest first (see `prune_oplogs`).
-    oplog_marks: HashMap<(FullPrefix, Vec<u8>), VecDeque<(Instant, OpKey)>>,
+    oplog_marks: HashMap<(FullPrefix, Vec<u8>), Marks>,
     /// When an exchange that finished last started, per peer: everything
     /// that arrived here before it has reached that peer.
     synced: HashMap<Peer, Instant>,
