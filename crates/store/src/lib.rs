@@ -38,6 +38,7 @@ mod shm;
 mod store;
 mod sys;
 mod tools;
+pub mod watch;
 
 pub use backend::{Backend, LogFile, StdBackend};
 pub use chorus_core::NodeId;

@@ -1,0 +1,117 @@
+//! Watches: commits by another process and merges from a peer are
+//! reported, with their origin, in order, filtered.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use chorus_core::FullPrefix;
+use chorus_store::watch::Watched;
+use chorus_store::{Metadata, Options, Origin, Store};
+
+mod common;
+use common::Worker;
+
+fn open(dir: &Path) -> Store {
+    Store::open(
+        dir,
+        Options {
+            create: true,
+            ..Options::default()
+        },
+    )
+    .expect("open")
+}
+
+#[test]
+fn a_commit_by_another_process_is_reported_within_milliseconds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().to_str().expect("utf-8");
+    let store = open(dir.path());
+    let (tx, rx) = mpsc::channel();
+    let only_test = FullPrefix::parse("test/keys").expect("valid");
+    let _watch = store
+        .on(Box::new(move |fp, _| *fp == only_test), move |w| {
+            let _ = tx.send((Instant::now(), w));
+            Ok(())
+        })
+        .expect("watch");
+    // Another prefix first: filtered out.
+    store
+        .put(&FullPrefix::parse("other/x").expect("valid"), b"k", b"v")
+        .expect("put");
+    let mut w = Worker::spawn(&["write", d, "w", "5", "always"]);
+    let mut acks = Vec::new();
+    for _ in 0..5 {
+        w.expect_line("ack ");
+        acks.push(Instant::now());
+    }
+    w.expect_line("done");
+    w.tell("go");
+    w.finish();
+    let mut worst = Duration::ZERO;
+    for (i, acked) in acks.iter().enumerate() {
+        let (at, event) = rx.recv_timeout(Duration::from_secs(10)).expect("reported");
+        let Watched::Change(e) = event else {
+            panic!("unexpected {event:?}");
+        };
+        assert_eq!(e.key, format!("w-{i}").as_bytes(), "in order, filtered");
+        assert_eq!(e.origin, Origin::Local);
+        worst = worst.max(at.saturating_duration_since(*acked));
+    }
+    // The goal is milliseconds (POLL_INTERVAL is 2 ms); the bound here is
+    // generous because the machine is shared.
+    assert!(worst < Duration::from_secs(1), "{worst:?}");
+    assert!(rx.try_recv().is_err(), "nothing else");
+}
+
+#[test]
+fn a_merge_from_a_peer_is_reported_with_its_origin_and_drop_stops_the_watch() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(dir.path());
+    let meta = Metadata::new(store.clone());
+    let mut watcher = store.watcher(Box::new(|_, _| true)).expect("watcher");
+    let fp = FullPrefix::parse("cfg/web").expect("valid");
+    let remote_dir = tempfile::tempdir().expect("tmp");
+    let remote = Metadata::new(open(remote_dir.path()));
+    remote
+        .put(
+            &fp,
+            b"port",
+            chorus_store::PutValue::Bytes(b"8080".to_vec()),
+            &Default::default(),
+        )
+        .expect("put");
+    let object = chorus_core::object::Object::decode(
+        &remote
+            .store()
+            .get(&fp, b"port")
+            .expect("get")
+            .expect("there"),
+    )
+    .expect("object");
+    meta.merge(
+        Origin::Peer([5; 16]),
+        vec![(fp.clone(), b"port".to_vec(), object)],
+    )
+    .expect("merge");
+    let Some(Watched::Change(e)) = watcher.next(Duration::from_secs(5)).expect("next") else {
+        panic!("no event");
+    };
+    assert_eq!(e.origin, Origin::Peer([5; 16]));
+    assert_eq!(e.key, b"port");
+    assert!(e.value.is_some());
+    assert_eq!(watcher.next(Duration::from_millis(20)).expect("next"), None);
+    // A callback watch stops when dropped.
+    let (tx, rx) = mpsc::channel();
+    let watch = store
+        .on(Box::new(|_, _| true), move |w| {
+            let _ = tx.send(w);
+            Ok(())
+        })
+        .expect("watch");
+    watch.stop().expect("stopped cleanly");
+    store.put(&fp, b"after", b"1").expect("put");
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(rx.try_recv().is_err(), "a stopped watch reports nothing");
+}
