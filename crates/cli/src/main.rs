@@ -21,6 +21,7 @@ mod kv;
 mod op;
 mod serve;
 mod sim;
+mod watch;
 
 /// A replicated metadata store. This build has the embedded engine: any
 /// number of processes share one data directory with no server.
@@ -92,6 +93,8 @@ enum Command {
     /// Operation logs: the value at a path is the reduction of its operations
     #[command(subcommand)]
     Op(op::OpCommand),
+    /// Print one JSON line per change of a full prefix, until interrupted
+    Watch(watch::WatchArgs),
     /// Show the engine at work: processes writing one directory at once
     Demo(demo::DemoArgs),
     /// Run this directory as a node of a cluster: replicate with peers
@@ -207,6 +210,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Status => status(cli),
         Command::Doc(c) => doc::run(cli, c),
         Command::Op(c) => op::run(cli, c),
+        Command::Watch(a) => watch::run(cli, a),
         Command::Demo(args) => demo::run(cli, args),
         Command::Sim(args) => sim::run(cli, args),
         Command::Serve(args) => serve::run(cli, args),

@@ -99,3 +99,51 @@ fn bad_input_exits_2_and_writes_nothing() {
     }
     assert_eq!(ok(&chorus(d, &["op", "get", "app/stats", "n"])), json!(1));
 }
+
+#[test]
+fn chorus_watch_prints_a_line_per_matching_change_by_another_process() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    assert!(chorus(d, &["init"]).status.success());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .arg("--dir")
+        .arg(d)
+        .args(["watch", "app/cfg", "--match", "a*"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // The first line says where the watch starts.
+    let first: Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("JSON");
+    assert_eq!(first["watching"], "app/cfg");
+    for (key, value) in [("b1", "no"), ("a1", "yes"), ("other", "no"), ("a2", "too")] {
+        assert!(chorus(d, &["put", "app/cfg", key, value]).status.success());
+    }
+    assert!(
+        chorus(d, &["put", "app/elsewhere", "a9", "no"])
+            .status
+            .success()
+    );
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let line = lines.next().expect("a line").expect("read");
+        let v: Value = serde_json::from_str(&line).expect("JSON line");
+        assert_eq!(v["origin"], "local");
+        assert_eq!(v["full_prefix"], "app/cfg");
+        seen.push((
+            v["key"].as_str().map(String::from),
+            v["object"]["values"][0]["value"].clone(),
+        ));
+    }
+    child.kill().expect("stop");
+    let _ = child.wait();
+    assert_eq!(
+        seen,
+        vec![
+            (Some("a1".into()), json!("yes")),
+            (Some("a2".into()), json!("too"))
+        ]
+    );
+}

@@ -30,3 +30,11 @@ pub fn read_json(read: &Read) -> Value {
     let values: Vec<Value> = read.values.iter().map(value_json).collect();
     json!({"values": values, "context": context_to_string(&read.context), "tombstone": read.tombstone})
 }
+
+/// A stored object: its values (siblings), its context, and whether every
+/// value is a tombstone.
+pub fn object_json(object: &chorus_core::object::Object) -> Value {
+    let values: Vec<Value> = object.values().into_iter().map(value_json).collect();
+    let tombstone = object.values().iter().all(|v| v.bytes().is_none());
+    json!({"values": values, "context": context_to_string(&object.context()), "tombstone": tombstone})
+}

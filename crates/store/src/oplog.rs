@@ -218,6 +218,37 @@ impl Oplogs {
         }
     }
 
+    /// Calls `callback(path, value, origin)` on a thread of its own each
+    /// time a log in `fp` whose path `matching` accepts changes (by any
+    /// process on the directory, or merged from a peer), until the
+    /// returned watch is dropped. A log whose type has no reducer here is
+    /// reported with its error as the value (`{"error": ...}`).
+    pub fn on<F>(
+        &self,
+        fp: &FullPrefix,
+        matching: crate::Match,
+        mut callback: F,
+    ) -> Result<crate::watch::Watch>
+    where
+        F: FnMut(&str, Value, crate::Origin) + Send + 'static,
+    {
+        let only = fp.clone();
+        let this = self.clone();
+        self.meta.store().on(
+            Box::new(move |f, key| *f == only && matching.matches(key)),
+            move |w| {
+                if let crate::watch::Watched::Change(e) = w {
+                    let path = String::from_utf8_lossy(&e.key).into_owned();
+                    let value = this
+                        .get(&e.full_prefix, &path)
+                        .unwrap_or_else(|err| serde_json::json!({"error": err.to_string()}));
+                    callback(&path, value, e.origin);
+                }
+                Ok(())
+            },
+        )
+    }
+
     /// The value at `path` (`null` if nothing was pushed).
     pub fn get(&self, fp: &FullPrefix, path: &str) -> Result<Value> {
         let view = self.log(fp, path)?;
