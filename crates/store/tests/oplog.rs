@@ -264,3 +264,49 @@ fn pruning_keeps_the_value_and_shortens_the_log_and_a_late_op_is_reported() {
     assert_eq!(view.to_json()["late"][0]["payload"], json!(1000));
     assert_eq!(ops.get(&fp(), "c").expect("c"), json!(4951), "not applied");
 }
+
+#[test]
+fn on_reports_the_new_value_of_a_log_changed_by_another_process_or_a_peer() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().to_str().expect("utf-8");
+    let m = meta(dir.path());
+    let ops = Oplogs::new(&m);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _watch = ops
+        .on(
+            &fp(),
+            chorus_store::Match::All,
+            move |path, value, origin| {
+                let _ = tx.send((path.to_string(), value, origin));
+            },
+        )
+        .expect("on");
+    let w = Worker::spawn(&["op-push", d, "hits", "3"]);
+    w.finish();
+    let wait = std::time::Duration::from_secs(10);
+    let mut last = None;
+    for _ in 0..3 {
+        last = Some(rx.recv_timeout(wait).expect("reported"));
+    }
+    assert_eq!(last, Some(("hits".to_string(), json!(3), Origin::Local)));
+    // From a peer: the origin says so.
+    let d2 = tempfile::tempdir().expect("tmp");
+    let m2 = meta(d2.path());
+    Oplogs::new(&m2)
+        .push(&fp(), "hits", "counter", json!(10))
+        .expect("push");
+    let object = chorus_core::object::Object::decode(
+        &m2.store().get(&fp(), b"hits").expect("get").expect("there"),
+    )
+    .expect("object");
+    m.merge(
+        Origin::Peer([4; 16]),
+        vec![(fp(), b"hits".to_vec(), object)],
+    )
+    .expect("merge");
+    let (path, value, origin) = rx.recv_timeout(wait).expect("reported");
+    assert_eq!(
+        (path.as_str(), value, origin),
+        ("hits", json!(13), Origin::Peer([4; 16]))
+    );
+}
