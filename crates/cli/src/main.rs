@@ -95,6 +95,9 @@ enum Command {
     Op(op::OpCommand),
     /// Print one JSON line per change of a full prefix, until interrupted
     Watch(watch::WatchArgs),
+    /// Reducers written as Rhai scripts, for operation logs
+    #[command(subcommand)]
+    Reducer(op::ReducerCommand),
     /// Show the engine at work: processes writing one directory at once
     Demo(demo::DemoArgs),
     /// Run this directory as a node of a cluster: replicate with peers
@@ -211,6 +214,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Doc(c) => doc::run(cli, c),
         Command::Op(c) => op::run(cli, c),
         Command::Watch(a) => watch::run(cli, a),
+        Command::Reducer(c) => op::reducer(cli, c),
         Command::Demo(args) => demo::run(cli, args),
         Command::Sim(args) => sim::run(cli, args),
         Command::Serve(args) => serve::run(cli, args),

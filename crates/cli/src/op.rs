@@ -62,3 +62,36 @@ pub(crate) fn run(cli: &Cli, command: &OpCommand) -> Result<(), Failure> {
     println!("{out}");
     Ok(())
 }
+
+/// The reducer commands.
+#[derive(Subcommand, Debug)]
+pub(crate) enum ReducerCommand {
+    /// Store a Rhai script as the reducer of TYPE (replicated with the data)
+    Set(SetArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SetArgs {
+    /// The type the script reduces
+    #[arg(value_name = "TYPE")]
+    kind: String,
+    /// The script file (`-` for stdin): `fn reduce(state, op)`, and
+    /// optionally `fn init()`
+    script: String,
+}
+
+pub(crate) fn reducer(cli: &Cli, command: &ReducerCommand) -> Result<(), Failure> {
+    let ReducerCommand::Set(a) = command;
+    let source = if a.script == "-" {
+        read_value("-")?
+    } else {
+        std::fs::read(&a.script)
+            .map_err(|e| Failure::usage(format!("cannot read the script {}: {e}", a.script)))?
+    };
+    let source = String::from_utf8(source)
+        .map_err(|_| Failure::usage(format!("the script {} is not UTF-8 text", a.script)))?;
+    let ops = Oplogs::new(&Metadata::new(cli.open()?));
+    ops.set_script(&a.kind, &source)?;
+    println!("{}", serde_json::json!({"ok": true, "type": a.kind}));
+    Ok(())
+}

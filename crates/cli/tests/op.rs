@@ -147,3 +147,36 @@ fn chorus_watch_prints_a_line_per_matching_change_by_another_process() {
         ]
     );
 }
+
+#[test]
+fn a_script_reducer_set_from_a_file_is_used_by_pushes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    assert!(chorus(d, &["init"]).status.success());
+    let script = d.join("avg.rhai");
+    std::fs::write(
+        &script,
+        "fn init() { #{ n: 0, sum: 0 } }\nfn reduce(s, op) { s.n += 1; s.sum += op.payload; s }\n",
+    )
+    .expect("write");
+    let path = script.to_str().expect("utf-8");
+    ok(&chorus(d, &["reducer", "set", "avg", path]));
+    ok(&chorus(d, &["op", "push", "app/m", "latency", "avg", "10"]));
+    let v = ok(&chorus(d, &["op", "push", "app/m", "latency", "avg", "30"]));
+    assert_eq!(v, json!({"n": 2, "sum": 40}));
+    let bad = d.join("bad.rhai");
+    std::fs::write(&bad, "fn reduce(s, op) { loop { } }").expect("write");
+    ok(&chorus(
+        d,
+        &["reducer", "set", "spin", bad.to_str().expect("utf-8")],
+    ));
+    let out = chorus(d, &["op", "push", "app/m", "x", "spin", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"spin\""));
+    let out = chorus(d, &["reducer", "set", "counter", path]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a built-in type cannot be replaced"
+    );
+}

@@ -34,6 +34,7 @@ mod layout;
 mod log;
 mod metadata;
 pub mod oplog;
+pub mod script;
 mod shm;
 mod store;
 mod sys;

@@ -27,6 +27,8 @@ use crate::{Error, Result, Snapshot, Write};
 pub struct Oplogs {
     meta: Metadata,
     reducers: Arc<RwLock<BTreeMap<String, Arc<dyn Reducer>>>>,
+    /// Compiled scripts by type, with the stored bytes they came from.
+    scripts: Arc<Mutex<BTreeMap<String, (Vec<u8>, Arc<dyn Reducer>)>>>,
 }
 
 impl std::fmt::Debug for Oplogs {
@@ -70,6 +72,7 @@ impl Oplogs {
         Oplogs {
             meta: meta.clone(),
             reducers: Arc::default(),
+            scripts: Arc::default(),
         }
     }
 
@@ -92,11 +95,71 @@ impl Oplogs {
         {
             return Ok(r.clone());
         }
-        built_in(kind).map(Arc::from).ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "no reducer for type {kind:?}: use a built-in type (counter, max, min, set, list, json-merge, register) or register one"
-            ))
-        })
+        if let Some(r) = built_in(kind) {
+            return Ok(Arc::from(r));
+        }
+        if let Some(r) = self.script(kind)? {
+            return Ok(r);
+        }
+        Err(Error::InvalidInput(format!(
+            "no reducer for type {kind:?}: use a built-in type (counter, max, min, set, list, json-merge, register), set a script (`chorus reducer set {kind} FILE`) or register one"
+        )))
+    }
+
+    /// The full prefix a type's script is stored under.
+    fn script_prefix(kind: &str) -> Result<FullPrefix> {
+        Ok(FullPrefix::new("$reducers", kind)?)
+    }
+
+    /// The script reducer of `kind`, compiled once per stored version.
+    fn script(&self, kind: &str) -> Result<Option<Arc<dyn Reducer>>> {
+        let fp = Self::script_prefix(kind)?;
+        let read = self.meta.get(
+            &fp,
+            b"script",
+            &crate::GetOptions {
+                resolver: crate::Resolver::Lww,
+                ..crate::GetOptions::default()
+            },
+        )?;
+        let Some(source) = read
+            .filter(|r| !r.tombstone)
+            .and_then(|r| r.values.first().and_then(|v| v.bytes().map(<[u8]>::to_vec)))
+        else {
+            return Ok(None);
+        };
+        let mut cache = self.scripts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((bytes, r)) = cache.get(kind).filter(|(b, _)| *b == source) {
+            let _ = bytes;
+            return Ok(Some(r.clone()));
+        }
+        let text = String::from_utf8(source.clone()).map_err(|_| {
+            Error::InvalidInput(format!("the stored script for type {kind:?} is not UTF-8"))
+        })?;
+        let compiled: Arc<dyn Reducer> =
+            Arc::new(crate::script::ScriptReducer::compile(kind, &text)?);
+        cache.insert(kind.to_string(), (source, compiled.clone()));
+        Ok(Some(compiled))
+    }
+
+    /// Stores `source` as the reducer script of `kind` (it replicates with
+    /// the data); refuses a built-in type and a script that does not
+    /// compile or has no `reduce(state, op)`.
+    pub fn set_script(&self, kind: &str, source: &str) -> Result<()> {
+        validate_kind(kind)?;
+        if built_in(kind).is_some() {
+            return Err(Error::InvalidInput(format!(
+                "{kind:?} is a built-in type: give the script another name"
+            )));
+        }
+        crate::script::ScriptReducer::compile(kind, source)?;
+        self.meta.put_reserved(
+            &Self::script_prefix(kind)?,
+            b"script",
+            crate::PutValue::Bytes(source.as_bytes().to_vec()),
+            &crate::PutOptions::default(),
+        )?;
+        Ok(())
     }
 
     /// Pushes an operation of type `kind` onto the log at `path`; returns

@@ -310,3 +310,72 @@ fn on_reports_the_new_value_of_a_log_changed_by_another_process_or_a_peer() {
         ("hits", json!(13), Origin::Peer([4; 16]))
     );
 }
+
+#[test]
+fn script_reducers_are_stored_with_the_data_and_run_with_limits() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = meta(dir.path());
+    let ops = Oplogs::new(&m);
+    ops.set_script(
+        "tally",
+        "fn init() { 0 } fn reduce(state, op) { state + 1 }",
+    )
+    .expect("set");
+    assert_eq!(ops.get(&fp(), "t").expect("get"), Value::Null);
+    assert_eq!(
+        ops.push(&fp(), "t", "tally", json!("x")).expect("push"),
+        json!(1)
+    );
+    // Another process (a fresh handle) finds the script in the data.
+    assert_eq!(
+        Oplogs::new(&meta(dir.path())).get(&fp(), "t").expect("get"),
+        json!(1)
+    );
+    ops.set_script(
+        "sum",
+        "fn reduce(state, op) { if state == () { op.payload.n } else { state + op.payload.n } }",
+    )
+    .expect("set");
+    ops.push(&fp(), "s", "sum", json!({"n": 2})).expect("push");
+    assert_eq!(
+        ops.push(&fp(), "s", "sum", json!({"n": 40})).expect("push"),
+        json!(42)
+    );
+    // A script that loops forever is stopped by the operation limit; the
+    // error names the type; nothing is written; the process goes on.
+    ops.set_script(
+        "spin",
+        "fn reduce(state, op) { let n = 0; loop { n += 1; } }",
+    )
+    .expect("set");
+    let before = m.store().snapshot().expect("snap").seq();
+    let err = ops.push(&fp(), "x", "spin", json!(1)).expect_err("stopped");
+    let text = err.to_string();
+    assert!(text.contains("\"spin\""), "{text}");
+    assert!(text.to_lowercase().contains("operations"), "{text}");
+    assert_eq!(m.store().snapshot().expect("snap").seq(), before);
+    ops.set_script("thrower", r#"fn reduce(state, op) { throw "no thanks" }"#)
+        .expect("set");
+    let err = ops
+        .push(&fp(), "y", "thrower", json!(1))
+        .expect_err("thrown");
+    assert!(
+        err.to_string().contains("no thanks") && err.to_string().contains("\"thrower\""),
+        "{err}"
+    );
+    // Bad scripts are refused before they are stored.
+    for (kind, source, why) in [
+        (
+            "broken",
+            "fn reduce(state, op) { state + ",
+            "does not parse",
+        ),
+        ("noreduce", "fn init() { 0 }", "no `fn reduce"),
+        ("counter", "fn reduce(s, o) { s }", "built-in"),
+        ("Bad Name", "fn reduce(s, o) { s }", "not a type name"),
+    ] {
+        let err = ops.set_script(kind, source).expect_err(why);
+        assert!(err.to_string().contains(why), "{why}: {err}");
+    }
+    assert!(ops.push(&fp(), "z", "broken", json!(1)).is_err());
+}
