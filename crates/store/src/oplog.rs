@@ -21,6 +21,9 @@ use serde_json::Value;
 use crate::metadata::{Metadata, new_object_bytes};
 use crate::{Error, Result, Snapshot, Write};
 
+/// A compiled script reducer and the stored bytes it came from.
+type CompiledScript = (Vec<u8>, Arc<dyn Reducer>);
+
 /// Operation logs in a [`Metadata`] store, with the reducers this process
 /// knows (the built-in ones, and those registered).
 #[derive(Clone)]
@@ -28,7 +31,7 @@ pub struct Oplogs {
     meta: Metadata,
     reducers: Arc<RwLock<BTreeMap<String, Arc<dyn Reducer>>>>,
     /// Compiled scripts by type, with the stored bytes they came from.
-    scripts: Arc<Mutex<BTreeMap<String, (Vec<u8>, Arc<dyn Reducer>)>>>,
+    scripts: Arc<Mutex<BTreeMap<String, CompiledScript>>>,
 }
 
 impl std::fmt::Debug for Oplogs {
@@ -129,8 +132,7 @@ impl Oplogs {
             return Ok(None);
         };
         let mut cache = self.scripts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((bytes, r)) = cache.get(kind).filter(|(b, _)| *b == source) {
-            let _ = bytes;
+        if let Some((_, r)) = cache.get(kind).filter(|(b, _)| *b == source) {
             return Ok(Some(r.clone()));
         }
         let text = String::from_utf8(source.clone()).map_err(|_| {
