@@ -518,3 +518,51 @@ fn operation_logs_are_pruned_alone_and_in_a_cluster_and_the_values_stay() {
         op(a, &["get", "app/stats", "n"]) == 70
     });
 }
+
+#[test]
+fn operation_logs_pushed_offline_and_while_apart_merge_and_count_every_op_once() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    for d in &dirs {
+        assert!(chorus(d.path(), &["init"]).status.success());
+    }
+    let (a, b) = (dirs[0].path(), dirs[1].path());
+    let op = |dir: &Path, args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["op"];
+        all.extend_from_slice(args);
+        let out = chorus(dir, &all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    // Offline: each node alone accepts pushes.
+    let _na = serve(a, ports[0], None);
+    let nb = serve(b, ports[1], None);
+    for _ in 0..5 {
+        op(a, &["push", "app/c", "n", "counter", "1"]);
+        op(b, &["push", "app/c", "n", "counter", "10"]);
+    }
+    op(a, &["push", "app/s", "tags", "set", r#"{"add": "a"}"#]);
+    op(b, &["push", "app/s", "tags", "set", r#"{"add": "b"}"#]);
+    drop(nb);
+    // Peers appear: the logs merge.
+    let nb = serve(b, ports[1], Some(ports[0]));
+    let both = |fp: &str, path: &str, want: serde_json::Value| {
+        common::wait_until(Duration::from_secs(30), || {
+            op(a, &["get", fp, path]) == want && op(b, &["get", fp, path]) == want
+        });
+    };
+    both("app/c", "n", serde_json::json!(55));
+    both("app/s", "tags", serde_json::json!(["a", "b"]));
+    // Apart again (B killed), pushes on both sides, then healed.
+    drop(nb);
+    for _ in 0..3 {
+        op(a, &["push", "app/c", "n", "counter", "100"]);
+        op(b, &["push", "app/c", "n", "counter", "1000"]);
+    }
+    let _nb = serve(b, ports[1], Some(ports[0]));
+    both("app/c", "n", serde_json::json!(3355));
+}
