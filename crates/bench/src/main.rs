@@ -4,7 +4,7 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops] [--quick] [--json FILE] [--dir DIR]
 //! ```
 
 mod cluster;
@@ -14,6 +14,7 @@ mod engines;
 mod harness;
 mod meta;
 mod open;
+mod ops;
 mod procs;
 mod read;
 mod threads;
@@ -24,7 +25,7 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops] [--quick] [--json FILE] [--dir DIR]
 
   all         run every benchmark (the default)
   read        point reads in-process: Chorus get vs LMDB vs SQLite WAL
@@ -46,6 +47,10 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
               update of 1 KiB documents from 1 and 4 processes, and one
               document's size after 10,000 updates
 
+  ops         (not in all) operation logs: pushes/s (counter, json-merge; 1 and
+              4 processes on one path), reducing 100,000 ops before and
+              after pruning, watch latency across processes
+
   --quick     about 10x smaller counts (smoke run)
   --json FILE also write the raw results as JSON
   --dir DIR   where to create the temporary stores (default: the system temp dir)";
@@ -62,7 +67,7 @@ const BENCHES: [&str; 7] = [
 
 /// Benchmarks run only when named: they start daemons or need a peer
 /// installed from outside Rust.
-const EXTRA: [&str; 3] = ["cluster", "antientropy", "docs"];
+const EXTRA: [&str; 4] = ["cluster", "antientropy", "docs", "ops"];
 
 fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
     match name {
@@ -76,6 +81,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "cluster" => cluster::run(cfg),
         "antientropy" => cluster::run_ae(cfg),
         "docs" => docs::run(cfg),
+        "ops" => ops::run(cfg),
         other => Err(format!("unknown benchmark {other:?}\n{USAGE}").into()),
     }
 }
@@ -95,6 +101,7 @@ fn real_main() -> Res<()> {
         Some("__open") => return open::child(&args[1..]),
         Some("__writer") => return visibility::child(&args[1..]),
         Some("__docs") => return docs::child(&args[1..]),
+        Some("__ops") => return ops::child(&args[1..]),
         _ => {}
     }
 

@@ -17,10 +17,12 @@
 //! and that the checkpoint did not fold, is *late*: it is not applied (the
 //! order would no longer be the same everywhere); [`OpLog::merge`] and
 //! [`OpLog::push`] return it so that the caller reports it, and nothing
-//! disappears silently. The checkpoint names the operations of its own
-//! fold so that a replica which still had them is not reported. (With
-//! Chorus's pruning rule a late operation can only come from a node that
-//! was not a member when the checkpoint was made.)
+//! disappears silently. The checkpoint keeps, per node, the greatest
+//! timestamp it folded: a node's log carries all of its operations
+//! together, so an operation of that node at or below it was folded, and a
+//! replica that still had it is not reported. (With Chorus's pruning rule
+//! a late operation can only come from a node that was not a member when
+//! the checkpoint was made.)
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -132,14 +134,15 @@ pub struct Checkpoint {
     pub value: Value,
     /// SHA-256 over `upto` and the value, hex.
     pub sha: String,
-    /// The shas of the operations this checkpoint's own fold took (not
-    /// those of earlier checkpoints), so replicas that still hold them are
-    /// not mistaken for late.
-    pub folded: Vec<String>,
+    /// Per node, the greatest timestamp of its operations folded so far
+    /// (this checkpoint's and every earlier one's). A node's log carries
+    /// all its operations together, so an operation of `node` at or below
+    /// its entry was folded; one above it, yet before `upto`, is late.
+    pub frontier: BTreeMap<String, u64>,
 }
 
 impl Checkpoint {
-    fn new(upto: OpKey, value: Value, mut folded: Vec<String>) -> Checkpoint {
+    fn new(upto: OpKey, value: Value, frontier: BTreeMap<String, u64>) -> Checkpoint {
         let mut h = Sha256::new();
         h.update(b"chorus-checkpoint-v1\0");
         h.update(upto.0.to_be_bytes());
@@ -148,13 +151,11 @@ impl Checkpoint {
         h.update(upto.2.as_bytes());
         h.update([0]);
         h.update(canonical_json(&value).as_bytes());
-        folded.sort();
-        folded.dedup();
         Checkpoint {
             upto,
             value,
             sha: hex(&h.finalize()),
-            folded,
+            frontier,
         }
     }
 }
@@ -232,7 +233,13 @@ impl OpLog {
     pub fn push(&mut self, op: Op) -> Option<Op> {
         let key = op.key();
         match &self.checkpoint {
-            Some(cp) if key <= cp.upto => (!cp.folded.contains(&op.sha)).then_some(op),
+            Some(cp) if key <= cp.upto => {
+                let folded = cp
+                    .frontier
+                    .get(&op.node)
+                    .is_some_and(|t| op.timestamp <= *t);
+                (!folded).then_some(op)
+            }
             _ => {
                 self.ops.insert(key, op);
                 None
@@ -323,9 +330,17 @@ impl OpLog {
             .next_back()
             .cloned()
             .unwrap_or_else(|| upto.clone());
-        let shas = folded_ops.values().map(|o| o.sha.clone()).collect();
+        let mut frontier = self
+            .checkpoint
+            .as_ref()
+            .map(|c| c.frontier.clone())
+            .unwrap_or_default();
+        for op in folded_ops.values() {
+            let t = frontier.entry(op.node.clone()).or_insert(0);
+            *t = (*t).max(op.timestamp);
+        }
         let n = folded_ops.len();
-        self.checkpoint = Some(Checkpoint::new(last, state, shas));
+        self.checkpoint = Some(Checkpoint::new(last, state, frontier));
         Ok(n)
     }
 
@@ -335,7 +350,7 @@ impl OpLog {
         let checkpoint = self.checkpoint.as_ref().map_or(Value::Null, |c| {
             serde_json::json!({
                 "timestamp": c.upto.0, "node": c.upto.1, "upto": c.upto.2,
-                "sha": c.sha, "value": c.value, "folded": c.folded,
+                "sha": c.sha, "value": c.value, "frontier": c.frontier,
             })
         });
         serde_json::json!({"v": 1, "type": self.kind, "checkpoint": checkpoint, "ops": ops})
@@ -383,17 +398,17 @@ impl OpLog {
                         .ok_or_else(|| bad("checkpoint"))?
                         .to_string(),
                 );
-                let folded = get("folded")?
-                    .as_array()
+                let frontier = get("frontier")?
+                    .as_object()
                     .ok_or_else(|| bad("checkpoint"))?
                     .iter()
-                    .map(|s| {
-                        s.as_str()
-                            .map(str::to_string)
+                    .map(|(n, t)| {
+                        t.as_u64()
+                            .map(|t| (n.clone(), t))
                             .ok_or_else(|| bad("checkpoint"))
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
-                log.checkpoint = Some(Checkpoint::new(upto, get("value")?.clone(), folded));
+                    .collect::<Result<BTreeMap<_, _>, _>>()?;
+                log.checkpoint = Some(Checkpoint::new(upto, get("value")?.clone(), frontier));
             }
             None => return Err(bad("checkpoint")),
         }
