@@ -2,28 +2,14 @@
 //! with real processes, siblings from two hosts merging to one winner, bad
 //! input, and a writer killed at random moments.
 
-use std::path::Path;
 use std::time::Duration;
 
+use chorus_store::Error;
 use chorus_store::docs::Docs;
-use chorus_store::{Error, Metadata, Options, Origin, Store};
 use serde_json::{Value, json};
 
 mod common;
-use common::Worker;
-
-fn meta(dir: &Path) -> Metadata {
-    Metadata::new(
-        Store::open(
-            dir,
-            Options {
-                create: true,
-                ..Options::default()
-            },
-        )
-        .expect("open"),
-    )
-}
+use common::{Worker, meta, ship};
 
 fn rev_of(doc: &Value) -> String {
     doc["_rev"].as_str().expect("_rev").to_string()
@@ -175,24 +161,10 @@ fn edits_from_two_hosts_merge_as_siblings_and_every_host_agrees() {
         Docs::open(&m2, "wiki").expect("s"),
     );
     let fp = h1.full_prefix().clone();
-    let ship = |from: &Metadata, to: &Metadata| {
-        let snap = from.store().snapshot().expect("snap");
-        let objects = snap
-            .iter_prefix(&fp)
-            .map(|(k, e)| {
-                (
-                    fp.clone(),
-                    k.as_bytes().to_vec(),
-                    chorus_core::object::Object::decode(&e.value).expect("object"),
-                )
-            })
-            .collect();
-        to.merge(Origin::Peer([9; 16]), objects).expect("merge");
-    };
     let created = h1
         .create(json!({"_id": "page", "text": "v0"}))
         .expect("create");
-    ship(&m1, &m2);
+    ship(&m1, &m2, &fp);
     let base = created.rev.to_string();
     h1.update(
         json!({"_id": "page", "_rev": base, "text": "host one", "one": true}),
@@ -204,8 +176,8 @@ fn edits_from_two_hosts_merge_as_siblings_and_every_host_agrees() {
         false,
     )
     .expect("edit on two");
-    ship(&m1, &m2);
-    ship(&m2, &m1);
+    ship(&m1, &m2, &fp);
+    ship(&m2, &m1, &fp);
     let (g1, g2) = (h1.get("page").expect("get"), h2.get("page").expect("get"));
     assert_eq!(g1, g2, "the same winner on both hosts");
     let (c1, c2) = (
@@ -218,7 +190,7 @@ fn edits_from_two_hosts_merge_as_siblings_and_every_host_agrees() {
     // Resolving on one host settles it on both after the next exchange.
     let winner = rev_of(&g1);
     h1.resolve("page", &winner).expect("resolve");
-    ship(&m1, &m2);
+    ship(&m1, &m2, &fp);
     assert!(h2.conflicts("page").expect("c").is_empty());
     assert_eq!(h1.get("page").expect("g"), h2.get("page").expect("g"));
 }

@@ -1,30 +1,16 @@
 //! Operation logs in the store: pushes from two processes, logs from two
 //! hosts merging, reducers and their errors, bad input.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use chorus_core::FullPrefix;
 use chorus_core::oplog::{Op, Reducer};
 use chorus_store::oplog::Oplogs;
-use chorus_store::{Error, Metadata, Options, Origin, Store};
+use chorus_store::{Error, Origin};
 use serde_json::{Value, json};
 
 mod common;
-use common::Worker;
-
-fn meta(dir: &Path) -> Metadata {
-    Metadata::new(
-        Store::open(
-            dir,
-            Options {
-                create: true,
-                ..Options::default()
-            },
-        )
-        .expect("open"),
-    )
-}
+use common::{Worker, meta, ship};
 
 fn fp() -> FullPrefix {
     FullPrefix::parse("ops/test").expect("valid")
@@ -151,28 +137,14 @@ fn logs_pushed_on_two_hosts_merge_and_count_every_operation_once() {
     );
     let (m1, m2) = (meta(d1.path()), meta(d2.path()));
     let (o1, o2) = (Oplogs::new(&m1), Oplogs::new(&m2));
-    let ship = |from: &Metadata, to: &Metadata| {
-        let snap = from.store().snapshot().expect("snap");
-        let objects = snap
-            .iter_prefix(&fp())
-            .map(|(k, e)| {
-                (
-                    fp(),
-                    k.as_bytes().to_vec(),
-                    chorus_core::object::Object::decode(&e.value).expect("object"),
-                )
-            })
-            .collect();
-        to.merge(Origin::Peer([7; 16]), objects).expect("merge");
-    };
     for i in 0..50 {
         o1.push(&fp(), "c", "counter", json!(1)).expect("push");
         o2.push(&fp(), "c", "counter", json!(2)).expect("push");
         o1.push(&fp(), "s", "set", json!({"add": i % 10}))
             .expect("push");
     }
-    ship(&m1, &m2);
-    ship(&m2, &m1);
+    ship(&m1, &m2, &fp());
+    ship(&m2, &m1, &fp());
     for o in [&o1, &o2] {
         assert_eq!(o.get(&fp(), "c").expect("get"), json!(150));
         assert_eq!(
@@ -182,7 +154,7 @@ fn logs_pushed_on_two_hosts_merge_and_count_every_operation_once() {
     }
     // A push on one host after the merge collapses the siblings.
     o2.push(&fp(), "c", "counter", json!(1)).expect("push");
-    ship(&m2, &m1);
+    ship(&m2, &m1, &fp());
     assert_eq!(o1.get(&fp(), "c").expect("get"), json!(151));
     assert_eq!(
         o1.log(&fp(), "c").expect("log").to_json(),

@@ -9,21 +9,10 @@ use chorus_core::FullPrefix;
 use chorus_store::{Error, Options, Store, check};
 
 mod common;
-use common::Worker;
+use common::{Worker, open};
 
 fn fp() -> FullPrefix {
     FullPrefix::parse("test/keys").expect("valid")
-}
-
-fn open(dir: &Path) -> Store {
-    Store::open(
-        dir,
-        Options {
-            create: true,
-            ..Options::default()
-        },
-    )
-    .expect("open")
 }
 
 #[test]

@@ -1,27 +1,15 @@
 //! Watches: commits by another process and merges from a peer are
 //! reported, with their origin, in order, filtered.
 
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use chorus_core::FullPrefix;
 use chorus_store::watch::Watched;
-use chorus_store::{Metadata, Options, Origin, Store};
+use chorus_store::{Metadata, Origin};
 
 mod common;
-use common::Worker;
-
-fn open(dir: &Path) -> Store {
-    Store::open(
-        dir,
-        Options {
-            create: true,
-            ..Options::default()
-        },
-    )
-    .expect("open")
-}
+use common::{Worker, open};
 
 #[test]
 fn a_commit_by_another_process_is_reported_within_milliseconds() {

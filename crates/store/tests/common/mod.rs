@@ -3,7 +3,45 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader, Write as _};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use chorus_core::FullPrefix;
+use chorus_store::{Metadata, Options, Origin, Store};
+
+/// Opens (creating if needed) the store in `dir`, with default options.
+pub fn open(dir: &Path) -> Store {
+    Store::open(
+        dir,
+        Options {
+            create: true,
+            ..Options::default()
+        },
+    )
+    .expect("open")
+}
+
+/// The metadata API over [`open`].
+pub fn meta(dir: &Path) -> Metadata {
+    Metadata::new(open(dir))
+}
+
+/// Copies every object of `fp` from one node's store to another's, as
+/// replication would deliver them (merged as coming from a peer).
+pub fn ship(from: &Metadata, to: &Metadata, fp: &FullPrefix) {
+    let snap = from.store().snapshot().expect("snapshot");
+    let objects = snap
+        .iter_prefix(fp)
+        .map(|(k, e)| {
+            (
+                fp.clone(),
+                k.as_bytes().to_vec(),
+                chorus_core::object::Object::decode(&e.value).expect("an object"),
+            )
+        })
+        .collect();
+    to.merge(Origin::Peer([9; 16]), objects).expect("merge");
+}
 
 pub const WORKER: &str = env!("CARGO_BIN_EXE_chorus-store-worker");
 
