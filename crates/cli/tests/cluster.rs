@@ -43,6 +43,13 @@ fn wait_for(dir: &Path, key: &str, value: &str) -> Duration {
     }
 }
 
+/// The JSON `chorus SUBCOMMAND ARGS...` printed on `dir`.
+fn sub_json(dir: &Path, subcommand: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec![subcommand];
+    all.extend_from_slice(args);
+    common::ok_json(&chorus(dir, &all))
+}
+
 /// Waits until `a` and `b` report the same hash for `full_prefix`.
 fn same_hash(a: &Path, b: &Path, full_prefix: &str, limit: Duration) {
     common::wait_until(limit, || {
@@ -421,17 +428,7 @@ fn two_nodes_that_edit_a_document_while_apart_agree_on_its_winner_and_conflicts(
     let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
     let _na = serve(a, ports[0], None);
     let nb = serve(b, ports[1], Some(ports[0]));
-    let doc = |dir: &Path, args: &[&str]| -> serde_json::Value {
-        let mut all = vec!["doc"];
-        all.extend_from_slice(args);
-        let out = chorus(dir, &all);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON")
-    };
+    let doc = |dir: &Path, args: &[&str]| sub_json(dir, "doc", args);
     let created = doc(a, &["create", "wiki", r#"{"_id": "page", "text": "v0"}"#]);
     let base = created["_rev"].as_str().expect("rev").to_string();
     common::wait_until(Duration::from_secs(20), || {
@@ -470,17 +467,7 @@ fn operation_logs_are_pruned_alone_and_in_a_cluster_and_the_values_stay() {
         assert!(chorus(d.path(), &["init"]).status.success());
     }
     let (solo, a, b) = (dirs[0].path(), dirs[1].path(), dirs[2].path());
-    let op = |dir: &Path, args: &[&str]| -> serde_json::Value {
-        let mut all = vec!["op"];
-        all.extend_from_slice(args);
-        let out = chorus(dir, &all);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON")
-    };
+    let op = |dir: &Path, args: &[&str]| sub_json(dir, "op", args);
     let log_len = |dir: &Path| {
         op(dir, &["log", "app/stats", "n"])["ops"]
             .as_array()
@@ -526,17 +513,7 @@ fn operation_logs_pushed_offline_and_while_apart_merge_and_count_every_op_once()
         assert!(chorus(d.path(), &["init"]).status.success());
     }
     let (a, b) = (dirs[0].path(), dirs[1].path());
-    let op = |dir: &Path, args: &[&str]| -> serde_json::Value {
-        let mut all = vec!["op"];
-        all.extend_from_slice(args);
-        let out = chorus(dir, &all);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON")
-    };
+    let op = |dir: &Path, args: &[&str]| sub_json(dir, "op", args);
     let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
     // Offline: each node alone accepts pushes.
     let _na = serve(a, ports[0], None);

@@ -11,12 +11,7 @@ mod common;
 use common::chorus;
 
 fn ok(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    common::ok_json(out)
 }
 
 fn code(out: &Output) -> i32 {

@@ -935,16 +935,20 @@ impl Core {
             .clamp(Duration::from_millis(200), Duration::from_secs(60))
     }
 
+    /// The current members other than this node (those that left are not).
+    fn other_members(&self) -> Vec<&Peer> {
+        self.members
+            .iter()
+            .filter(|m| **m != self.me && !self.left.contains(*m))
+            .collect()
+    }
+
     /// Removes the tombstones every current member has: see
     /// `docs/tombstones.md` for the rule and why a node that was away
     /// cannot bring the value back.
     fn collect_tombstones(&mut self) {
         let grace = self.config.tombstone_grace;
-        let members: Vec<&Peer> = self
-            .members
-            .iter()
-            .filter(|m| **m != self.me && !self.left.contains(*m))
-            .collect();
+        let members = self.other_members();
         let ready: Vec<((FullPrefix, Vec<u8>), u64)> = self
             .tombstones
             .iter()
@@ -1053,11 +1057,7 @@ impl Core {
             return;
         }
         let grace = self.config.tombstone_grace;
-        let members: Vec<&Peer> = self
-            .members
-            .iter()
-            .filter(|m| **m != self.me && !self.left.contains(*m))
-            .collect();
+        let members = self.other_members();
         let mut horizon = Instant::now().checked_sub(grace);
         for m in members {
             match (self.synced.get(m), horizon) {
