@@ -34,7 +34,7 @@ const BATCH: usize = 256;
 pub struct WatchEvent {
     /// The commit's sequence number.
     pub seq: u64,
-    /// Where to resume after this event.
+    /// Where to resume after this event's commit (every key it wrote).
     pub cursor: Cursor,
     /// Made on this directory, or merged from a peer.
     pub origin: Origin,
@@ -142,8 +142,11 @@ impl Watcher {
             }
             let now = self.store.published();
             if now != self.seen {
+                // Read until the cursor stops moving: a batch whose keys
+                // the filter all refused must not end the reading.
+                let before = self.cursor;
                 self.read()?;
-                if self.pending.is_empty() {
+                if self.pending.is_empty() && self.cursor == before {
                     self.seen = now;
                 }
                 continue;
@@ -165,8 +168,10 @@ impl Watcher {
     fn read(&mut self) -> Result<()> {
         match self.store.changes_since(&self.cursor, BATCH)? {
             Feed::Changes { changes, next } => {
+                let start = self.cursor;
                 for change in changes {
-                    let cursor = next.with_seq(change.seq);
+                    // Resuming from this position reads on after this commit.
+                    let cursor = start.with_seq(change.seq);
                     for k in change.keys {
                         if (self.filter)(&k.full_prefix, &k.key) {
                             self.pending.push_back(Watched::Change(WatchEvent {

@@ -103,3 +103,32 @@ fn a_merge_from_a_peer_is_reported_with_its_origin_and_drop_stops_the_watch() {
     std::thread::sleep(Duration::from_millis(50));
     assert!(rx.try_recv().is_err(), "a stopped watch reports nothing");
 }
+
+#[test]
+fn a_watcher_reads_past_batches_its_filter_refuses_and_resumes_exactly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(dir.path());
+    let x = FullPrefix::parse("app/x").expect("valid");
+    let y = FullPrefix::parse("app/y").expect("valid");
+    let only_x = x.clone();
+    let mut watcher = store
+        .watcher(Box::new(move |fp, _| *fp == only_x))
+        .expect("watcher");
+    for i in 0..300u32 {
+        store.put(&y, &i.to_le_bytes(), b"v").expect("put");
+    }
+    store.put(&x, b"first", b"1").expect("put");
+    store.put(&x, b"second", b"2").expect("put");
+    let Some(Watched::Change(first)) = watcher.next(Duration::from_secs(5)).expect("next") else {
+        panic!("the change after 300 filtered commits was missed");
+    };
+    assert_eq!(first.key, b"first");
+    // Resuming from the first event's position gives the second.
+    let mut resumed = store
+        .watcher_from(first.cursor, Box::new(|_, _| true))
+        .expect("watcher");
+    let Some(Watched::Change(second)) = resumed.next(Duration::from_secs(5)).expect("next") else {
+        panic!("nothing after the first event's position");
+    };
+    assert_eq!(second.key, b"second");
+}
