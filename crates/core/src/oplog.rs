@@ -103,7 +103,11 @@ impl Op {
         Some(Op {
             timestamp: v.get("timestamp")?.as_u64()?,
             node: v.get("node")?.as_str()?.to_string(),
-            sha: v.get("sha")?.as_str()?.to_string(),
+            sha: v
+                .get("sha")?
+                .as_str()
+                .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))?
+                .to_string(),
             payload: v.get("payload")?.clone(),
         })
     }
@@ -151,12 +155,38 @@ impl Checkpoint {
         h.update(upto.2.as_bytes());
         h.update([0]);
         h.update(canonical_json(&value).as_bytes());
+        for (node, t) in &frontier {
+            h.update(node.as_bytes());
+            h.update([0]);
+            h.update(t.to_be_bytes());
+        }
         Checkpoint {
             upto,
             value,
             sha: hex(&h.finalize()),
             frontier,
         }
+    }
+}
+
+/// True when `newer` folded everything `older` did.
+fn covers(newer: &Checkpoint, older: &Checkpoint) -> bool {
+    older.upto <= newer.upto
+        && older
+            .frontier
+            .iter()
+            .all(|(node, t)| newer.frontier.get(node).is_some_and(|n| n >= t))
+}
+
+/// A checkpoint another one replaced without covering it, as a late
+/// "operation" for reports: its node is `checkpoint`, its payload the
+/// folded value and frontier.
+fn checkpoint_as_op(c: &Checkpoint) -> Op {
+    Op {
+        timestamp: c.upto.0,
+        node: "checkpoint".into(),
+        sha: c.sha.clone(),
+        payload: serde_json::json!({"checkpoint": c.value, "frontier": c.frontier}),
     }
 }
 
@@ -267,9 +297,21 @@ impl OpLog {
             _ => None,
         };
         if let Some(cp) = newer {
+            // The checkpoint left behind folded operations the new one may
+            // not have (two nodes that pruned alone, then met): if so, it
+            // is reported like a late operation instead of vanishing.
+            if let Some(old) = self.checkpoint.take().filter(|o| !covers(&cp, o)) {
+                late.push(checkpoint_as_op(&old));
+            }
             self.checkpoint = Some(cp);
             let ops = std::mem::take(&mut self.ops);
             late.extend(ops.into_values().filter_map(|op| self.push(op)));
+        }
+        if let (Some(mine), Some(theirs)) = (&self.checkpoint, &other.checkpoint)
+            && mine != theirs
+            && !covers(mine, theirs)
+        {
+            late.push(checkpoint_as_op(theirs));
         }
         for op in other.ops.values() {
             late.extend(self.push(op.clone()));

@@ -284,3 +284,33 @@ proptest! {
         prop_assert_eq!(union(&a, &a), a.clone());
     }
 }
+
+#[test]
+fn a_checkpoint_replaced_by_one_that_does_not_cover_it_is_reported() {
+    // Two nodes prune alone, then meet: the newer checkpoint wins, the
+    // other's folded value is reported instead of vanishing.
+    let r = reducer("counter");
+    let mut a = log_of("counter", &[(5, "a", json!(5)), (7, "a", json!(7))]);
+    let upto = a.ops().last().map(Op::key).expect("op");
+    a.prune(&upto, &*r).expect("prune");
+    let mut b = log_of("counter", &[(1, "b", json!(1)), (2, "b", json!(1))]);
+    let upto = b.ops().last().map(Op::key).expect("op");
+    b.prune(&upto, &*r).expect("prune");
+    for (x, y) in [(&a, &b), (&b, &a)] {
+        let mut m = x.clone();
+        let late = m.merge(y);
+        assert_eq!(
+            m.value(&*r).expect("value"),
+            json!(12),
+            "the newer checkpoint wins"
+        );
+        assert_eq!(late.len(), 1, "{late:?}");
+        assert_eq!(late[0].node, "checkpoint");
+        assert_eq!(late[0].payload["checkpoint"], json!(2));
+    }
+    // A checkpoint that covers the other reports nothing.
+    let mut c = a.clone();
+    let _late = c.merge(&b);
+    let mut d = c.clone();
+    assert!(d.merge(&a).is_empty());
+}

@@ -218,7 +218,9 @@ impl Oplogs {
             }
             let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), node)?;
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(reducer.view(&after));
-            Ok(vec![Write::put(&fp, &key, &encoded)])
+            let mut writes = late_writes(snap, &fp, &key, &view.late, node)?;
+            writes.push(Write::put(&fp, &key, &encoded));
+            Ok(writes)
         })?;
         let value = out
             .lock()
@@ -252,7 +254,9 @@ impl Oplogs {
             }
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = n;
             let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), node)?;
-            Ok(vec![Write::put(&fp, &key, &encoded)])
+            let mut writes = late_writes(snap, &fp, &key, &view.late, node)?;
+            writes.push(Write::put(&fp, &key, &encoded));
+            Ok(writes)
         })?;
         let n = *folded.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(n)
@@ -332,7 +336,81 @@ impl Oplogs {
     }
 }
 
-/// The union of the logs in every sibling of the key.
+/// Where late operations are recorded, so that a write-back of the log,
+/// which supersedes its siblings, does not erase them: one key per late
+/// operation, `{full prefix}/{path}#{sha}`, replicated like any data.
+fn late_prefix() -> Result<FullPrefix> {
+    Ok(FullPrefix::new("$oplogs", "late")?)
+}
+
+fn late_key(fp: &FullPrefix, key: &[u8], sha: &str) -> Vec<u8> {
+    let mut k = format!("{fp}/").into_bytes();
+    k.extend_from_slice(key);
+    k.push(b'#');
+    k.extend_from_slice(sha.as_bytes());
+    k
+}
+
+/// The writes that record `late` operations not recorded yet.
+fn late_writes(
+    snap: &Snapshot,
+    fp: &FullPrefix,
+    key: &[u8],
+    late: &[Op],
+    node: chorus_core::NodeId,
+) -> Result<Vec<Write>> {
+    let lp = late_prefix()?;
+    let mut writes = Vec::new();
+    for op in late {
+        let k = late_key(fp, key, &op.sha);
+        if snap.get(&lp, &k).is_some() {
+            continue;
+        }
+        let record = serde_json::json!({
+            "id": op.id(), "timestamp": op.timestamp, "node": op.node, "sha": op.sha, "payload": op.payload,
+        });
+        let encoded = new_object_bytes(snap, &lp, &k, record.to_string().into_bytes(), node)?;
+        writes.push(Write::put(&lp, &k, &encoded));
+    }
+    Ok(writes)
+}
+
+/// The late operations recorded for the log at `key`.
+fn recorded_late(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<Vec<Op>> {
+    let lp = late_prefix()?;
+    let prefix = late_key(fp, key, "");
+    let mut out = Vec::new();
+    for (k, e) in snap.iter_prefix(&lp) {
+        if !k.as_bytes().starts_with(&prefix) {
+            continue;
+        }
+        let Ok(object) = chorus_core::object::Object::decode(&e.value) else {
+            continue;
+        };
+        for v in object.values() {
+            let Some(op) = v
+                .bytes()
+                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                .and_then(|j| {
+                    Some(Op {
+                        timestamp: j.get("timestamp")?.as_u64()?,
+                        node: j.get("node")?.as_str()?.to_string(),
+                        sha: j.get("sha")?.as_str()?.to_string(),
+                        payload: j.get("payload")?.clone(),
+                    })
+                })
+            else {
+                continue;
+            };
+            out.push(op);
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The union of the logs in every sibling of the key, with the late
+/// operations met now and those recorded earlier.
 fn read_log(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<LogView> {
     let mut view = LogView {
         log: OpLog::default(),
@@ -354,6 +432,12 @@ fn read_log(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<LogView> {
             view.late.extend(view.log.merge(&log));
         }
     }
+    for op in recorded_late(snap, fp, key)? {
+        if !view.late.iter().any(|l| l.sha == op.sha) {
+            view.late.push(op);
+        }
+    }
+    view.late.sort_by_key(Op::key);
     Ok(view)
 }
 

@@ -235,6 +235,13 @@ fn pruning_keeps_the_value_and_shortens_the_log_and_a_late_op_is_reported() {
     assert_eq!(view.late.len(), 1);
     assert_eq!(view.to_json()["late"][0]["payload"], json!(1000));
     assert_eq!(ops.get(&fp(), "c").expect("c"), json!(4951), "not applied");
+    // The next push writes the log back over its siblings: the late
+    // operation stays reported.
+    ops.push(&fp(), "c", "counter", json!(1)).expect("push");
+    let view = ops.log(&fp(), "c").expect("log");
+    assert_eq!(view.late.len(), 1, "a write-back must not erase a late op");
+    assert_eq!(view.to_json()["late"][0]["payload"], json!(1000));
+    assert_eq!(ops.get(&fp(), "c").expect("c"), json!(4952));
 }
 
 #[test]
