@@ -265,7 +265,7 @@ impl Core {
         let (events, inbox) = mpsc::channel(EVENT_QUEUE);
         let me_for_members = me.clone();
         let (commands, command_inbox) = mpsc::channel(16);
-        Ok(Core {
+        let mut core = Core {
             config: config.clone(),
             hpv: HyParView::new(me.clone(), hyparview::Config::default(), seed),
             plum: Plumtree::new(me.clone(), plumtree::Config::default()),
@@ -309,7 +309,16 @@ impl Core {
             oplog_marks: HashMap::new(),
             committed: Arc::default(),
             announced: false,
-        })
+        };
+        // Logs already here wait a grace period from now, like tombstones.
+        let tag = br#"{"checkpoint""#;
+        for (fp, key, e) in snapshot.iter() {
+            // A cheap look first: most values are not operation logs.
+            if e.value.windows(tag.len()).any(|w| w == tag) {
+                core.mark_oplog((fp.clone(), key.as_bytes().to_vec()), &e.value);
+            }
+        }
+        Ok(core)
     }
 
     /// What the HTTP API needs.

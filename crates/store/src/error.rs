@@ -95,7 +95,7 @@ pub enum Error {
         message: String,
     },
     /// The writer lock was not free within the configured time.
-    #[error("gave up waiting for the writer lock after {waited:?}: it is held by {}; wait for it, or raise the lock timeout", holder.as_ref().map_or_else(|| "an unknown process".to_string(), |h| h.to_string()))]
+    #[error("gave up waiting for the writer lock after {waited:?}: {}; wait for it, or raise the lock timeout", holder.as_ref().map_or_else(|| "no other process holds it now: commits of this process were queued ahead, or a holder just left".to_string(), |h| format!("it is held by {h}")))]
     LockTimeout {
         /// How long this writer waited.
         waited: Duration,
