@@ -5,7 +5,8 @@
 //! may define `fn init()` (the state before any operation; `()` if
 //! absent). `op` is a map: `payload`, `timestamp`, `node`, `id`. JSON
 //! values arrive as Rhai values (maps, arrays, strings, numbers, `()` for
-//! null) and go back the same way. A script runs with limits: operations
+//! null) and go back the same way. An `init()` that fails counts as `()`
+//! (the failure then shows in the first `reduce`). A script runs with limits: operations
 //! per call, call depth, string, array and map sizes; going past one is an
 //! error for that call, reported with the type and the operation, and the
 //! process goes on.

@@ -449,14 +449,14 @@ impl Store {
         })
     }
 
-    /// The latest state and the log file it was read from, of the same
-    /// generation (for the change feed).
     /// The shared map's published (generation, end): moves with every
     /// commit of any process.
     pub(crate) fn shared_map_position(&self) -> (u64, u64) {
         self.inner.dir.shm.published()
     }
 
+    /// The latest state and the log file it was read from, of the same
+    /// generation (for the change feed).
     pub(crate) fn feed_view(
         &self,
     ) -> Result<(Arc<State>, Arc<dyn crate::backend::LogFile>, PathBuf)> {
