@@ -180,6 +180,8 @@ pub(crate) struct Core {
     /// Per operation log: when its greatest operation was seen here, a
     /// few marks each, oldest first (see `prune_oplogs`).
     oplog_marks: HashMap<(FullPrefix, Vec<u8>), Marks>,
+    /// Operation logs (with the compiled script reducers), shared with the API.
+    oplogs: chorus_store::oplog::Oplogs,
     /// When an exchange that finished last started, per peer: everything
     /// that arrived here before it has reached that peer.
     synced: HashMap<Peer, Instant>,
@@ -265,6 +267,7 @@ impl Core {
         let (events, inbox) = mpsc::channel(EVENT_QUEUE);
         let me_for_members = me.clone();
         let (commands, command_inbox) = mpsc::channel(16);
+        let oplogs = chorus_store::oplog::Oplogs::new(&meta);
         let mut core = Core {
             config: config.clone(),
             hpv: HyParView::new(me.clone(), hyparview::Config::default(), seed),
@@ -307,6 +310,7 @@ impl Core {
             synced: HashMap::new(),
             collected: BTreeMap::new(),
             oplog_marks: HashMap::new(),
+            oplogs,
             committed: Arc::default(),
             announced: false,
         };
@@ -329,6 +333,7 @@ impl Core {
             meta: self.meta.clone(),
             view: self.view.clone(),
             requests: self.requests.clone(),
+            oplogs: self.oplogs.clone(),
         }
     }
 
@@ -1088,7 +1093,7 @@ impl Core {
                     .map(|(_, k)| (slot.clone(), k.clone()))
             })
             .collect();
-        let ops = chorus_store::oplog::Oplogs::new(&self.meta);
+        let ops = self.oplogs.clone();
         for (slot, upto) in ready {
             let path = String::from_utf8_lossy(&slot.1).into_owned();
             match tokio::task::block_in_place(|| ops.prune(&slot.0, &path, &upto)) {

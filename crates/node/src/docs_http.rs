@@ -100,9 +100,9 @@ async fn get_doc(
                 "rev and conflicts=true cannot be combined: ask for one",
             ));
         }
-        (Some(rev), false) => d.get_rev(&id, &rev)?,
-        (None, true) => d.get_with_conflicts(&id)?,
-        (None, false) => d.get(&id)?,
+        (Some(rev), false) => tokio::task::block_in_place(|| d.get_rev(&id, &rev))?,
+        (None, true) => tokio::task::block_in_place(|| d.get_with_conflicts(&id))?,
+        (None, false) => tokio::task::block_in_place(|| d.get(&id))?,
     };
     record(&api, false, started);
     Ok(axum::Json(doc).into_response())
@@ -177,7 +177,8 @@ async fn conflicts(
     Path((store, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let groups = docs(&api, &store)?.conflicts(&id)?;
+    let d = docs(&api, &store)?;
+    let groups = tokio::task::block_in_place(|| d.conflicts(&id))?;
     record(&api, false, started);
     let groups: Vec<Vec<String>> = groups
         .iter()

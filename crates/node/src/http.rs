@@ -76,6 +76,8 @@ pub(crate) struct Api {
     pub(crate) meta: Metadata,
     pub(crate) view: Arc<Mutex<ClusterView>>,
     pub(crate) requests: Arc<Mutex<RequestStats>>,
+    /// Operation logs, shared so that compiled script reducers are kept.
+    pub(crate) oplogs: chorus_store::oplog::Oplogs,
 }
 
 /// Request counts and latencies by operation.

@@ -9,7 +9,6 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chorus_core::FullPrefix;
-use chorus_store::oplog::Oplogs;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -53,7 +52,7 @@ async fn push(
         .get("payload")
         .cloned()
         .ok_or_else(|| ApiError::bad("the body needs \"payload\": the operation's JSON"))?;
-    let ops = Oplogs::new(&api.meta);
+    let ops = api.oplogs.clone();
     let value = tokio::task::spawn_blocking(move || ops.push(&fp, &path, &kind, payload))
         .await
         .map_err(|e| ApiError::internal(format!("the write task failed: {e}")))??;
@@ -74,12 +73,16 @@ async fn get_op(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let fp = full_prefix(&prefix, &sub)?;
-    let ops = Oplogs::new(&api.meta);
-    let out = if q.log.unwrap_or(false) {
-        ops.log(&fp, &path)?.to_json()
-    } else {
-        serde_json::json!({"value": ops.get(&fp, &path)?})
-    };
+    let ops = &api.oplogs;
+    // Reducing can take a while (a script, a long log): off the async
+    // workers' hands.
+    let out = tokio::task::block_in_place(|| -> Result<serde_json::Value, ApiError> {
+        Ok(if q.log.unwrap_or(false) {
+            ops.log(&fp, &path)?.to_json()
+        } else {
+            serde_json::json!({"value": ops.get(&fp, &path)?})
+        })
+    })?;
     record(&api, false, started);
     Ok(axum::Json(out).into_response())
 }
