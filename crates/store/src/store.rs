@@ -1095,18 +1095,38 @@ impl Inner {
         mut work: State,
         commits: &[(u64, u64, Origin, Vec<Write>)],
     ) -> Result<()> {
-        let mut frame = Vec::new();
-        let mut frames = 1u64;
+        let tail = lock(&self.tail).clone();
+        let end = state.end;
+        let shm = &self.dir.shm;
+        let limit = self.options.limits.max_commit_bytes;
+        // Each frame is written as soon as it is full, so a batch never
+        // holds more than one frame's encoding in memory.
+        let mut buf = Vec::new();
+        let mut at = end;
+        let mut write_frame = |group: Vec<CommitRec<'_>>, at: &mut u64| -> Result<()> {
+            buf.clear();
+            format::encode_frame(&Payload::Commits(group), &mut buf)
+                .map_err(Error::InvalidInput)?;
+            self.make_room(*at + buf.len() as u64)
+                .and_then(|()| tail.file.write_all_at(&buf, *at))
+                .map_err(|e| Error::io("append to", &tail.path, e))?;
+            *at += buf.len() as u64;
+            Ok(())
+        };
+        shm.set_intent(Intent::Append);
+        let mut frames = 0u64;
+        let mut written = Ok(());
         let mut group: Vec<CommitRec<'_>> = Vec::new();
         let mut group_bytes = 0usize;
-        let limit = self.options.limits.max_commit_bytes;
         for (seq, ts, origin, writes) in commits {
             let bytes = writes_bytes(writes);
             if !group.is_empty() && group_bytes + bytes > limit {
-                format::encode_frame(&Payload::Commits(std::mem::take(&mut group)), &mut frame)
-                    .map_err(Error::InvalidInput)?;
-                group_bytes = 0;
                 frames += 1;
+                written = write_frame(std::mem::take(&mut group), &mut at);
+                if written.is_err() {
+                    break;
+                }
+                group_bytes = 0;
             }
             group_bytes += bytes;
             group.push(CommitRec {
@@ -1124,23 +1144,18 @@ impl Inner {
                     .collect(),
             });
         }
-        if !group.is_empty() {
-            format::encode_frame(&Payload::Commits(group), &mut frame)
-                .map_err(Error::InvalidInput)?;
+        if written.is_ok() && !group.is_empty() {
+            frames += 1;
+            written = write_frame(group, &mut at);
         }
-        let tail = lock(&self.tail).clone();
-        let end = state.end;
-        let shm = &self.dir.shm;
-        shm.set_intent(Intent::Append);
-        let written = self
-            .make_room(end + frame.len() as u64)
-            .and_then(|()| tail.file.write_all_at(&frame, end))
-            .and_then(|()| match self.options.sync {
-                SyncMode::Always | SyncMode::Batch => tail.file.sync_data(),
-                SyncMode::Never => Ok(()),
-            });
-        if let Err(e) = written {
-            let err = Error::io("append to", &tail.path, e);
+        let written = written.and_then(|()| match self.options.sync {
+            SyncMode::Always | SyncMode::Batch => tail
+                .file
+                .sync_data()
+                .map_err(|e| Error::io("append to", &tail.path, e)),
+            SyncMode::Never => Ok(()),
+        });
+        if let Err(err) = written {
             lock(&self.tail).allocated = end;
             match tail.file.set_len(end) {
                 Ok(()) => shm.set_intent(Intent::None),
@@ -1152,7 +1167,7 @@ impl Inner {
             }
             return Err(err);
         }
-        work.end = end + frame.len() as u64;
+        work.end = at;
         self.commits
             .fetch_add(commits.len() as u64, Ordering::Relaxed);
         self.frames.fetch_add(frames, Ordering::Relaxed);

@@ -212,3 +212,41 @@ fn a_failed_compaction_changes_nothing() {
     );
     assert_eq!(plain(dir.path()).snapshot().expect("snapshot").len(), 11);
 }
+
+#[test]
+fn a_group_commit_split_into_frames_fails_whole_and_leaves_no_frame_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, faults) = faulty(dir.path(), SyncMode::Batch);
+    store.put(&fp(), b"before", b"1").expect("put");
+    // 20 commits of ~900 KB: more than the 16 MiB commit limit in all, so
+    // the batch is written as two frames; then its one sync fails.
+    let updates: Vec<(chorus_store::Origin, chorus_store::UpdateFn)> = (0..20u8)
+        .map(|i| {
+            let f: chorus_store::UpdateFn = Box::new(move |_: &chorus_store::Snapshot| {
+                Ok(vec![Write::put(&fp(), &[i], &vec![i; 900_000])])
+            });
+            (chorus_store::Origin::Local, f)
+        })
+        .collect();
+    faults.set(FaultPlan {
+        fail_sync: true,
+        ..FaultPlan::default()
+    });
+    let outcomes = store.update_all(updates);
+    faults.clear();
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Err(Error::Io { .. }))),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        store.snapshot().expect("snapshot").len(),
+        1,
+        "nothing of the batch"
+    );
+    let reopened = plain(dir.path());
+    assert_eq!(reopened.snapshot().expect("snapshot").len(), 1);
+    reopened
+        .put(&fp(), b"after", b"2")
+        .expect("the next writer goes on");
+    assert_eq!(plain(dir.path()).snapshot().expect("snapshot").len(), 2);
+}
