@@ -979,16 +979,14 @@ impl Core {
             return;
         }
         let store = self.meta.store().clone();
-        let removed: Arc<Mutex<Vec<Removed>>> = Arc::default();
-        let sink = removed.clone();
-        let keys = ready.clone();
+        let keys = ready;
         // Under the writer lock: only the very version that waited goes (a
         // write or another delete since then keeps the key), and the
         // context remembered is the one removed.
         let result = tokio::task::block_in_place(|| {
-            store.update(move |snap| {
+            store.update_returning(move |snap| {
                 let mut writes = Vec::new();
-                let mut gone = Vec::new();
+                let mut gone: Vec<Removed> = Vec::new();
                 for ((fp, key), hash) in keys {
                     let Some(bytes) = snap.get(&fp, &key) else {
                         continue;
@@ -1002,21 +1000,16 @@ impl Core {
                     writes.push(chorus_store::Write::delete(&fp, &key));
                     gone.push(((fp, key), object.context()));
                 }
-                *sink
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = gone;
-                Ok(writes)
+                Ok((writes, gone))
             })
         });
-        if let Err(e) = result {
-            eprintln!("chorus: cannot collect tombstones: {e}");
-            return;
-        }
-        let gone = std::mem::take(
-            &mut *removed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let gone = match result {
+            Ok((_, gone)) => gone,
+            Err(e) => {
+                eprintln!("chorus: cannot collect tombstones: {e}");
+                return;
+            }
+        };
         let now = Instant::now();
         self.stats.tombstones_collected += gone.len() as u64;
         for (k, context) in gone {

@@ -13,8 +13,6 @@
 //! A store is named by a path-like name: `users` is the full prefix
 //! `docs/users`, `app/users` is `app/users`.
 
-use std::sync::{Arc, Mutex, PoisonError};
-
 use chorus_core::FullPrefix;
 use chorus_core::docs::{DEFAULT_REVS_LIMIT, Incoming, Rev, RevTree, document, validate_id};
 use serde_json::Value;
@@ -269,20 +267,12 @@ impl Docs {
             id.as_bytes().to_vec(),
             self.meta.store().node_id(),
         );
-        let made: Arc<Mutex<Option<Rev>>> = Arc::default();
-        let slot = made.clone();
-        self.meta.store().update(move |snap: &Snapshot| {
+        let (_, rev) = self.meta.store().update_returning(move |snap: &Snapshot| {
             let tree = tree_in(snap, &fp, &key)?;
             let edited = f(&tree)?;
             let encoded = new_object_bytes(snap, &fp, &key, edited.tree.encode(), node)?;
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(edited.rev);
-            Ok(vec![Write::put(&fp, &key, &encoded)])
+            Ok((vec![Write::put(&fp, &key, &encoded)], edited.rev))
         })?;
-        let rev = made
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .ok_or_else(|| Error::InvalidInput("the edit made no revision".into()))?;
         Ok(Saved {
             id: id.to_string(),
             rev,

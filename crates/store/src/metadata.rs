@@ -295,23 +295,13 @@ impl Metadata {
     ) -> Result<(CommitInfo, Object)> {
         let (fp, key, context) = (fp.clone(), key.to_vec(), opts.context.clone());
         let node = self.node();
-        let written: Arc<std::sync::Mutex<Option<Object>>> = Arc::default();
-        let slot = written.clone();
-        let info = self.store.update(move |snap| {
+        let (info, object) = self.store.update_returning(move |snap| {
             let object = new_object(snap, &fp, &key, context.as_ref(), value, node)?;
             let encoded = object.encode();
-            *slot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(object);
-            Ok(vec![Write::put(&fp, &key, &encoded)])
+            Ok((vec![Write::put(&fp, &key, &encoded)], object))
         })?;
         let info =
             info.ok_or_else(|| Error::InvalidInput("the write produced no commit".into()))?;
-        let object = written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-            .ok_or_else(|| Error::InvalidInput("the write kept no object".into()))?;
         Ok((info, object))
     }
 

@@ -184,9 +184,7 @@ impl Oplogs {
         let (fp, key, kind) = (fp.clone(), path.as_bytes().to_vec(), kind.to_string());
         let node = self.meta.store().node_id();
         let node_hex = node.to_string();
-        let out: Arc<Mutex<Option<Value>>> = Arc::default();
-        let slot = out.clone();
-        self.meta.store().update(move |snap: &Snapshot| {
+        let (_, value) = self.meta.store().update_returning(move |snap: &Snapshot| {
             let mut view = read_log(snap, &fp, &key)?;
             if view.log.kind().is_empty() {
                 view.log = OpLog::new(&kind);
@@ -217,16 +215,10 @@ impl Oplogs {
                 )));
             }
             let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), node)?;
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(reducer.view(&after));
             let mut writes = late_writes(snap, &fp, &key, &view.late, node)?;
             writes.push(Write::put(&fp, &key, &encoded));
-            Ok(writes)
+            Ok((writes, reducer.view(&after)))
         })?;
-        let value = out
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .ok_or_else(|| Error::InvalidInput("the push made no commit".into()))?;
         Ok(value)
     }
 
@@ -240,25 +232,21 @@ impl Oplogs {
         let (fp, key, upto) = (fp.clone(), path.as_bytes().to_vec(), upto.clone());
         let node = self.meta.store().node_id();
         let this = self.clone();
-        let folded: Arc<Mutex<usize>> = Arc::default();
-        let slot = folded.clone();
-        self.meta.store().update(move |snap: &Snapshot| {
+        let (_, n) = self.meta.store().update_returning(move |snap: &Snapshot| {
             let mut view = read_log(snap, &fp, &key)?;
             if view.log.kind().is_empty() {
-                return Ok(vec![]);
+                return Ok((vec![], 0));
             }
             let reducer = this.reducer(view.log.kind())?;
             let n = view.log.prune(&upto, &*reducer)?;
             if n == 0 {
-                return Ok(vec![]);
+                return Ok((vec![], 0));
             }
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = n;
             let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), node)?;
             let mut writes = late_writes(snap, &fp, &key, &view.late, node)?;
             writes.push(Write::put(&fp, &key, &encoded));
-            Ok(writes)
+            Ok((writes, n))
         })?;
-        let n = *folded.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(n)
     }
 

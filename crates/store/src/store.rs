@@ -532,6 +532,27 @@ impl Store {
         }
     }
 
+    /// [`Store::update`] whose function also returns a result for the
+    /// caller (what it read or decided under the lock); the result is
+    /// returned even when the function wrote nothing.
+    pub fn update_returning<T, F>(&self, f: F) -> Result<(Option<CommitInfo>, T)>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Snapshot) -> Result<(Vec<Write>, T)> + Send + 'static,
+    {
+        let slot: Arc<Mutex<Option<T>>> = Arc::default();
+        let out = slot.clone();
+        let info = self.update(move |snap| {
+            let (writes, result) = f(snap)?;
+            *lock(&out) = Some(result);
+            Ok(writes)
+        })?;
+        let result = lock(&slot)
+            .take()
+            .ok_or_else(|| Error::InvalidInput("the update function returned no result".into()))?;
+        Ok((info, result))
+    }
+
     /// Runs several update functions as [`Store::update_from`] does, queued
     /// together so that they share a batch (and one sync) in
     /// [`SyncMode::Batch`]. Each is its own commit, with its own origin,
