@@ -32,6 +32,10 @@ use sha2::{Digest, Sha256};
 
 use crate::docs::canonical_json;
 
+/// How every encoded log begins: a cheap test for "is this value an
+/// operation log" before decoding anything.
+pub const ENCODED_PREFIX: &[u8] = br#"{"checkpoint""#;
+
 /// Most bytes of an operation's payload, as JSON.
 pub const MAX_PAYLOAD_BYTES: usize = 64 << 10;
 
@@ -395,10 +399,13 @@ impl OpLog {
                 "sha": c.sha, "value": c.value, "frontier": c.frontier,
             })
         });
-        serde_json::json!({"v": 1, "type": self.kind, "checkpoint": checkpoint, "ops": ops})
+        // "checkpoint" first both in key order and in insertion order, so
+        // the encoding starts with ENCODED_PREFIX whatever serde_json's
+        // map features.
+        serde_json::json!({"checkpoint": checkpoint, "ops": ops, "type": self.kind, "v": 1})
     }
 
-    /// Bytes for storage.
+    /// Bytes for storage; they start with [`ENCODED_PREFIX`].
     pub fn encode(&self) -> Vec<u8> {
         self.to_json().to_string().into_bytes()
     }

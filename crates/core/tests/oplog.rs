@@ -252,6 +252,12 @@ fn encoding_round_trips() {
             .is_some()
     );
     let bytes = log.encode();
+    assert!(bytes.starts_with(chorus_core::oplog::ENCODED_PREFIX));
+    assert!(
+        OpLog::new("counter")
+            .encode()
+            .starts_with(chorus_core::oplog::ENCODED_PREFIX)
+    );
     assert_eq!(OpLog::decode(&bytes).expect("decode"), log);
     for cut in 0..bytes.len() {
         assert!(OpLog::decode(&bytes[..cut]).is_err());

@@ -315,12 +315,8 @@ impl Core {
             announced: false,
         };
         // Logs already here wait a grace period from now, like tombstones.
-        let tag = br#"{"checkpoint""#;
         for (fp, key, e) in snapshot.iter() {
-            // A cheap look first: most values are not operation logs.
-            if e.value.windows(tag.len()).any(|w| w == tag) {
-                core.mark_oplog((fp.clone(), key.as_bytes().to_vec()), &e.value);
-            }
+            core.mark_oplog((fp.clone(), key.as_bytes().to_vec()), &e.value);
         }
         Ok(core)
     }
@@ -1021,12 +1017,18 @@ impl Core {
 
     /// Remembers when an operation log's greatest operation was seen here.
     fn mark_oplog(&mut self, slot: (FullPrefix, Vec<u8>), value: &[u8]) {
+        // A cheap look first (this runs for every key at start and every
+        // change after): most values are not operation logs.
+        let tag = chorus_core::oplog::ENCODED_PREFIX;
+        if !value.windows(tag.len()).any(|w| w == tag) {
+            return;
+        }
         let Ok(object) = Object::decode(value) else {
             return;
         };
         let mut log = chorus_core::oplog::OpLog::default();
         for v in object.values() {
-            let Some(bytes) = v.bytes().filter(|b| b.starts_with(br#"{"checkpoint""#)) else {
+            let Some(bytes) = v.bytes().filter(|b| b.starts_with(tag)) else {
                 return;
             };
             let Ok(one) = chorus_core::oplog::OpLog::decode(bytes) else {
