@@ -4,19 +4,11 @@
 use chorus_core::FullPrefix;
 use chorus_store::{Error, Limits, Options, Store, SyncMode, Write};
 
+mod common;
+use common::open;
+
 fn fp(s: &str) -> FullPrefix {
     FullPrefix::parse(s).expect("valid full prefix")
-}
-
-fn open(dir: &std::path::Path) -> Store {
-    Store::open(
-        dir,
-        Options {
-            create: true,
-            ..Options::default()
-        },
-    )
-    .expect("open")
 }
 
 #[test]

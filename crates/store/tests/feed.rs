@@ -5,23 +5,15 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Command, Stdio};
 
 use chorus_core::FullPrefix;
-use chorus_store::{Cursor, Error, Feed, Options, Origin, Store, Write};
+use chorus_store::{Cursor, Error, Feed, Origin, Store, Write};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_chorus-store-worker");
 
+mod common;
+use common::open;
+
 fn fp() -> FullPrefix {
     FullPrefix::parse("test/keys").expect("valid")
-}
-
-fn open(dir: &std::path::Path) -> Store {
-    Store::open(
-        dir,
-        Options {
-            create: true,
-            ..Options::default()
-        },
-    )
-    .expect("open")
 }
 
 /// Reads the feed to its end from `cursor`, `max` commits at a time.

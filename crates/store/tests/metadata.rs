@@ -7,27 +7,16 @@ use std::process::{Command, Stdio};
 use chorus_core::FullPrefix;
 use chorus_core::object::context_from_string;
 use chorus_store::{
-    Error, GetOptions, IterOptions, Match, Metadata, Options, PutOptions, PutValue, Resolver,
-    Scope, Store,
+    Error, GetOptions, IterOptions, Match, Metadata, PutOptions, PutValue, Resolver, Scope,
 };
 
 const WORKER: &str = env!("CARGO_BIN_EXE_chorus-store-worker");
 
+mod common;
+use common::meta;
+
 fn fp() -> FullPrefix {
     FullPrefix::parse("test/keys").expect("valid")
-}
-
-fn meta(dir: &std::path::Path) -> Metadata {
-    Metadata::new(
-        Store::open(
-            dir,
-            Options {
-                create: true,
-                ..Options::default()
-            },
-        )
-        .expect("open"),
-    )
 }
 
 fn put(m: &Metadata, key: &str, value: &str) {
