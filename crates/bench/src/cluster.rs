@@ -181,6 +181,32 @@ fn wait_http(addr: &str) -> Res<()> {
     }
 }
 
+/// Starts `chorus serve --insecure` on loopback ports, output discarded.
+fn serve(
+    bin: &Path,
+    dir: &Path,
+    gossip: u16,
+    http: u16,
+    join: Option<u16>,
+    extra: &[&str],
+) -> Res<Proc> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--dir")
+        .arg(dir)
+        .args(["serve", "--insecure"])
+        .args(extra)
+        .arg("--gossip")
+        .arg(format!("127.0.0.1:{gossip}"))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{http}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(j) = join {
+        cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
+    }
+    Ok(Proc(cmd.spawn()?))
+}
+
 fn start_chorus(bin: &Path, base: &Path) -> Res<(Vec<Proc>, Vec<String>)> {
     let mut procs = Vec::new();
     let mut urls = Vec::new();
@@ -188,20 +214,9 @@ fn start_chorus(bin: &Path, base: &Path) -> Res<(Vec<Proc>, Vec<String>)> {
     for i in 0..3 {
         let gossip = if i == 0 { first_gossip } else { free_port()? };
         let http = free_port()?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("--dir")
-            .arg(base.join(format!("chorus-{i}")))
-            .args(["serve", "--insecure"])
-            .arg("--gossip")
-            .arg(format!("127.0.0.1:{gossip}"))
-            .arg("--http")
-            .arg(format!("127.0.0.1:{http}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if i > 0 {
-            cmd.arg("--join").arg(format!("127.0.0.1:{first_gossip}"));
-        }
-        procs.push(Proc(cmd.spawn()?));
+        let dir = base.join(format!("chorus-{i}"));
+        let join = (i > 0).then_some(first_gossip);
+        procs.push(serve(bin, &dir, gossip, http, join, &[])?);
         urls.push(format!("127.0.0.1:{http}"));
     }
     for u in &urls {
@@ -478,24 +493,9 @@ pub(crate) fn run_ae(cfg: &Cfg) -> Res<Outcome> {
         setup.elapsed().as_secs_f64()
     );
     let (ga, gb, ha, hb) = (free_port()?, free_port()?, free_port()?, free_port()?);
-    let serve = |d: &Path, g: u16, h: u16, join: Option<u16>| -> Res<Proc> {
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--dir")
-            .arg(d)
-            .args(["serve", "--insecure", "--exchange-interval", "1"])
-            .arg("--gossip")
-            .arg(format!("127.0.0.1:{g}"))
-            .arg("--http")
-            .arg(format!("127.0.0.1:{h}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(j) = join {
-            cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
-        }
-        Ok(Proc(cmd.spawn()?))
-    };
-    let _a = serve(&a_dir, ga, ha, None)?;
-    let _b = serve(&b_dir, gb, hb, Some(ga))?;
+    let every_second = ["--exchange-interval", "1"];
+    let _a = serve(&bin, &a_dir, ga, ha, None, &every_second)?;
+    let _b = serve(&bin, &b_dir, gb, hb, Some(ga), &every_second)?;
     let (ua, ub) = (format!("127.0.0.1:{ha}"), format!("127.0.0.1:{hb}"));
     wait_http(&ua)?;
     wait_http(&ub)?;

@@ -50,6 +50,19 @@ fn sub_json(dir: &Path, subcommand: &str, args: &[&str]) -> serde_json::Value {
     common::ok_json(&chorus(dir, &all))
 }
 
+/// Serves the filled directory `full` and a new node on `empty` that joins
+/// it; waits (up to `limit_s` seconds) until both hold the same
+/// `full_prefix`, and returns how many keys the new node lists there.
+fn join_and_count(full: &Path, empty: &Path, full_prefix: &str, limit_s: u64) -> usize {
+    assert!(chorus(empty, &["init"]).status.success());
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let _a = serve(full, ports[0], None);
+    let _b = serve(empty, ports[1], Some(ports[0]));
+    same_hash(full, empty, full_prefix, Duration::from_secs(limit_s));
+    let out = chorus(empty, &["ls", full_prefix]);
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 /// Waits until `a` and `b` report the same hash for `full_prefix`.
 fn same_hash(a: &Path, b: &Path, full_prefix: &str, limit: Duration) {
     common::wait_until(limit, || {
@@ -164,18 +177,7 @@ fn a_node_joining_a_cluster_of_ten_thousand_keys_ends_with_all_of_them() {
             tx.commit().expect("commit");
         }
     }
-    assert!(chorus(dirs[1].path(), &["init"]).status.success());
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let _a = serve(dirs[0].path(), ports[0], None);
-    let _b = serve(dirs[1].path(), ports[1], Some(ports[0]));
-    same_hash(
-        dirs[0].path(),
-        dirs[1].path(),
-        "bulk/keys",
-        Duration::from_secs(30),
-    );
-    let out = chorus(dirs[1].path(), &["ls", "bulk/keys"]);
-    let keys = String::from_utf8_lossy(&out.stdout).lines().count();
+    let keys = join_and_count(dirs[0].path(), dirs[1].path(), "bulk/keys", 30);
     assert_eq!(keys, 10_000);
 }
 
@@ -209,18 +211,8 @@ fn a_node_joining_gets_large_values_that_exceed_one_frame_together() {
             .expect("put");
         }
     }
-    assert!(chorus(dirs[1].path(), &["init"]).status.success());
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let _a = serve(dirs[0].path(), ports[0], None);
-    let _b = serve(dirs[1].path(), ports[1], Some(ports[0]));
-    same_hash(
-        dirs[0].path(),
-        dirs[1].path(),
-        "bulk/large",
-        Duration::from_secs(60),
-    );
-    let out = chorus(dirs[1].path(), &["ls", "bulk/large"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 40);
+    let keys = join_and_count(dirs[0].path(), dirs[1].path(), "bulk/large", 60);
+    assert_eq!(keys, 40);
 }
 
 #[test]
