@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod core;
 mod docs_http;
 pub mod http;
