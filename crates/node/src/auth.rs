@@ -74,6 +74,14 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// What the values written under this grant record: the token's id.
+    pub fn meta(&self) -> chorus_core::object::Meta {
+        chorus_core::object::Meta {
+            token: self.token_id.clone(),
+            ..chorus_core::object::Meta::default()
+        }
+    }
+
     fn of(claims: &Claims) -> Grant {
         Grant {
             token_id: Some(claims.tid.clone()),
