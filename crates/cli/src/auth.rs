@@ -7,8 +7,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use chorus_node::auth::{
-    Auth, AuthError, AuthErrorKind, Grant, TokenAccess, utc, validate_id,
-    validate_user,
+    Auth, AuthError, AuthErrorKind, Grant, TokenAccess, utc, validate_id, validate_user,
 };
 use chorus_store::Metadata;
 use clap::Subcommand;

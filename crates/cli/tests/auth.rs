@@ -103,7 +103,15 @@ fn add_user(dir: &Path, name: &str, secret: &str) {
 fn cli_session(dir: &Path, user: &str, secret: &str) -> (String, String) {
     let out = chorus_in(
         dir,
-        &["--json", "session", "create", "--user", user, "--description", "test"],
+        &[
+            "--json",
+            "session",
+            "create",
+            "--user",
+            user,
+            "--description",
+            "test",
+        ],
         &format!("{secret}\n"),
         &[],
     );
@@ -116,9 +124,20 @@ fn cli_session(dir: &Path, user: &str, secret: &str) -> (String, String) {
 }
 
 /// A token over HTTP from a session token: (id, token).
-fn http_token(url: &str, session: &str, scope: &[&str], access: &str, ttl: u64) -> (String, String) {
+fn http_token(
+    url: &str,
+    session: &str,
+    scope: &[&str],
+    access: &str,
+    ttl: u64,
+) -> (String, String) {
     let body = serde_json::json!({"scope": scope, "access": access, "ttl_secs": ttl}).to_string();
-    let (status, v) = request("POST", &format!("{url}/v1/auth/tokens"), Some(session), Some(&body));
+    let (status, v) = request(
+        "POST",
+        &format!("{url}/v1/auth/tokens"),
+        Some(session),
+        Some(&body),
+    );
     assert_eq!(status, 201, "{v}");
     (
         v["id"].as_str().expect("id").to_string(),
@@ -145,7 +164,15 @@ fn refused(got: (u16, serde_json::Value), status: u16, words: &[&str]) {
 
 fn put(url: &str, path: &str, token: Option<&str>, value: &str) -> (u16, serde_json::Value) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "\n%{http_code}", "-X", "PUT", "--data-binary", value]);
+    cmd.args([
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "PUT",
+        "--data-binary",
+        value,
+    ]);
     cmd.arg(format!("{url}/v1/kv/{path}"));
     if let Some(t) = token {
         cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
@@ -181,7 +208,10 @@ fn every_refusal_has_its_status_and_message_and_a_valid_token_works() {
 
     // Open routes stay open.
     assert_eq!(request("GET", &format!("{url}/health"), None, None).0, 200);
-    assert_eq!(request("GET", &format!("{url}/openapi.json"), None, None).0, 200);
+    assert_eq!(
+        request("GET", &format!("{url}/openapi.json"), None, None).0,
+        200
+    );
     // No token.
     refused(
         put(&url, "app/cfg/mode", None, "x"),
@@ -241,7 +271,11 @@ fn every_refusal_has_its_status_and_message_and_a_valid_token_works() {
         &["read-only", "app/cfg"],
     );
     // A derived token does not manage sessions.
-    refused(request("GET", &sessions, Some(&rw), None), 403, &["session token"]);
+    refused(
+        request("GET", &sessions, Some(&rw), None),
+        403,
+        &["session token"],
+    );
 
     // Forged: a flipped payload byte; a token of another cluster's key.
     refused(
@@ -268,7 +302,11 @@ fn every_refusal_has_its_status_and_message_and_a_valid_token_works() {
     assert_eq!(listed["sessions"][0]["id"], session_id.as_str(), "{listed}");
     assert!(!listed.to_string().contains("chorus1."), "{listed}");
     let out = chorus(&d, &["session", "revoke", &session_id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     refused(
         get(&url, "app/cfg/mode", Some(&rw)),
         401,
@@ -282,7 +320,11 @@ fn every_refusal_has_its_status_and_message_and_a_valid_token_works() {
     let (_, t2) = http_token(&url, &s2, &["*"], "read-write", 600);
     assert_eq!(get(&url, "app/cfg/mode", Some(&t2)).0, 200);
     let out = chorus_in(&d, &["user", "passwd", "alice"], "new secret 2\n", &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     refused(
         get(&url, "app/cfg/mode", Some(&t2)),
         401,
@@ -295,9 +337,18 @@ fn every_refusal_has_its_status_and_message_and_a_valid_token_works() {
     // A token revoked on its own over HTTP; the other tokens of the session stay.
     let (id4, t4) = http_token(&url, &s3, &["app/*"], "read", 600);
     let (_, t5) = http_token(&url, &s3, &["app/*"], "read", 600);
-    let (s, v) = request("DELETE", &format!("{url}/v1/auth/tokens/{id4}"), Some(&s3), None);
+    let (s, v) = request(
+        "DELETE",
+        &format!("{url}/v1/auth/tokens/{id4}"),
+        Some(&s3),
+        None,
+    );
     assert_eq!(s, 200, "{v}");
-    refused(get(&url, "app/cfg/mode", Some(&t4)), 401, &["revoked", &id4]);
+    refused(
+        get(&url, "app/cfg/mode", Some(&t4)),
+        401,
+        &["revoked", &id4],
+    );
     assert_eq!(get(&url, "app/cfg/mode", Some(&t5)).0, 200);
 }
 
@@ -312,7 +363,9 @@ fn writes_record_their_token_and_neither_the_audit_log_nor_output_holds_a_secret
     // The session over the CLI: the token once, in "token"; no secret.
     let out = chorus_in(
         &d,
-        &["--json", "session", "create", "--user", "bob", "--ttl", "1h"],
+        &[
+            "--json", "session", "create", "--user", "bob", "--ttl", "1h",
+        ],
         &format!("{SECRET}\n"),
         &[],
     );
@@ -323,7 +376,9 @@ fn writes_record_their_token_and_neither_the_audit_log_nor_output_holds_a_secret
     // A token over the CLI, from $CHORUS_TOKEN.
     let out = chorus_in(
         &d,
-        &["--json", "token", "create", "--scope", "app/*", "docs/*", "--ttl", "10m"],
+        &[
+            "--json", "token", "create", "--scope", "app/*", "docs/*", "--ttl", "10m",
+        ],
         "",
         &[("CHORUS_TOKEN", &session)],
     );
@@ -370,7 +425,9 @@ fn writes_record_their_token_and_neither_the_audit_log_nor_output_holds_a_secret
         "{audit}"
     );
     assert!(
-        lines.iter().any(|l| l["op"] == "docs.post" && l["token"] == id.as_str()),
+        lines
+            .iter()
+            .any(|l| l["op"] == "docs.post" && l["token"] == id.as_str()),
         "{audit}"
     );
     assert!(
@@ -410,27 +467,75 @@ fn bad_user_input_exits_2_and_writes_nothing_and_auth_routes_need_auth_on() {
         );
     }
     // Too short a secret, and none at all.
-    assert_eq!(chorus_in(&d, &["user", "add", "carol"], "short\n", &[]).status.code(), Some(2));
-    assert_eq!(chorus_in(&d, &["user", "add", "carol"], "", &[]).status.code(), Some(2));
+    assert_eq!(
+        chorus_in(&d, &["user", "add", "carol"], "short\n", &[])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        chorus_in(&d, &["user", "add", "carol"], "", &[])
+            .status
+            .code(),
+        Some(2)
+    );
     assert_eq!(seq(), before, "a refused command wrote");
     assert!(!d.join("audit.log").exists());
     // Not found, exists, bad durations and scopes.
-    assert_eq!(chorus_in(&d, &["user", "passwd", "nobody"], "long enough\n", &[]).status.code(), Some(1));
+    assert_eq!(
+        chorus_in(&d, &["user", "passwd", "nobody"], "long enough\n", &[])
+            .status
+            .code(),
+        Some(1)
+    );
     add_user(&d, "carol", SECRET);
-    assert_eq!(chorus_in(&d, &["user", "add", "carol"], &format!("{SECRET}\n"), &[]).status.code(), Some(3));
-    let out = chorus_in(&d, &["session", "create", "--user", "carol", "--ttl", "31d"], &format!("{SECRET}\n"), &[]);
+    assert_eq!(
+        chorus_in(&d, &["user", "add", "carol"], &format!("{SECRET}\n"), &[])
+            .status
+            .code(),
+        Some(3)
+    );
+    let out = chorus_in(
+        &d,
+        &["session", "create", "--user", "carol", "--ttl", "31d"],
+        &format!("{SECRET}\n"),
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
-    let out = chorus_in(&d, &["session", "create", "--user", "carol", "--ttl", "5x"], &format!("{SECRET}\n"), &[]);
+    let out = chorus_in(
+        &d,
+        &["session", "create", "--user", "carol", "--ttl", "5x"],
+        &format!("{SECRET}\n"),
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
     let (_, session) = cli_session(&d, "carol", SECRET);
-    let out = chorus_in(&d, &["token", "create", "--scope", "$auth/*"], &format!("{session}\n"), &[]);
+    let out = chorus_in(
+        &d,
+        &["token", "create", "--scope", "$auth/*"],
+        &format!("{session}\n"),
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reserved"));
-    let out = chorus_in(&d, &["token", "create", "--scope", "app/*"], "chorus1.garbage.x\n", &[]);
+    let out = chorus_in(
+        &d,
+        &["token", "create", "--scope", "app/*"],
+        "chorus1.garbage.x\n",
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid"));
-    assert_eq!(chorus(&d, &["session", "revoke", "0123456789abcdef"]).status.code(), Some(1));
-    assert_eq!(chorus(&d, &["session", "revoke", "nope"]).status.code(), Some(2));
+    assert_eq!(
+        chorus(&d, &["session", "revoke", "0123456789abcdef"])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        chorus(&d, &["session", "revoke", "nope"]).status.code(),
+        Some(2)
+    );
 
     // Auth off: no token needed, the auth routes say auth is off, $auth is
     // still not served.
@@ -441,9 +546,20 @@ fn bad_user_input_exits_2_and_writes_nothing_and_auth_routes_need_auth_on() {
         request("GET", &format!("{url}/health"), None, None).0 == 200
     });
     assert_eq!(put(&url, "app/cfg/k", None, "v").0, 200);
-    let (s, v) = request("GET", &format!("{url}/v1/auth/sessions"), Some(&session), None);
+    let (s, v) = request(
+        "GET",
+        &format!("{url}/v1/auth/sessions"),
+        Some(&session),
+        None,
+    );
     assert_eq!(s, 404);
-    assert!(v["message"].as_str().unwrap_or_default().contains("authentication is off"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("authentication is off"),
+        "{v}"
+    );
     assert_eq!(get(&url, "$auth/users/carol", None).0, 403);
 }
 
@@ -473,12 +589,20 @@ fn a_token_from_node_1_is_accepted_on_node_2_and_refused_there_once_revoked() {
     });
     // Revoked on node 1: refused on node 2 once that replicates.
     let out = chorus(&d1, &["session", "revoke", &session_id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     refused(get(&url1, "app/x/k", Some(&token)), 401, &["revoked"]);
     wait_until(Duration::from_secs(30), || {
         get(&url2, "app/x/k", Some(&token)).0 == 401
     });
-    refused(get(&url2, "app/x/k", Some(&token)), 401, &["revoked", &session_id]);
+    refused(
+        get(&url2, "app/x/k", Some(&token)),
+        401,
+        &["revoked", &session_id],
+    );
     // A master change on node 1 refuses, on node 2, a session made before.
     let (_, s2) = cli_session(&d1, "dave", SECRET);
     wait_until(Duration::from_secs(30), || {

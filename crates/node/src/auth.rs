@@ -32,10 +32,10 @@ use serde_json::json;
 
 pub use audit::AUDIT_MAX_BYTES;
 pub use token::{
-    Access, AuthError, AuthErrorKind, Claims, KEY_BYTES, PATTERNS_MAX, Revocations, TOKEN_MAX_BYTES,
-    TOKEN_TAG, Target, TokenAccess, authorize, check_revocation, encode_token, glob, key_id,
-    pattern_matches, scope_allows, scope_covers_prefix, scope_is_all, token_expiry, utc,
-    validate_id, validate_pattern, validate_scope, validate_user, verify_token,
+    Access, AuthError, AuthErrorKind, Claims, KEY_BYTES, PATTERNS_MAX, Revocations,
+    TOKEN_MAX_BYTES, TOKEN_TAG, Target, TokenAccess, authorize, check_revocation, encode_token,
+    glob, key_id, pattern_matches, scope_allows, scope_covers_prefix, scope_is_all, token_expiry,
+    utc, validate_id, validate_pattern, validate_scope, validate_user, verify_token,
 };
 
 /// The reserved prefix everything lives under.
@@ -354,9 +354,7 @@ impl Auth {
         if existing.as_ref().is_some_and(|(u, _)| !u.deleted) {
             return Err(AuthError::new(
                 AuthErrorKind::Exists,
-                format!(
-                    "user {name} exists: change its secret with `chorus user passwd {name}`"
-                ),
+                format!("user {name} exists: change its secret with `chorus user passwd {name}`"),
             ));
         }
         // A name deleted and added again keeps the deletion's revocation,
@@ -646,10 +644,11 @@ impl Auth {
             .and_then(|o| {
                 let mut values = o.values();
                 values.sort();
-                values
-                    .into_iter()
-                    .rev()
-                    .find_map(|v| v.bytes().filter(|b| b.len() == KEY_BYTES).map(<[u8]>::to_vec))
+                values.into_iter().rev().find_map(|v| {
+                    v.bytes()
+                        .filter(|b| b.len() == KEY_BYTES)
+                        .map(<[u8]>::to_vec)
+                })
             })
             .ok_or_else(|| AuthError::new(AuthErrorKind::Storage, "the cluster key is missing"))
     }
@@ -674,7 +673,11 @@ impl Auth {
     }
 
     /// The last writer's value of a key, decoded.
-    fn read<T: DeserializeOwned>(&self, sub: &str, key: &str) -> Result<Option<(T, Context)>, AuthError> {
+    fn read<T: DeserializeOwned>(
+        &self,
+        sub: &str,
+        key: &str,
+    ) -> Result<Option<(T, Context)>, AuthError> {
         Ok(self
             .read_all::<T>(sub, key)?
             .and_then(|(mut values, context)| values.pop().map(|v| (v, context))))
@@ -697,9 +700,10 @@ impl Auth {
 
     /// Every key of `$auth/{sub}` with its live siblings decoded.
     fn list<T: DeserializeOwned>(&self, sub: &str) -> Result<Vec<(String, Vec<T>)>, AuthError> {
-        let items = self
-            .meta
-            .to_list(&Scope::FullPrefix(auth_prefix(sub)?), &IterOptions::default())?;
+        let items = self.meta.to_list(
+            &Scope::FullPrefix(auth_prefix(sub)?),
+            &IterOptions::default(),
+        )?;
         Ok(items
             .into_iter()
             .map(|item| {
@@ -743,7 +747,11 @@ fn keys_of(object: &Object) -> Vec<Vec<u8>> {
     object
         .values()
         .into_iter()
-        .filter_map(|v| v.bytes().filter(|b| b.len() == KEY_BYTES).map(<[u8]>::to_vec))
+        .filter_map(|v| {
+            v.bytes()
+                .filter(|b| b.len() == KEY_BYTES)
+                .map(<[u8]>::to_vec)
+        })
         .collect()
 }
 
@@ -759,10 +767,10 @@ fn decode_all<T: DeserializeOwned>(values: Vec<&Value>) -> Vec<T> {
 /// `revoke_before`.
 fn merge_user(values: Vec<UserRecord>) -> Option<UserRecord> {
     let revoke_before = values.iter().map(|u| u.revoke_before).max()?;
-    values.into_iter().last().map(|u| UserRecord {
-        revoke_before,
-        ..u
-    })
+    values
+        .into_iter()
+        .last()
+        .map(|u| UserRecord { revoke_before, ..u })
 }
 
 fn validate_secret(secret: &str) -> Result<(), AuthError> {
@@ -892,9 +900,15 @@ mod tests {
             Err(AuthErrorKind::Exists)
         );
         let wrong = auth.create_session("alice", "wrong horse", "", 60_000);
-        assert_eq!(wrong.map(|_| ()).map_err(|e| e.kind), Err(AuthErrorKind::BadCredentials));
+        assert_eq!(
+            wrong.map(|_| ()).map_err(|e| e.kind),
+            Err(AuthErrorKind::BadCredentials)
+        );
         let nobody = auth.create_session("bob", "correct horse", "", 60_000);
-        assert_eq!(nobody.map(|_| ()).map_err(|e| e.kind), Err(AuthErrorKind::BadCredentials));
+        assert_eq!(
+            nobody.map(|_| ()).map_err(|e| e.kind),
+            Err(AuthErrorKind::BadCredentials)
+        );
         let s = auth
             .create_session("alice", "correct horse", "laptop", 60_000)
             .expect("session");
@@ -929,7 +943,10 @@ mod tests {
             kind(auth.check(Some(&t.token), &fp("app/cfg"), Access::Read)),
             Err(AuthErrorKind::Revoked)
         );
-        assert!(auth.check(Some(&t2.token), &fp("app/cfg"), Access::Write).is_ok());
+        assert!(
+            auth.check(Some(&t2.token), &fp("app/cfg"), Access::Write)
+                .is_ok()
+        );
         auth.revoke_session(&s.record.id, "test").expect("revoke");
         assert_eq!(
             kind(auth.check(Some(&t2.token), &fp("app/cfg"), Access::Write)),
@@ -942,7 +959,8 @@ mod tests {
         let s2 = auth
             .create_session("alice", "correct horse", "", 60_000)
             .expect("session");
-        auth.change_secret("alice", "battery staple").expect("passwd");
+        auth.change_secret("alice", "battery staple")
+            .expect("passwd");
         assert_eq!(
             kind(auth.check(Some(&s2.token), &fp("app/cfg"), Access::Read)),
             Err(AuthErrorKind::Revoked)
@@ -950,7 +968,10 @@ mod tests {
         let s3 = auth
             .create_session("alice", "battery staple", "", 60_000)
             .expect("session");
-        assert!(auth.check(Some(&s3.token), &fp("app/cfg"), Access::Write).is_ok());
+        assert!(
+            auth.check(Some(&s3.token), &fp("app/cfg"), Access::Write)
+                .is_ok()
+        );
         auth.delete_user("alice").expect("del");
         assert_eq!(
             kind(auth.check(Some(&s3.token), &fp("app/cfg"), Access::Read)),
@@ -994,7 +1015,10 @@ mod tests {
     fn with_auth_off_every_check_passes_as_nobody() {
         let (_dir, on) = auth();
         let off = Auth::new(on.meta.clone(), false);
-        assert_eq!(off.check(None, &fp("app/x"), Access::Write), Ok(Grant::default()));
+        assert_eq!(
+            off.check(None, &fp("app/x"), Access::Write),
+            Ok(Grant::default())
+        );
         assert!(!off.enabled());
     }
 }

@@ -34,8 +34,8 @@ pub(crate) struct Refusal(pub(crate) AuthError);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.kind.status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({"code": self.0.kind.code(), "message": self.0.message});
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -277,8 +277,11 @@ fn enabled(api: &Api) -> Result<&Auth, Refusal> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes, example: &str) -> Result<T, Refusal> {
-    serde_json::from_slice(body)
-        .map_err(|e| bad(format!("the body is not what this route takes ({e}): send {example}")))
+    serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "the body is not what this route takes ({e}): send {example}"
+        ))
+    })
 }
 
 fn ttl_ms(ttl_secs: Option<u64>, default_ms: u64) -> u64 {

@@ -140,7 +140,10 @@ pub async fn run(
         )));
     }
     let mut config = config;
-    if let Some(http) = config.http.filter(|a| !a.ip().is_loopback() && !config.auth) {
+    if let Some(http) = config
+        .http
+        .filter(|a| !a.ip().is_loopback() && !config.auth)
+    {
         eprintln!(
             "chorus: --http {http} is beyond loopback, so authentication is on: every route but /health, /metrics and /openapi.json needs a token (see docs/auth.md)"
         );

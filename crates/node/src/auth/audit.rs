@@ -42,13 +42,13 @@ impl AuditLog {
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = self.try_append(text.as_bytes()) {
-            if !self.complained.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "chorus: cannot write the audit log {}: {e} (further failures are not reported)",
-                    self.path.display()
-                );
-            }
+        if let Err(e) = self.try_append(text.as_bytes())
+            && !self.complained.swap(true, Ordering::Relaxed)
+        {
+            eprintln!(
+                "chorus: cannot write the audit log {}: {e} (further failures are not reported)",
+                self.path.display()
+            );
         }
     }
 

@@ -634,7 +634,11 @@ mod tests {
         let (signed, _) = other.rsplit_once('.').expect("sig");
         forged.push(format!("{signed}.{sig}"));
         for f in forged {
-            assert_eq!(verify_token(&f, &keys, 1_000), Err(AuthError::invalid()), "{f}");
+            assert_eq!(
+                verify_token(&f, &keys, 1_000),
+                Err(AuthError::invalid()),
+                "{f}"
+            );
         }
         // No key at all: nothing verifies.
         assert_eq!(verify_token(&token, &[], 1_000), Err(AuthError::invalid()));
@@ -649,12 +653,18 @@ mod tests {
             session: true,
             ..Revocations::default()
         });
-        assert!(e.message.contains("session ffeeddcc00112233 was revoked"), "{e}");
+        assert!(
+            e.message.contains("session ffeeddcc00112233 was revoked"),
+            "{e}"
+        );
         let e = by(Revocations {
             token: true,
             ..Revocations::default()
         });
-        assert!(e.message.contains("token 00112233aabbccdd was revoked"), "{e}");
+        assert!(
+            e.message.contains("token 00112233aabbccdd was revoked"),
+            "{e}"
+        );
         assert_eq!(e.kind, AuthErrorKind::Revoked);
         // A secret changed at or after the session's creation revokes it;
         // one changed before does not.
@@ -680,7 +690,11 @@ mod tests {
         assert!(scope_allows(&all, &fp("app/cfg")));
         assert!(!scope_allows(&all, &fp("$auth/users")));
         assert!(!scope_allows(&all, &fp("app/$x")));
-        let s = vec!["app/*".to_string(), "docs/users".to_string(), "t?/x*".into()];
+        let s = vec![
+            "app/*".to_string(),
+            "docs/users".to_string(),
+            "t?/x*".into(),
+        ];
         assert!(scope_allows(&s, &fp("app/cfg")));
         assert!(scope_allows(&s, &fp("docs/users")));
         assert!(!scope_allows(&s, &fp("docs/users2")));
@@ -699,13 +713,20 @@ mod tests {
     fn authorization_by_scope_and_access() {
         let mut c = claims(5_000);
         let cfg = fp("app/cfg");
-        assert_eq!(authorize(&c, Target::FullPrefix(&cfg), Access::Read), Ok(()));
+        assert_eq!(
+            authorize(&c, Target::FullPrefix(&cfg), Access::Read),
+            Ok(())
+        );
         let e = authorize(&c, Target::FullPrefix(&cfg), Access::Write).expect_err("read-only");
         assert_eq!(e.kind, AuthErrorKind::Forbidden);
         assert!(e.message.contains("read-only"), "{e}");
         let users = fp("docs/users");
         let e = authorize(&c, Target::FullPrefix(&users), Access::Read).expect_err("scope");
-        assert!(e.message.contains("(scope app/*) does not cover docs/users"), "{e}");
+        assert!(
+            e.message
+                .contains("(scope app/*) does not cover docs/users"),
+            "{e}"
+        );
         assert!(authorize(&c, Target::Prefix("app"), Access::Read).is_ok());
         assert!(authorize(&c, Target::All, Access::Read).is_err());
         c.scope = vec!["*".into()];
