@@ -237,7 +237,7 @@ pub(crate) fn session(cli: &Cli, command: &SessionCommand) -> Result<(), Failure
                 cli,
                 json!({
                     "session": r.id, "user": r.user, "description": r.description,
-                    "expires": utc(r.expires_ms), "expires_ms": r.expires_ms, "token": s.token,
+                    "expires": r.expires_ms, "expires_utc": utc(r.expires_ms), "token": s.token,
                 }),
                 || {
                     format!(
@@ -324,8 +324,8 @@ pub(crate) fn token(cli: &Cli, command: &TokenCommand) -> Result<(), Failure> {
                 cli,
                 json!({
                     "id": r.id, "session": r.session, "user": r.user, "scope": r.scope,
-                    "access": r.access.as_str(), "expires": utc(r.expires_ms),
-                    "expires_ms": r.expires_ms, "token": t.token,
+                    "access": r.access.as_str(), "expires": r.expires_ms,
+                    "expires_utc": utc(r.expires_ms), "token": t.token,
                 }),
                 || {
                     format!(

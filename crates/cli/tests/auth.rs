@@ -228,6 +228,15 @@ fn every_refusal_has_its_status_and_message_and_a_valid_token_works() {
     let sessions = format!("{url}/v1/auth/sessions");
     let (s, v) = request("POST", &sessions, None, Some(&body("wrong secret!", 60)));
     assert_eq!((s, v["code"].as_str()), (401, Some("unauthorized")), "{v}");
+    // A malformed body is refused without quoting it (it holds a secret).
+    let (s, v) = request(
+        "POST",
+        &sessions,
+        None,
+        Some(r#"{"user": "alice", "secret": 4711471147114711}"#),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(!v.to_string().contains("4711471147114711"), "{v}");
     let (s, v) = request("POST", &sessions, None, Some(&body(SECRET, 3600)));
     assert_eq!(s, 201, "{v}");
     let session = v["token"].as_str().expect("session token").to_string();
@@ -536,6 +545,33 @@ fn bad_user_input_exits_2_and_writes_nothing_and_auth_routes_need_auth_on() {
         chorus(&d, &["session", "revoke", "nope"]).status.code(),
         Some(2)
     );
+
+    // The broker does not check tokens yet: with auth on it is refused.
+    let mut child = Command::new(CHORUS)
+        .arg("--dir")
+        .arg(&d)
+        .args(["serve", "--auth", "--insecure", "--zmq"])
+        .arg(format!("tcp://127.0.0.1:{}", free_port()))
+        .arg("--gossip")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chorus serve");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("serve --auth --zmq kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(2));
 
     // Auth off: no token needed, the auth routes say auth is off, $auth is
     // still not served.

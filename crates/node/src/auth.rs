@@ -162,13 +162,13 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
-    /// As JSON (never a token).
+    /// As JSON (never a token): times in unix ms, and the expiry in UTC.
     pub fn to_json(&self) -> serde_json::Value {
         let r = &self.record;
         json!({
             "id": r.id, "user": r.user, "description": r.description,
-            "created_ms": r.created_ms, "expires_ms": r.expires_ms,
-            "expires": utc(r.expires_ms), "state": self.state,
+            "created": r.created_ms, "expires": r.expires_ms,
+            "expires_utc": utc(r.expires_ms), "state": self.state,
         })
     }
 }

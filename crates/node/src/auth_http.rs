@@ -306,10 +306,14 @@ struct NewSessionBody {
 
 async fn create_session(State(api): State<Api>, body: Bytes) -> Result<Response, Refusal> {
     let auth = enabled(&api)?.clone();
-    let b: NewSessionBody = parse(
-        &body,
-        r#"{"user": "alice", "secret": "...", "description": "laptop", "ttl_secs": 28800}"#,
-    )?;
+    // Not serde's message: it may quote the body, and the body holds a secret.
+    let b: NewSessionBody = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "the body is not {{\"user\": NAME, \"secret\": SECRET, \"description\": TEXT, \"ttl_secs\": SECONDS}} with only those fields, strings and a whole number (line {}, column {}); description and ttl_secs are optional",
+            e.line(),
+            e.column()
+        ))
+    })?;
     // Hashing costs memory and time: two at once, a bounded number waiting.
     let busy = || {
         Refusal(AuthError::new(
