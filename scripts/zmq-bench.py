@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-KEYS = 100_000
+KEYS = 10_000
 VALUE = "x" * 64
 
 
@@ -105,6 +105,33 @@ def chorus_load(endpoint, op, clients, seconds):
     }
 
 
+def populate_chorus(endpoint):
+    """Writes every key once (pipelined), so that gets find them."""
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.connect(endpoint)
+    window, sent, done = 512, 0, 0
+    while done < KEYS:
+        while sent < KEYS and sent - done < window:
+            body = {"id": sent, "op": "put", "prefix": "bench", "sub": "kv", "key": f"key:{sent:012d}", "value": VALUE}
+            s.send_multipart([b"", json.dumps(body).encode()])
+            sent += 1
+        reply = json.loads(s.recv_multipart()[-1])
+        if not reply.get("ok"):
+            sys.exit(f"populating failed: {reply}")
+        done += 1
+    s.close()
+    ctx.term()
+
+
+def populate_redis(port):
+    cmds = "".join(f"SET key:{i:012d} {VALUE}\n" for i in range(KEYS))
+    subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=cmds, text=True,
+                   capture_output=True, check=True)
+
+
 def metric(http, name):
     import urllib.request
 
@@ -164,6 +191,9 @@ def main():
         redis = {f: start_redis(os.path.join(base, f"redis-{f}"), f) for f in ("always", "everysec")}
         endpoint = f"tcp://127.0.0.1:{router}"
         try:
+            populate_chorus(endpoint)
+            for _, port in redis.values():
+                populate_redis(port)
             for op, test in (("put", "set"), ("get", "get")):
                 for c in counts:
                     w0, s0 = metric(http, "zmq_writes_total"), metric(http, "store_syncs_total")
