@@ -288,10 +288,16 @@ fn ttl_ms(ttl_secs: Option<u64>, default_ms: u64) -> u64 {
     ttl_secs.map_or(default_ms, |s| s.saturating_mul(1000))
 }
 
-/// The session token of the request, verified.
-fn session_of(auth: &Auth, headers: &HeaderMap) -> Result<Claims, Refusal> {
-    let token = bearer(headers)?;
-    Ok(tokio::task::block_in_place(|| auth.verify_session(token))?)
+/// The session token of the request, verified; a refusal is audited
+/// under `op` and `target`.
+fn session_of(auth: &Auth, headers: &HeaderMap, op: &str, target: &str) -> Result<Claims, Refusal> {
+    let token = bearer(headers).ok().flatten();
+    let checked =
+        bearer(headers).and_then(|t| tokio::task::block_in_place(|| auth.verify_session(t)));
+    checked.map_err(|e| {
+        tokio::task::block_in_place(|| auth.audit_refused(token, "http", op, target, &e));
+        Refusal(e)
+    })
 }
 
 #[derive(Deserialize)]
@@ -363,7 +369,7 @@ async fn create_session(State(api): State<Api>, body: Bytes) -> Result<Response,
 
 async fn list_sessions(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Refusal> {
     let auth = enabled(&api)?;
-    let claims = session_of(auth, &headers)?;
+    let claims = session_of(auth, &headers, "session.list", "/v1/auth/sessions")?;
     let list = tokio::task::block_in_place(|| auth.sessions(Some(&claims.sub)))?;
     let sessions: Vec<serde_json::Value> = list.iter().map(|s| s.to_json()).collect();
     Ok(axum::Json(json!({"user": claims.sub, "sessions": sessions})).into_response())
@@ -375,7 +381,7 @@ async fn revoke_session(
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let auth = enabled(&api)?;
-    let claims = session_of(auth, &headers)?;
+    let claims = session_of(auth, &headers, "session.revoke", &id)?;
     let result = tokio::task::block_in_place(|| {
         let info = auth.session(&id)?.ok_or_else(|| {
             AuthError::new(
@@ -429,7 +435,7 @@ async fn create_token(
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let auth = enabled(&api)?;
-    let claims = session_of(auth, &headers)?;
+    let claims = session_of(auth, &headers, "token.create", "/v1/auth/tokens")?;
     let b: NewTokenBody = parse(
         &body,
         r#"{"scope": ["app/*"], "access": "read", "ttl_secs": 3600}"#,
@@ -457,7 +463,7 @@ async fn revoke_token(
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let auth = enabled(&api)?;
-    let claims = session_of(auth, &headers)?;
+    let claims = session_of(auth, &headers, "token.revoke", &id)?;
     let result = tokio::task::block_in_place(|| {
         let record = auth.token(&id)?.ok_or_else(|| {
             AuthError::new(
