@@ -914,7 +914,9 @@ impl FeedTail {
                     let more = changes.len() == FEED_BATCH;
                     for change in &changes {
                         let position = self.cursor.with_seq(change.seq).to_string();
-                        for k in &change.keys {
+                        // Chorus's own names (`$auth` holds secrets) are
+                        // never published: no client may read them.
+                        for k in change.keys.iter().filter(|k| !k.full_prefix.is_reserved()) {
                             let mut event = crate::http::change_json(&change.origin, k);
                             event["position"] = json!(position);
                             let topic =
