@@ -550,11 +550,13 @@ fn bad_user_input_exits_2_and_writes_nothing_and_auth_routes_need_auth_on() {
         Some(2)
     );
 
-    // The broker does not check tokens yet: with auth on it is refused.
+    // A PUB socket cannot check tokens: with auth on it is refused.
     let mut child = Command::new(CHORUS)
         .arg("--dir")
         .arg(&d)
         .args(["serve", "--auth", "--insecure", "--zmq"])
+        .arg(format!("tcp://127.0.0.1:{}", free_port()))
+        .arg("--zmq-pub")
         .arg(format!("tcp://127.0.0.1:{}", free_port()))
         .arg("--gossip")
         .arg(format!("127.0.0.1:{}", free_port()))
@@ -571,11 +573,15 @@ fn bad_user_input_exits_2_and_writes_nothing_and_auth_routes_need_auth_on() {
         }
         if started.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
-            panic!("serve --auth --zmq kept running");
+            panic!("serve --auth --zmq-pub kept running");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(2));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert!(err.contains("subscribers cannot present tokens"), "{err}");
 
     // Auth off: no token needed, the auth routes say auth is off, $auth is
     // still not served.
@@ -653,4 +659,122 @@ fn a_token_from_node_1_is_accepted_on_node_2_and_refused_there_once_revoked() {
     wait_until(Duration::from_secs(30), || {
         get(&url2, "app/x/k", Some(&s2)).0 == 401
     });
+}
+
+/// One request to the broker over a DEALER socket: the reply's JSON.
+fn zmq_call(socket: &zmq::Socket, body: serde_json::Value) -> serde_json::Value {
+    socket
+        .send_multipart([&b""[..], body.to_string().as_bytes()], 0)
+        .expect("send");
+    let frames = socket.recv_multipart(0).expect("a reply");
+    serde_json::from_slice(frames.last().expect("a body")).expect("JSON")
+}
+
+#[track_caller]
+fn zmq_refused(reply: &serde_json::Value, code: &str, words: &[&str]) {
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["error"]["code"], code, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    for w in words {
+        assert!(message.contains(w), "{w:?} not in {message:?}");
+    }
+}
+
+#[test]
+fn the_zeromq_broker_checks_tokens_as_http_does_and_records_them() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let d = root.path().join("n1");
+    assert!(chorus(&d, &["init"]).status.success());
+    add_user(&d, "alice", SECRET);
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let http = free_port();
+    let _node = Node(
+        Command::new(CHORUS)
+            .arg("--dir")
+            .arg(&d)
+            .args(["serve", "--auth", "--insecure", "--zmq", &endpoint])
+            .arg("--gossip")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--http")
+            .arg(format!("127.0.0.1:{http}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chorus serve"),
+    );
+    let url = format!("http://127.0.0.1:{http}");
+    wait_until(Duration::from_secs(30), || {
+        request("GET", &format!("{url}/health"), None, None).0 == 200
+    });
+    let (_, session) = cli_session(&d, "alice", SECRET);
+    let (rw_id, rw) = http_token(&url, &session, &["app/*"], "read-write", 600);
+    let (_, ro) = http_token(&url, &session, &["app/*"], "read", 600);
+    let context = zmq::Context::new();
+    let s = context.socket(zmq::DEALER).expect("socket");
+    s.set_rcvtimeo(10_000).expect("timeout");
+    s.connect(&endpoint).expect("connect");
+    let put = |token: Option<&str>, prefix: &str| {
+        let mut body = serde_json::json!({"id": 1, "op": "put", "prefix": prefix, "sub": "cfg", "key": "k", "value": "v"});
+        if let Some(t) = token {
+            body["token"] = serde_json::json!(t);
+        }
+        zmq_call(&s, body)
+    };
+
+    // ping needs no token; everything else does.
+    assert_eq!(
+        zmq_call(&s, serde_json::json!({"id": 0, "op": "ping"}))["ok"],
+        true
+    );
+    zmq_refused(&put(None, "app"), "unauthorized", &["token"]);
+    zmq_refused(
+        &put(Some(&flip_payload(&rw)), "app"),
+        "unauthorized",
+        &["invalid"],
+    );
+    zmq_refused(&put(Some(&ro), "app"), "forbidden", &["read"]);
+    zmq_refused(&put(Some(&rw), "other"), "forbidden", &["other/cfg"]);
+    let doc = serde_json::json!({"id": 2, "op": "doc.create", "store": "users", "doc": {"_id": "a"}, "token": rw});
+    zmq_refused(&zmq_call(&s, doc), "forbidden", &["docs/users"]);
+    let bad = serde_json::json!({"id": 3, "op": "get", "prefix": "app", "sub": "cfg", "key": "k", "token": 5});
+    zmq_refused(&zmq_call(&s, bad), "bad_request", &["token"]);
+    // Nothing was written by the refused requests.
+    let got = zmq_call(
+        &s,
+        serde_json::json!({"id": 4, "op": "get", "prefix": "app", "sub": "cfg", "key": "k", "token": ro}),
+    );
+    zmq_refused(&got, "not_found", &[]);
+
+    // A valid token writes (key and operation log) and reads.
+    let reply = put(Some(&rw), "app");
+    assert_eq!(reply["ok"], true, "{reply}");
+    let pushed = zmq_call(
+        &s,
+        serde_json::json!({"id": 5, "op": "op.push", "prefix": "app", "sub": "counts", "path": "n", "type": "counter", "payload": 2, "token": rw}),
+    );
+    assert_eq!(pushed["value"], 2, "{pushed}");
+    let got = zmq_call(
+        &s,
+        serde_json::json!({"id": 6, "op": "get", "prefix": "app", "sub": "cfg", "key": "k", "token": ro}),
+    );
+    assert_eq!(got["values"][0]["value"], "v", "{got}");
+    assert_eq!(got["values"][0]["meta"]["token"], rw_id.as_str(), "{got}");
+    let read = ok_json(&chorus(&d, &["--json", "get", "app/counts", "n"]));
+    assert!(read.to_string().contains(&rw_id), "{read}");
+
+    // The audit log names the broker and the token id, never the token.
+    let audit = std::fs::read_to_string(d.join("audit.log")).expect("audit.log");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"zmq\"") && l.contains(&rw_id) && l.contains("app/cfg")),
+        "{audit}"
+    );
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"zmq\"") && l.contains("refused")),
+        "{audit}"
+    );
+    assert!(!audit.contains(&rw) && !audit.contains(&ro) && !audit.contains(SECRET));
 }

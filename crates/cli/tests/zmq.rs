@@ -199,7 +199,15 @@ fn an_ipc_endpoint_serves_and_bad_endpoints_are_refused_before_anything_runs() {
 
     let other = tempfile::tempdir().expect("tempdir");
     for (args, says) in [
-        (vec!["--zmq", "tcp://0.0.0.0:7801"], "loopback"),
+        (
+            vec![
+                "--zmq",
+                "tcp://127.0.0.1:7801",
+                "--zmq-pub",
+                "tcp://0.0.0.0:7802",
+            ],
+            "loopback or ipc://",
+        ),
         (
             vec!["--zmq", "udp://127.0.0.1:7801"],
             "tcp://IP:PORT or ipc://PATH",

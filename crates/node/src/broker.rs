@@ -32,6 +32,7 @@ use chorus_store::{
 };
 use serde_json::{Value, json};
 
+use crate::auth::{Access, Grant};
 use crate::http::{Api, ApiError};
 use crate::json::read_json;
 
@@ -298,6 +299,8 @@ struct Job {
     envelope: Vec<Vec<u8>>,
     id: Value,
     request: Result<Request, ApiError>,
+    /// Who the request's token says it comes from (nobody with auth off).
+    grant: Grant,
 }
 
 /// A key write prepared on the socket thread for the committer.
@@ -305,11 +308,17 @@ struct KvWrite {
     envelope: Vec<Vec<u8>>,
     id: Value,
     put: BatchPut,
+    grant: Grant,
+    /// What the audit log names: the op and its target.
+    op: String,
+    target: String,
 }
 
 /// A parsed request body.
 struct Request {
     op: String,
+    /// The token, taken out of the body so it is never echoed or logged.
+    token: Option<String>,
     body: serde_json::Map<String, Value>,
 }
 
@@ -355,7 +364,55 @@ impl Request {
                 );
             }
         };
-        (id, Ok(Request { op, body }))
+        let token = match body.remove("token") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(t),
+            Some(_) => {
+                return (
+                    id,
+                    Err(ApiError::bad(
+                        "\"token\" must be a string: the token `chorus token create` printed",
+                    )),
+                );
+            }
+        };
+        (id, Ok(Request { op, token, body }))
+    }
+
+    /// What the request reaches and how, for the token check; `None` for
+    /// `ping`, which reads nothing.
+    fn target(&self) -> Result<Option<(FullPrefix, Access)>, ApiError> {
+        let access = if self.is_write() {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        if self.op == "ping" {
+            return Ok(None);
+        }
+        let fp = if self.op.starts_with("doc.") {
+            chorus_store::docs::store_prefix(self.str("store")?)?
+        } else {
+            self.full_prefix()?
+        };
+        Ok(Some((fp, access)))
+    }
+
+    /// Checks the token for this request (every request is granted, as
+    /// nobody, with auth off); a refusal is audited.
+    fn authorize(&self, api: &Api) -> Result<(Grant, String), ApiError> {
+        let Some((fp, access)) = self.target()? else {
+            return Ok((Grant::default(), String::new()));
+        };
+        let target = fp.to_string();
+        match api.auth.check(self.token.as_deref(), &fp, access) {
+            Ok(grant) => Ok((grant, target)),
+            Err(e) => {
+                api.auth
+                    .audit_refused(self.token.as_deref(), "zmq", &self.op, &target, &e);
+                Err(ApiError::from(e))
+            }
+        }
     }
 
     /// Answered on the socket thread: in-memory reads that take
@@ -605,11 +662,36 @@ fn answer(stats: &Stats, job: Job, api: &Api) -> Vec<Vec<u8>> {
         envelope,
         id,
         request,
+        grant,
     } = job;
     let mut write = false;
     let outcome = request.and_then(|r| {
         write = r.is_write();
-        execute(api, &r)
+        if !write {
+            return execute(api, &r);
+        }
+        // The values written record the token's id.
+        let meta = grant.meta();
+        let stamped;
+        let on = if meta.is_empty() {
+            api
+        } else {
+            let mut a = api.clone();
+            a.meta = a.meta.stamped(meta.clone());
+            a.oplogs = a.oplogs.stamped(meta);
+            stamped = a;
+            &stamped
+        };
+        let out = execute(on, &r);
+        let target = r.target().ok().flatten().map(|(fp, _)| fp.to_string());
+        api.auth.audit(
+            &grant,
+            "zmq",
+            &r.op,
+            target.as_deref().unwrap_or_default(),
+            out.is_ok(),
+        );
+        out
     });
     if write && outcome.is_ok() {
         // The core reads the feed at once, so the write replicates.
@@ -661,14 +743,15 @@ fn commit(api: &Api, queue: &Receiver<KvWrite>, mut port: Box<dyn ReplyPort>) {
         let mut heads = Vec::with_capacity(batch.len());
         let mut puts = Vec::with_capacity(batch.len());
         for w in batch {
-            heads.push((w.envelope, w.id));
+            heads.push((w.envelope, w.id, w.grant, w.op, w.target));
             puts.push(w.put);
         }
         let outcomes = api.meta.put_all(puts);
         if outcomes.iter().any(Result::is_ok) {
             api.committed.notify_one();
         }
-        for ((envelope, id), outcome) in heads.into_iter().zip(outcomes) {
+        for ((envelope, id, grant, op, target), outcome) in heads.into_iter().zip(outcomes) {
+            api.auth.audit(&grant, "zmq", &op, &target, outcome.is_ok());
             let outcome = outcome
                 .map(|info| json!({"seq": info.seq}))
                 .map_err(ApiError::from);
@@ -814,10 +897,18 @@ fn serve(
                 continue; // ROUTER always puts the sender's identity first
             }
             let (id, request) = Request::parse(&body);
+            let (request, grant, target) = match request {
+                Ok(r) => match r.authorize(api) {
+                    Ok((grant, target)) => (Ok(r), grant, target),
+                    Err(e) => (Err(e), Grant::default(), String::new()),
+                },
+                Err(e) => (Err(e), Grant::default(), String::new()),
+            };
             let job = Job {
                 envelope: frames,
                 id,
                 request,
+                grant,
             };
             let quick = job.request.as_ref().map_or(true, Request::is_quick);
             if quick {
@@ -830,7 +921,10 @@ fn serve(
                 // Prepared here (a bad one is answered at once), committed
                 // with every other key write waiting.
                 let put = match r.batch_put() {
-                    Ok(put) => put,
+                    Ok(mut put) => {
+                        put.meta = job.grant.meta();
+                        put
+                    }
                     Err(e) => {
                         sockets.reply(finish(stats, job.envelope, job.id, Err(e), false))?;
                         continue;
@@ -840,6 +934,9 @@ fn serve(
                     envelope: job.envelope,
                     id: job.id,
                     put,
+                    op: r.op.clone(),
+                    grant: job.grant,
+                    target,
                 };
                 match writes.try_send(w) {
                     Ok(()) => in_flight += 1,

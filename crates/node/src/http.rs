@@ -161,6 +161,17 @@ impl From<chorus_store::Error> for ApiError {
     }
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(e.kind.status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: e.kind.code(),
+            message: e.message,
+        }
+    }
+}
+
 impl From<chorus_core::NameError> for ApiError {
     fn from(e: chorus_core::NameError) -> Self {
         ApiError::bad(e.to_string())

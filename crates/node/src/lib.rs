@@ -150,20 +150,27 @@ pub async fn run(
         config.auth = true;
     }
     if let Some(b) = &config.broker {
-        for endpoint in std::iter::once(&b.endpoint).chain(&b.publish) {
-            if !broker::endpoint_is_local(endpoint).map_err(Error::Config)? {
+        if !broker::endpoint_is_local(&b.endpoint).map_err(Error::Config)? && !config.auth {
+            eprintln!(
+                "chorus: --zmq {} is beyond loopback, so authentication is on: every request but ping needs a token (see docs/auth.md)",
+                b.endpoint
+            );
+            config.auth = true;
+        }
+        if let Some(p) = &b.publish {
+            if !broker::endpoint_is_local(p).map_err(Error::Config)? {
                 return Err(Error::Config(format!(
-                    "--zmq {endpoint}: the broker has no authentication yet, so it listens on loopback or ipc:// only"
+                    "--zmq-pub {p}: events carry data and ZeroMQ subscribers cannot present tokens, so they are published on loopback or ipc:// only"
+                )));
+            }
+            if config.auth {
+                // A PUB socket cannot tell its subscribers apart, so it
+                // cannot check tokens: events would reach anyone.
+                return Err(Error::Config(format!(
+                    "--zmq-pub {p} with auth on: ZeroMQ subscribers cannot present tokens; watch changes over HTTP (/v1/watch with a token) instead"
                 )));
             }
         }
-    }
-    if config.auth && config.broker.is_some() {
-        // Until the broker checks tokens (`Auth::check`, `api.auth`), it
-        // would be a way around them.
-        return Err(Error::Config(
-            "--zmq with auth on: the ZeroMQ broker does not check tokens yet; serve it without --auth, on loopback".into(),
-        ));
     }
     let listener = listen_on(config.gossip)?;
     let listen = listener
