@@ -172,6 +172,7 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/v1/watch", get(watch))
         .merge(crate::docs_http::routes())
         .merge(crate::ops_http::routes())
+        .merge(crate::sync_http::routes())
         .fallback(|| async { ApiError::not_found("no such route: see /openapi.json") })
         .layer(DefaultBodyLimit::max(BODY_MAX))
         .with_state(api)
