@@ -171,8 +171,7 @@ impl From<chorus_core::NameError> for Failure {
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    cli.dir_given =
-        matches.value_source("dir") != Some(clap::parser::ValueSource::DefaultValue);
+    cli.dir_given = matches.value_source("dir") != Some(clap::parser::ValueSource::DefaultValue);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

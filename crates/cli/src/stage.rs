@@ -435,7 +435,11 @@ mod tests {
 
     #[test]
     fn durations() {
-        let ok = |t: &str| parse_duration("--quiet", t).map_err(|f| f.message).expect(t);
+        let ok = |t: &str| {
+            parse_duration("--quiet", t)
+                .map_err(|f| f.message)
+                .expect(t)
+        };
         assert_eq!(ok("10s"), Duration::from_secs(10));
         assert_eq!(ok("500ms"), Duration::from_millis(500));
         assert_eq!(ok("2m"), Duration::from_secs(120));

@@ -258,8 +258,8 @@ impl Daemon {
     fn new(store: Store, config: StageConfig) -> Result<Daemon, Error> {
         let meta = Metadata::new(store.clone());
         let mut saved = Saved::load(&meta)?;
-        let client = Client::new(config.upstream.clone(), config.token.as_deref())
-            .map_err(Error::Io)?;
+        let client =
+            Client::new(config.upstream.clone(), config.token.as_deref()).map_err(Error::Io)?;
         let upstream = config.upstream.to_string();
         if !saved.upstream.is_empty() && saved.upstream != upstream {
             log(format!(
@@ -355,6 +355,12 @@ impl Daemon {
         let keys = state::all_keys(self.store())?;
         log(format!("{why} ({} keys)", keys.len()));
         self.pending.clear();
+        if keys.is_empty() {
+            // Nothing to send: everything up to `end` is upstream.
+            self.tail = end;
+            self.saved.push_cursor = Some(end.to_string());
+            return self.saved.save(&self.meta);
+        }
         self.sweep = Some(Sweep { keys, done: 0, end });
         self.saved.full_pushes += 1;
         Ok(())
@@ -435,7 +441,8 @@ impl Daemon {
     /// when it was written (a backlog found at start does not wait again).
     fn observe_write(&mut self, ts: u64) {
         let now = Instant::now();
-        let age = Duration::from_millis(now_ms().saturating_sub(Hlc(ts).ms())).min(self.config.quiet);
+        let age =
+            Duration::from_millis(now_ms().saturating_sub(Hlc(ts).ms())).min(self.config.quiet);
         let at = now.checked_sub(age).unwrap_or(now);
         if self.last_write.is_none_or(|t| at > t) {
             self.last_write = Some(at);
@@ -472,11 +479,10 @@ impl Daemon {
                 wait.as_secs_f64()
             ));
         }
-        let stale = self
-            .saved
-            .last_error
-            .as_ref()
-            .is_none_or(|e| now_ms().saturating_sub(e.time_ms) >= BACKOFF_MAX.as_millis() as u64);
+        let stale =
+            self.saved.last_error.as_ref().is_none_or(|e| {
+                now_ms().saturating_sub(e.time_ms) >= BACKOFF_MAX.as_millis() as u64
+            });
         self.saved.last_error = Some(ErrorRecord {
             time_ms: now_ms(),
             message,
@@ -518,7 +524,11 @@ impl Daemon {
             ))?;
             return Ok(false);
         };
-        let known = self.saved.upstream_node.as_deref().and_then(NodeId::parse_hex);
+        let known = self
+            .saved
+            .upstream_node
+            .as_deref()
+            .and_then(NodeId::parse_hex);
         if known.is_some_and(|k| k != node) {
             self.start_sweep(&format!(
                 "the upstream is another node now ({node}, was {}): pushing every local key to it and pulling afresh",
@@ -530,7 +540,10 @@ impl Daemon {
             self.saved.upstream_node = Some(node.to_string());
             self.saved.save(&self.meta)?;
         }
-        log(format!("connected to {} (node {node})", self.config.upstream));
+        log(format!(
+            "connected to {} (node {node})",
+            self.config.upstream
+        ));
         self.upstream_node = Some(node);
         self.succeeded();
         Ok(true)
@@ -628,15 +641,17 @@ impl Daemon {
                 self.saved.pushed_prefixes.push(p);
             }
         }
-        self.saved.last_push = Some(PushRecord {
-            time_ms: now_ms(),
-            keys: count,
-            requests: sent,
-            reports,
-        });
-        self.saved.pushes_total += 1;
-        self.saved.requests_total += sent as u64;
-        self.saved.keys_pushed_total += count as u64;
+        if count > 0 {
+            self.saved.last_push = Some(PushRecord {
+                time_ms: now_ms(),
+                keys: count,
+                requests: sent,
+                reports,
+            });
+            self.saved.pushes_total += 1;
+            self.saved.requests_total += sent as u64;
+            self.saved.keys_pushed_total += count as u64;
+        }
         self.saved.save(&self.meta)?;
         if count > 0 {
             log(format!(
@@ -662,10 +677,8 @@ impl Daemon {
                         .map(|v| {
                             format!(
                                 "{} at {} by {} (priority {})",
-                                v.get("value").map_or_else(
-                                    || "a delete".to_string(),
-                                    |x| format!("{x}")
-                                ),
+                                v.get("value")
+                                    .map_or_else(|| "a delete".to_string(), |x| format!("{x}")),
                                 v["timestamp"],
                                 v["node"].as_str().map_or("?", |n| &n[..n.len().min(8)]),
                                 v["priority"]
@@ -752,8 +765,7 @@ impl Daemon {
                         return Ok(());
                     }
                 };
-                if st.cursor.is_some() && st.after.is_none() && matches!(reply.status, 400 | 410)
-                {
+                if st.cursor.is_some() && st.after.is_none() && matches!(reply.status, 400 | 410) {
                     log(format!(
                         "pull of {name}: {}; pulling all of it again",
                         reply.message()
@@ -763,7 +775,10 @@ impl Daemon {
                     continue;
                 }
                 if reply.status != 200 {
-                    self.fail(format!("the upstream refused a pull of {name}: {}", reply.message()))?;
+                    self.fail(format!(
+                        "the upstream refused a pull of {name}: {}",
+                        reply.message()
+                    ))?;
                     return Ok(());
                 }
                 let answer: Value = match serde_json::from_slice(&reply.body) {
@@ -823,10 +838,16 @@ mod tests {
     #[test]
     fn upstream_urls() {
         let u = Upstream::parse("http://127.0.0.1:7800").expect("plain");
-        assert_eq!((u.host.as_str(), u.port, u.base.as_str()), ("127.0.0.1", 7800, ""));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.base.as_str()),
+            ("127.0.0.1", 7800, "")
+        );
         assert_eq!(u.to_string(), "http://127.0.0.1:7800");
         let u = Upstream::parse("HTTP://example.org/chorus/").expect("path");
-        assert_eq!((u.host.as_str(), u.port, u.base.as_str()), ("example.org", 80, "/chorus"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.base.as_str()),
+            ("example.org", 80, "/chorus")
+        );
         let u = Upstream::parse("http://[::1]:9000").expect("v6");
         assert_eq!((u.host.as_str(), u.port), ("::1", 9000));
         assert_eq!(u.authority(), "[::1]:9000");

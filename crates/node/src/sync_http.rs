@@ -114,9 +114,9 @@ impl WireObject {
                 key.len()
             ));
         }
-        let bytes = STANDARD.decode(&self.object).map_err(|e| {
-            format!("{fp}/{}: object is not base64 ({e})", self.key)
-        })?;
+        let bytes = STANDARD
+            .decode(&self.object)
+            .map_err(|e| format!("{fp}/{}: object is not base64 ({e})", self.key))?;
         let object = Object::decode(&bytes)
             .map_err(|e| format!("{fp}/{}: object is not an object encoding ({e})", self.key))?;
         if object.value_count() == 0 {
@@ -381,12 +381,7 @@ pub(crate) fn report_key(ts: Hlc, fp: &FullPrefix, key: &[u8]) -> Vec<u8> {
 }
 
 /// A new object holding `bytes` under a key, superseding what is there.
-pub(crate) fn record_object(
-    current: Option<&Object>,
-    bytes: &[u8],
-    ts: Hlc,
-    me: NodeId,
-) -> Object {
+pub(crate) fn record_object(current: Option<&Object>, bytes: &[u8], ts: Hlc, me: NodeId) -> Object {
     let context = current.map(Object::context).unwrap_or_default();
     Object::modify(current, &context, Value::data(bytes, ts, me), me)
 }
@@ -658,8 +653,7 @@ fn pull_changes(
 ) -> chorus_store::Result<Pulled> {
     // Latest bytes per key, in the order keys first changed.
     let mut order: Vec<(FullPrefix, Vec<u8>)> = Vec::new();
-    let mut latest: BTreeMap<(FullPrefix, Vec<u8>), Option<chorus_store::Bytes>> =
-        BTreeMap::new();
+    let mut latest: BTreeMap<(FullPrefix, Vec<u8>), Option<chorus_store::Bytes>> = BTreeMap::new();
     let mut bytes = 0usize;
     let mut cursor = from;
     loop {
@@ -751,8 +745,7 @@ fn pull_all(
             .collect();
         keys.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         for (key, entry) in keys {
-            if objects.len() >= PULL_KEYS_MAX || (bytes >= PULL_BYTES_MAX && !objects.is_empty())
-            {
+            if objects.len() >= PULL_KEYS_MAX || (bytes >= PULL_BYTES_MAX && !objects.is_empty()) {
                 more = true;
                 break 'prefixes;
             }
@@ -768,4 +761,3 @@ fn pull_all(
         after: if more { last } else { None },
     })
 }
-

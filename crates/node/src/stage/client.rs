@@ -32,7 +32,12 @@ impl Reply {
         let text = serde_json::from_slice::<serde_json::Value>(&self.body)
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).chars().take(300).collect());
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&self.body)
+                    .chars()
+                    .take(300)
+                    .collect()
+            });
         format!("HTTP {}: {text}", self.status)
     }
 }
