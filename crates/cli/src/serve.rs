@@ -32,6 +32,15 @@ pub(crate) struct ServeArgs {
     /// Seconds a tombstone is kept at least, even once every member has it (see docs/tombstones.md)
     #[arg(long, default_value_t = 3600.0)]
     tombstone_grace: f64,
+    /// Serve the ZeroMQ broker here: tcp://IP:PORT or ipc://PATH (see docs/zeromq.md)
+    #[arg(long)]
+    zmq: Option<String>,
+    /// Publish change events on this ZeroMQ PUB endpoint (needs --zmq)
+    #[arg(long, requires = "zmq")]
+    zmq_pub: Option<String>,
+    /// Broker worker threads: writes waiting on the disk together share one sync
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    zmq_workers: u16,
 }
 
 pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
@@ -63,13 +72,23 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.join = args.join.clone();
     config.exchange_interval = std::time::Duration::from_secs_f64(args.exchange_interval);
     config.tombstone_grace = std::time::Duration::from_secs_f64(args.tombstone_grace);
+    if let Some(endpoint) = &args.zmq {
+        let mut b = chorus_node::broker::BrokerConfig::new(endpoint.clone(), args.zmq_pub.clone());
+        b.workers = usize::from(args.zmq_workers);
+        config.broker = Some(b);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Failure::io(format!("cannot start the runtime: {e}")))?;
+    let zmq = match (&args.zmq, &args.zmq_pub) {
+        (Some(r), Some(p)) => format!(", ZeroMQ {r} (events {p})"),
+        (Some(r), None) => format!(", ZeroMQ {r}"),
+        _ => String::new(),
+    };
     eprintln!(
-        "chorus: serving {} at http://{} (peers: {}, {}); Ctrl-C stops",
+        "chorus: serving {} at http://{}{zmq} (peers: {}, {}); Ctrl-C stops",
         cli.dir.display(),
         args.http,
         args.gossip,

@@ -140,6 +140,57 @@ pub struct Value {
     pub node: NodeId,
     /// Bytes or a tombstone.
     pub content: Content,
+    /// How it was written (token, priority), when anything was recorded.
+    pub meta: Option<Box<Meta>>,
+}
+
+/// What a value records about how it was written, beside its bytes: the id
+/// of the token that wrote it and the writer's priority with the window it
+/// applies in (see docs/staging.md). It travels with the value wherever the
+/// value replicates. Values without it encode exactly as before it existed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Meta {
+    /// The id of the token that made the write (never the token itself).
+    pub token: Option<String>,
+    /// The writer's priority: on a near-simultaneous write, the higher wins.
+    pub priority: u8,
+    /// How close in time (ms) two writes must be for the priority to apply.
+    pub window_ms: u32,
+}
+
+/// Longest token id a value records, in bytes.
+pub const META_TOKEN_MAX: usize = 128;
+
+static NO_META: Meta = Meta {
+    token: None,
+    priority: 0,
+    window_ms: 0,
+};
+
+impl Meta {
+    /// True when nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self == &NO_META
+    }
+
+    /// The same, with an empty token id dropped and a long one cut to
+    /// [`META_TOKEN_MAX`] bytes (at a character boundary), so that every
+    /// meta has an encoding.
+    fn normalized(mut self) -> Meta {
+        if let Some(t) = &mut self.token {
+            if t.len() > META_TOKEN_MAX {
+                let mut end = META_TOKEN_MAX;
+                while !t.is_char_boundary(end) {
+                    end -= 1;
+                }
+                t.truncate(end);
+            }
+            if t.is_empty() {
+                self.token = None;
+            }
+        }
+        self
+    }
 }
 
 impl fmt::Debug for Value {
@@ -161,6 +212,7 @@ impl Value {
             timestamp,
             node,
             content: Content::Data(Blob::from(bytes)),
+            meta: None,
         }
     }
 
@@ -170,7 +222,21 @@ impl Value {
             timestamp,
             node,
             content: Content::Tombstone,
+            meta: None,
         }
+    }
+
+    /// What the value records about how it was written (empty if nothing).
+    pub fn meta(&self) -> &Meta {
+        self.meta.as_deref().unwrap_or(&NO_META)
+    }
+
+    /// The same value recording `meta` (see [`Meta`]; an empty meta
+    /// records nothing).
+    pub fn with_meta(mut self, meta: Meta) -> Value {
+        let meta = meta.normalized();
+        self.meta = (!meta.is_empty()).then(|| Box::new(meta));
+        self
     }
 
     /// The bytes, or `None` for a tombstone.
@@ -348,8 +414,15 @@ impl Object {
     /// ```text
     /// object = 0x01 | varint n | entry{n} | varint m | value{m}   (m anonymous values)
     /// entry  = node[16] | counter u64le | varint k | value{k}     (entries sorted by node)
-    /// value  = timestamp u64le | node[16] | 0x00 (tombstone) | 0x01 varint len bytes
+    /// value  = timestamp u64le | node[16] | content
+    /// content = 0x00 (tombstone) | 0x01 varint len bytes
+    ///         | 0x02 meta (tombstone) | 0x03 meta varint len bytes
+    /// meta   = flags u8 (bit 0: token, bit 1: priority; never 0)
+    ///          [varint len token]  [priority u8 | varint window_ms]
     /// ```
+    ///
+    /// Values with no [`Meta`] use tags 0 and 1 only, so their encoding
+    /// (and every hash over it) is what it was before metadata existed.
     ///
     /// Varints are LEB128 in their minimal form and counters lie in
     /// `1..=2^62`; decoding refuses anything else, so an object has exactly
@@ -557,14 +630,40 @@ fn put_values(out: &mut Vec<u8>, values: &[Value]) {
     for v in values {
         out.extend_from_slice(&v.timestamp.0.to_le_bytes());
         out.extend_from_slice(v.node.as_bytes());
+        let with_meta = if v.meta.is_some() { 2 } else { 0 };
         match &v.content {
-            Content::Tombstone => out.push(0),
-            Content::Data(b) => {
-                out.push(1);
-                put_varint(out, b.len() as u64);
-                out.extend_from_slice(b);
-            }
+            Content::Tombstone => out.push(with_meta),
+            Content::Data(_) => out.push(with_meta + 1),
         }
+        if let Some(m) = &v.meta {
+            put_meta(out, m);
+        }
+        if let Content::Data(b) = &v.content {
+            put_varint(out, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+const META_TOKEN: u8 = 1;
+const META_PRIORITY: u8 = 2;
+
+fn put_meta(out: &mut Vec<u8>, m: &Meta) {
+    let mut flags = 0;
+    if m.token.is_some() {
+        flags |= META_TOKEN;
+    }
+    if (m.priority, m.window_ms) != (0, 0) {
+        flags |= META_PRIORITY;
+    }
+    out.push(flags);
+    if let Some(t) = &m.token {
+        put_varint(out, t.len() as u64);
+        out.extend_from_slice(t.as_bytes());
+    }
+    if flags & META_PRIORITY != 0 {
+        out.push(m.priority);
+        put_varint(out, u64::from(m.window_ms));
     }
 }
 
@@ -658,9 +757,18 @@ impl Reader<'_> {
         for _ in 0..n {
             let timestamp = Hlc(self.u64()?);
             let node = self.node()?;
-            let content = match self.byte()? {
+            let tag = self.byte()?;
+            if tag > 3 {
+                return Err(self.bad(format!("value tag {tag}")));
+            }
+            let meta = if tag >= 2 {
+                Some(Box::new(self.meta()?))
+            } else {
+                None
+            };
+            let content = match tag & 1 {
                 0 => Content::Tombstone,
-                1 => {
+                _ => {
                     let len = self.count()?;
                     let start = self.at;
                     let shared = self.shared;
@@ -670,15 +778,46 @@ impl Reader<'_> {
                         None => Content::Data(Blob::from(bytes)),
                     }
                 }
-                tag => return Err(self.bad(format!("value tag {tag}"))),
             };
             out.push(Value {
                 timestamp,
                 node,
                 content,
+                meta,
             });
         }
         Ok(())
+    }
+
+    /// A value's [`Meta`], refusing every form [`put_meta`] would not
+    /// write (so each meta has one encoding).
+    fn meta(&mut self) -> Result<Meta, ObjectError> {
+        let flags = self.byte()?;
+        if flags == 0 || flags & !(META_TOKEN | META_PRIORITY) != 0 {
+            return Err(self.bad(format!("value meta flags {flags:#04x}")));
+        }
+        let mut meta = Meta::default();
+        if flags & META_TOKEN != 0 {
+            let len = self.count()?;
+            if len == 0 || len > META_TOKEN_MAX {
+                return Err(self.bad(format!("a token id of {len} bytes")));
+            }
+            let bytes = self.take(len)?;
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                return Err(self.bad("a token id that is not UTF-8".into()));
+            };
+            meta.token = Some(text.to_owned());
+        }
+        if flags & META_PRIORITY != 0 {
+            meta.priority = self.byte()?;
+            let window = self.varint()?;
+            meta.window_ms = u32::try_from(window)
+                .map_err(|_| self.bad(format!("a priority window of {window} ms")))?;
+            if (meta.priority, meta.window_ms) == (0, 0) {
+                return Err(self.bad("a priority flag with no priority".into()));
+            }
+        }
+        Ok(meta)
     }
 }
 

@@ -182,6 +182,8 @@ pub(crate) struct Core {
     oplog_marks: HashMap<(FullPrefix, Vec<u8>), Marks>,
     /// Operation logs (with the compiled script reducers), shared with the API.
     oplogs: chorus_store::oplog::Oplogs,
+    /// The ZeroMQ broker's counters, shown by /metrics.
+    broker: Arc<crate::broker::Stats>,
     /// When an exchange that finished last started, per peer: everything
     /// that arrived here before it has reached that peer.
     synced: HashMap<Peer, Instant>,
@@ -311,6 +313,7 @@ impl Core {
             collected: BTreeMap::new(),
             oplog_marks: HashMap::new(),
             oplogs,
+            broker: Arc::default(),
             committed: Arc::default(),
             announced: false,
         };
@@ -330,6 +333,7 @@ impl Core {
             view: self.view.clone(),
             requests: self.requests.clone(),
             oplogs: self.oplogs.clone(),
+            broker: self.broker.clone(),
         }
     }
 

@@ -78,6 +78,8 @@ pub(crate) struct Api {
     pub(crate) requests: Arc<Mutex<RequestStats>>,
     /// Operation logs, shared so that compiled script reducers are kept.
     pub(crate) oplogs: chorus_store::oplog::Oplogs,
+    /// The ZeroMQ broker's counters (zero when it is not running).
+    pub(crate) broker: Arc<crate::broker::Stats>,
 }
 
 /// Request counts and latencies by operation.
@@ -109,12 +111,21 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn not_found(message: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
             code: "not_found",
             message: message.into(),
         }
+    }
+    /// The stable code (`bad_request`, `not_found`, ...), the same over
+    /// HTTP and ZeroMQ.
+    pub(crate) fn code(&self) -> &'static str {
+        self.code
+    }
+    /// What happened and what to do, for people.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -270,6 +281,11 @@ async fn metrics(State(api): State<Api>) -> Response {
     ] {
         out.push_str(&format!(
             "# HELP chorus_{name} {help}\n# TYPE chorus_{name} counter\nchorus_{name} {value}\n"
+        ));
+    }
+    for (name, kind, help, value) in api.broker.metrics() {
+        out.push_str(&format!(
+            "# HELP chorus_{name} {help}\n# TYPE chorus_{name} {kind}\nchorus_{name} {value}\n"
         ));
     }
     let r = api
@@ -599,6 +615,20 @@ fn in_scope(scope: &Option<(String, Option<String>)>, fp: &FullPrefix) -> bool {
 }
 
 fn change_event(origin: &Origin, k: &chorus_store::ChangedKey, position: Option<&str>) -> SseEvent {
+    let data = change_json(origin, k);
+    // The id goes first, so a client that reads line by line knows it
+    // before the data it numbers.
+    let event = match position {
+        Some(p) => SseEvent::default().id(p),
+        None => SseEvent::default(),
+    };
+    event.event("change").data(data.to_string())
+}
+
+/// One changed key as JSON, the same on the SSE stream and the ZeroMQ
+/// PUB socket: its full prefix and key, whether a peer sent it, and its
+/// values (or `"removed": true` once a tombstone was collected).
+pub(crate) fn change_json(origin: &Origin, k: &chorus_store::ChangedKey) -> Value {
     let object = k
         .value
         .as_deref()
@@ -616,11 +646,5 @@ fn change_event(origin: &Origin, k: &chorus_store::ChangedKey, position: Option<
         }
         None => data["removed"] = json!(true),
     }
-    // The id goes first, so a client that reads line by line knows it
-    // before the data it numbers.
-    let event = match position {
-        Some(p) => SseEvent::default().id(p),
-        None => SseEvent::default(),
-    };
-    event.event("change").data(data.to_string())
+    data
 }

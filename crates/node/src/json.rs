@@ -8,9 +8,23 @@ use chorus_core::object::{Value as ObjValue, context_to_string};
 use chorus_store::Read;
 use serde_json::{Value, json};
 
-/// One value, with its timestamp and the node that wrote it.
+/// One value, with its timestamp, the node that wrote it and, when it
+/// records any, its metadata (`"meta": {"token": ID, "priority": N,
+/// "window_ms": W}`, only the fields recorded).
 pub fn value_json(v: &ObjValue) -> Value {
     let mut o = json!({"timestamp": v.timestamp.ms(), "node": v.node.to_string()});
+    let m = v.meta();
+    if !m.is_empty() {
+        let mut meta = json!({});
+        if let Some(t) = &m.token {
+            meta["token"] = json!(t);
+        }
+        if (m.priority, m.window_ms) != (0, 0) {
+            meta["priority"] = json!(m.priority);
+            meta["window_ms"] = json!(m.window_ms);
+        }
+        o["meta"] = meta;
+    }
     match v.bytes() {
         None => o["tombstone"] = json!(true),
         Some(b) => match std::str::from_utf8(b) {

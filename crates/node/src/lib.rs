@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broker;
 mod core;
 mod docs_http;
 pub mod http;
@@ -59,6 +60,8 @@ pub struct Config {
     /// Seed of the protocols' random choices (defaults to one from the
     /// node id).
     pub seed: Option<u64>,
+    /// The ZeroMQ broker, if it runs.
+    pub broker: Option<broker::BrokerConfig>,
 }
 
 impl Config {
@@ -75,6 +78,7 @@ impl Config {
             exchange_interval: Duration::from_secs(10),
             tombstone_grace: Duration::from_secs(3600),
             seed: None,
+            broker: None,
         }
     }
 }
@@ -135,6 +139,15 @@ pub async fn run(
             "--http {http}: the API has no authentication yet, so it listens on loopback only"
         )));
     }
+    if let Some(b) = &config.broker {
+        for endpoint in std::iter::once(&b.endpoint).chain(&b.publish) {
+            if !broker::endpoint_is_local(endpoint).map_err(Error::Config)? {
+                return Err(Error::Config(format!(
+                    "--zmq {endpoint}: the broker has no authentication yet, so it listens on loopback or ipc:// only"
+                )));
+            }
+        }
+    }
     let listener = listen_on(config.gossip)?;
     let listen = listener
         .local_addr()
@@ -150,6 +163,11 @@ pub async fn run(
             }
         });
     }
+    // Stopped (its threads joined) when dropped, after the core stops.
+    let _broker = match &config.broker {
+        Some(b) => Some(broker::Broker::start(b, core.api()).map_err(Error::Io)?),
+        None => None,
+    };
     core.run(listener, shutdown).await
 }
 

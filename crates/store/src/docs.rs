@@ -262,15 +262,11 @@ impl Docs {
             + 'static,
     {
         validate_id(id)?;
-        let (fp, key, node) = (
-            self.fp.clone(),
-            id.as_bytes().to_vec(),
-            self.meta.store().node_id(),
-        );
+        let (fp, key, writer) = (self.fp.clone(), id.as_bytes().to_vec(), self.meta.writer());
         let (_, rev) = self.meta.store().update_returning(move |snap: &Snapshot| {
             let tree = tree_in(snap, &fp, &key)?;
             let edited = f(&tree)?;
-            let encoded = new_object_bytes(snap, &fp, &key, edited.tree.encode(), node)?;
+            let encoded = new_object_bytes(snap, &fp, &key, edited.tree.encode(), &writer)?;
             Ok((vec![Write::put(&fp, &key, &encoded)], edited.rev))
         })?;
         Ok(Saved {

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chorus_core::object::{Content, Context, Hlc, Object, Summary, Value};
+use chorus_core::object::{Content, Context, Hlc, Meta, Object, Summary, Value};
 use chorus_core::{FullPrefix, NodeId};
 
 use crate::error::{ConflictKey, Error, Result};
@@ -201,12 +201,54 @@ pub struct Item {
 #[derive(Clone, Debug)]
 pub struct Metadata {
     store: Store,
+    /// What the values this handle writes record (see [`Metadata::stamped`]).
+    stamp: Option<Arc<Meta>>,
+}
+
+/// Who writes: this node, and what its values record.
+#[derive(Clone, Debug)]
+pub(crate) struct Writer {
+    pub(crate) node: NodeId,
+    stamp: Option<Arc<Meta>>,
+}
+
+impl Writer {
+    /// The value `bytes` (a tombstone when `None`) written at `timestamp`.
+    fn value(&self, bytes: Option<Vec<u8>>, timestamp: Hlc) -> Value {
+        let value = match bytes {
+            Some(b) => Value::data(&b, timestamp, self.node),
+            None => Value::tombstone(timestamp, self.node),
+        };
+        match &self.stamp {
+            Some(meta) => value.with_meta(Meta::clone(meta)),
+            None => value,
+        }
+    }
 }
 
 impl Metadata {
     /// Wraps an open store.
     pub fn new(store: Store) -> Self {
-        Metadata { store }
+        Metadata { store, stamp: None }
+    }
+
+    /// The same store, through a handle whose writes record `meta` on
+    /// their values (the token that made them, a writer priority): puts,
+    /// deletes, resolver write-backs, and the documents and operation logs
+    /// built on this handle. Merged (replicated) values keep their own.
+    pub fn stamped(&self, meta: Meta) -> Metadata {
+        Metadata {
+            store: self.store.clone(),
+            stamp: (!meta.is_empty()).then(|| Arc::new(meta)),
+        }
+    }
+
+    /// Who this handle writes as.
+    pub(crate) fn writer(&self) -> Writer {
+        Writer {
+            node: self.node(),
+            stamp: self.stamp.clone(),
+        }
     }
 
     /// The engine underneath.
@@ -294,9 +336,9 @@ impl Metadata {
         opts: &PutOptions,
     ) -> Result<(CommitInfo, Object)> {
         let (fp, key, context) = (fp.clone(), key.to_vec(), opts.context.clone());
-        let node = self.node();
+        let writer = self.writer();
         let (info, object) = self.store.update_returning(move |snap| {
-            let object = new_object(snap, &fp, &key, context.as_ref(), value, node)?;
+            let object = new_object(snap, &fp, &key, context.as_ref(), value, &writer)?;
             let encoded = object.encode();
             Ok((vec![Write::put(&fp, &key, &encoded)], object))
         })?;
@@ -468,7 +510,7 @@ impl Metadata {
             Resolver::Lww => lww.map(|i| values.swap_remove(i)),
             Resolver::Function(f) => {
                 let newest = values.iter().map(|v| v.timestamp).max().unwrap_or_default();
-                Some(make_value(f(&values), newest, self.node()))
+                Some(self.writer().value(f(&values), newest))
             }
         };
         let Some(value) = resolved else {
@@ -597,13 +639,6 @@ fn not_an_object(fp: &FullPrefix, key: &[u8], e: chorus_core::object::ObjectErro
     ))
 }
 
-fn make_value(bytes: Option<Vec<u8>>, timestamp: Hlc, node: NodeId) -> Value {
-    match bytes {
-        Some(b) => Value::data(&b, timestamp, node),
-        None => Value::tombstone(timestamp, node),
-    }
-}
-
 fn default_value(bytes: &[u8], node: NodeId) -> Value {
     Value::data(bytes, Hlc::default(), node)
 }
@@ -623,7 +658,7 @@ fn new_object(
     key: &[u8],
     context: Option<&Context>,
     value: PutValue,
-    node: NodeId,
+    writer: &Writer,
 ) -> Result<Object> {
     let current = match snap.get(fp, key) {
         Some(bytes) => Some(decode(fp, key, &bytes)?),
@@ -648,8 +683,8 @@ fn new_object(
     Ok(Object::modify(
         current.as_ref(),
         &context,
-        make_value(bytes, ts, node),
-        node,
+        writer.value(bytes, ts),
+        writer.node,
     ))
 }
 
@@ -660,9 +695,9 @@ pub(crate) fn new_object_bytes(
     fp: &FullPrefix,
     key: &[u8],
     bytes: Vec<u8>,
-    node: NodeId,
+    writer: &Writer,
 ) -> Result<Vec<u8>> {
-    Ok(new_object(snap, fp, key, None, PutValue::Bytes(bytes), node)?.encode())
+    Ok(new_object(snap, fp, key, None, PutValue::Bytes(bytes), writer)?.encode())
 }
 
 /// A write a transaction makes at commit; `bytes: None` is a tombstone.
@@ -742,7 +777,7 @@ impl MetaTransaction {
         if self.writes.is_empty() {
             return Ok(None);
         }
-        let node = self.meta.node();
+        let writer = self.meta.writer();
         let reads = self.reads;
         let writes = self.writes;
         self.meta.store.update(move |snap| {
@@ -773,14 +808,14 @@ impl MetaTransaction {
                         let current = decode(&fp, &key, &prev)?;
                         let ts = Hlc(snap.commit_ts().unwrap_or_else(|| snap.last_ts()));
                         let ctx = context.unwrap_or_else(|| current.context());
-                        Object::modify(Some(&current), &ctx, make_value(bytes, ts, node), node)
+                        Object::modify(Some(&current), &ctx, writer.value(bytes, ts), writer.node)
                     }
                     None => {
                         let value = match bytes {
                             Some(b) => PutValue::Bytes(b),
                             None => PutValue::Tombstone,
                         };
-                        new_object(snap, &fp, &key, context.as_ref(), value, node)?
+                        new_object(snap, &fp, &key, context.as_ref(), value, &writer)?
                     }
                 };
                 let encoded: Bytes = Bytes::from(object.encode());

@@ -18,7 +18,7 @@ use chorus_core::object::Hlc;
 use chorus_core::oplog::{MAX_PAYLOAD_BYTES, Op, OpKey, OpLog, Reducer, built_in, validate_kind};
 use serde_json::Value;
 
-use crate::metadata::{Metadata, new_object_bytes};
+use crate::metadata::{Metadata, Writer, new_object_bytes};
 use crate::{Error, Result, Snapshot, Write};
 
 /// A compiled script reducer and the stored bytes it came from.
@@ -76,6 +76,16 @@ impl Oplogs {
             meta: meta.clone(),
             reducers: Arc::default(),
             scripts: Arc::default(),
+        }
+    }
+
+    /// The same logs (reducers and compiled scripts shared) through a
+    /// handle whose writes record `meta` (see [`Metadata::stamped`]).
+    pub fn stamped(&self, meta: chorus_core::object::Meta) -> Oplogs {
+        Oplogs {
+            meta: self.meta.stamped(meta),
+            reducers: self.reducers.clone(),
+            scripts: self.scripts.clone(),
         }
     }
 
@@ -182,8 +192,8 @@ impl Oplogs {
         }
         let reducer = self.reducer(kind)?;
         let (fp, key, kind) = (fp.clone(), path.as_bytes().to_vec(), kind.to_string());
-        let node = self.meta.store().node_id();
-        let node_hex = node.to_string();
+        let writer = self.meta.writer();
+        let node_hex = writer.node.to_string();
         let (_, value) = self.meta.store().update_returning(move |snap: &Snapshot| {
             let mut view = read_log(snap, &fp, &key)?;
             if view.log.kind().is_empty() {
@@ -214,8 +224,8 @@ impl Oplogs {
                     late.id()
                 )));
             }
-            let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), node)?;
-            let mut writes = late_writes(snap, &fp, &key, &view.late, node)?;
+            let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), &writer)?;
+            let mut writes = late_writes(snap, &fp, &key, &view.late, &writer)?;
             writes.push(Write::put(&fp, &key, &encoded));
             Ok((writes, reducer.view(&after)))
         })?;
@@ -230,7 +240,7 @@ impl Oplogs {
     pub fn prune(&self, fp: &FullPrefix, path: &str, upto: &OpKey) -> Result<usize> {
         validate_path(path)?;
         let (fp, key, upto) = (fp.clone(), path.as_bytes().to_vec(), upto.clone());
-        let node = self.meta.store().node_id();
+        let writer = self.meta.writer();
         let this = self.clone();
         let (_, n) = self.meta.store().update_returning(move |snap: &Snapshot| {
             let mut view = read_log(snap, &fp, &key)?;
@@ -242,8 +252,8 @@ impl Oplogs {
             if n == 0 {
                 return Ok((vec![], 0));
             }
-            let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), node)?;
-            let mut writes = late_writes(snap, &fp, &key, &view.late, node)?;
+            let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), &writer)?;
+            let mut writes = late_writes(snap, &fp, &key, &view.late, &writer)?;
             writes.push(Write::put(&fp, &key, &encoded));
             Ok((writes, n))
         })?;
@@ -345,7 +355,7 @@ fn late_writes(
     fp: &FullPrefix,
     key: &[u8],
     late: &[Op],
-    node: chorus_core::NodeId,
+    writer: &Writer,
 ) -> Result<Vec<Write>> {
     let lp = late_prefix()?;
     let mut writes = Vec::new();
@@ -357,7 +367,7 @@ fn late_writes(
         let record = serde_json::json!({
             "id": op.id(), "timestamp": op.timestamp, "node": op.node, "sha": op.sha, "payload": op.payload,
         });
-        let encoded = new_object_bytes(snap, &lp, &k, record.to_string().into_bytes(), node)?;
+        let encoded = new_object_bytes(snap, &lp, &k, record.to_string().into_bytes(), writer)?;
         writes.push(Write::put(&lp, &k, &encoded));
     }
     Ok(writes)

@@ -548,3 +548,58 @@ fn merging_a_peers_objects_keeps_concurrent_values_as_siblings_and_ignores_older
     );
     assert!(a.object(&reserved, b"n1").expect("read").is_some());
 }
+
+#[test]
+fn a_stamped_handle_records_its_meta_on_every_value_it_writes() {
+    use chorus_core::object::Meta;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = meta(dir.path());
+    let stamp = Meta {
+        token: Some("tok-1".into()),
+        priority: 3,
+        window_ms: 500,
+    };
+    let s = m.stamped(stamp.clone());
+    s.put(
+        &fp(),
+        b"k",
+        PutValue::Bytes(b"v".to_vec()),
+        &PutOptions::default(),
+    )
+    .expect("put");
+    let read = m.get(&fp(), b"k", &GetOptions::default()).expect("get");
+    let read = read.expect("present");
+    assert_eq!(read.values[0].meta(), &stamp);
+    // An unstamped write records nothing.
+    put(&m, "plain", "v");
+    let plain = m.get(&fp(), b"plain", &GetOptions::default()).expect("get");
+    assert!(plain.expect("present").values[0].meta().is_empty());
+    // Deletes, documents and operation logs through the handle record it.
+    s.delete(&fp(), b"k", &PutOptions::default())
+        .expect("delete");
+    let obj = m.object(&fp(), b"k").expect("read").expect("present");
+    assert_eq!(obj.values()[0].meta(), &stamp);
+    let docs = chorus_store::docs::Docs::open(&s, "users").expect("docs");
+    docs.create(serde_json::json!({"_id": "alice"}))
+        .expect("create");
+    let dfp = FullPrefix::parse("docs/users").expect("valid");
+    let obj = m.object(&dfp, b"alice").expect("read").expect("present");
+    assert_eq!(obj.values()[0].meta(), &stamp);
+    let ops = chorus_store::oplog::Oplogs::new(&m).stamped(stamp.clone());
+    let ofp = FullPrefix::parse("ops/counts").expect("valid");
+    ops.push(&ofp, "n", "counter", serde_json::json!(1))
+        .expect("push");
+    let obj = m.object(&ofp, b"n").expect("read").expect("present");
+    assert_eq!(obj.values()[0].meta(), &stamp);
+    // A merge elsewhere keeps the meta the value came with.
+    let other = tempfile::tempdir().expect("tempdir");
+    let m2 = meta(other.path());
+    let obj = m.object(&fp(), b"k").expect("read").expect("present");
+    m2.merge(
+        chorus_store::Origin::Peer(*m.store().node_id().as_bytes()),
+        vec![(fp(), b"k".to_vec(), obj)],
+    )
+    .expect("merge");
+    let merged = m2.object(&fp(), b"k").expect("read").expect("present");
+    assert_eq!(merged.values()[0].meta(), &stamp);
+}

@@ -253,18 +253,27 @@ fn objects() -> impl Strategy<Value = Object> {
             any::<bool>(),
             any::<bool>(),
             proptest::collection::vec(any::<u8>(), 0..6),
+            (0u8..4, any::<u8>(), 0u32..3000),
         ),
         1..12,
     )
     .prop_map(|ops| {
         let mut current: Option<Object> = None;
-        for (i, (n, with_context, tombstone, bytes)) in ops.into_iter().enumerate() {
+        for (i, (n, with_context, tombstone, bytes, (m, priority, window_ms))) in
+            ops.into_iter().enumerate()
+        {
             let ts = Hlc((i as u64) << 16);
             let value = if tombstone {
                 Value::tombstone(ts, node(n))
             } else {
                 Value::data(&bytes, ts, node(n))
             };
+            // Some values record a token, a priority, both or neither.
+            let value = value.with_meta(Meta {
+                token: (m & 1 == 1).then(|| format!("t{i}")),
+                priority: if m & 2 == 2 { priority } else { 0 },
+                window_ms: if m & 2 == 2 { window_ms } else { 0 },
+            });
             let context = match (&current, with_context) {
                 (Some(c), true) => c.context(),
                 _ => Object::empty_context(),
@@ -273,6 +282,106 @@ fn objects() -> impl Strategy<Value = Object> {
         }
         current.unwrap_or_else(|| Object::modify(None, &Vec::new(), v("x", 0, 0), node(0)))
     })
+}
+
+#[test]
+fn values_without_meta_encode_as_before_and_meta_round_trips() {
+    let plain = Object::modify(None, &Vec::new(), v("x", 1, 1), node(1));
+    // The version 1 layout with no meta: tag 0x01 right after the node.
+    let bytes = plain.encode();
+    assert_eq!(bytes[1..].iter().filter(|b| **b == 3).count(), 0);
+    let empty = v("x", 1, 1).with_meta(Meta::default());
+    assert_eq!(empty.meta, None);
+    assert_eq!(
+        Object::modify(None, &Vec::new(), empty, node(1)).encode(),
+        bytes
+    );
+    let meta = Meta {
+        token: Some("a1b2".into()),
+        priority: 7,
+        window_ms: 1000,
+    };
+    for value in [
+        v("x", 1, 1).with_meta(meta.clone()),
+        Value::tombstone(Hlc(1 << 16), node(1)).with_meta(meta.clone()),
+    ] {
+        let o = Object::modify(None, &Vec::new(), value, node(1));
+        let decoded = Object::decode(&o.encode()).expect("decodes");
+        assert_eq!(decoded.value().map(|v| v.meta().clone()), Ok(meta.clone()));
+        assert_ne!(o.hash(), plain.hash());
+        let s = Object::decode_summary(&o.encode()).expect("summary");
+        assert_eq!(s.values[0].meta(), &meta);
+    }
+    // An empty token id records nothing; a long one is cut.
+    let cut = v("x", 1, 1).with_meta(Meta {
+        token: Some("é".repeat(100)),
+        ..Meta::default()
+    });
+    assert!(
+        cut.meta()
+            .token
+            .as_ref()
+            .is_some_and(|t| t.len() <= META_TOKEN_MAX)
+    );
+    assert_eq!(
+        v("x", 1, 1)
+            .with_meta(Meta {
+                token: Some(String::new()),
+                ..Meta::default()
+            })
+            .meta,
+        None
+    );
+}
+
+#[test]
+fn meta_has_one_encoding_and_malformed_meta_is_refused() {
+    let o = Object::modify(
+        None,
+        &Vec::new(),
+        v("x", 1, 1).with_meta(Meta {
+            token: Some("ab".into()),
+            ..Meta::default()
+        }),
+        node(1),
+    );
+    let good = o.encode();
+    // The value tag is right after the entry's node, counter, count,
+    // timestamp and node: find it as the byte holding 0x03.
+    let tag_at = 1 + 1 + 16 + 8 + 1 + 8 + 16;
+    assert_eq!(good[tag_at], 3);
+    let mutate = |at: usize, b: u8| {
+        let mut bad = good.clone();
+        bad[at] = b;
+        bad
+    };
+    for bad in [
+        mutate(tag_at, 4),        // an unknown tag
+        mutate(tag_at + 1, 0),    // meta flags of nothing
+        mutate(tag_at + 1, 0x05), // an unknown flag
+        mutate(tag_at + 2, 0),    // an empty token id
+        mutate(tag_at + 3, 0xff), // a token id that is not UTF-8
+    ] {
+        assert!(Object::decode(&bad).is_err(), "{bad:?}");
+        assert!(Object::decode_summary(&bad).is_err(), "{bad:?}");
+    }
+    // A priority flag that records no priority is refused too.
+    let prio = Object::modify(
+        None,
+        &Vec::new(),
+        v("x", 1, 1).with_meta(Meta {
+            priority: 1,
+            ..Meta::default()
+        }),
+        node(1),
+    )
+    .encode();
+    assert_eq!(&prio[tag_at..tag_at + 4], &[3, 0x02, 1, 0]);
+    assert!(Object::decode(&prio).is_ok());
+    let mut zero = prio.clone();
+    zero[tag_at + 2] = 0;
+    assert!(Object::decode(&zero).is_err());
+    assert!(Object::decode_summary(&zero).is_err());
 }
 
 proptest! {
