@@ -416,6 +416,29 @@ fn near_simultaneous_writes_are_reported_and_priorities_settle_them() {
         out.status.success() && ok_json(&out)["values"].as_array().map(Vec::len) == Some(1)
     });
 
+    // The settled value records the priority and window it won with...
+    let (_, _, body) = curl(&[&format!("{url}/v1/kv/app/prio/y")]);
+    let read = json(&body);
+    assert_eq!(read["values"][0]["meta"]["priority"], 5, "{read}");
+    assert_eq!(read["values"][0]["meta"]["window_ms"], 5000, "{read}");
+    // ...so a lower-priority push within the window loses to it too (the
+    // low stage never pulled app/prio: its write is concurrent).
+    put_stage(&low, "app/prio", "y", "ordinary");
+    wait_until(Duration::from_secs(20), || {
+        !reports_for(&low, "y").is_empty()
+    });
+    let r = &reports_for(&low, "y")[0];
+    assert_eq!(r["outcome"], "upstream_won", "{r}");
+    assert_eq!(
+        r["pushed"][0]["value"], "ordinary",
+        "the loser is recorded: {r}"
+    );
+    assert_eq!(r["concurrent"][0]["priority"], 5, "{r}");
+    assert_eq!(
+        upstream_keys(http, "app/prio").get("y").map(String::as_str),
+        Some("important")
+    );
+
     // Outside the window: plain siblings, nothing reported.
     put_upstream(http, "app/far", "z", "upstream");
     std::thread::sleep(Duration::from_millis(5500));
@@ -425,7 +448,7 @@ fn near_simultaneous_writes_are_reported_and_priorities_settle_them() {
     });
     assert!(reports_for(&low, "z").is_empty());
     let text = ok_json(&chorus(&low, &["--json", "stage", "status"]));
-    assert_eq!(text["reports_total"], 1, "{text}");
+    assert_eq!(text["reports_total"], 2, "{text}");
 }
 
 #[test]

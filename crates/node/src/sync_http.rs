@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use chorus_core::object::{Hlc, Object, Value};
+use chorus_core::object::{Hlc, Meta, Object, Value};
 use chorus_core::{FullPrefix, NodeId};
 use chorus_store::{Cursor, Feed, Snapshot, Write};
 use serde::{Deserialize, Serialize};
@@ -197,29 +197,8 @@ pub(crate) struct Near {
 
 /// The priority and window a value records (0, 0 when none).
 fn claim(v: &Value) -> (u8, u32) {
-    let m = meta_compat::meta(v);
+    let m = v.meta();
     (m.priority, m.window_ms)
-}
-
-/// TEMPORARY until the value metadata API lands on main: values record
-/// nothing yet.
-mod meta_compat {
-    use chorus_core::object::Value;
-
-    #[derive(Default)]
-    pub(super) struct Meta {
-        pub(super) token: Option<String>,
-        pub(super) priority: u8,
-        pub(super) window_ms: u32,
-    }
-
-    pub(super) fn meta(_: &Value) -> Meta {
-        Meta::default()
-    }
-
-    pub(super) fn with_meta(v: Value, _: Meta) -> Value {
-        v
-    }
 }
 
 /// Merges a pushed object into the local one (the DVV merge: nothing is
@@ -316,18 +295,16 @@ pub(crate) fn merge_pushed(
         return Some((merged, Some(report)));
     };
     let window_ms = rule.window_ms.max(claim(best).1);
-    let meta = meta_compat::Meta {
-        token: meta_compat::meta(best).token,
+    let meta = Meta {
+        token: best.meta().token.clone(),
         priority,
         window_ms,
     };
-    let value = meta_compat::with_meta(
-        match best.bytes() {
-            Some(b) => Value::data(b, ts, me),
-            None => Value::tombstone(ts, me),
-        },
-        meta,
-    );
+    let value = match best.bytes() {
+        Some(b) => Value::data(b, ts, me),
+        None => Value::tombstone(ts, me),
+    }
+    .with_meta(meta);
     let settled = Object::modify(Some(&merged), &merged.context(), value.clone(), me);
     let report = near_report(Some(value));
     Some((settled, Some(report)))
