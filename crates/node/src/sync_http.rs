@@ -738,3 +738,176 @@ fn pull_all(
         after: if more { last } else { None },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 16])
+    }
+
+    /// A value written by node `n` at `ms`.
+    fn v(text: &str, ms: u64, n: u8) -> Value {
+        Value::data(text.as_bytes(), Hlc(ms << 16), node(n))
+    }
+
+    /// A fresh object holding one value.
+    fn one(value: Value) -> Object {
+        let n = value.node;
+        Object::modify(None, &Object::empty_context(), value, n)
+    }
+
+    fn texts(o: &Object) -> Vec<String> {
+        let mut t: Vec<String> = o
+            .values()
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.bytes().unwrap_or(b"<deleted>")).into_owned())
+            .collect();
+        t.sort();
+        t
+    }
+
+    const UP: u8 = 9;
+
+    fn rule(priority: u8, window_ms: u32) -> PushRule {
+        PushRule {
+            stage: node(1),
+            priority,
+            window_ms,
+        }
+    }
+
+    fn push(
+        local: Option<&Object>,
+        remote: &Object,
+        r: PushRule,
+    ) -> Option<(Object, Option<Near>)> {
+        merge_pushed(local, remote, &r, Hlc(10_000 << 16), node(UP))
+    }
+
+    #[test]
+    fn a_push_that_meets_nothing_concurrent_is_a_plain_merge() {
+        let remote = one(v("staged", 1000, 1));
+        let (o, near) = push(None, &remote, rule(0, 1000)).expect("new key");
+        assert_eq!(texts(&o), ["staged"]);
+        assert!(near.is_none());
+        // The stage saw the upstream value and superseded it: no report.
+        let up = one(v("up", 1000, UP));
+        let over = Object::modify(Some(&up), &up.context(), v("staged", 1001, 1), node(1));
+        let (o, near) = push(Some(&up), &over, rule(0, 1000)).expect("newer");
+        assert_eq!(texts(&o), ["staged"]);
+        assert!(near.is_none());
+        // The same push again changes nothing and reports nothing.
+        assert!(push(Some(&o), &over, rule(0, 1000)).is_none());
+    }
+
+    #[test]
+    fn concurrent_writes_within_the_window_are_reported_and_equal_priorities_stay_siblings() {
+        let up = one(v("up", 1000, UP));
+        let remote = one(v("staged", 1400, 1));
+        let (o, near) = push(Some(&up), &remote, rule(0, 500)).expect("merged");
+        assert_eq!(texts(&o), ["staged", "up"]);
+        let near = near.expect("reported");
+        assert_eq!(near.outcome, Outcome::Siblings);
+        assert!(near.winner.is_none());
+        assert_eq!(near.concurrent, vec![v("up", 1000, UP)]);
+        assert_eq!(near.pushed, vec![v("staged", 1400, 1)]);
+        // Outside the window: siblings, not reported.
+        let (o, near) = push(Some(&up), &remote, rule(3, 399)).expect("merged");
+        assert_eq!(texts(&o), ["staged", "up"]);
+        assert!(near.is_none());
+    }
+
+    #[test]
+    fn a_higher_priority_settles_the_siblings_in_the_push() {
+        let up = one(v("up", 1000, UP));
+        let remote = one(v("staged", 1200, 1));
+        let (o, near) = push(Some(&up), &remote, rule(4, 1000)).expect("merged");
+        assert_eq!(texts(&o), ["staged"], "one value, superseding both");
+        let won = o.value().expect("one value");
+        assert_eq!((won.meta().priority, won.meta().window_ms), (4, 1000));
+        assert_eq!(won.node, node(UP));
+        assert_eq!(won.timestamp, Hlc(10_000 << 16));
+        let near = near.expect("reported");
+        assert_eq!(near.outcome, Outcome::PushedWon);
+        assert_eq!(
+            near.concurrent,
+            vec![v("up", 1000, UP)],
+            "the loser is kept"
+        );
+        // Both values are covered: replaying either against it is stale.
+        assert!(Object::reconcile(&up, Some(&o)).is_none());
+        assert!(Object::reconcile(&remote, Some(&o)).is_none());
+    }
+
+    #[test]
+    fn a_recorded_priority_beats_a_lower_push_within_its_own_window() {
+        let prior = Meta {
+            token: Some("tok-1".into()),
+            priority: 7,
+            window_ms: 5000,
+        };
+        let up = one(v("important", 1000, UP).with_meta(prior));
+        // The push's own window (10 ms) is shorter than the recorded one.
+        let remote = one(v("ordinary", 4000, 1));
+        let (o, near) = push(Some(&up), &remote, rule(2, 10)).expect("merged");
+        assert_eq!(texts(&o), ["important"]);
+        let kept = o.value().expect("one value");
+        assert_eq!(kept.meta().priority, 7);
+        assert_eq!(kept.meta().window_ms, 5000);
+        assert_eq!(kept.meta().token.as_deref(), Some("tok-1"));
+        let near = near.expect("reported");
+        assert_eq!(near.outcome, Outcome::UpstreamWon);
+        assert_eq!(
+            near.pushed,
+            vec![v("ordinary", 4000, 1)],
+            "the loser is kept"
+        );
+    }
+
+    #[test]
+    fn priorities_apply_only_when_every_sibling_is_near() {
+        // Two upstream siblings, one near the push and one long before.
+        let a = one(v("old", 100, UP));
+        let b = one(v("recent", 5000, 8));
+        let up = Object::reconcile(&b, Some(&a)).expect("siblings");
+        let remote = one(v("staged", 5100, 1));
+        let (o, near) = push(Some(&up), &remote, rule(9, 1000)).expect("merged");
+        assert_eq!(texts(&o), ["old", "recent", "staged"]);
+        let near = near.expect("reported");
+        assert_eq!(near.outcome, Outcome::Siblings);
+        assert_eq!(near.concurrent, vec![v("recent", 5000, 8)]);
+        assert!(
+            near.detail.contains("outside the window"),
+            "{}",
+            near.detail
+        );
+    }
+
+    #[test]
+    fn a_pushed_delete_can_win() {
+        let up = one(v("up", 1000, UP));
+        let remote = one(Value::tombstone(Hlc(1100 << 16), node(1)));
+        let (o, near) = push(Some(&up), &remote, rule(1, 1000)).expect("merged");
+        assert!(o.is_tombstone());
+        assert_eq!(near.map(|n| n.outcome), Some(Outcome::PushedWon));
+    }
+
+    #[test]
+    fn report_keys_sort_by_time_and_name_the_key() {
+        let fp = FullPrefix::new("app", "cfg").expect("fp");
+        let a = report_key(Hlc((1000 << 16) | 2), &fp, b"k");
+        let b = report_key(Hlc(1001 << 16), &fp, b"k");
+        assert!(a < b);
+        assert_eq!(a, b"0000000001000.00002-app/cfg/k".to_vec());
+    }
+
+    #[test]
+    fn after_tokens_round_trip() {
+        let t = after_token("sub", b"a\xffb");
+        let (sub, key) = parse_after(&t).map_err(|_| "bad").expect("token");
+        assert_eq!((sub.as_str(), key.as_slice()), ("sub", &b"a\xffb"[..]));
+        assert!(parse_after("!!").is_err());
+    }
+}
