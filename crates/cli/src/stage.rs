@@ -86,7 +86,7 @@ pub(crate) fn parse_duration(flag: &str, text: &str) -> Result<Duration, Failure
     };
     let secs = number.trim().parse::<f64>().map(|n| n * scale);
     match secs {
-        Ok(s) if s.is_finite() && s >= 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        Ok(s) if (0.0..1e9).contains(&s) => Ok(Duration::from_secs_f64(s)),
         Ok(s) if s < 0.0 => Err(Failure::usage(format!(
             "{flag} {text}: a duration cannot be negative; give one like 10s or 500ms"
         ))),

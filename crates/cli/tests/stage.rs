@@ -36,7 +36,15 @@ impl Drop for Stage {
     }
 }
 
+/// Starts `chorus stage` and waits until it runs (its log says so).
 fn stage(dir: &Path, log: &Path, args: &[&str]) -> Stage {
+    let started = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("chorus stage: staging ")
+            .count()
+    };
+    let before = started(log);
     let err = File::options()
         .create(true)
         .append(true)
@@ -51,10 +59,12 @@ fn stage(dir: &Path, log: &Path, args: &[&str]) -> Stage {
         .stderr(err)
         .spawn()
         .expect("start chorus stage");
-    Stage {
+    let stage = Stage {
         child,
         log: log.to_path_buf(),
-    }
+    };
+    wait_until(Duration::from_secs(20), || started(log) > before);
+    stage
 }
 
 /// Starts an upstream on `http` and waits until its API answers.
@@ -147,7 +157,6 @@ fn offline_writes_are_kept_and_arrive_in_one_batch_after_the_quiet_period() {
         &tmp.path().join("stage.log"),
         &["--upstream", &url, "--quiet", "1s"],
     );
-    wait_until(Duration::from_secs(10), || st.join("stage.lock").exists());
     let out = fill(&st, "app/cfg", 1000, "k");
     assert!(
         out.status.success(),
@@ -216,7 +225,6 @@ fn sigkill_midway_through_pushing_loses_nothing() {
         "100",
     ];
     let mut s = stage(&st, &log, &args);
-    wait_until(Duration::from_secs(10), || st.join("stage.lock").exists());
     let total = 20_000u64;
     let mut writer = Command::new(CHORUS)
         .arg("--dir")
@@ -274,8 +282,11 @@ fn compaction_past_the_push_cursor_falls_back_to_pushing_every_key() {
     let mut s = stage(&st, &log, &args);
     assert!(fill(&st, "app/a", 10, "first").status.success());
     wait_until(Duration::from_secs(20), || {
-        upstream_keys(http, "app/a").len() == 10
+        let s = status(&st);
+        s["waiting"] == 0 && s["push_cursor"].is_string()
     });
+    assert_eq!(upstream_keys(http, "app/a").len(), 10);
+    let full_before = status(&st)["full_pushes"].as_u64().expect("a count");
     s.kill();
     // Written while the daemon is down, then compacted away from the log.
     assert!(fill(&st, "app/b", 50, "late").status.success());
@@ -293,7 +304,7 @@ fn compaction_past_the_push_cursor_falls_back_to_pushing_every_key() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("compaction outran the push cursor"), "{text}");
     wait_until(Duration::from_secs(10), || status(&st)["waiting"] == 0);
-    assert_eq!(status(&st)["full_pushes"], 1);
+    assert_eq!(status(&st)["full_pushes"], full_before + 1);
 }
 
 /// Writes `value` at `fp/key` upstream over HTTP.
@@ -621,13 +632,20 @@ fn malformed_pushes_and_pulls_get_400_and_write_nothing() {
     let cases: Vec<(String, &str)> = vec![
         ("not json".into(), "not a push"),
         (r#"{"node": "x"}"#.into(), "missing field `objects`"),
-        (body_with("xyz", "", &[fresh.clone()]), "not a node id"),
         (
-            body_with(&node, r#", "priority": 300"#, &[fresh.clone()]),
+            body_with("xyz", "", std::slice::from_ref(&fresh)),
+            "not a node id",
+        ),
+        (
+            body_with(&node, r#", "priority": 300"#, std::slice::from_ref(&fresh)),
             "not a push",
         ),
         (
-            body_with(&node, r#", "window_ms": 999999999"#, &[fresh.clone()]),
+            body_with(
+                &node,
+                r#", "window_ms": 999999999"#,
+                std::slice::from_ref(&fresh),
+            ),
             "over the limit",
         ),
         (
