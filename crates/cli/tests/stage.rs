@@ -792,3 +792,98 @@ fn status_shows_what_waits_the_last_push_and_errors() {
     assert!(fill(&st, "app/cfg", 3, "more").status.success());
     assert_eq!(status(&st)["waiting"], 3);
 }
+
+#[test]
+fn large_pushes_are_split_into_requests_of_at_most_8_mib() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (st, up) = (tmp.path().join("stage"), tmp.path().join("up"));
+    let http = free_port();
+    let _up = upstream(&up, http);
+    let url = format!("http://127.0.0.1:{http}");
+    let s = stage(
+        &st,
+        &tmp.path().join("stage.log"),
+        &["--upstream", &url, "--quiet", "300ms"],
+    );
+    // Twelve values of 900 KB: about 10.8 MB of objects, over one request.
+    let big = tmp.path().join("big");
+    std::fs::write(&big, vec![b'x'; 900_000]).expect("write");
+    let arg = format!("@{}", big.display());
+    for i in 0..12 {
+        put_stage_file(&st, "app/big", &format!("k{i}"), &arg);
+    }
+    wait_until(Duration::from_secs(60), || {
+        status(&st)["keys_pushed_total"] == 12
+    });
+    let s2 = status(&st);
+    assert_eq!(s2["requests_total"], 2, "{s2}");
+    assert_eq!(s2["pushes_total"], 1, "{s2}");
+    let keys = upstream_keys(http, "app/big");
+    assert_eq!(keys.len(), 12);
+    assert!(keys.values().all(|v| v.len() == 900_000));
+    assert!(
+        s.log().contains("pushed 12 key(s) in 2 request(s)"),
+        "{}",
+        s.log()
+    );
+}
+
+fn put_stage_file(dir: &Path, fp: &str, key: &str, arg: &str) {
+    let out = chorus(dir, &["put", fp, key, arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_token_is_sent_as_a_bearer_header_and_never_logged() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let st = tmp.path().join("stage");
+    // A plain socket standing where the upstream would be: it reads what
+    // the stage sends and answers nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let url = format!("http://127.0.0.1:{port}");
+    let secret = "s3cret-token-value";
+    let log = tmp.path().join("stage.log");
+    let child = Command::new(CHORUS)
+        .arg("--dir")
+        .arg(&st)
+        .args(["stage", "--upstream", &url])
+        .env("CHORUS_TOKEN", secret)
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).expect("log"))
+        .spawn()
+        .expect("start chorus stage");
+    let _s = Stage {
+        child,
+        log: log.clone(),
+    };
+    let (mut conn, _) = listener.accept().expect("the stage connects");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = std::io::Read::read(&mut conn, &mut buf).expect("read");
+        assert!(n > 0, "the stage closed before sending a request");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("get /health http/1.1"), "{head}");
+    assert!(
+        head.contains(&format!("authorization: bearer {secret}")),
+        "{head}"
+    );
+    drop(conn);
+    // The failure is logged and recorded, without the token.
+    wait_until(Duration::from_secs(20), || {
+        status(&st)["last_error"].is_object()
+    });
+    let s = status(&st).to_string();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!s.contains(secret), "{s}");
+    assert!(!text.contains(secret), "{text}");
+}
