@@ -111,7 +111,7 @@ enum Command {
     /// The cluster's CA and node certificates for mutual TLS
     #[command(subcommand)]
     Cluster(serve::ClusterCommand),
-    /// Stage writes locally and push them to an upstream node after a quiet period
+    /// Stage writes in a local directory (~/.chorus/stage unless --dir) and push them upstream after a quiet period
     Stage(stage::StageArgs),
     /// Simulate the gossip protocols on thousands of nodes (Plumtree beside flooding)
     Sim(sim::SimArgs),

@@ -508,6 +508,11 @@ fn a_followed_prefix_is_pulled_and_not_pushed_back() {
     assert_eq!(s["config"]["quiet_ms"], 300, "{s}");
     assert_eq!(s["config"]["follow"][0], "shared", "{s}");
     assert!(s["pulls"]["shared"].is_string(), "{s}");
+    // Idle, the daemon does not grow the stage's log (ten pulls later).
+    let seq = |dir: &Path| ok_json(&chorus(dir, &["--json", "status"]))["last_seq"].clone();
+    let before = seq(&st);
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(seq(&st), before);
     // A local write to the followed prefix goes up.
     put_stage(&st, "shared/cfg", "mine", "yes");
     wait_until(Duration::from_secs(20), || {

@@ -47,6 +47,8 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often the feed is read for new local writes.
 const FEED_POLL: Duration = Duration::from_millis(20);
+/// Longest a moved pull cursor waits to be stored when nothing was merged.
+const PULL_SAVE_EVERY: Duration = Duration::from_secs(60);
 /// Pull pages read per followed prefix and round.
 const PULL_PAGES_PER_ROUND: usize = 16;
 
@@ -229,6 +231,11 @@ struct Daemon {
     /// For the retry jitter.
     rng: u64,
     reports_written: u64,
+    /// When the state was last stored: a pull that only moved its
+    /// cursor stores it at most every [`PULL_SAVE_EVERY`], so an idle
+    /// stage does not grow its log (a lost pull cursor only repeats a
+    /// pull).
+    last_saved: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -295,11 +302,18 @@ impl Daemon {
             next_pull: Instant::now(),
             rng,
             reports_written: 0,
+            last_saved: Instant::now(),
         })
     }
 
     fn store(&self) -> &Store {
         self.meta.store()
+    }
+
+    /// Stores the state (one commit in the stage directory).
+    fn save(&mut self) -> Result<(), Error> {
+        self.last_saved = Instant::now();
+        self.saved.save(&self.meta)
     }
 
     /// Where reading starts: the push cursor, or a sweep of every key if
@@ -345,7 +359,7 @@ impl Daemon {
             self.config.priority,
             self.config.pull_interval
         ));
-        self.saved.save(&self.meta)
+        self.save()
     }
 
     fn start_sweep(&mut self, why: &str) -> Result<(), Error> {
@@ -359,7 +373,7 @@ impl Daemon {
             // Nothing to send: everything up to `end` is upstream.
             self.tail = end;
             self.saved.push_cursor = Some(end.to_string());
-            return self.saved.save(&self.meta);
+            return self.save();
         }
         self.sweep = Some(Sweep { keys, done: 0, end });
         self.saved.full_pushes += 1;
@@ -491,7 +505,7 @@ impl Daemon {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         self.upstream_node = None;
         if changed || stale {
-            self.saved.save(&self.meta)?;
+            self.save()?;
         }
         Ok(())
     }
@@ -538,7 +552,7 @@ impl Daemon {
         }
         if known != Some(node) {
             self.saved.upstream_node = Some(node.to_string());
-            self.saved.save(&self.meta)?;
+            self.save()?;
         }
         log(format!(
             "connected to {} (node {node})",
@@ -652,7 +666,7 @@ impl Daemon {
             self.saved.requests_total += sent as u64;
             self.saved.keys_pushed_total += count as u64;
         }
-        self.saved.save(&self.meta)?;
+        self.save()?;
         if count > 0 {
             log(format!(
                 "pushed {count} key(s) in {sent} request(s){}",
@@ -744,7 +758,9 @@ impl Daemon {
         };
         let origin = Origin::Peer(*upstream.as_bytes());
         let max_key = self.store().options().limits.max_key_bytes;
-        let mut changed = false;
+        // `merged`: something was written here, store the cursors with it;
+        // `moved`: only a cursor moved.
+        let (mut merged, mut moved) = (false, false);
         for scope in self.follows() {
             let name = scope.to_string();
             let mut st = self.saved.pulls.get(&name).cloned().unwrap_or_default();
@@ -771,7 +787,7 @@ impl Daemon {
                         reply.message()
                     ));
                     st = PullState::default();
-                    changed = true;
+                    merged = true;
                     continue;
                 }
                 if reply.status != 200 {
@@ -799,13 +815,15 @@ impl Daemon {
                 }
                 if !incoming.is_empty() {
                     self.meta.merge(origin, incoming)?;
+                    merged = true;
                 }
                 let cursor = answer["cursor"].as_str().map(str::to_string);
                 let more = answer["more"].as_bool().unwrap_or(false);
-                changed = true;
                 if st.cursor.is_some() && st.after.is_none() {
+                    moved |= st.cursor != cursor;
                     st.cursor = cursor;
                 } else {
+                    merged = true;
                     // A full pull: its first page's cursor is where the
                     // changes continue once every page is in.
                     if st.after.is_none() {
@@ -823,8 +841,8 @@ impl Daemon {
             }
             self.saved.pulls.insert(name, st);
         }
-        if changed {
-            self.saved.save(&self.meta)?;
+        if merged || (moved && self.last_saved.elapsed() >= PULL_SAVE_EVERY) {
+            self.save()?;
         }
         self.succeeded();
         Ok(())
