@@ -3,8 +3,8 @@
 #  - writes per second into a stage directory from one process (each write
 #    its own commit, synced: --sync always, the default);
 #  - the time from the last write to its arrival upstream, with the stage
-#    daemon running with --quiet 1s (so about 1 s is the quiet period
-#    itself; the rest is the push).
+#    daemon running with --quiet 1s and a batch limit above the round's
+#    size (so about 1 s is the quiet period itself; the rest is the push).
 #
 # Usage: scripts/stage-bench.sh [KEYS_PER_ROUND] [ROUNDS]   (default 10000 3)
 # CHORUS=/path/to/chorus uses that binary; otherwise a release build is made.
@@ -38,7 +38,8 @@ URL="http://127.0.0.1:$HTTP"
 PIDS+=($!)
 for _ in $(seq 200); do curl -sf "$URL/health" >/dev/null && break; sleep 0.05; done
 
-"$CHORUS" --dir "$WORK/stage" stage --upstream "$URL" --quiet 1s 2>"$WORK/stage.log" &
+# --batch high enough that the quiet period, not a full batch, starts each push.
+"$CHORUS" --dir "$WORK/stage" stage --upstream "$URL" --quiet 1s --batch 1000000 2>"$WORK/stage.log" &
 PIDS+=($!)
 for _ in $(seq 200); do grep -q "connected to" "$WORK/stage.log" 2>/dev/null && break; sleep 0.05; done
 

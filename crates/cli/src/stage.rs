@@ -67,6 +67,9 @@ enum StageCommand {
         count: u64,
         #[arg(long, default_value = "k")]
         tag: String,
+        /// Pad each value with '.' to this many bytes
+        #[arg(long, default_value_t = 0)]
+        size: usize,
     },
 }
 
@@ -273,7 +276,8 @@ pub(crate) fn run(cli: &Cli, args: &StageArgs) -> Result<(), Failure> {
             full_prefix,
             count,
             tag,
-        }) => fill(cli, &dir, full_prefix, *count, tag),
+            size,
+        }) => fill(cli, &dir, full_prefix, *count, tag, *size),
         None => {
             let config = config(args, &file)?;
             let options = Options {
@@ -399,7 +403,14 @@ fn status_text(s: &Value) -> String {
 }
 
 /// Writes `count` keys, one commit each, and says how fast.
-fn fill(cli: &Cli, dir: &Path, full_prefix: &str, count: u64, tag: &str) -> Result<(), Failure> {
+fn fill(
+    cli: &Cli,
+    dir: &Path,
+    full_prefix: &str,
+    count: u64,
+    tag: &str,
+    size: usize,
+) -> Result<(), Failure> {
     let fp = writable_prefix(full_prefix)?;
     let options = Options {
         create: true,
@@ -411,7 +422,7 @@ fn fill(cli: &Cli, dir: &Path, full_prefix: &str, count: u64, tag: &str) -> Resu
         meta.put(
             &fp,
             format!("{tag}-{i}").as_bytes(),
-            PutValue::Bytes(format!("value {i} from {tag}").into_bytes()),
+            PutValue::Bytes(padded(format!("value {i} from {tag}"), size)),
             &PutOptions::default(),
         )?;
     }
@@ -427,6 +438,15 @@ fn fill(cli: &Cli, dir: &Path, full_prefix: &str, count: u64, tag: &str) -> Resu
         },
     );
     Ok(())
+}
+
+/// `text`, padded with '.' to `size` bytes.
+fn padded(text: String, size: usize) -> Vec<u8> {
+    let mut bytes = text.into_bytes();
+    if bytes.len() < size {
+        bytes.resize(size, b'.');
+    }
+    bytes
 }
 
 #[cfg(test)]

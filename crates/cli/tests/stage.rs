@@ -808,15 +808,16 @@ fn large_pushes_are_split_into_requests_of_at_most_8_mib() {
     let s = stage(
         &st,
         &tmp.path().join("stage.log"),
-        &["--upstream", &url, "--quiet", "300ms"],
+        &["--upstream", &url, "--quiet", "1s"],
     );
-    // Twelve values of 900 KB: about 10.8 MB of objects, over one request.
-    let big = tmp.path().join("big");
-    std::fs::write(&big, vec![b'x'; 900_000]).expect("write");
-    let arg = format!("@{}", big.display());
-    for i in 0..12 {
-        put_stage_file(&st, "app/big", &format!("k{i}"), &arg);
-    }
+    // Twelve values of 900 KB, from one process: about 10.8 MB of
+    // objects, over one request.
+    let out = chorus(&st, &["stage", "fill", "app/big", "12", "--size", "900000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_until(Duration::from_secs(60), || {
         status(&st)["keys_pushed_total"] == 12
     });
@@ -825,20 +826,14 @@ fn large_pushes_are_split_into_requests_of_at_most_8_mib() {
     assert_eq!(s2["pushes_total"], 1, "{s2}");
     let keys = upstream_keys(http, "app/big");
     assert_eq!(keys.len(), 12);
-    assert!(keys.values().all(|v| v.len() == 900_000));
+    assert!(
+        keys.values()
+            .all(|v| v.len() == 900_000 && v.starts_with("value "))
+    );
     assert!(
         s.log().contains("pushed 12 key(s) in 2 request(s)"),
         "{}",
         s.log()
-    );
-}
-
-fn put_stage_file(dir: &Path, fp: &str, key: &str, arg: &str) {
-    let out = chorus(dir, &["put", fp, key, arg]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

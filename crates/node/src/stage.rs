@@ -41,6 +41,10 @@ pub use state::status;
 /// Most bytes of objects in one push request (one object larger goes
 /// alone).
 pub const PUSH_BYTES_MAX: usize = 8 << 20;
+/// Most bytes of JSON in one push request's object list: with base64 and
+/// names, small objects take more room on the wire than on disk; this
+/// keeps a request well under the upstream's 16 MiB body limit.
+const PUSH_BODY_BUDGET: usize = 12 << 20;
 /// The first wait after a failure; it doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// The longest wait between attempts while the upstream fails.
@@ -576,7 +580,7 @@ impl Daemon {
         let snap = self.store().snapshot()?;
         let mut requests: Vec<Vec<WireObject>> = Vec::new();
         let mut current: Vec<WireObject> = Vec::new();
-        let mut bytes = 0usize;
+        let (mut bytes, mut json_bytes) = (0usize, 0usize);
         let mut prefixes: BTreeSet<String> = BTreeSet::new();
         for (fp, key) in &keys {
             let Some(encoded) = snap.get(fp, key) else {
@@ -589,16 +593,21 @@ impl Daemon {
                 ));
                 continue;
             }
+            let wire = WireObject::new(fp, key, &encoded);
+            // Its share of the body: the JSON of the entry and a comma.
+            let size = serde_json::to_string(&wire).map_or(0, |t| t.len() + 1);
             if !current.is_empty()
                 && (bytes + encoded.len() > PUSH_BYTES_MAX
+                    || json_bytes + size > PUSH_BODY_BUDGET
                     || current.len() >= crate::sync_http::PUSH_OBJECTS_MAX)
             {
                 requests.push(std::mem::take(&mut current));
-                bytes = 0;
+                (bytes, json_bytes) = (0, 0);
             }
             bytes += encoded.len();
+            json_bytes += size;
             prefixes.insert(fp.to_string());
-            current.push(WireObject::new(fp, key, &encoded));
+            current.push(wire);
         }
         if !current.is_empty() {
             requests.push(current);

@@ -33,8 +33,9 @@ use crate::json::value_json;
 
 /// Largest push body: 8 MiB of objects, base64-encoded, with room to spare.
 pub(crate) const PUSH_BODY_MAX: usize = 16 << 20;
-/// Most objects in one push.
-pub(crate) const PUSH_OBJECTS_MAX: usize = 100_000;
+/// Most objects in one push: half the engine's writes per commit, so that
+/// the push's commit has room for a report record per key.
+pub(crate) const PUSH_OBJECTS_MAX: usize = 50_000;
 /// Largest window a push may ask for (one day).
 pub(crate) const WINDOW_MS_MAX: u32 = 86_400_000;
 /// Most bytes of objects in one pull answer (one object larger goes alone).
