@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-KEYS = 100_000
+KEYS = 10_000
 VALUE = "x" * 64
 
 
@@ -105,6 +105,40 @@ def chorus_load(endpoint, op, clients, seconds):
     }
 
 
+def populate_chorus(endpoint):
+    """Writes every key once (pipelined), so that gets find them."""
+    import zmq
+
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.connect(endpoint)
+    window, sent, done = 512, 0, 0
+    while done < KEYS:
+        while sent < KEYS and sent - done < window:
+            body = {"id": sent, "op": "put", "prefix": "bench", "sub": "kv", "key": f"key:{sent:012d}", "value": VALUE}
+            s.send_multipart([b"", json.dumps(body).encode()])
+            sent += 1
+        reply = json.loads(s.recv_multipart()[-1])
+        if not reply.get("ok"):
+            sys.exit(f"populating failed: {reply}")
+        done += 1
+    s.close()
+    ctx.term()
+
+
+def populate_redis(port):
+    cmds = "".join(f"SET key:{i:012d} {VALUE}\n" for i in range(KEYS))
+    subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=cmds, text=True,
+                   capture_output=True, check=True)
+
+
+def native_load(bench, endpoint, op, clients, seconds):
+    """The same load from chorus-bench's libzmq clients (no Python)."""
+    out = subprocess.run([bench, "__zmq-load", endpoint, op, str(clients), str(seconds)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
 def metric(http, name):
     import urllib.request
 
@@ -145,6 +179,8 @@ def start_redis(dirpath, fsync):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--chorus", default=os.environ.get("CHORUS_BIN", "/work/target-bench/release/chorus"))
+    ap.add_argument("--bench", default=os.environ.get("CHORUS_BENCH_BIN", "/work/target-bench/release/chorus-bench"),
+                    help="chorus-bench, for the native-client rows (skipped if missing)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--clients", default="1,8,64")
     ap.add_argument("--json", action="store_true")
@@ -164,6 +200,9 @@ def main():
         redis = {f: start_redis(os.path.join(base, f"redis-{f}"), f) for f in ("always", "everysec")}
         endpoint = f"tcp://127.0.0.1:{router}"
         try:
+            populate_chorus(endpoint)
+            for _, port in redis.values():
+                populate_redis(port)
             for op, test in (("put", "set"), ("get", "get")):
                 for c in counts:
                     w0, s0 = metric(http, "zmq_writes_total"), metric(http, "store_syncs_total")
@@ -171,6 +210,12 @@ def main():
                     w1, s1 = metric(http, "zmq_writes_total"), metric(http, "store_syncs_total")
                     ch["writes_per_sync"] = (w1 - w0) / max(1, s1 - s0) if op == "put" else None
                     row = {"op": op, "clients": c, "chorus": ch}
+                    if os.path.exists(args.bench):
+                        w0, s0 = metric(http, "zmq_writes_total"), metric(http, "store_syncs_total")
+                        nat = native_load(args.bench, endpoint, op, c, args.seconds)
+                        w1, s1 = metric(http, "zmq_writes_total"), metric(http, "store_syncs_total")
+                        nat["writes_per_sync"] = (w1 - w0) / max(1, s1 - s0) if op == "put" else None
+                        row["chorus_native"] = nat
                     for f, (_, port) in redis.items():
                         row[f"redis_{f}"] = redis_load(port, test, c, args.seconds, max(ch["rps"], 2000))
                     results.append(row)
@@ -187,14 +232,18 @@ def main():
     if args.json:
         print(json.dumps(results, indent=1))
         return
-    print("| op | clients | Chorus req/s | p50 ms | p99 ms | writes/sync | Redis always req/s | p50 ms | ratio | Redis everysec req/s | p50 ms | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| op | clients | Chorus client | Chorus req/s | p50 ms | p99 ms | writes/sync | Redis always req/s | p50 ms | ratio | Redis everysec req/s | p50 ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        ch, ra, re_ = r["chorus"], r["redis_always"], r["redis_everysec"]
-        wps = f"{ch['writes_per_sync']:.1f}" if ch["writes_per_sync"] is not None else "-"
-        print(f"| {r['op']} | {r['clients']} | {ch['rps']:,.0f} | {ch['p50_ms']:.3f} | {ch['p99_ms']:.3f} | {wps} "
-              f"| {ra['rps']:,.0f} | {ra['p50_ms']:.3f} | {ch['rps'] / ra['rps']:.2f}x "
-              f"| {re_['rps']:,.0f} | {re_['p50_ms']:.3f} | {ch['rps'] / re_['rps']:.2f}x |")
+        ra, re_ = r["redis_always"], r["redis_everysec"]
+        for label, key in (("pyzmq", "chorus"), ("libzmq (Rust)", "chorus_native")):
+            ch = r.get(key)
+            if ch is None:
+                continue
+            wps = f"{ch['writes_per_sync']:.1f}" if ch["writes_per_sync"] is not None else "-"
+            print(f"| {r['op']} | {r['clients']} | {label} | {ch['rps']:,.0f} | {ch['p50_ms']:.3f} | {ch['p99_ms']:.3f} | {wps} "
+                  f"| {ra['rps']:,.0f} | {ra['p50_ms']:.3f} | {ch['rps'] / ra['rps']:.2f}x "
+                  f"| {re_['rps']:,.0f} | {re_['p50_ms']:.3f} | {ch['rps'] / re_['rps']:.2f}x |")
 
 
 if __name__ == "__main__":

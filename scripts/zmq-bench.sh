@@ -10,5 +10,5 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/d
 fi
 python3 -c 'import zmq' >/dev/null 2>&1 || python3 -m pip install --quiet pyzmq
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-bench}"
-cargo build --release -q -p chorus-cli
-CHORUS_BIN="$CARGO_TARGET_DIR/release/chorus" exec python3 scripts/zmq-bench.py "$@"
+cargo build --release -q -p chorus-cli -p chorus-bench
+CHORUS_BIN="$CARGO_TARGET_DIR/release/chorus" CHORUS_BENCH_BIN="$CARGO_TARGET_DIR/release/chorus-bench" exec python3 scripts/zmq-bench.py "$@"

@@ -19,6 +19,7 @@ mod procs;
 mod read;
 mod threads;
 mod visibility;
+mod zmqload;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -102,6 +103,7 @@ fn real_main() -> Res<()> {
         Some("__writer") => return visibility::child(&args[1..]),
         Some("__docs") => return docs::child(&args[1..]),
         Some("__ops") => return ops::child(&args[1..]),
+        Some("__zmq-load") => return zmqload::child(&args[1..]),
         _ => {}
     }
 

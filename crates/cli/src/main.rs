@@ -15,6 +15,7 @@ use chorus_store::{Error, Finding, Options, Store, SyncMode, check, repair};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+mod auth;
 mod demo;
 mod doc;
 mod kv;
@@ -113,6 +114,15 @@ enum Command {
     Cluster(serve::ClusterCommand),
     /// Stage writes in a local directory (~/.chorus/stage unless --dir) and push them upstream after a quiet period
     Stage(stage::StageArgs),
+    /// Users with a master secret, for sessions and tokens (see docs/auth.md)
+    #[command(subcommand)]
+    User(auth::UserCommand),
+    /// Sessions: opened with a user's master secret, listed, revoked
+    #[command(subcommand)]
+    Session(auth::SessionCommand),
+    /// Tokens derived from a session, scoped to full prefixes, read or read-write
+    #[command(subcommand)]
+    Token(auth::TokenCommand),
     /// Simulate the gossip protocols on thousands of nodes (Plumtree beside flooding)
     Sim(sim::SimArgs),
     #[command(hide = true, name = "demo-worker")]
@@ -229,6 +239,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Leave => serve::leave(cli),
         Command::Cluster(c) => serve::cluster(cli, c),
         Command::Stage(a) => stage::run(cli, a),
+        Command::User(c) => auth::user(cli, c),
+        Command::Session(c) => auth::session(cli, c),
+        Command::Token(c) => auth::token(cli, c),
         Command::DemoWorker { tag, count } => demo::worker(cli, tag, *count),
     }
 }
@@ -246,7 +259,13 @@ fn emit(cli: &Cli, value: Value, text: impl FnOnce() -> String) {
 }
 
 fn parse_prefix(text: &str) -> Result<FullPrefix, Failure> {
-    Ok(FullPrefix::parse(text)?)
+    let fp = FullPrefix::parse(text)?;
+    if fp.prefix() == chorus_node::auth::AUTH_PREFIX {
+        return Err(Failure::usage(format!(
+            "{fp} holds users, sessions and the cluster key: use `chorus user`, `chorus session` and `chorus token` (see docs/auth.md)"
+        )));
+    }
+    Ok(fp)
 }
 
 fn writable_prefix(text: &str) -> Result<FullPrefix, Failure> {

@@ -11,7 +11,7 @@ pub(crate) struct ServeArgs {
     /// Where to listen for peers
     #[arg(long, default_value = "127.0.0.1:7900")]
     gossip: SocketAddr,
-    /// Where to serve the HTTP API (loopback only until auth is built)
+    /// Where to serve the HTTP API (beyond loopback, auth is on)
     #[arg(long, default_value = "127.0.0.1:7800")]
     http: SocketAddr,
     /// The address peers should dial, if not --gossip (a proxy or forwarded port)
@@ -20,6 +20,9 @@ pub(crate) struct ServeArgs {
     /// A peer to join through (HOST:PORT); repeat for several
     #[arg(long)]
     join: Vec<String>,
+    /// Require a token on every route but /health, /metrics and /openapi.json (see docs/auth.md)
+    #[arg(long)]
+    auth: bool,
     /// Talk to peers in plaintext (loopback addresses only)
     #[arg(long, conflicts_with = "tls")]
     insecure: bool,
@@ -67,6 +70,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     }
     let mut config = chorus_node::Config::new(cli.dir.clone(), args.gossip);
     config.http = Some(args.http);
+    config.auth = args.auth;
     config.tls = args.tls.clone();
     config.advertise = args.advertise;
     config.join = args.join.clone();
@@ -88,9 +92,10 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         _ => String::new(),
     };
     eprintln!(
-        "chorus: serving {} at http://{}{zmq} (peers: {}, {}); Ctrl-C stops",
+        "chorus: serving {} at http://{}{}{zmq} (peers: {}, {}); Ctrl-C stops",
         cli.dir.display(),
         args.http,
+        if args.auth { " with auth" } else { "" },
         args.gossip,
         if args.tls.is_some() {
             "mutual TLS"

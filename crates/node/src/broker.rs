@@ -28,7 +28,7 @@ use chorus_core::FullPrefix;
 use chorus_core::object::context_from_string;
 use chorus_store::docs::Docs;
 use chorus_store::{
-    Cursor, Feed, GetOptions, IterOptions, Match, PutOptions, PutValue, Resolver, Scope,
+    BatchPut, Cursor, Feed, GetOptions, IterOptions, Match, PutOptions, PutValue, Resolver, Scope,
 };
 use serde_json::{Value, json};
 
@@ -46,6 +46,8 @@ const FEED_POLL: Duration = Duration::from_millis(20);
 const FEED_BATCH: usize = 256;
 /// How often the socket thread looks for a stop request when idle.
 const STOP_POLL: Duration = Duration::from_millis(100);
+/// Key writes committed together at most (one append, one sync).
+const COMMIT_MAX: usize = 1024;
 /// Requests taken from the socket per loop turn before replies are sent.
 const DRAIN_MAX: usize = 512;
 
@@ -298,6 +300,13 @@ struct Job {
     request: Result<Request, ApiError>,
 }
 
+/// A key write prepared on the socket thread for the committer.
+struct KvWrite {
+    envelope: Vec<Vec<u8>>,
+    id: Value,
+    put: BatchPut,
+}
+
 /// A parsed request body.
 struct Request {
     op: String,
@@ -433,6 +442,24 @@ impl Request {
             })?),
         };
         Ok(PutOptions { context })
+    }
+
+    /// A `put` or `delete` as one write of a group commit.
+    fn batch_put(&self) -> Result<BatchPut, ApiError> {
+        let fp = self.full_prefix()?;
+        let key = self.str("key")?.as_bytes().to_vec();
+        let value = if self.op == "put" {
+            PutValue::Bytes(self.value()?)
+        } else {
+            PutValue::Tombstone
+        };
+        Ok(BatchPut {
+            full_prefix: fp,
+            key,
+            value,
+            options: self.put_options()?,
+            meta: chorus_core::object::Meta::default(),
+        })
     }
 
     fn value(&self) -> Result<Vec<u8>, ApiError> {
@@ -572,26 +599,39 @@ fn execute(api: &Api, r: &Request) -> Result<Value, ApiError> {
     }
 }
 
-/// The reply frames: the request's envelope, then the JSON body.
+/// Runs a request and makes its reply frames.
 fn answer(stats: &Stats, job: Job, api: &Api) -> Vec<Vec<u8>> {
     let Job {
-        mut envelope,
+        envelope,
         id,
         request,
     } = job;
-    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let mut write = false;
     let outcome = request.and_then(|r| {
-        let write = r.is_write();
-        let out = execute(api, &r);
-        if write && out.is_ok() {
-            stats.writes.fetch_add(1, Ordering::Relaxed);
-            // The core reads the feed at once, so the write replicates.
-            api.committed.notify_one();
-        }
-        out
+        write = r.is_write();
+        execute(api, &r)
     });
+    if write && outcome.is_ok() {
+        // The core reads the feed at once, so the write replicates.
+        api.committed.notify_one();
+    }
+    finish(stats, envelope, id, outcome, write)
+}
+
+/// The reply frames: the request's envelope, then the JSON body.
+fn finish(
+    stats: &Stats,
+    mut envelope: Vec<Vec<u8>>,
+    id: Value,
+    outcome: Result<Value, ApiError>,
+    write: bool,
+) -> Vec<Vec<u8>> {
+    stats.requests.fetch_add(1, Ordering::Relaxed);
     let body = match outcome {
         Ok(mut result) => {
+            if write {
+                stats.writes.fetch_add(1, Ordering::Relaxed);
+            }
             if let Value::Object(o) = &mut result {
                 o.insert("id".into(), id);
                 o.insert("ok".into(), Value::Bool(true));
@@ -605,6 +645,39 @@ fn answer(stats: &Stats, job: Job, api: &Api) -> Vec<Vec<u8>> {
     };
     envelope.push(body.to_string().into_bytes());
     envelope
+}
+
+/// The committer: takes every key write waiting, commits them with one
+/// log append and one sync, and hands back each reply.
+fn commit(api: &Api, queue: &Receiver<KvWrite>, mut port: Box<dyn ReplyPort>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < COMMIT_MAX {
+            match queue.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let mut heads = Vec::with_capacity(batch.len());
+        let mut puts = Vec::with_capacity(batch.len());
+        for w in batch {
+            heads.push((w.envelope, w.id));
+            puts.push(w.put);
+        }
+        let outcomes = api.meta.put_all(puts);
+        if outcomes.iter().any(Result::is_ok) {
+            api.committed.notify_one();
+        }
+        for ((envelope, id), outcome) in heads.into_iter().zip(outcomes) {
+            let outcome = outcome
+                .map(|info| json!({"seq": info.seq}))
+                .map_err(ApiError::from);
+            if let Err(e) = port.send(finish(&api.broker, envelope, id, outcome, true)) {
+                eprintln!("chorus: the broker's committer stopped: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// A running broker; stops (and joins its threads) when dropped.
@@ -643,17 +716,34 @@ impl Broker {
                 .map_err(|e| format!("cannot start a broker worker: {e}"))?;
             pool.push(handle);
         }
+        let (writes, pending) = sync_channel::<KvWrite>(capacity);
+        {
+            let (port, api) = (sockets.port()?, api.clone());
+            let handle = std::thread::Builder::new()
+                .name("chorus-committer".into())
+                .spawn(move || commit(&api, &pending, port))
+                .map_err(|e| format!("cannot start the broker's committer: {e}"))?;
+            pool.push(handle);
+        }
         let s = stop.clone();
         let publishing = config.publish.is_some();
         let thread = std::thread::Builder::new()
             .name("chorus-broker".into())
             .spawn(move || {
                 let mut sockets = sockets;
-                if let Err(e) = serve(&mut sockets, &api, &jobs, capacity, publishing, &s) {
+                if let Err(e) = serve(
+                    &mut sockets,
+                    &api,
+                    (&jobs, &writes),
+                    capacity,
+                    publishing,
+                    &s,
+                ) {
                     eprintln!("chorus: the ZeroMQ broker stopped: {e}");
                 }
                 // Workers finish what they hold, then see the queue closed.
                 drop(jobs);
+                drop(writes);
                 for h in pool {
                     let _ = h.join();
                 }
@@ -688,7 +778,7 @@ fn work(api: &Api, queue: &std::sync::Mutex<Receiver<Job>>, mut port: Box<dyn Re
 fn serve(
     sockets: &mut dyn Sockets,
     api: &Api,
-    jobs: &SyncSender<Job>,
+    (jobs, writes): (&SyncSender<Job>, &SyncSender<KvWrite>),
     capacity: usize,
     publishing: bool,
     stop: &AtomicBool,
@@ -734,18 +824,37 @@ fn serve(
                 sockets.reply(answer(stats, job, api))?;
                 continue;
             }
+            if let Ok(r) = &job.request
+                && matches!(r.op.as_str(), "put" | "delete")
+            {
+                // Prepared here (a bad one is answered at once), committed
+                // with every other key write waiting.
+                let put = match r.batch_put() {
+                    Ok(put) => put,
+                    Err(e) => {
+                        sockets.reply(finish(stats, job.envelope, job.id, Err(e), false))?;
+                        continue;
+                    }
+                };
+                let w = KvWrite {
+                    envelope: job.envelope,
+                    id: job.id,
+                    put,
+                };
+                match writes.try_send(w) {
+                    Ok(()) => in_flight += 1,
+                    Err(TrySendError::Full(w)) | Err(TrySendError::Disconnected(w)) => {
+                        sockets.reply(busy(w.envelope, w.id))?;
+                    }
+                }
+                continue;
+            }
             match jobs.try_send(job) {
                 Ok(()) => in_flight += 1,
                 // Cannot happen while in_flight < capacity; answer rather
                 // than drop if it ever does.
                 Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
-                    let mut frames = job.envelope;
-                    frames.push(
-                        json!({"id": job.id, "ok": false, "error": {"code": "busy", "message": "the broker is saturated: retry"}})
-                            .to_string()
-                            .into_bytes(),
-                    );
-                    sockets.reply(frames)?;
+                    sockets.reply(busy(job.envelope, job.id))?;
                 }
             }
         }
@@ -757,6 +866,16 @@ fn serve(
         }
     }
     Ok(())
+}
+
+/// The reply to a request that found every queue full.
+fn busy(mut envelope: Vec<Vec<u8>>, id: Value) -> Vec<Vec<u8>> {
+    envelope.push(
+        json!({"id": id, "ok": false, "error": {"code": "busy", "message": "the broker is saturated: retry"}})
+            .to_string()
+            .into_bytes(),
+    );
+    envelope
 }
 
 /// The change feed, read from where the broker started.
@@ -795,7 +914,9 @@ impl FeedTail {
                     let more = changes.len() == FEED_BATCH;
                     for change in &changes {
                         let position = self.cursor.with_seq(change.seq).to_string();
-                        for k in &change.keys {
+                        // Chorus's own names (`$auth` holds secrets) are
+                        // never published: no client may read them.
+                        for k in change.keys.iter().filter(|k| !k.full_prefix.is_reserved()) {
                             let mut event = crate::http::change_json(&change.origin, k);
                             event["position"] = json!(position);
                             let topic =

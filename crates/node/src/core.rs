@@ -184,6 +184,8 @@ pub(crate) struct Core {
     oplogs: chorus_store::oplog::Oplogs,
     /// The ZeroMQ broker's counters, shown by /metrics.
     broker: Arc<crate::broker::Stats>,
+    /// Token checks and the audit log, shared by the HTTP API and the broker.
+    auth: crate::auth::Auth,
     /// When an exchange that finished last started, per peer: everything
     /// that arrived here before it has reached that peer.
     synced: HashMap<Peer, Instant>,
@@ -270,6 +272,7 @@ impl Core {
         let me_for_members = me.clone();
         let (commands, command_inbox) = mpsc::channel(16);
         let oplogs = chorus_store::oplog::Oplogs::new(&meta);
+        let auth = crate::auth::Auth::new(meta.clone(), config.auth);
         let mut core = Core {
             config: config.clone(),
             hpv: HyParView::new(me.clone(), hyparview::Config::default(), seed),
@@ -314,6 +317,7 @@ impl Core {
             oplog_marks: HashMap::new(),
             oplogs,
             broker: Arc::default(),
+            auth,
             committed: Arc::default(),
             announced: false,
         };
@@ -334,6 +338,7 @@ impl Core {
             requests: self.requests.clone(),
             oplogs: self.oplogs.clone(),
             broker: self.broker.clone(),
+            auth: self.auth.clone(),
         }
     }
 

@@ -63,7 +63,7 @@ where
 }
 
 async fn create(
-    State(api): State<Api>,
+    crate::auth_http::Writer(api): crate::auth_http::Writer,
     Path(store): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -118,7 +118,7 @@ struct PutQuery {
 /// current, unless `?keep_both=true`). Without: a create (409 if the
 /// document exists), or with `?upsert=true` a write on top of the winner.
 async fn put_doc(
-    State(api): State<Api>,
+    crate::auth_http::Writer(api): crate::auth_http::Writer,
     Path((store, id)): Path<(String, String)>,
     Query(q): Query<PutQuery>,
     body: Bytes,
@@ -160,7 +160,7 @@ struct DeleteQuery {
 }
 
 async fn delete_doc(
-    State(api): State<Api>,
+    crate::auth_http::Writer(api): crate::auth_http::Writer,
     Path((store, id)): Path<(String, String)>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
@@ -189,7 +189,7 @@ async fn conflicts(
 
 /// Keeps `?rev=` and deletes every other current revision.
 async fn resolve(
-    State(api): State<Api>,
+    crate::auth_http::Writer(api): crate::auth_http::Writer,
     Path((store, id)): Path<(String, String)>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {

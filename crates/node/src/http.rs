@@ -80,6 +80,8 @@ pub(crate) struct Api {
     pub(crate) oplogs: chorus_store::oplog::Oplogs,
     /// The ZeroMQ broker's counters (zero when it is not running).
     pub(crate) broker: Arc<crate::broker::Stats>,
+    /// Token checks and the audit log (see `auth_http.rs`).
+    pub(crate) auth: crate::auth::Auth,
 }
 
 /// Request counts and latencies by operation.
@@ -184,6 +186,11 @@ pub(crate) fn router(api: Api) -> Router {
         .merge(crate::docs_http::routes())
         .merge(crate::ops_http::routes())
         .merge(crate::sync_http::routes())
+        .merge(crate::auth_http::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            crate::auth_http::guard,
+        ))
         .fallback(|| async { ApiError::not_found("no such route: see /openapi.json") })
         .layer(DefaultBodyLimit::max(BODY_MAX))
         .with_state(api)
@@ -342,8 +349,9 @@ pub(crate) fn record(api: &Api, write: bool, started: Instant) {
     slot.1 += started.elapsed().as_secs_f64();
 }
 
+// A Writer: with allow_put a read may write the resolved value back.
 async fn kv_get(
-    State(api): State<Api>,
+    crate::auth_http::Writer(api): crate::auth_http::Writer,
     Path((prefix, sub, key)): Path<(String, String, String)>,
     Query(q): Query<GetQuery>,
 ) -> Result<Response, ApiError> {
@@ -380,7 +388,7 @@ async fn kv_get(
 }
 
 async fn kv_put(
-    State(api): State<Api>,
+    crate::auth_http::Writer(api): crate::auth_http::Writer,
     Path((prefix, sub, key)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -397,7 +405,7 @@ async fn kv_put(
 }
 
 async fn kv_delete(
-    State(api): State<Api>,
+    crate::auth_http::Writer(api): crate::auth_http::Writer,
     Path((prefix, sub, key)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -539,6 +547,7 @@ async fn watch(
         scope,
         pending: std::collections::VecDeque::new(),
         ended: false,
+        hide_reserved: api.auth.enabled(),
     };
     let stream = futures_util::stream::unfold(state, next_event);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
@@ -550,6 +559,9 @@ struct WatchState {
     scope: Option<(String, Option<String>)>,
     pending: std::collections::VecDeque<SseEvent>,
     ended: bool,
+    /// With auth on, no token reaches reserved names: their changes are
+    /// not shown. `$auth` (secrets) is never shown.
+    hide_reserved: bool,
 }
 
 async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, WatchState)> {
@@ -576,6 +588,7 @@ async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, 
                         .keys
                         .iter()
                         .filter(|k| in_scope(&s.scope, &k.full_prefix))
+                        .filter(|k| !crate::auth_http::hidden(&k.full_prefix, s.hide_reserved))
                         .collect();
                     // Only a commit's last event carries the position: a
                     // client that reconnects after part of a commit gets

@@ -9,11 +9,14 @@
 //! recorded as the peer's, so they are never broadcast again from here.
 //!
 //! Peers talk mutual TLS (`tls.rs`), or plaintext on loopback only; the
-//! HTTP API (`http.rs`) listens on loopback only until authentication
-//! exists; the member list lives as data (`members.rs`).
+//! HTTP API (`http.rs`) needs tokens (`auth.rs`, `auth_http.rs`) when
+//! `--auth` is given or it listens beyond loopback; the member list lives
+//! as data (`members.rs`).
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
+mod auth_http;
 pub mod broker;
 mod core;
 mod docs_http;
@@ -62,6 +65,9 @@ pub struct Config {
     pub seed: Option<u64>,
     /// The ZeroMQ broker, if it runs.
     pub broker: Option<broker::BrokerConfig>,
+    /// Whether requests need a token (see docs/auth.md). Forced on when
+    /// the HTTP API listens beyond loopback.
+    pub auth: bool,
 }
 
 impl Config {
@@ -79,6 +85,7 @@ impl Config {
             tombstone_grace: Duration::from_secs(3600),
             seed: None,
             broker: None,
+            auth: false,
         }
     }
 }
@@ -134,10 +141,15 @@ pub async fn run(
             "--advertise {a}: plaintext gossip is only allowed on a loopback address"
         )));
     }
-    if let Some(http) = config.http.filter(|a| !a.ip().is_loopback()) {
-        return Err(Error::Config(format!(
-            "--http {http}: the API has no authentication yet, so it listens on loopback only"
-        )));
+    let mut config = config;
+    if let Some(http) = config
+        .http
+        .filter(|a| !a.ip().is_loopback() && !config.auth)
+    {
+        eprintln!(
+            "chorus: --http {http} is beyond loopback, so authentication is on: every route but /health, /metrics and /openapi.json needs a token (see docs/auth.md)"
+        );
+        config.auth = true;
     }
     if let Some(b) = &config.broker {
         for endpoint in std::iter::once(&b.endpoint).chain(&b.publish) {
@@ -148,12 +160,26 @@ pub async fn run(
             }
         }
     }
+    if config.auth && config.broker.is_some() {
+        // Until the broker checks tokens (`Auth::check`, `api.auth`), it
+        // would be a way around them.
+        return Err(Error::Config(
+            "--zmq with auth on: the ZeroMQ broker does not check tokens yet; serve it without --auth, on loopback".into(),
+        ));
+    }
     let listener = listen_on(config.gossip)?;
     let listen = listener
         .local_addr()
         .map_err(|e| Error::Io(format!("cannot read the listen address: {e}")))?;
     let me = config.advertise.unwrap_or(listen).to_string();
     let core = core::Core::open(&config, me)?;
+    if config.auth {
+        // Tokens can be made and checked from the start.
+        core.api()
+            .auth
+            .ensure_key()
+            .map_err(|e| Error::Config(format!("cannot create the cluster key: {e}")))?;
+    }
     if let Some(addr) = config.http {
         let http = listen_on(addr)?;
         let app = http::router(core.api());

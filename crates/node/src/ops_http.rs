@@ -30,7 +30,7 @@ fn full_prefix(prefix: &str, sub: &str) -> Result<FullPrefix, ApiError> {
 }
 
 async fn push(
-    State(api): State<Api>,
+    crate::auth_http::Writer(api): crate::auth_http::Writer,
     Path((prefix, sub, path)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {

@@ -49,8 +49,8 @@ pub use format::Origin;
 pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
 pub use metadata::{
-    GetOptions, Incoming, Item, IterOptions, Match, MetaTransaction, Metadata, PutOptions,
-    PutValue, Read, ResolveFn, Resolver, Scope, WriteFn,
+    BatchPut, GetOptions, Incoming, Item, IterOptions, Match, MetaTransaction, Metadata,
+    PutOptions, PutValue, Read, ResolveFn, Resolver, Scope, WriteFn,
 };
 pub use store::{
     CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, UpdateFn,

@@ -205,6 +205,20 @@ pub struct Metadata {
     stamp: Option<Arc<Meta>>,
 }
 
+/// One write of [`Metadata::put_all`].
+pub struct BatchPut {
+    /// Where.
+    pub full_prefix: FullPrefix,
+    /// Which key.
+    pub key: Vec<u8>,
+    /// Bytes or a tombstone.
+    pub value: PutValue,
+    /// The context read, if any (as for `put`).
+    pub options: PutOptions,
+    /// What the value records (empty: the handle's own stamp).
+    pub meta: Meta,
+}
+
 /// Who writes: this node, and what its values record.
 #[derive(Clone, Debug)]
 pub(crate) struct Writer {
@@ -298,6 +312,56 @@ impl Metadata {
     ) -> Result<CommitInfo> {
         refuse_reserved(fp)?;
         self.write(fp, key, value, opts)
+    }
+
+    /// Several puts, each its own commit, queued together so that they
+    /// share one log append and one sync (in `SyncMode::Batch`): what a
+    /// broker that collected many clients' writes hands the store. Each
+    /// write records its own `meta` (or this handle's, when empty); each
+    /// fails or succeeds alone, and the outcomes come back in order.
+    pub fn put_all(&self, writes: Vec<BatchPut>) -> Vec<Result<CommitInfo>> {
+        let mut outcomes: Vec<Option<Result<CommitInfo>>> = Vec::with_capacity(writes.len());
+        let mut updates: Vec<(crate::Origin, crate::store::UpdateFn)> = Vec::new();
+        for w in writes {
+            if let Err(e) = refuse_reserved(&w.full_prefix) {
+                outcomes.push(Some(Err(e)));
+                continue;
+            }
+            let writer = if w.meta.is_empty() {
+                self.writer()
+            } else {
+                self.stamped(w.meta).writer()
+            };
+            let BatchPut {
+                full_prefix: fp,
+                key,
+                value,
+                options,
+                ..
+            } = w;
+            outcomes.push(None);
+            updates.push((
+                crate::Origin::Local,
+                Box::new(move |snap: &Snapshot| {
+                    let object =
+                        new_object(snap, &fp, &key, options.context.as_ref(), value, &writer)?;
+                    Ok(vec![Write::put(&fp, &key, &object.encode())])
+                }),
+            ));
+        }
+        let mut committed = self.store.update_all(updates).into_iter();
+        outcomes
+            .into_iter()
+            .map(|o| match o {
+                Some(refused) => refused,
+                None => match committed.next() {
+                    Some(Ok(Some(info))) => Ok(info),
+                    Some(Ok(None)) => Err(Error::InvalidInput("the write made no commit".into())),
+                    Some(Err(e)) => Err(e),
+                    None => Err(Error::InvalidInput("a batched write got no outcome".into())),
+                },
+            })
+            .collect()
     }
 
     /// Writes a tombstone (same options as `put`).

@@ -603,3 +603,68 @@ fn a_stamped_handle_records_its_meta_on_every_value_it_writes() {
     let merged = m2.object(&fp(), b"k").expect("read").expect("present");
     assert_eq!(merged.values()[0].meta(), &stamp);
 }
+
+#[test]
+fn put_all_commits_each_write_alone_with_one_sync_and_refuses_reserved_names() {
+    use chorus_core::object::Meta;
+    use chorus_store::BatchPut;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = chorus_store::Store::open(
+        dir.path(),
+        chorus_store::Options {
+            create: true,
+            sync: chorus_store::SyncMode::Batch,
+            ..chorus_store::Options::default()
+        },
+    )
+    .expect("open");
+    let m = Metadata::new(store);
+    put(&m, "b", "old");
+    let before = m.store().write_stats();
+    let write = |fp: FullPrefix, key: &str, value: PutValue, meta: Meta| BatchPut {
+        full_prefix: fp,
+        key: key.as_bytes().to_vec(),
+        value,
+        options: PutOptions::default(),
+        meta,
+    };
+    let reserved = FullPrefix::parse("$auth/users").expect("valid");
+    let token = Meta {
+        token: Some("t1".into()),
+        ..Meta::default()
+    };
+    let out = m.put_all(vec![
+        write(fp(), "a", PutValue::Bytes(b"1".to_vec()), Meta::default()),
+        write(
+            reserved,
+            "x",
+            PutValue::Bytes(b"no".to_vec()),
+            Meta::default(),
+        ),
+        write(fp(), "b", PutValue::Tombstone, token.clone()),
+        write(fp(), "c", PutValue::Bytes(b"3".to_vec()), token.clone()),
+    ]);
+    assert_eq!(out.len(), 4);
+    assert!(matches!(out[1], Err(Error::InvalidInput(_))));
+    let seqs: Vec<u64> = [&out[0], &out[2], &out[3]]
+        .iter()
+        .map(|o| o.as_ref().expect("committed").seq)
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "{seqs:?}: one commit each, in order"
+    );
+    let after = m.store().write_stats();
+    assert_eq!(after.commits - before.commits, 3);
+    assert_eq!(after.syncs - before.syncs, 1, "one sync for the batch");
+    let get = |k: &str| {
+        m.get(&fp(), k.as_bytes(), &GetOptions::default())
+            .expect("get")
+    };
+    assert!(get("b").is_none(), "deleted");
+    let c = get("c").expect("present");
+    assert_eq!(c.values[0].meta(), &token);
+    assert!(get("a").expect("present").values[0].meta().is_empty());
+    let reserved = FullPrefix::parse("$auth/users").expect("valid");
+    assert!(m.object(&reserved, b"x").expect("read").is_none());
+}
