@@ -55,6 +55,7 @@ fn stage(dir: &Path, log: &Path, args: &[&str]) -> Stage {
         .arg(dir)
         .arg("stage")
         .args(args)
+        .env_remove("CHORUS_TOKEN")
         .stdout(Stdio::null())
         .stderr(err)
         .spawn()
@@ -886,4 +887,142 @@ fn the_token_is_sent_as_a_bearer_header_and_never_logged() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!s.contains(secret), "{s}");
     assert!(!text.contains(secret), "{text}");
+}
+
+/// Runs the CLI with `stdin` as its input and `env` set.
+fn chorus_in(dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(CHORUS)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chorus");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = std::io::Write::write_all(&mut input, stdin.as_bytes());
+    }
+    child.wait_with_output().expect("wait chorus")
+}
+
+#[test]
+fn with_auth_on_a_push_needs_a_token_that_may_write_every_prefix_it_names() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (st, up) = (tmp.path().join("stage"), tmp.path().join("up"));
+    assert!(chorus(&up, &["init"]).status.success());
+    let secret = "correct horse battery";
+    let out = chorus_in(&up, &["user", "add", "alice"], &format!("{secret}\n"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let http = free_port();
+    let _up = serve(&up, free_port(), http, None, &["--insecure", "--auth"]);
+    let url = format!("http://127.0.0.1:{http}");
+    wait_until(Duration::from_secs(20), || {
+        curl(&["-f", &format!("{url}/health")]).0 == 0
+    });
+    let session = ok_json(&chorus_in(
+        &up,
+        &[
+            "--json", "session", "create", "--user", "alice", "--ttl", "1h",
+        ],
+        &format!("{secret}\n"),
+        &[],
+    ))["token"]
+        .as_str()
+        .expect("session token")
+        .to_string();
+    let token = |extra: &[&str]| {
+        let mut args = vec![
+            "--json", "token", "create", "--scope", "app/*", "--ttl", "1h",
+        ];
+        args.extend(extra);
+        ok_json(&chorus_in(&up, &args, "", &[("CHORUS_TOKEN", &session)]))["token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    };
+    let (rw, ro) = (token(&[]), token(&["--read-only"]));
+    let log = tmp.path().join("stage.log");
+    let key_upstream = || {
+        let (_, code, _) = curl(&[
+            "-H",
+            &format!("Authorization: Bearer {rw}"),
+            &format!("{url}/v1/kv/app/cfg/k"),
+        ]);
+        code
+    };
+    let error = |dir: &Path| {
+        status(dir)["last_error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // No token: refused (401), kept.
+    let mut s = stage(&st, &log, &["--upstream", &url, "--quiet", "200ms"]);
+    put_stage(&st, "app/cfg", "k", "v");
+    wait_until(Duration::from_secs(20), || error(&st).contains("HTTP 401"));
+    assert_eq!(status(&st)["waiting"], 1);
+    s.kill();
+    // A read-only token: refused (403), kept.
+    let mut s = stage(
+        &st,
+        &log,
+        &["--upstream", &url, "--quiet", "200ms", "--token", &ro],
+    );
+    wait_until(Duration::from_secs(20), || error(&st).contains("HTTP 403"));
+    assert_eq!(status(&st)["waiting"], 1);
+    assert_eq!(key_upstream(), 404);
+    s.kill();
+    // A read-write token for app/*: pushed.
+    let _s = stage(
+        &st,
+        &log,
+        &["--upstream", &url, "--quiet", "200ms", "--token", &rw],
+    );
+    wait_until(Duration::from_secs(20), || status(&st)["waiting"] == 0);
+    assert_eq!(key_upstream(), 200);
+    // Out of the token's scope: refused, nothing written.
+    let before = status(&st)["last_error"]["time_ms"].as_u64().unwrap_or(0);
+    put_stage(&st, "other/cfg", "k2", "v");
+    wait_until(Duration::from_secs(20), || {
+        let e = &status(&st)["last_error"];
+        e["time_ms"].as_u64().unwrap_or(0) > before
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("HTTP 403"))
+    });
+    assert!(
+        error(&st).contains("does not cover other/cfg"),
+        "{}",
+        error(&st)
+    );
+    assert_eq!(status(&st)["waiting"], 1);
+    // The pushes and refusals are in the upstream's audit log; no token is.
+    let audit = std::fs::read_to_string(up.join("audit.log")).unwrap_or_default();
+    assert!(audit.contains("\"sync.push\""), "{audit}");
+    assert!(audit.contains("\"refused\""), "{audit}");
+    assert!(!audit.contains(&rw) && !audit.contains(&ro), "{audit}");
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&rw)
+    );
+    // Pulls need read access to what they name.
+    let pull = |prefix: &str, t: &str| {
+        curl(&[
+            "-H",
+            &format!("Authorization: Bearer {t}"),
+            &format!("{url}/v1/sync/pull?prefix={prefix}"),
+        ])
+        .1
+    };
+    assert_eq!(pull("app", &ro), 200);
+    assert_eq!(pull("other", &ro), 403);
+    assert_eq!(curl(&[&format!("{url}/v1/sync/pull?prefix=app")]).1, 401);
 }

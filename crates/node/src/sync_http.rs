@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -28,6 +28,8 @@ use chorus_store::{Cursor, Feed, Snapshot, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::auth::{Access, AuthError, Grant, Target};
+use crate::auth_http::{Refusal, bearer};
 use crate::http::{Api, ApiError, record};
 use crate::json::value_json;
 
@@ -382,8 +384,92 @@ struct Pushed {
     reports: Vec<serde_json::Value>,
 }
 
-async fn push(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+/// A sync route's failure, as the response that says so: an API error or
+/// an auth refusal.
+struct Failed(Box<Response>);
+
+impl Failed {
+    fn bad(message: impl Into<String>) -> Failed {
+        ApiError::bad(message).into()
+    }
+}
+
+impl From<ApiError> for Failed {
+    fn from(e: ApiError) -> Self {
+        Failed(Box::new(e.into_response()))
+    }
+}
+
+impl From<chorus_store::Error> for Failed {
+    fn from(e: chorus_store::Error) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+/// With auth on: a request without a token is refused before its body is
+/// read (401).
+fn require_token(api: &Api, headers: &HeaderMap, op: &str, target: &str) -> Result<(), Failed> {
+    if !api.auth.enabled() {
+        return Ok(());
+    }
+    let refused = match bearer(headers) {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => AuthError::missing(),
+        Err(e) => e,
+    };
+    tokio::task::block_in_place(|| api.auth.audit_refused(None, "http", op, target, &refused));
+    Err(Failed(Box::new(Refusal(refused).into_response())))
+}
+
+/// With auth on: the request's token must allow `access` to every target
+/// (a push writes to each full prefix it names); refusals are audited.
+/// The grant names the token for the audit line of a write.
+fn authorize(
+    api: &Api,
+    headers: &HeaderMap,
+    op: &str,
+    target: &str,
+    targets: &[Target<'_>],
+    access: Access,
+) -> Result<Grant, Failed> {
+    if !api.auth.enabled() {
+        return Ok(Grant::default());
+    }
+    let token = bearer(headers).ok().flatten();
+    let checked = tokio::task::block_in_place(|| -> Result<Grant, AuthError> {
+        let mut grant = Grant::default();
+        if targets.is_empty() {
+            api.auth.verify(token.ok_or_else(AuthError::missing)?)?;
+        }
+        for t in targets {
+            grant = api.auth.check_target(token, *t, access)?;
+        }
+        Ok(grant)
+    });
+    checked.map_err(|e| {
+        tokio::task::block_in_place(|| api.auth.audit_refused(token, "http", op, target, &e));
+        Failed(Box::new(Refusal(e).into_response()))
+    })
+}
+
+/// Names for an audit line: the first few full prefixes, and how many more.
+fn targets_text(fps: &[FullPrefix]) -> String {
+    let mut names: Vec<String> = fps.iter().take(8).map(ToString::to_string).collect();
+    if fps.len() > 8 {
+        names.push(format!("and {} more", fps.len() - 8));
+    }
+    names.join(", ")
+}
+
+async fn push(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    push_checked(api, headers, body)
+        .await
+        .unwrap_or_else(|failed| *failed.0)
+}
+
+async fn push_checked(api: Api, headers: HeaderMap, body: Bytes) -> Result<Response, Failed> {
     let started = std::time::Instant::now();
+    require_token(&api, &headers, "sync.push", "/v1/sync/push")?;
     let body: PushBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(format!(
             "the body is not a push ({e}): send {{\"node\": \"<32 hex digits>\", \"priority\": 0, \"window_ms\": 1000, \"objects\": [{{\"prefix\", \"sub\", \"key\", \"object\": \"<base64>\"}}]}}"
@@ -396,13 +482,13 @@ async fn push(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError>
         ))
     })?;
     if body.window_ms > WINDOW_MS_MAX {
-        return Err(ApiError::bad(format!(
+        return Err(Failed::bad(format!(
             "window_ms {} is over the limit of {WINDOW_MS_MAX} (one day)",
             body.window_ms
         )));
     }
     if body.objects.len() > PUSH_OBJECTS_MAX {
-        return Err(ApiError::bad(format!(
+        return Err(Failed::bad(format!(
             "{} objects in one push; the limit is {PUSH_OBJECTS_MAX}: split the push",
             body.objects.len()
         )));
@@ -415,6 +501,19 @@ async fn push(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError>
             .map_err(|e| ApiError::bad(format!("objects[{i}]: {e}")))?;
         objects.push(decoded);
     }
+    let mut fps: Vec<FullPrefix> = objects.iter().map(|(fp, _, _)| fp.clone()).collect();
+    fps.sort();
+    fps.dedup();
+    let target = targets_text(&fps);
+    let targets: Vec<Target<'_>> = fps.iter().map(Target::FullPrefix).collect();
+    let grant = authorize(
+        &api,
+        &headers,
+        "sync.push",
+        &target,
+        &targets,
+        Access::Write,
+    )?;
     let rule = PushRule {
         stage,
         priority: body.priority,
@@ -427,8 +526,10 @@ async fn push(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError>
         store.update_returning(move |snap| merge_push(snap, objects, &rule, me))
     })
     .await
-    .map_err(|e| ApiError::internal(format!("the push task failed: {e}")))??;
-    let (info, pushed) = outcome;
+    .map_err(|e| ApiError::internal(format!("the push task failed: {e}")))?;
+    let ok = outcome.is_ok();
+    tokio::task::block_in_place(|| api.auth.audit(&grant, "http", "sync.push", &target, ok));
+    let (info, pushed) = outcome.map_err(ApiError::from)?;
     api.committed.notify_one();
     record(&api, true, started);
     for r in &pushed.reports {
@@ -565,18 +666,41 @@ fn parse_after(text: &str) -> Result<(String, Vec<u8>), ApiError> {
 ///   a page at a time (`after` = the previous page's `after`), and the
 ///   feed cursor taken before the first page's read: continue from the
 ///   first page's cursor once every page is read.
-async fn pull(State(api): State<Api>, Query(q): Query<PullQuery>) -> Result<Response, ApiError> {
+async fn pull(State(api): State<Api>, headers: HeaderMap, Query(q): Query<PullQuery>) -> Response {
+    pull_checked(api, headers, q)
+        .await
+        .unwrap_or_else(|failed| *failed.0)
+}
+
+async fn pull_checked(api: Api, headers: HeaderMap, q: PullQuery) -> Result<Response, Failed> {
     let started = std::time::Instant::now();
+    require_token(&api, &headers, "sync.pull", "/v1/sync/pull")?;
     let prefix = q.prefix.as_deref().ok_or_else(|| {
         ApiError::bad("pull needs ?prefix=PREFIX (and &sub=SUBPREFIX for one full prefix)")
     })?;
     let scope = PullScope::new(prefix, q.sub.as_deref()).map_err(ApiError::bad)?;
+    let fp = match &scope.sub {
+        Some(sub) => Some(FullPrefix::new(&scope.prefix, sub).map_err(ApiError::from)?),
+        None => None,
+    };
+    let target = match &fp {
+        Some(fp) => Target::FullPrefix(fp),
+        None => Target::Prefix(&scope.prefix),
+    };
+    authorize(
+        &api,
+        &headers,
+        "sync.pull",
+        &scope.to_string(),
+        &[target],
+        Access::Read,
+    )?;
     let me = api.meta.store().node_id().to_string();
     let store = api.meta.store().clone();
     let out = match q.cursor.as_deref() {
         Some(text) => {
             if q.after.is_some() {
-                return Err(ApiError::bad(
+                return Err(Failed::bad(
                     "give cursor (changes since) or after (the next page of a full pull), not both",
                 ));
             }
