@@ -479,11 +479,8 @@ fn a_followed_prefix_is_pulled_and_not_pushed_back() {
     )
     .expect("config");
     let cfg = config.to_str().expect("utf-8 path");
-    let _s = stage(
-        &st,
-        &tmp.path().join("stage.log"),
-        &["--config", cfg, "--quiet", "300ms"],
-    );
+    let log = tmp.path().join("stage.log");
+    let mut daemon = stage(&st, &log, &["--config", cfg, "--quiet", "300ms"]);
     put_upstream(http, "shared/cfg", "colour", "blue");
     put_upstream(http, "shared/other", "size", "9");
     put_upstream(http, "private/cfg", "secret", "s");
@@ -522,6 +519,22 @@ fn a_followed_prefix_is_pulled_and_not_pushed_back() {
             .map(String::as_str)
             == Some("yes")
     });
+    // Compaction upstream outran the stage's pull cursor: it pulls the
+    // whole prefix again.
+    daemon.kill();
+    put_upstream(http, "shared/cfg", "colour", "red");
+    let out = chorus(&up, &["compact"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _s = stage(&st, &log, &["--config", cfg, "--quiet", "300ms"]);
+    wait_until(Duration::from_secs(20), || {
+        get(&st, "shared/cfg", "colour").as_deref() == Some("red")
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("pulling all of it again"), "{text}");
 }
 
 #[test]
