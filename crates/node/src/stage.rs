@@ -703,7 +703,10 @@ impl Daemon {
                                 v.get("value")
                                     .map_or_else(|| "a delete".to_string(), |x| format!("{x}")),
                                 v["timestamp"],
-                                v["node"].as_str().map_or("?", |n| &n[..n.len().min(8)]),
+                                v["node"].as_str().map_or_else(
+                                    || "?".into(),
+                                    |n| n.chars().take(8).collect::<String>()
+                                ),
                                 v["priority"]
                             )
                         })
