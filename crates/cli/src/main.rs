@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chorus_core::FullPrefix;
 use chorus_store::{Error, Finding, Options, Store, SyncMode, check, repair};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 mod auth;
@@ -22,6 +22,7 @@ mod kv;
 mod op;
 mod serve;
 mod sim;
+mod stage;
 mod watch;
 
 /// A replicated metadata store. This build has the embedded engine: any
@@ -50,6 +51,9 @@ pub(crate) struct Cli {
     /// Allow a data directory on a network or FUSE filesystem
     #[arg(long, global = true)]
     allow_network_fs: bool,
+    /// True when --dir or $CHORUS_DIR was given (not the default).
+    #[arg(skip)]
+    dir_given: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,6 +112,8 @@ enum Command {
     /// The cluster's CA and node certificates for mutual TLS
     #[command(subcommand)]
     Cluster(serve::ClusterCommand),
+    /// Stage writes in a local directory (~/.chorus/stage unless --dir) and push them upstream after a quiet period
+    Stage(stage::StageArgs),
     /// Users with a master secret, for sessions and tokens (see docs/auth.md)
     #[command(subcommand)]
     User(auth::UserCommand),
@@ -173,7 +179,9 @@ impl From<chorus_core::NameError> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.dir_given = matches.value_source("dir") != Some(clap::parser::ValueSource::DefaultValue);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -230,6 +238,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Serve(args) => serve::run(cli, args),
         Command::Leave => serve::leave(cli),
         Command::Cluster(c) => serve::cluster(cli, c),
+        Command::Stage(a) => stage::run(cli, a),
         Command::User(c) => auth::user(cli, c),
         Command::Session(c) => auth::session(cli, c),
         Command::Token(c) => auth::token(cli, c),

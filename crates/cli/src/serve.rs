@@ -153,7 +153,7 @@ pub(crate) enum ClusterCommand {
     },
 }
 
-fn node_failure(e: chorus_node::Error) -> Failure {
+pub(crate) fn node_failure(e: chorus_node::Error) -> Failure {
     match e {
         chorus_node::Error::Store(e) => Failure::from(e),
         chorus_node::Error::Config(m) => Failure::usage(m),

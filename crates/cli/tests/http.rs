@@ -160,6 +160,8 @@ fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
             "/v1/kv/{prefix}/{subprefix}",
             "/v1/kv/{prefix}/{subprefix}/{key}",
             "/v1/ops/{prefix}/{subprefix}/{path}",
+            "/v1/sync/pull",
+            "/v1/sync/push",
             "/v1/watch",
         ]
     );

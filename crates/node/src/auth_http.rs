@@ -185,7 +185,7 @@ fn op(area: &str, method: &Method) -> String {
 }
 
 /// The token of `Authorization: Bearer TOKEN`, if the header is there.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };

@@ -196,6 +196,7 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/v1/watch", get(watch))
         .merge(crate::docs_http::routes())
         .merge(crate::ops_http::routes())
+        .merge(crate::sync_http::routes())
         .merge(crate::auth_http::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),

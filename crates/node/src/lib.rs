@@ -25,6 +25,8 @@ pub mod json;
 pub mod members;
 mod net;
 mod ops_http;
+pub mod stage;
+mod sync_http;
 pub mod tls;
 pub mod wire;
 
