@@ -390,6 +390,12 @@ pub(crate) fn hash(cli: &Cli, a: &HashArgs) -> Result<(), Failure> {
         if a.target.is_empty() {
             return Err(Failure::usage("give a PREFIX or PREFIX/SUBPREFIX"));
         }
+        if a.target == chorus_node::auth::AUTH_PREFIX {
+            return Err(Failure::usage(format!(
+                "{} holds users, sessions and the cluster key: use `chorus user`, `chorus session` and `chorus token`",
+                a.target
+            )));
+        }
         meta.prefix_hash_all(&a.target)?
     };
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

@@ -778,3 +778,70 @@ fn the_zeromq_broker_checks_tokens_as_http_does_and_records_them() {
     );
     assert!(!audit.contains(&rw) && !audit.contains(&ro) && !audit.contains(SECRET));
 }
+
+#[test]
+fn review_holes_stay_closed_query_tricks_open_streams_hash_and_directory_mode() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().join("n1");
+    assert!(chorus(&d, &["init"]).status.success());
+    add_user(&d, "alice", SECRET);
+    let (_node, url) = serve_auth(&d, free_port(), None);
+    // The directory holds the cluster key: its owner's only.
+    let mode = std::fs::metadata(&d).expect("dir").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+    let (_, session) = cli_session(&d, "alice", SECRET);
+    let (_, rw) = http_token(&url, &session, &["app/*"], "read-write", 600);
+    let (ro_id, ro) = http_token(&url, &session, &["app/*"], "read", 600);
+    assert_eq!(put(&url, "app/cfg/k", Some(&rw), "v").0, 200);
+
+    // A repeated parameter the guard reads must not turn a write-back
+    // (allow_put) into a plain read for a read-only token.
+    let tricked = format!("{url}/v1/kv/app/cfg/k?resolve=lww&allow_put=true&prefix=a&prefix=b");
+    let (s, v) = request("GET", &tricked, Some(&ro), None);
+    assert_eq!(s, 400, "{v}");
+    let honest = format!("{url}/v1/kv/app/cfg/k?resolve=lww&allow_put=true");
+    refused(request("GET", &honest, Some(&ro), None), 403, &["read"]);
+
+    // An open watch ends once its token is revoked.
+    let mut watch = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "20", "-H"])
+        .arg(format!("Authorization: Bearer {ro}"))
+        .arg(format!("{url}/v1/watch?prefix=app"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(put(&url, "app/cfg/k", Some(&rw), "seen").0, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = chorus_in(&d, &["token", "revoke", &ro_id], "", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = watch.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the stream outlived its token"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut watch.stdout.take().expect("stdout"), &mut text)
+        .expect("read");
+    assert!(status.success(), "curl ended with {status}: {text}");
+    assert!(text.contains("seen"), "{text}");
+    assert!(
+        text.contains("the stream ends") && text.contains("revoked"),
+        "{text}"
+    );
+
+    // `chorus hash` refuses $auth as a bare prefix too.
+    let out = chorus(&d, &["hash", "$auth"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -128,12 +128,21 @@ fn reach(
         return Ok(None);
     }
     let area = parts.next().unwrap_or_default();
-    let query = Query::<GuardQuery>::try_from_uri(uri)
-        .map(|q| q.0)
-        .unwrap_or(GuardQuery {
+    // Fail closed: a query the guard cannot read (a repeated field, a
+    // malformed value) is refused rather than read as "no allow_put".
+    let query = match uri.query() {
+        None => GuardQuery {
             prefix: None,
             allow_put: None,
-        });
+        },
+        Some(_) => Query::<GuardQuery>::try_from_uri(uri)
+            .map(|q| q.0)
+            .map_err(|e| {
+                bad(format!(
+                    "the query string cannot be read ({e}): send each parameter once"
+                ))
+            })?,
+    };
     let full = |p: Option<&str>, s: Option<&str>| {
         FullPrefix::new(p.unwrap_or_default(), s.unwrap_or_default())
             .map(Reach::FullPrefix)
@@ -211,7 +220,21 @@ pub(crate) async fn guard(
     };
     let (reach, access, op) = match reach(request.method(), request.uri(), &params) {
         Ok(Some(r)) => r,
-        Ok(None) => return next.run(request).await,
+        Ok(None) => {
+            // The sync routes check each full prefix of their body
+            // themselves; the token itself is verified here, before a
+            // body of up to 16 MiB is read for someone without one.
+            if api.auth.enabled() && request.uri().path().starts_with("/v1/sync/") {
+                let verified = bearer(request.headers()).and_then(|t| {
+                    let t = t.ok_or_else(AuthError::missing)?;
+                    tokio::task::block_in_place(|| api.auth.verify(t)).map(|_| ())
+                });
+                if let Err(e) = verified {
+                    return Refusal(e).into_response();
+                }
+            }
+            return next.run(request).await;
+        }
         Err(refusal) => return refusal.into_response(),
     };
     if reach.prefix() == Some(AUTH_PREFIX) {

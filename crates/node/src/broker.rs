@@ -43,6 +43,8 @@ const REQUEST_MAX: usize = crate::http::BODY_MAX;
 const MESSAGE_MAX: i64 = 4 << 20;
 /// How often the change feed is read for the PUB socket.
 const FEED_POLL: Duration = Duration::from_millis(20);
+/// Feed batches published per loop turn at most.
+const FEED_ROUNDS: usize = 4;
 /// Commits read from the feed at a time.
 const FEED_BATCH: usize = 256;
 /// How often the socket thread looks for a stop request when idle.
@@ -418,7 +420,9 @@ impl Request {
     /// Answered on the socket thread: in-memory reads that take
     /// microseconds. Everything else goes to a worker.
     fn is_quick(&self) -> bool {
-        matches!(self.op.as_str(), "ping" | "get" | "doc.get" | "op.get")
+        // Not doc.get or op.get: a document tree or a script reducer over
+        // a long log can take a while, and would hold up every client.
+        matches!(self.op.as_str(), "ping" | "get")
     }
 
     fn is_write(&self) -> bool {
@@ -958,8 +962,11 @@ fn serve(
         stats.in_flight.store(in_flight as u64, Ordering::Relaxed);
         if let Some(feed) = &mut feed
             && (wrote || Instant::now() >= feed.due())
+            && let Err(e) = feed.publish(api, sockets)
         {
-            feed.publish(api, sockets)?;
+            // Requests are still served; the feed is tried again at its
+            // next tick.
+            eprintln!("chorus: the broker could not publish changes: {e}");
         }
     }
     Ok(())
@@ -1000,6 +1007,7 @@ impl FeedTail {
 
     fn publish(&mut self, api: &Api, sockets: &mut dyn Sockets) -> Result<(), String> {
         self.next = Instant::now() + FEED_POLL;
+        let mut rounds = 0;
         loop {
             let feed = api
                 .meta
@@ -1023,7 +1031,14 @@ impl FeedTail {
                         }
                     }
                     self.cursor = next;
+                    // At most a few batches per turn, so that requests are
+                    // served while a backlog is published.
+                    rounds += 1;
                     if !more {
+                        return Ok(());
+                    }
+                    if rounds >= FEED_ROUNDS {
+                        self.next = Instant::now(); // the rest at once
                         return Ok(());
                     }
                 }

@@ -552,6 +552,22 @@ async fn watch(
         }
         None => tokio::task::block_in_place(|| api.meta.store().cursor())?,
     };
+    // With auth on, the token that opened the stream is checked again
+    // while it runs: a revoked or expired token ends it.
+    let recheck = if api.auth.enabled() {
+        let token = crate::auth_http::bearer(&headers)
+            .ok()
+            .flatten()
+            .map(str::to_string)
+            .unwrap_or_default();
+        Some(Recheck {
+            auth: api.auth.clone(),
+            token,
+            last: Instant::now(),
+        })
+    } else {
+        None
+    };
     let state = WatchState {
         meta: api.meta.clone(),
         cursor,
@@ -559,6 +575,7 @@ async fn watch(
         pending: std::collections::VecDeque::new(),
         ended: false,
         hide_reserved: api.auth.enabled(),
+        recheck,
     };
     let stream = futures_util::stream::unfold(state, next_event);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
@@ -573,6 +590,44 @@ struct WatchState {
     /// With auth on, no token reaches reserved names: their changes are
     /// not shown. `$auth` (secrets) is never shown.
     hide_reserved: bool,
+    /// With auth on: the stream's token, checked again every
+    /// [`RECHECK`].
+    recheck: Option<Recheck>,
+}
+
+/// How often an open watch checks its token again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+struct Recheck {
+    auth: crate::auth::Auth,
+    token: String,
+    last: Instant,
+}
+
+impl WatchState {
+    /// Whether the stream's token still allows it (always, with auth off).
+    fn allowed(&mut self) -> Result<(), String> {
+        let Some(r) = &mut self.recheck else {
+            return Ok(());
+        };
+        if r.last.elapsed() < RECHECK {
+            return Ok(());
+        }
+        r.last = Instant::now();
+        let fp = match &self.scope {
+            Some((p, Some(sub))) => Some(FullPrefix::new(p, sub).map_err(|e| e.to_string())?),
+            _ => None,
+        };
+        let target = match (&self.scope, &fp) {
+            (_, Some(fp)) => crate::auth::Target::FullPrefix(fp),
+            (Some((p, None)), None) => crate::auth::Target::Prefix(p),
+            _ => crate::auth::Target::All,
+        };
+        r.auth
+            .check_target(Some(&r.token), target, crate::auth::Access::Read)
+            .map(|_| ())
+            .map_err(|e| e.message)
+    }
 }
 
 async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, WatchState)> {
@@ -582,6 +637,15 @@ async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, 
         }
         if s.ended {
             return None;
+        }
+        if let Err(why) = s.allowed() {
+            s.pending.push_back(
+                SseEvent::default()
+                    .event("error")
+                    .data(json!({"message": format!("the stream ends: {why}")}).to_string()),
+            );
+            s.ended = true;
+            continue;
         }
         let store = s.meta.store().clone();
         let cursor = s.cursor;

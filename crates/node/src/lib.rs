@@ -181,6 +181,16 @@ pub async fn run(
     let me = config.advertise.unwrap_or(listen).to_string();
     let core = core::Core::open(&config, me)?;
     if config.auth {
+        // The directory holds the cluster key and password hashes: only
+        // its owner may read it (any local account could otherwise mint
+        // tokens).
+        restrict(&config.dir)?;
+        if plaintext {
+            eprintln!(
+                "chorus: warning: auth is on but peers talk plaintext (--insecure): any local process can join on {} and receive every key, $auth included; use --tls",
+                config.gossip
+            );
+        }
         // Tokens can be made and checked from the start.
         core.api()
             .auth
@@ -202,6 +212,23 @@ pub async fn run(
         None => None,
     };
     core.run(listener, shutdown).await
+}
+
+/// Makes `dir` readable by its owner only (mode 0700).
+fn restrict(dir: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = chorus_store::expand_home(dir)?;
+    let fail = |e: std::io::Error| {
+        Error::Io(format!(
+            "cannot make {} private (mode 0700) for the cluster key it holds: {e}",
+            dir.display()
+        ))
+    };
+    let mode = std::fs::metadata(&dir).map_err(fail)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// Listens with SO_REUSEADDR, so a node restarted at once after a crash

@@ -198,10 +198,13 @@ pub(crate) struct Near {
     pub(crate) detail: String,
 }
 
-/// The priority and window a value records (0, 0 when none).
+/// The priority and window a value records (0, 0 when none). A value
+/// pushed with a window beyond [`WINDOW_MS_MAX`] (its meta is the pusher's
+/// to set) is held to that limit, so that no value can claim a key for
+/// longer than a day.
 fn claim(v: &Value) -> (u8, u32) {
     let m = v.meta();
-    (m.priority, m.window_ms)
+    (m.priority, m.window_ms.min(WINDOW_MS_MAX))
 }
 
 /// Merges a pushed object into the local one (the DVV merge: nothing is
