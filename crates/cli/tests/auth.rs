@@ -3,13 +3,12 @@
 //! writes that record their token, the audit log, tokens checked on
 //! another node and refused there once revoked, and no secret anywhere.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{CHORUS, Node, chorus, free_port, ok_json, wait_until};
+use common::{CHORUS, Node, chorus, chorus_in, free_port, ok_json, wait_until};
 
 const SECRET: &str = "correct horse battery";
 
@@ -67,31 +66,6 @@ fn request(
         status.trim().parse().unwrap_or(0),
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
-}
-
-/// Runs the CLI with `stdin` as its input.
-fn chorus_in(dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(CHORUS)
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run chorus");
-    // A command that refuses its arguments exits without reading stdin:
-    // a broken pipe here is not a failure.
-    if let Err(e) = child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-    {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
-    }
-    child.wait_with_output().expect("wait chorus")
 }
 
 fn add_user(dir: &Path, name: &str, secret: &str) {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{CHORUS, Node, chorus, free_port, ok_json, serve, wait_until};
+use common::{CHORUS, Node, chorus, chorus_in, free_port, ok_json, serve, wait_until};
 
 /// A running `chorus stage`, killed (SIGKILL) when dropped; its stderr
 /// goes to a file.
@@ -900,24 +900,6 @@ fn the_token_is_sent_as_a_bearer_header_and_never_logged() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!s.contains(secret), "{s}");
     assert!(!text.contains(secret), "{text}");
-}
-
-/// Runs the CLI with `stdin` as its input and `env` set.
-fn chorus_in(dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(CHORUS)
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run chorus");
-    if let Some(mut input) = child.stdin.take() {
-        let _ = std::io::Write::write_all(&mut input, stdin.as_bytes());
-    }
-    child.wait_with_output().expect("wait chorus")
 }
 
 #[test]

@@ -588,18 +588,7 @@ fn execute(api: &Api, r: &Request) -> Result<Value, ApiError> {
                 ..IterOptions::default()
             };
             let items = api.meta.to_list(&Scope::FullPrefix(fp), &opts)?;
-            let keys: Vec<Value> = items
-                .iter()
-                .map(|i| {
-                    let mut o = read_json(&i.read);
-                    o["key"] = match std::str::from_utf8(&i.key) {
-                        Ok(s) => json!(s),
-                        Err(_) => json!(STANDARD.encode(&i.key)),
-                    };
-                    o
-                })
-                .collect();
-            Ok(json!({ "keys": keys }))
+            Ok(crate::json::list_json(&items))
         }
         "doc.create" => Ok(r.docs(api)?.create(r.json("doc")?)?.to_json()),
         "doc.update" => Ok(r

@@ -17,8 +17,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use chorus_core::FullPrefix;
 use chorus_core::object::{context_from_string, context_to_string};
 use chorus_store::{
@@ -476,18 +474,7 @@ async fn kv_list(
     };
     let meta = api.meta.clone();
     let items = tokio::task::block_in_place(|| meta.to_list(&Scope::FullPrefix(fp), &opts))?;
-    let keys: Vec<Value> = items
-        .iter()
-        .map(|i| {
-            let mut o = read_json(&i.read);
-            o["key"] = match std::str::from_utf8(&i.key) {
-                Ok(s) => json!(s),
-                Err(_) => json!(STANDARD.encode(&i.key)),
-            };
-            o
-        })
-        .collect();
-    Ok(axum::Json(json!({ "keys": keys })).into_response())
+    Ok(axum::Json(crate::json::list_json(&items)).into_response())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -52,3 +52,20 @@ pub fn object_json(object: &chorus_core::object::Object) -> Value {
     let tombstone = object.values().iter().all(|v| v.bytes().is_none());
     json!({"values": values, "context": context_to_string(&object.context()), "tombstone": tombstone})
 }
+
+/// Listed keys: each a read plus its `key` (text, or base64 when the key
+/// is not UTF-8), as `{"keys": [...]}`.
+pub fn list_json(items: &[chorus_store::Item]) -> Value {
+    let keys: Vec<Value> = items
+        .iter()
+        .map(|i| {
+            let mut o = read_json(&i.read);
+            o["key"] = match std::str::from_utf8(&i.key) {
+                Ok(s) => json!(s),
+                Err(_) => json!(STANDARD.encode(&i.key)),
+            };
+            o
+        })
+        .collect();
+    json!({ "keys": keys })
+}
