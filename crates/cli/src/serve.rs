@@ -41,7 +41,7 @@ pub(crate) struct ServeArgs {
     /// Publish change events on this ZeroMQ PUB endpoint (needs --zmq)
     #[arg(long, requires = "zmq")]
     zmq_pub: Option<String>,
-    /// Broker worker threads: writes waiting on the disk together share one sync
+    /// Broker worker threads for document and oplog requests (key writes are group-committed by one committer)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     zmq_workers: u16,
 }

@@ -3,15 +3,18 @@
 //! the wire protocol).
 //!
 //! One thread owns the sockets (ZeroMQ sockets are not thread-safe); only
-//! this file knows ZeroMQ, behind the small [`Sockets`] trait. Cheap reads
-//! are answered on that thread from the in-memory copy. Writes and longer
-//! reads go to a fixed pool of worker threads through a bounded queue;
-//! the workers call the store, whose commit queue (the daemon runs it in
-//! `SyncMode::Batch`) turns every write waiting at the same moment into
-//! one log append and one sync: group commit. A reply is sent only after
-//! the sync of its commit. When as many requests are in flight as the
-//! queue holds, the broker stops reading the request socket, so ZeroMQ's
-//! high-water marks push back on clients: nothing grows without bound.
+//! this file knows ZeroMQ, behind the small [`Sockets`] trait. `ping` and
+//! `get` are answered on that thread from the in-memory copy. Key writes
+//! (`put`, `delete`) are parsed and their tokens checked there, then
+//! handed to one committer thread, which takes every write waiting and
+//! commits them with `Metadata::put_all`: one log append and one sync for
+//! all (group commit). Document and operation-log requests and longer
+//! reads go to a fixed pool of worker threads, whose writes share syncs
+//! through the store's commit queue (`SyncMode::Batch`). A reply is sent
+//! only after the sync of its commit. When as many requests are in flight
+//! as the queues hold, the broker stops reading the request socket, so
+//! ZeroMQ's high-water marks push back on clients: nothing grows without
+//! bound.
 //!
 //! The same thread tails the directory's change feed and publishes every
 //! change (local, from another process, or merged from a peer) on the PUB
@@ -61,8 +64,8 @@ pub struct BrokerConfig {
     pub endpoint: String,
     /// The PUB endpoint for change events, if any.
     pub publish: Option<String>,
-    /// Worker threads that run writes (each waits on the disk; they are
-    /// what lets many writes share one sync).
+    /// Worker threads for document and operation-log requests and longer
+    /// reads (each may wait on the disk; key writes go to the committer).
     pub workers: usize,
 }
 
