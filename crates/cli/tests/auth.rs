@@ -785,7 +785,9 @@ fn review_holes_stay_closed_query_tricks_open_streams_hash_and_directory_mode() 
         .stdout(Stdio::piped())
         .spawn()
         .expect("curl");
-    std::thread::sleep(Duration::from_millis(500));
+    // Time for curl to connect on a busy machine: a change made before the
+    // stream opens would not be in it.
+    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(put(&url, "app/cfg/k", Some(&rw), "seen").0, 200);
     std::thread::sleep(Duration::from_millis(500));
     let out = chorus_in(&d, &["token", "revoke", &ro_id], "", &[]);
