@@ -31,7 +31,7 @@ use chorus_core::FullPrefix;
 use chorus_core::object::context_from_string;
 use chorus_store::docs::Docs;
 use chorus_store::{
-    BatchPut, Cursor, Feed, GetOptions, IterOptions, Match, PutOptions, PutValue, Resolver, Scope,
+    BatchPut, Cursor, Feed, GetOptions, IterOptions, Match, PutOptions, PutValue, Scope,
 };
 use serde_json::{Value, json};
 
@@ -306,6 +306,8 @@ struct Job {
     request: Result<Request, ApiError>,
     /// Who the request's token says it comes from (nobody with auth off).
     grant: Grant,
+    /// The full prefix it reaches, for the audit log (empty for ping).
+    target: String,
 }
 
 /// A key write prepared on the socket thread for the committer.
@@ -549,17 +551,8 @@ fn execute(api: &Api, r: &Request) -> Result<Value, ApiError> {
         "get" => {
             let fp = r.full_prefix()?;
             let key = r.str("key")?;
-            let resolver = match r.opt_str("resolve")? {
-                None => Resolver::None,
-                Some("lww") => Resolver::Lww,
-                Some(other) => {
-                    return Err(ApiError::bad(format!(
-                        "resolve {other:?}: the only resolver over ZeroMQ is \"lww\""
-                    )));
-                }
-            };
             let opts = GetOptions {
-                resolver,
+                resolver: crate::http::resolver(r.opt_str("resolve")?)?,
                 ..GetOptions::default()
             };
             match api.meta.get(&fp, key.as_bytes(), &opts)? {
@@ -659,6 +652,7 @@ fn answer(stats: &Stats, job: Job, api: &Api) -> Vec<Vec<u8>> {
         id,
         request,
         grant,
+        target,
     } = job;
     let mut write = false;
     let outcome = request.and_then(|r| {
@@ -679,14 +673,7 @@ fn answer(stats: &Stats, job: Job, api: &Api) -> Vec<Vec<u8>> {
             &stamped
         };
         let out = execute(on, &r);
-        let target = r.target().ok().flatten().map(|(fp, _)| fp.to_string());
-        api.auth.audit(
-            &grant,
-            "zmq",
-            &r.op,
-            target.as_deref().unwrap_or_default(),
-            out.is_ok(),
-        );
+        api.auth.audit(&grant, "zmq", &r.op, &target, out.is_ok());
         out
     });
     if write && outcome.is_ok() {
@@ -905,6 +892,7 @@ fn serve(
                 id,
                 request,
                 grant,
+                target,
             };
             let quick = job.request.as_ref().map_or(true, Request::is_quick);
             if quick {
@@ -932,7 +920,7 @@ fn serve(
                     put,
                     op: r.op.clone(),
                     grant: job.grant,
-                    target,
+                    target: job.target,
                 };
                 match writes.try_send(w) {
                     Ok(()) => in_flight += 1,

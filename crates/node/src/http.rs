@@ -358,6 +358,18 @@ pub(crate) fn record(api: &Api, write: bool, started: Instant) {
     slot.1 += started.elapsed().as_secs_f64();
 }
 
+/// The resolver a client names (HTTP `?resolve=`, ZeroMQ `"resolve"`):
+/// none, or `lww`.
+pub(crate) fn resolver(name: Option<&str>) -> Result<Resolver, ApiError> {
+    match name {
+        None => Ok(Resolver::None),
+        Some("lww") => Ok(Resolver::Lww),
+        Some(other) => Err(ApiError::bad(format!(
+            "resolve {other:?}: the only resolver a client can name is lww (leave it out to get every sibling)"
+        ))),
+    }
+}
+
 // A Writer: with allow_put a read may write the resolved value back.
 async fn kv_get(
     crate::auth_http::Writer(api): crate::auth_http::Writer,
@@ -366,17 +378,8 @@ async fn kv_get(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let fp = full_prefix(&prefix, &sub)?;
-    let resolver = match q.resolve.as_deref() {
-        None => Resolver::None,
-        Some("lww") => Resolver::Lww,
-        Some(other) => {
-            return Err(ApiError::bad(format!(
-                "resolve={other}: the only resolver over HTTP is lww"
-            )));
-        }
-    };
     let opts = GetOptions {
-        resolver,
+        resolver: resolver(q.resolve.as_deref())?,
         allow_put: q.allow_put.unwrap_or(false),
         ..GetOptions::default()
     };

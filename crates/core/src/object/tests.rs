@@ -287,9 +287,13 @@ fn objects() -> impl Strategy<Value = Object> {
 #[test]
 fn values_without_meta_encode_as_before_and_meta_round_trips() {
     let plain = Object::modify(None, &Vec::new(), v("x", 1, 1), node(1));
-    // The version 1 layout with no meta: tag 0x01 right after the node.
+    // The version 1 layout with no meta: the value's tag (after version,
+    // entry count, node, counter, value count, timestamp and node) is
+    // 0x01, plain data, followed at once by the length and the bytes.
     let bytes = plain.encode();
-    assert_eq!(bytes[1..].iter().filter(|b| **b == 3).count(), 0);
+    let tag_at = 1 + 1 + 16 + 8 + 1 + 8 + 16;
+    // Then no anonymous values.
+    assert_eq!(&bytes[tag_at..], &[1, 1, b'x', 0][..]);
     let empty = v("x", 1, 1).with_meta(Meta::default());
     assert_eq!(empty.meta, None);
     assert_eq!(
