@@ -13,6 +13,16 @@
 //!
 //! Iteration follows the hash bits, so its order is the same in every
 //! process for the same keys, but it is not key order.
+//!
+//! **Groups.** A key with a zero byte is placed by the hash of the bytes
+//! before its first zero byte (its *group base*): `doc`, `doc\0a` and
+//! `doc\0b` all share one hash, so they meet in one collision bucket, an
+//! ordered map, and [`Hamt::group`] visits them in key order in
+//! O(log n + group size). Documents and operation logs keep one record per
+//! revision or operation this way (`id\0...`, `path\0...`) and find a
+//! document's or a log's records without scanning the full prefix. The
+//! grouping is an in-memory placement only: nothing stored or sent
+//! depends on it (the Merkle trees hash keys themselves).
 
 use std::sync::Arc;
 
@@ -29,8 +39,29 @@ fn fragment(hash: u64, depth: u32) -> u32 {
     (hash.checked_shr(depth * BITS).unwrap_or(0) & 0x1f) as u32
 }
 
-/// How keys are hashed: [`key_hash`] in the store; tests force collisions.
+/// How keys are hashed: [`group_hash`] in the store; tests force collisions.
 type HashFn = fn(&[u8]) -> u64;
+
+/// The bytes of `key` before its first zero byte (all of it if none).
+pub(crate) fn group_base(key: &[u8]) -> &[u8] {
+    match key.iter().position(|b| *b == 0) {
+        Some(at) => &key[..at],
+        None => key,
+    }
+}
+
+/// True when `key` belongs to the group of `base`: it is `base`, or
+/// `base` followed by a zero byte and anything.
+pub(crate) fn in_group(key: &[u8], base: &[u8]) -> bool {
+    key.len() >= base.len()
+        && key[..base.len()] == *base
+        && (key.len() == base.len() || key[base.len()] == 0)
+}
+
+/// Where the store places a key: [`key_hash`] of its [`group_base`].
+pub(crate) fn group_hash(key: &[u8]) -> u64 {
+    key_hash(group_base(key))
+}
 
 #[derive(Clone)]
 enum Slot<V> {
@@ -105,7 +136,7 @@ impl<V: std::fmt::Debug + Clone> std::fmt::Debug for Hamt<V> {
 
 impl<V: Clone> Default for Hamt<V> {
     fn default() -> Self {
-        Hamt::with_hasher(key_hash)
+        Hamt::with_hasher(group_hash)
     }
 }
 
@@ -141,6 +172,40 @@ impl<V: Clone> Hamt<V> {
                 Slot::Collision(h, entries) => {
                     return if *h == hash { entries.get(key) } else { None };
                 }
+            }
+            depth += 1;
+        }
+    }
+
+    /// The keys of the group of `base` (see the module documentation), in
+    /// key order: `base` itself if present, then `base\0...`. A group shares
+    /// one hash, so this is one descent and an ordered walk of one bucket.
+    pub(crate) fn group<'a>(&'a self, base: &'a [u8]) -> Group<'a, V> {
+        let hash = (self.hash_of)(base);
+        let mut node = &self.root;
+        let mut depth = 0;
+        loop {
+            let bit = 1u32 << fragment(hash, depth);
+            if node.bitmap & bit == 0 {
+                return Group::Empty;
+            }
+            match &node.slots[node.index(bit)] {
+                Slot::Leaf(k, v) => {
+                    return if in_group(k, base) {
+                        Group::One(Some((k, v)))
+                    } else {
+                        Group::Empty
+                    };
+                }
+                Slot::Branch(child) => node = child,
+                Slot::Collision(h, entries) if *h == hash => {
+                    let start = Key::new(base);
+                    return Group::Bucket {
+                        range: entries.range(start..),
+                        base,
+                    };
+                }
+                Slot::Collision(..) => return Group::Empty,
             }
             depth += 1;
         }
@@ -314,6 +379,42 @@ fn remove_slot<V: Clone>(node: &mut Node<V>, at: usize, bit: u32) -> Slot<V> {
     removed
 }
 
+/// The keys of one group in key order (see [`Hamt::group`]).
+pub(crate) enum Group<'a, V> {
+    /// No key of the group.
+    Empty,
+    /// The group's one key.
+    One(Option<(&'a Key, &'a V)>),
+    /// A bucket walked from the group's base while keys belong to it.
+    Bucket {
+        range: imbl::ordmap::RangedIter<'a, Key, V, imbl::shared_ptr::DefaultSharedPtr>,
+        base: &'a [u8],
+    },
+}
+
+impl<'a, V> Iterator for Group<'a, V> {
+    type Item = (&'a Key, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Group::Empty => None,
+            Group::One(item) => item.take(),
+            Group::Bucket { range, base } => {
+                // Keys of the group are contiguous from `base` in key order
+                // (`base` < `base\0...` < anything else starting with
+                // `base`); another group that shares the hash sorts apart.
+                let (k, v) = range.next()?;
+                if in_group(k, base) {
+                    Some((k, v))
+                } else {
+                    *self = Group::Empty;
+                    None
+                }
+            }
+        }
+    }
+}
+
 /// Entries in hash order, owning the nodes it walks.
 pub(crate) struct OwnedIter<V> {
     stack: Vec<(Arc<[Slot<V>]>, usize)>,
@@ -473,6 +574,36 @@ mod tests {
     }
 
     proptest! {
+        /// A group is exactly the keys `base` and `base\0...`, in key order,
+        /// through inserts and removals.
+        #[test]
+        fn groups_are_their_keys_in_order(
+            ops in proptest::collection::vec((any::<bool>(), 0u8..4, proptest::option::of(0u16..300)), 1..600),
+        ) {
+            let mut m: Hamt<u8> = Hamt::default();
+            let mut model: BTreeMap<Vec<u8>, u8> = BTreeMap::new();
+            let bases: [&[u8]; 4] = [b"doc", b"doc2", b"do", b"x"];
+            for (insert, b, rest) in ops {
+                let mut key = bases[usize::from(b)].to_vec();
+                if let Some(r) = rest {
+                    key.push(0);
+                    key.extend_from_slice(r.to_string().as_bytes());
+                }
+                if insert {
+                    m.insert(k(&key), b);
+                    model.insert(key, b);
+                } else {
+                    m.remove(&k(&key));
+                    model.remove(&key);
+                }
+            }
+            for base in bases {
+                let got: Vec<Vec<u8>> = m.group(base).map(|(k, _)| k.to_vec()).collect();
+                let want: Vec<Vec<u8>> = model.keys().filter(|k| in_group(k, base)).cloned().collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+
         #[test]
         fn behaves_like_a_btreemap(
             weak_hash in any::<bool>(),

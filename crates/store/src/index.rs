@@ -62,11 +62,21 @@ fn set_hash(sum: u128, count: u64) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Most writes [`Index`] remembers for [`Snapshot::changed_since`]: a cache
+/// that fell further behind rebuilds instead.
+pub(crate) const RECENT_MAX: usize = 1 << 16;
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Index {
     prefixes: OrdMap<FullPrefix, Keys>,
     keys: usize,
     bytes: u64,
+    /// The last writes applied, oldest first: (commit seq, full prefix,
+    /// key), at most [`RECENT_MAX`].
+    recent: imbl::Vector<(u64, FullPrefix, Key)>,
+    /// Every write of a commit after this seq is in `recent`; `None` until
+    /// the first write is recorded (a freshly loaded index knows none).
+    recent_from: Option<u64>,
 }
 
 impl Index {
@@ -130,7 +140,62 @@ impl Index {
             .flat_map(|(fp, keys)| keys.map.iter().map(move |(k, e)| (fp, k, e)))
     }
 
+    /// Records that commit `seq` wrote `key` (see [`Snapshot::changed_since`]).
+    fn record(&mut self, seq: u64, fp: &FullPrefix, key: Key) {
+        if self.recent_from.is_none() {
+            self.recent_from = Some(seq.saturating_sub(1));
+        }
+        self.recent.push_back((seq, fp.clone(), key));
+        while self.recent.len() > RECENT_MAX {
+            if let Some((evicted, _, _)) = self.recent.pop_front() {
+                // Some write of `evicted` may be gone: only later commits
+                // are still complete.
+                self.recent_from = Some(evicted);
+            }
+        }
+    }
+
+    /// The keys written by commits after `seq`, oldest first, or `None`
+    /// when this index no longer remembers all of them.
+    pub(crate) fn changed_since(
+        &self,
+        seq: u64,
+    ) -> Option<impl Iterator<Item = (u64, &FullPrefix, &Key)>> {
+        let from = self.recent_from?;
+        if seq < from {
+            return None;
+        }
+        // Commits are recorded in seq order: skip those at or before `seq`.
+        let skip = self.recent.binary_search_by(|(s, _, _)| {
+            if *s <= seq {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
+        let start = skip.unwrap_or_else(|at| at);
+        Some(
+            (start..self.recent.len())
+                .filter_map(|i| self.recent.get(i))
+                .map(|(s, fp, k)| (*s, fp, k)),
+        )
+    }
+
+    /// The keys of `fp` in the group of `base`, in key order (see
+    /// `hamt.rs`: `base` and `base\0...`).
+    pub(crate) fn group<'a>(
+        &'a self,
+        fp: &FullPrefix,
+        base: &'a [u8],
+    ) -> impl Iterator<Item = (&'a Key, &'a Entry)> + 'a {
+        self.prefixes
+            .get(fp)
+            .into_iter()
+            .flat_map(move |keys| keys.map.group(base))
+    }
+
     pub(crate) fn put(&mut self, fp: &FullPrefix, key: Key, entry: Entry) {
+        self.record(entry.seq, fp, key.clone());
         let key_len = key.len() as u64;
         let value_len = entry.value.len() as u64;
         let added = element_hash(&key, &entry.value);
@@ -211,7 +276,8 @@ impl Index {
         }
     }
 
-    pub(crate) fn remove(&mut self, fp: &FullPrefix, key: &[u8]) {
+    pub(crate) fn remove(&mut self, fp: &FullPrefix, key: &[u8], seq: u64) {
+        self.record(seq, fp, Key::new(key));
         let Some(keys) = self.prefixes.get_mut(fp) else {
             return;
         };
@@ -293,7 +359,7 @@ impl Applier {
                         value: Bytes::from(v.0),
                     },
                 ),
-                None => index.remove(&fp, w.key.0),
+                None => index.remove(&fp, w.key.0, c.seq),
             }
         }
     }
@@ -336,6 +402,32 @@ impl Snapshot {
     /// Sort the keys if you show them to a person.
     pub fn iter_prefix(&self, fp: &FullPrefix) -> impl Iterator<Item = (&Key, &Entry)> {
         self.state.index.iter_prefix(fp)
+    }
+
+    /// The keys of `fp` whose bytes before their first zero byte are
+    /// `base`: `base` itself, then `base\0...`, in key order. O(log n +
+    /// the group's size), whatever the size of the full prefix: the index
+    /// places a group's keys together. Documents and operation logs keep
+    /// their records this way.
+    pub fn group<'a>(
+        &'a self,
+        fp: &FullPrefix,
+        base: &'a [u8],
+    ) -> impl Iterator<Item = (&'a Key, &'a Entry)> + 'a {
+        self.state.index.group(fp, base)
+    }
+
+    /// Every key written (or removed) by a commit after `seq`, with the
+    /// commit's seq, oldest first, up to this view; `None` when this
+    /// process no longer remembers them all (it keeps the last 65,536
+    /// writes, and none from before it loaded the current generation).
+    /// Caches derived from the data use it to catch up in proportion to
+    /// what changed; on `None` they rebuild.
+    pub fn changed_since(
+        &self,
+        seq: u64,
+    ) -> Option<impl Iterator<Item = (u64, &FullPrefix, &Key)>> {
+        self.state.index.changed_since(seq)
     }
 
     /// Every live key, ordered by full prefix, then as [`Snapshot::iter_prefix`].

@@ -1082,7 +1082,7 @@ impl Inner {
                             value: v.clone(),
                         },
                     ),
-                    None => work.index.remove(&w.full_prefix, &w.key),
+                    None => work.index.remove(&w.full_prefix, &w.key, seq),
                 }
             }
             work.last_seq = seq;
