@@ -628,7 +628,7 @@ fn many_threads_with_small_batches_all_finish_and_count_exactly() {
 /// `changed_since` names exactly the keys written after a point.
 #[test]
 fn groups_and_changes_since() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("ok");
     let store = Store::open(
         dir.path(),
         Options {
@@ -636,18 +636,18 @@ fn groups_and_changes_since() {
             ..Options::default()
         },
     )
-    .unwrap();
-    let fp = FullPrefix::new("app", "docs").unwrap();
+    .expect("ok");
+    let fp = FullPrefix::new("app", "docs").expect("ok");
     for i in 0..200u32 {
         store
             .put(&fp, format!("other{i}").as_bytes(), b"x")
-            .unwrap();
+            .expect("ok");
     }
-    let before = store.snapshot().unwrap().seq();
+    let before = store.snapshot().expect("ok").seq();
     for key in [&b"doc\0b"[..], b"doc", b"doc\0a", b"doc2\0a", b"docs"] {
-        store.put(&fp, key, b"v").unwrap();
+        store.put(&fp, key, b"v").expect("ok");
     }
-    let snap = store.snapshot().unwrap();
+    let snap = store.snapshot().expect("ok");
     let group: Vec<Vec<u8>> = snap.group(&fp, b"doc").map(|(k, _)| k.to_vec()).collect();
     assert_eq!(
         group,
@@ -661,16 +661,16 @@ fn groups_and_changes_since() {
         .collect();
     assert_eq!(changed.len(), 5);
     assert_eq!(changed[0], b"doc\0b".to_vec());
-    assert_eq!(snap.changed_since(snap.seq()).unwrap().count(), 0);
-    store.delete(&fp, b"doc\0a").unwrap();
-    let snap = store.snapshot().unwrap();
+    assert_eq!(snap.changed_since(snap.seq()).expect("ok").count(), 0);
+    store.delete(&fp, b"doc\0a").expect("ok");
+    let snap = store.snapshot().expect("ok");
     let group: Vec<Vec<u8>> = snap.group(&fp, b"doc").map(|(k, _)| k.to_vec()).collect();
     assert_eq!(group, vec![b"doc".to_vec(), b"doc\0b".to_vec()]);
     // A handle that loads a compacted generation remembers nothing before
     // it (one that replays frames remembers what it replayed).
-    store.compact().unwrap();
+    store.compact().expect("ok");
     drop(store);
-    let again = Store::open(dir.path(), Options::default()).unwrap();
-    let snap = again.snapshot().unwrap();
+    let again = Store::open(dir.path(), Options::default()).expect("ok");
+    let snap = again.snapshot().expect("ok");
     assert!(snap.changed_since(before).is_none());
 }
