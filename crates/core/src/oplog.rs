@@ -32,9 +32,15 @@ use sha2::{Digest, Sha256};
 
 use crate::docs::canonical_json;
 
-/// How every encoded log begins: a cheap test for "is this value an
-/// operation log" before decoding anything.
+/// How every encoded log (and log head) begins: a cheap test for "is
+/// this value an operation log" before decoding anything.
 pub const ENCODED_PREFIX: &[u8] = br#"{"checkpoint""#;
+
+/// How every encoded operation record begins (see [`Op::encode_record`]).
+pub const RECORD_PREFIX: &[u8] = br#"{"oprec""#;
+
+/// Most bytes of a node id in an operation (Chorus's are 32 hex digits).
+const MAX_NODE_BYTES: usize = 64;
 
 /// Most bytes of an operation's payload, as JSON.
 pub const MAX_PAYLOAD_BYTES: usize = 64 << 10;
@@ -101,6 +107,64 @@ impl Op {
             "id": self.id(), "timestamp": self.timestamp, "node": self.node,
             "sha": self.sha, "payload": self.payload,
         })
+    }
+
+    /// Where its record sorts within its log: the timestamp as 16 hex
+    /// digits, the node and the sha, so records sort like operations.
+    pub fn record_suffix(&self) -> String {
+        format!("{:016x}.{}.{}", self.timestamp, self.node, self.sha)
+    }
+
+    /// The operation as an immutable record of a log of type `kind`: it
+    /// starts with [`RECORD_PREFIX`] and carries everything its sha covers,
+    /// so a reader can check it ([`Op::decode_record`]).
+    pub fn encode_record(&self, kind: &str) -> Vec<u8> {
+        let text = |s: &str| Value::String(s.to_string()).to_string();
+        format!(
+            r#"{{"oprec":1,"type":{},"timestamp":{},"node":{},"sha":{},"payload":{}}}"#,
+            text(kind),
+            self.timestamp,
+            text(&self.node),
+            text(&self.sha),
+            self.payload
+        )
+        .into_bytes()
+    }
+
+    /// Reads what [`Op::encode_record`] wrote and checks it: a valid type,
+    /// a node id, a payload within [`MAX_PAYLOAD_BYTES`], and a sha that is the hash of the rest (a
+    /// record cannot claim another operation's identity).
+    pub fn decode_record(bytes: &[u8]) -> Result<(String, Op), OpError> {
+        let bad = |why: &str| OpError::Invalid(format!("an operation record is malformed: {why}"));
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
+        if v.get("oprec") != Some(&Value::from(1)) {
+            return Err(bad("unknown version (expected \"oprec\": 1)"));
+        }
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no type"))?;
+        validate_kind(kind)?;
+        let op = Op::from_json(&v).ok_or_else(|| bad("timestamp, node, sha or payload"))?;
+        let node_ok = !op.node.is_empty()
+            && op.node.len() <= MAX_NODE_BYTES
+            && op.node != "checkpoint"
+            && !op.node.chars().any(char::is_control);
+        if !node_ok {
+            return Err(bad(
+                "the node is not a node id (1 to 64 bytes, no control characters)",
+            ));
+        }
+        let size = op.payload.to_string().len();
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(bad(&format!(
+                "the payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}"
+            )));
+        }
+        if op_sha(kind, op.timestamp, &op.node, &op.payload) != op.sha {
+            return Err(bad("its sha is not the hash of its content"));
+        }
+        Ok((kind.to_string(), op))
     }
 
     fn from_json(v: &Value) -> Option<Op> {
@@ -194,6 +258,46 @@ fn checkpoint_as_op(c: &Checkpoint) -> Op {
     }
 }
 
+/// Where an operation stands against a log's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// After the checkpoint (or there is none): it applies.
+    Applies,
+    /// The checkpoint folded it: already in the value.
+    Folded,
+    /// At or before the checkpoint, not folded by it: reported, not applied.
+    Late,
+}
+
+/// Where `op` stands against `checkpoint`.
+pub fn standing(checkpoint: Option<&Checkpoint>, op: &Op) -> Standing {
+    match checkpoint {
+        Some(cp) if (op.timestamp, &op.node, &op.sha) <= (cp.upto.0, &cp.upto.1, &cp.upto.2) => {
+            if cp
+                .frontier
+                .get(&op.node)
+                .is_some_and(|t| op.timestamp <= *t)
+            {
+                Standing::Folded
+            } else {
+                Standing::Late
+            }
+        }
+        _ => Standing::Applies,
+    }
+}
+
+/// `state` after `op`, with an error that names the type and the operation.
+pub fn apply(reducer: &dyn Reducer, kind: &str, state: Value, op: &Op) -> Result<Value, OpError> {
+    reducer.reduce(state, op).map_err(|e| {
+        OpError::Reducer(format!(
+            "the reducer of type {kind:?} failed on operation {} ({}): {e}",
+            op.id(),
+            op.payload
+        ))
+    })
+}
+
 /// A reducer: how a type's operations make its value.
 pub trait Reducer: Send + Sync {
     /// The state before any operation.
@@ -265,20 +369,19 @@ impl OpLog {
     /// is late (at or before the checkpoint, and not folded by it).
     #[must_use = "a late operation must be reported, not dropped silently"]
     pub fn push(&mut self, op: Op) -> Option<Op> {
-        let key = op.key();
-        match &self.checkpoint {
-            Some(cp) if key <= cp.upto => {
-                let folded = cp
-                    .frontier
-                    .get(&op.node)
-                    .is_some_and(|t| op.timestamp <= *t);
-                (!folded).then_some(op)
-            }
-            _ => {
-                self.ops.insert(key, op);
+        match standing(self.checkpoint.as_ref(), &op) {
+            Standing::Folded => None,
+            Standing::Late => Some(op),
+            Standing::Applies => {
+                self.ops.insert(op.key(), op);
                 None
             }
         }
+    }
+
+    /// The checkpoint and type only, the operations taken out.
+    pub fn take_ops(&mut self) -> BTreeMap<OpKey, Op> {
+        std::mem::take(&mut self.ops)
     }
 
     /// Union of operations plus the newest checkpoint; returns the late
@@ -331,14 +434,7 @@ impl OpLog {
             .as_ref()
             .map_or_else(|| reducer.init(), |c| c.value.clone());
         for op in self.ops.values() {
-            state = reducer.reduce(state, op).map_err(|e| {
-                OpError::Reducer(format!(
-                    "the reducer of type {:?} failed on operation {} ({}): {e}",
-                    self.kind,
-                    op.id(),
-                    op.payload
-                ))
-            })?;
+            state = apply(reducer, &self.kind, state, op)?;
         }
         Ok(state)
     }
@@ -405,16 +501,31 @@ impl OpLog {
         serde_json::json!({"checkpoint": checkpoint, "ops": ops, "type": self.kind, "v": 1})
     }
 
-    /// Bytes for storage; they start with [`ENCODED_PREFIX`].
+    /// Bytes for storage; they start with [`ENCODED_PREFIX`]. This is the
+    /// first format (version 1: the operations inline), which Chorus now
+    /// only reads; it stores a log as a head ([`OpLog::encode_head`]) and
+    /// one record per operation.
     pub fn encode(&self) -> Vec<u8> {
         self.to_json().to_string().into_bytes()
+    }
+
+    /// The log's head: its type and checkpoint, no operation (version 2).
+    /// Starts with [`ENCODED_PREFIX`].
+    pub fn encode_head(&self) -> Vec<u8> {
+        let mut v = self.to_json();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("ops");
+            m.insert("v".into(), Value::from(2));
+        }
+        v.to_string().into_bytes()
     }
 
     /// Reads what [`OpLog::encode`] wrote; refuses anything else.
     pub fn decode(bytes: &[u8]) -> Result<OpLog, OpError> {
         let bad = |why: &str| OpError::Invalid(format!("a stored operation log is damaged: {why}"));
         let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
-        if v.get("v") != Some(&Value::from(1)) {
+        let version = v.get("v").and_then(Value::as_u64);
+        if version != Some(1) && version != Some(2) {
             return Err(bad("unknown version"));
         }
         let kind = v
@@ -461,8 +572,12 @@ impl OpLog {
             }
             None => return Err(bad("checkpoint")),
         }
-        for op in list("ops")? {
-            log.ops.insert(op.key(), op);
+        if version == Some(1) {
+            for op in list("ops")? {
+                log.ops.insert(op.key(), op);
+            }
+        } else if v.get("ops").is_some() {
+            return Err(bad("a version 2 head holds no operations"));
         }
         Ok(log)
     }

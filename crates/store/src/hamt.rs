@@ -43,7 +43,7 @@ fn fragment(hash: u64, depth: u32) -> u32 {
 type HashFn = fn(&[u8]) -> u64;
 
 /// The bytes of `key` before its first zero byte (all of it if none).
-pub(crate) fn group_base(key: &[u8]) -> &[u8] {
+pub fn group_base(key: &[u8]) -> &[u8] {
     match key.iter().position(|b| *b == 0) {
         Some(at) => &key[..at],
         None => key,
@@ -52,7 +52,7 @@ pub(crate) fn group_base(key: &[u8]) -> &[u8] {
 
 /// True when `key` belongs to the group of `base`: it is `base`, or
 /// `base` followed by a zero byte and anything.
-pub(crate) fn in_group(key: &[u8], base: &[u8]) -> bool {
+pub fn in_group(key: &[u8], base: &[u8]) -> bool {
     key.len() >= base.len()
         && key[..base.len()] == *base
         && (key.len() == base.len() || key[base.len()] == 0)

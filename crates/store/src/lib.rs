@@ -46,6 +46,7 @@ pub use chorus_core::NodeId;
 pub use error::{ConflictKey, Error, LockHolder, Result};
 pub use feed::{Change, ChangedKey, Cursor, Feed};
 pub use format::Origin;
+pub use hamt::{group_base, in_group};
 pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
 pub use metadata::{

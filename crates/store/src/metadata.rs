@@ -764,6 +764,17 @@ pub(crate) fn new_object_bytes(
     Ok(new_object(snap, fp, key, None, PutValue::Bytes(bytes), writer)?.encode())
 }
 
+/// The encoding of a tombstone that supersedes every value of the key
+/// (what `delete` writes), for the document and oplog layers.
+pub(crate) fn tombstone_object_bytes(
+    snap: &Snapshot,
+    fp: &FullPrefix,
+    key: &[u8],
+    writer: &Writer,
+) -> Result<Vec<u8>> {
+    Ok(new_object(snap, fp, key, None, PutValue::Tombstone, writer)?.encode())
+}
+
 /// A write a transaction makes at commit; `bytes: None` is a tombstone.
 struct TxWrite {
     fp: FullPrefix,

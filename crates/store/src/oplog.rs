@@ -1,28 +1,72 @@
 //! Operation logs over the causal store: the value at a path is the
 //! reduction of its log ([`chorus_core::oplog`]).
 //!
-//! A path's log is one key (the path) in a full prefix, holding the
-//! encoded [`OpLog`]. A push runs under the writer lock on the union of the
-//! key's siblings, so pushes from processes on one machine never lose each
-//! other, and writes the union back with the siblings' context; logs from
-//! other nodes arrive as siblings and merge on the next read or push. A
-//! push's timestamp is above every operation in the log it extends (and
-//! above the directory's last commit), so it sorts after everything its
-//! writer had seen.
+//! A path's log is a group of keys in its full prefix (see
+//! [`Snapshot::group`]): the **head** at the key `path` (the log's type and
+//! its newest checkpoint, [`OpLog::encode_head`]; siblings from several
+//! nodes merge as before) and one immutable **record** per operation at
+//! `path\0{timestamp:016x}.{node}.{sha}` ([`Op::encode_record`]). A record
+//! is written once by the node that pushed it, so it never has siblings,
+//! and writing it again is a no-op. A push writes (and the daemon
+//! broadcasts) the new record only: O(size of the operation), whatever the
+//! log's length.
+//!
+//! A push runs under the writer lock with a timestamp above every operation
+//! in the log it extends (and above the directory's last commit), so it
+//! sorts after everything its writer had seen.
+//!
+//! **Kept values.** Each process keeps, per path it has read, the reducer's
+//! state with the snapshot it reflects, and catches up from
+//! [`Snapshot::changed_since`]: an operation that sorts after everything
+//! already folded is applied in one reducer call; one that sorts earlier
+//! (from a peer or an offline node), a new checkpoint or a removed record
+//! re-folds from the newest checkpoint. So `get` and `push` cost O(what
+//! changed since this process last looked), not O(the log); a process's
+//! first read of a path folds from the checkpoint once.
+//!
+//! **Pruning** writes a new head (the checkpoint) and deletes the records
+//! it folded, at most [`FOLD_PER_COMMIT_MAX`] per commit. In a cluster the
+//! records become tombstones that the daemon collects; in a directory that
+//! no daemon has ever served (no member under `$cluster/members`) they are
+//! removed outright, and pushes prune by themselves: once a log holds more
+//! than [`SOLO_PRUNE_MIN_OPS`] unfolded operations and its oldest is older
+//! than the grace period ([`DEFAULT_SOLO_GRACE`]), operations older than
+//! the grace period are folded (`docs/oplogs.md`).
+//!
+//! Logs written by earlier releases (the head with every operation inline,
+//! format version 1) are read as they are and converted on their first
+//! push or prune: the inline operations become records, the head loses
+//! them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use chorus_core::FullPrefix;
 use chorus_core::object::Hlc;
-use chorus_core::oplog::{MAX_PAYLOAD_BYTES, Op, OpKey, OpLog, Reducer, built_in, validate_kind};
+use chorus_core::oplog::{
+    Checkpoint, MAX_PAYLOAD_BYTES, Op, OpKey, OpLog, RECORD_PREFIX, Reducer, Standing, apply,
+    built_in, standing, validate_kind,
+};
 use serde_json::Value;
 
-use crate::metadata::{Metadata, Writer, new_object_bytes};
-use crate::{Error, Result, Snapshot, Write};
+use crate::hamt::in_group;
+use crate::metadata::{Metadata, Writer, new_object_bytes, tombstone_object_bytes};
+use crate::{Bytes, Error, Result, Snapshot, Write};
 
 /// A compiled script reducer and the stored bytes it came from.
 type CompiledScript = (Vec<u8>, Arc<dyn Reducer>);
+
+/// Most paths whose values a process keeps (least recently used first out).
+const CACHE_PATHS_MAX: usize = 4096;
+/// Most records one pruning commit folds; a larger prune takes several.
+pub const FOLD_PER_COMMIT_MAX: usize = 10_000;
+/// A directory no daemon serves prunes a log on push only past this many
+/// unfolded operations.
+pub const SOLO_PRUNE_MIN_OPS: usize = 1024;
+/// How old an operation must be before a directory no daemon serves folds
+/// it (the daemon's default tombstone grace).
+pub const DEFAULT_SOLO_GRACE: Duration = Duration::from_secs(3600);
 
 /// Operation logs in a [`Metadata`] store, with the reducers this process
 /// knows (the built-in ones, and those registered).
@@ -32,6 +76,9 @@ pub struct Oplogs {
     reducers: Arc<RwLock<BTreeMap<String, Arc<dyn Reducer>>>>,
     /// Compiled scripts by type, with the stored bytes they came from.
     scripts: Arc<Mutex<BTreeMap<String, CompiledScript>>>,
+    /// Kept values by (full prefix, path).
+    kept: Arc<Mutex<Kept>>,
+    solo_grace: Duration,
 }
 
 impl std::fmt::Debug for Oplogs {
@@ -69,6 +116,54 @@ impl LogView {
     }
 }
 
+/// The kept values of one process.
+#[derive(Default)]
+struct Kept {
+    paths: HashMap<(FullPrefix, String), PathState>,
+    tick: u64,
+}
+
+/// What a process keeps of one path's log: its value at one snapshot.
+#[derive(Clone)]
+struct PathState {
+    /// The snapshot's seq.
+    seq: u64,
+    /// The head key's bytes then.
+    head: Option<Bytes>,
+    /// The reducer used (its address), so a new script re-folds.
+    reducer: usize,
+    kind: String,
+    checkpoint: Option<Checkpoint>,
+    /// The reducer's state after the checkpoint and every applied op.
+    state: Value,
+    /// The greatest and least operations applied.
+    last: Option<OpKey>,
+    first: Option<OpKey>,
+    /// Shas of the operations applied (since the checkpoint).
+    applied: HashSet<String>,
+    /// The head holds inline operations (format version 1).
+    inline: bool,
+    used: u64,
+}
+
+impl PathState {
+    fn max_timestamp(&self) -> u64 {
+        let ops = self.last.as_ref().map_or(0, |k| k.0);
+        let cp = self.checkpoint.as_ref().map_or(0, |c| c.upto.0);
+        ops.max(cp)
+    }
+}
+
+/// What a push computed under the lock.
+struct Pushed {
+    /// The seq of the snapshot it started from.
+    from_seq: u64,
+    op: Op,
+    after: Value,
+    /// It wrote the head too (a first push, or a conversion).
+    wrote_head: bool,
+}
+
 impl Oplogs {
     /// The logs of `meta`, with the built-in reducers.
     pub fn new(meta: &Metadata) -> Oplogs {
@@ -76,17 +171,26 @@ impl Oplogs {
             meta: meta.clone(),
             reducers: Arc::default(),
             scripts: Arc::default(),
+            kept: Arc::default(),
+            solo_grace: DEFAULT_SOLO_GRACE,
         }
     }
 
-    /// The same logs (reducers and compiled scripts shared) through a
-    /// handle whose writes record `meta` (see [`Metadata::stamped`]).
+    /// The same logs (reducers, compiled scripts and kept values shared)
+    /// through a handle whose writes record `meta` (see
+    /// [`Metadata::stamped`]).
     pub fn stamped(&self, meta: chorus_core::object::Meta) -> Oplogs {
         Oplogs {
             meta: self.meta.stamped(meta),
-            reducers: self.reducers.clone(),
-            scripts: self.scripts.clone(),
+            ..self.clone()
         }
+    }
+
+    /// How old an operation must be before a push in a directory that no
+    /// daemon serves folds it (default [`DEFAULT_SOLO_GRACE`]).
+    pub fn with_solo_grace(mut self, grace: Duration) -> Oplogs {
+        self.solo_grace = grace;
+        self
     }
 
     /// Registers (or replaces) the reducer of `kind` in this process.
@@ -109,7 +213,13 @@ impl Oplogs {
             return Ok(r.clone());
         }
         if let Some(r) = built_in(kind) {
-            return Ok(Arc::from(r));
+            // Kept, so that its address identifies it in kept values.
+            let r: Arc<dyn Reducer> = Arc::from(r);
+            let mut all = self
+                .reducers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            return Ok(all.entry(kind.to_string()).or_insert(r).clone());
         }
         if let Some(r) = self.script(kind)? {
             return Ok(r);
@@ -175,7 +285,8 @@ impl Oplogs {
     }
 
     /// Pushes an operation of type `kind` onto the log at `path`; returns
-    /// the value after it. The first push fixes the path's type.
+    /// the value after it. The first push fixes the path's type. Writes the
+    /// operation's record (and, on the first push, the head).
     pub fn push(&self, fp: &FullPrefix, path: &str, kind: &str, payload: Value) -> Result<Value> {
         validate_path(path)?;
         validate_kind(kind)?;
@@ -191,70 +302,342 @@ impl Oplogs {
             )));
         }
         let reducer = self.reducer(kind)?;
-        let (fp, key, kind) = (fp.clone(), path.as_bytes().to_vec(), kind.to_string());
+        let (fp2, path2, kind2) = (fp.clone(), path.to_string(), kind.to_string());
         let writer = self.meta.writer();
-        let node_hex = writer.node.to_string();
-        let (_, value) = self.meta.store().update_returning(move |snap: &Snapshot| {
-            let mut view = read_log(snap, &fp, &key)?;
-            if view.log.kind().is_empty() {
-                view.log = OpLog::new(&kind);
-            } else if view.log.kind() != kind {
-                return Err(Error::InvalidInput(format!(
-                    "the log at {fp}/{} has type {:?}, not {kind:?}",
-                    String::from_utf8_lossy(&key),
-                    view.log.kind()
-                )));
+        let this = self.clone();
+        let result = self.meta.store().update_returning(move |snap: &Snapshot| {
+            this.push_locked(snap, &fp2, &path2, &kind2, &reducer, payload, &writer)
+        });
+        let slot = (fp.clone(), path.to_string());
+        let (info, pushed) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // The kept value may have caught up on a batch that failed.
+                self.kept().paths.remove(&slot);
+                return Err(e);
             }
-            let state = view.log.state(&*reducer)?;
-            let payload = reducer.prepare(&state, payload);
-            let commit_ts = snap.commit_ts().unwrap_or_else(|| snap.last_ts());
-            let ts = commit_ts.max(view.log.max_timestamp() + 1);
-            let op = Op::new(&kind, ts, &node_hex, payload);
-            // Checked before anything is written: a reducer error refuses
-            // the push.
-            let after = reducer.reduce(state, &op).map_err(|e| {
-                Error::InvalidInput(format!(
-                    "the reducer of type {kind:?} refused the operation ({}): {e}",
-                    op.payload
-                ))
-            })?;
-            if let Some(late) = view.log.push(op) {
-                return Err(Error::InvalidInput(format!(
-                    "the new operation {} sorts before the log's checkpoint: the clock is far behind",
-                    late.id()
-                )));
+        };
+        let reducer = self.reducer(kind)?;
+        let value = reducer.view(&pushed.after);
+        let solo_prune = {
+            let mut kept = self.kept();
+            if pushed.wrote_head {
+                // Folded again from the new head on the next read.
+                kept.paths.remove(&slot);
             }
-            let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), &writer)?;
-            let mut writes = late_writes(snap, &fp, &key, &view.late, &writer)?;
-            writes.push(Write::put(&fp, &key, &encoded));
-            Ok((writes, reducer.view(&after)))
-        })?;
+            match (kept.paths.get_mut(&slot), info) {
+                (Some(p), Some(info)) if p.seq == pushed.from_seq && info.seq == p.seq + 1 => {
+                    p.seq = info.seq;
+                    p.applied.insert(pushed.op.sha.clone());
+                    p.first.get_or_insert_with(|| pushed.op.key());
+                    p.last = Some(pushed.op.key());
+                    p.state = pushed.after;
+                    self.solo_prune_due(p)
+                }
+                _ => false,
+            }
+        };
+        if solo_prune && !self.served()? {
+            self.prune_older_than(fp, path, self.solo_grace)?;
+        }
         Ok(value)
+    }
+
+    /// The body of a push, under the writer lock.
+    #[allow(clippy::too_many_arguments)]
+    fn push_locked(
+        &self,
+        snap: &Snapshot,
+        fp: &FullPrefix,
+        path: &str,
+        kind: &str,
+        reducer: &Arc<dyn Reducer>,
+        payload: Value,
+        writer: &Writer,
+    ) -> Result<(Vec<Write>, Pushed)> {
+        let st = self.current(snap, fp, path)?;
+        if !st.kind.is_empty() && st.kind != kind {
+            return Err(Error::InvalidInput(format!(
+                "the log at {fp}/{path} has type {:?}, not {kind:?}",
+                st.kind
+            )));
+        }
+        let state = if st.kind.is_empty() {
+            reducer.init()
+        } else {
+            st.state.clone()
+        };
+        let payload = reducer.prepare(&state, payload);
+        let commit_ts = snap.commit_ts().unwrap_or_else(|| snap.last_ts());
+        let ts = commit_ts.max(st.max_timestamp() + 1);
+        let op = Op::new(kind, ts, &writer.node.to_string(), payload);
+        // Checked before anything is written: a reducer error refuses the
+        // push.
+        let after = reducer.reduce(state, &op).map_err(|e| {
+            Error::InvalidInput(format!(
+                "the reducer of type {kind:?} refused the operation ({}): {e}",
+                op.payload
+            ))
+        })?;
+        if standing(st.checkpoint.as_ref(), &op) != Standing::Applies {
+            return Err(Error::InvalidInput(format!(
+                "the new operation {} sorts before the log's checkpoint: the clock is far behind",
+                op.id()
+            )));
+        }
+        let key = path.as_bytes();
+        let mut writes = Vec::new();
+        if st.inline {
+            writes = convert_inline(snap, fp, key, writer)?;
+        } else if snap.get(fp, key).is_none() {
+            let head = OpLog::new(kind).encode_head();
+            let encoded = new_object_bytes(snap, fp, key, head, writer)?;
+            writes.push(Write::put(fp, key, &encoded));
+        }
+        let rkey = record_key(key, &op);
+        let encoded = new_object_bytes(snap, fp, &rkey, op.encode_record(kind), writer)?;
+        writes.push(Write::put(fp, &rkey, &encoded));
+        let wrote_head = writes.len() > 1;
+        Ok((
+            writes,
+            Pushed {
+                from_seq: snap.seq(),
+                op,
+                after,
+                wrote_head,
+            },
+        ))
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True when some daemon has served this directory (it lists members).
+    fn served(&self) -> Result<bool> {
+        let members = FullPrefix::parse("$cluster/members")?;
+        Ok(self.meta.store().snapshot()?.len_in(&members) > 0)
+    }
+
+    /// True when a push should look for operations to fold by the rule for
+    /// a directory no daemon serves: enough of them, the oldest old enough.
+    fn solo_prune_due(&self, p: &PathState) -> bool {
+        if p.applied.len() <= SOLO_PRUNE_MIN_OPS {
+            return false;
+        }
+        let cutoff_ms = now_ms().saturating_sub(self.solo_grace.as_millis() as u64);
+        p.first.as_ref().is_some_and(|k| Hlc(k.0).ms() < cutoff_ms)
+    }
+
+    /// The kept value of a path brought up to `snap`: caught up from what
+    /// changed since it was kept, or folded again from the checkpoint.
+    fn current(&self, snap: &Snapshot, fp: &FullPrefix, path: &str) -> Result<PathState> {
+        let slot = (fp.clone(), path.to_string());
+        let mut kept = self.kept();
+        kept.tick += 1;
+        let tick = kept.tick;
+        if let Some(p) = kept.paths.get_mut(&slot) {
+            p.used = tick;
+            if p.seq == snap.seq() {
+                return Ok(p.clone());
+            }
+            if p.seq < snap.seq() && self.catch_up(p, snap, fp, path)? {
+                return Ok(p.clone());
+            }
+        }
+        let mut p = self.fold(snap, fp, path)?;
+        p.used = tick;
+        if p.seq >= kept.paths.get(&slot).map_or(0, |old| old.seq) {
+            if kept.paths.len() >= CACHE_PATHS_MAX && !kept.paths.contains_key(&slot) {
+                let oldest = kept
+                    .paths
+                    .iter()
+                    .min_by_key(|(_, p)| p.used)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    kept.paths.remove(&k);
+                }
+            }
+            kept.paths.insert(slot, p.clone());
+        }
+        Ok(p)
+    }
+
+    /// Applies to `p` the operations written since it was kept, if they
+    /// all sort after what it folded; false when it must be folded again.
+    fn catch_up(
+        &self,
+        p: &mut PathState,
+        snap: &Snapshot,
+        fp: &FullPrefix,
+        path: &str,
+    ) -> Result<bool> {
+        let Some(changes) = snap.changed_since(p.seq) else {
+            return Ok(false);
+        };
+        let base = path.as_bytes();
+        let mut new: BTreeMap<OpKey, Op> = BTreeMap::new();
+        for (_, f, k) in changes {
+            if f != fp || !in_group(k, base) {
+                continue;
+            }
+            if k.as_bytes() == base {
+                if snap.get(fp, base) != p.head {
+                    return Ok(false);
+                }
+                continue;
+            }
+            match read_record(snap, fp, k) {
+                Record::Op(kind, op) => {
+                    if kind != p.kind || p.applied.contains(&op.sha) {
+                        continue;
+                    }
+                    match standing(p.checkpoint.as_ref(), &op) {
+                        Standing::Applies if p.last.as_ref().is_none_or(|l| op.key() > *l) => {
+                            new.insert(op.key(), op);
+                        }
+                        Standing::Applies => return Ok(false),
+                        Standing::Folded | Standing::Late => {}
+                    }
+                }
+                Record::Gone => {
+                    if record_sha(k).is_some_and(|sha| p.applied.contains(sha)) {
+                        return Ok(false);
+                    }
+                }
+                Record::Malformed => {}
+            }
+        }
+        if p.kind.is_empty() {
+            // Nothing was pushed when it was kept: records since are folded
+            // from scratch.
+            if !new.is_empty() {
+                return Ok(false);
+            }
+            p.seq = snap.seq();
+            return Ok(true);
+        }
+        let reducer = self.reducer(&p.kind)?;
+        if reducer_id(&reducer) != p.reducer {
+            return Ok(false);
+        }
+        for (key, op) in new {
+            p.state = apply(&*reducer, &p.kind, std::mem::take(&mut p.state), &op)?;
+            p.applied.insert(op.sha);
+            p.first.get_or_insert_with(|| key.clone());
+            p.last = Some(key);
+        }
+        p.seq = snap.seq();
+        Ok(true)
+    }
+
+    /// The value of a path folded from its checkpoint and records.
+    fn fold(&self, snap: &Snapshot, fp: &FullPrefix, path: &str) -> Result<PathState> {
+        let (view, inline) = read_log_inline(snap, fp, path.as_bytes())?;
+        let log = &view.log;
+        let mut p = PathState {
+            seq: snap.seq(),
+            head: snap.get(fp, path.as_bytes()),
+            reducer: 0,
+            kind: log.kind().to_string(),
+            checkpoint: log.checkpoint().cloned(),
+            state: Value::Null,
+            last: log.ops().last().map(Op::key),
+            first: log.ops().next().map(Op::key),
+            applied: log.ops().map(|op| op.sha.clone()).collect(),
+            inline,
+            used: 0,
+        };
+        if !p.kind.is_empty() {
+            let reducer = self.reducer(&p.kind)?;
+            p.reducer = reducer_id(&reducer);
+            p.state = log.state(&*reducer)?;
+        }
+        Ok(p)
     }
 
     /// Folds every operation of the log at `path` up to `upto` (in the
     /// (timestamp, node, sha) order) into a checkpoint; returns how many
     /// were folded. The value is unchanged; the log is shorter. The caller
     /// decides when this is safe (see `docs/oplogs.md`): every current
-    /// member must already have these operations.
+    /// member must already have these operations. Folds at most
+    /// [`FOLD_PER_COMMIT_MAX`] operations per commit, in as many commits
+    /// as it takes.
     pub fn prune(&self, fp: &FullPrefix, path: &str, upto: &OpKey) -> Result<usize> {
         validate_path(path)?;
+        let mut total = 0;
+        loop {
+            let n = self.prune_some(fp, path, upto)?;
+            total += n;
+            if n < FOLD_PER_COMMIT_MAX {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One commit of [`Oplogs::prune`].
+    fn prune_some(&self, fp: &FullPrefix, path: &str, upto: &OpKey) -> Result<usize> {
         let (fp, key, upto) = (fp.clone(), path.as_bytes().to_vec(), upto.clone());
         let writer = self.meta.writer();
         let this = self.clone();
+        let outright = !self.served()?;
         let (_, n) = self.meta.store().update_returning(move |snap: &Snapshot| {
-            let mut view = read_log(snap, &fp, &key)?;
+            let (mut view, inline) = read_log_inline(snap, &fp, &key)?;
             if view.log.kind().is_empty() {
                 return Ok((vec![], 0));
             }
             let reducer = this.reducer(view.log.kind())?;
-            let n = view.log.prune(&upto, &*reducer)?;
-            if n == 0 {
+            // At most FOLD_PER_COMMIT_MAX operations in this commit.
+            let bound = view
+                .log
+                .ops()
+                .take_while(|op| op.key() <= upto)
+                .take(FOLD_PER_COMMIT_MAX)
+                .last()
+                .map(Op::key);
+            let Some(bound) = bound else {
                 return Ok((vec![], 0));
+            };
+            let n = view.log.prune(&bound, &*reducer)?;
+            let mut writes = Vec::new();
+            let head = new_object_bytes(snap, &fp, &key, view.log.encode_head(), &writer)?;
+            writes.push(Write::put(&fp, &key, &head));
+            let checkpoint = view.log.checkpoint().cloned();
+            // Records the checkpoint folded, or that are late under it,
+            // are deleted; the late ones are recorded first.
+            for (k, _) in snap.group(&fp, &key) {
+                if k.as_bytes() == key.as_slice() {
+                    continue;
+                }
+                let Record::Op(kind, op) = read_record(snap, &fp, k) else {
+                    continue;
+                };
+                let stands = standing(checkpoint.as_ref(), &op);
+                if kind == view.log.kind() && stands == Standing::Applies {
+                    continue;
+                }
+                if stands == Standing::Late || kind != view.log.kind() {
+                    view.late.push(op);
+                }
+                writes.push(if outright {
+                    Write::delete(&fp, k)
+                } else {
+                    let t = tombstone_object_bytes(snap, &fp, k, &writer)?;
+                    Write::put(&fp, k, &t)
+                });
             }
-            let encoded = new_object_bytes(snap, &fp, &key, view.log.encode(), &writer)?;
-            let mut writes = late_writes(snap, &fp, &key, &view.late, &writer)?;
-            writes.push(Write::put(&fp, &key, &encoded));
+            if inline {
+                // Inline operations not folded become records.
+                for op in view.log.ops() {
+                    let rkey = record_key(&key, op);
+                    if snap.get(&fp, &rkey).is_none() {
+                        let bytes = op.encode_record(view.log.kind());
+                        let encoded = new_object_bytes(snap, &fp, &rkey, bytes, &writer)?;
+                        writes.push(Write::put(&fp, &rkey, &encoded));
+                    }
+                }
+            }
+            writes.extend(late_writes(snap, &fp, &key, &view.late, &writer)?);
             Ok((writes, n))
         })?;
         Ok(n)
@@ -262,17 +645,9 @@ impl Oplogs {
 
     /// [`Oplogs::prune`] of every operation older than `grace` (by its
     /// timestamp): the rule for a node with no peers.
-    pub fn prune_older_than(
-        &self,
-        fp: &FullPrefix,
-        path: &str,
-        grace: std::time::Duration,
-    ) -> Result<usize> {
+    pub fn prune_older_than(&self, fp: &FullPrefix, path: &str, grace: Duration) -> Result<usize> {
         let view = self.log(fp, path)?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let cutoff_ms = now_ms.saturating_sub(grace.as_millis() as u64);
+        let cutoff_ms = now_ms().saturating_sub(grace.as_millis() as u64);
         let upto = view
             .log
             .ops()
@@ -301,11 +676,18 @@ impl Oplogs {
     {
         let only = fp.clone();
         let this = self.clone();
+        // A commit that wrote a head and a record reports its path once.
+        let mut last: Option<(u64, Vec<u8>)> = None;
         self.meta.store().on(
-            Box::new(move |f, key| *f == only && matching.matches(key)),
+            Box::new(move |f, key| *f == only && matching.matches(crate::group_base(key))),
             move |w| {
                 if let crate::watch::Watched::Change(e) = w {
-                    let path = String::from_utf8_lossy(&e.key).into_owned();
+                    let base = crate::group_base(&e.key);
+                    if last.as_ref().is_some_and(|(s, b)| *s == e.seq && b == base) {
+                        return Ok(());
+                    }
+                    last = Some((e.seq, base.to_vec()));
+                    let path = String::from_utf8_lossy(base).into_owned();
                     let value = this
                         .get(&e.full_prefix, &path)
                         .unwrap_or_else(|err| serde_json::json!({"error": err.to_string()}));
@@ -316,22 +698,136 @@ impl Oplogs {
         )
     }
 
-    /// The value at `path` (`null` if nothing was pushed).
+    /// The value at `path` (`null` if nothing was pushed). Costs what
+    /// changed since this process last read the path, not the log's
+    /// length (see the module documentation).
     pub fn get(&self, fp: &FullPrefix, path: &str) -> Result<Value> {
-        let view = self.log(fp, path)?;
-        if view.log.kind().is_empty() {
+        validate_path(path)?;
+        let snap = self.meta.store().snapshot()?;
+        let st = self.current(&snap, fp, path)?;
+        if st.kind.is_empty() {
             return Ok(Value::Null);
         }
-        let reducer = self.reducer(view.log.kind())?;
-        Ok(view.log.value(&*reducer)?)
+        let reducer = self.reducer(&st.kind)?;
+        Ok(reducer.view(&st.state))
     }
 
     /// The merged log at `path`, with any late operations.
     pub fn log(&self, fp: &FullPrefix, path: &str) -> Result<LogView> {
         validate_path(path)?;
         let snap = self.meta.store().snapshot()?;
-        read_log(&snap, fp, path.as_bytes())
+        Ok(read_log_inline(&snap, fp, path.as_bytes())?.0)
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn reducer_id(r: &Arc<dyn Reducer>) -> usize {
+    Arc::as_ptr(r).cast::<()>() as usize
+}
+
+/// The key of an operation's record in the log at `path`.
+pub fn record_key(path: &[u8], op: &Op) -> Vec<u8> {
+    let mut k = path.to_vec();
+    k.push(0);
+    k.extend_from_slice(op.record_suffix().as_bytes());
+    k
+}
+
+/// The sha a record key names (its text after the last '.').
+fn record_sha(key: &[u8]) -> Option<&str> {
+    let at = key.iter().rposition(|b| *b == b'.')?;
+    std::str::from_utf8(&key[at + 1..]).ok()
+}
+
+/// What a record key holds.
+enum Record {
+    /// An operation of this type.
+    Op(String, Op),
+    /// Nothing, or a tombstone.
+    Gone,
+    /// Something that is not a valid record (skipped).
+    Malformed,
+}
+
+fn read_record(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Record {
+    let Some(bytes) = snap.get(fp, key) else {
+        return Record::Gone;
+    };
+    let Ok(object) = chorus_core::object::Object::decode(&bytes) else {
+        return Record::Malformed;
+    };
+    let Some(b) = object.values().into_iter().find_map(|v| v.bytes()) else {
+        return Record::Gone;
+    };
+    match Op::decode_record(b) {
+        Ok((kind, op)) if key.ends_with(op.record_suffix().as_bytes()) => Record::Op(kind, op),
+        _ => Record::Malformed,
+    }
+}
+
+/// Checks an object received for a key of an operation log's group (a
+/// peer's or a stage's push): a record key must hold records of the
+/// operation its key names. Other keys are not records and pass.
+pub fn validate_record(key: &[u8], object: &chorus_core::object::Object) -> Result<()> {
+    let base = crate::group_base(key);
+    if base.len() == key.len() {
+        return Ok(());
+    }
+    for v in object.values() {
+        let Some(b) = v.bytes() else { continue };
+        if !b.starts_with(RECORD_PREFIX) {
+            continue;
+        }
+        let (_, op) = Op::decode_record(b)?;
+        if key[base.len() + 1..] != *op.record_suffix().as_bytes() {
+            return Err(Error::InvalidInput(format!(
+                "the operation record at {:?} names operation {} ({}): a record's key is its path, a zero byte and its timestamp.node.sha",
+                String::from_utf8_lossy(&key[..key.len().min(80)]),
+                op.id(),
+                op.record_suffix()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The writes that turn a head with inline operations (format version 1)
+/// into a head and one record per operation.
+fn convert_inline(
+    snap: &Snapshot,
+    fp: &FullPrefix,
+    key: &[u8],
+    writer: &Writer,
+) -> Result<Vec<Write>> {
+    let (view, _) = read_log_inline(snap, fp, key)?;
+    let kind = view.log.kind().to_string();
+    let mut writes = Vec::new();
+    let head = new_object_bytes(snap, fp, key, view.log.encode_head(), writer)?;
+    writes.push(Write::put(fp, key, &head));
+    for op in view
+        .log
+        .ops()
+        .chain(view.late.iter().filter(|op| op.node != "checkpoint"))
+    {
+        let rkey = record_key(key, op);
+        if snap.get(fp, &rkey).is_none() {
+            let encoded = new_object_bytes(snap, fp, &rkey, op.encode_record(&kind), writer)?;
+            writes.push(Write::put(fp, &rkey, &encoded));
+        }
+    }
+    let checkpoints: Vec<Op> = view
+        .late
+        .iter()
+        .filter(|op| op.node == "checkpoint")
+        .cloned()
+        .collect();
+    writes.extend(late_writes(snap, fp, key, &checkpoints, writer)?);
+    Ok(writes)
 }
 
 /// Where late operations are recorded, so that a write-back of the log,
@@ -407,27 +903,46 @@ fn recorded_late(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<Vec<Op>
     Ok(out)
 }
 
-/// The union of the logs in every sibling of the key, with the late
-/// operations met now and those recorded earlier.
-fn read_log(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<LogView> {
+/// The merged log at `key`: the heads in every sibling of the key, then
+/// every record of its group, with the late operations met now and those
+/// recorded earlier; and whether a head held inline operations (format
+/// version 1).
+fn read_log_inline(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<(LogView, bool)> {
     let mut view = LogView {
         log: OpLog::default(),
         late: Vec::new(),
     };
-    let Some(bytes) = snap.get(fp, key) else {
-        return Ok(view);
-    };
+    let mut inline = false;
     let bad = |e: &dyn std::fmt::Display| {
         Error::InvalidInput(format!(
             "{fp}/{} is not an operation log: {e}",
             String::from_utf8_lossy(key)
         ))
     };
-    let object = chorus_core::object::Object::decode(&bytes).map_err(|e| bad(&e))?;
-    for value in object.values() {
-        if let Some(b) = value.bytes() {
-            let log = OpLog::decode(b).map_err(|e| bad(&e))?;
-            view.late.extend(view.log.merge(&log));
+    if let Some(bytes) = snap.get(fp, key) {
+        let object = chorus_core::object::Object::decode(&bytes).map_err(|e| bad(&e))?;
+        for value in object.values() {
+            if let Some(b) = value.bytes() {
+                let log = OpLog::decode(b).map_err(|e| bad(&e))?;
+                inline |= !log.is_empty();
+                view.late.extend(view.log.merge(&log));
+            }
+        }
+    }
+    for (k, _) in snap.group(fp, key) {
+        if k.as_bytes() == key {
+            continue;
+        }
+        let Record::Op(kind, op) = read_record(snap, fp, k) else {
+            continue;
+        };
+        if view.log.kind().is_empty() {
+            view.log = OpLog::new(&kind);
+        }
+        if kind == view.log.kind() {
+            view.late.extend(view.log.push(op));
+        } else {
+            view.late.push(op);
         }
     }
     for op in recorded_late(snap, fp, key)? {
@@ -436,7 +951,8 @@ fn read_log(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<LogView> {
         }
     }
     view.late.sort_by_key(Op::key);
-    Ok(view)
+    view.late.dedup_by(|a, b| a.sha == b.sha);
+    Ok((view, inline))
 }
 
 /// A path: 1 to 1,024 bytes, no control characters.

@@ -274,15 +274,18 @@ fn on_reports_the_new_value_of_a_log_changed_by_another_process_or_a_peer() {
     Oplogs::new(&m2)
         .push(&fp(), "hits", "counter", json!(10))
         .expect("push");
-    let object = chorus_core::object::Object::decode(
-        &m2.store().get(&fp(), b"hits").expect("get").expect("there"),
-    )
-    .expect("object");
-    m.merge(
-        Origin::Peer([4; 16]),
-        vec![(fp(), b"hits".to_vec(), object)],
-    )
-    .expect("merge");
+    // A log is a head and a record per operation: ship them all.
+    let objects = m2
+        .store()
+        .snapshot()
+        .expect("snapshot")
+        .group(&fp(), b"hits")
+        .map(|(k, e)| {
+            let object = chorus_core::object::Object::decode(&e.value).expect("object");
+            (fp(), k.to_vec(), object)
+        })
+        .collect();
+    m.merge(Origin::Peer([4; 16]), objects).expect("merge");
     let (path, value, origin) = rx.recv_timeout(wait).expect("reported");
     assert_eq!(
         (path.as_str(), value, origin),
