@@ -4,7 +4,7 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops|ops-history] [--quick] [--json FILE] [--dir DIR]
 //! ```
 
 mod cluster;
@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops|ops-history] [--quick] [--json FILE] [--dir DIR]
 
   all         run every benchmark (the default)
   read        point reads in-process: Chorus get vs LMDB vs SQLite WAL
@@ -51,6 +51,9 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
   ops         (not in all) operation logs: pushes/s (counter, json-merge; 1 and
               4 processes on one path), reducing 100,000 ops before and
               after pruning, watch latency across processes
+  ops-history (not in all) counter pushes with 100 / 10,000 / 100,000 ops of
+              history (1 and 4 processes) beside plain puts of one key, and
+              log bytes per push beside the operation's record
 
   --quick     about 10x smaller counts (smoke run)
   --json FILE also write the raw results as JSON
@@ -68,7 +71,7 @@ const BENCHES: [&str; 7] = [
 
 /// Benchmarks run only when named: they start daemons or need a peer
 /// installed from outside Rust.
-const EXTRA: [&str; 4] = ["cluster", "antientropy", "docs", "ops"];
+const EXTRA: [&str; 5] = ["cluster", "antientropy", "docs", "ops", "ops-history"];
 
 fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
     match name {
@@ -83,6 +86,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "antientropy" => cluster::run_ae(cfg),
         "docs" => docs::run(cfg),
         "ops" => ops::run(cfg),
+        "ops-history" => ops::run_history(cfg),
         other => Err(format!("unknown benchmark {other:?}\n{USAGE}").into()),
     }
 }

@@ -3,6 +3,11 @@
 //! to reduce a log of 100,000 operations before and after pruning; watch
 //! latency from a commit in one process to the callback in another.
 //!
+//! `ops-history`: counter pushes onto one path from one and from four
+//! processes with 100, 10,000 and 100,000 operations already in the log,
+//! beside plain `put`s of one key in the same sync mode, and the log bytes
+//! each push appends beside the operation's own encoded record.
+//!
 //! No peer runs beside these figures: GiG.fs, where operation logs come
 //! from, is not packaged for any registry this machine reaches.
 
@@ -53,6 +58,28 @@ pub(crate) fn child(args: &[String]) -> Res<()> {
             }
             say("done")
         }
+        "history" | "put" => {
+            // A long-lived process: its first read of the path (folding the
+            // history once) happens before the clock starts, and is
+            // reported.
+            let start = Instant::now();
+            ops.get(&fp, "shared")?;
+            say(&format!("ready {}", start.elapsed().as_nanos()))?;
+            hear()?;
+            for i in 0..count {
+                if mode == "put" {
+                    meta.put(
+                        &fp,
+                        b"plain",
+                        chorus_store::PutValue::Bytes(format!("{id}-{i}").into_bytes()),
+                        &chorus_store::PutOptions::default(),
+                    )?;
+                } else {
+                    ops.push(&fp, "shared", "counter", json!(1))?;
+                }
+            }
+            say("done")
+        }
         "commit" => {
             say("ready")?;
             while hear()?.is_some() {
@@ -96,6 +123,130 @@ fn pushes(cfg: &Cfg, kind: &str, procs: usize, count: usize) -> Res<f64> {
         k.finish()?;
     }
     Ok(rate)
+}
+
+/// One timed run of `__ops MODE` children on a store of `dir`: pushes (or
+/// puts) per second, the children's first-read time, and log bytes added.
+fn timed(dir: &Path, mode: &str, procs: usize, per: usize) -> Res<(f64, f64, u64)> {
+    let path = dir.display().to_string();
+    let mut kids = (0..procs)
+        .map(|id| {
+            Kid::spawn(&[
+                "__ops".into(),
+                mode.into(),
+                path.clone(),
+                id.to_string(),
+                per.to_string(),
+            ])
+        })
+        .collect::<Res<Vec<_>>>()?;
+    let mut first_read: f64 = 0.0;
+    for k in &mut kids {
+        first_read = first_read.max(k.expect("ready")?.parse::<f64>()?);
+    }
+    let log_before = engines::chorus(dir, SyncMode::Always)?.status()?.log_bytes;
+    let start = Instant::now();
+    for k in &mut kids {
+        k.send("go")?;
+    }
+    for k in &mut kids {
+        k.expect("done")?;
+    }
+    let rate = (procs * per) as f64 / start.elapsed().as_secs_f64();
+    for k in kids {
+        k.finish()?;
+    }
+    let log_after = engines::chorus(dir, SyncMode::Always)?.status()?.log_bytes;
+    Ok((rate, first_read, log_after.saturating_sub(log_before)))
+}
+
+/// `ops-history`: see the module documentation.
+pub(crate) fn run_history(cfg: &Cfg) -> Res<Outcome> {
+    let mut rows = Vec::new();
+    let mut raw = serde_json::Map::new();
+    let fp = fp()?;
+    let measured = cfg.n(2000);
+    let sample = Op::new("counter", 1 << 52, &"0".repeat(32), json!(1));
+    let record_bytes = sample.encode_record("counter").len();
+    for procs in [1usize, 4] {
+        let per = measured / procs;
+        let plain_dir = cfg.tempdir("ops-plain")?;
+        engines::chorus(plain_dir.path(), SyncMode::Always)?;
+        let (plain, _, _) = timed(plain_dir.path(), "put", procs, per)?;
+        raw.insert(format!("plain_put_{procs}"), json!(plain));
+        let mut at_small = None;
+        for history in [100usize, 10_000, 100_000] {
+            let history = if history == 100 { 100 } else { cfg.n(history) };
+            let dir = cfg.tempdir("ops-history")?;
+            {
+                // The history, written fast (no sync) by one process.
+                let meta = Metadata::new(engines::chorus(dir.path(), SyncMode::Never)?);
+                let ops = Oplogs::new(&meta);
+                for _ in 0..history {
+                    ops.push(&fp, "shared", "counter", json!(1))?;
+                }
+            }
+            let (rate, first_read, added) = timed(dir.path(), "history", procs, per)?;
+            let value = Oplogs::new(&Metadata::new(engines::chorus(
+                dir.path(),
+                SyncMode::Always,
+            )?))
+            .get(&fp, "shared")?;
+            if value != json!(history + procs * per) {
+                return Err(
+                    format!("the counter is {value}, expected {}", history + procs * per).into(),
+                );
+            }
+            let per_push = added as f64 / (procs * per) as f64;
+            let small = *at_small.get_or_insert(rate);
+            raw.insert(
+                format!("history_{procs}_{history}"),
+                json!({"rate": rate, "first_read_ns": first_read, "log_bytes_per_push": per_push,
+                       "record_bytes": record_bytes, "plain_put": plain}),
+            );
+            let label =
+                format!("counter push, {procs} proc, {history} ops of history, sync=always");
+            rows.push(Row::ratio_goal(
+                &format!("ops-history: {label}, vs 100 ops of history"),
+                fmt_rate(rate),
+                "same, 100 ops of history",
+                fmt_rate(small),
+                rate / small,
+                Some(0.9),
+            ));
+            rows.push(Row::ratio_goal(
+                &format!("ops-history: {label}, vs a plain put of one key"),
+                fmt_rate(rate),
+                "plain put, same sync, same procs",
+                fmt_rate(plain),
+                rate / plain,
+                Some(0.5),
+            ));
+            rows.push(Row::absolute(
+                &format!("ops-history: log bytes per push, {procs} proc, {history} ops of history"),
+                format!(
+                    "{per_push:.0} B (record {record_bytes} B, {:.2}x)",
+                    per_push / record_bytes as f64
+                ),
+                "none",
+                "-".into(),
+                "<= 3x the record",
+                per_push <= 3.0 * record_bytes as f64,
+            ));
+            rows.push(Row::context(
+                &format!(
+                    "ops-history: a process's first read of the path, {history} ops of history"
+                ),
+                fmt_ns(first_read),
+                "none",
+                "-".into(),
+            ));
+        }
+    }
+    Ok(Outcome {
+        rows,
+        raw: serde_json::Value::Object(raw),
+    })
 }
 
 pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {

@@ -1024,35 +1024,25 @@ impl Core {
         self.forget_old_collected();
     }
 
-    /// Remembers when an operation log's greatest operation was seen here.
+    /// Remembers when an operation log's greatest operation was seen here:
+    /// `key` is the log's head (`path`, whose version-1 form carries
+    /// operations inline) or one of its records (`path\0...`).
     fn mark_oplog(&mut self, slot: (FullPrefix, Vec<u8>), value: &[u8]) {
-        // A cheap look first (this runs for every key at start and every
-        // change after): most values are not operation logs.
-        let tag = chorus_core::oplog::ENCODED_PREFIX;
-        if !value.windows(tag.len()).any(|w| w == tag) {
-            return;
-        }
-        let Ok(object) = Object::decode(value) else {
+        let base = chorus_store::group_base(&slot.1);
+        let top = if base.len() < slot.1.len() {
+            record_top(value)
+        } else {
+            inline_top(value)
+        };
+        let Some(top) = top else {
             return;
         };
-        let mut log = chorus_core::oplog::OpLog::default();
-        for v in object.values() {
-            let Some(bytes) = v.bytes().filter(|b| b.starts_with(tag)) else {
-                return;
-            };
-            let Ok(one) = chorus_core::oplog::OpLog::decode(bytes) else {
-                return;
-            };
-            let _late = log.merge(&one);
-        }
-        let Some(top) = log.ops().last().map(chorus_core::oplog::Op::key) else {
-            return;
-        };
+        let slot = (slot.0, base.to_vec());
         if self.oplog_marks.len() >= OPLOGS_TRACKED_MAX && !self.oplog_marks.contains_key(&slot) {
             return;
         }
         let marks = self.oplog_marks.entry(slot).or_default();
-        if marks.back().is_some_and(|(_, k)| *k == top) {
+        if marks.back().is_some_and(|(_, k)| *k >= top) {
             return;
         }
         marks.push_back((Instant::now(), top));
@@ -1349,4 +1339,34 @@ fn build_tree(snapshot: &Snapshot) -> MerkleTree<Vec<u8>> {
         );
     }
     tree
+}
+
+/// The operation an operation record holds, if `value` is one.
+fn record_top(value: &[u8]) -> Option<OpKey> {
+    // A cheap look first (this runs for every key at start and every
+    // change after): most values are not operation records.
+    let tag = chorus_core::oplog::RECORD_PREFIX;
+    if !value.windows(tag.len()).any(|w| w == tag) {
+        return None;
+    }
+    let object = Object::decode(value).ok()?;
+    let bytes = object.values().into_iter().find_map(|v| v.bytes())?;
+    let (_, op) = chorus_core::oplog::Op::decode_record(bytes).ok()?;
+    Some(op.key())
+}
+
+/// The greatest operation held inline by a log head of format version 1.
+fn inline_top(value: &[u8]) -> Option<OpKey> {
+    let tag = chorus_core::oplog::ENCODED_PREFIX;
+    if !value.windows(tag.len()).any(|w| w == tag) {
+        return None;
+    }
+    let object = Object::decode(value).ok()?;
+    let mut log = chorus_core::oplog::OpLog::default();
+    for v in object.values() {
+        let bytes = v.bytes().filter(|b| b.starts_with(tag))?;
+        let one = chorus_core::oplog::OpLog::decode(bytes).ok()?;
+        let _late = log.merge(&one);
+    }
+    log.ops().last().map(chorus_core::oplog::Op::key)
 }
