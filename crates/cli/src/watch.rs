@@ -27,7 +27,9 @@ pub(crate) fn run(cli: &Cli, args: &WatchArgs) -> Result<(), Failure> {
     let matching = args.pattern.clone().map_or(Match::All, Match::Glob);
     let store = cli.open()?;
     let only = fp.clone();
-    let mut watcher = store.watcher(Box::new(move |f, key| *f == only && matching.matches(key)))?;
+    let mut watcher = store.watcher(Box::new(move |f, key| {
+        *f == only && matching.matches(chorus_store::group_base(key))
+    }))?;
     let mut out = std::io::stdout().lock();
     // The first line says where the watch starts: every later commit shows.
     let start = json!({"watching": fp.to_string(), "cursor": watcher.cursor().to_string()});
@@ -44,14 +46,20 @@ pub(crate) fn run(cli: &Cli, args: &WatchArgs) -> Result<(), Failure> {
                     Origin::Local => "local".to_string(),
                     Origin::Peer(id) => format!("peer:{}", chorus_core::NodeId::from_bytes(id)),
                 };
-                let key = String::from_utf8_lossy(&e.key).into_owned();
+                // A document's or a log's record shows under its key.
+                let base = chorus_store::group_base(&e.key);
+                let key = String::from_utf8_lossy(base).into_owned();
                 let read = e.value.as_deref().and_then(|b| Object::decode(b).ok());
                 let body = match &read {
                     Some(o) => chorus_node::json::object_json(o),
                     None => json!({"values": [], "tombstone": true}),
                 };
-                json!({"seq": e.seq, "cursor": e.cursor.to_string(), "origin": origin,
-                       "full_prefix": e.full_prefix.to_string(), "key": key, "object": body})
+                let mut line = json!({"seq": e.seq, "cursor": e.cursor.to_string(), "origin": origin,
+                       "full_prefix": e.full_prefix.to_string(), "key": key, "object": body});
+                if base.len() < e.key.len() {
+                    line["record"] = json!(String::from_utf8_lossy(&e.key[base.len() + 1..]));
+                }
+                line
             }
             Watched::Gap { resume } => {
                 json!({"gap": true, "resume": resume.to_string(),

@@ -1004,8 +1004,9 @@ impl FeedTail {
                         for k in change.keys.iter().filter(|k| !k.full_prefix.is_reserved()) {
                             let mut event = crate::http::change_json(&change.origin, k);
                             event["position"] = json!(position);
+                            let base = chorus_store::group_base(&k.key);
                             let topic =
-                                format!("{}/{}", k.full_prefix, String::from_utf8_lossy(&k.key));
+                                format!("{}/{}", k.full_prefix, String::from_utf8_lossy(base));
                             sockets.publish(topic.as_bytes(), event.to_string().as_bytes())?;
                             api.broker.published.fetch_add(1, Ordering::Relaxed);
                         }

@@ -705,17 +705,23 @@ fn change_event(origin: &Origin, k: &chorus_store::ChangedKey, position: Option<
 
 /// One changed key as JSON, the same on the SSE stream and the ZeroMQ
 /// PUB socket: its full prefix and key, whether a peer sent it, and its
-/// values (or `"removed": true` once a tombstone was collected).
+/// values (or `"removed": true` once a tombstone was collected). A
+/// document's or an operation log's record (`KEY\0RECORD`) is shown under
+/// its document's or log's key, with `"record"` naming it.
 pub(crate) fn change_json(origin: &Origin, k: &chorus_store::ChangedKey) -> Value {
     let object = k
         .value
         .as_deref()
         .and_then(|b| chorus_core::object::Object::decode(b).ok());
+    let base = chorus_store::group_base(&k.key);
     let mut data = json!({
         "full_prefix": k.full_prefix.to_string(),
-        "key": String::from_utf8_lossy(&k.key),
+        "key": String::from_utf8_lossy(base),
         "from_peer": matches!(origin, Origin::Peer(_)),
     });
+    if base.len() < k.key.len() {
+        data["record"] = json!(String::from_utf8_lossy(&k.key[base.len() + 1..]));
+    }
     match object {
         Some(o) => {
             data["values"] = json!(o.values().into_iter().map(value_json).collect::<Vec<_>>());
