@@ -887,7 +887,7 @@ impl Inner {
                 apply_range(&tail, &mut next, end)?;
                 return Ok(self.install(next));
             }
-            let loaded = match self.follow_switch(&current, generation, end) {
+            let loaded = match self.follow_switch(&tail, &current, generation, end) {
                 Ok(Some(followed)) => Ok(followed),
                 Ok(None) => self.dir.load(generation, end),
                 Err(e) => Err(e),
@@ -908,14 +908,18 @@ impl Inner {
     }
 
     /// After a compaction by another process: when this process's state is
-    /// exactly the one the compaction wrote out (the generation it left, at
-    /// the end it left it), the new generation's checkpoint holds the same
-    /// keys, values, sequence numbers and sums. The index is then kept
-    /// (shared, not copied) and only the frames after the checkpoint are
-    /// read, so a compaction costs other processes O(new commits), not
-    /// O(live data). `None` when the switch does not apply.
+    /// of the generation the compaction left, it reads the rest of that
+    /// generation (its file is still open here, even if removed) up to the
+    /// end the compaction left it at; its state is then exactly what the
+    /// compaction wrote out, the new generation's checkpoint: same keys,
+    /// values, sequence numbers and sums. The index is kept (shared, not
+    /// copied) and only the frames after the checkpoint are read, so a
+    /// compaction costs other processes O(new commits), not O(live data).
+    /// `None` when the switch does not apply (a process further behind, or a
+    /// generation made by `repair`): then the new generation is loaded whole.
     fn follow_switch(
         &self,
+        old_tail: &Tail,
         current: &State,
         generation: u64,
         end: u64,
@@ -924,13 +928,16 @@ impl Inner {
             return Ok(None);
         };
         if switch.from != current.generation
-            || switch.from_end != current.end
+            || old_tail.generation != current.generation
+            || switch.from_end < current.end
             || switch.checkpoint_end > end
         {
             return Ok(None);
         }
+        let mut left = current.clone();
+        apply_range(old_tail, &mut left, switch.from_end)?;
         let (tail, header) = self.dir.open_log(generation)?;
-        if header.base_seq != current.last_seq {
+        if header.base_seq != left.last_seq {
             return Ok(None);
         }
         let mut state = State {
@@ -938,7 +945,7 @@ impl Inner {
             end: switch.checkpoint_end,
             last_seq: header.base_seq,
             last_ts: header.base_ts,
-            index: current.index.clone(),
+            index: left.index,
         };
         apply_range(&tail, &mut state, end)?;
         Ok(Some((tail, state)))
