@@ -256,7 +256,8 @@ impl Shm {
     /// Records an automatic compaction's outcome (lock held).
     pub(crate) fn set_auto_record(&self, r: AutoRecord) {
         self.word(W_AUTO_COUNT).store(r.count, Ordering::Relaxed);
-        self.word(W_AUTO_LAST_US).store(r.last_us, Ordering::Relaxed);
+        self.word(W_AUTO_LAST_US)
+            .store(r.last_us, Ordering::Relaxed);
         self.word(W_AUTO_MAX_US).store(r.max_us, Ordering::Relaxed);
         self.word(W_AUTO_FAILURES)
             .store(r.failures, Ordering::Relaxed);

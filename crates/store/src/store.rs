@@ -1227,8 +1227,8 @@ impl Inner {
                     // wait before compacting again instead of compacting
                     // at every commit.
                     record.failures += 1;
-                    record.not_before_ms =
-                        sys::now_ms().saturating_add(millis(backoff(auto.retry_after, record.failures)));
+                    record.not_before_ms = sys::now_ms()
+                        .saturating_add(millis(backoff(auto.retry_after, record.failures)));
                     tracing::warn!(
                         bytes_after = report.bytes_after,
                         threshold = auto.threshold(live),

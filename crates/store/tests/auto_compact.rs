@@ -142,7 +142,12 @@ fn another_handle_follows_a_compaction_and_sees_the_same_data() {
     let reader = Store::open(dir.path(), options(4 << 10, Duration::from_secs(1))).expect("open");
     let mut model = Model::new();
     for i in 0..3_000u64 {
-        put(&writer, &mut model, &format!("k{}", i % 25), &i.to_le_bytes());
+        put(
+            &writer,
+            &mut model,
+            &format!("k{}", i % 25),
+            &i.to_le_bytes(),
+        );
         if i % 7 == 0 {
             assert_equals_model(&reader, &model);
             assert_eq!(
@@ -187,14 +192,22 @@ fn a_failing_sync_during_auto_compaction_fails_no_commit_and_is_retried() {
             fail_sync_after: Some(1),
             ..FaultPlan::default()
         });
-        put(&store, &mut model, &format!("k{}", i % 20), &i.to_le_bytes());
+        put(
+            &store,
+            &mut model,
+            &format!("k{}", i % 20),
+            &i.to_le_bytes(),
+        );
         i += 1;
         assert!(i < 10_000, "no compaction was ever attempted");
     }
     faults.clear();
     assert!(faults.counts().syncs_failed > 0);
     let status = store.status().expect("status");
-    assert_eq!(status.generation, 1, "the failed compaction switched nothing");
+    assert_eq!(
+        status.generation, 1,
+        "the failed compaction switched nothing"
+    );
     assert_eq!(status.auto_compaction_failures, 1);
     assert_eq!(status.auto_compactions, 0);
     assert!(status.log_bytes > status.compact_at.expect("on"));
@@ -202,7 +215,12 @@ fn a_failing_sync_during_auto_compaction_fails_no_commit_and_is_retried() {
 
     // Within the back-off, commits go on and nothing is attempted.
     for _ in 0..5 {
-        put(&store, &mut model, &format!("k{}", i % 20), &i.to_le_bytes());
+        put(
+            &store,
+            &mut model,
+            &format!("k{}", i % 20),
+            &i.to_le_bytes(),
+        );
         i += 1;
     }
     assert_eq!(store.write_stats().auto_compaction_failures, 1);
@@ -210,7 +228,12 @@ fn a_failing_sync_during_auto_compaction_fails_no_commit_and_is_retried() {
 
     // After it, the next commit compacts.
     std::thread::sleep(retry_after + Duration::from_millis(50));
-    put(&store, &mut model, &format!("k{}", i % 20), &i.to_le_bytes());
+    put(
+        &store,
+        &mut model,
+        &format!("k{}", i % 20),
+        &i.to_le_bytes(),
+    );
     let status = store.status().expect("status");
     assert_eq!(status.generation, 2);
     assert_eq!(status.auto_compactions, 1);
@@ -241,7 +264,12 @@ fn a_full_disk_backs_off_instead_of_compacting_at_every_commit() {
             fail_sync_after: Some(1),
             ..FaultPlan::default()
         });
-        put(&store, &mut model, &format!("k{}", i % 20), &i.to_le_bytes());
+        put(
+            &store,
+            &mut model,
+            &format!("k{}", i % 20),
+            &i.to_le_bytes(),
+        );
         i += 1;
         assert!(i < 10_000, "no compaction was ever attempted");
     }
@@ -250,7 +278,12 @@ fn a_full_disk_backs_off_instead_of_compacting_at_every_commit() {
             fail_sync_after: Some(1),
             ..FaultPlan::default()
         });
-        put(&store, &mut model, &format!("k{}", i % 20), &i.to_le_bytes());
+        put(
+            &store,
+            &mut model,
+            &format!("k{}", i % 20),
+            &i.to_le_bytes(),
+        );
         i += 1;
     }
     assert_eq!(

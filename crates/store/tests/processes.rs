@@ -388,10 +388,7 @@ fn automatic_compaction_while_three_processes_read_and_write() {
         let commit_ms: u64 = w.expect_line("longest_commit_ms").parse().expect("number");
         let read_ms: u64 = w.expect_line("longest_read_ms").parse().expect("number");
         let over: u64 = w.expect_line("most_over").parse().expect("number");
-        own_compactions += w
-            .expect_line("compactions")
-            .parse::<u64>()
-            .expect("number");
+        own_compactions += w.expect_line("compactions").parse::<u64>().expect("number");
         w.expect_line("done");
         w.finish();
         assert!(commit_ms < 10_000, "a commit waited {commit_ms} ms");
@@ -418,7 +415,10 @@ fn automatic_compaction_while_three_processes_read_and_write() {
         assert_eq!(snap.seq(), 3 * PER_WORKER, "no commit lost or doubled");
         for p in 0..3 {
             for k in 0..KEYS {
-                let last = (0..PER_WORKER).rev().find(|i| i % KEYS == k).expect("written");
+                let last = (0..PER_WORKER)
+                    .rev()
+                    .find(|i| i % KEYS == k)
+                    .expect("written");
                 let v = snap
                     .get(&fp(), format!("w{p}-{k}").as_bytes())
                     .expect("present");

@@ -38,8 +38,7 @@ use std::time::Duration;
 
 use chorus_core::FullPrefix;
 use chorus_store::{
-    AutoCompact, Error, GetOptions, Metadata, Options, PutOptions, PutValue, Store, SyncMode,
-    Write,
+    AutoCompact, Error, GetOptions, Metadata, Options, PutOptions, PutValue, Store, SyncMode, Write,
 };
 
 type Failure = Box<dyn std::error::Error>;
