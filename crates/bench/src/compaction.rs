@@ -1,8 +1,11 @@
 //! `compaction` (not in `all`): 1,000 keys overwritten 1,000,000 times
 //! (100,000 with `--quick`) with automatic compaction on, at its defaults,
-//! then the same with it off, in the same sync mode (`Always`, the
-//! default). The log's committed length is sampled after every commit; the
-//! goal is that it never exceeds 3x the live data + 64 MiB. Commit latency
+//! then the same with it off, both in `SyncMode::Never`: with a sync per
+//! commit the disk's flush time (milliseconds on a virtual disk) would
+//! hide the pause, and 2,000,000 synced commits take hours there. The log's
+//! committed length is sampled after every commit; the goal is that it
+//! never exceeds 3x the live data + the slack (64 MiB, the default; 6.4 MiB
+//! with `--quick`, so that the smaller run compacts too). Commit latency
 //! (p50/p99/max) is reported beside the run without automatic compaction:
 //! the commit that triggers a compaction pays its pause.
 
@@ -69,7 +72,7 @@ fn open(dir: &std::path::Path, auto_compact: Option<AutoCompact>) -> Res<Store> 
         dir,
         Options {
             create: true,
-            sync: SyncMode::Always,
+            sync: SyncMode::Never,
             lock_timeout: std::time::Duration::from_secs(120),
             auto_compact,
             ..Options::default()
@@ -80,10 +83,13 @@ fn open(dir: &std::path::Path, auto_compact: Option<AutoCompact>) -> Res<Store> 
 pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
     let overwrites = cfg.n(1_000_000) as u64;
     let tmp = cfg.tempdir("compaction")?;
-    let auto = AutoCompact::default();
+    let mut auto = AutoCompact::default();
+    if cfg.quick {
+        auto.slack_bytes /= 10;
+    }
+    let slack_mib = auto.slack_bytes as f64 / f64::from(1 << 20);
     eprintln!(
-        "compaction: {KEYS} keys x {overwrites} overwrites, SyncMode::Always, automatic compaction on (slack {} MiB) then off",
-        auto.slack_bytes >> 20
+        "compaction: {KEYS} keys x {overwrites} overwrites, SyncMode::Never, automatic compaction on (slack {slack_mib:.1} MiB) then off"
     );
     let on_store = open(&tmp.path().join("auto-on"), Some(auto))?;
     let on = run_one(&on_store, overwrites)?;
@@ -101,9 +107,9 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
     for (i, bytes) in &on.samples {
         eprintln!("compaction: after {i} overwrites the log is {bytes} bytes");
     }
-    let bound = 3 * on.live_at_max + (64 << 20);
+    let bound = 3 * on.live_at_max + auto.slack_bytes;
     let bound_ratio = on.max_log as f64 / bound as f64;
-    let bench = format!("auto compaction, {KEYS} keys x {overwrites} overwrites, Always");
+    let bench = format!("auto compaction, {KEYS} keys x {overwrites} overwrites, Never");
     let q = |r: &Run, p: f64| quantile(&r.latencies_ns, p);
     let max = |r: &Run| r.latencies_ns.iter().copied().fold(0.0, f64::max);
     let mut rows = vec![Row::absolute(
@@ -114,12 +120,9 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
             fmt_mib(on.live_at_max as f64),
             on.compactions
         ),
-        "bound: 3x live + 64 MiB",
-        format!(
-            "{} (log / bound = {bound_ratio:.3})",
-            fmt_mib(bound as f64)
-        ),
-        "never above 3x live + 64 MiB",
+        &format!("bound: 3x live + {slack_mib:.1} MiB"),
+        format!("{} (log / bound = {bound_ratio:.3})", fmt_mib(bound as f64)),
+        &format!("never above 3x live + {slack_mib:.1} MiB"),
         on.max_log <= bound,
     )];
     for (what, p) in [("p50", 0.5), ("p99", 0.99)] {
@@ -169,7 +172,7 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
     let raw = serde_json::json!({
         "keys": KEYS,
         "overwrites": overwrites,
-        "sync": "always",
+        "sync": "never",
         "slack_bytes": auto.slack_bytes,
         "dead_percent": auto.dead_percent,
         "bound_bytes": bound,

@@ -54,7 +54,7 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
               after pruning, watch latency across processes
 
   compaction  (not in all) 1,000 keys overwritten 1,000,000 times with
-              automatic compaction on, then off (SyncMode::Always): largest
+              automatic compaction on, then off (SyncMode::Never): largest
               log against 3x live + 64 MiB, commit latency p50/p99/max
 
   --quick     about 10x smaller counts (smoke run)
