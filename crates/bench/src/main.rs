@@ -4,11 +4,12 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops|ops-history] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops|ops-history|compaction] [--quick] [--json FILE] [--dir DIR]
 //! ```
 
 mod cluster;
 mod commit;
+mod compaction;
 mod docs;
 mod engines;
 mod harness;
@@ -26,7 +27,7 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops|ops-history] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops|ops-history|compaction] [--quick] [--json FILE] [--dir DIR]
 
   all         run every benchmark (the default)
   read        point reads in-process: Chorus get vs LMDB vs SQLite WAL
@@ -55,6 +56,10 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
               history (1 and 4 processes) beside plain puts of one key, and
               log bytes per push beside the operation's record
 
+  compaction  (not in all) 1,000 keys overwritten 1,000,000 times with
+              automatic compaction on, then off (SyncMode::Never): largest
+              log against 3x live + 64 MiB, commit latency p50/p99/max
+
   --quick     about 10x smaller counts (smoke run)
   --json FILE also write the raw results as JSON
   --dir DIR   where to create the temporary stores (default: the system temp dir)";
@@ -71,7 +76,7 @@ const BENCHES: [&str; 7] = [
 
 /// Benchmarks run only when named: they start daemons or need a peer
 /// installed from outside Rust.
-const EXTRA: [&str; 5] = ["cluster", "antientropy", "docs", "ops", "ops-history"];
+const EXTRA: [&str; 6] = ["cluster", "antientropy", "docs", "ops", "ops-history", "compaction"];
 
 fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
     match name {
@@ -87,6 +92,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "docs" => docs::run(cfg),
         "ops" => ops::run(cfg),
         "ops-history" => ops::run_history(cfg),
+        "compaction" => compaction::run(cfg),
         other => Err(format!("unknown benchmark {other:?}\n{USAGE}").into()),
     }
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chorus_core::FullPrefix;
-use chorus_store::{Error, Finding, Options, Store, SyncMode, check, repair};
+use chorus_store::{AutoCompact, Error, Finding, Options, Store, SyncMode, check, repair};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
@@ -51,6 +51,13 @@ pub(crate) struct Cli {
     /// Allow a data directory on a network or FUSE filesystem
     #[arg(long, global = true)]
     allow_network_fs: bool,
+    /// Compact the log automatically once its dead bytes exceed its live
+    /// bytes plus this many MiB
+    #[arg(long, global = true, default_value_t = 64, value_name = "MIB")]
+    compact_slack_mb: u64,
+    /// Never compact automatically (only `chorus compact` does)
+    #[arg(long, global = true, conflicts_with = "compact_slack_mb")]
+    no_auto_compact: bool,
     /// True when --dir or $CHORUS_DIR was given (not the default).
     #[arg(skip)]
     dir_given: bool,
@@ -207,6 +214,10 @@ impl Cli {
             },
             lock_timeout: Duration::from_secs_f64(self.lock_timeout),
             allow_network_fs: self.allow_network_fs,
+            auto_compact: (!self.no_auto_compact).then(|| AutoCompact {
+                slack_bytes: self.compact_slack_mb.saturating_mul(1 << 20),
+                ..AutoCompact::default()
+            }),
             ..Options::default()
         })
     }
@@ -476,21 +487,44 @@ fn status(cli: &Cli) -> Result<(), Failure> {
             "dir": s.dir, "node_id": s.node_id.to_string(), "generation": s.generation,
             "log_bytes": s.log_bytes, "keys": s.keys, "data_bytes": s.data_bytes,
             "last_seq": s.last_seq, "lock_holder": holder,
+            "live_bytes": s.live_bytes, "compact_at": s.compact_at,
+            "auto_compactions": s.auto_compactions,
+            "last_auto_compaction_ms": s.last_auto_compaction.map(|d| d.as_secs_f64() * 1000.0),
+            "longest_auto_compaction_ms": s.longest_auto_compaction.map(|d| d.as_secs_f64() * 1000.0),
+            "auto_compaction_failures": s.auto_compaction_failures,
         }),
         || {
             let holder = s
                 .lock_holder
                 .as_ref()
                 .map_or_else(|| "free".to_string(), |h| format!("held by {h}"));
+            let compact_at = s.compact_at.map_or_else(
+                || "automatic compaction off".to_string(),
+                |at| format!("compacts at {at} bytes"),
+            );
+            let ms = |d: Option<Duration>| {
+                d.map_or_else(
+                    || "-".to_string(),
+                    |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0),
+                )
+            };
+            let failures = match s.auto_compaction_failures {
+                0 => String::new(),
+                n => format!(", {n} failed in a row (retrying with back-off; see the log)"),
+            };
             format!(
-                "dir         {}\nnode id     {}\ngeneration  {}\nlog size    {} bytes\nkeys        {} ({} bytes of keys and values)\nlast commit {}\nwriter lock {holder}",
+                "dir         {}\nnode id     {}\ngeneration  {}\nlog size    {} bytes ({} live; {compact_at})\nkeys        {} ({} bytes of keys and values)\nlast commit {}\nwriter lock {holder}\ncompactions {} automatic, last {}, longest {}{failures}",
                 s.dir.display(),
                 s.node_id,
                 s.generation,
                 s.log_bytes,
+                s.live_bytes,
                 s.keys,
                 s.data_bytes,
-                s.last_seq
+                s.last_seq,
+                s.auto_compactions,
+                ms(s.last_auto_compaction),
+                ms(s.longest_auto_compaction),
             )
         },
     );

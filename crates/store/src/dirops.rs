@@ -98,7 +98,7 @@ pub(crate) fn create_locked(layout: &Layout, backend: &dyn Backend) -> Result<(N
 }
 
 impl Dir {
-    fn open_log(&self, generation: u64) -> Result<(Tail, LogHeader)> {
+    pub(crate) fn open_log(&self, generation: u64) -> Result<(Tail, LogHeader)> {
         let path = self.layout.log(generation);
         let file: Arc<dyn LogFile> = Arc::from(
             self.backend

@@ -19,6 +19,10 @@ pub struct FaultPlan {
     pub space_left: Option<u64>,
     /// Every `set_len` fails while set (so a writer cannot undo a failed append).
     pub fail_set_len: bool,
+    /// While set: this many more syncs (of files or directories) succeed,
+    /// then every sync fails, as with `fail_sync`. Lets a commit's own sync
+    /// pass and fail the work that follows it (an automatic compaction).
+    pub fail_sync_after: Option<u64>,
 }
 
 /// Counts of the faults that fired.
@@ -34,6 +38,24 @@ pub struct FaultCounts {
 struct Shared {
     plan: FaultPlan,
     counts: FaultCounts,
+}
+
+impl Shared {
+    /// Whether the sync about to happen fails (counting it against
+    /// `fail_sync_after`).
+    fn sync_fails(&mut self) -> bool {
+        if self.plan.fail_sync {
+            return true;
+        }
+        match &mut self.plan.fail_sync_after {
+            Some(0) => true,
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// A handle to switch faults on and off; clones share the same plan.
@@ -132,7 +154,7 @@ impl LogFile for FaultFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         let mut shared = self.faults.lock();
-        if shared.plan.fail_sync {
+        if shared.sync_fails() {
             shared.counts.syncs_failed += 1;
             return Err(io::Error::other("injected fault: fsync failed"));
         }
@@ -161,9 +183,12 @@ impl Backend for FaultBackend {
         StdBackend.remove_file(path)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        if self.faults.lock().plan.fail_sync {
+        let mut shared = self.faults.lock();
+        if shared.sync_fails() {
+            shared.counts.syncs_failed += 1;
             return Err(io::Error::other("injected fault: directory fsync failed"));
         }
+        drop(shared);
         StdBackend.sync_dir(dir)
     }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {

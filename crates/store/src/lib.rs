@@ -54,8 +54,8 @@ pub use metadata::{
     PutOptions, PutValue, Read, ResolveFn, Resolver, Scope, WriteFn,
 };
 pub use store::{
-    CommitInfo, CompactReport, Limits, Options, Status, Store, SyncMode, Transaction, UpdateFn,
-    Write, WriteStats, expand_home,
+    AutoCompact, CommitInfo, CompactReport, LIVE_BYTES_PER_KEY, Limits, Options, Status, Store,
+    SyncMode, Transaction, UpdateFn, Write, WriteStats, expand_home, live_bytes,
 };
 pub use tools::{CheckReport, Finding, RepairReport, check, repair};
 

@@ -20,6 +20,16 @@
 //! | 8 | holder pid (0 = none recorded) |
 //! | 9 | holder since, ms since the epoch |
 //! | 10..18 | holder host name, 64 bytes |
+//! | 18 | automatic compactions done (any process) |
+//! | 19 | duration of the last automatic compaction, microseconds |
+//! | 20 | longest automatic compaction, microseconds |
+//! | 21 | automatic compactions failed in a row |
+//! | 22 | no automatic compaction before this time, ms since the epoch |
+//! | 23..27 | the last compaction's switch: to generation, from generation, from end, checkpoint end |
+//!
+//! Words 18 and up came after layout 1 was first used: an older build
+//! leaves them zero, which reads as "nothing recorded", so the layout
+//! version did not change.
 
 #![allow(unsafe_code)]
 
@@ -45,6 +55,36 @@ const W_HOLDER_PID: usize = 8;
 const W_HOLDER_SINCE: usize = 9;
 const W_HOLDER_HOST: usize = 10;
 const HOST_WORDS: usize = 8;
+const W_AUTO_COUNT: usize = 18;
+const W_AUTO_LAST_US: usize = 19;
+const W_AUTO_MAX_US: usize = 20;
+const W_AUTO_FAILURES: usize = 21;
+const W_AUTO_NOT_BEFORE: usize = 22;
+const W_SWITCH_TO: usize = 23;
+const W_SWITCH_FROM: usize = 24;
+const W_SWITCH_FROM_END: usize = 25;
+const W_SWITCH_CHECKPOINT_END: usize = 26;
+
+/// Automatic compaction as recorded in the map for every process to see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AutoRecord {
+    pub(crate) count: u64,
+    pub(crate) last_us: u64,
+    pub(crate) max_us: u64,
+    pub(crate) failures: u64,
+    pub(crate) not_before_ms: u64,
+}
+
+/// A compaction's switch from one generation to the next: a process whose
+/// state is exactly `from` at `from_end` already holds the checkpoint's
+/// contents, and need only read the frames after `checkpoint_end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Switch {
+    pub(crate) to: u64,
+    pub(crate) from: u64,
+    pub(crate) from_end: u64,
+    pub(crate) checkpoint_end: u64,
+}
 
 /// What the last lock holder was in the middle of, if it died there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +154,7 @@ impl Shm {
         self.word(W_GENERATION).store(generation, Ordering::Release);
         self.word(W_INTENT)
             .store(Intent::None as u64, Ordering::Release);
+        self.set_switch(None);
         self.word(W_BOOT).store(lo, Ordering::Release);
         self.word(W_BOOT + 1).store(hi, Ordering::Release);
         self.word(W_LAYOUT).store(LAYOUT, Ordering::Release);
@@ -199,6 +240,60 @@ impl Shm {
             host: String::from_utf8_lossy(&host[..len]).into_owned(),
             since_ms: self.word(W_HOLDER_SINCE).load(Ordering::Relaxed),
         })
+    }
+
+    /// What automatic compaction recorded.
+    pub(crate) fn auto_record(&self) -> AutoRecord {
+        AutoRecord {
+            count: self.word(W_AUTO_COUNT).load(Ordering::Relaxed),
+            last_us: self.word(W_AUTO_LAST_US).load(Ordering::Relaxed),
+            max_us: self.word(W_AUTO_MAX_US).load(Ordering::Relaxed),
+            failures: self.word(W_AUTO_FAILURES).load(Ordering::Relaxed),
+            not_before_ms: self.word(W_AUTO_NOT_BEFORE).load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records an automatic compaction's outcome (lock held).
+    pub(crate) fn set_auto_record(&self, r: AutoRecord) {
+        self.word(W_AUTO_COUNT).store(r.count, Ordering::Relaxed);
+        self.word(W_AUTO_LAST_US)
+            .store(r.last_us, Ordering::Relaxed);
+        self.word(W_AUTO_MAX_US).store(r.max_us, Ordering::Relaxed);
+        self.word(W_AUTO_FAILURES)
+            .store(r.failures, Ordering::Relaxed);
+        self.word(W_AUTO_NOT_BEFORE)
+            .store(r.not_before_ms, Ordering::Release);
+    }
+
+    /// Records a compaction's switch, before its generation is published
+    /// (lock held). `to` is written last, after being cleared first, so a
+    /// reader that finds the same `to` before and after reading the rest
+    /// read one switch's words.
+    pub(crate) fn set_switch(&self, s: Option<Switch>) {
+        self.word(W_SWITCH_TO).store(0, Ordering::SeqCst);
+        let Some(s) = s else {
+            return;
+        };
+        self.word(W_SWITCH_FROM).store(s.from, Ordering::SeqCst);
+        self.word(W_SWITCH_FROM_END)
+            .store(s.from_end, Ordering::SeqCst);
+        self.word(W_SWITCH_CHECKPOINT_END)
+            .store(s.checkpoint_end, Ordering::SeqCst);
+        self.word(W_SWITCH_TO).store(s.to, Ordering::SeqCst);
+    }
+
+    /// The switch into generation `to`, if the map still records it.
+    pub(crate) fn switch_into(&self, to: u64) -> Option<Switch> {
+        if self.word(W_SWITCH_TO).load(Ordering::SeqCst) != to || to == 0 {
+            return None;
+        }
+        let s = Switch {
+            to,
+            from: self.word(W_SWITCH_FROM).load(Ordering::SeqCst),
+            from_end: self.word(W_SWITCH_FROM_END).load(Ordering::SeqCst),
+            checkpoint_end: self.word(W_SWITCH_CHECKPOINT_END).load(Ordering::SeqCst),
+        };
+        (self.word(W_SWITCH_TO).load(Ordering::SeqCst) == to).then_some(s)
     }
 
     /// Test hook: forget the boot id, as a reboot would.

@@ -17,7 +17,7 @@ use crate::format::{self, CommitRec, Origin, Payload, Raw, WriteRec};
 use crate::index::{Bytes, Entry, Snapshot, State};
 use crate::key::Key;
 use crate::layout::{Layout, WriterLock};
-use crate::shm::{self, Intent, Shm};
+use crate::shm::{self, Intent, Shm, Switch};
 use crate::sys;
 use chorus_core::NodeId;
 
@@ -59,6 +59,63 @@ impl Default for Limits {
     }
 }
 
+/// When the engine compacts a log generation by itself: when the log's
+/// dead bytes (its length minus the live bytes) exceed `dead_percent` of
+/// the live bytes plus `slack_bytes`. With the default (100 %, 64 MiB) a
+/// log is compacted once it is longer than twice its live data plus 64 MiB.
+///
+/// Live bytes are [`live_bytes`]: an estimate of the checkpoint the
+/// compaction would write, kept in O(1) per commit. The check runs after
+/// each commit (an O(1) comparison) in whichever process committed; that
+/// process compacts under the writer lock it already holds, after
+/// answering the commits of its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoCompact {
+    /// Dead bytes allowed per 100 live bytes, on top of `slack_bytes`.
+    pub dead_percent: u64,
+    /// Dead bytes always allowed, so a small store is not compacted over
+    /// and over.
+    pub slack_bytes: u64,
+    /// Wait after a failed automatic compaction before trying again,
+    /// doubled by every further failure in a row, up to 64 times this. The
+    /// commits go on meanwhile; only the compaction waits.
+    pub retry_after: Duration,
+}
+
+impl Default for AutoCompact {
+    fn default() -> Self {
+        AutoCompact {
+            dead_percent: 100,
+            slack_bytes: 64 << 20,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl AutoCompact {
+    /// The log length above which a generation holding `live` bytes of
+    /// live data is compacted.
+    pub fn threshold(&self, live: u64) -> u64 {
+        let t = u128::from(live)
+            + u128::from(live) * u128::from(self.dead_percent) / 100
+            + u128::from(self.slack_bytes);
+        u64::try_from(t).unwrap_or(u64::MAX)
+    }
+}
+
+/// Bytes counted per live key on top of its key and value, for the
+/// sequence number and lengths a checkpoint entry stores with them.
+pub const LIVE_BYTES_PER_KEY: u64 = 16;
+
+/// The live bytes of a store holding `keys` keys with `data_bytes` bytes
+/// of keys and values: an estimate of what compaction writes (the header,
+/// then each key and value with [`LIVE_BYTES_PER_KEY`] more). O(1).
+pub fn live_bytes(keys: usize, data_bytes: u64) -> u64 {
+    format::HEADER_LEN
+        .saturating_add(data_bytes)
+        .saturating_add((keys as u64).saturating_mul(LIVE_BYTES_PER_KEY))
+}
+
 /// How to open a store.
 #[derive(Clone)]
 pub struct Options {
@@ -76,6 +133,10 @@ pub struct Options {
     pub max_batch: usize,
     /// The file system (a fault-injecting one in tests).
     pub backend: Arc<dyn Backend>,
+    /// Compact the log automatically when it holds too many dead bytes
+    /// (default: on, see [`AutoCompact`]); `None` compacts only when
+    /// [`Store::compact`] is called.
+    pub auto_compact: Option<AutoCompact>,
 }
 
 impl Default for Options {
@@ -88,6 +149,7 @@ impl Default for Options {
             limits: Limits::default(),
             max_batch: 256,
             backend: Arc::new(StdBackend),
+            auto_compact: Some(AutoCompact::default()),
         }
     }
 }
@@ -101,6 +163,7 @@ impl std::fmt::Debug for Options {
             .field("allow_network_fs", &self.allow_network_fs)
             .field("limits", &self.limits)
             .field("max_batch", &self.max_batch)
+            .field("auto_compact", &self.auto_compact)
             .finish_non_exhaustive()
     }
 }
@@ -181,6 +244,21 @@ pub struct Status {
     pub last_seq: u64,
     /// Who holds the writer lock right now, if anyone.
     pub lock_holder: Option<LockHolder>,
+    /// Live bytes ([`live_bytes`]): about what a compaction would write.
+    pub live_bytes: u64,
+    /// The log length at which automatic compaction runs for the current
+    /// live bytes, for this handle's options (`None`: off).
+    pub compact_at: Option<u64>,
+    /// Automatic compactions by any process on the directory (since the
+    /// shared map was created).
+    pub auto_compactions: u64,
+    /// How long the last automatic compaction held the writer lock.
+    pub last_auto_compaction: Option<Duration>,
+    /// The longest an automatic compaction held the writer lock.
+    pub longest_auto_compaction: Option<Duration>,
+    /// Automatic compactions that failed in a row (0 when the last one
+    /// worked); the next attempt waits for a growing back-off.
+    pub auto_compaction_failures: u64,
 }
 
 /// What a queued job produced.
@@ -275,6 +353,9 @@ struct Inner {
     commits: AtomicU64,
     frames: AtomicU64,
     syncs: AtomicU64,
+    auto_compactions: AtomicU64,
+    auto_failures: AtomicU64,
+    auto_longest_us: AtomicU64,
 }
 
 /// What this process's handle has written since it opened the directory.
@@ -287,6 +368,14 @@ pub struct WriteStats {
     /// Syncs (`fdatasync`) of the log; far below `commits` when commits
     /// arriving together share one.
     pub syncs: u64,
+    /// Automatic compactions this handle ran.
+    pub auto_compactions: u64,
+    /// Automatic compactions this handle tried that failed (each was
+    /// logged; the commit that triggered it was not affected).
+    pub auto_compaction_failures: u64,
+    /// The longest an automatic compaction of this handle held the writer
+    /// lock: the longest pause it caused other writers.
+    pub longest_auto_compaction: Duration,
 }
 
 /// `~` or `~/rest` at the start of a directory path is the home directory
@@ -399,6 +488,9 @@ impl Store {
                 commits: AtomicU64::new(0),
                 frames: AtomicU64::new(0),
                 syncs: AtomicU64::new(0),
+                auto_compactions: AtomicU64::new(0),
+                auto_failures: AtomicU64::new(0),
+                auto_longest_us: AtomicU64::new(0),
                 options,
             }),
         })
@@ -529,6 +621,11 @@ impl Store {
             commits: self.inner.commits.load(Ordering::Relaxed),
             frames: self.inner.frames.load(Ordering::Relaxed),
             syncs: self.inner.syncs.load(Ordering::Relaxed),
+            auto_compactions: self.inner.auto_compactions.load(Ordering::Relaxed),
+            auto_compaction_failures: self.inner.auto_failures.load(Ordering::Relaxed),
+            longest_auto_compaction: Duration::from_micros(
+                self.inner.auto_longest_us.load(Ordering::Relaxed),
+            ),
         }
     }
 
@@ -590,6 +687,9 @@ impl Store {
         } else {
             None
         };
+        let live = live_bytes(state.index.keys(), state.index.bytes());
+        let auto = self.inner.dir.shm.auto_record();
+        let duration = |us: u64| (auto.count > 0).then(|| Duration::from_micros(us));
         Ok(Status {
             dir: self.dir().to_path_buf(),
             node_id: self.node_id(),
@@ -599,6 +699,12 @@ impl Store {
             data_bytes: state.index.bytes(),
             last_seq: state.last_seq,
             lock_holder,
+            live_bytes: live,
+            compact_at: self.inner.options.auto_compact.map(|a| a.threshold(live)),
+            auto_compactions: auto.count,
+            last_auto_compaction: duration(auto.last_us),
+            longest_auto_compaction: duration(auto.max_us),
+            auto_compaction_failures: auto.failures,
         })
     }
 
@@ -702,6 +808,17 @@ fn check_writes(limits: &Limits, writes: &[Write]) -> Result<usize> {
     Ok(total)
 }
 
+/// The wait before retrying after `failures` failed automatic compactions
+/// in a row: `first`, doubled each time, at most 64 times `first`.
+fn backoff(first: Duration, failures: u64) -> Duration {
+    let shift = failures.saturating_sub(1).min(6) as u32;
+    first.saturating_mul(1 << shift)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Compactions replaced the log faster than this process could read it.
 fn generation_churn(path: &Path) -> Error {
     Error::Io {
@@ -770,7 +887,12 @@ impl Inner {
                 apply_range(&tail, &mut next, end)?;
                 return Ok(self.install(next));
             }
-            match self.dir.load(generation, end) {
+            let loaded = match self.follow_switch(&tail, &current, generation, end) {
+                Ok(Some(followed)) => Ok(followed),
+                Ok(None) => self.dir.load(generation, end),
+                Err(e) => Err(e),
+            };
+            match loaded {
                 Ok((new_tail, state)) => {
                     *tail = new_tail;
                     return Ok(self.install(state));
@@ -783,6 +905,50 @@ impl Inner {
             }
         }
         Err(generation_churn(&tail.path))
+    }
+
+    /// After a compaction by another process: when this process's state is
+    /// of the generation the compaction left, it reads the rest of that
+    /// generation (its file is still open here, even if removed) up to the
+    /// end the compaction left it at; its state is then exactly what the
+    /// compaction wrote out, the new generation's checkpoint: same keys,
+    /// values, sequence numbers and sums. The index is kept (shared, not
+    /// copied) and only the frames after the checkpoint are read, so a
+    /// compaction costs other processes O(new commits), not O(live data).
+    /// `None` when the switch does not apply (a process further behind, or a
+    /// generation made by `repair`): then the new generation is loaded whole.
+    fn follow_switch(
+        &self,
+        old_tail: &Tail,
+        current: &State,
+        generation: u64,
+        end: u64,
+    ) -> Result<Option<(Tail, State)>> {
+        let Some(switch) = self.dir.shm.switch_into(generation) else {
+            return Ok(None);
+        };
+        if switch.from != current.generation
+            || old_tail.generation != current.generation
+            || switch.from_end < current.end
+            || switch.checkpoint_end > end
+        {
+            return Ok(None);
+        }
+        let mut left = current.clone();
+        apply_range(old_tail, &mut left, switch.from_end)?;
+        let (tail, header) = self.dir.open_log(generation)?;
+        if header.base_seq != left.last_seq {
+            return Ok(None);
+        }
+        let mut state = State {
+            generation,
+            end: switch.checkpoint_end,
+            last_seq: header.base_seq,
+            last_ts: header.base_ts,
+            index: left.index,
+        };
+        apply_range(&tail, &mut state, end)?;
+        Ok(Some((tail, state)))
     }
 
     /// Queues a job and waits for its outcome; the first waiter with no
@@ -975,6 +1141,21 @@ impl Inner {
                         .map(|_| Err(Error::Poisoned(why.clone())))
                         .collect()
                 });
+                let committed = outcomes
+                    .iter()
+                    .any(|o| matches!(o, Ok(Outcome::Committed(_))));
+                if committed && self.auto_compact_due() {
+                    // The commits are synced and published: answer them
+                    // before the pause, then compact under the same lock.
+                    // Committers queued meanwhile wait for the lead.
+                    for (slot, outcome) in slots.iter().zip(outcomes) {
+                        slot.set(SlotState::Done(outcome));
+                    }
+                    self.auto_compact_locked();
+                    self.dir.shm.clear_holder();
+                    drop(guard);
+                    return;
+                }
                 self.dir.shm.clear_holder();
                 drop(guard);
                 outcomes
@@ -983,6 +1164,103 @@ impl Inner {
         for (slot, outcome) in slots.iter().zip(outcomes) {
             slot.set(SlotState::Done(outcome));
         }
+    }
+
+    /// True when the state just committed holds more dead bytes than the
+    /// options allow and no back-off after a failure is running. O(1).
+    /// Lock held.
+    fn auto_compact_due(&self) -> bool {
+        let Some(auto) = self.options.auto_compact else {
+            return false;
+        };
+        let state = self.state.load();
+        let live = live_bytes(state.index.keys(), state.index.bytes());
+        if state.end <= auto.threshold(live) {
+            return false;
+        }
+        let record = self.dir.shm.auto_record();
+        if record.failures == 0 || record.not_before_ms == 0 {
+            return true;
+        }
+        let now = sys::now_ms();
+        // A wall clock set back must not stop compaction for long: a
+        // back-off further away than the longest one is ignored.
+        let longest = backoff(auto.retry_after, u64::MAX).as_millis();
+        now >= record.not_before_ms
+            || u128::from(record.not_before_ms - now) > longest.saturating_add(1000)
+    }
+
+    /// Compacts because the log passed its threshold. A failure is logged
+    /// and retried after a back-off; it never reaches a committer. Lock held.
+    fn auto_compact_locked(&self) {
+        if lock(&self.poisoned).is_some() {
+            return;
+        }
+        let Some(auto) = self.options.auto_compact else {
+            return;
+        };
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let state = self.prepare_locked()?;
+            self.compact_locked(&state)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::InvalidInput(
+                "an internal error (a panic) while compacting".into(),
+            ))
+        });
+        let took = started.elapsed();
+        let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let shm = &self.dir.shm;
+        let mut record = shm.auto_record();
+        match result {
+            Ok(report) => {
+                self.auto_compactions.fetch_add(1, Ordering::Relaxed);
+                self.auto_longest_us.fetch_max(took_us, Ordering::Relaxed);
+                record.count += 1;
+                record.last_us = took_us;
+                record.max_us = record.max_us.max(took_us);
+                let live = live_bytes(report.keys, self.state.load().index.bytes());
+                if report.bytes_after > auto.threshold(live) {
+                    // The live estimate is below what the checkpoint took
+                    // (many full prefixes with long names and few keys):
+                    // wait before compacting again instead of compacting
+                    // at every commit.
+                    record.failures += 1;
+                    record.not_before_ms = sys::now_ms()
+                        .saturating_add(millis(backoff(auto.retry_after, record.failures)));
+                    tracing::warn!(
+                        bytes_after = report.bytes_after,
+                        threshold = auto.threshold(live),
+                        "the compacted log is still above the automatic compaction threshold; raise the slack (--compact-slack-mb)"
+                    );
+                } else {
+                    record.failures = 0;
+                    record.not_before_ms = 0;
+                }
+                tracing::info!(
+                    generation = report.new_generation,
+                    bytes_before = report.bytes_before,
+                    bytes_after = report.bytes_after,
+                    keys = report.keys,
+                    millis = took.as_millis() as u64,
+                    "compacted the log automatically"
+                );
+            }
+            Err(e) => {
+                self.auto_failures.fetch_add(1, Ordering::Relaxed);
+                record.failures += 1;
+                let wait = backoff(auto.retry_after, record.failures);
+                record.not_before_ms = sys::now_ms().saturating_add(millis(wait));
+                tracing::warn!(
+                    error = %e,
+                    failures = record.failures,
+                    retry_in_ms = millis(wait),
+                    "automatic compaction failed; the commits are safe in the current log and compaction will be retried (check free disk space)"
+                );
+            }
+        }
+        shm.set_auto_record(record);
     }
 
     fn run_locked(&self, jobs: Vec<Job>) -> Vec<Result<Outcome>> {
@@ -1259,6 +1537,12 @@ impl Inner {
             .map_err(|e| Error::io("open", &path, e))?;
         let loaded = {
             let mut tail = lock(&self.tail);
+            shm.set_switch(Some(Switch {
+                to: new,
+                from: old,
+                from_end: state.end,
+                checkpoint_end: end,
+            }));
             shm.publish_generation(new, end);
             *tail = Tail {
                 generation: new,

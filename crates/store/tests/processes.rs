@@ -338,3 +338,105 @@ fn prefix_hashes_agree_across_processes_and_orders() {
     sb.put(&fp(), b"p0-7", &7u64.to_le_bytes()).expect("put");
     assert_eq!(hash(&sa), hash(&sb));
 }
+
+/// Automatic compaction while 3 processes read and write: nothing lost,
+/// nothing blocked for longer than a bound, and the log stays within its
+/// threshold (plus the one commit that crosses it) over 100,000 overwrites.
+#[test]
+fn automatic_compaction_while_three_processes_read_and_write() {
+    const PER_WORKER: u64 = 33_334;
+    const KEYS: u64 = 100;
+    const SLACK: u64 = 64 << 10;
+    // One commit of these keys and values is about 50 bytes as a frame.
+    const ONE_COMMIT: u64 = 128;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let store = open(dir.path());
+    let started = std::time::Instant::now();
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|p| {
+            Worker::spawn(&[
+                "auto-churn",
+                d,
+                &format!("w{p}"),
+                &PER_WORKER.to_string(),
+                &KEYS.to_string(),
+                &SLACK.to_string(),
+            ])
+        })
+        .collect();
+    // This process reads too, while they write: never an error.
+    let mut reads = 0u64;
+    let mut generations = std::collections::BTreeSet::new();
+    loop {
+        let snap = store.snapshot().expect("a read during compaction");
+        generations.insert(snap.generation());
+        reads += 1;
+        let mut running = 0;
+        for w in workers.iter_mut() {
+            if w.child.try_wait().expect("poll").is_none() {
+                running += 1;
+            }
+        }
+        if running == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut own_compactions = 0;
+    for mut w in workers {
+        let commit_ms: u64 = w.expect_line("longest_commit_ms").parse().expect("number");
+        let read_ms: u64 = w.expect_line("longest_read_ms").parse().expect("number");
+        let over: u64 = w.expect_line("most_over").parse().expect("number");
+        own_compactions += w.expect_line("compactions").parse::<u64>().expect("number");
+        w.expect_line("done");
+        w.finish();
+        assert!(commit_ms < 10_000, "a commit waited {commit_ms} ms");
+        assert!(read_ms < 10_000, "a read waited {read_ms} ms");
+        assert!(
+            over <= ONE_COMMIT,
+            "the log was {over} bytes past its threshold after a commit"
+        );
+    }
+    let status = store.status().expect("status");
+    assert!(
+        own_compactions >= 10 && status.auto_compactions == own_compactions,
+        "compacted {own_compactions} times by the workers, {} as the map recorded",
+        status.auto_compactions
+    );
+    assert!(generations.len() > 2, "the reader saw {generations:?}");
+    assert!(reads > 0);
+    let threshold = status.compact_at.expect("on by default");
+    assert!(status.log_bytes <= threshold + ONE_COMMIT);
+    // Every acknowledged write: each key holds the last value its worker wrote.
+    let check_all = |store: &Store| {
+        let snap = store.snapshot().expect("snapshot");
+        assert_eq!(snap.len() as u64, 3 * KEYS);
+        assert_eq!(snap.seq(), 3 * PER_WORKER, "no commit lost or doubled");
+        for p in 0..3 {
+            for k in 0..KEYS {
+                let last = (0..PER_WORKER)
+                    .rev()
+                    .find(|i| i % KEYS == k)
+                    .expect("written");
+                let v = snap
+                    .get(&fp(), format!("w{p}-{k}").as_bytes())
+                    .expect("present");
+                assert_eq!(&v[..], &last.to_le_bytes(), "w{p}-{k}");
+            }
+        }
+    };
+    check_all(&store);
+    check_all(&open(dir.path()));
+    assert!(
+        check(dir.path(), &Options::default())
+            .expect("check")
+            .is_healthy()
+    );
+    eprintln!(
+        "3 processes, {} overwrites, {own_compactions} automatic compactions in {:?}; longest {:?}",
+        3 * PER_WORKER,
+        started.elapsed(),
+        status.longest_auto_compaction
+    );
+}

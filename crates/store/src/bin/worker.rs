@@ -22,6 +22,13 @@
 //!   revision with FIELD = VALUE; prints `saved REV` or `conflict`.
 //! - `op-push DIR PATH COUNT`: COUNT pushes of counter +1 at PATH in
 //!   `ops/test`; prints `pushed COUNT`.
+//! - `auto-churn DIR TAG COUNT KEYS SLACK`: COUNT overwrites of keys
+//!   `TAG-(i % KEYS)` = i with automatic compaction at a slack of SLACK
+//!   bytes (sync `never`); after each it reads the key back, and every
+//!   KEYS commits reads every key of its own. Prints `longest_commit_ms N`,
+//!   `longest_read_ms N`, `most_over N` (the largest amount by which the
+//!   committed log length exceeded its threshold after a commit, 0 if never),
+//!   `compactions N` (its own), then `done`.
 //! - `doc-churn DIR STORE ID`: upserts document ID forever with fields
 //!   `a` = `b` = i and a filler of i % 500 bytes; prints `ack i`.
 
@@ -31,7 +38,7 @@ use std::time::Duration;
 
 use chorus_core::FullPrefix;
 use chorus_store::{
-    Error, GetOptions, Metadata, Options, PutOptions, PutValue, Store, SyncMode, Write,
+    AutoCompact, Error, GetOptions, Metadata, Options, PutOptions, PutValue, Store, SyncMode, Write,
 };
 
 type Failure = Box<dyn std::error::Error>;
@@ -227,6 +234,59 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 ops.push(&fp, path, "counter", serde_json::json!(1))?;
             }
             say(&format!("pushed {count}"))?;
+        }
+        "auto-churn" => {
+            let tag = arg(args, 2)?;
+            let count: u64 = arg(args, 3)?.parse()?;
+            let keys: u64 = arg(args, 4)?.parse::<u64>()?.max(1);
+            let slack: u64 = arg(args, 5)?.parse()?;
+            let store = Store::open(
+                dir.as_ref(),
+                Options {
+                    create: true,
+                    sync: SyncMode::Never,
+                    lock_timeout: Duration::from_secs(60),
+                    auto_compact: Some(AutoCompact {
+                        slack_bytes: slack,
+                        ..AutoCompact::default()
+                    }),
+                    ..Options::default()
+                },
+            )?;
+            let (mut longest_commit, mut longest_read) = (Duration::ZERO, Duration::ZERO);
+            let mut most_over = 0u64;
+            for i in 0..count {
+                let key = format!("{tag}-{}", i % keys);
+                let started = std::time::Instant::now();
+                store.put(&fp, key.as_bytes(), &i.to_le_bytes())?;
+                longest_commit = longest_commit.max(started.elapsed());
+                let started = std::time::Instant::now();
+                let back = store.get(&fp, key.as_bytes())?;
+                if back.as_deref() != Some(&i.to_le_bytes()[..]) {
+                    return Err(format!("{key} reads {back:?} right after writing {i}").into());
+                }
+                if i % keys == keys - 1 {
+                    for j in i + 1 - keys..=i {
+                        let key = format!("{tag}-{}", j % keys);
+                        let got = store.get(&fp, key.as_bytes())?.map(|v| decode(&v));
+                        if got != Some(j) {
+                            return Err(format!("{key} reads {got:?}, last written {j}").into());
+                        }
+                    }
+                }
+                longest_read = longest_read.max(started.elapsed());
+                let status = store.status()?;
+                let threshold = status.compact_at.ok_or("automatic compaction is off")?;
+                most_over = most_over.max(status.log_bytes.saturating_sub(threshold));
+            }
+            say(&format!("longest_commit_ms {}", longest_commit.as_millis()))?;
+            say(&format!("longest_read_ms {}", longest_read.as_millis()))?;
+            say(&format!("most_over {most_over}"))?;
+            say(&format!(
+                "compactions {}",
+                store.write_stats().auto_compactions
+            ))?;
+            say("done")?;
         }
         "doc-churn" => {
             let (store_name, id) = (arg(args, 2)?, arg(args, 3)?);
