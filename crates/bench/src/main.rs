@@ -76,7 +76,14 @@ const BENCHES: [&str; 7] = [
 
 /// Benchmarks run only when named: they start daemons or need a peer
 /// installed from outside Rust.
-const EXTRA: [&str; 6] = ["cluster", "antientropy", "docs", "ops", "ops-history", "compaction"];
+const EXTRA: [&str; 6] = [
+    "cluster",
+    "antientropy",
+    "docs",
+    "ops",
+    "ops-history",
+    "compaction",
+];
 
 fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
     match name {

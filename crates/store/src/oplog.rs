@@ -154,6 +154,15 @@ impl PathState {
     }
 }
 
+/// What a push needs of a kept value.
+struct Current {
+    kind: String,
+    state: Value,
+    checkpoint: Option<Checkpoint>,
+    max_timestamp: u64,
+    inline: bool,
+}
+
 /// What a push computed under the lock.
 struct Pushed {
     /// The seq of the snapshot it started from.
@@ -338,7 +347,12 @@ impl Oplogs {
             }
         };
         if solo_prune && !self.served()? {
-            self.prune_older_than(fp, path, self.solo_grace)?;
+            // The push is committed: a prune that fails (a reducer error,
+            // a full disk) is reported, not returned, and tried again on a
+            // later push.
+            if let Err(e) = self.prune_older_than(fp, path, self.solo_grace) {
+                tracing::warn!(full_prefix = %fp, path, error = %e, "cannot prune the operation log");
+            }
         }
         Ok(value)
     }
@@ -355,7 +369,15 @@ impl Oplogs {
         payload: Value,
         writer: &Writer,
     ) -> Result<(Vec<Write>, Pushed)> {
-        let st = self.current(snap, fp, path)?;
+        let st = self.with_current(snap, fp, path, |p| {
+            Ok(Current {
+                kind: p.kind.clone(),
+                state: p.state.clone(),
+                checkpoint: p.checkpoint.clone(),
+                max_timestamp: p.max_timestamp(),
+                inline: p.inline,
+            })
+        })?;
         if !st.kind.is_empty() && st.kind != kind {
             return Err(Error::InvalidInput(format!(
                 "the log at {fp}/{path} has type {:?}, not {kind:?}",
@@ -365,11 +387,11 @@ impl Oplogs {
         let state = if st.kind.is_empty() {
             reducer.init()
         } else {
-            st.state.clone()
+            st.state
         };
         let payload = reducer.prepare(&state, payload);
         let commit_ts = snap.commit_ts().unwrap_or_else(|| snap.last_ts());
-        let ts = commit_ts.max(st.max_timestamp() + 1);
+        let ts = commit_ts.max(st.max_timestamp + 1);
         let op = Op::new(kind, ts, &writer.node.to_string(), payload);
         // Checked before anything is written: a reducer error refuses the
         // push.
@@ -429,25 +451,35 @@ impl Oplogs {
         p.first.as_ref().is_some_and(|k| Hlc(k.0).ms() < cutoff_ms)
     }
 
-    /// The kept value of a path brought up to `snap`: caught up from what
-    /// changed since it was kept, or folded again from the checkpoint.
-    fn current(&self, snap: &Snapshot, fp: &FullPrefix, path: &str) -> Result<PathState> {
+    /// Runs `f` on the kept value of a path brought up to `snap`: caught
+    /// up from what changed since it was kept, or folded again from the
+    /// checkpoint. `f` runs under the lock of the kept values (nothing is
+    /// copied but what it copies).
+    fn with_current<R>(
+        &self,
+        snap: &Snapshot,
+        fp: &FullPrefix,
+        path: &str,
+        f: impl FnOnce(&PathState) -> Result<R>,
+    ) -> Result<R> {
         let slot = (fp.clone(), path.to_string());
         let mut kept = self.kept();
         kept.tick += 1;
         let tick = kept.tick;
+        let mut fresh = false;
         if let Some(p) = kept.paths.get_mut(&slot) {
             p.used = tick;
-            if p.seq == snap.seq() {
-                return Ok(p.clone());
-            }
-            if p.seq < snap.seq() && self.catch_up(p, snap, fp, path)? {
-                return Ok(p.clone());
-            }
+            fresh =
+                p.seq == snap.seq() || (p.seq < snap.seq() && self.catch_up(p, snap, fp, path)?);
         }
-        let mut p = self.fold(snap, fp, path)?;
-        p.used = tick;
-        if p.seq >= kept.paths.get(&slot).map_or(0, |old| old.seq) {
+        if !fresh {
+            let mut p = self.fold(snap, fp, path)?;
+            p.used = tick;
+            if p.seq < kept.paths.get(&slot).map_or(0, |old| old.seq) {
+                // Another thread kept a newer value: this older view is
+                // answered without replacing it.
+                return f(&p);
+            }
             if kept.paths.len() >= CACHE_PATHS_MAX && !kept.paths.contains_key(&slot) {
                 let oldest = kept
                     .paths
@@ -458,9 +490,14 @@ impl Oplogs {
                     kept.paths.remove(&k);
                 }
             }
-            kept.paths.insert(slot, p.clone());
+            kept.paths.insert(slot.clone(), p);
         }
-        Ok(p)
+        match kept.paths.get(&slot) {
+            Some(p) => f(p),
+            None => Err(Error::InvalidInput(format!(
+                "the kept value of {fp}/{path} vanished (a bug): read it again"
+            ))),
+        }
     }
 
     /// Applies to `p` the operations written since it was kept, if they
@@ -704,12 +741,12 @@ impl Oplogs {
     pub fn get(&self, fp: &FullPrefix, path: &str) -> Result<Value> {
         validate_path(path)?;
         let snap = self.meta.store().snapshot()?;
-        let st = self.current(&snap, fp, path)?;
-        if st.kind.is_empty() {
-            return Ok(Value::Null);
-        }
-        let reducer = self.reducer(&st.kind)?;
-        Ok(reducer.view(&st.state))
+        self.with_current(&snap, fp, path, |p| {
+            if p.kind.is_empty() {
+                return Ok(Value::Null);
+            }
+            Ok(self.reducer(&p.kind)?.view(&p.state))
+        })
     }
 
     /// The merged log at `path`, with any late operations.
