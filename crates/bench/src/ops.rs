@@ -22,7 +22,9 @@ use chorus_store::{Metadata, SyncMode};
 use serde_json::json;
 
 use crate::engines;
-use crate::harness::{Cfg, Kid, Outcome, Res, Row, fmt_ns, fmt_rate, hear, quantile, say, wall_ns};
+use crate::harness::{
+    Cfg, Kid, Outcome, Res, Row, fmt_ns, fmt_rate, hear, median, quantile, say, wall_ns,
+};
 
 fn fp() -> Res<FullPrefix> {
     Ok(FullPrefix::parse("bench/ops")?)
@@ -160,48 +162,76 @@ fn timed(dir: &Path, mode: &str, procs: usize, per: usize) -> Res<(f64, f64, u64
     Ok((rate, first_read, log_after.saturating_sub(log_before)))
 }
 
+/// One run of `ops-history`: a fresh store with `history` operations on
+/// the path, then `procs` processes pushing `per` each.
+fn history_run(cfg: &Cfg, history: usize, procs: usize, per: usize) -> Res<(f64, f64, u64)> {
+    let fp = fp()?;
+    let dir = cfg.tempdir("ops-history")?;
+    {
+        // The history, written fast (no sync) by one process.
+        let meta = Metadata::new(engines::chorus(dir.path(), SyncMode::Never)?);
+        let ops = Oplogs::new(&meta);
+        for _ in 0..history.saturating_sub(1) {
+            ops.push(&fp, "shared", "counter", json!(1))?;
+        }
+    }
+    // The last one synced: the history's bytes are on disk before the
+    // clock starts, not flushed by the first timed sync.
+    Oplogs::new(&Metadata::new(engines::chorus(
+        dir.path(),
+        SyncMode::Always,
+    )?))
+    .push(&fp, "shared", "counter", json!(1))?;
+    let run = timed(dir.path(), "history", procs, per)?;
+    let value = Oplogs::new(&Metadata::new(engines::chorus(
+        dir.path(),
+        SyncMode::Always,
+    )?))
+    .get(&fp, "shared")?;
+    if value != json!(history + procs * per) {
+        return Err(format!("the counter is {value}, expected {}", history + procs * per).into());
+    }
+    Ok(run)
+}
+
 /// `ops-history`: see the module documentation.
 pub(crate) fn run_history(cfg: &Cfg) -> Res<Outcome> {
     let mut rows = Vec::new();
     let mut raw = serde_json::Map::new();
-    let fp = fp()?;
     let measured = cfg.n(2000);
     let sample = Op::new("counter", 1 << 52, &"0".repeat(32), json!(1));
     let record_bytes = sample.encode_record("counter").len();
+    let histories = [100usize, cfg.n(10_000), cfg.n(100_000)];
+    let reps = cfg.reps(3);
     for procs in [1usize, 4] {
         let per = measured / procs;
-        let plain_dir = cfg.tempdir("ops-plain")?;
-        engines::chorus(plain_dir.path(), SyncMode::Always)?;
-        let (plain, _, _) = timed(plain_dir.path(), "put", procs, per)?;
-        raw.insert(format!("plain_put_{procs}"), json!(plain));
+        // Each figure is the median of `reps` runs; the runs of every
+        // history and of the plain puts take turns, so a slow spell of
+        // the disk falls on all of them.
+        let mut plains = Vec::new();
+        let mut runs: Vec<Vec<(f64, f64, u64)>> = vec![Vec::new(); histories.len()];
+        for _ in 0..reps {
+            let plain_dir = cfg.tempdir("ops-plain")?;
+            engines::chorus(plain_dir.path(), SyncMode::Always)?;
+            plains.push(timed(plain_dir.path(), "put", procs, per)?.0);
+            for (h, history) in histories.iter().enumerate() {
+                runs[h].push(history_run(cfg, *history, procs, per)?);
+            }
+        }
+        let plain = median(&plains);
+        raw.insert(format!("plain_put_{procs}"), json!(plains));
         let mut at_small = None;
-        for history in [100usize, 10_000, 100_000] {
-            let history = if history == 100 { 100 } else { cfg.n(history) };
-            let dir = cfg.tempdir("ops-history")?;
-            {
-                // The history, written fast (no sync) by one process.
-                let meta = Metadata::new(engines::chorus(dir.path(), SyncMode::Never)?);
-                let ops = Oplogs::new(&meta);
-                for _ in 0..history {
-                    ops.push(&fp, "shared", "counter", json!(1))?;
-                }
-            }
-            let (rate, first_read, added) = timed(dir.path(), "history", procs, per)?;
-            let value = Oplogs::new(&Metadata::new(engines::chorus(
-                dir.path(),
-                SyncMode::Always,
-            )?))
-            .get(&fp, "shared")?;
-            if value != json!(history + procs * per) {
-                return Err(
-                    format!("the counter is {value}, expected {}", history + procs * per).into(),
-                );
-            }
+        for (h, history) in histories.iter().enumerate() {
+            let history = *history;
+            let rates: Vec<f64> = runs[h].iter().map(|r| r.0).collect();
+            let rate = median(&rates);
+            let first_read = median(&runs[h].iter().map(|r| r.1).collect::<Vec<_>>());
+            let added = median(&runs[h].iter().map(|r| r.2 as f64).collect::<Vec<_>>()) as u64;
             let per_push = added as f64 / (procs * per) as f64;
             let small = *at_small.get_or_insert(rate);
             raw.insert(
                 format!("history_{procs}_{history}"),
-                json!({"rate": rate, "first_read_ns": first_read, "log_bytes_per_push": per_push,
+                json!({"rates": rates, "first_read_ns": first_read, "log_bytes_per_push": per_push,
                        "record_bytes": record_bytes, "plain_put": plain}),
             );
             let label =
