@@ -625,11 +625,20 @@ fn malformed_pushes_and_pulls_get_400_and_write_nothing() {
     let src = tmp.path().join("src");
     assert!(chorus(&src, &["init"]).status.success());
     put_stage(&src, "app/cfg", "good", "v");
+    // What a malformed operation record looks like (its value, whatever
+    // key a push gives it).
+    put_stage(
+        &src,
+        "app/cfg",
+        "oprec",
+        r#"{"oprec":1,"type":"counter","timestamp":1}"#,
+    );
     let node = ok_json(&chorus(&src, &["--json", "status"]))["node_id"]
         .as_str()
         .expect("node id")
         .to_string();
-    let good = good_object(&src);
+    let good = object_of(&src, "good");
+    let forged_record = object_of(&src, "oprec");
     let ok_body = format!(
         r#"{{"node": "{node}", "priority": 0, "window_ms": 1000, "objects": [{{"prefix": "app", "sub": "cfg", "key": "good", "object": "{good}"}}]}}"#
     );
@@ -678,6 +687,19 @@ fn malformed_pushes_and_pulls_get_400_and_write_nothing() {
         (
             body_with(&node, "", &[item("$auth", "k", &good)]),
             "reserved",
+        ),
+        (
+            // An operation log's record (key `n\0ts.node.sha`) that is
+            // not a valid operation.
+            body_with(
+                &node,
+                "",
+                &[format!(
+                    r#"{{"prefix": "app", "sub": "cfg", "key": "{}", "key_encoding": "base64", "object": "{forged_record}"}}"#,
+                    base64_of(b"n\x0000000000000000001.ab.cd")
+                )],
+            ),
+            "operation record is malformed",
         ),
         (
             body_with(&node, "", &[item("app", "", &good)]),
@@ -745,9 +767,9 @@ fn malformed_pushes_and_pulls_get_400_and_write_nothing() {
     }
 }
 
-/// The base64 encoding of the object at app/cfg/good in `dir`, as a
+/// The base64 encoding of the object at app/cfg/KEY in `dir`, as a
 /// pull from a node serving the directory gives it.
-fn good_object(dir: &Path) -> String {
+fn object_of(dir: &Path, key: &str) -> String {
     let http = free_port();
     let _node = upstream(dir, http);
     let page = json(
@@ -756,10 +778,18 @@ fn good_object(dir: &Path) -> String {
         )])
         .2,
     );
-    page["objects"][0]["object"]
-        .as_str()
+    page["objects"]
+        .as_array()
+        .and_then(|all| all.iter().find(|o| o["key"] == key))
+        .and_then(|o| o["object"].as_str())
         .expect("an object")
         .to_string()
+}
+
+/// Standard base64 with padding.
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[test]

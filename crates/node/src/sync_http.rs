@@ -125,6 +125,9 @@ impl WireObject {
         if object.value_count() == 0 {
             return Err(format!("{fp}/{}: the object holds no value", self.key));
         }
+        // An operation log's record must be the operation its key names.
+        chorus_store::oplog::validate_record(&key, &object)
+            .map_err(|e| format!("{fp}/{}: {e}", self.key))?;
         Ok((fp, key, object))
     }
 }
