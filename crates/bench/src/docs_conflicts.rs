@@ -35,7 +35,7 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
             .create(json!({"_id": "d", "writer": -1}))?
             .rev
             .to_string();
-        for i in 1..size {
+        for i in 0..size {
             docs.update(json!({"_id": "d", "_rev": first, "writer": i}), true)?;
         }
         let build_s = built.elapsed().as_secs_f64();

@@ -224,3 +224,126 @@ proptest! {
         }
     }
 }
+
+fn log_end(m: &Metadata) -> u64 {
+    m.store().status().expect("status").log_bytes
+}
+
+/// Log bytes of one update on top of the winner of a document with
+/// `conflicts` conflicting revisions.
+fn bytes_per_update(conflicts: usize) -> u64 {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = meta(dir.path());
+    let docs = Docs::open(&m, "big").expect("store");
+    let first = docs
+        .create(json!({"_id": "d", "writer": -1}))
+        .expect("create")
+        .rev
+        .to_string();
+    for i in 0..conflicts {
+        docs.update(json!({"_id": "d", "_rev": first, "writer": i}), true)
+            .expect("keep_both");
+    }
+    let page = docs.conflicts_page("d", 10, None).expect("page");
+    assert_eq!(page.conflicts.len(), (conflicts - 1).min(10));
+    let mut doc = docs.get("d").expect("get");
+    doc["n"] = json!(1);
+    let before = log_end(&m);
+    docs.update(doc, false).expect("update the winner");
+    log_end(&m) - before
+}
+
+#[test]
+fn an_update_writes_in_proportion_to_the_revision_not_the_tree() {
+    let small = bytes_per_update(3);
+    let large = bytes_per_update(300);
+    assert!(large < 2048, "one update wrote {large} bytes");
+    assert!(
+        large <= small + 64,
+        "300 conflicts: {large} bytes, 3 conflicts: {small} bytes"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = meta(dir.path());
+    let docs = Docs::open(&m, "users").expect("store");
+    let saved = docs
+        .create(json!({"_id": "alice", "email": "a@example.com"}))
+        .expect("create");
+    let seq = || m.store().snapshot().expect("snapshot").seq();
+    let before = seq();
+    // A parent that does not exist, with or without keep_both.
+    for keep_both in [false, true] {
+        let err = docs
+            .update(
+                json!({"_id": "alice", "_rev": "7-0123456789abcdef0123456789abcdef", "x": 1}),
+                keep_both,
+            )
+            .expect_err("an unknown parent");
+        assert!(
+            matches!(err, chorus_store::Error::Conflict(ref m) if m.contains("not a current revision")),
+            "{err}"
+        );
+    }
+    // Not a current revision, without keep_both; deleting one.
+    let second = docs
+        .update(
+            json!({"_id": "alice", "_rev": saved.rev.to_string(), "x": 1}),
+            false,
+        )
+        .expect("update");
+    let before = before.max(seq());
+    assert!(matches!(
+        docs.update(
+            json!({"_id": "alice", "_rev": saved.rev.to_string(), "x": 2}),
+            false
+        ),
+        Err(chorus_store::Error::Conflict(_))
+    ));
+    assert!(matches!(
+        docs.delete("alice", &saved.rev.to_string()),
+        Err(chorus_store::Error::Conflict(_))
+    ));
+    // Oversized and malformed documents, bad pages.
+    assert!(matches!(
+        docs.upsert(json!({"_id": "alice", "big": "y".repeat(300 << 10)})),
+        Err(chorus_store::Error::InvalidInput(_))
+    ));
+    for (limit, after) in [
+        (0, None),
+        (10_001, None),
+        (5, Some("nope")),
+        (5, Some("0-ab")),
+    ] {
+        let err = docs
+            .conflicts_page("alice", limit, after)
+            .expect_err("a bad page");
+        assert!(matches!(err, chorus_store::Error::InvalidInput(_)), "{err}");
+    }
+    assert_eq!(seq(), before, "nothing written");
+    // A damaged record is named, and an edit of its document writes
+    // nothing.
+    let fp = docs.full_prefix().clone();
+    m.put(
+        &fp,
+        b"alice\x0000000000000000000003-abcdef",
+        chorus_store::PutValue::Bytes(b"not json".to_vec()),
+        &chorus_store::PutOptions::default(),
+    )
+    .expect("raw put");
+    let fresh = Docs::open(&Metadata::new(m.store().clone()), "users").expect("store");
+    let damaged = seq();
+    let err = fresh.get("alice").expect_err("a damaged record");
+    assert!(err.to_string().contains("not a document revision"), "{err}");
+    assert!(
+        fresh
+            .update(
+                json!({"_id": "alice", "_rev": second.rev.to_string(), "x": 3}),
+                false
+            )
+            .is_err()
+    );
+    assert_eq!(seq(), damaged, "nothing written");
+}
