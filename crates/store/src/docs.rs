@@ -52,7 +52,7 @@ pub const MAX_CONFLICTS_PAGE: usize = 10_000;
 const CACHE_DOCS: usize = 1024;
 /// Most revisions the per-process index keeps over all its documents (the
 /// document in use is kept whatever its size).
-const CACHE_REVS: usize = 4_000_000;
+const CACHE_REVS: usize = 2_000_000;
 
 /// A document store: one full prefix of a [`Metadata`] store.
 #[derive(Clone)]
