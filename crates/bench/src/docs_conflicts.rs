@@ -55,9 +55,11 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
         let t = median(&times);
         per_update.push(t);
         eprintln!(
-            "docs-conflicts: {size} revisions built in {build_s:.1} s; update {} , {bytes:.0} log bytes/update, rss {}",
+            "docs-conflicts: {size} revisions built in {build_s:.1} s; update {} , {bytes:.0} log bytes/update, rss {} (anon {}, file {})",
             fmt_ns(t),
-            fmt_mib(m.rss as f64)
+            fmt_mib(m.rss as f64),
+            fmt_mib(m.anon as f64),
+            fmt_mib(m.file as f64)
         );
         if live.conflicts.is_empty() && size > 1 {
             return Err("the conflicting revisions did not show as conflicts".into());
@@ -65,8 +67,13 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
         rows.push(Row::context(
             &format!("docs-conflicts: update on top of the winner, {size} conflicting revisions"),
             format!("{} per update, {bytes:.0} B of log per update", fmt_ns(t)),
-            "process memory (RSS, high water)",
-            format!("{} ({})", fmt_mib(m.rss as f64), fmt_mib(m.hwm as f64)),
+            "process memory: RSS (anonymous + file-backed)",
+            format!(
+                "{} ({} + {})",
+                fmt_mib(m.rss as f64),
+                fmt_mib(m.anon as f64),
+                fmt_mib(m.file as f64)
+            ),
         ));
         raw.push(json!({
             "revisions": size,
@@ -75,6 +82,9 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
             "log_bytes_per_update": bytes,
             "rss_bytes": m.rss,
             "hwm_bytes": m.hwm,
+            "anon_bytes": m.anon,
+            "file_bytes": m.file,
+            "log_bytes": log_after,
         }));
     }
     let (small, large) = (per_update[0], per_update[per_update.len() - 1]);

@@ -393,7 +393,8 @@ pub struct RevTree {
     /// Deleted leaves, by id.
     dead: BTreeSet<Rev>,
     /// Live leaves with a body, by [`probe_of`] their body.
-    probes: HashMap<u64, BTreeSet<Rev>>,
+    /// (A small vector per probe: most probes file one leaf.)
+    probes: HashMap<u64, Vec<Rev>>,
     /// The limit of the last [`RevTree::normalize`], if nothing it did not
     /// see has happened since except what `dirty` lists.
     clean: Option<usize>,
@@ -622,7 +623,7 @@ impl RevTree {
                 unfile(&mut self.probes, old, rev);
             }
             if let Some(new) = want {
-                self.probes.entry(new).or_default().insert(rev.clone());
+                self.probes.entry(new).or_default().push(rev.clone());
             }
             links.probe = want;
         }
@@ -1091,9 +1092,11 @@ impl RevTree {
     }
 }
 
-fn unfile(probes: &mut HashMap<u64, BTreeSet<Rev>>, probe: u64, rev: &Rev) {
+fn unfile(probes: &mut HashMap<u64, Vec<Rev>>, probe: u64, rev: &Rev) {
     if let Some(set) = probes.get_mut(&probe) {
-        set.remove(rev);
+        if let Some(at) = set.iter().position(|r| r == rev) {
+            set.swap_remove(at);
+        }
         if set.is_empty() {
             probes.remove(&probe);
         }

@@ -448,7 +448,10 @@ impl Docs {
                 rev,
             }),
             Err(e) => {
-                self.cache.lock().forget(&self.fp, id.as_bytes());
+                // The edit may have changed the cached tree, and a failed
+                // batch may have moved the index past what was committed:
+                // start again from the store.
+                self.cache.lock().reset();
                 Err(e)
             }
         }
@@ -749,6 +752,11 @@ impl CacheState {
         }
         self.seq = Some(snap.seq());
         Ok(true)
+    }
+
+    fn reset(&mut self) {
+        self.docs.clear();
+        self.seq = None;
     }
 
     fn forget(&mut self, fp: &FullPrefix, id: &[u8]) {
