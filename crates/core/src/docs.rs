@@ -564,10 +564,7 @@ impl RevTree {
     /// its ancestors, refiling every revision it passes.
     fn settle(&mut self, start: &Rev) {
         let mut at = start.clone();
-        loop {
-            let Some(parent) = self.nodes.get(&at).map(|n| n.parent.clone()) else {
-                break;
-            };
+        while let Some(parent) = self.nodes.get(&at).map(|n| n.parent.clone()) {
             let links = self.links.entry(at.clone()).or_default();
             let (old, new) = (links.near, links.near());
             links.near = new;

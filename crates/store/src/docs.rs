@@ -201,10 +201,8 @@ impl Docs {
         let mut doc = doc.ok_or_else(|| not_found(id))?;
         let (losing, more) = page;
         if let (Value::Object(m), false) = (&mut doc, losing.is_empty()) {
-            if more {
-                if let Some(last) = losing.last() {
-                    m.insert("_conflicts_next".into(), Value::String(last.to_string()));
-                }
+            if let (true, Some(last)) = (more, losing.last()) {
+                m.insert("_conflicts_next".into(), Value::String(last.to_string()));
             }
             let list = losing
                 .iter()
@@ -611,10 +609,8 @@ fn stored_record(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<Option<
             }
         });
     }
-    if let Some(m) = merged.as_mut() {
-        if m.child {
-            m.body = None;
-        }
+    if let Some(m) = merged.as_mut().filter(|m| m.child) {
+        m.body = None;
     }
     Ok(merged)
 }
@@ -806,9 +802,10 @@ impl CacheState {
             );
             self.evict(&slot);
         }
-        Ok(self.docs.get_mut(&slot).map(|d| {
+        let doc = self.docs.get_mut(&slot);
+        Ok(doc.map(|d| {
             d.used = tick;
-            d
+            &mut *d
         }))
     }
 

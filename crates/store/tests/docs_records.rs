@@ -16,6 +16,9 @@ use common::{meta, ship};
 
 const LIMIT: usize = 4;
 
+/// A record as read: revision, parent, deleted, body, known child.
+type Rec = (Rev, Option<Rev>, bool, Option<Value>, bool);
+
 /// The test's own reading of the records: the union of each record key's
 /// live siblings, built into a tree from nothing and normalized.
 fn reference(m: &Metadata, fp: &FullPrefix, id: &str) -> RevTree {
@@ -26,7 +29,7 @@ fn reference(m: &Metadata, fp: &FullPrefix, id: &str) -> RevTree {
             continue;
         }
         let object = chorus_core::object::Object::decode(&entry.value).expect("an object");
-        let mut rec: Option<(Rev, Option<Rev>, bool, Option<Value>, bool)> = None;
+        let mut rec: Option<Rec> = None;
         for value in object.values() {
             let Some(bytes) = value.bytes() else { continue };
             let v: Value = serde_json::from_slice(bytes).expect("a JSON record");
