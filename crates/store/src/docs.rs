@@ -347,8 +347,10 @@ impl Docs {
         Ok(tree.conflict_groups())
     }
 
-    /// Every live document (its winner), each once, in id order.
+    /// Every live document (its winner), each once, in id order, from one
+    /// snapshot.
     pub fn all(&self) -> Result<Vec<Value>> {
+        let mut cache = self.cache.lock();
         let snap = self.meta.store().snapshot()?;
         let ids: BTreeSet<Vec<u8>> = snap
             .iter_prefix(&self.fp)
@@ -360,9 +362,11 @@ impl Docs {
             if validate_id(&id).is_err() {
                 continue;
             }
-            if let Some(doc) = self.read(&id, |tree| tree.winner_document(&id))? {
-                out.push(doc);
-            }
+            let doc = match cache.doc(&snap, &self.fp, &key)? {
+                Some(cached) => cached.tree.winner_document(&id),
+                None => build(&snap, &self.fp, &key)?.0.winner_document(&id),
+            };
+            out.extend(doc);
         }
         Ok(out)
     }
