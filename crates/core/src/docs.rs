@@ -311,8 +311,9 @@ struct Links {
     known_child: bool,
     /// Distance to the nearest leaf below (0 for a leaf), while present.
     near: u32,
-    /// Where it is filed in `probes`, while it is a live leaf with a body.
-    probe: Option<u64>,
+    /// Where it is filed in `probes` and `sums`, while it is a live leaf
+    /// with a body.
+    probe: Option<(u64, u64)>,
 }
 
 impl Links {
@@ -354,6 +355,18 @@ fn probe_of(body: &Body) -> u64 {
     }
 }
 
+/// The sum (wrapping) of [`probe_pair`] over every field: the same for
+/// equal bodies, and computable for every subset of a winner's fields.
+fn sum_of(body: &Body) -> u64 {
+    body.iter()
+        .fold(0u64, |acc, (k, v)| acc.wrapping_add(probe_pair(k, v)))
+}
+
+/// Winners with at most this many fields find the losers they subsume by
+/// looking up the sum of each subset of their fields (2^fields lookups,
+/// whatever the number of losers); wider ones by the losers' probes.
+const SUBSET_FIELDS: usize = 8;
+
 fn probe_pair(k: &str, v: &Value) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -376,12 +389,16 @@ fn probe_pair(k: &str, v: &Value) -> u64 {
 ///   nearest leaf changes: at most `revs_limit` + 1 of them in a
 ///   normalized tree.
 /// - [`RevTree::normalize`] after an edit looks only at the revisions the
-///   edit touched (a full pass the first time, or with a new limit); its
-///   self-clearing step costs O(winner's fields + candidates), the
-///   candidates being the live leaves whose smallest field appears in the
-///   winner with the same value (or whose body is empty): O(1) when
-///   bodies differ, O(losing leaves) in the worst case, when every loser
-///   shares its smallest field and value with the winner.
+///   edit touched (a full pass the first time, or with a new limit). Its
+///   self-clearing step finds the losers the winner subsumes without
+///   scanning them: for a winner of at most 8 fields, by looking up the
+///   hash of each subset of its fields among the losers' body hashes
+///   (at most 256 lookups, whatever the number of losers); for a wider
+///   winner, among the losers whose smallest field it has with the same
+///   value (O(1) when bodies differ, O(losing leaves) in the worst case,
+///   when every loser shares its smallest field and value with a winner
+///   of more than 8 fields). Each candidate is then checked field by
+///   field.
 /// - [`RevTree::conflict_groups`] walks the whole tree: O(n log n).
 #[derive(Debug, Clone, Default)]
 pub struct RevTree {
@@ -395,6 +412,8 @@ pub struct RevTree {
     /// Live leaves with a body, by [`probe_of`] their body.
     /// (A small vector per probe: most probes file one leaf.)
     probes: HashMap<u64, Vec<Rev>>,
+    /// Live leaves with a body, by [`sum_of`] their body.
+    sums: HashMap<u64, Vec<Rev>>,
     /// The limit of the last [`RevTree::normalize`], if nothing it did not
     /// see has happened since except what `dirty` lists.
     clean: Option<usize>,
@@ -515,8 +534,9 @@ impl RevTree {
             near = links.near;
             links.known_child = false;
             links.near = 0;
-            if let Some(probe) = links.probe.take() {
+            if let Some((probe, sum)) = links.probe.take() {
                 unfile(&mut self.probes, probe, rev);
+                unfile(&mut self.sums, sum, rev);
             }
             drop_links = links.kids.is_empty();
         }
@@ -611,16 +631,18 @@ impl RevTree {
         }
         let links = self.links.entry(rev.clone()).or_default();
         let want = if want_live {
-            node.body.as_ref().map(probe_of)
+            node.body.as_ref().map(|b| (probe_of(b), sum_of(b)))
         } else {
             None
         };
         if links.probe != want {
-            if let Some(old) = links.probe.take() {
-                unfile(&mut self.probes, old, rev);
+            if let Some((probe, sum)) = links.probe.take() {
+                unfile(&mut self.probes, probe, rev);
+                unfile(&mut self.sums, sum, rev);
             }
-            if let Some(new) = want {
-                self.probes.entry(new).or_default().push(rev.clone());
+            if let Some((probe, sum)) = want {
+                self.probes.entry(probe).or_default().push(rev.clone());
+                self.sums.entry(sum).or_default().push(rev.clone());
             }
             links.probe = want;
         }
@@ -705,12 +727,28 @@ impl RevTree {
             return out;
         };
         let mut candidates: BTreeSet<&Rev> = BTreeSet::new();
-        if let Some(set) = self.probes.get(&EMPTY_PROBE) {
-            candidates.extend(set.iter());
-        }
-        for (k, v) in won {
-            if let Some(set) = self.probes.get(&probe_pair(k, v)) {
+        if won.len() <= SUBSET_FIELDS {
+            // A loser is subsumed only if its body is a subset of the
+            // winner's: look each subset's sum up.
+            let pairs: Vec<u64> = won.iter().map(|(k, v)| probe_pair(k, v)).collect();
+            let mut sums = vec![0u64; 1 << pairs.len()];
+            for mask in 1..sums.len() {
+                let low = mask.trailing_zeros() as usize;
+                sums[mask] = sums[mask & (mask - 1)].wrapping_add(pairs[low]);
+            }
+            for sum in sums {
+                if let Some(set) = self.sums.get(&sum) {
+                    candidates.extend(set.iter());
+                }
+            }
+        } else {
+            if let Some(set) = self.probes.get(&EMPTY_PROBE) {
                 candidates.extend(set.iter());
+            }
+            for (k, v) in won {
+                if let Some(set) = self.probes.get(&probe_pair(k, v)) {
+                    candidates.extend(set.iter());
+                }
             }
         }
         for r in candidates {

@@ -495,3 +495,46 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The losers self-clearing closes are exactly those whose every field
+    /// the winner holds with an equal value, for narrow winners (found by
+    /// subset hashes) and wide ones (found by probes) alike.
+    #[test]
+    fn subsumed_losers_are_exactly_the_subsets_of_the_winner(
+        fields in proptest::collection::vec((0u8..12, 0u8..3), 0..12),
+        losers in proptest::collection::vec(proptest::collection::vec((0u8..12, 0u8..3), 0..5), 1..30),
+    ) {
+        let to_body = |pairs: &[(u8, u8)]| {
+            let mut b = Body::new();
+            for (k, v) in pairs {
+                b.insert(format!("f{k}"), json!(v));
+            }
+            b
+        };
+        let mut tree = RevTree::default();
+        // The winner: a longer branch, so it wins whatever its hash.
+        let root = Rev::child(None, false, &Body::new());
+        tree.insert(root.clone(), None, false, None);
+        let won = to_body(&fields);
+        let mid = Rev::child(Some(&root), false, &body(json!({"mid": true})));
+        tree.insert(mid.clone(), Some(root.clone()), false, None);
+        let winner = Rev::child(Some(&mid), false, &won);
+        tree.insert(winner.clone(), Some(mid.clone()), false, Some(won.clone()));
+        let mut expected = std::collections::BTreeSet::new();
+        for l in &losers {
+            let b = to_body(l);
+            let r = Rev::child(Some(&root), false, &b);
+            if r == mid {
+                continue;
+            }
+            if b.iter().all(|(k, v)| won.get(k) == Some(v)) {
+                expected.insert(r.clone());
+            }
+            tree.insert(r, Some(root.clone()), false, Some(b));
+        }
+        prop_assert_eq!(tree.winner(), Some(&winner));
+        expected.remove(&winner);
+        prop_assert_eq!(tree.subsumed_losers(), expected);
+    }
+}
