@@ -106,6 +106,15 @@ class Chorus:
     def doc_conflicts(self, store, doc_id):
         return self.request("doc.conflicts", store=store, doc_id=doc_id)["conflicts"]
 
+    def doc_conflicts_page(self, store, doc_id, limit, after=None):
+        """One page of the losing current revisions, greatest first:
+        {"_id", "_rev" (the winner), "conflicts", "next"}; pass "next" as
+        `after` for the next page (None on the last)."""
+        fields = {"store": store, "doc_id": doc_id, "limit": limit}
+        if after is not None:
+            fields["after"] = after
+        return self.request("doc.conflicts", **fields)
+
     # Operation logs.
     def op_push(self, prefix, sub, path, kind, payload):
         return self.request(

@@ -214,10 +214,13 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
     )?;
     let meta = Metadata::new(engines::chorus(dir.path(), SyncMode::Never)?);
     let docs = Docs::open(&meta, "bench")?;
-    let stored = meta
-        .store()
-        .get(docs.full_prefix(), b"h0")?
-        .map_or(0, |v| v.len()) as f64;
+    // Every key of the document: one record per kept revision, and the
+    // tombstones of revisions past the revs limit until they are collected.
+    let snap = meta.store().snapshot()?;
+    let stored = snap
+        .group(docs.full_prefix(), b"h0")
+        .map(|(k, e)| k.as_bytes().len() + e.value.len())
+        .sum::<usize>() as f64;
     let revs = docs.tree("h0")?.len();
     meta.store().compact()?;
     let chorus_dir = dir_bytes(dir.path()) as f64;

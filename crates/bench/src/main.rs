@@ -4,13 +4,14 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops|ops-history|compaction] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction] [--quick] [--json FILE] [--dir DIR]
 //! ```
 
 mod cluster;
 mod commit;
 mod compaction;
 mod docs;
+mod docs_conflicts;
 mod engines;
 mod harness;
 mod meta;
@@ -27,7 +28,7 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|ops|ops-history|compaction] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction] [--quick] [--json FILE] [--dir DIR]
 
   all         run every benchmark (the default)
   read        point reads in-process: Chorus get vs LMDB vs SQLite WAL
@@ -48,6 +49,9 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
               installed by the run; needs node and npm): create, get and
               update of 1 KiB documents from 1 and 4 processes, and one
               document's size after 10,000 updates
+  docs-conflicts (not in all) one document with 100 / 10,000 / 1,000,000
+              conflicting revisions: time and log bytes per update on top
+              of the winner, process memory
 
   ops         (not in all) operation logs: pushes/s (counter, json-merge; 1 and
               4 processes on one path), reducing 100,000 ops before and
@@ -76,10 +80,11 @@ const BENCHES: [&str; 7] = [
 
 /// Benchmarks run only when named: they start daemons or need a peer
 /// installed from outside Rust.
-const EXTRA: [&str; 6] = [
+const EXTRA: [&str; 7] = [
     "cluster",
     "antientropy",
     "docs",
+    "docs-conflicts",
     "ops",
     "ops-history",
     "compaction",
@@ -97,6 +102,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "cluster" => cluster::run(cfg),
         "antientropy" => cluster::run_ae(cfg),
         "docs" => docs::run(cfg),
+        "docs-conflicts" => docs_conflicts::run(cfg),
         "ops" => ops::run(cfg),
         "ops-history" => ops::run_history(cfg),
         "compaction" => compaction::run(cfg),

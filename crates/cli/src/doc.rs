@@ -25,8 +25,9 @@ pub(crate) enum DocCommand {
     Upsert(DocJson),
     /// Delete the current revision REV
     Delete(IdRev),
-    /// The groups of revisions that collided, as a JSON array of arrays
-    Conflicts(IdOnly),
+    /// The groups of revisions that collided, as a JSON array of arrays;
+    /// with --limit, one page of the losing current revisions instead
+    Conflicts(ConflictsArgs),
     /// Every live document, each once
     All(StoreOnly),
     /// Keep revision REV and delete every other current revision
@@ -73,11 +74,19 @@ pub(crate) struct GetArgs {
 }
 
 #[derive(Args, Debug)]
-pub(crate) struct IdOnly {
+pub(crate) struct ConflictsArgs {
     /// The store: NAME (kept under docs/NAME) or PREFIX/NAME
     store: String,
     /// The document id
     id: String,
+    /// Print one page of at most N losing current revisions, greatest
+    /// first, as {"_id", "_rev", "conflicts": [...], "next": REV or null}
+    /// (1 to 10000)
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Start after this revision: the `next` of the previous page
+    #[arg(long, value_name = "REV", requires = "limit")]
+    after: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +136,12 @@ pub(crate) fn run(cli: &Cli, command: &DocCommand) -> Result<(), Failure> {
         }
         DocCommand::Delete(a) => docs(cli, &a.store)?.delete(&a.id, &a.rev)?.to_json(),
         DocCommand::Resolve(a) => docs(cli, &a.store)?.resolve(&a.id, &a.rev)?.to_json(),
+        DocCommand::Conflicts(a) if a.limit.is_some() => {
+            let limit = a.limit.unwrap_or_default();
+            docs(cli, &a.store)?
+                .conflicts_page(&a.id, limit, a.after.as_deref())?
+                .to_json(&a.id)
+        }
         DocCommand::Conflicts(a) => {
             let groups = docs(cli, &a.store)?.conflicts(&a.id)?;
             Value::Array(

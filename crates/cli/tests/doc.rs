@@ -178,3 +178,54 @@ fn bad_input_exits_2_with_the_reason_and_writes_nothing() {
     let status: Value = serde_json::from_slice(&status.stdout).expect("status");
     assert_eq!(status["keys"], 0, "nothing was written: {status}");
 }
+
+#[test]
+fn conflicts_are_paged_with_limit_and_after() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    assert!(chorus(d, &["init"]).status.success());
+    let first = ok(&doc(d, &["create", "s", r#"{"_id": "d", "w": -1}"#]));
+    let first = first["_rev"].as_str().expect("rev").to_string();
+    for w in 0..5 {
+        let body = json!({"_id": "d", "_rev": first, "w": w}).to_string();
+        ok(&doc(d, &["update", "s", &body, "--keep-both"]));
+    }
+    let with = ok(&doc(d, &["get", "s", "d", "--conflicts"]));
+    let all = with["_conflicts"].as_array().expect("_conflicts").clone();
+    assert_eq!(all.len(), 4, "{with}");
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut args = vec!["conflicts", "s", "d", "--limit", "3"];
+        if let Some(a) = after.as_deref() {
+            args.extend(["--after", a]);
+        }
+        let page = ok(&doc(d, &args));
+        assert_eq!(page["_rev"], with["_rev"], "{page}");
+        paged.extend(page["conflicts"].as_array().expect("conflicts").clone());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+    for args in [
+        vec!["conflicts", "s", "d", "--limit", "0"],
+        vec!["conflicts", "s", "d", "--limit", "10001"],
+        vec!["conflicts", "s", "d", "--limit", "x"],
+        vec!["conflicts", "s", "d", "--limit", "2", "--after", "nope"],
+        vec!["conflicts", "s", "d", "--after", &first],
+    ] {
+        let out = doc(d, &args);
+        assert_eq!(
+            code(&out),
+            2,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        code(&doc(d, &["conflicts", "s", "nobody", "--limit", "2"])),
+        1
+    );
+}

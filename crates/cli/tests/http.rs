@@ -574,6 +574,24 @@ fn documents_over_http_with_revisions_conflicts_and_bad_input() {
     let loser = with["_conflicts"][0].as_str().expect("a loser").to_string();
     let old = json(&curl(&[&format!("{base}/alice?rev={loser}")]).3);
     assert_eq!(old["_rev"], loser.as_str());
+    // Conflicts are paged with ?limit= and ?after=; bad values are 400.
+    let page = json(&curl(&[&format!("{base}/alice/conflicts?limit=1")]).3);
+    assert_eq!(page["conflicts"], serde_json::json!([loser]), "{page}");
+    assert!(page["next"].is_null(), "{page}");
+    assert_eq!(page["_rev"], with["_rev"], "{page}");
+    let rest = json(&curl(&[&format!("{base}/alice/conflicts?limit=5&after={loser}")]).3);
+    assert_eq!(rest["conflicts"], serde_json::json!([]), "{rest}");
+    for query in [
+        "limit=0",
+        "limit=x",
+        "limit=10001",
+        "limit=2&after=nope",
+        "after=1-ab",
+    ] {
+        let (_, status, _, reply) = curl(&[&format!("{base}/alice/conflicts?{query}")]);
+        assert_eq!(status, 400, "{query}: {reply}");
+        assert_eq!(json(&reply)["code"], "bad_request", "{query}: {reply}");
+    }
     // Resolve, list, delete.
     let winner = with["_rev"].as_str().expect("rev").to_string();
     let (_, status, _, body) = curl(&["-X", "POST", &format!("{base}/alice/resolve?rev={winner}")]);

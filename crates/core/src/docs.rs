@@ -26,7 +26,7 @@
 //!   every leaf is dropped (CouchDB's revs limit), and only leaves keep
 //!   their bodies.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -299,10 +299,139 @@ pub struct RevNode {
     pub body: Option<Body>,
 }
 
+/// What a tree keeps beside each revision id so that its questions are
+/// answered without walking the tree.
+#[derive(Debug, Clone, Default)]
+struct Links {
+    /// The children present, counted by their distance to their nearest
+    /// leaf: `(distance, count)`, sorted by distance.
+    kids: Vec<(u32, u32)>,
+    /// The revision is known to have a child even while none is present
+    /// (a record that arrived before its child's).
+    known_child: bool,
+    /// Distance to the nearest leaf below (0 for a leaf), while present.
+    near: u32,
+    /// Where it is filed in `probes` and `sums`, while it is a live leaf
+    /// with a body.
+    probe: Option<(u64, u64)>,
+}
+
+impl Links {
+    fn near(&self) -> u32 {
+        match self.kids.first() {
+            Some((n, _)) => n.saturating_add(1),
+            None => u32::from(self.known_child),
+        }
+    }
+
+    fn add_kid(&mut self, near: u32) {
+        match self.kids.binary_search_by_key(&near, |(n, _)| *n) {
+            Ok(i) => self.kids[i].1 += 1,
+            Err(i) => self.kids.insert(i, (near, 1)),
+        }
+    }
+
+    fn remove_kid(&mut self, near: u32) {
+        if let Ok(i) = self.kids.binary_search_by_key(&near, |(n, _)| *n) {
+            self.kids[i].1 -= 1;
+            if self.kids[i].1 == 0 {
+                self.kids.remove(i);
+            }
+        }
+    }
+}
+
+/// The probe of an empty body: any live winner subsumes it.
+const EMPTY_PROBE: u64 = 0;
+
+/// The probe of a body: a hash of its smallest field and that field's
+/// value. A body can only be subsumed by a winner that has that field with
+/// that value, so the candidates for self-clearing are found by probing
+/// with each of the winner's fields instead of scanning every leaf.
+fn probe_of(body: &Body) -> u64 {
+    match body.iter().min_by(|a, b| a.0.cmp(b.0)) {
+        None => EMPTY_PROBE,
+        Some((k, v)) => probe_pair(k, v),
+    }
+}
+
+/// The sum (wrapping) of [`probe_pair`] over every field: the same for
+/// equal bodies, and computable for every subset of a winner's fields.
+fn sum_of(body: &Body) -> u64 {
+    body.iter()
+        .fold(0u64, |acc, (k, v)| acc.wrapping_add(probe_pair(k, v)))
+}
+
+/// Winners with at most this many fields find the losers they subsume by
+/// looking up the sum of each subset of their fields (2^fields lookups,
+/// whatever the number of losers); wider ones by the losers' probes.
+const SUBSET_FIELDS: usize = 8;
+
+fn probe_pair(k: &str, v: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    k.hash(&mut h);
+    canonical_json(v).hash(&mut h);
+    h.finish().max(1)
+}
+
 /// A document's revision tree.
-#[derive(Debug, Clone, PartialEq, Default)]
+///
+/// Beside the revisions it keeps, up to date on every insert and removal,
+/// the children of each revision counted by their distance to a leaf, the
+/// ordered sets of live and deleted leaves, and the live leaves filed by a
+/// probe of their body. So:
+///
+/// - [`RevTree::winner`] and [`RevTree::is_live`] are O(log n);
+///   [`RevTree::live_leaves`] and [`RevTree::losing_leaves`] are O(leaves);
+///   a page of conflicts ([`RevTree::conflicts_page`]) is O(log n + page).
+/// - An insert or removal costs O(log n) per ancestor whose distance to its
+///   nearest leaf changes: at most `revs_limit` + 1 of them in a
+///   normalized tree.
+/// - [`RevTree::normalize`] after an edit looks only at the revisions the
+///   edit touched (a full pass the first time, or with a new limit). Its
+///   self-clearing step finds the losers the winner subsumes without
+///   scanning them: for a winner of at most 8 fields, by looking up the
+///   hash of each subset of its fields among the losers' body hashes
+///   (at most 256 lookups, whatever the number of losers); for a wider
+///   winner, among the losers whose smallest field it has with the same
+///   value (O(1) when bodies differ, O(losing leaves) in the worst case,
+///   when every loser shares its smallest field and value with a winner
+///   of more than 8 fields). Each candidate is then checked field by
+///   field.
+/// - [`RevTree::conflict_groups`] walks the whole tree: O(n log n).
+#[derive(Debug, Clone, Default)]
 pub struct RevTree {
     nodes: BTreeMap<Rev, RevNode>,
+    /// For every revision present or with a child present.
+    links: HashMap<Rev, Links>,
+    /// Live leaves, by id.
+    live: BTreeSet<Rev>,
+    /// Deleted leaves, by id.
+    dead: BTreeSet<Rev>,
+    /// Live leaves with a body, by [`probe_of`] their body.
+    /// (A small vector per probe: most probes file one leaf.)
+    probes: HashMap<u64, Vec<Rev>>,
+    /// Live leaves with a body, by [`sum_of`] their body.
+    sums: HashMap<u64, Vec<Rev>>,
+    /// The limit of the last [`RevTree::normalize`], if nothing it did not
+    /// see has happened since except what `dirty` lists.
+    clean: Option<usize>,
+    /// Revisions inserted, or whose distance to a leaf grew, since the
+    /// last normalize (only while `clean`).
+    dirty: Vec<Rev>,
+    /// Revisions whose stored record changed, while journaling.
+    journal: Option<BTreeSet<Rev>>,
+}
+
+impl PartialEq for RevTree {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes == other.nodes
+            && self
+                .nodes
+                .keys()
+                .all(|r| self.known_child(r) == other.known_child(r))
+    }
 }
 
 /// The result of an edit: the new tree and the revision it made.
@@ -335,16 +464,340 @@ impl RevTree {
         self.nodes.iter()
     }
 
-    /// Adds a revision (a no-op if it is there).
+    /// Adds a revision (a no-op if it is there, except that a body it
+    /// lacked is taken).
     pub fn insert(&mut self, rev: Rev, parent: Option<Rev>, deleted: bool, body: Option<Body>) {
-        let node = self.nodes.entry(rev).or_insert(RevNode {
-            parent,
-            deleted,
-            body: None,
-        });
-        if node.body.is_none() {
-            node.body = body;
+        self.insert_record(rev, parent, deleted, body, false);
+    }
+
+    /// [`RevTree::insert`], also recording whether the revision is known
+    /// to have a child (so that it is not taken for a leaf before its
+    /// child arrives). A known child counts as one edit below it.
+    pub fn insert_record(
+        &mut self,
+        rev: Rev,
+        parent: Option<Rev>,
+        deleted: bool,
+        body: Option<Body>,
+        known_child: bool,
+    ) {
+        // A parent is an earlier edit: one with an `N` not below the
+        // revision's cannot be (and would make a cycle), so it is ignored.
+        let parent = parent.filter(|p| p.n < rev.n);
+        if let Some(node) = self.nodes.get_mut(&rev) {
+            let mut changed = false;
+            if node.body.is_none() && body.is_some() {
+                node.body = body;
+                changed = true;
+            }
+            let links = self.links.entry(rev.clone()).or_default();
+            if known_child && !links.known_child {
+                links.known_child = true;
+                changed = true;
+            }
+            if changed {
+                self.note(&rev);
+                self.mark_dirty(&rev);
+                self.settle(&rev);
+            }
+            return;
         }
+        self.nodes.insert(
+            rev.clone(),
+            RevNode {
+                parent: parent.clone(),
+                deleted,
+                body,
+            },
+        );
+        let links = self.links.entry(rev.clone()).or_default();
+        links.known_child = known_child;
+        let near = links.near();
+        links.near = near;
+        self.refile(&rev);
+        self.note(&rev);
+        self.mark_dirty(&rev);
+        if let Some(p) = parent {
+            self.links.entry(p.clone()).or_default().add_kid(near);
+            self.settle(&p);
+        }
+    }
+
+    /// Removes a revision (its children, if any, become roots).
+    pub fn remove(&mut self, rev: &Rev) -> Option<RevNode> {
+        let node = self.nodes.remove(rev)?;
+        self.live.remove(rev);
+        self.dead.remove(rev);
+        let mut near = 0;
+        let mut drop_links = false;
+        if let Some(links) = self.links.get_mut(rev) {
+            near = links.near;
+            links.known_child = false;
+            links.near = 0;
+            if let Some((probe, sum)) = links.probe.take() {
+                unfile(&mut self.probes, probe, rev);
+                unfile(&mut self.sums, sum, rev);
+            }
+            drop_links = links.kids.is_empty();
+        }
+        if drop_links {
+            self.links.remove(rev);
+        }
+        self.note(rev);
+        if let Some(p) = &node.parent {
+            let mut empty = false;
+            if let Some(pl) = self.links.get_mut(p) {
+                pl.remove_kid(near);
+                empty = pl.kids.is_empty();
+            }
+            if self.nodes.contains_key(p) {
+                self.settle(p);
+            } else if empty {
+                self.links.remove(p);
+            }
+        }
+        Some(node)
+    }
+
+    /// True when `rev` is kept and known to have a child (present or not).
+    pub fn has_child(&self, rev: &Rev) -> bool {
+        self.nodes.contains_key(rev)
+            && self
+                .links
+                .get(rev)
+                .is_some_and(|l| !l.kids.is_empty() || l.known_child)
+    }
+
+    fn known_child(&self, rev: &Rev) -> bool {
+        self.links.get(rev).is_some_and(|l| l.known_child)
+    }
+
+    fn is_leaf(&self, rev: &Rev) -> bool {
+        self.nodes.contains_key(rev)
+            && self
+                .links
+                .get(rev)
+                .is_none_or(|l| l.kids.is_empty() && !l.known_child)
+    }
+
+    /// Recomputes `rev`'s distance to a leaf and carries a change up to
+    /// its ancestors, refiling every revision it passes.
+    fn settle(&mut self, start: &Rev) {
+        let mut at = start.clone();
+        while let Some(parent) = self.nodes.get(&at).map(|n| n.parent.clone()) {
+            let links = self.links.entry(at.clone()).or_default();
+            let (old, new) = (links.near, links.near());
+            links.near = new;
+            self.refile(&at);
+            if old == new {
+                break;
+            }
+            if (old == 0) != (new == 0) {
+                // It became a parent (or a leaf again): its record changes.
+                self.note(&at);
+            }
+            if new > old {
+                self.mark_dirty(&at);
+            }
+            let Some(p) = parent else { break };
+            let pl = self.links.entry(p.clone()).or_default();
+            pl.remove_kid(old);
+            pl.add_kid(new);
+            at = p;
+        }
+    }
+
+    /// Puts `rev` in the right leaf set and probe slot for what it is now.
+    fn refile(&mut self, rev: &Rev) {
+        let leaf = self.is_leaf(rev);
+        let Some(node) = self.nodes.get(rev) else {
+            return;
+        };
+        let (in_live, in_dead) = (self.live.contains(rev), self.dead.contains(rev));
+        let (want_live, want_dead) = (leaf && !node.deleted, leaf && node.deleted);
+        if in_live != want_live {
+            if want_live {
+                self.live.insert(rev.clone());
+            } else {
+                self.live.remove(rev);
+            }
+        }
+        if in_dead != want_dead {
+            if want_dead {
+                self.dead.insert(rev.clone());
+            } else {
+                self.dead.remove(rev);
+            }
+        }
+        let links = self.links.entry(rev.clone()).or_default();
+        let want = if want_live {
+            node.body.as_ref().map(|b| (probe_of(b), sum_of(b)))
+        } else {
+            None
+        };
+        if links.probe != want {
+            if let Some((probe, sum)) = links.probe.take() {
+                unfile(&mut self.probes, probe, rev);
+                unfile(&mut self.sums, sum, rev);
+            }
+            if let Some((probe, sum)) = want {
+                self.probes.entry(probe).or_default().push(rev.clone());
+                self.sums.entry(sum).or_default().push(rev.clone());
+            }
+            links.probe = want;
+        }
+    }
+
+    fn mark_dirty(&mut self, rev: &Rev) {
+        if self.clean.is_some() {
+            self.dirty.push(rev.clone());
+            if self.dirty.len() > 2 * self.nodes.len() + 1024 {
+                self.clean = None;
+                self.dirty.clear();
+            }
+        }
+    }
+
+    fn note(&mut self, rev: &Rev) {
+        if let Some(j) = self.journal.as_mut() {
+            j.insert(rev.clone());
+        }
+    }
+
+    /// Starts recording which revisions' records change (see
+    /// [`RevTree::take_journal`]).
+    pub fn start_journal(&mut self) {
+        self.journal = Some(BTreeSet::new());
+    }
+
+    /// The revisions inserted, removed, or whose body or "has a child"
+    /// state changed since [`RevTree::start_journal`]; stops recording.
+    pub fn take_journal(&mut self) -> BTreeSet<Rev> {
+        self.journal.take().unwrap_or_default()
+    }
+
+    /// The current revisions: those with no child, in id order.
+    pub fn leaves(&self) -> Vec<&Rev> {
+        let mut all: Vec<&Rev> = self.live.iter().chain(self.dead.iter()).collect();
+        all.sort();
+        all
+    }
+
+    /// The live leaves, winner first.
+    pub fn live_leaves(&self) -> Vec<&Rev> {
+        self.live.iter().rev().collect()
+    }
+
+    /// True when `rev` is a live leaf (a revision an update may name).
+    pub fn is_live_leaf(&self, rev: &Rev) -> bool {
+        self.live.contains(rev)
+    }
+
+    /// Number of live leaves.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The winning leaf: live before deleted, then the larger `N`, then
+    /// the larger hash.
+    pub fn winner(&self) -> Option<&Rev> {
+        self.live.last().or_else(|| self.dead.last())
+    }
+
+    /// True when the winner is live (the document exists).
+    pub fn is_live(&self) -> bool {
+        !self.live.is_empty()
+    }
+
+    /// The losing live leaves (CouchDB's `_conflicts`), greatest first.
+    pub fn losing_leaves(&self) -> Vec<&Rev> {
+        self.live.iter().rev().skip(1).collect()
+    }
+
+    /// The losing live leaves that [`RevTree::normalize`] would close
+    /// (their every field is in the live winner's body with an equal
+    /// value), in id order. Costs what self-clearing costs (see the type's
+    /// documentation).
+    pub fn subsumed_losers(&self) -> BTreeSet<Rev> {
+        let mut out = BTreeSet::new();
+        let Some(winner) = self.live.last() else {
+            return out;
+        };
+        let Some(won) = self.nodes.get(winner).and_then(|n| n.body.as_ref()) else {
+            return out;
+        };
+        let mut candidates: BTreeSet<&Rev> = BTreeSet::new();
+        if won.len() <= SUBSET_FIELDS {
+            // A loser is subsumed only if its body is a subset of the
+            // winner's: look each subset's sum up.
+            let pairs: Vec<u64> = won.iter().map(|(k, v)| probe_pair(k, v)).collect();
+            let mut sums = vec![0u64; 1 << pairs.len()];
+            for mask in 1..sums.len() {
+                let low = mask.trailing_zeros() as usize;
+                sums[mask] = sums[mask & (mask - 1)].wrapping_add(pairs[low]);
+            }
+            for sum in sums {
+                if let Some(set) = self.sums.get(&sum) {
+                    candidates.extend(set.iter());
+                }
+            }
+        } else {
+            if let Some(set) = self.probes.get(&EMPTY_PROBE) {
+                candidates.extend(set.iter());
+            }
+            for (k, v) in won {
+                if let Some(set) = self.probes.get(&probe_pair(k, v)) {
+                    candidates.extend(set.iter());
+                }
+            }
+        }
+        for r in candidates {
+            if r == winner {
+                continue;
+            }
+            let subsumed = self
+                .nodes
+                .get(r)
+                .and_then(|n| n.body.as_ref())
+                .is_some_and(|b| b.iter().all(|(k, v)| won.get(k) == Some(v)));
+            if subsumed {
+                out.insert(r.clone());
+            }
+        }
+        out
+    }
+
+    /// A page of the losing live leaves the normalized tree keeps
+    /// (`_conflicts`), greatest first: at most `limit` of them, starting
+    /// after `after` (exclusive) when given; and whether more follow.
+    /// O(log n + limit + what [`RevTree::subsumed_losers`] costs).
+    pub fn conflicts_page(&self, after: Option<&Rev>, limit: usize) -> (Vec<Rev>, bool) {
+        let closed = self.subsumed_losers();
+        let winner = self.live.last();
+        let mut out = Vec::new();
+        let below: Box<dyn Iterator<Item = &Rev>> = match after {
+            Some(a) => Box::new(self.live.range(..a).rev()),
+            None => Box::new(self.live.iter().rev()),
+        };
+        for r in below {
+            if Some(r) == winner || closed.contains(r) {
+                continue;
+            }
+            if out.len() == limit {
+                return (out, true);
+            }
+            out.push(r.clone());
+        }
+        (out, false)
+    }
+
+    /// True when the tree is as [`RevTree::normalize`] with `revs_limit`
+    /// would leave it, as far as its bookkeeping knows (false means
+    /// "maybe not").
+    pub fn is_normalized(&self, revs_limit: usize) -> bool {
+        self.clean == Some(revs_limit.max(1))
+            && self.dirty.is_empty()
+            && self.subsumed_losers().is_empty()
     }
 
     fn children(&self) -> BTreeMap<&Rev, Vec<&Rev>> {
@@ -357,55 +810,11 @@ impl RevTree {
         children
     }
 
-    /// The current revisions: those with no child.
-    pub fn leaves(&self) -> Vec<&Rev> {
-        let children = self.children();
-        self.nodes
-            .keys()
-            .filter(|r| !children.contains_key(r))
-            .collect()
-    }
-
-    /// The live leaves, winner first.
-    pub fn live_leaves(&self) -> Vec<&Rev> {
-        let mut live: Vec<&Rev> = self
-            .leaves()
-            .into_iter()
-            .filter(|r| self.nodes.get(*r).is_some_and(|n| !n.deleted))
-            .collect();
-        live.sort_by(|a, b| b.cmp(a));
-        live
-    }
-
-    /// The winning leaf: live before deleted, then the larger `N`, then
-    /// the larger hash.
-    pub fn winner(&self) -> Option<&Rev> {
-        self.leaves().into_iter().max_by(|a, b| {
-            let live = |r: &Rev| self.nodes.get(r).is_some_and(|n| !n.deleted);
-            (live(a), *a).cmp(&(live(b), *b))
-        })
-    }
-
-    /// True when the winner is live (the document exists).
-    pub fn is_live(&self) -> bool {
-        self.winner()
-            .and_then(|w| self.nodes.get(w))
-            .is_some_and(|n| !n.deleted)
-    }
-
-    /// The losing live leaves (CouchDB's `_conflicts`), greatest first.
-    pub fn losing_leaves(&self) -> Vec<&Rev> {
-        let mut live = self.live_leaves();
-        if !live.is_empty() {
-            live.remove(0);
-        }
-        live
-    }
-
     /// The groups of revisions that collided: for every revision (or the
     /// start of history) with two or more children whose branches still
     /// hold a live leaf, those children, sorted. Groups come in order of
     /// their revisions' `N`, then ids. Empty when there is no conflict.
+    /// Walks the whole tree.
     pub fn conflict_groups(&self) -> Vec<Vec<Rev>> {
         let children = self.children();
         let mut live_below: BTreeMap<&Rev, bool> = BTreeMap::new();
@@ -413,8 +822,7 @@ impl RevTree {
         let mut order: Vec<&Rev> = self.nodes.keys().collect();
         order.sort_by(|a, b| b.cmp(a));
         for rev in &order {
-            let own =
-                !children.contains_key(*rev) && self.nodes.get(*rev).is_some_and(|n| !n.deleted);
+            let own = self.live.contains(*rev);
             let below = children.get(*rev).is_some_and(|cs| {
                 cs.iter()
                     .any(|c| live_below.get(c).copied().unwrap_or(false))
@@ -452,11 +860,12 @@ impl RevTree {
     /// Union of two trees: every revision of either.
     pub fn merge(&mut self, other: &RevTree) {
         for (rev, node) in &other.nodes {
-            self.insert(
+            self.insert_record(
                 rev.clone(),
                 node.parent.clone(),
                 node.deleted,
                 node.body.clone(),
+                other.known_child(rev),
             );
         }
     }
@@ -464,77 +873,63 @@ impl RevTree {
     /// Applies the two size rules of the module documentation: closes
     /// losing live leaves the winner subsumes, drops revisions farther
     /// than `revs_limit` from every leaf, and drops non-leaves' bodies.
+    ///
+    /// The first call (or one with a different limit) looks at every
+    /// revision; later ones look only at what changed since, plus the
+    /// self-clearing candidates (see the type's documentation).
     pub fn normalize(&mut self, revs_limit: usize) {
+        let limit = revs_limit.max(1);
         self.clear_subsumed();
-        self.stem(revs_limit.max(1));
-        let leaves: BTreeSet<Rev> = self.leaves().into_iter().cloned().collect();
-        for (rev, node) in self.nodes.iter_mut() {
-            if !leaves.contains(rev) {
-                node.body = None;
-            }
-        }
-    }
-
-    fn clear_subsumed(&mut self) {
-        let Some(winner) = self.winner().cloned() else {
-            return;
+        let candidates: Vec<Rev> = if self.clean == Some(limit) {
+            let mut d = std::mem::take(&mut self.dirty);
+            d.sort();
+            d.dedup();
+            d
+        } else {
+            self.nodes.keys().cloned().collect()
         };
-        let Some(Some(won)) = self
-            .nodes
-            .get(&winner)
-            .filter(|n| !n.deleted)
-            .map(|n| n.body.clone())
-        else {
-            return;
-        };
-        let closed: Vec<Rev> = self
-            .losing_leaves()
-            .into_iter()
+        let far: Vec<Rev> = candidates
+            .iter()
             .filter(|r| {
-                self.nodes
-                    .get(*r)
-                    .and_then(|n| n.body.as_ref())
-                    .is_some_and(|b| b.iter().all(|(k, v)| won.get(k) == Some(v)))
+                self.nodes.contains_key(*r)
+                    && self.links.get(*r).is_some_and(|l| l.near as usize >= limit)
             })
             .cloned()
             .collect();
-        for loser in closed {
+        for r in &far {
+            self.remove(r);
+        }
+        for r in &candidates {
+            if self.is_leaf(r) {
+                continue;
+            }
+            if let Some(node) = self.nodes.get_mut(r).filter(|n| n.body.is_some()) {
+                node.body = None;
+                self.note(r);
+            }
+        }
+        self.clean = Some(limit);
+        self.dirty.clear();
+    }
+
+    fn clear_subsumed(&mut self) {
+        for loser in self.subsumed_losers() {
             let rev = Rev::child(Some(&loser), true, &Body::new());
             self.insert(rev, Some(loser), true, Some(Body::new()));
         }
     }
 
-    fn stem(&mut self, limit: usize) {
-        let mut keep: BTreeSet<Rev> = BTreeSet::new();
-        for leaf in self.leaves() {
-            let mut at = Some(leaf);
-            for _ in 0..limit {
-                let Some(rev) = at else { break };
-                keep.insert(rev.clone());
-                at = self.nodes.get(rev).and_then(|n| n.parent.as_ref());
-            }
-        }
-        self.nodes.retain(|rev, _| keep.contains(rev));
-    }
-
     /// The winner's body with `_id` and `_rev`, if the document is live.
     pub fn winner_document(&self, id: &str) -> Option<Value> {
-        let winner = self.winner()?;
-        let node = self.nodes.get(winner).filter(|n| !n.deleted)?;
+        let winner = self.live.last()?;
+        let node = self.nodes.get(winner)?;
         Some(document(id, winner, node.body.as_ref()))
     }
 
     /// Creates the document: fails if it is live; after a deletion, the new
     /// revision continues the deleted winner's branch.
     pub fn create(&self, body: Body, revs_limit: usize) -> Result<Edited, DocError> {
-        if self.is_live() {
-            return Err(DocError::AlreadyExists(
-                "the object already exists: read it and update it with its _rev, or use upsert"
-                    .into(),
-            ));
-        }
-        let parent = self.winner().cloned();
-        Ok(self.extend(parent, false, body, revs_limit))
+        self.edited(|t| t.create_in_place(body, revs_limit))
     }
 
     /// Updates the leaf `rev`. A revision that is not a live leaf is a
@@ -547,70 +942,124 @@ impl RevTree {
         keep_both: bool,
         revs_limit: usize,
     ) -> Result<Edited, DocError> {
-        if !self.is_live() {
-            return Err(DocError::NotFound(
-                "no such document (it was never created, or it was deleted)".into(),
-            ));
-        }
-        if !self.live_leaves().contains(&rev) && (!keep_both || !self.nodes.contains_key(rev)) {
-            return Err(self.conflict(rev));
-        }
-        Ok(self.extend(Some(rev.clone()), false, body, revs_limit))
+        self.edited(|t| t.update_in_place(rev, body, keep_both, revs_limit))
     }
 
     /// Writes `body` on top of the winner, or creates the document.
     pub fn upsert(&self, body: Body, revs_limit: usize) -> Edited {
-        let parent = self.winner().cloned();
-        self.extend(parent, false, body, revs_limit)
+        let mut tree = self.clone();
+        let rev = tree.upsert_in_place(body, revs_limit);
+        Edited { tree, rev }
     }
 
     /// Deletes the leaf `rev` (which must be live). If other live leaves
     /// remain, the greatest of them becomes the winner.
     pub fn delete(&self, rev: &Rev, revs_limit: usize) -> Result<Edited, DocError> {
-        if !self.is_live() {
-            return Err(DocError::NotFound(
-                "no such document (it was never created, or it was deleted)".into(),
+        self.edited(|t| t.delete_in_place(rev, revs_limit))
+    }
+
+    /// Settles a conflict: every live leaf but `winner` is deleted.
+    pub fn resolve(&self, winner: &Rev, revs_limit: usize) -> Result<Edited, DocError> {
+        self.edited(|t| t.resolve_in_place(winner, revs_limit))
+    }
+
+    fn edited<F>(&self, f: F) -> Result<Edited, DocError>
+    where
+        F: FnOnce(&mut RevTree) -> Result<Rev, DocError>,
+    {
+        let mut tree = self.clone();
+        let rev = f(&mut tree)?;
+        Ok(Edited { tree, rev })
+    }
+
+    /// [`RevTree::create`] on this tree, in place: O(log n) plus what
+    /// [`RevTree::normalize`] costs. On an error nothing changed.
+    pub fn create_in_place(&mut self, body: Body, revs_limit: usize) -> Result<Rev, DocError> {
+        if self.is_live() {
+            return Err(DocError::AlreadyExists(
+                "the object already exists: read it and update it with its _rev, or use upsert"
+                    .into(),
             ));
         }
-        if !self.live_leaves().contains(&rev) {
+        let parent = self.winner().cloned();
+        Ok(self.extend(parent, false, body, revs_limit))
+    }
+
+    /// [`RevTree::update`] in place. On an error nothing changed.
+    pub fn update_in_place(
+        &mut self,
+        rev: &Rev,
+        body: Body,
+        keep_both: bool,
+        revs_limit: usize,
+    ) -> Result<Rev, DocError> {
+        self.must_be_live()?;
+        if !self.is_live_leaf(rev) && (!keep_both || !self.nodes.contains_key(rev)) {
+            return Err(self.conflict(rev));
+        }
+        Ok(self.extend(Some(rev.clone()), false, body, revs_limit))
+    }
+
+    /// [`RevTree::upsert`] in place.
+    pub fn upsert_in_place(&mut self, body: Body, revs_limit: usize) -> Rev {
+        let parent = self.winner().cloned();
+        self.extend(parent, false, body, revs_limit)
+    }
+
+    /// [`RevTree::delete`] in place. On an error nothing changed.
+    pub fn delete_in_place(&mut self, rev: &Rev, revs_limit: usize) -> Result<Rev, DocError> {
+        self.must_be_live()?;
+        if !self.is_live_leaf(rev) {
             return Err(self.conflict(rev));
         }
         Ok(self.extend(Some(rev.clone()), true, Body::new(), revs_limit))
     }
 
-    /// Settles a conflict: every live leaf but `winner` is deleted.
-    pub fn resolve(&self, winner: &Rev, revs_limit: usize) -> Result<Edited, DocError> {
-        if !self.is_live() {
-            return Err(DocError::NotFound(
-                "no such document (it was never created, or it was deleted)".into(),
-            ));
-        }
-        let live: Vec<Rev> = self.live_leaves().into_iter().cloned().collect();
-        if !live.contains(winner) {
+    /// [`RevTree::resolve`] in place: O(live leaves). On an error nothing
+    /// changed.
+    pub fn resolve_in_place(&mut self, winner: &Rev, revs_limit: usize) -> Result<Rev, DocError> {
+        self.must_be_live()?;
+        if !self.is_live_leaf(winner) {
             return Err(self.conflict(winner));
         }
-        let mut tree = self.clone();
-        for loser in live.iter().filter(|r| *r != winner) {
-            let rev = Rev::child(Some(loser), true, &Body::new());
-            tree.insert(rev, Some(loser.clone()), true, Some(Body::new()));
+        let losers: Vec<Rev> = self.live.iter().filter(|r| *r != winner).cloned().collect();
+        for loser in losers {
+            let rev = Rev::child(Some(&loser), true, &Body::new());
+            self.insert(rev, Some(loser), true, Some(Body::new()));
         }
-        tree.normalize(revs_limit);
-        Ok(Edited {
-            tree,
-            rev: winner.clone(),
-        })
+        self.normalize(revs_limit);
+        Ok(winner.clone())
     }
 
-    fn extend(&self, parent: Option<Rev>, deleted: bool, body: Body, revs_limit: usize) -> Edited {
+    fn must_be_live(&self) -> Result<(), DocError> {
+        if self.is_live() {
+            Ok(())
+        } else {
+            Err(DocError::NotFound(
+                "no such document (it was never created, or it was deleted)".into(),
+            ))
+        }
+    }
+
+    fn extend(&mut self, parent: Option<Rev>, deleted: bool, body: Body, revs_limit: usize) -> Rev {
         let rev = Rev::child(parent.as_ref(), deleted, &body);
-        let mut tree = self.clone();
-        tree.insert(rev.clone(), parent, deleted, Some(body));
-        tree.normalize(revs_limit);
-        Edited { tree, rev }
+        self.insert(rev.clone(), parent, deleted, Some(body));
+        self.normalize(revs_limit);
+        rev
     }
 
     fn conflict(&self, rev: &Rev) -> DocError {
-        let current: Vec<String> = self.live_leaves().iter().map(|r| r.to_string()).collect();
+        const SHOWN: usize = 20;
+        let mut current: Vec<String> = self
+            .live
+            .iter()
+            .rev()
+            .take(SHOWN)
+            .map(|r| r.to_string())
+            .collect();
+        if self.live.len() > SHOWN {
+            current.push(format!("and {} more", self.live.len() - SHOWN));
+        }
         DocError::Conflict(format!(
             "document update conflict: {rev} is not a current revision (current: {}); read the document again, or pass keep_both to keep both edits",
             current.join(", ")
@@ -675,6 +1124,17 @@ impl RevTree {
             tree.insert(rev, parent, deleted, body);
         }
         Ok(tree)
+    }
+}
+
+fn unfile(probes: &mut HashMap<u64, Vec<Rev>>, probe: u64, rev: &Rev) {
+    if let Some(set) = probes.get_mut(&probe) {
+        if let Some(at) = set.iter().position(|r| r == rev) {
+            set.swap_remove(at);
+        }
+        if set.is_empty() {
+            probes.remove(&probe);
+        }
     }
 }
 

@@ -457,3 +457,84 @@ proptest! {
         prop_assert_eq!(x.conflict_groups(), y.conflict_groups());
     }
 }
+
+proptest! {
+    /// A tree edited in place (its bookkeeping kept incrementally, its
+    /// normalization looking only at what changed) equals a tree built
+    /// from nothing with the same revisions and normalized in one pass.
+    #[test]
+    fn incremental_normalize_equals_a_full_one(
+        ops in proptest::collection::vec((0u8..4, 0usize..16, 0u8..3), 0..40),
+        limit in 1usize..6,
+    ) {
+        let mut tree = RevTree::default();
+        for (kind, pick, v) in ops {
+            let revs: Vec<Rev> = tree.revs().map(|(r, _)| r.clone()).collect();
+            let target = (!revs.is_empty()).then(|| revs[pick % revs.len()].clone());
+            let b = if v == 0 { Body::new() } else { body(json!({"v": v, "w": pick % 2})) };
+            let _ = match (kind, target) {
+                (0, _) | (_, None) => Ok(tree.upsert_in_place(b, limit)),
+                (1, Some(r)) => tree.update_in_place(&r, b, true, limit),
+                (2, Some(r)) => tree.delete_in_place(&r, limit),
+                (_, Some(r)) => tree.resolve_in_place(&r, limit),
+            };
+            let mut fresh = RevTree::default();
+            for (r, n) in tree.revs() {
+                fresh.insert_record(r.clone(), n.parent.clone(), n.deleted, n.body.clone(), tree.has_child(r) && !tree.revs().any(|(_, c)| c.parent.as_ref() == Some(r)));
+            }
+            let mut normalized = fresh.clone();
+            normalized.normalize(limit);
+            prop_assert_eq!(&normalized, &tree);
+            prop_assert_eq!(fresh.winner(), tree.winner());
+            prop_assert_eq!(fresh.live_leaves(), tree.live_leaves());
+            prop_assert_eq!(fresh.conflict_groups(), tree.conflict_groups());
+            let (page, more) = tree.conflicts_page(None, usize::MAX);
+            prop_assert!(!more);
+            let losing: Vec<Rev> = tree.losing_leaves().into_iter().cloned().collect();
+            prop_assert_eq!(page, losing);
+        }
+    }
+}
+
+proptest! {
+    /// The losers self-clearing closes are exactly those whose every field
+    /// the winner holds with an equal value, for narrow winners (found by
+    /// subset hashes) and wide ones (found by probes) alike.
+    #[test]
+    fn subsumed_losers_are_exactly_the_subsets_of_the_winner(
+        fields in proptest::collection::vec((0u8..12, 0u8..3), 0..12),
+        losers in proptest::collection::vec(proptest::collection::vec((0u8..12, 0u8..3), 0..5), 1..30),
+    ) {
+        let to_body = |pairs: &[(u8, u8)]| {
+            let mut b = Body::new();
+            for (k, v) in pairs {
+                b.insert(format!("f{k}"), json!(v));
+            }
+            b
+        };
+        let mut tree = RevTree::default();
+        // The winner: a longer branch, so it wins whatever its hash.
+        let root = Rev::child(None, false, &Body::new());
+        tree.insert(root.clone(), None, false, None);
+        let won = to_body(&fields);
+        let mid = Rev::child(Some(&root), false, &body(json!({"mid": true})));
+        tree.insert(mid.clone(), Some(root.clone()), false, None);
+        let winner = Rev::child(Some(&mid), false, &won);
+        tree.insert(winner.clone(), Some(mid.clone()), false, Some(won.clone()));
+        let mut expected = std::collections::BTreeSet::new();
+        for l in &losers {
+            let b = to_body(l);
+            let r = Rev::child(Some(&root), false, &b);
+            if r == mid {
+                continue;
+            }
+            if b.iter().all(|(k, v)| won.get(k) == Some(v)) {
+                expected.insert(r.clone());
+            }
+            tree.insert(r, Some(root.clone()), false, Some(b));
+        }
+        prop_assert_eq!(tree.winner(), Some(&winner));
+        expected.remove(&winner);
+        prop_assert_eq!(tree.subsumed_losers(), expected);
+    }
+}

@@ -615,7 +615,31 @@ fn execute(api: &Api, r: &Request) -> Result<Value, ApiError> {
             };
             Ok(json!({ "doc": doc }))
         }
+        "doc.conflicts" if r.body.get("limit").is_some_and(|v| !v.is_null()) => {
+            let limit = match r.body.get("limit") {
+                Some(Value::Number(n)) if n.as_u64().is_some() => {
+                    usize::try_from(n.as_u64().unwrap_or_default()).unwrap_or(usize::MAX)
+                }
+                other => {
+                    return Err(ApiError::bad(format!(
+                        "\"limit\" must be a whole number from 1 to {}, not {}",
+                        chorus_store::docs::MAX_CONFLICTS_PAGE,
+                        other.cloned().unwrap_or(Value::Null)
+                    )));
+                }
+            };
+            let id = r.str("doc_id")?;
+            let page = r
+                .docs(api)?
+                .conflicts_page(id, limit, r.opt_str("after")?)?;
+            Ok(page.to_json(id))
+        }
         "doc.conflicts" => {
+            if r.opt_str("after")?.is_some() {
+                return Err(ApiError::bad(
+                    "\"after\" pages conflicts: pass \"limit\" too (1 to 10000)",
+                ));
+            }
             let groups = r.docs(api)?.conflicts(r.str("doc_id")?)?;
             let groups: Vec<Vec<String>> = groups
                 .iter()

@@ -172,12 +172,39 @@ async fn delete_doc(
     edit(&api, started, StatusCode::OK, move || d.delete(&id, &rev)).await
 }
 
+#[derive(Deserialize)]
+struct ConflictsQuery {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// Without `?limit=`: the groups of revisions that collided. With it: one
+/// page of the losing current revisions, greatest first, `?after=` the
+/// `next` of the previous page.
 async fn conflicts(
     State(api): State<Api>,
     Path((store, id)): Path<(String, String)>,
+    Query(q): Query<ConflictsQuery>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let d = docs(&api, &store)?;
+    if let Some(limit) = q.limit.as_deref() {
+        let limit: usize = limit.parse().map_err(|_| {
+            ApiError::bad(format!(
+                "limit={limit:?} is not a number: ask for 1 to {} conflicts per page",
+                chorus_store::docs::MAX_CONFLICTS_PAGE
+            ))
+        })?;
+        let page =
+            tokio::task::block_in_place(|| d.conflicts_page(&id, limit, q.after.as_deref()))?;
+        record(&api, false, started);
+        return Ok(axum::Json(page.to_json(&id)).into_response());
+    }
+    if q.after.is_some() {
+        return Err(ApiError::bad(
+            "after= pages conflicts: pass limit= too (1 to 10000)",
+        ));
+    }
     let groups = tokio::task::block_in_place(|| d.conflicts(&id))?;
     record(&api, false, started);
     let groups: Vec<Vec<String>> = groups

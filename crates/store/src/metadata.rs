@@ -203,6 +203,9 @@ pub struct Metadata {
     store: Store,
     /// What the values this handle writes record (see [`Metadata::stamped`]).
     stamp: Option<Arc<Meta>>,
+    /// The documents' per-process index, shared by every handle made from
+    /// this one (see [`crate::docs`]).
+    doc_cache: Arc<crate::docs::DocCache>,
 }
 
 /// One write of [`Metadata::put_all`].
@@ -243,7 +246,11 @@ impl Writer {
 impl Metadata {
     /// Wraps an open store.
     pub fn new(store: Store) -> Self {
-        Metadata { store, stamp: None }
+        Metadata {
+            store,
+            stamp: None,
+            doc_cache: Arc::default(),
+        }
     }
 
     /// The same store, through a handle whose writes record `meta` on
@@ -254,6 +261,7 @@ impl Metadata {
         Metadata {
             store: self.store.clone(),
             stamp: (!meta.is_empty()).then(|| Arc::new(meta)),
+            doc_cache: self.doc_cache.clone(),
         }
     }
 
@@ -263,6 +271,11 @@ impl Metadata {
             node: self.node(),
             stamp: self.stamp.clone(),
         }
+    }
+
+    /// The documents' index this handle shares.
+    pub(crate) fn doc_cache(&self) -> Arc<crate::docs::DocCache> {
+        self.doc_cache.clone()
     }
 
     /// The engine underneath.
@@ -764,8 +777,9 @@ pub(crate) fn new_object_bytes(
     Ok(new_object(snap, fp, key, None, PutValue::Bytes(bytes), writer)?.encode())
 }
 
-/// The encoding of a tombstone that supersedes every value of the key
-/// (what `delete` writes), for the document and oplog layers.
+/// The encoded object that deletes the key (a tombstone superseding every
+/// value there now), for update closures of other APIs: it replicates and
+/// is collected like a [`Metadata::delete`].
 pub(crate) fn tombstone_object_bytes(
     snap: &Snapshot,
     fp: &FullPrefix,

@@ -583,7 +583,16 @@ fn a_stamped_handle_records_its_meta_on_every_value_it_writes() {
     docs.create(serde_json::json!({"_id": "alice"}))
         .expect("create");
     let dfp = FullPrefix::parse("docs/users").expect("valid");
-    let obj = m.object(&dfp, b"alice").expect("read").expect("present");
+    // The document's first revision is its own record, `alice\0<N>-<hash>`.
+    let record = s
+        .store()
+        .snapshot()
+        .expect("snapshot")
+        .group(&dfp, b"alice")
+        .map(|(k, _)| k.as_bytes().to_vec())
+        .next()
+        .expect("a revision record");
+    let obj = m.object(&dfp, &record).expect("read").expect("present");
     assert_eq!(obj.values()[0].meta(), &stamp);
     let ops = chorus_store::oplog::Oplogs::new(&m).stamped(stamp.clone());
     let ofp = FullPrefix::parse("ops/counts").expect("valid");

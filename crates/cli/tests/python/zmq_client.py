@@ -66,6 +66,12 @@ def main(router, pub):
     assert len(groups) == 1 and len(groups[0]) == 2, groups
     doc = c.doc_get("pyusers", "alice", conflicts=True)
     assert len(doc["_conflicts"]) == 1, doc
+    page = c.doc_conflicts_page("pyusers", "alice", 1)
+    assert page["conflicts"] == doc["_conflicts"] and page["next"] is None, page
+    assert page["_rev"] == doc["_rev"], page
+    for bad in (0, 10001, "x", -1):
+        expect_error("bad_request", c.doc_conflicts_page, "pyusers", "alice", bad)
+    expect_error("bad_request", c.doc_conflicts_page, "pyusers", "alice", 2, "nope")
     stale = {"_id": "alice", "_rev": rev, "email": "late@example.com"}
     expect_error("conflict", c.doc_update, "pyusers", stale)
 
