@@ -535,3 +535,117 @@ fn operation_logs_pushed_offline_and_while_apart_merge_and_count_every_op_once()
     let _nb = serve(b, ports[1], Some(ports[0]));
     both("app/c", "n", serde_json::json!(3355));
 }
+
+/// `chorus_NAME VALUE` from a node's /metrics.
+fn metric(http: u16, name: &str) -> f64 {
+    let out = std::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{http}/metrics")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("chorus_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no chorus_{name} in the metrics: {text}"))
+}
+
+/// The seed's scenario at small scale: a hundred writer processes on
+/// three nodes give one document conflicting revisions; every node ends
+/// with the same winner and conflicts; a new revision on top of the
+/// winner then costs its peers its own size, not the tree's.
+#[test]
+fn a_hundred_writers_on_three_nodes_agree_and_a_new_revision_sends_only_itself() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    for d in &dirs {
+        assert!(chorus(d.path(), &["init"]).status.success());
+    }
+    let gossip: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let args = ["--insecure", "--exchange-interval", "2"];
+    let _nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let join = (i > 0).then_some(gossip[0]);
+            common::serve(dirs[i].path(), gossip[i], http[i], join, &args)
+        })
+        .collect();
+    let doc = |dir: &Path, args: &[&str]| sub_json(dir, "doc", args);
+    let created = doc(
+        dirs[0].path(),
+        &["create", "wiki", r#"{"_id": "page", "n": 0}"#],
+    );
+    let base = created["_rev"].as_str().expect("rev").to_string();
+    for d in &dirs {
+        common::wait_until(Duration::from_secs(30), || {
+            chorus(d.path(), &["doc", "get", "wiki", "page"])
+                .status
+                .success()
+        });
+    }
+    // A hundred processes, a third on each node, each a conflicting edit
+    // of the first revision.
+    let writers: Vec<std::process::Child> = (0..100)
+        .map(|i| {
+            let body =
+                serde_json::json!({"_id": "page", "_rev": base, "n": i + 1, "by": format!("w{i}")});
+            std::process::Command::new(common::CHORUS)
+                .arg("--dir")
+                .arg(dirs[i % 3].path())
+                .args(["doc", "update", "wiki", &body.to_string(), "--keep-both"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a writer")
+        })
+        .collect();
+    for w in writers {
+        let out = w.wait_with_output().expect("writer");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every node: the same winner and the same 99 losing revisions.
+    let view = |d: &Path| {
+        let got = doc(d, &["get", "wiki", "page", "--conflicts"]);
+        let conflicts = doc(d, &["conflicts", "wiki", "page", "--limit", "1000"]);
+        (got, conflicts)
+    };
+    common::wait_until(Duration::from_secs(60), || {
+        let views: Vec<_> = dirs.iter().map(|d| view(d.path())).collect();
+        views[0].0["_conflicts"].as_array().map(Vec::len) == Some(99)
+            && views.iter().all(|v| *v == views[0])
+    });
+    let (winner, _) = view(dirs[0].path());
+    // A new revision on top of the winner, written on node 0: what node 0
+    // sends its peers for it is about its own size (two peers, a record
+    // and its parent's body-less record each), whatever the number of
+    // conflicts (the whole tree would be about 100 revisions).
+    std::thread::sleep(Duration::from_secs(3));
+    let before = metric(http[0], "peer_bytes_sent_total");
+    let mut next = winner.clone();
+    next["n"] = serde_json::json!(1000);
+    if let Some(m) = next.as_object_mut() {
+        m.remove("_conflicts");
+    }
+    let saved = doc(dirs[0].path(), &["update", "wiki", &next.to_string()]);
+    let rev = saved["_rev"].as_str().expect("rev").to_string();
+    for d in &dirs[1..] {
+        common::wait_until(Duration::from_secs(30), || {
+            doc(d.path(), &["get", "wiki", "page"])["_rev"] == rev.as_str()
+        });
+    }
+    let sent = metric(http[0], "peer_bytes_sent_total") - before;
+    let revision_bytes = next.to_string().len() as f64;
+    eprintln!("one revision of {revision_bytes} bytes: node 0 sent {sent} bytes to its peers");
+    assert!(
+        sent <= 2.0 * 3.0 * revision_bytes + 6000.0,
+        "node 0 sent {sent} bytes to its two peers for one revision of {revision_bytes} bytes"
+    );
+    for d in &dirs {
+        assert_eq!(
+            doc(d.path(), &["get", "wiki", "page", "--conflicts"])["_rev"],
+            rev.as_str()
+        );
+    }
+}
