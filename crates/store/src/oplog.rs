@@ -121,6 +121,9 @@ impl LogView {
 struct Kept {
     paths: HashMap<(FullPrefix, String), PathState>,
     tick: u64,
+    /// Per path, the operations left unfolded by its last prune by the
+    /// rule for a directory no daemon serves (see `solo_prune_due`).
+    pruned_alone: HashMap<(FullPrefix, String), usize>,
 }
 
 /// What a process keeps of one path's log: its value at one snapshot.
@@ -130,8 +133,8 @@ struct PathState {
     seq: u64,
     /// The head key's bytes then.
     head: Option<Bytes>,
-    /// The reducer used (its address), so a new script re-folds.
-    reducer: usize,
+    /// The reducer used, so a new script re-folds.
+    reducer: Option<Arc<dyn Reducer>>,
     kind: String,
     checkpoint: Option<Checkpoint>,
     /// The reducer's state after the checkpoint and every applied op.
@@ -311,25 +314,32 @@ impl Oplogs {
             )));
         }
         let reducer = self.reducer(kind)?;
+        // Caught up on a committed view first, so that the push itself
+        // rarely has anything to catch up on.
+        let snap = self.meta.store().snapshot()?;
+        self.with_current(&snap, fp, path, |_| Ok(()))?;
         let (fp2, path2, kind2) = (fp.clone(), path.to_string(), kind.to_string());
         let writer = self.meta.writer();
         let this = self.clone();
+        let in_closure = reducer.clone();
         let result = self.meta.store().update_returning(move |snap: &Snapshot| {
-            this.push_locked(snap, &fp2, &path2, &kind2, &reducer, payload, &writer)
+            this.push_locked(snap, &fp2, &path2, &kind2, &in_closure, payload, &writer)
         });
         let slot = (fp.clone(), path.to_string());
         let (info, pushed) = match result {
             Ok(r) => r,
             Err(e) => {
-                // The kept value may have caught up on a batch that failed.
-                self.kept().paths.remove(&slot);
+                // Kept values may have caught up on a batch that failed:
+                // every one is folded again.
+                self.kept().paths.clear();
                 return Err(e);
             }
         };
-        let reducer = self.reducer(kind)?;
         let value = reducer.view(&pushed.after);
+        let mut pushed_len = 0;
         let solo_prune = {
             let mut kept = self.kept();
+            let floor = kept.pruned_alone.get(&slot).copied().unwrap_or(0);
             if pushed.wrote_head {
                 // Folded again from the new head on the next read.
                 kept.paths.remove(&slot);
@@ -341,17 +351,34 @@ impl Oplogs {
                     p.first.get_or_insert_with(|| pushed.op.key());
                     p.last = Some(pushed.op.key());
                     p.state = pushed.after;
-                    self.solo_prune_due(p)
+                    pushed_len = p.applied.len();
+                    self.solo_prune_due(p, floor)
                 }
                 _ => false,
             }
         };
-        if solo_prune && !self.served()? {
+        if solo_prune {
             // The push is committed: a prune that fails (a reducer error,
             // a full disk) is reported, not returned, and tried again on a
             // later push.
-            if let Err(e) = self.prune_older_than(fp, path, self.solo_grace) {
-                tracing::warn!(full_prefix = %fp, path, error = %e, "cannot prune the operation log");
+            match self.prunes_alone() {
+                Ok(true) => match self.prune_older_than(fp, path, self.solo_grace) {
+                    Ok(n) => {
+                        let left = pushed_len.saturating_sub(n);
+                        let mut kept = self.kept();
+                        if kept.pruned_alone.len() >= CACHE_PATHS_MAX {
+                            kept.pruned_alone.clear();
+                        }
+                        kept.pruned_alone.insert(slot, left);
+                    }
+                    Err(e) => {
+                        tracing::warn!(full_prefix = %fp, path, error = %e, "cannot prune the operation log");
+                    }
+                },
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(full_prefix = %fp, path, error = %e, "cannot tell whether this directory prunes alone");
+                }
             }
         }
         Ok(value)
@@ -435,16 +462,23 @@ impl Oplogs {
         self.kept.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// True when some daemon has served this directory (it lists members).
-    fn served(&self) -> Result<bool> {
+    /// True when no daemon has served this directory (it lists no member)
+    /// and it is not a stage (`$stage`): nobody else can hold its
+    /// operations, so it may prune by itself and remove what it folds.
+    fn prunes_alone(&self) -> Result<bool> {
+        let snap = self.meta.store().snapshot()?;
         let members = FullPrefix::parse("$cluster/members")?;
-        Ok(self.meta.store().snapshot()?.len_in(&members) > 0)
+        let stage = FullPrefix::parse("$stage/state")?;
+        Ok(snap.len_in(&members) == 0 && snap.len_in(&stage) == 0)
     }
 
     /// True when a push should look for operations to fold by the rule for
-    /// a directory no daemon serves: enough of them, the oldest old enough.
-    fn solo_prune_due(&self, p: &PathState) -> bool {
-        if p.applied.len() <= SOLO_PRUNE_MIN_OPS {
+    /// a directory no daemon serves: enough of them (more than
+    /// [`SOLO_PRUNE_MIN_OPS`], and twice what the last such prune left, so
+    /// that its cost is spread over as many pushes as it reads), the
+    /// oldest old enough.
+    fn solo_prune_due(&self, p: &PathState, floor: usize) -> bool {
+        if p.applied.len() <= SOLO_PRUNE_MIN_OPS.max(floor.saturating_mul(2)) {
             return false;
         }
         let cutoff_ms = now_ms().saturating_sub(self.solo_grace.as_millis() as u64);
@@ -469,11 +503,25 @@ impl Oplogs {
         let mut fresh = false;
         if let Some(p) = kept.paths.get_mut(&slot) {
             p.used = tick;
-            fresh =
-                p.seq == snap.seq() || (p.seq < snap.seq() && self.catch_up(p, snap, fp, path)?);
+            fresh = p.seq == snap.seq();
+            if !fresh && p.seq < snap.seq() {
+                match self.catch_up(p, snap, fp, path) {
+                    Ok(caught_up) => fresh = caught_up,
+                    Err(e) => {
+                        // Part of it may be applied: never kept half done.
+                        kept.paths.remove(&slot);
+                        return Err(e);
+                    }
+                }
+            }
         }
         if !fresh {
+            // Folded without holding the kept values: a long fold must not
+            // hold up a push of this process that waits under the
+            // directory's writer lock.
+            drop(kept);
             let mut p = self.fold(snap, fp, path)?;
+            kept = self.kept();
             p.used = tick;
             if p.seq < kept.paths.get(&slot).map_or(0, |old| old.seq) {
                 // Another thread kept a newer value: this older view is
@@ -525,6 +573,11 @@ impl Oplogs {
                 continue;
             }
             match read_record(snap, fp, k) {
+                Record::Op(_, _) if p.kind.is_empty() => {
+                    // Records of a log this value had not seen (perhaps
+                    // before its head): folded from scratch.
+                    return Ok(false);
+                }
                 Record::Op(kind, op) => {
                     if kind != p.kind || p.applied.contains(&op.sha) {
                         continue;
@@ -546,16 +599,12 @@ impl Oplogs {
             }
         }
         if p.kind.is_empty() {
-            // Nothing was pushed when it was kept: records since are folded
-            // from scratch.
-            if !new.is_empty() {
-                return Ok(false);
-            }
+            // Nothing was pushed when it was kept, and nothing since.
             p.seq = snap.seq();
             return Ok(true);
         }
         let reducer = self.reducer(&p.kind)?;
-        if reducer_id(&reducer) != p.reducer {
+        if !p.reducer.as_ref().is_some_and(|r| Arc::ptr_eq(r, &reducer)) {
             return Ok(false);
         }
         for (key, op) in new {
@@ -575,7 +624,7 @@ impl Oplogs {
         let mut p = PathState {
             seq: snap.seq(),
             head: snap.get(fp, path.as_bytes()),
-            reducer: 0,
+            reducer: None,
             kind: log.kind().to_string(),
             checkpoint: log.checkpoint().cloned(),
             state: Value::Null,
@@ -587,8 +636,8 @@ impl Oplogs {
         };
         if !p.kind.is_empty() {
             let reducer = self.reducer(&p.kind)?;
-            p.reducer = reducer_id(&reducer);
             p.state = log.state(&*reducer)?;
+            p.reducer = Some(reducer);
         }
         Ok(p)
     }
@@ -617,7 +666,7 @@ impl Oplogs {
         let (fp, key, upto) = (fp.clone(), path.as_bytes().to_vec(), upto.clone());
         let writer = self.meta.writer();
         let this = self.clone();
-        let outright = !self.served()?;
+        let outright = self.prunes_alone()?;
         let (_, n) = self.meta.store().update_returning(move |snap: &Snapshot| {
             let (mut view, inline) = read_log_inline(snap, &fp, &key)?;
             if view.log.kind().is_empty() {
@@ -761,10 +810,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn reducer_id(r: &Arc<dyn Reducer>) -> usize {
-    Arc::as_ptr(r).cast::<()>() as usize
 }
 
 /// The key of an operation's record in the log at `path`.
@@ -926,7 +971,11 @@ fn recorded_late(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<Vec<Op>
                     Some(Op {
                         timestamp: j.get("timestamp")?.as_u64()?,
                         node: j.get("node")?.as_str()?.to_string(),
-                        sha: j.get("sha")?.as_str()?.to_string(),
+                        sha: j
+                            .get("sha")?
+                            .as_str()
+                            .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))?
+                            .to_string(),
                         payload: j.get("payload")?.clone(),
                     })
                 })

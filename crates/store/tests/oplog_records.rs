@@ -232,3 +232,89 @@ fn a_version_one_log_is_read_then_converted_on_push() {
     );
     assert_eq!(replayed(&m, "l"), json!([3, 1, 4, 1]));
 }
+
+/// Without a daemon, pushes fold old operations by themselves and remove
+/// their records; a stage directory (`$stage/state`) and a directory a
+/// daemon served (`$cluster/members`) never do.
+#[test]
+fn a_directory_no_daemon_serves_prunes_on_push_and_a_stage_does_not() {
+    let pushes = chorus_store::oplog::SOLO_PRUNE_MIN_OPS + 10;
+    let mut unfolded = Vec::new();
+    for marker in [None, Some("$stage/state"), Some("$cluster/members")] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let m = meta(dir.path());
+        if let Some(fp) = marker {
+            m.put_reserved(
+                &FullPrefix::parse(fp).expect("fp"),
+                b"x",
+                chorus_store::PutValue::Bytes(b"{}".to_vec()),
+                &chorus_store::PutOptions::default(),
+            )
+            .expect("marker");
+        }
+        let ops = Oplogs::new(&m).with_solo_grace(std::time::Duration::ZERO);
+        for _ in 0..pushes {
+            ops.push(&fp(), "c", "counter", json!(1)).expect("push");
+        }
+        assert_eq!(ops.get(&fp(), "c").expect("get"), json!(pushes));
+        assert_eq!(replayed(&m, "c"), json!(pushes));
+        let records = m
+            .store()
+            .snapshot()
+            .expect("snap")
+            .group(&fp(), b"c")
+            .count()
+            - 1;
+        unfolded.push((ops.log(&fp(), "c").expect("log").log.len(), records));
+    }
+    assert!(unfolded[0].0 < 100, "pruned alone: {unfolded:?}");
+    assert_eq!(
+        unfolded[0].0, unfolded[0].1,
+        "folded records are removed: {unfolded:?}"
+    );
+    assert_eq!(
+        unfolded[1],
+        (pushes, pushes),
+        "a stage keeps every operation"
+    );
+    assert_eq!(
+        unfolded[2],
+        (pushes, pushes),
+        "a served directory waits for its daemon"
+    );
+}
+
+/// A process that read a path before anything was there, then received
+/// a peer's records before their head, counts them.
+#[test]
+fn records_that_arrive_before_their_head_are_counted() {
+    let (d1, d2) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (m1, m2) = (meta(d1.path()), meta(d2.path()));
+    let ops = Oplogs::new(&m1);
+    assert_eq!(ops.get(&fp(), "c").expect("get"), Value::Null);
+    let other = Oplogs::new(&m2);
+    for _ in 0..3 {
+        other.push(&fp(), "c", "counter", json!(2)).expect("push");
+    }
+    let snap = m2.store().snapshot().expect("snap");
+    let records: Vec<_> = snap
+        .group(&fp(), b"c")
+        .filter(|(k, _)| k.as_bytes() != b"c")
+        .map(|(k, e)| {
+            (
+                fp(),
+                k.to_vec(),
+                chorus_core::object::Object::decode(&e.value).expect("object"),
+            )
+        })
+        .collect();
+    m1.merge(Origin::Peer([5; 16]), records).expect("merge");
+    assert_eq!(ops.get(&fp(), "c").expect("get"), json!(6));
+    assert_eq!(
+        ops.push(&fp(), "c", "counter", json!(1)).expect("push"),
+        json!(7)
+    );
+}
