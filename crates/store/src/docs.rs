@@ -350,7 +350,6 @@ impl Docs {
     /// Every live document (its winner), each once, in id order, from one
     /// snapshot.
     pub fn all(&self) -> Result<Vec<Value>> {
-        let mut cache = self.cache.lock();
         let snap = self.meta.store().snapshot()?;
         let ids: BTreeSet<Vec<u8>> = snap
             .iter_prefix(&self.fp)
@@ -362,8 +361,17 @@ impl Docs {
             if validate_id(&id).is_err() {
                 continue;
             }
-            let doc = match cache.doc(&snap, &self.fp, &key)? {
-                Some(cached) => cached.tree.winner_document(&id),
+            // The index's lock is held per document, never while one is
+            // built: an edit of this process waits on it under the writer
+            // lock.
+            let cached = {
+                let mut cache = self.cache.lock();
+                cache
+                    .cached(&snap, &self.fp, &key)?
+                    .map(|d| d.tree.winner_document(&id))
+            };
+            let doc = match cached {
+                Some(doc) => doc,
                 None => build(&snap, &self.fp, &key)?.0.winner_document(&id),
             };
             out.extend(doc);
@@ -392,14 +400,19 @@ impl Docs {
         let mut cache = self.cache.lock();
         // Taken under the index's lock, so never behind what it holds.
         let snap = self.meta.store().snapshot()?;
-        match cache.doc(&snap, &self.fp, id.as_bytes())? {
-            Some(doc) => Ok(f(&doc.tree)),
-            None => {
-                drop(cache);
-                let (tree, _) = build(&snap, &self.fp, id.as_bytes())?;
-                Ok(f(&tree))
-            }
+        if let Some(doc) = cache.cached(&snap, &self.fp, id.as_bytes())? {
+            return Ok(f(&doc.tree));
         }
+        // Built without the index's lock (an edit of this process waits on
+        // it under the directory's writer lock), then kept if the index
+        // is still at this snapshot.
+        drop(cache);
+        let (tree, v1) = build(&snap, &self.fp, id.as_bytes())?;
+        let out = f(&tree);
+        self.cache
+            .lock()
+            .insert_built(&snap, &self.fp, id.as_bytes(), tree, v1);
+        Ok(out)
     }
 
     /// Runs `f` on the document's tree under the writer lock and writes
@@ -409,6 +422,9 @@ impl Docs {
         F: FnOnce(&mut RevTree) -> std::result::Result<Rev, DocError> + Send + 'static,
     {
         validate_id(id)?;
+        // Brought into the index first, outside the writer lock: under it,
+        // the edit then only catches up.
+        self.read(id, |_| ())?;
         let (fp, key, writer) = (self.fp.clone(), id.as_bytes().to_vec(), self.meta.writer());
         let cache = self.cache.clone();
         let out = self.meta.store().update_returning(move |snap: &Snapshot| {
@@ -763,10 +779,48 @@ impl CacheState {
         self.docs.remove(&(fp.clone(), id.to_vec()));
     }
 
-    /// The cached document, brought up to `snap` (built if missing); `None`
-    /// when the cache cannot serve this snapshot (it is ahead of it).
-    fn doc(&mut self, snap: &Snapshot, fp: &FullPrefix, id: &[u8]) -> Result<Option<&CachedDoc>> {
+    /// The cached document brought up to `snap`, if it is cached and the
+    /// cache can serve this snapshot; never builds one.
+    fn cached(
+        &mut self,
+        snap: &Snapshot,
+        fp: &FullPrefix,
+        id: &[u8],
+    ) -> Result<Option<&CachedDoc>> {
+        if !self.docs.contains_key(&(fp.clone(), id.to_vec())) {
+            return Ok(None);
+        }
         Ok(self.doc_mut(snap, fp, id)?.map(|d| &*d))
+    }
+
+    /// Keeps a tree built from `snap`, if the cache is at that snapshot
+    /// and does not hold the document already.
+    fn insert_built(
+        &mut self,
+        snap: &Snapshot,
+        fp: &FullPrefix,
+        id: &[u8],
+        tree: RevTree,
+        v1: bool,
+    ) {
+        if self.catch_up(snap).ok() != Some(true) || self.seq != Some(snap.seq()) {
+            return;
+        }
+        let slot = (fp.clone(), id.to_vec());
+        if self.docs.contains_key(&slot) {
+            return;
+        }
+        self.tick += 1;
+        self.docs.insert(
+            slot.clone(),
+            CachedDoc {
+                tree,
+                v1,
+                used: self.tick,
+                pending: None,
+            },
+        );
+        self.evict(&slot);
     }
 
     fn doc_mut(
