@@ -501,6 +501,12 @@ impl Oplogs {
         kept.tick += 1;
         let tick = kept.tick;
         let mut fresh = false;
+        if kept.paths.get(&slot).is_some_and(|p| p.seq > snap.seq()) {
+            // Kept at a later commit than this view: another thread's
+            // newer read, or a history that went back (a repair). Folded
+            // again rather than trusted when the seqs meet later.
+            kept.paths.remove(&slot);
+        }
         if let Some(p) = kept.paths.get_mut(&slot) {
             p.used = tick;
             fresh = p.seq == snap.seq();
@@ -524,8 +530,8 @@ impl Oplogs {
             kept = self.kept();
             p.used = tick;
             if p.seq < kept.paths.get(&slot).map_or(0, |old| old.seq) {
-                // Another thread kept a newer value: this older view is
-                // answered without replacing it.
+                // Another thread kept a newer value meanwhile: this older
+                // view is answered without replacing it.
                 return f(&p);
             }
             if kept.paths.len() >= CACHE_PATHS_MAX && !kept.paths.contains_key(&slot) {
