@@ -125,8 +125,10 @@ impl WireObject {
         if object.value_count() == 0 {
             return Err(format!("{fp}/{}: the object holds no value", self.key));
         }
-        // An operation log's record must be the operation its key names.
+        // An operation log's or a document's record must be the operation
+        // or revision its key names.
         chorus_store::oplog::validate_record(&key, &object)
+            .and_then(|()| chorus_store::docs::validate_record(&key, &object))
             .map_err(|e| format!("{fp}/{}: {e}", self.key))?;
         Ok((fp, key, object))
     }

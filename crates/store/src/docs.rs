@@ -588,6 +588,58 @@ impl Record {
     }
 }
 
+/// Checks an object received for a document store's key (a stage's
+/// push): a revision record key (`id\0` and 20 digits, `-`, hash) must
+/// hold records of the revision it names, within the size limit, and a
+/// record that carries its body and parent must have the id their hash
+/// gives. Other keys pass. A parent need not be known here (it may have
+/// been dropped by the revs limit, or arrive later).
+pub fn validate_record(key: &[u8], object: &chorus_core::object::Object) -> Result<()> {
+    let base = base_of(key);
+    if base.len() == key.len() {
+        return Ok(());
+    }
+    let suffix = &key[base.len() + 1..];
+    let names_a_revision =
+        suffix.len() > 21 && suffix[..20].iter().all(u8::is_ascii_digit) && suffix[20] == b'-';
+    if !names_a_revision {
+        return Ok(());
+    }
+    let shown = String::from_utf8_lossy(&key[..key.len().min(80)]).replace('\0', "\\0");
+    let bad = |why: String| {
+        Error::InvalidInput(format!(
+            "the document revision record at {shown:?} is malformed: {why}"
+        ))
+    };
+    for v in object.values() {
+        let Some(bytes) = v.bytes() else { continue };
+        let size = bytes.len();
+        if size > chorus_core::docs::MAX_BODY_BYTES + 4096 {
+            return Err(bad(format!(
+                "it is {size} bytes; a revision's body is at most {} bytes",
+                chorus_core::docs::MAX_BODY_BYTES
+            )));
+        }
+        let record = Record::decode(bytes).map_err(bad)?;
+        if record_key(base, &record.rev) != key {
+            return Err(bad(format!(
+                "it holds revision {}, not the one its key names",
+                record.rev
+            )));
+        }
+        if let (Some(body), Some(parent)) = (&record.body, &record.parent) {
+            let expected = Rev::child(Some(parent), record.deleted, body);
+            if expected != record.rev {
+                return Err(bad(format!(
+                    "its id {} is not the hash of its parent, deleted flag and body ({expected})",
+                    record.rev
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The key of revision `rev` of document `id`.
 fn record_key(id: &[u8], rev: &Rev) -> Vec<u8> {
     let mut key = id.to_vec();

@@ -350,3 +350,77 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
     );
     assert_eq!(seq(), damaged, "nothing written");
 }
+
+/// What a stage's push is checked with: every record a document store
+/// wrote passes; a record whose body was changed under its id, or that
+/// sits under another revision's key, is refused with the reason.
+#[test]
+fn revision_records_are_checked_against_their_key_and_content() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = meta(dir.path());
+    let docs = Docs::open(&m, "users").expect("open");
+    let first = docs
+        .create(json!({"_id": "alice", "n": 1}))
+        .expect("create");
+    let rev = first.rev.to_string();
+    docs.update(json!({"_id": "alice", "_rev": rev, "n": 2}), false)
+        .expect("update");
+    docs.update(json!({"_id": "alice", "_rev": rev, "n": 3}), true)
+        .expect("keep both");
+    let fp = docs.full_prefix().clone();
+    let snap = m.store().snapshot().expect("snap");
+    let records: Vec<(Vec<u8>, chorus_core::object::Object)> = snap
+        .group(&fp, b"alice")
+        .map(|(k, e)| {
+            (
+                k.to_vec(),
+                chorus_core::object::Object::decode(&e.value).expect("object"),
+            )
+        })
+        .collect();
+    assert_eq!(records.len(), 3);
+    for (k, o) in &records {
+        chorus_store::docs::validate_record(k, o).expect("a record the store wrote");
+    }
+    let node = m.store().node_id();
+    let object = |bytes: &[u8]| {
+        chorus_core::object::Object::modify(
+            None,
+            &chorus_core::object::Context::default(),
+            chorus_core::object::Value::data(bytes, chorus_core::object::Hlc(1), node),
+            node,
+        )
+    };
+    // A leaf's record with its body changed, its id kept.
+    let (leaf_key, leaf) = records
+        .iter()
+        .find(|(_, o)| {
+            o.values().iter().any(|v| {
+                v.bytes()
+                    .is_some_and(|b| b.windows(4).any(|w| w == b"\"n\":"))
+            })
+        })
+        .expect("a leaf with a body");
+    let text = String::from_utf8_lossy(leaf.values()[0].bytes().expect("bytes")).into_owned();
+    let forged = text
+        .replacen("\"n\":2", "\"n\":99", 1)
+        .replacen("\"n\":3", "\"n\":99", 1);
+    let err = chorus_store::docs::validate_record(leaf_key, &object(forged.as_bytes()))
+        .expect_err("forged body");
+    assert!(err.to_string().contains("not the hash"), "{err}");
+    // A genuine record under another revision's key.
+    let other = records
+        .iter()
+        .find(|(k, _)| k != leaf_key)
+        .expect("another");
+    let err = chorus_store::docs::validate_record(&other.0, leaf).expect_err("misplaced");
+    assert!(
+        err.to_string().contains("not the one its key names"),
+        "{err}"
+    );
+    // Not JSON at all.
+    let err = chorus_store::docs::validate_record(leaf_key, &object(b"junk")).expect_err("junk");
+    assert!(err.to_string().contains("malformed"), "{err}");
+    // A key that is not a revision record passes.
+    chorus_store::docs::validate_record(b"alice", &object(b"junk")).expect("not a record");
+}
