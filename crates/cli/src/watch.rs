@@ -28,7 +28,7 @@ pub(crate) fn run(cli: &Cli, args: &WatchArgs) -> Result<(), Failure> {
     let store = cli.open()?;
     let only = fp.clone();
     let mut watcher = store.watcher(Box::new(move |f, key| {
-        *f == only && matching.matches(chorus_store::group_base(key))
+        *f == only && matching.matches(chorus_store::split_record(key).map_or(key, |(b, _)| b))
     }))?;
     let mut out = std::io::stdout().lock();
     // The first line says where the watch starts: every later commit shows.
@@ -47,7 +47,10 @@ pub(crate) fn run(cli: &Cli, args: &WatchArgs) -> Result<(), Failure> {
                     Origin::Peer(id) => format!("peer:{}", chorus_core::NodeId::from_bytes(id)),
                 };
                 // A document's or a log's record shows under its key.
-                let base = chorus_store::group_base(&e.key);
+                let (base, record) = match chorus_store::split_record(&e.key) {
+                    Some((base, name)) => (base, Some(name)),
+                    None => (&e.key[..], None),
+                };
                 let key = String::from_utf8_lossy(base).into_owned();
                 let read = e.value.as_deref().and_then(|b| Object::decode(b).ok());
                 let body = match &read {
@@ -56,8 +59,8 @@ pub(crate) fn run(cli: &Cli, args: &WatchArgs) -> Result<(), Failure> {
                 };
                 let mut line = json!({"seq": e.seq, "cursor": e.cursor.to_string(), "origin": origin,
                        "full_prefix": e.full_prefix.to_string(), "key": key, "object": body});
-                if base.len() < e.key.len() {
-                    line["record"] = json!(String::from_utf8_lossy(&e.key[base.len() + 1..]));
+                if let Some(name) = record {
+                    line["record"] = json!(String::from_utf8_lossy(name));
                 }
                 line
             }

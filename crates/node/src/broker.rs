@@ -1028,7 +1028,8 @@ impl FeedTail {
                         for k in change.keys.iter().filter(|k| !k.full_prefix.is_reserved()) {
                             let mut event = crate::http::change_json(&change.origin, k);
                             event["position"] = json!(position);
-                            let base = chorus_store::group_base(&k.key);
+                            let base =
+                                chorus_store::split_record(&k.key).map_or(&k.key[..], |(b, _)| b);
                             let topic =
                                 format!("{}/{}", k.full_prefix, String::from_utf8_lossy(base));
                             sockets.publish(topic.as_bytes(), event.to_string().as_bytes())?;

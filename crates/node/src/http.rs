@@ -713,14 +713,17 @@ pub(crate) fn change_json(origin: &Origin, k: &chorus_store::ChangedKey) -> Valu
         .value
         .as_deref()
         .and_then(|b| chorus_core::object::Object::decode(b).ok());
-    let base = chorus_store::group_base(&k.key);
+    let (base, record) = match chorus_store::split_record(&k.key) {
+        Some((base, name)) => (base, Some(name)),
+        None => (&k.key[..], None),
+    };
     let mut data = json!({
         "full_prefix": k.full_prefix.to_string(),
         "key": String::from_utf8_lossy(base),
         "from_peer": matches!(origin, Origin::Peer(_)),
     });
-    if base.len() < k.key.len() {
-        data["record"] = json!(String::from_utf8_lossy(&k.key[base.len() + 1..]));
+    if let Some(name) = record {
+        data["record"] = json!(String::from_utf8_lossy(name));
     }
     match object {
         Some(o) => {

@@ -47,6 +47,20 @@ pub use error::{ConflictKey, Error, LockHolder, Result};
 pub use feed::{Change, ChangedKey, Cursor, Feed};
 pub use format::Origin;
 pub use hamt::{group_base, in_group};
+
+/// The document or operation log a record key belongs to, and the record's
+/// name: `Some((base, name))` for `base\0name` when `name` has the form of
+/// a document revision (`NNNNNNNNNNNNNNNNNNNN-hash`) or of an operation
+/// (`tttttttttttttttt.node.sha`); `None` for any other key, including a
+/// plain key that happens to hold a zero byte.
+pub fn split_record(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let base = group_base(key);
+    let name = key.get(base.len() + 1..)?;
+    let revision = name.len() > 21 && name[..20].iter().all(u8::is_ascii_digit) && name[20] == b'-';
+    let operation =
+        name.len() > 17 && name[..16].iter().all(u8::is_ascii_hexdigit) && name[16] == b'.';
+    (revision || operation).then_some((base, name))
+}
 pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
 pub use metadata::{

@@ -674,3 +674,17 @@ fn groups_and_changes_since() {
     let snap = again.snapshot().expect("ok");
     assert!(snap.changed_since(before).is_none());
 }
+
+/// Only keys shaped like a document revision's or an operation's record
+/// count as records; a plain key holding a zero byte does not.
+#[test]
+fn split_record_knows_records_from_plain_keys() {
+    use chorus_store::split_record;
+    let rev = b"doc\x0000000000000000000002-abcdef".as_slice();
+    assert_eq!(split_record(rev), Some((&b"doc"[..], &rev[4..])));
+    let op = b"path\x0001a23b593ee50000.d448.88f0".as_slice();
+    assert_eq!(split_record(op), Some((&b"path"[..], &op[5..])));
+    assert_eq!(split_record(b"plain\x00key"), None);
+    assert_eq!(split_record(b"plain"), None);
+    assert_eq!(split_record(b"doc\x00"), None);
+}
