@@ -42,6 +42,11 @@ pub const RECORD_PREFIX: &[u8] = br#"{"oprec""#;
 /// Most bytes of a node id in an operation (Chorus's are 32 hex digits).
 const MAX_NODE_BYTES: usize = 64;
 
+/// Most bytes of a record besides its payload: the field names, the type
+/// (64), a timestamp, the node (64, escaped at most 6 bytes each) and
+/// the sha (64).
+const RECORD_OVERHEAD_MAX: usize = 1024;
+
 /// Most bytes of an operation's payload, as JSON.
 pub const MAX_PAYLOAD_BYTES: usize = 64 << 10;
 
@@ -132,10 +137,18 @@ impl Op {
     }
 
     /// Reads what [`Op::encode_record`] wrote and checks it: a valid type,
-    /// a node id, a payload within [`MAX_PAYLOAD_BYTES`], and a sha that is the hash of the rest (a
+    /// a node id, a record within [`MAX_PAYLOAD_BYTES`] plus its fields, and a sha that is the hash of the rest (a
     /// record cannot claim another operation's identity).
     pub fn decode_record(bytes: &[u8]) -> Result<(String, Op), OpError> {
         let bad = |why: &str| OpError::Invalid(format!("an operation record is malformed: {why}"));
+        // The payload is most of a record: bounding the record bounds it
+        // without writing it out again.
+        if bytes.len() > MAX_PAYLOAD_BYTES + RECORD_OVERHEAD_MAX {
+            return Err(bad(&format!(
+                "it is {} bytes; a payload is at most {MAX_PAYLOAD_BYTES}",
+                bytes.len()
+            )));
+        }
         let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
         if v.get("oprec") != Some(&Value::from(1)) {
             return Err(bad("unknown version (expected \"oprec\": 1)"));
@@ -154,12 +167,6 @@ impl Op {
             return Err(bad(
                 "the node is not a node id (1 to 64 bytes, no control characters)",
             ));
-        }
-        let size = op.payload.to_string().len();
-        if size > MAX_PAYLOAD_BYTES {
-            return Err(bad(&format!(
-                "the payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}"
-            )));
         }
         if op_sha(kind, op.timestamp, &op.node, &op.payload) != op.sha {
             return Err(bad("its sha is not the hash of its content"));

@@ -188,6 +188,14 @@ fn forged_and_malformed_records_are_refused_and_ignored() {
     .expect("merge");
     assert_eq!(ops.get(&fp(), "c").expect("get"), json!(5));
     assert_eq!(replayed(&m, "c"), json!(5));
+    // Oversized: a payload past the limit, whatever its sha.
+    let big = Op::new("counter", 1 << 40, "aa", json!("x".repeat(70 << 10)));
+    let err = chorus_store::oplog::validate_record(
+        &chorus_store::oplog::record_key(b"c", &big),
+        &object(&big.encode_record("counter")),
+    )
+    .expect_err("oversized");
+    assert!(err.to_string().contains("at most"), "{err}");
     // A key that is not a record passes.
     chorus_store::oplog::validate_record(b"c", &object(b"anything")).expect("not a record");
 }
