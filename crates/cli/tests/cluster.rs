@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Node, chorus, free_port};
+use common::{Node, chorus, free_port, metric};
 
 /// A plaintext node exchanging every second.
 fn serve(dir: &Path, port: u16, join: Option<u16>) -> Node {
@@ -536,19 +536,6 @@ fn operation_logs_pushed_offline_and_while_apart_merge_and_count_every_op_once()
     both("app/c", "n", serde_json::json!(3355));
 }
 
-/// `chorus_NAME VALUE` from a node's /metrics.
-fn metric(http: u16, name: &str) -> f64 {
-    let out = std::process::Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{http}/metrics")])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("chorus_{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no chorus_{name} in the metrics: {text}"))
-}
-
 /// The seed's scenario at small scale: a hundred writer processes on
 /// three nodes give one document conflicting revisions; every node ends
 /// with the same winner and conflicts; a new revision on top of the
@@ -622,7 +609,7 @@ fn a_hundred_writers_on_three_nodes_agree_and_a_new_revision_sends_only_itself()
     // and its parent's body-less record each), whatever the number of
     // conflicts (the whole tree would be about 100 revisions).
     std::thread::sleep(Duration::from_secs(3));
-    let before = metric(http[0], "peer_bytes_sent_total");
+    let before = metric(http[0], "peer_bytes_sent_total") as f64;
     let mut next = winner.clone();
     next["n"] = serde_json::json!(1000);
     if let Some(m) = next.as_object_mut() {
@@ -635,7 +622,7 @@ fn a_hundred_writers_on_three_nodes_agree_and_a_new_revision_sends_only_itself()
             doc(d.path(), &["get", "wiki", "page"])["_rev"] == rev.as_str()
         });
     }
-    let sent = metric(http[0], "peer_bytes_sent_total") - before;
+    let sent = metric(http[0], "peer_bytes_sent_total") as f64 - before;
     let revision_bytes = next.to_string().len() as f64;
     eprintln!("one revision of {revision_bytes} bytes: node 0 sent {sent} bytes to its peers");
     assert!(

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{CHORUS, Node, chorus, free_port, wait_until};
+use common::{CHORUS, Node, chorus, free_port, metric, wait_until};
 
 /// Starts a node with the broker on `router` (and events on `publish`).
 fn serve_zmq(dir: &Path, router: &str, publish: Option<&str>) -> (Node, u16) {
@@ -49,18 +49,6 @@ fn dealer(context: &zmq::Context, endpoint: &str) -> zmq::Socket {
     s.set_rcvtimeo(5000).expect("timeout");
     s.connect(endpoint).expect("connect");
     s
-}
-
-fn metric(http: u16, name: &str) -> u64 {
-    let out = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{http}/metrics")])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("chorus_{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 #[test]

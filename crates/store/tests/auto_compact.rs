@@ -178,29 +178,30 @@ fn fault_store(dir: &Path, retry_after: Duration) -> (Store, Faults) {
     (store, faults)
 }
 
+/// Commits until one triggers a compaction that fails: each commit's own
+/// sync passes and every sync after it fails, as on a disk with no room
+/// for a new generation. Returns how many commits it made.
+fn until_a_compaction_fails(store: &Store, faults: &Faults, model: &mut Model) -> u64 {
+    let mut i = 0u64;
+    while store.write_stats().auto_compaction_failures == 0 {
+        faults.set(FaultPlan {
+            fail_sync_after: Some(1),
+            ..FaultPlan::default()
+        });
+        put(store, model, &format!("k{}", i % 20), &i.to_le_bytes());
+        i += 1;
+        assert!(i < 10_000, "no compaction was ever attempted");
+    }
+    i
+}
+
 #[test]
 fn a_failing_sync_during_auto_compaction_fails_no_commit_and_is_retried() {
     let dir = tempfile::tempdir().expect("tempdir");
     let retry_after = Duration::from_millis(300);
     let (store, faults) = fault_store(dir.path(), retry_after);
     let mut model = Model::new();
-    let mut i = 0u64;
-    // Let each commit's own sync pass and fail every sync after it, until
-    // a commit triggers a compaction.
-    while store.write_stats().auto_compaction_failures == 0 {
-        faults.set(FaultPlan {
-            fail_sync_after: Some(1),
-            ..FaultPlan::default()
-        });
-        put(
-            &store,
-            &mut model,
-            &format!("k{}", i % 20),
-            &i.to_le_bytes(),
-        );
-        i += 1;
-        assert!(i < 10_000, "no compaction was ever attempted");
-    }
+    let mut i = until_a_compaction_fails(&store, &faults, &mut model);
     faults.clear();
     assert!(faults.counts().syncs_failed > 0);
     let status = store.status().expect("status");
@@ -256,10 +257,8 @@ fn a_full_disk_backs_off_instead_of_compacting_at_every_commit() {
     let retry_after = Duration::from_secs(60);
     let (store, faults) = fault_store(dir.path(), retry_after);
     let mut model = Model::new();
-    let mut i = 0u64;
-    while store.write_stats().auto_compaction_failures == 0 {
-        // Each commit's own sync works; the compaction's fails, as on a
-        // disk that has no room for a new generation.
+    let first = until_a_compaction_fails(&store, &faults, &mut model);
+    for i in first..first + 200 {
         faults.set(FaultPlan {
             fail_sync_after: Some(1),
             ..FaultPlan::default()
@@ -270,21 +269,6 @@ fn a_full_disk_backs_off_instead_of_compacting_at_every_commit() {
             &format!("k{}", i % 20),
             &i.to_le_bytes(),
         );
-        i += 1;
-        assert!(i < 10_000, "no compaction was ever attempted");
-    }
-    for _ in 0..200 {
-        faults.set(FaultPlan {
-            fail_sync_after: Some(1),
-            ..FaultPlan::default()
-        });
-        put(
-            &store,
-            &mut model,
-            &format!("k{}", i % 20),
-            &i.to_le_bytes(),
-        );
-        i += 1;
     }
     assert_eq!(
         store.write_stats().auto_compaction_failures,

@@ -144,8 +144,7 @@ proptest! {
 
     #[test]
     fn every_host_agrees_with_a_tree_built_from_its_records(ops in proptest::collection::vec(op(), 1..30)) {
-        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
-        let metas: Vec<Metadata> = dirs.iter().map(|d| meta(d.path())).collect();
+        let (_dirs, metas) = common::nodes(3);
         let docs: Vec<Docs> = metas
             .iter()
             .map(|m| Docs::open(m, "wiki").expect("store").with_revs_limit(LIMIT))

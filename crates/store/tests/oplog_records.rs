@@ -65,8 +65,7 @@ proptest! {
     /// replay, and after everyone has everything all nodes agree.
     #[test]
     fn the_kept_value_equals_a_full_replay(actions in proptest::collection::vec(action(), 1..40)) {
-        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
-        let metas: Vec<Metadata> = dirs.iter().map(|d| meta(d.path())).collect();
+        let (_dirs, metas) = common::nodes(3);
         let kept: Vec<Oplogs> = metas.iter().map(Oplogs::new).collect();
         for a in actions {
             match a {

@@ -60,6 +60,20 @@ pub(crate) fn chorus(dir: &Path, args: &[&str]) -> Output {
         .expect("run chorus")
 }
 
+/// The counter `chorus_NAME` from the /metrics of the node whose API is on
+/// `http` (read with curl).
+pub(crate) fn metric(http: u16, name: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{http}/metrics")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("chorus_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no chorus_{name} in /metrics:\n{text}"))
+}
+
 /// Waits until `done`, failing the test after `limit`.
 #[track_caller]
 pub(crate) fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {

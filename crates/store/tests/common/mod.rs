@@ -26,6 +26,14 @@ pub fn meta(dir: &Path) -> Metadata {
     Metadata::new(open(dir))
 }
 
+/// `n` stores in fresh temporary directories (kept while the first half
+/// of the pair lives), as the nodes of a simulated cluster.
+pub fn nodes(n: usize) -> (Vec<tempfile::TempDir>, Vec<Metadata>) {
+    let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    let metas = dirs.iter().map(|d| meta(d.path())).collect();
+    (dirs, metas)
+}
+
 /// Copies every object of `fp` from one node's store to another's, as
 /// replication would deliver them (merged as coming from a peer).
 pub fn ship(from: &Metadata, to: &Metadata, fp: &FullPrefix) {
