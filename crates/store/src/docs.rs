@@ -353,7 +353,7 @@ impl Docs {
         let snap = self.meta.store().snapshot()?;
         let ids: BTreeSet<Vec<u8>> = snap
             .iter_prefix(&self.fp)
-            .map(|(k, _)| base_of(k.as_bytes()).to_vec())
+            .map(|(k, _)| crate::group_base(k.as_bytes()).to_vec())
             .collect();
         let mut out = Vec::with_capacity(ids.len());
         for key in ids {
@@ -595,16 +595,11 @@ impl Record {
 /// gives. Other keys pass. A parent need not be known here (it may have
 /// been dropped by the revs limit, or arrive later).
 pub fn validate_record(key: &[u8], object: &chorus_core::object::Object) -> Result<()> {
-    let base = base_of(key);
-    if base.len() == key.len() {
+    let Some((base, _)) =
+        crate::split_record(key).filter(|(_, name)| crate::names_a_revision(name))
+    else {
         return Ok(());
-    }
-    let suffix = &key[base.len() + 1..];
-    let names_a_revision =
-        suffix.len() > 21 && suffix[..20].iter().all(u8::is_ascii_digit) && suffix[20] == b'-';
-    if !names_a_revision {
-        return Ok(());
-    }
+    };
     let shown = String::from_utf8_lossy(&key[..key.len().min(80)]).replace('\0', "\\0");
     let bad = |why: String| {
         Error::InvalidInput(format!(
@@ -646,11 +641,6 @@ fn record_key(id: &[u8], rev: &Rev) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(format!("{:020}-{}", rev.n, rev.hash).as_bytes());
     key
-}
-
-/// The document id a key belongs to: its bytes before the first zero.
-fn base_of(key: &[u8]) -> &[u8] {
-    key.split(|b| *b == 0).next().unwrap_or(key)
 }
 
 /// The merged record stored under `key` (its live siblings: the body goes
@@ -803,7 +793,7 @@ impl CacheState {
         let mut todo: Vec<(FullPrefix, Vec<u8>, Vec<u8>)> = Vec::new();
         for (_, fp, key) in changed {
             let key = key.as_bytes();
-            let base = base_of(key);
+            let base = crate::group_base(key);
             if self.docs.contains_key(&(fp.clone(), base.to_vec())) {
                 todo.push((fp.clone(), base.to_vec(), key.to_vec()));
             }

@@ -47,20 +47,6 @@ pub use error::{ConflictKey, Error, LockHolder, Result};
 pub use feed::{Change, ChangedKey, Cursor, Feed};
 pub use format::Origin;
 pub use hamt::{group_base, in_group};
-
-/// The document or operation log a record key belongs to, and the record's
-/// name: `Some((base, name))` for `base\0name` when `name` has the form of
-/// a document revision (`NNNNNNNNNNNNNNNNNNNN-hash`) or of an operation
-/// (`tttttttttttttttt.node.sha`); `None` for any other key, including a
-/// plain key that happens to hold a zero byte.
-pub fn split_record(key: &[u8]) -> Option<(&[u8], &[u8])> {
-    let base = group_base(key);
-    let name = key.get(base.len() + 1..)?;
-    let revision = name.len() > 21 && name[..20].iter().all(u8::is_ascii_digit) && name[20] == b'-';
-    let operation =
-        name.len() > 17 && name[..16].iter().all(u8::is_ascii_hexdigit) && name[16] == b'.';
-    (revision || operation).then_some((base, name))
-}
 pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
 pub use metadata::{
@@ -77,3 +63,26 @@ pub use tools::{CheckReport, Finding, RepairReport, check, repair};
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The document or operation log a record key belongs to, and the record's
+/// name: `Some((base, name))` for `base\0name` when `name` has the form of
+/// a document revision ([`names_a_revision`]) or of an operation
+/// ([`names_an_operation`]); `None` for any other key, including a plain
+/// key that happens to hold a zero byte.
+pub fn split_record(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let base = group_base(key);
+    let name = key.get(base.len() + 1..)?;
+    (names_a_revision(name) || names_an_operation(name)).then_some((base, name))
+}
+
+/// True when a record's name has a document revision's form
+/// (`NNNNNNNNNNNNNNNNNNNN-hash`: N padded to 20 digits).
+pub fn names_a_revision(name: &[u8]) -> bool {
+    name.len() > 21 && name[..20].iter().all(u8::is_ascii_digit) && name[20] == b'-'
+}
+
+/// True when a record's name has an operation's form
+/// (`tttttttttttttttt.node.sha`: the timestamp as 16 hex digits).
+pub fn names_an_operation(name: &[u8]) -> bool {
+    name.len() > 17 && name[..16].iter().all(u8::is_ascii_hexdigit) && name[16] == b'.'
+}
