@@ -625,7 +625,7 @@ impl Oplogs {
 
     /// The value of a path folded from its checkpoint and records.
     fn fold(&self, snap: &Snapshot, fp: &FullPrefix, path: &str) -> Result<PathState> {
-        let (view, inline) = read_log_inline(snap, fp, path.as_bytes())?;
+        let LogRead { view, inline, .. } = read_log_inline(snap, fp, path.as_bytes())?;
         let log = &view.log;
         let mut p = PathState {
             seq: snap.seq(),
@@ -674,42 +674,45 @@ impl Oplogs {
         let this = self.clone();
         let outright = self.prunes_alone()?;
         let (_, n) = self.meta.store().update_returning(move |snap: &Snapshot| {
-            let (mut view, inline) = read_log_inline(snap, &fp, &key)?;
+            let LogRead {
+                mut view,
+                inline,
+                folded,
+            } = read_log_inline(snap, &fp, &key)?;
             if view.log.kind().is_empty() {
                 return Ok((vec![], 0));
             }
             let reducer = this.reducer(view.log.kind())?;
             // At most FOLD_PER_COMMIT_MAX operations in this commit.
-            let bound = view
+            let folding: Vec<(OpKey, String)> = view
                 .log
                 .ops()
                 .take_while(|op| op.key() <= upto)
                 .take(FOLD_PER_COMMIT_MAX)
-                .last()
-                .map(Op::key);
-            let Some(bound) = bound else {
+                .map(|op| (op.key(), op.sha.clone()))
+                .collect();
+            let Some((bound, _)) = folding.last().cloned() else {
                 return Ok((vec![], 0));
             };
             let n = view.log.prune(&bound, &*reducer)?;
             let mut writes = Vec::new();
             let head = new_object_bytes(snap, &fp, &key, view.log.encode_head(), &writer)?;
             writes.push(Write::put(&fp, &key, &head));
-            let checkpoint = view.log.checkpoint().cloned();
-            // Records the checkpoint folded, or that are late under it,
-            // are deleted; the late ones are recorded first.
+            // The records of the operations folded now or before, and of
+            // those that are late (recorded as reports below), are
+            // deleted: their keys name their shas, so nothing is decoded
+            // again.
+            let gone: HashSet<&str> = folding
+                .iter()
+                .map(|(_, sha)| sha.as_str())
+                .chain(folded.iter().map(String::as_str))
+                .chain(view.late.iter().map(|op| op.sha.as_str()))
+                .collect();
             for (k, _) in snap.group(&fp, &key) {
-                if k.as_bytes() == key.as_slice() {
+                if k.as_bytes() == key.as_slice()
+                    || !record_sha(k).is_some_and(|s| gone.contains(s))
+                {
                     continue;
-                }
-                let Record::Op(kind, op) = read_record(snap, &fp, k) else {
-                    continue;
-                };
-                let stands = standing(checkpoint.as_ref(), &op);
-                if kind == view.log.kind() && stands == Standing::Applies {
-                    continue;
-                }
-                if stands == Standing::Late || kind != view.log.kind() {
-                    view.late.push(op);
                 }
                 writes.push(if outright {
                     Write::delete(&fp, k)
@@ -808,7 +811,15 @@ impl Oplogs {
     pub fn log(&self, fp: &FullPrefix, path: &str) -> Result<LogView> {
         validate_path(path)?;
         let snap = self.meta.store().snapshot()?;
-        Ok(read_log_inline(&snap, fp, path.as_bytes())?.0)
+        let mut view = read_log_inline(&snap, fp, path.as_bytes())?.view;
+        // Reports of late operations whose records a prune deleted.
+        for op in recorded_late(&snap, fp, path.as_bytes())? {
+            if !view.late.iter().any(|l| l.sha == op.sha) {
+                view.late.push(op);
+            }
+        }
+        view.late.sort_by_key(Op::key);
+        Ok(view)
     }
 }
 
@@ -892,7 +903,7 @@ fn convert_inline(
     key: &[u8],
     writer: &Writer,
 ) -> Result<Vec<Write>> {
-    let (view, _) = read_log_inline(snap, fp, key)?;
+    let view = read_log_inline(snap, fp, key)?.view;
     let kind = view.log.kind().to_string();
     let mut writes = Vec::new();
     let head = new_object_bytes(snap, fp, key, view.log.encode_head(), writer)?;
@@ -995,16 +1006,26 @@ fn recorded_late(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<Vec<Op>
     Ok(out)
 }
 
+/// What [`read_log_inline`] read of a log.
+struct LogRead {
+    /// The merged log, with the late operations met now (not those
+    /// recorded earlier under `$oplogs/late`: [`Oplogs::log`] adds them).
+    view: LogView,
+    /// A head held inline operations (format version 1).
+    inline: bool,
+    /// Shas of records the checkpoint already folded.
+    folded: Vec<String>,
+}
+
 /// The merged log at `key`: the heads in every sibling of the key, then
-/// every record of its group, with the late operations met now and those
-/// recorded earlier; and whether a head held inline operations (format
-/// version 1).
-fn read_log_inline(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<(LogView, bool)> {
+/// every record of its group.
+fn read_log_inline(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<LogRead> {
     let mut view = LogView {
         log: OpLog::default(),
         late: Vec::new(),
     };
     let mut inline = false;
+    let mut folded = Vec::new();
     let bad = |e: &dyn std::fmt::Display| {
         Error::InvalidInput(format!(
             "{fp}/{} is not an operation log: {e}",
@@ -1031,20 +1052,23 @@ fn read_log_inline(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<(LogV
         if view.log.kind().is_empty() {
             view.log = OpLog::new(&kind);
         }
-        if kind == view.log.kind() {
-            view.late.extend(view.log.push(op));
+        if kind != view.log.kind() {
+            view.late.push(op);
+        } else if standing(view.log.checkpoint(), &op) == Standing::Folded {
+            // Already in the checkpoint: a record a prune did not delete
+            // here (a peer's copy that arrived after it).
+            folded.push(op.sha);
         } else {
-            view.late.push(op);
-        }
-    }
-    for op in recorded_late(snap, fp, key)? {
-        if !view.late.iter().any(|l| l.sha == op.sha) {
-            view.late.push(op);
+            view.late.extend(view.log.push(op));
         }
     }
     view.late.sort_by_key(Op::key);
     view.late.dedup_by(|a, b| a.sha == b.sha);
-    Ok((view, inline))
+    Ok(LogRead {
+        view,
+        inline,
+        folded,
+    })
 }
 
 /// A path: 1 to 1,024 bytes, no control characters.

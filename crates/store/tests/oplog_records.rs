@@ -325,3 +325,54 @@ fn records_that_arrive_before_their_head_are_counted() {
         json!(7)
     );
 }
+
+/// A record that comes back from a peer after its operation was folded
+/// (the peer had not pruned) is ignored by reads and deleted by the next
+/// prune.
+#[test]
+fn a_folded_record_that_comes_back_is_deleted_by_the_next_prune() {
+    let (_dirs, metas) = common::nodes(2);
+    let (a, b) = (Oplogs::new(&metas[0]), Oplogs::new(&metas[1]));
+    for _ in 0..10 {
+        a.push(&fp(), "c", "counter", json!(1)).expect("push");
+    }
+    ship(&metas[0], &metas[1], &fp());
+    let last = a
+        .log(&fp(), "c")
+        .expect("log")
+        .log
+        .ops()
+        .last()
+        .expect("op")
+        .key();
+    assert_eq!(a.prune(&fp(), "c", &last).expect("prune"), 10);
+    let records = |m: &Metadata| {
+        m.store()
+            .snapshot()
+            .expect("snap")
+            .group(&fp(), b"c")
+            .count()
+            - 1
+    };
+    assert_eq!(records(&metas[0]), 0);
+    ship(&metas[1], &metas[0], &fp());
+    assert_eq!(records(&metas[0]), 10, "the peer's copies are back");
+    assert_eq!(
+        a.get(&fp(), "c").expect("get"),
+        json!(10),
+        "and not counted twice"
+    );
+    a.push(&fp(), "c", "counter", json!(1)).expect("push");
+    let last = a
+        .log(&fp(), "c")
+        .expect("log")
+        .log
+        .ops()
+        .last()
+        .expect("op")
+        .key();
+    assert_eq!(a.prune(&fp(), "c", &last).expect("prune"), 1);
+    assert_eq!(records(&metas[0]), 0, "the stale copies went with it");
+    assert_eq!(a.get(&fp(), "c").expect("get"), json!(11));
+    assert_eq!(replayed(&metas[0], "c"), json!(11));
+}
