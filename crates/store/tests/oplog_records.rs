@@ -332,7 +332,7 @@ fn records_that_arrive_before_their_head_are_counted() {
 #[test]
 fn a_folded_record_that_comes_back_is_deleted_by_the_next_prune() {
     let (_dirs, metas) = common::nodes(2);
-    let (a, b) = (Oplogs::new(&metas[0]), Oplogs::new(&metas[1]));
+    let a = Oplogs::new(&metas[0]);
     for _ in 0..10 {
         a.push(&fp(), "c", "counter", json!(1)).expect("push");
     }
