@@ -741,7 +741,9 @@ impl Oplogs {
     /// [`Oplogs::prune`] of every operation older than `grace` (by its
     /// timestamp): the rule for a node with no peers.
     pub fn prune_older_than(&self, fp: &FullPrefix, path: &str, grace: Duration) -> Result<usize> {
-        let view = self.log(fp, path)?;
+        validate_path(path)?;
+        let snap = self.meta.store().snapshot()?;
+        let view = read_log_inline(&snap, fp, path.as_bytes())?.view;
         let cutoff_ms = now_ms().saturating_sub(grace.as_millis() as u64);
         let upto = view
             .log
