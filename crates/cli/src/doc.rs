@@ -136,12 +136,14 @@ pub(crate) fn run(cli: &Cli, command: &DocCommand) -> Result<(), Failure> {
         }
         DocCommand::Delete(a) => docs(cli, &a.store)?.delete(&a.id, &a.rev)?.to_json(),
         DocCommand::Resolve(a) => docs(cli, &a.store)?.resolve(&a.id, &a.rev)?.to_json(),
-        DocCommand::Conflicts(a) if a.limit.is_some() => {
-            let limit = a.limit.unwrap_or_default();
-            docs(cli, &a.store)?
-                .conflicts_page(&a.id, limit, a.after.as_deref())?
-                .to_json(&a.id)
-        }
+        DocCommand::Conflicts(ConflictsArgs {
+            store,
+            id,
+            limit: Some(limit),
+            after,
+        }) => docs(cli, store)?
+            .conflicts_page(id, *limit, after.as_deref())?
+            .to_json(id),
         DocCommand::Conflicts(a) => {
             let groups = docs(cli, &a.store)?.conflicts(&a.id)?;
             Value::Array(

@@ -617,7 +617,7 @@ fn execute(api: &Api, r: &Request) -> Result<Value, ApiError> {
         }
         "doc.conflicts" if r.body.get("limit").is_some_and(|v| !v.is_null()) => {
             let limit = match r.body.get("limit") {
-                Some(Value::Number(n)) if n.as_u64().is_some() => {
+                Some(Value::Number(n)) if n.is_u64() => {
                     usize::try_from(n.as_u64().unwrap_or_default()).unwrap_or(usize::MAX)
                 }
                 other => {
@@ -636,9 +636,10 @@ fn execute(api: &Api, r: &Request) -> Result<Value, ApiError> {
         }
         "doc.conflicts" => {
             if r.opt_str("after")?.is_some() {
-                return Err(ApiError::bad(
-                    "\"after\" pages conflicts: pass \"limit\" too (1 to 10000)",
-                ));
+                return Err(ApiError::bad(format!(
+                    "\"after\" pages conflicts: pass \"limit\" too (1 to {})",
+                    chorus_store::docs::MAX_CONFLICTS_PAGE
+                )));
             }
             let groups = r.docs(api)?.conflicts(r.str("doc_id")?)?;
             let groups: Vec<Vec<String>> = groups

@@ -201,9 +201,10 @@ async fn conflicts(
         return Ok(axum::Json(page.to_json(&id)).into_response());
     }
     if q.after.is_some() {
-        return Err(ApiError::bad(
-            "after= pages conflicts: pass limit= too (1 to 10000)",
-        ));
+        return Err(ApiError::bad(format!(
+            "after= pages conflicts: pass limit= too (1 to {})",
+            chorus_store::docs::MAX_CONFLICTS_PAGE
+        )));
     }
     let groups = tokio::task::block_in_place(|| d.conflicts(&id))?;
     record(&api, false, started);
