@@ -126,6 +126,7 @@ fn get_bench(cfg: &Cfg) -> Res<(Vec<Row>, serde_json::Value)> {
             PutValue::Bytes(value(1_000_000 + s)),
             &PutOptions {
                 context: Some(Vec::new()),
+                ..Default::default()
             },
         )?;
     }

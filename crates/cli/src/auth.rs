@@ -6,9 +6,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use chorus_node::auth::{
-    Auth, AuthError, AuthErrorKind, Grant, TokenAccess, utc, validate_id, validate_user,
-};
+use chorus_node::auth::{Auth, AuthError, Grant, TokenAccess, utc, validate_id, validate_user};
 use chorus_store::Metadata;
 use clap::Subcommand;
 use serde_json::json;
@@ -86,19 +84,7 @@ pub(crate) enum TokenCommand {
 
 impl From<AuthError> for Failure {
     fn from(e: AuthError) -> Self {
-        let code = match e.kind {
-            AuthErrorKind::NotFound | AuthErrorKind::Disabled => 1,
-            AuthErrorKind::Exists => 3,
-            AuthErrorKind::Storage => 4,
-            AuthErrorKind::Busy => 5,
-            AuthErrorKind::Missing
-            | AuthErrorKind::Invalid
-            | AuthErrorKind::Expired
-            | AuthErrorKind::Revoked
-            | AuthErrorKind::BadCredentials
-            | AuthErrorKind::Forbidden
-            | AuthErrorKind::BadInput => 2,
-        };
+        let code = chorus_node::error::Kind::of_auth(e.kind).exit_code();
         Failure {
             code,
             message: e.message,

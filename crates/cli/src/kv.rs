@@ -219,7 +219,10 @@ pub(crate) fn put(cli: &Cli, a: &PutArgs) -> Result<(), Failure> {
         &fp,
         a.key.as_bytes(),
         PutValue::Bytes(value),
-        &PutOptions { context },
+        &PutOptions {
+            context,
+            ..Default::default()
+        },
     )?;
     emit(
         cli,
@@ -242,7 +245,14 @@ pub(crate) fn del(cli: &Cli, a: &DelArgs) -> Result<(), Failure> {
             a.key
         )));
     }
-    let info = meta.delete(&fp, a.key.as_bytes(), &PutOptions { context })?;
+    let info = meta.delete(
+        &fp,
+        a.key.as_bytes(),
+        &PutOptions {
+            context,
+            ..Default::default()
+        },
+    )?;
     emit(
         cli,
         json!({"full_prefix": fp.to_string(), "key": a.key, "deleted": true, "seq": info.seq}),
@@ -289,6 +299,7 @@ pub(crate) fn resolve(cli: &Cli, a: &ResolveArgs) -> Result<(), Failure> {
         value,
         &PutOptions {
             context: Some(read.context),
+            ..Default::default()
         },
     )?;
     emit(

@@ -165,13 +165,7 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        let code = match &e {
-            Error::NotInitialized { .. } | Error::NotFound(_) => 1,
-            Error::InvalidInput(_) | Error::NetworkFilesystem { .. } => 2,
-            Error::WriteConflict { .. } | Error::Conflict(_) => 3,
-            Error::Corruption { .. } | Error::Io { .. } | Error::Poisoned(_) => 4,
-            Error::LockTimeout { .. } => 5,
-        };
+        let code = chorus_node::error::Kind::of_store(&e).exit_code();
         Failure {
             code,
             message: e.to_string(),

@@ -404,23 +404,23 @@ fn writes_record_their_token_and_neither_the_audit_log_nor_output_holds_a_secret
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert!(
-        lines.iter().any(|l| l["op"] == "kv.put"
+        lines.iter().any(|l| l["op"] == "put"
             && l["token"] == id.as_str()
             && l["user"] == "bob"
             && l["outcome"] == "ok"
-            && l["target"] == "/v1/kv/app/cfg/color"),
+            && l["target"] == "app/cfg"),
         "{audit}"
     );
     assert!(
         lines
             .iter()
-            .any(|l| l["op"] == "docs.post" && l["token"] == id.as_str()),
+            .any(|l| l["op"] == "doc.create" && l["token"] == id.as_str()),
         "{audit}"
     );
     assert!(
         lines
             .iter()
-            .any(|l| l["op"] == "kv.put" && l["outcome"] == "refused" && l["status"] == 401),
+            .any(|l| l["op"] == "put" && l["outcome"] == "refused" && l["status"] == 401),
         "{audit}"
     );
     for secret in [SECRET, &session, &token] {

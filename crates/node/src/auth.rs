@@ -341,6 +341,7 @@ impl Auth {
             PutValue::Bytes(key.to_vec()),
             &PutOptions {
                 context: Some(context),
+                ..Default::default()
             },
         )?;
         Ok(())
@@ -732,6 +733,7 @@ impl Auth {
             PutValue::Bytes(bytes),
             &PutOptions {
                 context: Some(context),
+                ..Default::default()
             },
         )?;
         Ok(())
@@ -999,6 +1001,7 @@ mod tests {
                 PutValue::Bytes(vec![3; KEY_BYTES]),
                 &PutOptions {
                     context: Some(Object::empty_context()),
+                    ..Default::default()
                 },
             )
             .expect("sibling");

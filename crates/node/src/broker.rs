@@ -29,18 +29,16 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chorus_core::FullPrefix;
 use chorus_core::object::context_from_string;
-use chorus_store::docs::Docs;
-use chorus_store::{
-    BatchPut, Cursor, Feed, GetOptions, IterOptions, Match, PutOptions, PutValue, Scope,
-};
+use chorus_store::{EventId, Match};
 use serde_json::{Value, json};
 
-use crate::auth::{Access, Grant};
-use crate::http::{Api, ApiError};
-use crate::json::read_json;
+use crate::auth::Grant;
+use crate::error::{ApiError, Kind};
+use crate::events::{Follower, Item, Scope, overflow_json};
+use crate::service::{Op, Page, Service, resolver};
 
-/// Largest request accepted (the HTTP API's body limit).
-const REQUEST_MAX: usize = crate::http::BODY_MAX;
+/// Largest request accepted (the same as an HTTP body).
+const REQUEST_MAX: usize = crate::service::REQUEST_MAX;
 /// Messages above this size make ZeroMQ drop the connection that sent
 /// them (a misbehaving peer); requests up to it get a clear error.
 const MESSAGE_MAX: i64 = 4 << 20;
@@ -48,12 +46,8 @@ const MESSAGE_MAX: i64 = 4 << 20;
 const FEED_POLL: Duration = Duration::from_millis(20);
 /// Feed batches published per loop turn at most.
 const FEED_ROUNDS: usize = 4;
-/// Commits read from the feed at a time.
-const FEED_BATCH: usize = 256;
 /// How often the socket thread looks for a stop request when idle.
 const STOP_POLL: Duration = Duration::from_millis(100);
-/// Key writes committed together at most (one append, one sync).
-const COMMIT_MAX: usize = 1024;
 /// Requests taken from the socket per loop turn before replies are sent.
 const DRAIN_MAX: usize = 512;
 
@@ -101,55 +95,6 @@ pub fn endpoint_is_local(endpoint: &str) -> Result<bool, String> {
     Err(format!(
         "{endpoint}: the broker serves tcp://IP:PORT or ipc://PATH endpoints"
     ))
-}
-
-/// The broker's counters, for /metrics.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    requests: AtomicU64,
-    writes: AtomicU64,
-    errors: AtomicU64,
-    in_flight: AtomicU64,
-    published: AtomicU64,
-}
-
-impl Stats {
-    /// (name, kind, help, value) for every counter and gauge.
-    pub(crate) fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 5] {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        [
-            (
-                "zmq_requests_total",
-                "counter",
-                "requests the ZeroMQ broker answered",
-                g(&self.requests),
-            ),
-            (
-                "zmq_writes_total",
-                "counter",
-                "of them, writes (group-committed: compare store_syncs_total)",
-                g(&self.writes),
-            ),
-            (
-                "zmq_errors_total",
-                "counter",
-                "requests answered with an error",
-                g(&self.errors),
-            ),
-            (
-                "zmq_in_flight",
-                "gauge",
-                "requests queued or running on the broker's workers",
-                g(&self.in_flight),
-            ),
-            (
-                "zmq_events_published_total",
-                "counter",
-                "change events sent on the PUB socket",
-                g(&self.published),
-            ),
-        ]
-    }
 }
 
 /// What the broker needs of its sockets; [`ZmqSockets`] is the real one.
@@ -298,27 +243,13 @@ impl ReplyPort for ZmqPort {
     }
 }
 
-/// A request taken off the socket: the envelope to answer to, and the
-/// parsed body (or why it could not be parsed).
+/// A request taken off the socket: the envelope to answer to, its id, and
+/// the operation with its grant (or why it was refused).
 struct Job {
     envelope: Vec<Vec<u8>>,
     id: Value,
-    request: Result<Request, ApiError>,
-    /// Who the request's token says it comes from (nobody with auth off).
-    grant: Grant,
-    /// The full prefix it reaches, for the audit log (empty for ping).
-    target: String,
-}
-
-/// A key write prepared on the socket thread for the committer.
-struct KvWrite {
-    envelope: Vec<Vec<u8>>,
-    id: Value,
-    put: BatchPut,
-    grant: Grant,
-    /// What the audit log names: the op and its target.
-    op: String,
-    target: String,
+    op: Result<(Op, Grant), ApiError>,
+    started: Instant,
 }
 
 /// A parsed request body.
@@ -334,10 +265,13 @@ impl Request {
         if bytes.len() > REQUEST_MAX {
             return (
                 Value::Null,
-                Err(ApiError::bad(format!(
-                    "the request is {} bytes, over the limit of {REQUEST_MAX}",
-                    bytes.len()
-                ))),
+                Err(ApiError::new(
+                    Kind::TooLarge,
+                    format!(
+                        "the request is {} bytes, over the limit of {REQUEST_MAX}",
+                        bytes.len()
+                    ),
+                )),
             );
         }
         let parsed: Value = match serde_json::from_slice(bytes) {
@@ -386,64 +320,6 @@ impl Request {
         (id, Ok(Request { op, token, body }))
     }
 
-    /// What the request reaches and how, for the token check; `None` for
-    /// `ping`, which reads nothing.
-    fn target(&self) -> Result<Option<(FullPrefix, Access)>, ApiError> {
-        let access = if self.is_write() {
-            Access::Write
-        } else {
-            Access::Read
-        };
-        if self.op == "ping" {
-            return Ok(None);
-        }
-        let fp = if self.op.starts_with("doc.") {
-            chorus_store::docs::store_prefix(self.str("store")?)?
-        } else {
-            self.full_prefix()?
-        };
-        Ok(Some((fp, access)))
-    }
-
-    /// Checks the token for this request (every request is granted, as
-    /// nobody, with auth off); a refusal is audited.
-    fn authorize(&self, api: &Api) -> Result<(Grant, String), ApiError> {
-        let Some((fp, access)) = self.target()? else {
-            return Ok((Grant::default(), String::new()));
-        };
-        let target = fp.to_string();
-        match api.auth.check(self.token.as_deref(), &fp, access) {
-            Ok(grant) => Ok((grant, target)),
-            Err(e) => {
-                api.auth
-                    .audit_refused(self.token.as_deref(), "zmq", &self.op, &target, &e);
-                Err(ApiError::from(e))
-            }
-        }
-    }
-
-    /// Answered on the socket thread: in-memory reads that take
-    /// microseconds. Everything else goes to a worker.
-    fn is_quick(&self) -> bool {
-        // Not doc.get or op.get: a document tree or a script reducer over
-        // a long log can take a while, and would hold up every client.
-        matches!(self.op.as_str(), "ping" | "get")
-    }
-
-    fn is_write(&self) -> bool {
-        matches!(
-            self.op.as_str(),
-            "put"
-                | "delete"
-                | "doc.create"
-                | "doc.update"
-                | "doc.upsert"
-                | "doc.delete"
-                | "doc.resolve"
-                | "op.push"
-        )
-    }
-
     fn str(&self, name: &str) -> Result<&str, ApiError> {
         match self.body.get(name) {
             Some(Value::String(s)) => Ok(s),
@@ -457,10 +333,14 @@ impl Request {
         }
     }
 
-    fn opt_str(&self, name: &str) -> Result<Option<&str>, ApiError> {
+    fn string(&self, name: &str) -> Result<String, ApiError> {
+        self.str(name).map(str::to_string)
+    }
+
+    fn opt_string(&self, name: &str) -> Result<Option<String>, ApiError> {
         match self.body.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(_) => self.str(name).map(Some),
+            Some(_) => self.string(name).map(Some),
         }
     }
 
@@ -474,6 +354,16 @@ impl Request {
         }
     }
 
+    fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.body.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
+            Some(other) => Err(ApiError::bad(format!(
+                "\"{name}\" must be a whole number, not {other}"
+            ))),
+        }
+    }
+
     fn json(&self, name: &str) -> Result<Value, ApiError> {
         self.body.get(name).cloned().ok_or_else(|| {
             ApiError::bad(format!(
@@ -483,49 +373,12 @@ impl Request {
         })
     }
 
-    /// `prefix` and `sub` as a full prefix; reserved (`$`) names refused.
     fn full_prefix(&self) -> Result<FullPrefix, ApiError> {
-        let fp = FullPrefix::new(self.str("prefix")?, self.str("sub")?)?;
-        if fp.is_reserved() {
-            return Err(ApiError::bad(format!(
-                "{fp} is reserved for Chorus itself (names starting with '$')"
-            )));
-        }
-        Ok(fp)
+        Ok(FullPrefix::new(self.str("prefix")?, self.str("sub")?)?)
     }
 
-    fn docs(&self, api: &Api) -> Result<Docs, ApiError> {
-        Ok(Docs::open(&api.meta, self.str("store")?)?)
-    }
-
-    fn put_options(&self) -> Result<PutOptions, ApiError> {
-        let context = match self.opt_str("context")? {
-            None => None,
-            Some(text) => Some(context_from_string(text).map_err(|e| {
-                ApiError::bad(format!(
-                    "\"context\" is not a context ({e}): send the context a get returned"
-                ))
-            })?),
-        };
-        Ok(PutOptions { context })
-    }
-
-    /// A `put` or `delete` as one write of a group commit.
-    fn batch_put(&self) -> Result<BatchPut, ApiError> {
-        let fp = self.full_prefix()?;
-        let key = self.str("key")?.as_bytes().to_vec();
-        let value = if self.op == "put" {
-            PutValue::Bytes(self.value()?)
-        } else {
-            PutValue::Tombstone
-        };
-        Ok(BatchPut {
-            full_prefix: fp,
-            key,
-            value,
-            options: self.put_options()?,
-            meta: chorus_core::object::Meta::default(),
-        })
+    fn page(&self) -> Result<Page, ApiError> {
+        Page::new(self.number("limit")?, self.opt_string("after")?)
     }
 
     fn value(&self) -> Result<Vec<u8>, ApiError> {
@@ -542,186 +395,181 @@ impl Request {
             )),
         }
     }
-}
 
-/// Runs one request against the store.
-fn execute(api: &Api, r: &Request) -> Result<Value, ApiError> {
-    match r.op.as_str() {
-        "ping" => Ok(json!({"node": api.meta.store().node_id().to_string()})),
-        "get" => {
-            let fp = r.full_prefix()?;
-            let key = r.str("key")?;
-            let opts = GetOptions {
-                resolver: crate::http::resolver(r.opt_str("resolve")?)?,
-                ..GetOptions::default()
-            };
-            match api.meta.get(&fp, key.as_bytes(), &opts)? {
-                Some(read) => Ok(read_json(&read)),
-                None => Err(ApiError::not_found(format!(
-                    "{fp}/{key} is absent or deleted"
-                ))),
-            }
-        }
-        "put" | "delete" => {
-            let fp = r.full_prefix()?;
-            let key = r.str("key")?;
-            let value = if r.op == "put" {
-                PutValue::Bytes(r.value()?)
-            } else {
-                PutValue::Tombstone
-            };
-            let info = api
-                .meta
-                .put(&fp, key.as_bytes(), value, &r.put_options()?)?;
-            Ok(json!({"seq": info.seq}))
-        }
-        "list" => {
-            let fp = r.full_prefix()?;
-            let opts = IterOptions {
-                matching: r
-                    .opt_str("match")?
-                    .map_or(Match::All, |m| Match::Glob(m.to_string())),
-                ..IterOptions::default()
-            };
-            let items = api.meta.to_list(&Scope::FullPrefix(fp), &opts)?;
-            Ok(crate::json::list_json(&items))
-        }
-        "doc.create" => Ok(r.docs(api)?.create(r.json("doc")?)?.to_json()),
-        "doc.update" => Ok(r
-            .docs(api)?
-            .update(r.json("doc")?, r.flag("keep_both")?)?
-            .to_json()),
-        "doc.upsert" => Ok(r.docs(api)?.upsert(r.json("doc")?)?.to_json()),
-        "doc.delete" => Ok(r
-            .docs(api)?
-            .delete(r.str("doc_id")?, r.str("rev")?)?
-            .to_json()),
-        "doc.resolve" => Ok(r
-            .docs(api)?
-            .resolve(r.str("doc_id")?, r.str("rev")?)?
-            .to_json()),
-        "doc.get" => {
-            let d = r.docs(api)?;
-            let id = r.str("doc_id")?;
-            let doc = match (r.opt_str("rev")?, r.flag("conflicts")?) {
-                (Some(_), true) => {
+    /// The service operation this request asks for.
+    fn to_op(&self) -> Result<Op, ApiError> {
+        Ok(match self.op.as_str() {
+            "ping" => Op::Ping,
+            "get" => Op::Get {
+                fp: self.full_prefix()?,
+                key: self.string("key")?,
+                resolver: resolver(self.opt_string("resolve")?.as_deref())?,
+                allow_put: self.flag("allow_put")?,
+            },
+            "put" | "delete" => {
+                let context = match self.opt_string("context")? {
+                    None => None,
+                    Some(text) => Some(context_from_string(&text).map_err(|e| {
+                        ApiError::bad(format!(
+                            "\"context\" is not a context ({e}): send the context a get returned (a not_found carries the empty one)"
+                        ))
+                    })?),
+                };
+                let if_absent = self.flag("if_absent")?;
+                if if_absent && context.is_some() {
                     return Err(ApiError::bad(
-                        "\"rev\" and \"conflicts\": true cannot be combined: ask for one",
+                        "\"if_absent\" and \"context\" cannot be combined: a create has no context",
                     ));
                 }
-                (Some(rev), false) => d.get_rev(id, rev)?,
-                (None, true) => d.get_with_conflicts(id)?,
-                (None, false) => d.get(id)?,
-            };
-            Ok(json!({ "doc": doc }))
-        }
-        "doc.conflicts" if r.body.get("limit").is_some_and(|v| !v.is_null()) => {
-            let limit = match r.body.get("limit") {
-                Some(Value::Number(n)) if n.is_u64() => {
-                    usize::try_from(n.as_u64().unwrap_or_default()).unwrap_or(usize::MAX)
+                Op::Put {
+                    fp: self.full_prefix()?,
+                    key: self.string("key")?,
+                    value: if self.op == "put" {
+                        Some(self.value()?)
+                    } else {
+                        None
+                    },
+                    context,
+                    if_absent,
                 }
-                other => {
-                    return Err(ApiError::bad(format!(
-                        "\"limit\" must be a whole number from 1 to {}, not {}",
-                        chorus_store::docs::MAX_CONFLICTS_PAGE,
-                        other.cloned().unwrap_or(Value::Null)
-                    )));
+            }
+            "list" => Op::List {
+                fp: self.full_prefix()?,
+                matching: self.opt_string("match")?.map_or(Match::All, Match::Glob),
+                page: self.page()?,
+            },
+            "prefixes" => Op::Prefixes { page: self.page()? },
+            "subprefixes" => {
+                let prefix = self.string("prefix")?;
+                FullPrefix::new(&prefix, "x")?;
+                Op::Subprefixes {
+                    prefix,
+                    page: self.page()?,
                 }
-            };
-            let id = r.str("doc_id")?;
-            let page = r
-                .docs(api)?
-                .conflicts_page(id, limit, r.opt_str("after")?)?;
-            Ok(page.to_json(id))
-        }
-        "doc.conflicts" => {
-            if r.opt_str("after")?.is_some() {
+            }
+            "hash" => match self.opt_string("sub")? {
+                Some(_) => Op::Hash {
+                    fp: self.full_prefix()?,
+                },
+                None => {
+                    let prefix = self.string("prefix")?;
+                    FullPrefix::new(&prefix, "x")?;
+                    Op::HashPrefix { prefix }
+                }
+            },
+            "doc.create" => Op::DocCreate {
+                store: self.string("store")?,
+                doc: self.json("doc")?,
+            },
+            "doc.update" => Op::DocUpdate {
+                store: self.string("store")?,
+                doc: self.json("doc")?,
+                keep_both: self.flag("keep_both")?,
+            },
+            "doc.upsert" => Op::DocUpsert {
+                store: self.string("store")?,
+                doc: self.json("doc")?,
+            },
+            "doc.delete" => Op::DocDelete {
+                store: self.string("store")?,
+                id: self.string("doc_id")?,
+                rev: self.string("rev")?,
+            },
+            "doc.resolve" => Op::DocResolve {
+                store: self.string("store")?,
+                id: self.string("doc_id")?,
+                rev: self.string("rev")?,
+            },
+            "doc.get" => Op::DocGet {
+                store: self.string("store")?,
+                id: self.string("doc_id")?,
+                rev: self.opt_string("rev")?,
+                conflicts: self.flag("conflicts")?,
+            },
+            "doc.conflicts" => {
+                let page = match (self.number("limit")?, self.opt_string("after")?) {
+                    (Some(limit), after) => {
+                        Some((usize::try_from(limit).unwrap_or(usize::MAX), after))
+                    }
+                    (None, Some(_)) => {
+                        return Err(ApiError::bad(format!(
+                            "\"after\" pages conflicts: pass \"limit\" too (1 to {})",
+                            chorus_store::docs::MAX_CONFLICTS_PAGE
+                        )));
+                    }
+                    (None, None) => None,
+                };
+                Op::DocConflicts {
+                    store: self.string("store")?,
+                    id: self.string("doc_id")?,
+                    page,
+                }
+            }
+            "doc.all" => Op::DocAll {
+                store: self.string("store")?,
+                page: self.page()?,
+            },
+            "op.push" => Op::OpPush {
+                fp: self.full_prefix()?,
+                path: self.string("path")?,
+                kind: self.string("type")?,
+                payload: self.json("payload")?,
+            },
+            "op.get" => Op::OpGet {
+                fp: self.full_prefix()?,
+                path: self.string("path")?,
+            },
+            "op.log" => Op::OpLog {
+                fp: self.full_prefix()?,
+                path: self.string("path")?,
+            },
+            other => {
                 return Err(ApiError::bad(format!(
-                    "\"after\" pages conflicts: pass \"limit\" too (1 to {})",
-                    chorus_store::docs::MAX_CONFLICTS_PAGE
+                    "unknown op {other:?}: get, put, delete, list, prefixes, subprefixes, hash, doc.create, doc.get, doc.update, doc.upsert, doc.delete, doc.resolve, doc.conflicts, doc.all, op.push, op.get, op.log or ping"
                 )));
             }
-            let groups = r.docs(api)?.conflicts(r.str("doc_id")?)?;
-            let groups: Vec<Vec<String>> = groups
-                .iter()
-                .map(|g| g.iter().map(ToString::to_string).collect())
-                .collect();
-            Ok(json!({ "conflicts": groups }))
-        }
-        "doc.all" => Ok(json!({ "docs": r.docs(api)?.all()? })),
-        "op.push" => {
-            let fp = r.full_prefix()?;
-            let value = api
-                .oplogs
-                .push(&fp, r.str("path")?, r.str("type")?, r.json("payload")?)?;
-            Ok(json!({ "value": value }))
-        }
-        "op.get" => {
-            let fp = r.full_prefix()?;
-            Ok(json!({ "value": api.oplogs.get(&fp, r.str("path")?)? }))
-        }
-        "op.log" => {
-            let fp = r.full_prefix()?;
-            Ok(api.oplogs.log(&fp, r.str("path")?)?.to_json())
-        }
-        other => Err(ApiError::bad(format!(
-            "unknown op {other:?}: get, put, delete, list, doc.create, doc.get, doc.update, doc.upsert, doc.delete, doc.resolve, doc.conflicts, doc.all, op.push, op.get, op.log or ping"
-        ))),
+        })
     }
 }
 
-/// Runs a request and makes its reply frames.
-fn answer(stats: &Stats, job: Job, api: &Api) -> Vec<Vec<u8>> {
+/// Runs a job that is not a key write and makes its reply frames.
+fn answer(api: &Service, job: Job) -> Vec<Vec<u8>> {
     let Job {
         envelope,
         id,
-        request,
-        grant,
-        target,
+        op,
+        started,
     } = job;
-    let mut write = false;
-    let outcome = request.and_then(|r| {
-        write = r.is_write();
-        if !write {
-            return execute(api, &r);
+    let (name, outcome) = match op {
+        Ok((op, grant)) => {
+            let (name, writes) = (op.name(), op.writes());
+            let audit = op.clone();
+            let out = api.run(&grant, op);
+            api.audit(&grant, "zmq", &audit, out.is_ok());
+            if writes && out.is_ok() {
+                api.wrote();
+            }
+            (name, out)
         }
-        // The values written record the token's id.
-        let meta = grant.meta();
-        let stamped;
-        let on = if meta.is_empty() {
-            api
-        } else {
-            let mut a = api.clone();
-            a.meta = a.meta.stamped(meta.clone());
-            a.oplogs = a.oplogs.stamped(meta);
-            stamped = a;
-            &stamped
-        };
-        let out = execute(on, &r);
-        api.auth.audit(&grant, "zmq", &r.op, &target, out.is_ok());
-        out
-    });
-    if write && outcome.is_ok() {
-        // The core reads the feed at once, so the write replicates.
-        api.committed.notify_one();
-    }
-    finish(stats, envelope, id, outcome, write)
+        Err(e) => ("invalid", Err(e)),
+    };
+    finish(api, name, started, envelope, id, outcome)
 }
 
-/// The reply frames: the request's envelope, then the JSON body.
+/// The reply frames: the request's envelope, then the JSON body (the
+/// result's fields with `"id"` and `"ok": true`, or `"ok": false` and the
+/// error).
 fn finish(
-    stats: &Stats,
+    api: &Service,
+    op: &str,
+    started: Instant,
     mut envelope: Vec<Vec<u8>>,
     id: Value,
     outcome: Result<Value, ApiError>,
-    write: bool,
 ) -> Vec<Vec<u8>> {
-    stats.requests.fetch_add(1, Ordering::Relaxed);
     let body = match outcome {
         Ok(mut result) => {
-            if write {
-                stats.writes.fetch_add(1, Ordering::Relaxed);
-            }
+            api.metrics.zmq(op, "ok", started.elapsed());
             if let Value::Object(o) = &mut result {
                 o.insert("id".into(), id);
                 o.insert("ok".into(), Value::Bool(true));
@@ -729,46 +577,12 @@ fn finish(
             result
         }
         Err(e) => {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            json!({"id": id, "ok": false, "error": {"code": e.code(), "message": e.message()}})
+            api.metrics.zmq(op, e.code(), started.elapsed());
+            json!({"id": id, "ok": false, "error": e.to_json()})
         }
     };
     envelope.push(body.to_string().into_bytes());
     envelope
-}
-
-/// The committer: takes every key write waiting, commits them with one
-/// log append and one sync, and hands back each reply.
-fn commit(api: &Api, queue: &Receiver<KvWrite>, mut port: Box<dyn ReplyPort>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < COMMIT_MAX {
-            match queue.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
-        let mut heads = Vec::with_capacity(batch.len());
-        let mut puts = Vec::with_capacity(batch.len());
-        for w in batch {
-            heads.push((w.envelope, w.id, w.grant, w.op, w.target));
-            puts.push(w.put);
-        }
-        let outcomes = api.meta.put_all(puts);
-        if outcomes.iter().any(Result::is_ok) {
-            api.committed.notify_one();
-        }
-        for ((envelope, id, grant, op, target), outcome) in heads.into_iter().zip(outcomes) {
-            api.auth.audit(&grant, "zmq", &op, &target, outcome.is_ok());
-            let outcome = outcome
-                .map(|info| json!({"seq": info.seq}))
-                .map_err(ApiError::from);
-            if let Err(e) = port.send(finish(&api.broker, envelope, id, outcome, true)) {
-                eprintln!("chorus: the broker's committer stopped: {e}");
-                return;
-            }
-        }
-    }
 }
 
 /// A running broker; stops (and joins its threads) when dropped.
@@ -789,15 +603,15 @@ impl Drop for Broker {
 impl Broker {
     /// Binds the endpoints (errors here are the caller's to report) and
     /// starts the socket thread and its workers.
-    pub(crate) fn start(config: &BrokerConfig, api: Api) -> Result<Broker, String> {
+    pub(crate) fn start(config: &BrokerConfig, api: Service) -> Result<Broker, String> {
         let workers = config.workers.clamp(1, 1024);
         // Requests queued for workers beyond those running.
         let capacity = workers * 4;
-        let sockets = ZmqSockets::bind(config, capacity)?;
+        let sockets = ZmqSockets::bind(config, capacity + crate::commit::QUEUE)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (jobs, queue) = sync_channel::<Job>(capacity);
         let queue = Arc::new(std::sync::Mutex::new(queue));
-        let mut pool = Vec::with_capacity(workers);
+        let mut pool = Vec::with_capacity(workers + 1);
         for n in 0..workers {
             let port = sockets.port()?;
             let (api, queue) = (api.clone(), queue.clone());
@@ -807,13 +621,22 @@ impl Broker {
                 .map_err(|e| format!("cannot start a broker worker: {e}"))?;
             pool.push(handle);
         }
-        let (writes, pending) = sync_channel::<KvWrite>(capacity);
+        // Key writes are answered from the service's committing thread:
+        // their replies come back through this forwarder's port.
+        let (replies, committed) = sync_channel::<Vec<Vec<u8>>>(crate::commit::QUEUE);
         {
-            let (port, api) = (sockets.port()?, api.clone());
+            let mut port = sockets.port()?;
             let handle = std::thread::Builder::new()
-                .name("chorus-committer".into())
-                .spawn(move || commit(&api, &pending, port))
-                .map_err(|e| format!("cannot start the broker's committer: {e}"))?;
+                .name("chorus-broker-replies".into())
+                .spawn(move || {
+                    while let Ok(frames) = committed.recv() {
+                        if let Err(e) = port.send(frames) {
+                            tracing::error!("the broker's reply forwarder stopped: {e}");
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start the broker's reply forwarder: {e}"))?;
             pool.push(handle);
         }
         let s = stop.clone();
@@ -825,16 +648,16 @@ impl Broker {
                 if let Err(e) = serve(
                     &mut sockets,
                     &api,
-                    (&jobs, &writes),
+                    (&jobs, &replies),
                     capacity,
                     publishing,
                     &s,
                 ) {
-                    eprintln!("chorus: the ZeroMQ broker stopped: {e}");
+                    tracing::error!("the ZeroMQ broker stopped: {e}");
                 }
                 // Workers finish what they hold, then see the queue closed.
                 drop(jobs);
-                drop(writes);
+                drop(replies);
                 for h in pool {
                     let _ = h.join();
                 }
@@ -847,7 +670,7 @@ impl Broker {
     }
 }
 
-fn work(api: &Api, queue: &std::sync::Mutex<Receiver<Job>>, mut port: Box<dyn ReplyPort>) {
+fn work(api: &Service, queue: &std::sync::Mutex<Receiver<Job>>, mut port: Box<dyn ReplyPort>) {
     loop {
         let job = {
             let q = queue
@@ -856,9 +679,9 @@ fn work(api: &Api, queue: &std::sync::Mutex<Receiver<Job>>, mut port: Box<dyn Re
             q.recv()
         };
         let Ok(job) = job else { return };
-        let frames = answer(&api.broker, job, api);
+        let frames = answer(api, job);
         if let Err(e) = port.send(frames) {
-            eprintln!("chorus: a broker worker stopped: {e}");
+            tracing::error!("a broker worker stopped: {e}");
             return;
         }
     }
@@ -868,13 +691,12 @@ fn work(api: &Api, queue: &std::sync::Mutex<Receiver<Job>>, mut port: Box<dyn Re
 /// rest, forward the workers' replies, publish changes.
 fn serve(
     sockets: &mut dyn Sockets,
-    api: &Api,
-    (jobs, writes): (&SyncSender<Job>, &SyncSender<KvWrite>),
+    api: &Service,
+    (jobs, replies): (&SyncSender<Job>, &SyncSender<Vec<Vec<u8>>>),
     capacity: usize,
     publishing: bool,
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let stats = &api.broker;
     let mut in_flight = 0usize;
     let mut feed = if publishing {
         Some(FeedTail::start(api)?)
@@ -904,54 +726,62 @@ fn serve(
             if frames.is_empty() {
                 continue; // ROUTER always puts the sender's identity first
             }
+            let started = Instant::now();
             let (id, request) = Request::parse(&body);
-            let (request, grant, target) = match request {
-                Ok(r) => match r.authorize(api) {
-                    Ok((grant, target)) => (Ok(r), grant, target),
-                    Err(e) => (Err(e), Grant::default(), String::new()),
-                },
-                Err(e) => (Err(e), Grant::default(), String::new()),
-            };
+            let op = request.and_then(|r| {
+                let op = r.to_op()?;
+                let grant = api.authorize(r.token.as_deref(), &op, "zmq")?;
+                Ok((op, grant))
+            });
             let job = Job {
                 envelope: frames,
                 id,
-                request,
-                grant,
-                target,
+                op,
+                started,
             };
-            let quick = job.request.as_ref().map_or(true, Request::is_quick);
+            let quick = job.op.as_ref().map_or(true, |(op, _)| op.is_quick());
             if quick {
-                sockets.reply(answer(stats, job, api))?;
+                sockets.reply(answer(api, job))?;
                 continue;
             }
-            if let Ok(r) = &job.request
-                && matches!(r.op.as_str(), "put" | "delete")
-            {
-                // Prepared here (a bad one is answered at once), committed
-                // with every other key write waiting.
-                let put = match r.batch_put() {
-                    Ok(mut put) => {
-                        put.meta = job.grant.meta();
-                        put
-                    }
+            if let Ok((op @ Op::Put { .. }, _)) = &job.op {
+                // Committed with every other key write waiting, from any
+                // interface.
+                let name = op.name();
+                let Job {
+                    envelope,
+                    id,
+                    op,
+                    started,
+                } = job;
+                let Ok((op, grant)) = op else { continue };
+                let fp_key = match &op {
+                    Op::Put { fp, key, value, .. } => (fp.clone(), key.clone(), value.is_none()),
+                    _ => continue,
+                };
+                let put = match Service::batch_put(&grant, op.clone()) {
+                    Ok(p) => p,
                     Err(e) => {
-                        sockets.reply(finish(stats, job.envelope, job.id, Err(e), false))?;
+                        sockets.reply(finish(api, name, started, envelope, id, Err(e)))?;
                         continue;
                     }
                 };
-                let w = KvWrite {
-                    envelope: job.envelope,
-                    id: job.id,
+                let (service, tx, reply_id, reply_envelope) =
+                    (api.clone(), replies.clone(), id.clone(), envelope.clone());
+                let submitted = api.writes.submit(
                     put,
-                    op: r.op.clone(),
-                    grant: job.grant,
-                    target: job.target,
-                };
-                match writes.try_send(w) {
+                    Box::new(move |outcome| {
+                        service.audit(&grant, "zmq", &op, outcome.is_ok());
+                        let outcome = outcome
+                            .map(|info| Service::put_json(&fp_key.0, &fp_key.1, fp_key.2, &info));
+                        let frames =
+                            finish(&service, name, started, reply_envelope, reply_id, outcome);
+                        let _ = tx.send(frames);
+                    }),
+                );
+                match submitted {
                     Ok(()) => in_flight += 1,
-                    Err(TrySendError::Full(w)) | Err(TrySendError::Disconnected(w)) => {
-                        sockets.reply(busy(w.envelope, w.id))?;
-                    }
+                    Err(e) => sockets.reply(finish(api, name, started, envelope, id, Err(e)))?,
                 }
                 continue;
             }
@@ -960,48 +790,54 @@ fn serve(
                 // Cannot happen while in_flight < capacity; answer rather
                 // than drop if it ever does.
                 Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
-                    sockets.reply(busy(job.envelope, job.id))?;
+                    let e = ApiError::busy("the broker is saturated: retry");
+                    sockets.reply(finish(
+                        api,
+                        "busy",
+                        job.started,
+                        job.envelope,
+                        job.id,
+                        Err(e),
+                    ))?;
                 }
             }
         }
-        stats.in_flight.store(in_flight as u64, Ordering::Relaxed);
+        api.metrics
+            .zmq_in_flight
+            .store(in_flight as u64, Ordering::Relaxed);
         if let Some(feed) = &mut feed
             && (wrote || Instant::now() >= feed.due())
             && let Err(e) = feed.publish(api, sockets)
         {
             // Requests are still served; the feed is tried again at its
             // next tick.
-            eprintln!("chorus: the broker could not publish changes: {e}");
+            tracing::warn!("the broker could not publish changes: {e}");
         }
     }
     Ok(())
 }
 
-/// The reply to a request that found every queue full.
-fn busy(mut envelope: Vec<Vec<u8>>, id: Value) -> Vec<Vec<u8>> {
-    envelope.push(
-        json!({"id": id, "ok": false, "error": {"code": "busy", "message": "the broker is saturated: retry"}})
-            .to_string()
-            .into_bytes(),
-    );
-    envelope
-}
-
-/// The change feed, read from where the broker started.
+/// The change events the PUB socket sends: the hub's batches, and the
+/// feed read directly when it missed some.
 struct FeedTail {
-    cursor: Cursor,
+    follower: Follower,
+    rx: tokio::sync::broadcast::Receiver<Arc<crate::events::Batch>>,
+    behind: bool,
     next: Instant,
 }
 
 impl FeedTail {
-    fn start(api: &Api) -> Result<FeedTail, String> {
+    fn start(api: &Service) -> Result<FeedTail, String> {
+        let rx = api.hub.subscribe();
         let cursor = api
             .meta
             .store()
             .cursor()
             .map_err(|e| format!("cannot read the change feed: {e}"))?;
         Ok(FeedTail {
-            cursor,
+            follower: Follower::new(EventId::after(cursor), Scope::default()),
+            rx,
+            behind: false,
             next: Instant::now() + FEED_POLL,
         })
     }
@@ -1010,55 +846,53 @@ impl FeedTail {
         self.next
     }
 
-    fn publish(&mut self, api: &Api, sockets: &mut dyn Sockets) -> Result<(), String> {
+    fn publish(&mut self, api: &Service, sockets: &mut dyn Sockets) -> Result<(), String> {
+        use tokio::sync::broadcast::error::TryRecvError;
         self.next = Instant::now() + FEED_POLL;
-        let mut rounds = 0;
-        loop {
-            let feed = api
-                .meta
-                .store()
-                .changes_since(&self.cursor, FEED_BATCH)
-                .map_err(|e| format!("cannot read the change feed: {e}"))?;
-            match feed {
-                Feed::Changes { changes, next } => {
-                    let more = changes.len() == FEED_BATCH;
-                    for change in &changes {
-                        let position = self.cursor.with_seq(change.seq).to_string();
-                        // Chorus's own names (`$auth` holds secrets) are
-                        // never published: no client may read them.
-                        for k in change.keys.iter().filter(|k| !k.full_prefix.is_reserved()) {
-                            let mut event = crate::http::change_json(&change.origin, k);
-                            event["position"] = json!(position);
-                            let base =
-                                chorus_store::split_record(&k.key).map_or(&k.key[..], |(b, _)| b);
-                            let topic =
-                                format!("{}/{}", k.full_prefix, String::from_utf8_lossy(base));
-                            sockets.publish(topic.as_bytes(), event.to_string().as_bytes())?;
-                            api.broker.published.fetch_add(1, Ordering::Relaxed);
+        let mut items = Vec::new();
+        for _ in 0..FEED_ROUNDS {
+            if self.behind {
+                let done = self
+                    .follower
+                    .read(api.meta.store(), &mut items)
+                    .map_err(|e| format!("cannot read the change feed: {e}"))?;
+                self.behind = !done;
+            } else {
+                match self.rx.try_recv() {
+                    Ok(batch) => {
+                        if !self.follower.take(&batch, &mut items) {
+                            self.behind = true;
                         }
                     }
-                    self.cursor = next;
-                    // At most a few batches per turn, so that requests are
-                    // served while a backlog is published.
-                    rounds += 1;
-                    if !more {
-                        return Ok(());
-                    }
-                    if rounds >= FEED_ROUNDS {
-                        self.next = Instant::now(); // the rest at once
-                        return Ok(());
-                    }
-                }
-                Feed::Gap { first_seq, resume } => {
-                    // Compaction outran us (a burst bigger than the log
-                    // keeps): tell subscribers, carry on from the new end.
-                    let event = json!({"overflow": true, "message": format!(
-                        "changes before seq {first_seq} were compacted before they were published: re-read the data you follow"
-                    )});
-                    sockets.publish(b"!overflow", event.to_string().as_bytes())?;
-                    self.cursor = resume;
+                    Err(TryRecvError::Lagged(_)) => self.behind = true,
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => break,
                 }
             }
         }
+        if self.behind || !self.rx.is_empty() {
+            self.next = Instant::now(); // the rest at once
+        }
+        for item in items {
+            match item {
+                Item::Event(_, event) => {
+                    let topic = format!(
+                        "{}/{}",
+                        event["full_prefix"].as_str().unwrap_or_default(),
+                        event["key"].as_str().unwrap_or_default()
+                    );
+                    sockets.publish(topic.as_bytes(), event.to_string().as_bytes())?;
+                    api.metrics.zmq_published.fetch_add(1, Ordering::Relaxed);
+                }
+                Item::Overflow(first_seq) => {
+                    // Compaction outran us (a burst bigger than the log
+                    // keeps): tell subscribers, carry on from the new end.
+                    sockets.publish(
+                        b"!overflow",
+                        overflow_json(first_seq).to_string().as_bytes(),
+                    )?;
+                }
+            }
+        }
+        Ok(())
     }
 }

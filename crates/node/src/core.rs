@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 use std::sync::{Arc, Mutex};
 
-use crate::http::{Api, ClusterView, Command, RequestStats};
 use crate::net::{self, ConnIds, Event, PEER_QUEUE};
+use crate::service::{ClusterView, Command, Service};
 use crate::wire::{BroadcastId, Frame, Hello, Peer};
 use crate::{Config, Error};
 
@@ -151,7 +151,6 @@ pub(crate) struct Core {
     delivered_bytes: usize,
     stats: Stats,
     view: Arc<Mutex<ClusterView>>,
-    requests: Arc<Mutex<RequestStats>>,
     last_exchange: HashMap<Peer, Instant>,
     /// Every peer this node has heard of (seeds, connections, views): what
     /// anti-entropy picks from, so data converges even where the overlay
@@ -182,8 +181,12 @@ pub(crate) struct Core {
     oplog_marks: HashMap<(FullPrefix, Vec<u8>), Marks>,
     /// Operation logs (with the compiled script reducers), shared with the API.
     oplogs: chorus_store::oplog::Oplogs,
-    /// The ZeroMQ broker's counters, shown by /metrics.
-    broker: Arc<crate::broker::Stats>,
+    /// Group commit of the service's key writes.
+    writes: crate::commit::Committer,
+    /// Change events for the service's streams.
+    hub: crate::events::Hub,
+    /// The service's request measurements, shown by /metrics.
+    metrics: Arc<crate::metrics::Metrics>,
     /// Token checks and the audit log, shared by the HTTP API and the broker.
     auth: crate::auth::Auth,
     /// When an exchange that finished last started, per peer: everything
@@ -273,6 +276,16 @@ impl Core {
         let (commands, command_inbox) = mpsc::channel(16);
         let oplogs = chorus_store::oplog::Oplogs::new(&meta);
         let auth = crate::auth::Auth::new(meta.clone(), config.auth);
+        let committed: Arc<tokio::sync::Notify> = Arc::default();
+        let wake = committed.clone();
+        let writes = crate::commit::Committer::start(
+            meta.clone(),
+            Arc::new(move || {
+                wake.notify_waiters();
+                wake.notify_one();
+            }),
+        )
+        .map_err(Error::Io)?;
         let mut core = Core {
             config: config.clone(),
             hpv: HyParView::new(me.clone(), hyparview::Config::default(), seed),
@@ -295,7 +308,6 @@ impl Core {
             delivered_bytes: 0,
             stats: Stats::default(),
             view: Arc::default(),
-            requests: Arc::default(),
             last_exchange: HashMap::new(),
             members: config
                 .join
@@ -316,9 +328,11 @@ impl Core {
             collected: BTreeMap::new(),
             oplog_marks: HashMap::new(),
             oplogs,
-            broker: Arc::default(),
+            writes,
+            hub: crate::events::Hub::new(),
+            metrics: Arc::default(),
             auth,
-            committed: Arc::default(),
+            committed,
             announced: false,
         };
         // Logs already here wait a grace period from now, like tombstones.
@@ -328,17 +342,18 @@ impl Core {
         Ok(core)
     }
 
-    /// What the HTTP API needs.
-    pub(crate) fn api(&self) -> Api {
-        Api {
+    /// The service the HTTP API and the broker adapt.
+    pub(crate) fn service(&self) -> Service {
+        Service {
             committed: self.committed.clone(),
             commands: self.commands.clone(),
             meta: self.meta.clone(),
             view: self.view.clone(),
-            requests: self.requests.clone(),
             oplogs: self.oplogs.clone(),
-            broker: self.broker.clone(),
             auth: self.auth.clone(),
+            writes: self.writes.clone(),
+            hub: self.hub.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -400,6 +415,11 @@ impl Core {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
+        tokio::spawn(
+            self.hub
+                .clone()
+                .run(self.meta.store().clone(), self.committed.clone()),
+        );
         let hello = Hello::new(self.node_id, self.me.clone());
         net::accept(
             listener,

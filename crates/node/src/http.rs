@@ -1,234 +1,277 @@
-//! The HTTP/JSON API: keys, hashes, a change stream, the cluster view,
-//! metrics, health and an OpenAPI document.
+//! The HTTP/JSON adapter: parses a request into a service operation,
+//! runs it, renders the answer. Keys, documents, operation logs, hashes,
+//! lists, a change stream (SSE), the cluster view, metrics, health and an
+//! OpenAPI document.
 //!
-//! Every error is `{"code": ..., "message": ...}` with a status that says
-//! what kind it is; request bodies are limited to [`BODY_MAX`] bytes.
-//! Reads are answered from this process's copy of the store; writes commit
-//! locally and are acknowledged before they replicate.
+//! Every error is the service's `{"code", "message"}` with the status the
+//! error table gives, including those the framework makes (a wrong method,
+//! a body or URI over the limit, a path that is not UTF-8, a query that
+//! cannot be read): [`json_errors`] rewrites them. Request bodies are
+//! limited to [`BODY_MAX`] bytes, paths and queries to [`URI_MAX`].
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chorus_core::FullPrefix;
-use chorus_core::object::{context_from_string, context_to_string};
-use chorus_store::{
-    Cursor, Feed, GetOptions, IterOptions, Match, Metadata, Origin, PutOptions, PutValue, Resolver,
-    Scope,
-};
+use chorus_core::object::context_from_string;
+use chorus_store::{EventId, Match};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::json::{read_json, value_json};
+use crate::auth::{AuthError, AuthErrorKind};
+use crate::error::{ApiError, Kind};
+use crate::events::{Follower, Item, Scope, overflow_json};
+use crate::service::{Command, Op, Page, Reach, Service, resolver};
 
-/// Largest request body accepted.
-pub const BODY_MAX: usize = 1 << 20;
-/// Commits a watch reads per poll, and how often it polls.
-const WATCH_BATCH: usize = 256;
-const WATCH_POLL: Duration = Duration::from_millis(25);
+/// Largest request body accepted (the sync routes allow more).
+pub const BODY_MAX: usize = crate::service::REQUEST_MAX;
+/// Longest path and query accepted.
+pub const URI_MAX: usize = 8 << 10;
 /// The header that carries a context.
 const CONTEXT_HEADER: &str = "x-chorus-context";
-
-/// What the core shares with the API: its view of the cluster and its
-/// counters, refreshed as it runs.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ClusterView {
-    /// This node's id.
-    pub node: String,
-    /// Where it listens for peers.
-    pub gossip: String,
-    /// HyParView's active view.
-    pub active: Vec<String>,
-    /// HyParView's passive view.
-    pub passive: Vec<String>,
-    /// Plumtree's eager links.
-    pub eager: Vec<String>,
-    /// Plumtree's lazy links.
-    pub lazy: Vec<String>,
-    /// Seconds since the last finished exchange with each peer.
-    pub last_exchange: Vec<(String, f64)>,
-    /// Every member this node knows of, and its state (`up`, `left`).
-    pub members: Vec<(String, &'static str)>,
-    /// Counters (name, value) for /metrics.
-    pub counters: Vec<(&'static str, u64)>,
-}
-
-/// What the API asks of the core.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// Join the cluster through this peer.
-    Join(String),
-}
-
-#[derive(Clone)]
-pub(crate) struct Api {
-    pub(crate) committed: Arc<tokio::sync::Notify>,
-    pub(crate) commands: tokio::sync::mpsc::Sender<Command>,
-    pub(crate) meta: Metadata,
-    pub(crate) view: Arc<Mutex<ClusterView>>,
-    pub(crate) requests: Arc<Mutex<RequestStats>>,
-    /// Operation logs, shared so that compiled script reducers are kept.
-    pub(crate) oplogs: chorus_store::oplog::Oplogs,
-    /// The ZeroMQ broker's counters (zero when it is not running).
-    pub(crate) broker: Arc<crate::broker::Stats>,
-    /// Token checks and the audit log (see `auth_http.rs`).
-    pub(crate) auth: crate::auth::Auth,
-}
-
-/// Request counts and latencies by operation.
-#[derive(Debug, Default)]
-pub(crate) struct RequestStats {
-    reads: (u64, f64),
-    writes: (u64, f64),
-}
-
-/// An API error: a status, a stable code and a message for people.
-pub(crate) struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: message.into(),
-        }
-    }
-    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_request",
-            message: message.into(),
-        }
-    }
-    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message: message.into(),
-        }
-    }
-    /// The stable code (`bad_request`, `not_found`, ...), the same over
-    /// HTTP and ZeroMQ.
-    pub(crate) fn code(&self) -> &'static str {
-        self.code
-    }
-    /// What happened and what to do, for people.
-    pub(crate) fn message(&self) -> &str {
-        &self.message
-    }
-}
+/// How often an open watch checks its token again (auth on).
+const RECHECK: Duration = Duration::from_secs(1);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"code": self.code, "message": self.message});
-        (self.status, axum::Json(body)).into_response()
-    }
-}
-
-impl From<chorus_store::Error> for ApiError {
-    fn from(e: chorus_store::Error) -> Self {
-        use chorus_store::Error as E;
-        let (status, code) = match &e {
-            E::NotInitialized { .. } | E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            E::InvalidInput(_) | E::NetworkFilesystem { .. } => {
-                (StatusCode::BAD_REQUEST, "bad_request")
-            }
-            E::WriteConflict { .. } => (StatusCode::CONFLICT, "conflict"),
-            E::LockTimeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lock_timeout"),
-            E::Corruption { .. } | E::Io { .. } | E::Poisoned(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "storage")
-            }
-        };
-        ApiError {
-            status,
-            code,
-            message: e.to_string(),
+        let status = StatusCode::from_u16(self.kind.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let context = self.context.clone();
+        let mut response = (status, axum::Json(self.to_json())).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-    }
-}
-
-impl From<crate::auth::AuthError> for ApiError {
-    fn from(e: crate::auth::AuthError) -> Self {
-        ApiError {
-            status: StatusCode::from_u16(e.kind.status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            code: e.kind.code(),
-            message: e.message,
+        if let Some(h) = context.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().insert(CONTEXT_HEADER, h);
         }
-    }
-}
-
-impl From<chorus_core::NameError> for ApiError {
-    fn from(e: chorus_core::NameError) -> Self {
-        ApiError::bad(e.to_string())
+        response
     }
 }
 
 /// The routes.
-pub(crate) fn router(api: Api) -> Router {
+pub(crate) fn router(api: Service) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/v1/cluster", get(cluster))
-        .route("/v1/cluster/join", axum::routing::post(cluster_join))
+        .route("/v1/cluster/join", post(cluster_join))
+        .route("/v1/kv", get(prefixes))
+        .route("/v1/kv/{prefix}", get(subprefixes))
+        .route("/v1/kv/{prefix}/{sub}", get(kv_list))
         .route(
             "/v1/kv/{prefix}/{sub}/{*key}",
             get(kv_get).put(kv_put).delete(kv_delete),
         )
-        .route("/v1/kv/{prefix}/{sub}", get(kv_list))
         .route("/v1/hash/{prefix}", get(hash_prefix))
         .route("/v1/hash/{prefix}/{sub}", get(hash_full))
         .route("/v1/watch", get(watch))
-        .merge(crate::docs_http::routes())
-        .merge(crate::ops_http::routes())
+        .route("/v1/docs/{store}", get(doc_all).post(doc_create))
+        .route(
+            "/v1/docs/{store}/{id}",
+            get(doc_get).put(doc_put).delete(doc_delete),
+        )
+        .route("/v1/docs/{store}/{id}/conflicts", get(doc_conflicts))
+        .route("/v1/docs/{store}/{id}/resolve", post(doc_resolve))
+        .route("/v1/ops/{prefix}/{sub}/{*path}", get(op_get).post(op_push))
         .merge(crate::sync_http::routes())
         .merge(crate::auth_http::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            api.clone(),
-            crate::auth_http::guard,
-        ))
         .fallback(|| async { ApiError::not_found("no such route: see /openapi.json") })
         .layer(DefaultBodyLimit::max(BODY_MAX))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), measure))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(api)
 }
 
-async fn health(State(api): State<Api>) -> Response {
+/// Makes every error `{code, message}`: the framework's own refusals
+/// (405, 413, a path or query it could not read) come as text or empty,
+/// and a URI over [`URI_MAX`] is refused here.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let uri_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if uri_len > URI_MAX {
+        return ApiError::new(
+            Kind::UriTooLong,
+            format!("the path and query are {uri_len} bytes; the limit is {URI_MAX}"),
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (kind, message) = match status.as_u16() {
+        405 => (
+            Kind::MethodNotAllowed,
+            "this route does not take that method: see /openapi.json".to_string(),
+        ),
+        413 => (
+            Kind::TooLarge,
+            format!("the body is over the limit of {BODY_MAX} bytes"),
+        ),
+        414 => (
+            Kind::UriTooLong,
+            format!("the path and query are over the limit of {URI_MAX} bytes"),
+        ),
+        s if s >= 500 => (Kind::Internal, format!("the server failed ({status})")),
+        _ => {
+            // The framework's message says what it could not read.
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body);
+            (
+                Kind::BadRequest,
+                format!("the request cannot be read: {}", text.trim()),
+            )
+        }
+    };
+    let mut e = ApiError::new(kind, message);
+    if kind == Kind::BadRequest && status.as_u16() != 400 {
+        e.message = format!("{} ({status})", e.message);
+    }
+    e.into_response()
+}
+
+/// Counts every request by route template and status.
+async fn measure(State(api): State<Service>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let response = next.run(request).await;
+    api.metrics
+        .http(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The token of `Authorization: Bearer TOKEN`, if the header is there.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| AuthError::invalid())?;
+    match text.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),
+        _ => Err(AuthError::new(
+            AuthErrorKind::Missing,
+            "the Authorization header is not a bearer token: send Authorization: Bearer TOKEN (see docs/auth.md)",
+        )),
+    }
+}
+
+fn token(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    Ok(bearer(headers)?.map(str::to_string))
+}
+
+/// Authorizes and runs an operation that is not a key write, on a thread
+/// that may block; audits writes.
+async fn run(api: &Service, headers: &HeaderMap, op: Op) -> Result<Value, ApiError> {
+    let token = token(headers)?;
+    let api2 = api.clone();
+    let writes = op.writes();
+    let work = move || {
+        let grant = api2.authorize(token.as_deref(), &op, "http")?;
+        let audit = op.clone();
+        let out = api2.run(&grant, op);
+        api2.audit(&grant, "http", &audit, out.is_ok());
+        out
+    };
+    let out = if writes {
+        // On the blocking pool: it syncs.
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::internal(format!("the request's task failed: {e}")))?
+    } else {
+        tokio::task::block_in_place(work)
+    };
+    if writes && out.is_ok() {
+        api.wrote();
+    }
+    out
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(t)| t)
+        .map_err(|e| ApiError::bad(format!("the path cannot be read: {e}")))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| {
+        ApiError::bad(format!(
+            "the query string cannot be read ({e}): send each parameter once, with a value of its type (see /openapi.json)"
+        ))
+    })
+}
+
+fn full_prefix(prefix: &str, sub: &str) -> Result<FullPrefix, ApiError> {
+    Ok(FullPrefix::new(prefix, sub)?)
+}
+
+fn json_body(body: &Bytes, example: &str) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(format!(
+            "the body is not valid JSON ({e}): send something like {example}"
+        ))
+    })
+}
+
+async fn health(State(api): State<Service>) -> Response {
     let node = api.meta.store().node_id().to_string();
     axum::Json(json!({"status": "ok", "node": node})).into_response()
 }
 
-async fn cluster(State(api): State<Api>) -> Response {
+async fn cluster(State(api): State<Service>, headers: HeaderMap) -> Result<Response, ApiError> {
+    // The cluster's view and membership: a read-write token for the
+    // whole node, even to read.
+    let t = token(&headers)?;
+    tokio::task::block_in_place(|| {
+        api.check(t.as_deref(), &Reach::All, true, "http", "cluster.get")
+    })?;
     let view = api
         .view
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    axum::Json(view).into_response()
+    Ok(axum::Json(view).into_response())
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct JoinBody {
     peer: String,
 }
 
 async fn cluster_join(
-    State(api): State<Api>,
-    body: Result<axum::Json<JoinBody>, axum::extract::rejection::JsonRejection>,
+    State(api): State<Service>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let axum::Json(body) = body.map_err(|e| {
+    let t = token(&headers)?;
+    let grant = tokio::task::block_in_place(|| {
+        api.check(t.as_deref(), &Reach::All, true, "http", "cluster.join")
+    })?;
+    let body: JoinBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(format!(
             "the body must be JSON like {{\"peer\": \"127.0.0.1:7900\"}}: {e}"
         ))
@@ -244,13 +287,14 @@ async fn cluster_join(
             "peer {addr}: plaintext gossip reaches loopback addresses only"
         )));
     }
+    if addr.port() == 0 {
+        return Err(ApiError::bad(format!("peer {addr}: port 0 is not a port")));
+    }
     api.commands
         .try_send(Command::Join(addr.to_string()))
-        .map_err(|_| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "busy",
-            message: "the node is busy: try again".into(),
-        })?;
+        .map_err(|_| ApiError::busy("the node is busy: try again"))?;
+    api.auth
+        .audit(&grant, "http", "cluster.join", &addr.to_string(), true);
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"joining": addr.to_string()})),
@@ -258,62 +302,33 @@ async fn cluster_join(
         .into_response())
 }
 
-async fn metrics(State(api): State<Api>) -> Response {
+async fn metrics(State(api): State<Service>) -> Response {
     let view = api
         .view
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    let mut out = String::new();
-    for (name, value) in &view.counters {
-        out.push_str(&format!(
-            "# TYPE chorus_{name} counter\nchorus_{name} {value}\n"
-        ));
-    }
-    let gauges = [
-        ("active_peers", view.active.len()),
-        ("passive_peers", view.passive.len()),
-        ("eager_links", view.eager.len()),
-        ("lazy_links", view.lazy.len()),
-    ];
-    for (name, value) in gauges {
-        out.push_str(&format!(
-            "# TYPE chorus_{name} gauge\nchorus_{name} {value}\n"
-        ));
-    }
-    let w = api.meta.store().write_stats();
-    for (name, value, help) in [
-        (
-            "store_commits_total",
-            w.commits,
-            "commits this daemon appended (local writes and merges)",
-        ),
-        ("store_frames_total", w.frames, "log frames they took"),
-        (
-            "store_syncs_total",
-            w.syncs,
-            "fdatasyncs they took: below commits when writes arrive together",
-        ),
-    ] {
-        out.push_str(&format!(
-            "# HELP chorus_{name} {help}\n# TYPE chorus_{name} counter\nchorus_{name} {value}\n"
-        ));
-    }
-    for (name, kind, help, value) in api.broker.metrics() {
-        out.push_str(&format!(
-            "# HELP chorus_{name} {help}\n# TYPE chorus_{name} {kind}\nchorus_{name} {value}\n"
-        ));
-    }
-    let r = api
-        .requests
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for (name, (count, secs)) in [("read", r.reads), ("write", r.writes)] {
-        out.push_str(&format!(
-            "# TYPE chorus_http_{name}_seconds summary\nchorus_http_{name}_seconds_count {count}\nchorus_http_{name}_seconds_sum {secs}\n"
-        ));
-    }
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+    let levels = crate::metrics::Levels {
+        active_peers: view.active.len(),
+        passive_peers: view.passive.len(),
+        eager_links: view.eager.len(),
+        lazy_links: view.lazy.len(),
+        open_watches: api.hub.streams(),
+    };
+    let status = tokio::task::block_in_place(|| api.meta.store().status()).ok();
+    let writes = api.meta.store().write_stats();
+    let text = crate::metrics::render(
+        &api.metrics,
+        &view.counters,
+        &levels,
+        status.as_ref(),
+        &writes,
+    );
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {
@@ -325,246 +340,259 @@ async fn openapi() -> Response {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<u64>,
+    after: Option<String>,
+}
+
+async fn prefixes(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let op = Op::Prefixes {
+        page: Page::new(q.limit, q.after)?,
+    };
+    Ok(axum::Json(run(&api, &headers, op).await?).into_response())
+}
+
+async fn subprefixes(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let prefix = path(p)?;
+    FullPrefix::new(&prefix, "x")?;
+    let q = query(q)?;
+    let op = Op::Subprefixes {
+        prefix,
+        page: Page::new(q.limit, q.after)?,
+    };
+    Ok(axum::Json(run(&api, &headers, op).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GetQuery {
     resolve: Option<String>,
     allow_put: Option<bool>,
 }
 
-fn full_prefix(prefix: &str, sub: &str) -> Result<FullPrefix, ApiError> {
-    Ok(FullPrefix::new(prefix, sub)?)
-}
-
-fn context_header(headers: &HeaderMap) -> Result<Option<chorus_core::object::Context>, ApiError> {
-    let Some(raw) = headers.get(CONTEXT_HEADER) else {
-        return Ok(None);
-    };
-    let text = raw.to_str().map_err(|_| {
-        ApiError::bad("X-Chorus-Context is not ASCII: send the context a read returned")
-    })?;
-    context_from_string(text).map(Some).map_err(|e| {
-        ApiError::bad(format!(
-            "X-Chorus-Context is not a context ({e}): send the context a read returned"
-        ))
-    })
-}
-
-pub(crate) fn record(api: &Api, write: bool, started: Instant) {
-    let mut r = api
-        .requests
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let slot = if write { &mut r.writes } else { &mut r.reads };
-    slot.0 += 1;
-    slot.1 += started.elapsed().as_secs_f64();
-}
-
-/// The resolver a client names (HTTP `?resolve=`, ZeroMQ `"resolve"`):
-/// none, or `lww`.
-pub(crate) fn resolver(name: Option<&str>) -> Result<Resolver, ApiError> {
-    match name {
-        None => Ok(Resolver::None),
-        Some("lww") => Ok(Resolver::Lww),
-        Some(other) => Err(ApiError::bad(format!(
-            "resolve {other:?}: the only resolver a client can name is lww (leave it out to get every sibling)"
-        ))),
-    }
-}
-
-// A Writer: with allow_put a read may write the resolved value back.
 async fn kv_get(
-    crate::auth_http::Writer(api): crate::auth_http::Writer,
-    Path((prefix, sub, key)): Path<(String, String, String)>,
-    Query(q): Query<GetQuery>,
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let fp = full_prefix(&prefix, &sub)?;
-    let opts = GetOptions {
+    let (prefix, sub, key) = path(p)?;
+    let q = query(q)?;
+    let op = Op::Get {
+        fp: full_prefix(&prefix, &sub)?,
+        key,
         resolver: resolver(q.resolve.as_deref())?,
         allow_put: q.allow_put.unwrap_or(false),
-        ..GetOptions::default()
     };
-    let meta = api.meta.clone();
-    let k = key.clone();
-    let read = tokio::task::block_in_place(|| meta.get(&fp, k.as_bytes(), &opts))?;
-    record(&api, false, started);
-    let Some(read) = read else {
-        return Err(ApiError::not_found(format!(
-            "{fp}/{key} is absent or deleted"
-        )));
-    };
-    let mut response = axum::Json(read_json(&read)).into_response();
-    if let Ok(h) = HeaderValue::from_str(&context_to_string(&read.context)) {
+    let read = run(&api, &headers, op).await?;
+    let context = read["context"].as_str().map(str::to_string);
+    let mut response = axum::Json(read).into_response();
+    if let Some(h) = context.and_then(|c| HeaderValue::from_str(&c).ok()) {
         response.headers_mut().insert(CONTEXT_HEADER, h);
     }
     Ok(response)
 }
 
+/// `X-Chorus-Context` and `If-None-Match: *`.
+fn write_conditions(
+    headers: &HeaderMap,
+) -> Result<(Option<chorus_core::object::Context>, bool), ApiError> {
+    let context = match headers.get(CONTEXT_HEADER) {
+        None => None,
+        Some(raw) => {
+            let text = raw.to_str().map_err(|_| {
+                ApiError::bad("X-Chorus-Context is not ASCII: send the context a read returned")
+            })?;
+            Some(context_from_string(text).map_err(|e| {
+                ApiError::bad(format!(
+                    "X-Chorus-Context is not a context ({e}): send the context a read returned (a 404 carries the empty one)"
+                ))
+            })?)
+        }
+    };
+    let if_absent = match headers.get(header::IF_NONE_MATCH) {
+        None => false,
+        Some(v) if v.as_bytes() == b"*" => true,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "If-None-Match: only * is understood (write only if the key is absent)",
+            ));
+        }
+    };
+    if if_absent && context.is_some() {
+        return Err(ApiError::bad(
+            "If-None-Match: * and X-Chorus-Context cannot be combined: a create has no context",
+        ));
+    }
+    Ok((context, if_absent))
+}
+
 async fn kv_put(
-    crate::auth_http::Writer(api): crate::auth_http::Writer,
-    Path((prefix, sub, key)): Path<(String, String, String)>,
+    State(api): State<Service>,
     headers: HeaderMap,
+    p: Result<Path<(String, String, String)>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    write(
-        api,
-        prefix,
-        sub,
-        key,
-        headers,
-        PutValue::Bytes(body.to_vec()),
-    )
-    .await
+    let (prefix, sub, key) = path(p)?;
+    kv_write(api, headers, (prefix, sub, key), Some(body.to_vec())).await
 }
 
 async fn kv_delete(
-    crate::auth_http::Writer(api): crate::auth_http::Writer,
-    Path((prefix, sub, key)): Path<(String, String, String)>,
+    State(api): State<Service>,
     headers: HeaderMap,
+    p: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    write(api, prefix, sub, key, headers, PutValue::Tombstone).await
+    let (prefix, sub, key) = path(p)?;
+    kv_write(api, headers, (prefix, sub, key), None).await
 }
 
-async fn write(
-    api: Api,
-    prefix: String,
-    sub: String,
-    key: String,
+async fn kv_write(
+    api: Service,
     headers: HeaderMap,
-    value: PutValue,
+    (prefix, sub, key): (String, String, String),
+    value: Option<Vec<u8>>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let fp = full_prefix(&prefix, &sub)?;
-    let context = context_header(&headers)?;
-    let deleted = matches!(value, PutValue::Tombstone);
-    let meta = api.meta.clone();
-    let (k, f) = (key.clone(), fp.clone());
-    // On the blocking pool, not in place: concurrent writes then wait in
-    // the store's commit queue together and share one sync.
-    let info = tokio::task::spawn_blocking(move || {
-        meta.put(&f, k.as_bytes(), value, &PutOptions { context })
-    })
-    .await
-    .map_err(|e| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        code: "internal",
-        message: format!("the write task failed: {e}"),
-    })??;
-    // The core reads the feed now instead of at its next tick, so the
-    // write starts replicating at once.
-    api.committed.notify_one();
-    record(&api, true, started);
-    Ok(axum::Json(json!({
-        "full_prefix": fp.to_string(), "key": key, "seq": info.seq, "deleted": deleted
-    }))
-    .into_response())
+    let (context, if_absent) = write_conditions(&headers)?;
+    let op = Op::Put {
+        fp: full_prefix(&prefix, &sub)?,
+        key,
+        value,
+        context,
+        if_absent,
+    };
+    let t = token(&headers)?;
+    let grant = tokio::task::block_in_place(|| api.authorize(t.as_deref(), &op, "http"))?;
+    let audit = op.clone();
+    let out = api.put(&grant, op).await;
+    tokio::task::block_in_place(|| api.audit(&grant, "http", &audit, out.is_ok()));
+    let status = if if_absent {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(out?)).into_response())
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(rename = "match")]
     pattern: Option<String>,
+    limit: Option<u64>,
+    after: Option<String>,
 }
 
 async fn kv_list(
-    State(api): State<Api>,
-    Path((prefix, sub)): Path<(String, String)>,
-    Query(q): Query<ListQuery>,
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let fp = full_prefix(&prefix, &sub)?;
-    let opts = IterOptions {
+    let (prefix, sub) = path(p)?;
+    let q = query(q)?;
+    let op = Op::List {
+        fp: full_prefix(&prefix, &sub)?,
         matching: q.pattern.map_or(Match::All, Match::Glob),
-        ..IterOptions::default()
+        page: Page::new(q.limit, q.after)?,
     };
-    let meta = api.meta.clone();
-    let items = tokio::task::block_in_place(|| meta.to_list(&Scope::FullPrefix(fp), &opts))?;
-    Ok(axum::Json(crate::json::list_json(&items)).into_response())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(axum::Json(run(&api, &headers, op).await?).into_response())
 }
 
 async fn hash_prefix(
-    State(api): State<Api>,
-    Path(prefix): Path<String>,
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let prefix = path(p)?;
     FullPrefix::new(&prefix, "x")?;
-    let hash = tokio::task::block_in_place(|| api.meta.prefix_hash_all(&prefix))?;
-    Ok(axum::Json(json!({"prefix": prefix, "hash": hex(&hash)})).into_response())
+    let op = Op::HashPrefix { prefix };
+    Ok(axum::Json(run(&api, &headers, op).await?).into_response())
 }
 
 async fn hash_full(
-    State(api): State<Api>,
-    Path((prefix, sub)): Path<(String, String)>,
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let fp = full_prefix(&prefix, &sub)?;
-    let hash = tokio::task::block_in_place(|| api.meta.prefix_hash(&fp))?;
-    Ok(axum::Json(json!({"full_prefix": fp.to_string(), "hash": hex(&hash)})).into_response())
+    let (prefix, sub) = path(p)?;
+    let op = Op::Hash {
+        fp: full_prefix(&prefix, &sub)?,
+    };
+    Ok(axum::Json(run(&api, &headers, op).await?).into_response())
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WatchQuery {
     prefix: Option<String>,
-}
-
-/// Which keys a watch reports: a prefix, or a full prefix.
-fn watch_scope(text: Option<&str>) -> Result<Option<(String, Option<String>)>, ApiError> {
-    let Some(text) = text else { return Ok(None) };
-    match text.split_once('/') {
-        Some((p, s)) => {
-            FullPrefix::new(p, s)?;
-            Ok(Some((p.to_string(), Some(s.to_string()))))
-        }
-        None => {
-            FullPrefix::new(text, "x")?;
-            Ok(Some((text.to_string(), None)))
-        }
-    }
+    #[serde(rename = "match")]
+    pattern: Option<String>,
+    /// An event id (or cursor) to resume after, like `Last-Event-ID`.
+    from: Option<String>,
 }
 
 /// Server-sent events for every change, local or from a peer, from now or
-/// from `Last-Event-ID`. Each event's id is a feed position; a client that
-/// falls so far behind that compaction dropped what it had not read is
-/// sent an `overflow` event and the stream ends: nothing is buffered for
-/// it, it reads the log at its own pace.
+/// after `Last-Event-ID` (or `?from=`). Every event has its own id; a
+/// client that reconnects with the last id it saw is sent each later
+/// event once. A client so far behind that compaction dropped what it had
+/// not read is sent an `overflow` event and the stream ends.
 async fn watch(
-    State(api): State<Api>,
-    Query(q): Query<WatchQuery>,
+    State(api): State<Service>,
     headers: HeaderMap,
+    q: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let scope = watch_scope(q.prefix.as_deref())?;
-    let cursor = match headers.get("last-event-id") {
-        Some(raw) => {
-            let text = raw
-                .to_str()
-                .map_err(|_| ApiError::bad("Last-Event-ID is not ASCII"))?;
-            Cursor::parse(text)?
+    let q = query(q)?;
+    let mut scope = Scope::parse(q.prefix.as_deref())?;
+    scope.matching = q.pattern.map(Match::Glob);
+    let reach = match (&scope.prefix, &scope.sub) {
+        (Some(p), Some(s)) => Reach::FullPrefix(full_prefix(p, s)?),
+        (Some(p), None) => Reach::Prefix(p.clone()),
+        _ => Reach::All,
+    };
+    crate::service::reserved_rule(scope.prefix.as_deref(), false)?;
+    let t = token(&headers)?;
+    tokio::task::block_in_place(|| api.check(t.as_deref(), &reach, false, "http", "watch"))?;
+    let from = match (headers.get("last-event-id"), q.from) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad("give Last-Event-ID or ?from=, not both"));
         }
-        None => tokio::task::block_in_place(|| api.meta.store().cursor())?,
+        (Some(raw), None) => Some(
+            raw.to_str()
+                .map_err(|_| ApiError::bad("Last-Event-ID is not ASCII"))?
+                .to_string(),
+        ),
+        (None, from) => from,
     };
-    // With auth on, the token that opened the stream is checked again
-    // while it runs: a revoked or expired token ends it.
-    let recheck = if api.auth.enabled() {
-        let token = crate::auth_http::bearer(&headers)
-            .ok()
-            .flatten()
-            .map(str::to_string)
-            .unwrap_or_default();
-        Some(Recheck {
-            auth: api.auth.clone(),
-            token,
-            last: Instant::now(),
-        })
-    } else {
-        None
+    let after = match from {
+        Some(text) => EventId::parse(&text)?,
+        None => EventId::after(tokio::task::block_in_place(|| api.meta.store().cursor())?),
     };
+    // Subscribed before the first read of the feed: no batch is missed
+    // between the two.
+    let rx = api.hub.subscribe();
+    let recheck = api.auth.enabled().then(|| Recheck {
+        token: t.unwrap_or_default(),
+        reach,
+        last: Instant::now(),
+    });
     let state = WatchState {
-        meta: api.meta.clone(),
-        cursor,
-        scope,
+        api,
+        follower: Follower::new(after, scope),
+        rx,
         pending: std::collections::VecDeque::new(),
+        behind: true,
         ended: false,
-        hide_reserved: api.auth.enabled(),
         recheck,
     };
     let stream = futures_util::stream::unfold(state, next_event);
@@ -572,25 +600,19 @@ async fn watch(
 }
 
 struct WatchState {
-    meta: Metadata,
-    cursor: Cursor,
-    scope: Option<(String, Option<String>)>,
-    pending: std::collections::VecDeque<SseEvent>,
+    api: Service,
+    follower: Follower,
+    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::events::Batch>>,
+    pending: std::collections::VecDeque<Item>,
+    /// The follower reads the feed itself until it is at the end.
+    behind: bool,
     ended: bool,
-    /// With auth on, no token reaches reserved names: their changes are
-    /// not shown. `$auth` (secrets) is never shown.
-    hide_reserved: bool,
-    /// With auth on: the stream's token, checked again every
-    /// [`RECHECK`].
     recheck: Option<Recheck>,
 }
 
-/// How often an open watch checks its token again.
-const RECHECK: Duration = Duration::from_secs(1);
-
 struct Recheck {
-    auth: crate::auth::Auth,
     token: String,
+    reach: Reach,
     last: Instant,
 }
 
@@ -604,17 +626,13 @@ impl WatchState {
             return Ok(());
         }
         r.last = Instant::now();
-        let fp = match &self.scope {
-            Some((p, Some(sub))) => Some(FullPrefix::new(p, sub).map_err(|e| e.to_string())?),
-            _ => None,
+        let (auth, token, reach) = (&self.api.auth, r.token.as_str(), &r.reach);
+        let target = match reach {
+            Reach::FullPrefix(fp) => crate::auth::Target::FullPrefix(fp),
+            Reach::Prefix(p) => crate::auth::Target::Prefix(p),
+            Reach::All | Reach::Nothing => crate::auth::Target::All,
         };
-        let target = match (&self.scope, &fp) {
-            (_, Some(fp)) => crate::auth::Target::FullPrefix(fp),
-            (Some((p, None)), None) => crate::auth::Target::Prefix(p),
-            _ => crate::auth::Target::All,
-        };
-        r.auth
-            .check_target(Some(&r.token), target, crate::auth::Access::Read)
+        auth.check_target(Some(token), target, crate::auth::Access::Read)
             .map(|_| ())
             .map_err(|e| e.message)
     }
@@ -622,116 +640,302 @@ impl WatchState {
 
 async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, WatchState)> {
     loop {
-        if let Some(ev) = s.pending.pop_front() {
-            return Some((Ok(ev), s));
+        if let Some(item) = s.pending.pop_front() {
+            let event = match item {
+                Item::Event(id, data) => SseEvent::default()
+                    .id(id.to_string())
+                    .event("change")
+                    .data(data.to_string()),
+                Item::Overflow(first_seq) => {
+                    s.pending.clear();
+                    s.ended = true;
+                    SseEvent::default()
+                        .event("overflow")
+                        .data(overflow_json(first_seq).to_string())
+                }
+            };
+            return Some((Ok(event), s));
         }
         if s.ended {
             return None;
         }
         if let Err(why) = s.allowed() {
-            s.pending.push_back(
-                SseEvent::default()
-                    .event("error")
-                    .data(json!({"message": format!("the stream ends: {why}")}).to_string()),
-            );
             s.ended = true;
+            let data =
+                json!({"code": "unauthorized", "message": format!("the stream ends: {why}")});
+            return Some((
+                Ok(SseEvent::default().event("error").data(data.to_string())),
+                s,
+            ));
+        }
+        let mut out = Vec::new();
+        if s.behind {
+            let store = s.api.meta.store().clone();
+            match tokio::task::block_in_place(|| s.follower.read(&store, &mut out)) {
+                Ok(done) => s.behind = !done,
+                Err(e) => {
+                    s.ended = true;
+                    let data = ApiError::from(e).to_json();
+                    return Some((
+                        Ok(SseEvent::default().event("error").data(data.to_string())),
+                        s,
+                    ));
+                }
+            }
+            s.pending.extend(out);
             continue;
         }
-        let store = s.meta.store().clone();
-        let cursor = s.cursor;
-        let feed =
-            tokio::task::spawn_blocking(move || store.changes_since(&cursor, WATCH_BATCH)).await;
-        match feed {
-            Ok(Ok(Feed::Changes { changes, next })) => {
-                if changes.is_empty() {
-                    tokio::time::sleep(WATCH_POLL).await;
-                    continue;
+        let wait = if s.recheck.is_some() {
+            RECHECK
+        } else {
+            Duration::from_secs(3600)
+        };
+        match tokio::time::timeout(wait, s.rx.recv()).await {
+            Ok(Ok(batch)) => {
+                if !s.follower.take(&batch, &mut out) {
+                    s.behind = true;
                 }
-                for change in changes {
-                    let position = cursor.with_seq(change.seq).to_string();
-                    let keys: Vec<_> = change
-                        .keys
-                        .iter()
-                        .filter(|k| in_scope(&s.scope, &k.full_prefix))
-                        .filter(|k| !crate::auth_http::hidden(&k.full_prefix, s.hide_reserved))
-                        .collect();
-                    // Only a commit's last event carries the position: a
-                    // client that reconnects after part of a commit gets
-                    // the whole commit again rather than losing its rest.
-                    for (i, k) in keys.iter().enumerate() {
-                        let id = (i + 1 == keys.len()).then_some(position.as_str());
-                        s.pending.push_back(change_event(&change.origin, k, id));
-                    }
-                }
-                s.cursor = next;
+                s.pending.extend(out);
             }
-            Ok(Ok(Feed::Gap { first_seq, .. })) => {
-                s.pending.push_back(SseEvent::default().event("overflow").data(format!(
-                    "{{\"message\":\"changes before seq {first_seq} were compacted before this stream read them: re-read the data, then watch again\"}}"
-                )));
-                s.ended = true;
-            }
-            Ok(Err(e)) => {
-                s.pending.push_back(
-                    SseEvent::default()
-                        .event("error")
-                        .data(json!({"message": e.to_string()}).to_string()),
-                );
-                s.ended = true;
-            }
-            Err(_) => return None,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => s.behind = true,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+            Err(_) => {} // time to check the token again
         }
     }
 }
 
-fn in_scope(scope: &Option<(String, Option<String>)>, fp: &FullPrefix) -> bool {
-    match scope {
-        None => true,
-        Some((p, None)) => fp.prefix() == p,
-        Some((p, Some(s))) => fp.prefix() == p && fp.subprefix() == s,
-    }
+// Documents.
+
+const DOC_EXAMPLE: &str = "{\"_id\": \"alice\", \"email\": \"alice@example.com\"}";
+
+async fn doc_all(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let store = path(p)?;
+    let q = query(q)?;
+    let op = Op::DocAll {
+        store,
+        page: Page::new(q.limit, q.after)?,
+    };
+    Ok(axum::Json(run(&api, &headers, op).await?).into_response())
 }
 
-fn change_event(origin: &Origin, k: &chorus_store::ChangedKey, position: Option<&str>) -> SseEvent {
-    let data = change_json(origin, k);
-    // The id goes first, so a client that reads line by line knows it
-    // before the data it numbers.
-    let event = match position {
-        Some(p) => SseEvent::default().id(p),
-        None => SseEvent::default(),
-    };
-    event.event("change").data(data.to_string())
+async fn doc_create(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let store = path(p)?;
+    let doc = json_body(&body, DOC_EXAMPLE)?;
+    let out = run(&api, &headers, Op::DocCreate { store, doc }).await?;
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
-/// One changed key as JSON, the same on the SSE stream and the ZeroMQ
-/// PUB socket: its full prefix and key, whether a peer sent it, and its
-/// values (or `"removed": true` once a tombstone was collected). A
-/// document's or an operation log's record (`KEY\0RECORD`) is shown under
-/// its document's or log's key, with `"record"` naming it.
-pub(crate) fn change_json(origin: &Origin, k: &chorus_store::ChangedKey) -> Value {
-    let object = k
-        .value
-        .as_deref()
-        .and_then(|b| chorus_core::object::Object::decode(b).ok());
-    let (base, record) = match chorus_store::split_record(&k.key) {
-        Some((base, name)) => (base, Some(name)),
-        None => (&k.key[..], None),
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocGetQuery {
+    rev: Option<String>,
+    conflicts: Option<bool>,
+}
+
+async fn doc_get(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<DocGetQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (store, id) = path(p)?;
+    let q = query(q)?;
+    let op = Op::DocGet {
+        store,
+        id,
+        rev: q.rev,
+        conflicts: q.conflicts.unwrap_or(false),
     };
-    let mut data = json!({
-        "full_prefix": k.full_prefix.to_string(),
-        "key": String::from_utf8_lossy(base),
-        "from_peer": matches!(origin, Origin::Peer(_)),
-    });
-    if let Some(name) = record {
-        data["record"] = json!(String::from_utf8_lossy(name));
-    }
-    match object {
-        Some(o) => {
-            data["values"] = json!(o.values().into_iter().map(value_json).collect::<Vec<_>>());
-            data["context"] = json!(context_to_string(&o.context()));
-            data["tombstone"] = json!(o.is_tombstone());
+    Ok(axum::Json(run(&api, &headers, op).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DocPutQuery {
+    keep_both: Option<bool>,
+    upsert: Option<bool>,
+}
+
+/// With `_rev` in the body: an update of that revision (409 if it is not
+/// current, unless `?keep_both=true`). Without: a create (409 if the
+/// document exists), or with `?upsert=true` a write on top of the winner.
+async fn doc_put(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<DocPutQuery>, QueryRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (store, id) = path(p)?;
+    let q = query(q)?;
+    let mut doc = json_body(&body, DOC_EXAMPLE)?;
+    let Value::Object(fields) = &mut doc else {
+        return Err(ApiError::bad("a document must be a JSON object"));
+    };
+    match fields.get("_id") {
+        None => {
+            fields.insert("_id".into(), Value::String(id.clone()));
         }
-        None => data["removed"] = json!(true),
+        Some(Value::String(given)) if *given == id => {}
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "the body's _id ({other}) differs from the URL's ({id:?}): leave it out or make them equal"
+            )));
+        }
     }
-    data
+    let has_rev = fields.contains_key("_rev");
+    let (keep_both, upsert) = (q.keep_both.unwrap_or(false), q.upsert.unwrap_or(false));
+    let (op, status) = if upsert {
+        (Op::DocUpsert { store, doc }, StatusCode::OK)
+    } else if has_rev {
+        (
+            Op::DocUpdate {
+                store,
+                doc,
+                keep_both,
+            },
+            StatusCode::OK,
+        )
+    } else {
+        (Op::DocCreate { store, doc }, StatusCode::CREATED)
+    };
+    let out = run(&api, &headers, op).await?;
+    Ok((status, axum::Json(out)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevQuery {
+    rev: Option<String>,
+}
+
+async fn doc_delete(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<RevQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (store, id) = path(p)?;
+    let rev = query(q)?.rev.ok_or_else(|| {
+        ApiError::bad("a delete needs ?rev=: the current revision, as _rev of a read")
+    })?;
+    let out = run(&api, &headers, Op::DocDelete { store, id, rev }).await?;
+    Ok(axum::Json(out).into_response())
+}
+
+/// Keeps `?rev=` and deletes every other current revision.
+async fn doc_resolve(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<RevQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (store, id) = path(p)?;
+    let rev = query(q)?
+        .rev
+        .ok_or_else(|| ApiError::bad("resolve needs ?rev=: the current revision to keep"))?;
+    let out = run(&api, &headers, Op::DocResolve { store, id, rev }).await?;
+    Ok(axum::Json(out).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConflictsQuery {
+    limit: Option<u64>,
+    after: Option<String>,
+}
+
+/// Without `?limit=`: `{"conflicts": [groups]}`, the groups of revisions
+/// that collided. With it: one page of the losing current revisions,
+/// greatest first, `?after=` the `next` of the previous page.
+async fn doc_conflicts(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<ConflictsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (store, id) = path(p)?;
+    let q = query(q)?;
+    let page = match (q.limit, q.after) {
+        (Some(limit), after) => Some((usize::try_from(limit).unwrap_or(usize::MAX), after)),
+        (None, Some(_)) => {
+            return Err(ApiError::bad(format!(
+                "after= pages conflicts: pass limit= too (1 to {})",
+                chorus_store::docs::MAX_CONFLICTS_PAGE
+            )));
+        }
+        (None, None) => None,
+    };
+    let out = run(&api, &headers, Op::DocConflicts { store, id, page }).await?;
+    Ok(axum::Json(out).into_response())
+}
+
+// Operation logs.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushBody {
+    #[serde(rename = "type")]
+    kind: String,
+    payload: Value,
+}
+
+async fn op_push(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String, String)>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (prefix, sub, path_text) = path(p)?;
+    let b: PushBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(format!(
+            "the body must be JSON like {{\"type\": \"counter\", \"payload\": 1}}: {e}"
+        ))
+    })?;
+    let op = Op::OpPush {
+        fp: full_prefix(&prefix, &sub)?,
+        path: path_text,
+        kind: b.kind,
+        payload: b.payload,
+    };
+    Ok(axum::Json(run(&api, &headers, op).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpGetQuery {
+    log: Option<bool>,
+}
+
+async fn op_get(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String, String)>, PathRejection>,
+    q: Result<Query<OpGetQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (prefix, sub, path_text) = path(p)?;
+    let q = query(q)?;
+    let fp = full_prefix(&prefix, &sub)?;
+    let op = if q.log.unwrap_or(false) {
+        Op::OpLog {
+            fp,
+            path: path_text,
+        }
+    } else {
+        Op::OpGet {
+            fp,
+            path: path_text,
+        }
+    };
+    Ok(axum::Json(run(&api, &headers, op).await?).into_response())
 }

@@ -18,13 +18,16 @@
 pub mod auth;
 mod auth_http;
 pub mod broker;
+mod commit;
 mod core;
-mod docs_http;
+pub mod error;
+pub mod events;
 pub mod http;
 pub mod json;
 pub mod members;
+mod metrics;
 mod net;
-mod ops_http;
+pub mod service;
 pub mod stage;
 mod sync_http;
 pub mod tls;
@@ -192,14 +195,14 @@ pub async fn run(
             );
         }
         // Tokens can be made and checked from the start.
-        core.api()
+        core.service()
             .auth
             .ensure_key()
             .map_err(|e| Error::Config(format!("cannot create the cluster key: {e}")))?;
     }
     if let Some(addr) = config.http {
         let http = listen_on(addr)?;
-        let app = http::router(core.api());
+        let app = http::router(core.service());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http, app).await {
                 eprintln!("chorus: the HTTP server stopped: {e}");
@@ -208,7 +211,7 @@ pub async fn run(
     }
     // Stopped (its threads joined) when dropped, after the core stops.
     let _broker = match &config.broker {
-        Some(b) => Some(broker::Broker::start(b, core.api()).map_err(Error::Io)?),
+        Some(b) => Some(broker::Broker::start(b, core.service()).map_err(Error::Io)?),
         None => None,
     };
     core.run(listener, shutdown).await

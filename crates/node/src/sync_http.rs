@@ -29,9 +29,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::{Access, AuthError, Grant, Target};
-use crate::auth_http::{Refusal, bearer};
-use crate::http::{Api, ApiError, record};
+use crate::error::ApiError;
+use crate::http::bearer;
 use crate::json::value_json;
+use crate::service::Service;
 
 /// Largest push body: 8 MiB of objects, base64-encoded, with room to spare.
 pub(crate) const PUSH_BODY_MAX: usize = 16 << 20;
@@ -50,7 +51,7 @@ const PULL_FEED_BATCH: usize = 256;
 pub(crate) const REPORTS: (&str, &str) = ("$stage", "reports");
 
 /// The routes, to merge into the API's router.
-pub(crate) fn routes() -> Router<Api> {
+pub(crate) fn routes() -> Router<Service> {
     Router::new()
         .route(
             "/v1/sync/push",
@@ -416,7 +417,7 @@ impl From<chorus_store::Error> for Failed {
 
 /// With auth on: a request without a token is refused before its body is
 /// read (401).
-fn require_token(api: &Api, headers: &HeaderMap, op: &str, target: &str) -> Result<(), Failed> {
+fn require_token(api: &Service, headers: &HeaderMap, op: &str, target: &str) -> Result<(), Failed> {
     if !api.auth.enabled() {
         return Ok(());
     }
@@ -426,14 +427,14 @@ fn require_token(api: &Api, headers: &HeaderMap, op: &str, target: &str) -> Resu
         Err(e) => e,
     };
     tokio::task::block_in_place(|| api.auth.audit_refused(None, "http", op, target, &refused));
-    Err(Failed(Box::new(Refusal(refused).into_response())))
+    Err(Failed(Box::new(ApiError::from(refused).into_response())))
 }
 
 /// With auth on: the request's token must allow `access` to every target
 /// (a push writes to each full prefix it names); refusals are audited.
 /// The grant names the token for the audit line of a write.
 fn authorize(
-    api: &Api,
+    api: &Service,
     headers: &HeaderMap,
     op: &str,
     target: &str,
@@ -456,7 +457,7 @@ fn authorize(
     });
     checked.map_err(|e| {
         tokio::task::block_in_place(|| api.auth.audit_refused(token, "http", op, target, &e));
-        Failed(Box::new(Refusal(e).into_response()))
+        Failed(Box::new(ApiError::from(e).into_response()))
     })
 }
 
@@ -469,14 +470,13 @@ fn targets_text(fps: &[FullPrefix]) -> String {
     names.join(", ")
 }
 
-async fn push(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+async fn push(State(api): State<Service>, headers: HeaderMap, body: Bytes) -> Response {
     push_checked(api, headers, body)
         .await
         .unwrap_or_else(|failed| *failed.0)
 }
 
-async fn push_checked(api: Api, headers: HeaderMap, body: Bytes) -> Result<Response, Failed> {
-    let started = std::time::Instant::now();
+async fn push_checked(api: Service, headers: HeaderMap, body: Bytes) -> Result<Response, Failed> {
     require_token(&api, &headers, "sync.push", "/v1/sync/push")?;
     let body: PushBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(format!(
@@ -538,8 +538,7 @@ async fn push_checked(api: Api, headers: HeaderMap, body: Bytes) -> Result<Respo
     let ok = outcome.is_ok();
     tokio::task::block_in_place(|| api.auth.audit(&grant, "http", "sync.push", &target, ok));
     let (info, pushed) = outcome.map_err(ApiError::from)?;
-    api.committed.notify_one();
-    record(&api, true, started);
+    api.wrote();
     for r in &pushed.reports {
         eprintln!(
             "chorus: near-simultaneous write on {}/{} from stage {}: {} ({})",
@@ -674,14 +673,17 @@ fn parse_after(text: &str) -> Result<(String, Vec<u8>), ApiError> {
 ///   a page at a time (`after` = the previous page's `after`), and the
 ///   feed cursor taken before the first page's read: continue from the
 ///   first page's cursor once every page is read.
-async fn pull(State(api): State<Api>, headers: HeaderMap, Query(q): Query<PullQuery>) -> Response {
+async fn pull(
+    State(api): State<Service>,
+    headers: HeaderMap,
+    Query(q): Query<PullQuery>,
+) -> Response {
     pull_checked(api, headers, q)
         .await
         .unwrap_or_else(|failed| *failed.0)
 }
 
-async fn pull_checked(api: Api, headers: HeaderMap, q: PullQuery) -> Result<Response, Failed> {
-    let started = std::time::Instant::now();
+async fn pull_checked(api: Service, headers: HeaderMap, q: PullQuery) -> Result<Response, Failed> {
     require_token(&api, &headers, "sync.pull", "/v1/sync/pull")?;
     let prefix = q.prefix.as_deref().ok_or_else(|| {
         ApiError::bad("pull needs ?prefix=PREFIX (and &sub=SUBPREFIX for one full prefix)")
@@ -720,7 +722,6 @@ async fn pull_checked(api: Api, headers: HeaderMap, q: PullQuery) -> Result<Resp
             tokio::task::block_in_place(|| pull_all(&store, &scope, after))?
         }
     };
-    record(&api, false, started);
     match out {
         Pulled::Gap(first_seq) => {
             let message = format!(

@@ -999,6 +999,6 @@ fn not_found(id: &str) -> Error {
 /// A random 32-hex-digit id.
 fn generate_id() -> Result<String> {
     let bytes: [u8; 16] = crate::sys::random_bytes()
-        .map_err(|e| Error::InvalidInput(format!("cannot generate an id: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot generate an id: {e}")))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

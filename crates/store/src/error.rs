@@ -119,6 +119,10 @@ pub enum Error {
     /// a document that exists; nothing was written.
     #[error("{0}")]
     Conflict(String),
+    /// A broken invariant inside Chorus (a bug, or a panic caught at a
+    /// boundary): not the caller's fault; nothing was written.
+    #[error("internal error: {0}; nothing was written (please report it)")]
+    Internal(String),
     /// A previous failure left this handle unable to write safely.
     #[error(
         "this store handle stopped writing after an earlier failure ({0}); reopen the store: the next writer repairs the log tail"

@@ -68,6 +68,96 @@ impl fmt::Display for Cursor {
     }
 }
 
+/// One key of one commit: the id every change event carries (SSE `id:`,
+/// the `"id"` of a JSON event), printed `GENERATION-OFFSET-SEQ.INDEX` where
+/// the cursor part is the commit's own position ([`Change::position`]) and
+/// INDEX is the key's place among the keys the commit wrote. An event has
+/// the same id live and replayed, whatever the reader's scope, so a client
+/// that resumes from the last id it saw is sent each later event once: the
+/// rest of a commit it saw part of, then the commits after it. (Compaction
+/// renumbers: ids printed before it still resume, replays print new ones.)
+///
+/// A plain cursor (`G-O-S`) is accepted where an id is expected and means
+/// the whole of commit S was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventId {
+    commit: Cursor,
+    /// Keys of `commit` seen: those with an index up to this one; `None`
+    /// when every key was.
+    index: Option<u32>,
+}
+
+impl EventId {
+    /// The id of key `index` of the commit at `position`.
+    pub fn new(position: Cursor, index: usize) -> EventId {
+        EventId {
+            commit: position,
+            index: Some(u32::try_from(index).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// Everything up to the end of the commit `cursor` names.
+    pub fn after(cursor: Cursor) -> EventId {
+        EventId {
+            commit: cursor,
+            index: None,
+        }
+    }
+
+    /// Where to read the feed from to resume after this event: the
+    /// commit's frame, with the commits before it counted as read (the
+    /// commit itself may be read again: skip what [`EventId::covers`]).
+    pub fn resume(&self) -> Cursor {
+        match self.index {
+            Some(_) => Cursor {
+                seq: self.commit.seq.saturating_sub(1),
+                ..self.commit
+            },
+            None => self.commit,
+        }
+    }
+
+    /// Whether key `index` of commit `seq` was seen by whoever holds this id.
+    pub fn covers(&self, seq: u64, index: usize) -> bool {
+        seq < self.commit.seq
+            || (seq == self.commit.seq
+                && self
+                    .index
+                    .is_none_or(|i| u32::try_from(index).is_ok_and(|x| x <= i)))
+    }
+
+    /// Parses the printed form, or a plain cursor.
+    pub fn parse(text: &str) -> Result<EventId> {
+        let (cursor, index) = match text.split_once('.') {
+            Some((c, i)) => (c, Some(i)),
+            None => (text, None),
+        };
+        let commit = Cursor::parse(cursor).map_err(|_| {
+            Error::InvalidInput(format!(
+                "{text:?} is not an event id: expected GENERATION-OFFSET-SEQ.INDEX (or a cursor, GENERATION-OFFSET-SEQ), as an event or the feed printed it"
+            ))
+        })?;
+        let index = match index {
+            None => None,
+            Some(i) => Some(i.parse::<u32>().map_err(|_| {
+                Error::InvalidInput(format!(
+                    "{text:?} is not an event id: the part after '.' must be a key index (a whole number)"
+                ))
+            })?),
+        };
+        Ok(EventId { commit, index })
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "{}.{i}", self.commit),
+            None => write!(f, "{}", self.commit),
+        }
+    }
+}
+
 /// One key a commit wrote; `value: None` removed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangedKey {
@@ -84,6 +174,10 @@ pub struct ChangedKey {
 pub struct Change {
     /// Its sequence number.
     pub seq: u64,
+    /// Its own place in the feed: its log generation, the offset of the
+    /// frame that holds it, and its sequence number. The same however the
+    /// feed was read, so ids made from it ([`EventId::new`]) are stable.
+    pub position: Cursor,
     /// Its hybrid timestamp.
     pub ts: u64,
     /// Made here, or merged from a peer.
@@ -168,7 +262,12 @@ impl Store {
                 Step::Frame { offset, payload } => {
                     let payload = format::decode_payload(payload)
                         .map_err(|d| Error::corruption(&path, offset, d))?;
-                    collect(&payload, cursor.seq, &mut changes, &mut next.seq)?;
+                    let frame = Cursor {
+                        generation: state.generation,
+                        offset,
+                        seq: 0,
+                    };
+                    collect(&payload, frame, cursor.seq, &mut changes, &mut next.seq)?;
                 }
                 Step::Damaged(d) if d.offset == cursor.offset && changes.is_empty() => {
                     // The log is checked where it was written; a frame that
@@ -192,6 +291,7 @@ impl Store {
 /// Adds the commits of a frame that come after `after` to `changes`.
 fn collect(
     payload: &Payload<'_>,
+    frame: Cursor,
     after: u64,
     changes: &mut Vec<Change>,
     last: &mut u64,
@@ -215,6 +315,7 @@ fn collect(
         *last = commit.seq;
         changes.push(Change {
             seq: commit.seq,
+            position: frame.with_seq(commit.seq),
             ts: commit.ts,
             origin: commit.origin,
             keys,

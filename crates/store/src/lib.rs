@@ -44,7 +44,7 @@ pub mod watch;
 pub use backend::{Backend, LogFile, StdBackend};
 pub use chorus_core::NodeId;
 pub use error::{ConflictKey, Error, LockHolder, Result};
-pub use feed::{Change, ChangedKey, Cursor, Feed};
+pub use feed::{Change, ChangedKey, Cursor, EventId, Feed};
 pub use format::Origin;
 pub use hamt::{group_base, in_group};
 pub use index::{Bytes, Entry, Snapshot};

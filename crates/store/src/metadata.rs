@@ -90,8 +90,15 @@ pub enum PutValue {
 #[derive(Clone, Debug, Default)]
 pub struct PutOptions {
     /// The context of an earlier read: values written since stay as
-    /// siblings. `None`: supersede whatever is current at commit.
+    /// siblings. `None`: supersede whatever is current at commit. The
+    /// empty context ([`Object::empty_context`]) is what a read of an
+    /// absent key returns: a write with it supersedes nothing, so two
+    /// writers who both started from nothing leave two siblings.
     pub context: Option<Context>,
+    /// Write only if the key holds no live value at commit (HTTP
+    /// `If-None-Match: *`); otherwise the write fails with
+    /// [`Error::Conflict`] and nothing is written.
+    pub if_absent: bool,
 }
 
 /// Which keys an iteration visits.
@@ -356,8 +363,14 @@ impl Metadata {
             updates.push((
                 crate::Origin::Local,
                 Box::new(move |snap: &Snapshot| {
-                    let object =
-                        new_object(snap, &fp, &key, options.context.as_ref(), value, &writer)?;
+                    let object = new_object(
+                        snap,
+                        &fp,
+                        &key,
+                        (options.context.as_ref(), options.if_absent),
+                        value,
+                        &writer,
+                    )?;
                     Ok(vec![Write::put(&fp, &key, &object.encode())])
                 }),
             ));
@@ -369,9 +382,9 @@ impl Metadata {
                 Some(refused) => refused,
                 None => match committed.next() {
                     Some(Ok(Some(info))) => Ok(info),
-                    Some(Ok(None)) => Err(Error::InvalidInput("the write made no commit".into())),
+                    Some(Ok(None)) => Err(Error::Internal("the write made no commit".into())),
                     Some(Err(e)) => Err(e),
-                    None => Err(Error::InvalidInput("a batched write got no outcome".into())),
+                    None => Err(Error::Internal("a batched write got no outcome".into())),
                 },
             })
             .collect()
@@ -413,14 +426,21 @@ impl Metadata {
         opts: &PutOptions,
     ) -> Result<(CommitInfo, Object)> {
         let (fp, key, context) = (fp.clone(), key.to_vec(), opts.context.clone());
+        let if_absent = opts.if_absent;
         let writer = self.writer();
         let (info, object) = self.store.update_returning(move |snap| {
-            let object = new_object(snap, &fp, &key, context.as_ref(), value, &writer)?;
+            let object = new_object(
+                snap,
+                &fp,
+                &key,
+                (context.as_ref(), if_absent),
+                value,
+                &writer,
+            )?;
             let encoded = object.encode();
             Ok((vec![Write::put(&fp, &key, &encoded)], object))
         })?;
-        let info =
-            info.ok_or_else(|| Error::InvalidInput("the write produced no commit".into()))?;
+        let info = info.ok_or_else(|| Error::Internal("the write produced no commit".into()))?;
         Ok((info, object))
     }
 
@@ -605,6 +625,7 @@ impl Metadata {
             };
             let opts = PutOptions {
                 context: Some(context),
+                ..Default::default()
             };
             // What the read returns is what was stored: its value (with the
             // commit's timestamp) and its context, so a client writing back
@@ -733,7 +754,7 @@ fn new_object(
     snap: &Snapshot,
     fp: &FullPrefix,
     key: &[u8],
-    context: Option<&Context>,
+    (context, if_absent): (Option<&Context>, bool),
     value: PutValue,
     writer: &Writer,
 ) -> Result<Object> {
@@ -741,6 +762,12 @@ fn new_object(
         Some(bytes) => Some(decode(fp, key, &bytes)?),
         None => None,
     };
+    if if_absent && current.as_ref().is_some_and(|o| !o.is_tombstone()) {
+        return Err(Error::Conflict(format!(
+            "{fp}/{} exists and the write asked for an absent key (If-None-Match: *): nothing was written; read it and write with its context",
+            String::from_utf8_lossy(key)
+        )));
+    }
     let ts = Hlc(snap.commit_ts().unwrap_or_else(|| snap.last_ts()));
     let bytes = match value {
         PutValue::Bytes(b) => Some(b),
@@ -774,7 +801,7 @@ pub(crate) fn new_object_bytes(
     bytes: Vec<u8>,
     writer: &Writer,
 ) -> Result<Vec<u8>> {
-    Ok(new_object(snap, fp, key, None, PutValue::Bytes(bytes), writer)?.encode())
+    Ok(new_object(snap, fp, key, (None, false), PutValue::Bytes(bytes), writer)?.encode())
 }
 
 /// The encoded object that deletes the key (a tombstone superseding every
@@ -786,7 +813,7 @@ pub(crate) fn tombstone_object_bytes(
     key: &[u8],
     writer: &Writer,
 ) -> Result<Vec<u8>> {
-    Ok(new_object(snap, fp, key, None, PutValue::Tombstone, writer)?.encode())
+    Ok(new_object(snap, fp, key, (None, false), PutValue::Tombstone, writer)?.encode())
 }
 
 /// A write a transaction makes at commit; `bytes: None` is a tombstone.
@@ -904,7 +931,7 @@ impl MetaTransaction {
                             Some(b) => PutValue::Bytes(b),
                             None => PutValue::Tombstone,
                         };
-                        new_object(snap, &fp, &key, context.as_ref(), value, &writer)?
+                        new_object(snap, &fp, &key, (context.as_ref(), false), value, &writer)?
                     }
                 };
                 let encoded: Bytes = Bytes::from(object.encode());

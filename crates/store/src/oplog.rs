@@ -548,7 +548,7 @@ impl Oplogs {
         }
         match kept.paths.get(&slot) {
             Some(p) => f(p),
-            None => Err(Error::InvalidInput(format!(
+            None => Err(Error::Internal(format!(
                 "the kept value of {fp}/{path} vanished (a bug): read it again"
             ))),
         }

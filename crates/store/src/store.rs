@@ -646,7 +646,7 @@ impl Store {
         })?;
         let result = lock(&slot)
             .take()
-            .ok_or_else(|| Error::InvalidInput("the update function returned no result".into()))?;
+            .ok_or_else(|| Error::Internal("the update function returned no result".into()))?;
         Ok((info, result))
     }
 
@@ -674,7 +674,7 @@ impl Store {
     pub fn compact(&self) -> Result<CompactReport> {
         match self.inner.submit(Job::Compact)? {
             Outcome::Compacted(r) => Ok(r),
-            _ => Err(Error::InvalidInput("compaction produced no report".into())),
+            _ => Err(Error::Internal("compaction produced no report".into())),
         }
     }
 
@@ -956,7 +956,7 @@ impl Inner {
     fn submit(&self, job: Job) -> Result<Outcome> {
         self.submit_all(vec![job])
             .pop()
-            .unwrap_or_else(|| Err(Error::InvalidInput("a job was lost in the queue".into())))
+            .unwrap_or_else(|| Err(Error::Internal("a job was lost in the queue".into())))
     }
 
     /// Queues jobs one after the other (so they tend to share a batch and
@@ -1055,7 +1055,7 @@ impl Inner {
             .map(
                 |s| match std::mem::replace(&mut *lock(&s.state), SlotState::Waiting) {
                     SlotState::Done(outcome) => outcome,
-                    _ => Err(Error::InvalidInput("a job lost its outcome".into())),
+                    _ => Err(Error::Internal("a job lost its outcome".into())),
                 },
             )
             .collect()
@@ -1205,7 +1205,7 @@ impl Inner {
             self.compact_locked(&state)
         }))
         .unwrap_or_else(|_| {
-            Err(Error::InvalidInput(
+            Err(Error::Internal(
                 "an internal error (a panic) while compacting".into(),
             ))
         });
@@ -1338,7 +1338,7 @@ impl Inner {
                     }
                 }
                 Job::Compact => {
-                    outcomes.push(Err(Error::InvalidInput(
+                    outcomes.push(Err(Error::Internal(
                         "compaction queued inside a batch".into(),
                     )));
                     continue;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chorus_core::FullPrefix;
 
-use crate::feed::{Cursor, Feed};
+use crate::feed::{Cursor, EventId, Feed};
 use crate::format::Origin;
 use crate::index::Bytes;
 use crate::store::Store;
@@ -34,6 +34,9 @@ const BATCH: usize = 256;
 pub struct WatchEvent {
     /// The commit's sequence number.
     pub seq: u64,
+    /// This event's id: resuming from it ([`Store::watcher_after`]) reports
+    /// the events after it, once each.
+    pub id: EventId,
     /// Where to resume after this event's commit (every key it wrote).
     pub cursor: Cursor,
     /// Made on this directory, or merged from a peer.
@@ -70,6 +73,9 @@ pub struct Watcher {
     filter: KeyFilter,
     pending: std::collections::VecDeque<Watched>,
     seen: (u64, u64),
+    /// The event the watcher resumes after: keys it covers are not
+    /// reported again.
+    after: Option<EventId>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -89,12 +95,19 @@ impl Store {
 
     /// A watcher of the commits after `cursor`.
     pub fn watcher_from(&self, cursor: Cursor, filter: KeyFilter) -> Result<Watcher> {
+        self.watcher_after(EventId::after(cursor), filter)
+    }
+
+    /// A watcher of the changes after the event `id` (the rest of its
+    /// commit, then the commits after it).
+    pub fn watcher_after(&self, id: EventId, filter: KeyFilter) -> Result<Watcher> {
         Ok(Watcher {
             store: self.clone(),
-            cursor,
+            cursor: id.resume(),
             filter,
             pending: std::collections::VecDeque::new(),
             seen: (u64::MAX, u64::MAX),
+            after: Some(id),
         })
     }
 
@@ -118,7 +131,7 @@ impl Store {
                 }
                 Ok(())
             })
-            .map_err(|e| Error::InvalidInput(format!("cannot start the watch thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the watch thread: {e}")))?;
         Ok(Watch {
             stop,
             thread: Some(thread),
@@ -172,10 +185,14 @@ impl Watcher {
                 for change in changes {
                     // Resuming from this position reads on after this commit.
                     let cursor = start.with_seq(change.seq);
-                    for k in change.keys {
+                    for (i, k) in change.keys.into_iter().enumerate() {
+                        if self.after.is_some_and(|a| a.covers(change.seq, i)) {
+                            continue;
+                        }
                         if (self.filter)(&k.full_prefix, &k.key) {
                             self.pending.push_back(Watched::Change(WatchEvent {
                                 seq: change.seq,
+                                id: EventId::new(change.position, i),
                                 cursor,
                                 origin: change.origin,
                                 full_prefix: k.full_prefix,
@@ -213,7 +230,7 @@ impl Watch {
         self.stop.store(true, Ordering::Release);
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
-            Some(Err(_)) => Err(Error::InvalidInput("the watch callback panicked".into())),
+            Some(Err(_)) => Err(Error::Internal("the watch callback panicked".into())),
             None => Ok(()),
         }
     }

@@ -100,6 +100,7 @@ fn two_processes_writing_with_the_context_they_read_leave_two_siblings() {
         PutValue::Bytes(b"merged".to_vec()),
         &PutOptions {
             context: Some(read.context),
+            ..Default::default()
         },
     )
     .expect("put");
@@ -117,6 +118,7 @@ fn resolving_with_allow_put_writes_one_value_that_other_processes_see() {
     let m = meta(dir.path());
     let empty = PutOptions {
         context: Some(Vec::new()),
+        ..Default::default()
     };
     for v in ["one", "two", "three"] {
         m.put(&fp(), b"k", PutValue::Bytes(v.into()), &empty)
@@ -192,6 +194,7 @@ fn put_with_a_function_resolves_on_write() {
     let m = meta(dir.path());
     let empty = PutOptions {
         context: Some(Vec::new()),
+        ..Default::default()
     };
     for v in ["3", "4"] {
         m.put(&fp(), b"n", PutValue::Bytes(v.into()), &empty)
@@ -441,6 +444,7 @@ fn writing_back_with_the_context_an_allow_put_read_returned_leaves_one_value() {
     let m = meta(dir.path());
     let empty = PutOptions {
         context: Some(Vec::new()),
+        ..Default::default()
     };
     for v in ["a", "b"] {
         m.put(&fp(), b"k", PutValue::Bytes(v.into()), &empty)
@@ -470,6 +474,7 @@ fn writing_back_with_the_context_an_allow_put_read_returned_leaves_one_value() {
         PutValue::Bytes(b"next".to_vec()),
         &PutOptions {
             context: Some(read.context),
+            ..Default::default()
         },
     )
     .expect("put");

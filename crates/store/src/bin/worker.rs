@@ -177,6 +177,7 @@ fn run(args: &[String]) -> Result<(), Failure> {
             std::io::stdin().lock().read_line(&mut line)?;
             let opts = PutOptions {
                 context: Some(context),
+                ..Default::default()
             };
             meta.put(
                 &fp,

@@ -1,0 +1,338 @@
+//! Change events: one shape and one way of reading them for every
+//! consumer (SSE watches, the ZeroMQ PUB socket, `chorus watch`).
+//!
+//! An event is one key of one commit, as JSON ([`event_json`]), with an id
+//! ([`EventId`]) that is the same live and replayed: a consumer that
+//! resumes after any id is sent each later event once. The [`Hub`] reads
+//! the directory's change feed once, on one task, and hands each batch of
+//! commits to every open stream through a bounded broadcast channel; a
+//! stream that falls behind the channel reads the missed commits from the
+//! feed itself ([`Follower`]), so a slow consumer costs its own reads,
+//! never memory, and an idle one costs nothing.
+//!
+//! Chorus's own names (`$`-prefixed: `$auth`, `$cluster`, `$stage`, ...)
+//! are never shown to a client, whether auth is on or not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chorus_core::FullPrefix;
+use chorus_core::object::{Object, context_to_string};
+use chorus_store::{Change, ChangedKey, Cursor, EventId, Feed, Match, Origin, Store};
+use serde_json::{Value, json};
+
+use crate::json::value_json;
+
+/// Commits read from the feed per read.
+const BATCH: usize = 256;
+/// Batches the broadcast channel holds for streams that are behind.
+const CHANNEL: usize = 1024;
+/// How often the hub looks at the feed when nobody told it of a commit
+/// (commits by other processes on the directory, merges).
+const POLL: Duration = Duration::from_millis(10);
+
+/// One key of one commit, as every interface shows it: its id and commit
+/// sequence number, full prefix and key (a document's or a log's record
+/// shows under the document's or log's key, with `"record"` naming it),
+/// whether a peer sent it, and its values, context and tombstone flag (or
+/// `"removed": true` once a tombstone was collected).
+pub fn event_json(id: &EventId, seq: u64, origin: &Origin, k: &ChangedKey) -> Value {
+    let object = k.value.as_deref().and_then(|b| Object::decode(b).ok());
+    let (base, record) = match chorus_store::split_record(&k.key) {
+        Some((base, name)) => (base, Some(name)),
+        None => (&k.key[..], None),
+    };
+    let mut data = json!({
+        "id": id.to_string(),
+        "seq": seq,
+        "full_prefix": k.full_prefix.to_string(),
+        "key": text_or_base64(base),
+        "from_peer": matches!(origin, Origin::Peer(_)),
+    });
+    if std::str::from_utf8(base).is_err() {
+        data["key_encoding"] = json!("base64");
+    }
+    if let Some(name) = record {
+        data["record"] = json!(String::from_utf8_lossy(name));
+    }
+    match object {
+        Some(o) => {
+            data["values"] = json!(o.values().into_iter().map(value_json).collect::<Vec<_>>());
+            data["context"] = json!(context_to_string(&o.context()));
+            data["tombstone"] = json!(o.is_tombstone());
+        }
+        None => data["removed"] = json!(true),
+    }
+    data
+}
+
+fn text_or_base64(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => STANDARD.encode(bytes),
+    }
+}
+
+/// The event a stream ends with when compaction dropped commits it had
+/// not read.
+pub fn overflow_json(first_seq: u64) -> Value {
+    json!({"code": "overflow", "message": format!(
+        "changes before seq {first_seq} were compacted before this stream read them: re-read the data, then watch again"
+    )})
+}
+
+/// Which keys a stream shows: every key, a prefix, or a full prefix,
+/// optionally only keys matching a glob. Reserved names never.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// The prefix, if any.
+    pub prefix: Option<String>,
+    /// The subprefix (with `prefix`), if any.
+    pub sub: Option<String>,
+    /// Only keys (a record's document or log key) matching this.
+    pub matching: Option<Match>,
+}
+
+impl Scope {
+    /// `PREFIX` or `PREFIX/SUBPREFIX`, checked as names.
+    pub fn parse(text: Option<&str>) -> Result<Scope, chorus_core::NameError> {
+        let Some(text) = text else {
+            return Ok(Scope::default());
+        };
+        match text.split_once('/') {
+            Some((p, s)) => {
+                FullPrefix::new(p, s)?;
+                Ok(Scope {
+                    prefix: Some(p.to_string()),
+                    sub: Some(s.to_string()),
+                    matching: None,
+                })
+            }
+            None => {
+                FullPrefix::new(text, "x")?;
+                Ok(Scope {
+                    prefix: Some(text.to_string()),
+                    sub: None,
+                    matching: None,
+                })
+            }
+        }
+    }
+
+    /// Whether the stream shows this key.
+    pub fn shows(&self, fp: &FullPrefix, key: &[u8]) -> bool {
+        if fp.is_reserved() {
+            return false;
+        }
+        if self.prefix.as_deref().is_some_and(|p| p != fp.prefix())
+            || self.sub.as_deref().is_some_and(|s| s != fp.subprefix())
+        {
+            return false;
+        }
+        match &self.matching {
+            None => true,
+            Some(m) => m.matches(chorus_store::split_record(key).map_or(key, |(b, _)| b)),
+        }
+    }
+}
+
+/// Commits read from the feed at once: the cursor they were read from and
+/// the one after them.
+#[derive(Debug)]
+pub struct Batch {
+    from: Cursor,
+    next: Cursor,
+    changes: Vec<Change>,
+}
+
+/// What a follower hands its consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// An event's id and JSON.
+    Event(EventId, Value),
+    /// Compaction dropped commits the follower had not read: the stream
+    /// ends with this (see [`overflow_json`]).
+    Overflow(u64),
+}
+
+/// One consumer's place in the feed: takes the hub's batches, and reads
+/// the feed itself for whatever it missed.
+#[derive(Debug)]
+pub struct Follower {
+    cursor: Cursor,
+    after: EventId,
+    scope: Scope,
+}
+
+impl Follower {
+    /// A follower of the events after `after`.
+    pub fn new(after: EventId, scope: Scope) -> Follower {
+        Follower {
+            cursor: after.resume(),
+            after,
+            scope,
+        }
+    }
+
+    /// Where it is: everything up to here was handed out.
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    fn emit(&self, change: &Change, out: &mut Vec<Item>) {
+        if change.seq <= self.cursor.seq() {
+            return;
+        }
+        for (i, k) in change.keys.iter().enumerate() {
+            if self.after.covers(change.seq, i) || !self.scope.shows(&k.full_prefix, &k.key) {
+                continue;
+            }
+            let id = EventId::new(change.position, i);
+            out.push(Item::Event(
+                id,
+                event_json(&id, change.seq, &change.origin, k),
+            ));
+        }
+    }
+
+    /// Reads the feed from its own cursor: at most one batch. Returns
+    /// whether it reached the end.
+    pub fn read(
+        &mut self,
+        store: &Store,
+        out: &mut Vec<Item>,
+    ) -> Result<bool, chorus_store::Error> {
+        match store.changes_since(&self.cursor, BATCH)? {
+            Feed::Changes { changes, next } => {
+                for c in &changes {
+                    self.emit(c, out);
+                }
+                let done = changes.is_empty();
+                self.cursor = next;
+                Ok(done)
+            }
+            Feed::Gap { first_seq, resume } => {
+                self.cursor = resume;
+                out.push(Item::Overflow(first_seq));
+                Ok(true)
+            }
+        }
+    }
+
+    /// Takes a batch from the hub: the commits it has not handed out yet.
+    /// Returns false when the batch starts beyond what it read (commits
+    /// between were missed): read the feed ([`Follower::read`]) first.
+    pub fn take(&mut self, batch: &Batch, out: &mut Vec<Item>) -> bool {
+        if batch.next.seq() <= self.cursor.seq() && batch.from.seq() <= self.cursor.seq() {
+            return true; // already read from the feed
+        }
+        if batch.from.seq() > self.cursor.seq() {
+            return false;
+        }
+        for c in &batch.changes {
+            self.emit(c, out);
+        }
+        self.cursor = batch.next;
+        true
+    }
+}
+
+/// The one reader of the feed for every open stream.
+#[derive(Clone)]
+pub struct Hub {
+    tx: tokio::sync::broadcast::Sender<Arc<Batch>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("streams", &self.tx.receiver_count())
+            .finish()
+    }
+}
+
+impl Hub {
+    /// A hub; [`Hub::run`] feeds it.
+    pub fn new() -> Hub {
+        Hub {
+            tx: tokio::sync::broadcast::channel(CHANNEL).0,
+        }
+    }
+
+    /// Streams open now.
+    pub fn streams(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// A receiver of the batches read from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Batch>> {
+        self.tx.subscribe()
+    }
+
+    /// Reads the feed from its end now, whenever `committed` is notified
+    /// and every [`POLL`], until the store fails to open its feed.
+    pub async fn run(self, store: Store, committed: Arc<tokio::sync::Notify>) {
+        let mut cursor = loop {
+            match store.cursor() {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!("the event hub cannot read the change feed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        loop {
+            let _ = tokio::time::timeout(POLL, committed.notified()).await;
+            if self.tx.receiver_count() == 0 {
+                // Nobody listens: keep up with the end without decoding.
+                if let Ok(c) = store.cursor() {
+                    cursor = c;
+                }
+                continue;
+            }
+            loop {
+                let read = {
+                    let store = store.clone();
+                    tokio::task::block_in_place(|| store.changes_since(&cursor, BATCH))
+                };
+                match read {
+                    Ok(Feed::Changes { changes, next }) => {
+                        if changes.is_empty() {
+                            cursor = next;
+                            break;
+                        }
+                        let more = changes.len() >= BATCH;
+                        let batch = Batch {
+                            from: cursor,
+                            next,
+                            changes,
+                        };
+                        cursor = next;
+                        let _ = self.tx.send(Arc::new(batch));
+                        if !more {
+                            break;
+                        }
+                    }
+                    Ok(Feed::Gap { resume, .. }) => {
+                        // Streams find the gap themselves when they read
+                        // from their own cursors.
+                        cursor = resume;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("the event hub cannot read the change feed: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}

@@ -1,0 +1,360 @@
+//! `/metrics` in the Prometheus text format, following its conventions:
+//! every family has HELP and its true TYPE (counters end in `_total`,
+//! levels are gauges), request latencies are histograms labelled by
+//! interface route or operation and status, and `chorus_build_info` names
+//! the version.
+//!
+//! Label values come from fixed sets (route templates, operation names,
+//! status codes), so the number of series is bounded.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+/// Series per histogram family at most; more are counted under `other`.
+const SERIES_MAX: usize = 512;
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+}
+
+/// One histogram family keyed by two label values.
+#[derive(Debug, Default)]
+struct Family {
+    series: Mutex<BTreeMap<(String, String), Histogram>>,
+}
+
+impl Family {
+    fn observe(&self, a: &str, b: &str, elapsed: Duration) {
+        let mut s = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (a.to_string(), b.to_string());
+        let key = if s.len() >= SERIES_MAX && !s.contains_key(&key) {
+            ("other".to_string(), b.to_string())
+        } else {
+            key
+        };
+        s.entry(key).or_default().observe(elapsed.as_secs_f64());
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, labels: (&str, &str)) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let s = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((a, b), h) in s.iter() {
+            let l = format!(
+                "{}=\"{}\",{}=\"{}\"",
+                labels.0,
+                escape(a),
+                labels.1,
+                escape(b)
+            );
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "{name}_bucket{{{l},le=\"{bound}\"}} {}", h.counts[i]);
+            }
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{{{l}}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{{l}}} {}", h.count);
+        }
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The service's own measurements.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    http: Family,
+    zmq: Family,
+    /// ZeroMQ requests queued or running.
+    pub(crate) zmq_in_flight: AtomicU64,
+    /// Events sent on the PUB socket.
+    pub(crate) zmq_published: AtomicU64,
+}
+
+impl Metrics {
+    /// An HTTP request to `route` (its template) answered with `status`.
+    pub(crate) fn http(&self, route: &str, status: u16, elapsed: Duration) {
+        self.http.observe(route, &status.to_string(), elapsed);
+    }
+
+    /// A ZeroMQ request `op` answered with `code` (`ok` or an error code).
+    pub(crate) fn zmq(&self, op: &str, code: &str, elapsed: Duration) {
+        self.zmq.observe(op, code, elapsed);
+    }
+}
+
+/// Help for the core's counters and levels; a name missing here is a bug
+/// the test below catches.
+fn core_help(name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match name {
+        "commits_broadcast_total" => ("counter", "local commits this node broadcast to peers"),
+        "objects_received_total" => ("counter", "objects received from peers and merged"),
+        "keys_repaired_total" => ("counter", "keys anti-entropy exchanges repaired"),
+        "exchanges_total" => ("counter", "anti-entropy exchanges finished"),
+        "frames_dropped_total" => ("counter", "peer frames dropped because a queue was full"),
+        "overlay_links_total" => ("counter", "overlay links opened to peers"),
+        "tombstones_collected_total" => {
+            ("counter", "tombstones removed once every member had them")
+        }
+        "tombstones_held" => ("gauge", "tombstones kept until every member has them"),
+        "oplog_ops_folded_total" => (
+            "counter",
+            "operation-log operations folded into checkpoints",
+        ),
+        "peer_bytes_sent_total" => ("counter", "bytes of frames sent to peers"),
+        "broadcasts_sent_total" => ("counter", "Plumtree gossip messages sent"),
+        "grafts_total" => ("counter", "Plumtree grafts sent"),
+        "prunes_total" => ("counter", "Plumtree prunes sent"),
+        "duplicates_total" => ("counter", "Plumtree duplicate messages received"),
+        "feed_seq" => ("gauge", "sequence number of the last commit the core read"),
+        _ => return None,
+    })
+}
+
+/// The levels shown as gauges besides the counters.
+pub(crate) struct Levels {
+    pub(crate) active_peers: usize,
+    pub(crate) passive_peers: usize,
+    pub(crate) eager_links: usize,
+    pub(crate) lazy_links: usize,
+    pub(crate) open_watches: usize,
+}
+
+/// Renders every family.
+pub(crate) fn render(
+    m: &Metrics,
+    counters: &[(&'static str, u64)],
+    levels: &Levels,
+    store: Option<&chorus_store::Status>,
+    writes: &chorus_store::WriteStats,
+) -> String {
+    let mut out = String::new();
+    let mut one = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP chorus_{name} {help}\n# TYPE chorus_{name} {kind}\nchorus_{name} {value}"
+        );
+    };
+    one(
+        "build_info",
+        "gauge",
+        "always 1; the version is in the label",
+        1.0,
+    );
+    for (name, value) in counters {
+        let (kind, help) = core_help(name).unwrap_or(("gauge", "undocumented"));
+        one(name, kind, help, *value as f64);
+    }
+    for (name, value, help) in [
+        (
+            "active_peers",
+            levels.active_peers,
+            "peers in HyParView's active view",
+        ),
+        (
+            "passive_peers",
+            levels.passive_peers,
+            "peers in HyParView's passive view",
+        ),
+        ("eager_links", levels.eager_links, "Plumtree eager links"),
+        ("lazy_links", levels.lazy_links, "Plumtree lazy links"),
+        (
+            "open_watches",
+            levels.open_watches,
+            "change streams open (SSE watches)",
+        ),
+    ] {
+        one(name, "gauge", help, value as f64);
+    }
+    for (name, value, help) in [
+        (
+            "store_commits_total",
+            writes.commits,
+            "commits this daemon appended (local writes and merges)",
+        ),
+        ("store_frames_total", writes.frames, "log frames they took"),
+        (
+            "store_syncs_total",
+            writes.syncs,
+            "fdatasyncs they took: below commits when writes arrive together",
+        ),
+    ] {
+        one(name, "counter", help, value as f64);
+    }
+    if let Some(s) = store {
+        for (name, value, help) in [
+            ("store_keys", s.keys as u64, "live keys in the store"),
+            (
+                "store_log_bytes",
+                s.log_bytes,
+                "bytes of the current log generation",
+            ),
+            (
+                "store_live_bytes",
+                s.live_bytes,
+                "bytes the live data would take after compaction",
+            ),
+            (
+                "store_dead_bytes",
+                s.log_bytes.saturating_sub(s.live_bytes),
+                "bytes compaction would free",
+            ),
+            (
+                "store_generation",
+                s.generation,
+                "log generation (compactions so far)",
+            ),
+            (
+                "store_last_seq",
+                s.last_seq,
+                "sequence number of the last commit",
+            ),
+        ] {
+            one(name, "gauge", help, value as f64);
+        }
+    }
+    one(
+        "zmq_in_flight",
+        "gauge",
+        "ZeroMQ requests queued or running",
+        m.zmq_in_flight.load(Ordering::Relaxed) as f64,
+    );
+    one(
+        "zmq_events_published_total",
+        "counter",
+        "change events sent on the ZeroMQ PUB socket",
+        m.zmq_published.load(Ordering::Relaxed) as f64,
+    );
+    // build_info's value line carries its label.
+    let out = out.replacen(
+        "chorus_build_info 1",
+        &format!(
+            "chorus_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+        1,
+    );
+    let mut out = out;
+    m.http.render(
+        &mut out,
+        "chorus_http_request_duration_seconds",
+        "HTTP requests by route template and status, and how long they took",
+        ("route", "status"),
+    );
+    m.zmq.render(
+        &mut out,
+        "chorus_zmq_request_duration_seconds",
+        "ZeroMQ requests by operation and outcome code, and how long they took",
+        ("op", "code"),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_help_and_a_type_and_histograms_are_cumulative() {
+        let m = Metrics::default();
+        m.http(
+            "/v1/kv/{prefix}/{sub}/{*key}",
+            200,
+            Duration::from_micros(300),
+        );
+        m.http(
+            "/v1/kv/{prefix}/{sub}/{*key}",
+            200,
+            Duration::from_millis(30),
+        );
+        m.zmq("get", "ok", Duration::from_micros(50));
+        let counters = [
+            ("commits_broadcast_total", 1),
+            ("objects_received_total", 1),
+            ("keys_repaired_total", 1),
+            ("exchanges_total", 1),
+            ("frames_dropped_total", 1),
+            ("overlay_links_total", 1),
+            ("tombstones_collected_total", 1),
+            ("tombstones_held", 1),
+            ("oplog_ops_folded_total", 1),
+            ("peer_bytes_sent_total", 1),
+            ("broadcasts_sent_total", 1),
+            ("grafts_total", 1),
+            ("prunes_total", 1),
+            ("duplicates_total", 1),
+            ("feed_seq", 1),
+        ];
+        for (name, _) in counters {
+            assert!(core_help(name).is_some(), "{name} has no help");
+        }
+        let levels = Levels {
+            active_peers: 1,
+            passive_peers: 0,
+            eager_links: 1,
+            lazy_links: 0,
+            open_watches: 2,
+        };
+        let text = render(
+            &m,
+            &counters,
+            &levels,
+            None,
+            &chorus_store::WriteStats::default(),
+        );
+        let mut families = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or_default();
+                families.entry(name.to_string()).or_insert((false, false)).0 = true;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut p = rest.split(' ');
+                let name = p.next().unwrap_or_default();
+                let kind = p.next().unwrap_or_default();
+                if name.ends_with("_total") {
+                    assert_eq!(kind, "counter", "{name}");
+                }
+                families.entry(name.to_string()).or_insert((false, false)).1 = true;
+            }
+        }
+        assert!(families.values().all(|(h, t)| *h && *t), "{families:?}");
+        assert!(text.contains("chorus_build_info{version=\""), "{text}");
+        assert!(text.contains(
+            "chorus_http_request_duration_seconds_bucket{route=\"/v1/kv/{prefix}/{sub}/{*key}\",status=\"200\",le=\"+Inf\"} 2"
+        ), "{text}");
+        assert!(text.contains(
+            "chorus_http_request_duration_seconds_bucket{route=\"/v1/kv/{prefix}/{sub}/{*key}\",status=\"200\",le=\"0.001\"} 1"
+        ), "{text}");
+    }
+}
