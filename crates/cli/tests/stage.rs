@@ -99,15 +99,20 @@ fn json(body: &str) -> serde_json::Value {
 /// The keys of a full prefix upstream and their values (siblings joined
 /// with `|`, sorted).
 fn upstream_keys(http: u16, fp: &str) -> std::collections::BTreeMap<String, String> {
-    let (_, status, body) = curl(&[&format!("http://127.0.0.1:{http}/v1/kv/{fp}")]);
-    if status != 200 {
-        return Default::default();
-    }
-    json(&body)["keys"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|k| {
+    // Lists are paged: follow `next` to the end.
+    let mut keys = std::collections::BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            None => format!("http://127.0.0.1:{http}/v1/kv/{fp}?limit=10000"),
+            Some(a) => format!("http://127.0.0.1:{http}/v1/kv/{fp}?limit=10000&after={a}"),
+        };
+        let (_, status, body) = curl(&[&url]);
+        if status != 200 {
+            return keys;
+        }
+        let page = json(&body);
+        for k in page["keys"].as_array().into_iter().flatten() {
             let mut values: Vec<String> = k["values"]
                 .as_array()
                 .into_iter()
@@ -115,12 +120,16 @@ fn upstream_keys(http: u16, fp: &str) -> std::collections::BTreeMap<String, Stri
                 .map(|v| v["value"].as_str().unwrap_or("<deleted>").to_string())
                 .collect();
             values.sort();
-            (
+            keys.insert(
                 k["key"].as_str().unwrap_or_default().to_string(),
                 values.join("|"),
-            )
-        })
-        .collect()
+            );
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => return keys,
+        }
+    }
 }
 
 fn status(dir: &Path) -> serde_json::Value {
