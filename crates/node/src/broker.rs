@@ -548,7 +548,15 @@ fn answer(api: &Service, job: Job) -> Vec<Vec<u8>> {
             api.audit(&grant, "zmq", &audit, out.is_ok());
             if writes && out.is_ok() {
                 api.wrote();
+                api.metrics.zmq_writes.fetch_add(1, Ordering::Relaxed);
             }
+            // A document is the body of an HTTP answer; a ZeroMQ reply's
+            // top level holds "id" and "ok", so it comes under "doc".
+            let out = if name == "doc.get" {
+                out.map(|doc| json!({ "doc": doc }))
+            } else {
+                out
+            };
             (name, out)
         }
         Err(e) => ("invalid", Err(e)),
@@ -772,6 +780,9 @@ fn serve(
                     put,
                     Box::new(move |outcome| {
                         service.audit(&grant, "zmq", &op, outcome.is_ok());
+                        if outcome.is_ok() {
+                            service.metrics.zmq_writes.fetch_add(1, Ordering::Relaxed);
+                        }
                         let outcome = outcome
                             .map(|info| Service::put_json(&fp_key.0, &fp_key.1, fp_key.2, &info));
                         let frames =

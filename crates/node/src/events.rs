@@ -10,8 +10,9 @@
 //! feed itself ([`Follower`]), so a slow consumer costs its own reads,
 //! never memory, and an idle one costs nothing.
 //!
-//! Chorus's own names (`$`-prefixed: `$auth`, `$cluster`, `$stage`, ...)
-//! are never shown to a client, whether auth is on or not.
+//! Chorus's own names (`$`-prefixed: `$auth`, `$cluster`, ...) are never
+//! shown to a client, whether auth is on or not; the stage's reports
+//! (`$stage`) only to a stream that names them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,9 +122,14 @@ impl Scope {
         }
     }
 
-    /// Whether the stream shows this key.
+    /// Whether the stream shows this key. Of Chorus's own names only the
+    /// stage's reports show, and only to a stream that asked for them by
+    /// name (`$stage`).
     pub fn shows(&self, fp: &FullPrefix, key: &[u8]) -> bool {
-        if fp.is_reserved() {
+        if fp.is_reserved()
+            && (fp.prefix() != crate::service::READABLE_RESERVED
+                || self.prefix.as_deref() != Some(fp.prefix()))
+        {
             return false;
         }
         if self.prefix.as_deref().is_some_and(|p| p != fp.prefix())

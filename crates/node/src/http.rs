@@ -109,6 +109,21 @@ async fn json_errors(request: Request, next: Next) -> Response {
         )
         .into_response();
     }
+    // A body announced over the limit is refused before it is read (and
+    // before a client waiting for 100 Continue sends it).
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if announced > BODY_MAX as u64 && !request.uri().path().starts_with("/v1/sync/") {
+        return ApiError::new(
+            Kind::TooLarge,
+            format!("the body is {announced} bytes, over the limit of {BODY_MAX}"),
+        )
+        .into_response();
+    }
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response

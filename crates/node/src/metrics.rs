@@ -99,6 +99,8 @@ pub(crate) struct Metrics {
     pub(crate) zmq_in_flight: AtomicU64,
     /// Events sent on the PUB socket.
     pub(crate) zmq_published: AtomicU64,
+    /// Writes the broker acknowledged.
+    pub(crate) zmq_writes: AtomicU64,
 }
 
 impl Metrics {
@@ -248,6 +250,12 @@ pub(crate) fn render(
         "gauge",
         "ZeroMQ requests queued or running",
         m.zmq_in_flight.load(Ordering::Relaxed) as f64,
+    );
+    one(
+        "zmq_writes_total",
+        "counter",
+        "writes the ZeroMQ broker acknowledged (group-committed: compare store_syncs_total)",
+        m.zmq_writes.load(Ordering::Relaxed) as f64,
     );
     one(
         "zmq_events_published_total",

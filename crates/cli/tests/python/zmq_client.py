@@ -90,7 +90,7 @@ def main(router, pub):
         topic, event = ev
         assert topic.startswith("py/")
         assert event["full_prefix"] + "/" + event["key"] == topic, (topic, event)
-        assert "position" in event
+        assert "id" in event and "seq" in event, event
         seen[topic] = seen.get(topic, 0) + 1
     assert seen.get("py/cfg/color", 0) >= 4, seen
     colors = seen["py/cfg/color"]
