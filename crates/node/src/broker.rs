@@ -509,17 +509,17 @@ impl Request {
                 store: self.string("store")?,
                 page: self.page()?,
             },
-            "op.push" => Op::OpPush {
+            "op.push" => Op::LogPush {
                 fp: self.full_prefix()?,
                 path: self.string("path")?,
                 kind: self.string("type")?,
                 payload: self.json("payload")?,
             },
-            "op.get" => Op::OpGet {
+            "op.get" => Op::LogGet {
                 fp: self.full_prefix()?,
                 path: self.string("path")?,
             },
-            "op.log" => Op::OpLog {
+            "op.log" => Op::LogOps {
                 fp: self.full_prefix()?,
                 path: self.string("path")?,
             },

@@ -917,7 +917,7 @@ async fn op_push(
             "the body must be JSON like {{\"type\": \"counter\", \"payload\": 1}}: {e}"
         ))
     })?;
-    let op = Op::OpPush {
+    let op = Op::LogPush {
         fp: full_prefix(&prefix, &sub)?,
         path: path_text,
         kind: b.kind,
@@ -942,12 +942,12 @@ async fn op_get(
     let q = query(q)?;
     let fp = full_prefix(&prefix, &sub)?;
     let op = if q.log.unwrap_or(false) {
-        Op::OpLog {
+        Op::LogOps {
             fp,
             path: path_text,
         }
     } else {
-        Op::OpGet {
+        Op::LogGet {
             fp,
             path: path_text,
         }

@@ -181,17 +181,17 @@ pub(crate) enum Op {
         store: String,
         page: Page,
     },
-    OpPush {
+    LogPush {
         fp: FullPrefix,
         path: String,
         kind: String,
         payload: Value,
     },
-    OpGet {
+    LogGet {
         fp: FullPrefix,
         path: String,
     },
-    OpLog {
+    LogOps {
         fp: FullPrefix,
         path: String,
     },
@@ -264,9 +264,9 @@ impl Op {
             Op::DocGet { .. } => "doc.get",
             Op::DocConflicts { .. } => "doc.conflicts",
             Op::DocAll { .. } => "doc.all",
-            Op::OpPush { .. } => "op.push",
-            Op::OpGet { .. } => "op.get",
-            Op::OpLog { .. } => "op.log",
+            Op::LogPush { .. } => "op.push",
+            Op::LogGet { .. } => "op.get",
+            Op::LogOps { .. } => "op.log",
         }
     }
 
@@ -280,7 +280,7 @@ impl Op {
             | Op::DocUpsert { .. }
             | Op::DocDelete { .. }
             | Op::DocResolve { .. }
-            | Op::OpPush { .. } => true,
+            | Op::LogPush { .. } => true,
             _ => false,
         }
     }
@@ -310,9 +310,9 @@ impl Op {
             | Op::Put { fp, .. }
             | Op::List { fp, .. }
             | Op::Hash { fp }
-            | Op::OpPush { fp, .. }
-            | Op::OpGet { fp, .. }
-            | Op::OpLog { fp, .. } => Reach::FullPrefix(fp.clone()),
+            | Op::LogPush { fp, .. }
+            | Op::LogGet { fp, .. }
+            | Op::LogOps { fp, .. } => Reach::FullPrefix(fp.clone()),
             Op::DocCreate { store, .. }
             | Op::DocUpdate { store, .. }
             | Op::DocUpsert { store, .. }
@@ -622,14 +622,14 @@ impl Service {
                 });
                 json!({"docs": docs, "next": next})
             }
-            Op::OpPush {
+            Op::LogPush {
                 fp,
                 path,
                 kind,
                 payload,
             } => json!({"value": oplogs.push(&fp, &path, &kind, payload)?}),
-            Op::OpGet { fp, path } => json!({"value": oplogs.get(&fp, &path)?}),
-            Op::OpLog { fp, path } => oplogs.log(&fp, &path)?.to_json(),
+            Op::LogGet { fp, path } => json!({"value": oplogs.get(&fp, &path)?}),
+            Op::LogOps { fp, path } => oplogs.log(&fp, &path)?.to_json(),
         };
         Ok(out)
     }
