@@ -46,7 +46,28 @@ pub(crate) struct ServeArgs {
     zmq_workers: u16,
 }
 
+/// Sends the daemon's (and the engine's) log lines to stderr, one line
+/// each: `LEVEL message`. `CHORUS_LOG` picks the level (error, warn, info,
+/// debug, trace; info by default).
+pub(crate) fn init_logging() {
+    let level = match std::env::var("CHORUS_LOG").as_deref() {
+        Ok("error") => tracing::Level::ERROR,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .try_init();
+}
+
 pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
+    init_logging();
     if !args.insecure && args.tls.is_none() {
         return Err(Failure::usage(
             "peers talk TLS: give --tls DIR (made by `chorus cluster init` and `chorus cluster cert`), or --insecure for plaintext on a loopback address",

@@ -468,14 +468,14 @@ impl Core {
                 }
                 () = committed.notified() => {
                     if let Err(e) = self.read_feed() {
-                        eprintln!("chorus: cannot read the change feed: {e}");
+                        tracing::warn!("cannot read the change feed: {e}");
                     }
                 }
                 _ = feed.tick() => {
                     if let Err(e) = self.read_feed() {
                         // Retried at the next tick; a persistent failure
                         // (a damaged log) shows here every time.
-                        eprintln!("chorus: cannot read the change feed: {e}");
+                        tracing::warn!("cannot read the change feed: {e}");
                     }
                     self.publish_view();
                     // Leaving: a moment for the record to go out, then stop.
@@ -702,7 +702,7 @@ impl Core {
         let (meta, me) = (self.meta.clone(), self.me.clone());
         let node = chorus_core::NodeId::from_bytes(self.node_id);
         if let Err(e) = tokio::task::block_in_place(|| crate::members::refresh(&meta, &me, node)) {
-            eprintln!("chorus: cannot write this node's member record: {e}");
+            tracing::warn!("cannot write this node's member record: {e}");
         }
     }
 
@@ -876,7 +876,7 @@ impl Core {
         let outcomes = tokio::task::block_in_place(|| meta.merge_all(groups));
         let mut ok = true;
         for e in outcomes.into_iter().filter_map(Result::err) {
-            eprintln!("chorus: cannot merge objects from a peer: {e}");
+            tracing::warn!("cannot merge objects from a peer: {e}");
             ok = false;
         }
         ok
@@ -1031,7 +1031,7 @@ impl Core {
         let gone = match result {
             Ok((_, gone)) => gone,
             Err(e) => {
-                eprintln!("chorus: cannot collect tombstones: {e}");
+                tracing::warn!("cannot collect tombstones: {e}");
                 return;
             }
         };
@@ -1113,7 +1113,7 @@ impl Core {
             match tokio::task::block_in_place(|| ops.prune(&slot.0, &path, &upto)) {
                 Ok(n) => self.stats.oplog_ops_folded += n as u64,
                 // An unknown (user) type or a reducer error: left as is.
-                Err(e) => eprintln!("chorus: cannot prune the log {}/{path}: {e}", slot.0),
+                Err(e) => tracing::warn!("cannot prune the log {}/{path}: {e}", slot.0),
             }
             if let Some(marks) = self.oplog_marks.get_mut(&slot) {
                 marks.retain(|(_, k)| *k > upto);
@@ -1161,7 +1161,7 @@ impl Core {
         }
         if addr == self.me {
             if self.leaving.is_none() {
-                eprintln!("chorus: this node left the cluster; stopping");
+                tracing::info!("this node left the cluster; stopping");
                 self.leaving = Some(Instant::now());
             }
             return;

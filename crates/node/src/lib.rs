@@ -149,15 +149,15 @@ pub async fn run(
         .http
         .filter(|a| !a.ip().is_loopback() && !config.auth)
     {
-        eprintln!(
-            "chorus: --http {http} is beyond loopback, so authentication is on: every route but /health, /metrics and /openapi.json needs a token (see docs/auth.md)"
+        tracing::warn!(
+            "--http {http} is beyond loopback, so authentication is on: every route but /health, /metrics and /openapi.json needs a token (see docs/auth.md)"
         );
         config.auth = true;
     }
     if let Some(b) = &config.broker {
         if !broker::endpoint_is_local(&b.endpoint).map_err(Error::Config)? && !config.auth {
-            eprintln!(
-                "chorus: --zmq {} is beyond loopback, so authentication is on: every request but ping needs a token (see docs/auth.md)",
+            tracing::warn!(
+                "--zmq {} is beyond loopback, so authentication is on: every request but ping needs a token (see docs/auth.md)",
                 b.endpoint
             );
             config.auth = true;
@@ -189,8 +189,8 @@ pub async fn run(
         // tokens).
         restrict(&config.dir)?;
         if plaintext {
-            eprintln!(
-                "chorus: warning: auth is on but peers talk plaintext (--insecure): any local process can join on {} and receive every key, $auth included; use --tls",
+            tracing::warn!(
+                "warning: auth is on but peers talk plaintext (--insecure): any local process can join on {} and receive every key, $auth included; use --tls",
                 config.gossip
             );
         }
@@ -205,7 +205,7 @@ pub async fn run(
         let app = http::router(core.service());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http, app).await {
-                eprintln!("chorus: the HTTP server stopped: {e}");
+                tracing::warn!("the HTTP server stopped: {e}");
             }
         });
     }

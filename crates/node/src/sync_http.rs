@@ -540,8 +540,8 @@ async fn push_checked(api: Service, headers: HeaderMap, body: Bytes) -> Result<R
     let (info, pushed) = outcome.map_err(ApiError::from)?;
     api.wrote();
     for r in &pushed.reports {
-        eprintln!(
-            "chorus: near-simultaneous write on {}/{} from stage {}: {} ({})",
+        tracing::warn!(
+            "near-simultaneous write on {}/{} from stage {}: {} ({})",
             r["full_prefix"].as_str().unwrap_or(""),
             r["key"].as_str().unwrap_or(""),
             stage,

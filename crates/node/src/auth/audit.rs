@@ -45,8 +45,8 @@ impl AuditLog {
         if let Err(e) = self.try_append(text.as_bytes())
             && !self.complained.swap(true, Ordering::Relaxed)
         {
-            eprintln!(
-                "chorus: cannot write the audit log {}: {e} (further failures are not reported)",
+            tracing::error!(
+                "cannot write the audit log {}: {e} (further failures are not reported)",
                 self.path.display()
             );
         }
