@@ -1,10 +1,14 @@
 //! Schemathesis against a real node: the node runs in this process (its
 //! HTTP API on a free loopback port, its data in a temporary directory),
 //! and `schemathesis_run.py` (beside this file) checks that
-//! `src/openapi.json` is valid OpenAPI, then fuzzes every operation it
-//! describes with every check Schemathesis has. The test fails when the
-//! document is invalid, when Schemathesis reports a failure, or when the
-//! run outlives its time bound, and prints what the driver printed.
+//! `src/openapi.json` is valid OpenAPI, fuzzes every operation it
+//! describes with every check Schemathesis has, then probes what the
+//! fuzzer does not send or cannot judge (a method a route lacks, bodies
+//! and URIs over the limits, bytes that are not UTF-8, repeated query
+//! parameters: each answer must be a JSON `{code, message}`). The test
+//! fails when the document is invalid, when Schemathesis reports a
+//! failure, when a probe fails, or when the run outlives its time bound,
+//! and prints what the driver printed.
 //!
 //! The driver installs Schemathesis and openapi-spec-validator with pip
 //! when they are missing; without them (no network) the test fails, it
