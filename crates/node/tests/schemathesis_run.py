@@ -280,6 +280,8 @@ def main():
     env = dict(os.environ)
     env[VALUES_ENV] = json.dumps(values)
     env["SCHEMATHESIS_HOOKS"] = "schemathesis_run"
+    # Imported from the source tree: leave no __pycache__ there.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
     config = os.path.join(args.work, "schemathesis.toml")
