@@ -81,6 +81,7 @@ struct NewSessionBody {
     secret: String,
     #[serde(default)]
     description: String,
+    #[serde(default, deserialize_with = "crate::json::whole::opt")]
     ttl_secs: Option<u64>,
 }
 
@@ -203,6 +204,7 @@ fn revoked<T>(
 struct NewTokenBody {
     scope: Vec<String>,
     access: String,
+    #[serde(default, deserialize_with = "crate::json::whole::opt")]
     ttl_secs: Option<u64>,
 }
 

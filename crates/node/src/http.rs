@@ -36,6 +36,8 @@ use crate::service::{Command, Op, Page, Reach, Service, resolver};
 pub const BODY_MAX: usize = crate::service::REQUEST_MAX;
 /// Longest path and query accepted.
 pub const URI_MAX: usize = 8 << 10;
+/// The most of an oversized body read (and dropped) before it is refused.
+const DRAIN_MAX: u64 = 64 << 20;
 /// The header that carries a context.
 const CONTEXT_HEADER: &str = "x-chorus-context";
 /// How often an open watch checks its token again (auth on).
@@ -118,11 +120,22 @@ async fn json_errors(request: Request, next: Next) -> Response {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     if announced > BODY_MAX as u64 && !request.uri().path().starts_with("/v1/sync/") {
-        return ApiError::new(
+        let refusal = ApiError::new(
             Kind::TooLarge,
             format!("the body is {announced} bytes, over the limit of {BODY_MAX}"),
-        )
-        .into_response();
+        );
+        // A client that did not wait for 100 Continue is sending the body
+        // now: read and drop it (up to a bound) so that it reads the
+        // answer instead of a reset connection.
+        let waits = request
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits && announced <= DRAIN_MAX {
+            let mut body = request.into_body().into_data_stream();
+            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut body).await {}
+        }
+        return refusal.into_response();
     }
     let response = next.run(request).await;
     let status = response.status();
@@ -286,9 +299,17 @@ async fn cluster_join(
     let grant = tokio::task::block_in_place(|| {
         api.check(t.as_deref(), &Reach::All, true, "http", "cluster.join")
     })?;
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json {
+        return Err(ApiError::bad(
+            "the body must be JSON, sent with Content-Type: application/json, like {\"peer\": \"127.0.0.1:PORT\"} (a peer's --gossip address)",
+        ));
+    }
     let body: JoinBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(format!(
-            "the body must be JSON like {{\"peer\": \"127.0.0.1:7900\"}}: {e}"
+            "the body must be JSON like {{\"peer\": \"127.0.0.1:PORT\"}} (a peer's --gossip address): {e}"
         ))
     })?;
     let addr: std::net::SocketAddr = body.peer.parse().map_err(|_| {

@@ -69,3 +69,35 @@ pub fn list_json(items: &[chorus_store::Item]) -> Value {
         .collect();
     json!({ "keys": keys })
 }
+
+/// Whole numbers in JSON bodies: `3` or `3.0` (JSON Schema's `integer`
+/// counts both), within the field's range; anything else is refused.
+pub(crate) mod whole {
+    use serde::{Deserialize, Deserializer, de::Error as _};
+
+    fn number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        if let Some(u) = n.as_u64() {
+            return Ok(u);
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(f as u64),
+            _ => Err(D::Error::custom(format!(
+                "{n} is not a whole number of at least 0"
+            ))),
+        }
+    }
+
+    /// A whole number that fits `T`.
+    pub(crate) fn de<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        let n = number(d)?;
+        T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is out of range")))
+    }
+
+    /// An optional whole number (null or absent: none).
+    pub(crate) fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| number(n).map_err(D::Error::custom))
+            .transpose()
+    }
+}

@@ -67,7 +67,6 @@ pub struct ClusterView {
     /// Every member this node knows of, and its state (`up`, `left`).
     pub members: Vec<(String, &'static str)>,
     /// Counters (name, value) for /metrics.
-    #[serde(skip)]
     pub counters: Vec<(&'static str, u64)>,
 }
 
@@ -217,6 +216,11 @@ impl Page {
                 )));
             }
         };
+        if after.as_deref() == Some("") {
+            return Err(ApiError::bad(
+                "after is empty: leave it out for the first page, or pass the next of the previous page",
+            ));
+        }
         Ok(Page { limit, after })
     }
 
@@ -399,6 +403,12 @@ impl Service {
         op: &Op,
         transport: &str,
     ) -> Result<Grant, ApiError> {
+        if let Op::Get { key, .. } | Op::Put { key, .. } = op {
+            // A read refuses what a write would, rather than call it absent.
+            let max = self.meta.store().options().limits.max_key_bytes;
+            chorus_core::validate_key(key.as_bytes(), max)
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+        }
         let reach = op.reach()?;
         reserved_rule(reach.prefix(), op.writes())?;
         if matches!(reach, Reach::Nothing) {

@@ -149,11 +149,11 @@ pub(crate) struct PushBody {
     /// The stage's node id (32 hex digits).
     pub(crate) node: String,
     /// 0-255: on a near-simultaneous write, the higher priority wins.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::whole::de")]
     pub(crate) priority: u8,
     /// How close (ms) two writes' timestamps must be to count as
     /// near-simultaneous.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::whole::de")]
     pub(crate) window_ms: u32,
     /// The objects.
     pub(crate) objects: Vec<WireObject>,
@@ -483,12 +483,15 @@ async fn push_checked(api: Service, headers: HeaderMap, body: Bytes) -> Result<R
             "the body is not a push ({e}): send {{\"node\": \"<32 hex digits>\", \"priority\": 0, \"window_ms\": 1000, \"objects\": [{{\"prefix\", \"sub\", \"key\", \"object\": \"<base64>\"}}]}}"
         ))
     })?;
-    let stage = NodeId::parse_hex(&body.node).ok_or_else(|| {
-        ApiError::bad(format!(
-            "node {:?} is not a node id: give the stage's 32 hex digits",
-            body.node
-        ))
-    })?;
+    let exact = body.node.len() == 32 && body.node.bytes().all(|b| b.is_ascii_hexdigit());
+    let stage = NodeId::parse_hex(&body.node)
+        .filter(|_| exact)
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "node {:?} is not a node id: give the stage's 32 hex digits",
+                body.node
+            ))
+        })?;
     if body.window_ms > WINDOW_MS_MAX {
         return Err(Failed::bad(format!(
             "window_ms {} is over the limit of {WINDOW_MS_MAX} (one day)",

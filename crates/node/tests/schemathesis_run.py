@@ -162,8 +162,11 @@ PROBES = [
     ("POST", "/v1/cluster/join", b" " * ((1 << 20) + 1), {"Content-Type": "application/json"}, {413}),
     ("POST", "/v1/ops/app/cfg/p", b" " * ((1 << 20) + 1), {"Content-Type": "application/json"}, {413}),
     ("PUT", "/v1/docs/users/alice", b" " * ((1 << 20) + 1), {"Content-Type": "application/json"}, {413}),
-    ("GET", "/v1/kv/app/cfg/" + "k" * 70000, None, {}, {414}),
-    ("GET", "/v1/kv/app/cfg/k", None, {f"X-Probe-{i}": "x" for i in range(200)}, {431}),
+    # Over the node's own limit of 8 KiB. Beyond 64 KiB, and beyond 100
+    # header fields, hyper answers 414 or 431 itself, with an empty body,
+    # before the request reaches Chorus: a known limit (see the closing
+    # note of issue 15), not probed here.
+    ("GET", "/v1/kv/app/cfg/" + "k" * 9000, None, {}, {414}),
     # A key over max_key_bytes (4096) is bad input for a read as for a write.
     ("GET", "/v1/kv/app/cfg/" + "k" * 4097, None, {}, {400}),
     ("GET", "/v1/kv/app/cfg/%FF", None, {}, {400}),
@@ -245,6 +248,11 @@ def run_probes(url):
 
 # Per-operation settings (Schemathesis' configuration file).
 CONFIG = """
+# A request the schema forbids may also be refused for its size: a path
+# over the node's 8 KiB limit (414) or a body over 1 MiB (413).
+[checks.negative_data_rejection]
+expected-statuses = [400, 401, 403, 404, 405, 409, 413, 414, 422]
+
 # An endless text/event-stream: read up to one event, or what came within
 # a second (a watch from now is silent until something changes).
 [[operations]]

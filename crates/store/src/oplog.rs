@@ -406,7 +406,7 @@ impl Oplogs {
             })
         })?;
         if !st.kind.is_empty() && st.kind != kind {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Conflict(format!(
                 "the log at {fp}/{path} has type {:?}, not {kind:?}",
                 st.kind
             )));
@@ -1029,7 +1029,7 @@ fn read_log_inline(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<LogRe
     let mut inline = false;
     let mut folded = Vec::new();
     let bad = |e: &dyn std::fmt::Display| {
-        Error::InvalidInput(format!(
+        Error::Conflict(format!(
             "{fp}/{} is not an operation log: {e}",
             String::from_utf8_lossy(key)
         ))
