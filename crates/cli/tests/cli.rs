@@ -600,3 +600,47 @@ fn json_errors_are_one_object_with_the_shared_code() {
     assert_eq!(code(&out), 1);
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn demo_and_stage_never_use_chorus_dir() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let served = tmp.path().join("served");
+    let run = |args: &[&str], env: &[(&str, &Path)]| {
+        Command::new(CHORUS)
+            .args(args)
+            .env("CHORUS_DIR", &served)
+            .env("HOME", tmp.path())
+            .env_remove("CHORUS_STAGE_DIR")
+            .envs(env.iter().copied())
+            .current_dir(tmp.path())
+            .output()
+            .expect("run chorus")
+    };
+    // The demo writes into a temporary directory it removes, never $CHORUS_DIR.
+    let out = ok(run(&["demo", "--processes", "1", "--commits", "3"], &[]));
+    assert!(
+        stdout(&out).contains("removed the temporary directory"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!served.exists(), "the demo wrote into $CHORUS_DIR");
+
+    // The stage is $CHORUS_STAGE_DIR, else ~/.chorus/stage, never $CHORUS_DIR.
+    let out = run(&["stage", "status"], &[]);
+    assert_ne!(code(&out), 0);
+    let home_stage = tmp.path().join(".chorus/stage");
+    assert!(
+        stderr(&out).contains(&home_stage.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    let own = tmp.path().join("my-stage");
+    let out = run(&["stage", "status"], &[("CHORUS_STAGE_DIR", &own)]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains(&own.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!served.exists());
+}
