@@ -1,6 +1,11 @@
 //! `chorus demo`: several processes write one data directory at once, with
 //! no server, and every write and every increment is accounted for.
+//!
+//! The demo writes into a fresh temporary directory, removed at the end,
+//! unless `--dir` is given on the command line: never into $CHORUS_DIR,
+//! which may be a served node's directory (its demo keys would replicate).
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -34,7 +39,53 @@ pub(crate) fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Failure> {
     if args.processes == 0 || args.processes > 64 {
         return Err(Failure::usage("--processes must be between 1 and 64"));
     }
-    let store = open_created(cli)?;
+    if cli.dir_on_command_line {
+        return run_in(cli, args, &cli.dir, false);
+    }
+    let dir = temporary_dir()?;
+    let result = run_in(cli, args, &dir, true);
+    let removed = std::fs::remove_dir_all(&dir);
+    match (&result, removed) {
+        (Ok(()), Ok(())) => println!("removed the temporary directory {}", dir.display()),
+        (_, Err(e)) => eprintln!(
+            "chorus: could not remove the temporary directory {}: {e}",
+            dir.display()
+        ),
+        (Err(_), Ok(())) => {}
+    }
+    result
+}
+
+/// A new, empty directory under the system's temporary directory.
+fn temporary_dir() -> Result<PathBuf, Failure> {
+    let base = std::env::temp_dir();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for attempt in 0..100u32 {
+        let dir = base.join(format!(
+            "chorus-demo-{}-{nanos:x}-{attempt}",
+            std::process::id()
+        ));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Failure::io(format!(
+                    "could not create a temporary directory under {}: {e} (or give --dir)",
+                    base.display()
+                )));
+            }
+        }
+    }
+    Err(Failure::io(format!(
+        "could not create a temporary directory under {} (or give --dir)",
+        base.display()
+    )))
+}
+
+fn run_in(cli: &Cli, args: &DemoArgs, dir: &Path, temporary: bool) -> Result<(), Failure> {
+    let store = open_created(cli, dir)?;
     let exe = std::env::current_exe()
         .map_err(|e| Failure::usage(format!("cannot find the chorus binary: {e}")))?;
     let meta = Metadata::new(store.clone());
@@ -46,8 +97,9 @@ pub(crate) fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Failure> {
     let before = store.snapshot()?;
     let base = count_now()?;
     println!(
-        "data directory {} (node {}); starting {} processes, {} writes and {} counter increments each",
-        cli.dir.display(),
+        "{}data directory {} (node {}); starting {} processes, {} writes and {} counter increments each",
+        if temporary { "temporary " } else { "" },
+        dir.display(),
         store.node_id(),
         args.processes,
         args.commits,
@@ -58,7 +110,7 @@ pub(crate) fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Failure> {
     for p in 0..args.processes {
         let child = Command::new(&exe)
             .arg("--dir")
-            .arg(&cli.dir)
+            .arg(dir)
             .args(["--sync", sync_name(cli)])
             .args(["demo-worker", &format!("p{p}"), &args.commits.to_string()])
             .stdout(Stdio::piped())
@@ -115,8 +167,15 @@ pub(crate) fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Failure> {
     let shown = exe
         .strip_prefix(std::env::current_dir().unwrap_or_default())
         .unwrap_or(&exe);
-    let (chorus, dir) = (shown.display(), cli.dir.display());
-    println!("try: {chorus} --dir {dir} ls demo/keys | head; {chorus} --dir {dir} status");
+    if temporary {
+        println!(
+            "to keep the data for a look: {} demo --dir DIR",
+            shown.display()
+        );
+    } else {
+        let (chorus, dir) = (shown.display(), dir.display());
+        println!("try: {chorus} --dir {dir} ls demo/keys | head; {chorus} --dir {dir} status");
+    }
     Ok(())
 }
 
@@ -166,10 +225,10 @@ fn sync_name(cli: &Cli) -> &'static str {
     }
 }
 
-fn open_created(cli: &Cli) -> Result<Store, Failure> {
+fn open_created(cli: &Cli, dir: &Path) -> Result<Store, Failure> {
     let options = Options {
         create: true,
         ..cli.options()?
     };
-    Ok(Store::open(&cli.dir, options)?)
+    Ok(Store::open(dir, options)?)
 }

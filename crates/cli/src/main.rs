@@ -3,14 +3,19 @@
 //! Exit codes scripts can rely on: 0 ok, 1 not found, 2 bad usage or input,
 //! 3 conflict, 4 corruption or I/O error, 5 lock timeout. Errors go to
 //! stderr as one line that says what happened and what to do; `--json`
-//! prints one JSON document on stdout.
+//! prints one JSON document on stdout, and on an error also one object
+//! `{"code": ..., "message": ...}` with the error's stable code (the same
+//! codes as the HTTP and ZeroMQ interfaces: `not_found`, `bad_request`,
+//! `conflict`, `storage`, `lock_timeout`, ...).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chorus_core::FullPrefix;
+use chorus_node::error::Kind;
 use chorus_store::{AutoCompact, Error, Finding, Options, Store, SyncMode, check, repair};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
@@ -58,9 +63,11 @@ pub(crate) struct Cli {
     /// Never compact automatically (only `chorus compact` does)
     #[arg(long, global = true, conflicts_with = "compact_slack_mb")]
     no_auto_compact: bool,
-    /// True when --dir or $CHORUS_DIR was given (not the default).
+    /// True when --dir was given on the command line (not $CHORUS_DIR,
+    /// not the default): only then do `chorus demo` and `chorus stage` use
+    /// it, so that a served $CHORUS_DIR never receives their keys.
     #[arg(skip)]
-    dir_given: bool,
+    dir_on_command_line: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,6 +118,7 @@ enum Command {
     #[command(subcommand)]
     Reducer(op::ReducerCommand),
     /// Show the engine at work: processes writing one directory at once
+    /// (a temporary directory, removed after, unless --dir is given)
     Demo(demo::DemoArgs),
     /// Run this directory as a node of a cluster: replicate with peers
     Serve(serve::ServeArgs),
@@ -119,7 +127,7 @@ enum Command {
     /// The cluster's CA and node certificates for mutual TLS
     #[command(subcommand)]
     Cluster(serve::ClusterCommand),
-    /// Stage writes in a local directory (~/.chorus/stage unless --dir) and push them upstream after a quiet period
+    /// Stage writes in a local directory ($CHORUS_STAGE_DIR, else ~/.chorus/stage; --dir overrides) and push them upstream after a quiet period
     Stage(stage::StageArgs),
     /// Users with a master secret, for sessions and tokens (see docs/auth.md)
     #[command(subcommand)]
@@ -143,6 +151,26 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
+    /// The error kind of this failure's exit code, for its stable code
+    /// under `--json`. (Exit code 2 covers every wrong request, so it
+    /// reads as `bad_request`; 5 is the writer lock.)
+    pub(crate) fn kind(&self) -> Kind {
+        match self.code {
+            1 => Kind::NotFound,
+            2 => Kind::BadRequest,
+            3 => Kind::Conflict,
+            5 => Kind::LockTimeout,
+            _ => Kind::Storage,
+        }
+    }
+
+    /// A failure of this kind, with its exit code.
+    pub(crate) fn of_kind(kind: Kind, message: impl Into<String>) -> Self {
+        Failure {
+            code: kind.exit_code(),
+            message: message.into(),
+        }
+    }
     pub(crate) fn usage(message: impl Into<String>) -> Self {
         Failure {
             code: 2,
@@ -165,11 +193,7 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        let code = chorus_node::error::Kind::of_store(&e).exit_code();
-        Failure {
-            code,
-            message: e.to_string(),
-        }
+        Failure::of_kind(Kind::of_store(&e), e.to_string())
     }
 }
 
@@ -182,11 +206,17 @@ impl From<chorus_core::NameError> for Failure {
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    cli.dir_given = matches.value_source("dir") != Some(clap::parser::ValueSource::DefaultValue);
+    cli.dir_on_command_line =
+        matches.value_source("dir") == Some(clap::parser::ValueSource::CommandLine);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("chorus: {}", f.message);
+            // One JSON document: a command that already printed its
+            // report (a damaged `check`) does not add a second one.
+            if cli.json && !EMITTED.load(Ordering::Relaxed) {
+                println!("{}", json!({"code": f.kind().code(), "message": f.message}));
+            }
             ExitCode::from(f.code)
         }
     }
@@ -251,9 +281,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     }
 }
 
+/// Whether [`emit`] printed this command's JSON document.
+static EMITTED: AtomicBool = AtomicBool::new(false);
+
 /// Prints a JSON document or a text, depending on `--json`.
 fn emit(cli: &Cli, value: Value, text: impl FnOnce() -> String) {
     if cli.json {
+        EMITTED.store(true, Ordering::Relaxed);
         println!("{value}");
     } else {
         let t = text();

@@ -13,9 +13,11 @@ use serde_json::{Value, json};
 
 use crate::{Cli, Failure, writable_prefix};
 
-/// The stage directory when neither --dir, $CHORUS_DIR nor the config
-/// file names one.
+/// The stage directory when neither --dir, $CHORUS_STAGE_DIR nor the
+/// config file names one.
 const DEFAULT_DIR: &str = "~/.chorus/stage";
+/// The environment variable naming the stage directory.
+const STAGE_DIR_VAR: &str = "CHORUS_STAGE_DIR";
 /// Most keys a batch may hold (the pending set is kept in memory).
 const BATCH_MAX: usize = 1_000_000;
 /// Longest window (the upstream's limit too).
@@ -183,14 +185,29 @@ fn parse_count(flag: &str, text: &str, min: u64, max: u64) -> Result<u64, Failur
     }
 }
 
-/// The stage directory: --dir or $CHORUS_DIR, else the config file's,
-/// else `~/.chorus/stage`.
+/// The stage directory: --dir given on the command line, else
+/// $CHORUS_STAGE_DIR, else the config file's, else `~/.chorus/stage`.
+/// Never $CHORUS_DIR: that is often a served node's directory, and the
+/// stage's keys must not land there (and replicate).
 fn stage_dir(cli: &Cli, file: Option<&FileConfig>) -> PathBuf {
-    if cli.dir_given {
+    if cli.dir_on_command_line {
         return cli.dir.clone();
     }
-    file.and_then(|f| f.dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+    let dir = std::env::var_os(STAGE_DIR_VAR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| file.and_then(|f| f.dir.clone()))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+    home_expanded(dir)
+}
+
+/// `~/REST` as `$HOME/REST` (the shell does not expand a default or a
+/// config file's path).
+fn home_expanded(dir: PathBuf) -> PathBuf {
+    match (dir.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) if !home.is_empty() => PathBuf::from(home).join(rest),
+        _ => dir,
+    }
 }
 
 /// The daemon's configuration from flags over the config file.

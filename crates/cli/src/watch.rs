@@ -1,5 +1,9 @@
 //! `chorus watch`: one JSON line per change of a full prefix, by any
 //! process on the directory or merged from a peer, until interrupted.
+//!
+//! Each line is a change event exactly as `/v1/watch` and the ZeroMQ PUB
+//! socket send it ([`chorus_node::events::event_json`]); `--from ID`
+//! resumes after an event id (or a cursor) a previous watch printed.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -7,9 +11,9 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::json;
 
-use chorus_core::object::Object;
+use chorus_node::events::{event_json, overflow_json};
 use chorus_store::watch::Watched;
-use chorus_store::{Match, Origin};
+use chorus_store::{ChangedKey, EventId, Match};
 
 use crate::{Cli, Failure, parse_prefix};
 
@@ -20,16 +24,29 @@ pub(crate) struct WatchArgs {
     /// Only keys matching this glob (`*` any run, `?` one byte)
     #[arg(long = "match", value_name = "PATTERN")]
     pattern: Option<String>,
+    /// Resume exactly after this event: an event's "id" or the first
+    /// line's "cursor", as a previous watch printed them
+    #[arg(long, value_name = "ID")]
+    from: Option<String>,
 }
 
 pub(crate) fn run(cli: &Cli, args: &WatchArgs) -> Result<(), Failure> {
     let fp = parse_prefix(&args.full_prefix)?;
+    let from = args
+        .from
+        .as_deref()
+        .map(|text| EventId::parse(text).map_err(|e| Failure::usage(format!("--from: {e}"))))
+        .transpose()?;
     let matching = args.pattern.clone().map_or(Match::All, Match::Glob);
     let store = cli.open()?;
     let only = fp.clone();
-    let mut watcher = store.watcher(Box::new(move |f, key| {
+    let filter: chorus_store::watch::KeyFilter = Box::new(move |f, key| {
         *f == only && matching.matches(chorus_store::split_record(key).map_or(key, |(b, _)| b))
-    }))?;
+    });
+    let mut watcher = match from {
+        Some(id) => store.watcher_after(id, filter)?,
+        None => store.watcher(filter)?,
+    };
     let mut out = std::io::stdout().lock();
     // The first line says where the watch starts: every later commit shows.
     let start = json!({"watching": fp.to_string(), "cursor": watcher.cursor().to_string()});
@@ -42,32 +59,17 @@ pub(crate) fn run(cli: &Cli, args: &WatchArgs) -> Result<(), Failure> {
         };
         let line = match event {
             Watched::Change(e) => {
-                let origin = match e.origin {
-                    Origin::Local => "local".to_string(),
-                    Origin::Peer(id) => format!("peer:{}", chorus_core::NodeId::from_bytes(id)),
+                let changed = ChangedKey {
+                    full_prefix: e.full_prefix,
+                    key: e.key,
+                    value: e.value,
                 };
-                // A document's or a log's record shows under its key.
-                let (base, record) = match chorus_store::split_record(&e.key) {
-                    Some((base, name)) => (base, Some(name)),
-                    None => (&e.key[..], None),
-                };
-                let key = String::from_utf8_lossy(base).into_owned();
-                let read = e.value.as_deref().and_then(|b| Object::decode(b).ok());
-                let body = match &read {
-                    Some(o) => chorus_node::json::object_json(o),
-                    None => json!({"values": [], "tombstone": true}),
-                };
-                let mut line = json!({"seq": e.seq, "cursor": e.cursor.to_string(), "origin": origin,
-                       "full_prefix": e.full_prefix.to_string(), "key": key, "object": body});
-                if let Some(name) = record {
-                    line["record"] = json!(String::from_utf8_lossy(name));
-                }
-                line
+                event_json(&e.id, e.seq, &e.origin, &changed)
             }
-            Watched::Gap { resume } => {
-                json!({"gap": true, "resume": resume.to_string(),
-                       "message": "compaction replaced commits this watch had not read: read the keys again"})
-            }
+            // Compaction replaced commits this watch had not read: every
+            // commit up to `resume` is only in the snapshot now. The watch
+            // goes on from there; the reader should re-read the keys.
+            Watched::Gap { resume } => overflow_json(resume.seq().saturating_add(1)),
         };
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             // The reader went away (a closed pipe): stop quietly.

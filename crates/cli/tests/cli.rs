@@ -481,3 +481,166 @@ fn sim_exchange_makes_two_stores_equal() {
     assert_eq!(doc["equal_after"], true);
     assert!(doc["bytes_total"].as_u64().unwrap_or(0) > 0);
 }
+
+/// A running `chorus watch`: its JSON lines, read on a thread of their own.
+struct Watch {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watch {
+    fn start(dir: &Path, args: &[&str]) -> Watch {
+        use std::io::BufRead as _;
+        let mut child = Command::new(CHORUS)
+            .arg("--dir")
+            .arg(dir)
+            .arg("watch")
+            .args(args)
+            .env_remove("CHORUS_DIR")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn chorus watch");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Watch { child, lines }
+    }
+
+    fn next(&self, secs: u64) -> Option<serde_json::Value> {
+        let line = self
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(secs))
+            .ok()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn watch_prints_the_shared_event_shape_and_resumes_from_an_id() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    ok(chorus(d, &["init"]));
+    let live = Watch::start(d, &["app/cfg"]);
+    let start = live.next(20).expect("the first line");
+    assert_eq!(start["watching"], "app/cfg");
+    let cursor = start["cursor"].as_str().expect("a cursor").to_string();
+    ok(chorus(d, &["put", "app/cfg", "a", "1"]));
+    ok(chorus(d, &["put", "app/cfg", "b", "2"]));
+    let first = live.next(20).expect("the first event");
+    let second = live.next(20).expect("the second event");
+    for (e, key, value) in [(&first, "a", "1"), (&second, "b", "2")] {
+        assert_eq!(e["full_prefix"], "app/cfg");
+        assert_eq!(e["key"], key);
+        assert_eq!(e["values"][0]["value"], value);
+        assert_eq!(e["from_peer"], false);
+        assert_eq!(e["tombstone"], false);
+        assert!(e["id"].is_string() && e["seq"].is_u64() && e["context"].is_string());
+    }
+    drop(live);
+
+    // From the first event's id: exactly the events after it.
+    let id = first["id"].as_str().expect("an id");
+    let resumed = Watch::start(d, &["app/cfg", "--from", id]);
+    assert_eq!(resumed.next(20).expect("first line")["watching"], "app/cfg");
+    assert_eq!(resumed.next(20).as_ref(), Some(&second));
+    assert_eq!(resumed.next(1), None, "nothing else");
+    drop(resumed);
+
+    // From the first line's cursor: both events, as printed live.
+    let replay = Watch::start(d, &["app/cfg", "--from", &cursor]);
+    replay.next(20).expect("first line");
+    assert_eq!(replay.next(20).as_ref(), Some(&first));
+    assert_eq!(replay.next(20).as_ref(), Some(&second));
+    drop(replay);
+
+    let out = chorus(d, &["watch", "app/cfg", "--from", "nonsense"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--from"), "{}", stderr(&out));
+}
+
+#[test]
+fn json_errors_are_one_object_with_the_shared_code() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    ok(chorus(d, &["init"]));
+    let out = chorus(d, &["--json", "get", "app/cfg", "absent"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let doc = json(&out);
+    assert_eq!(doc["code"], "not_found");
+    assert!(
+        doc["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("absent"))
+    );
+    assert!(
+        stderr(&out).contains("not found"),
+        "stderr keeps the human line"
+    );
+
+    let out = chorus(d, &["--json", "put", "$app/cfg", "k", "v"]);
+    assert_eq!(code(&out), 2);
+    assert_eq!(json(&out)["code"], "bad_request");
+
+    // Without --json, stdout stays empty.
+    let out = chorus(d, &["get", "app/cfg", "absent"]);
+    assert_eq!(code(&out), 1);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn demo_and_stage_never_use_chorus_dir() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let served = tmp.path().join("served");
+    let run = |args: &[&str], env: &[(&str, &Path)]| {
+        Command::new(CHORUS)
+            .args(args)
+            .env("CHORUS_DIR", &served)
+            .env("HOME", tmp.path())
+            .env_remove("CHORUS_STAGE_DIR")
+            .envs(env.iter().copied())
+            .current_dir(tmp.path())
+            .output()
+            .expect("run chorus")
+    };
+    // The demo writes into a temporary directory it removes, never $CHORUS_DIR.
+    let out = ok(run(&["demo", "--processes", "1", "--commits", "3"], &[]));
+    assert!(
+        stdout(&out).contains("removed the temporary directory"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!served.exists(), "the demo wrote into $CHORUS_DIR");
+
+    // The stage is $CHORUS_STAGE_DIR, else ~/.chorus/stage, never $CHORUS_DIR.
+    let out = run(&["stage", "status"], &[]);
+    assert_ne!(code(&out), 0);
+    let home_stage = tmp.path().join(".chorus/stage");
+    assert!(
+        stderr(&out).contains(&home_stage.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    let own = tmp.path().join("my-stage");
+    let out = run(&["stage", "status"], &[("CHORUS_STAGE_DIR", &own)]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains(&own.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!served.exists());
+}

@@ -125,11 +125,11 @@ fn chorus_watch_prints_a_line_per_matching_change_by_another_process() {
     for _ in 0..2 {
         let line = lines.next().expect("a line").expect("read");
         let v: Value = serde_json::from_str(&line).expect("JSON line");
-        assert_eq!(v["origin"], "local");
+        assert_eq!(v["from_peer"], false);
         assert_eq!(v["full_prefix"], "app/cfg");
         seen.push((
             v["key"].as_str().map(String::from),
-            v["object"]["values"][0]["value"].clone(),
+            v["values"][0]["value"].clone(),
         ));
     }
     child.kill().expect("stop");
