@@ -84,11 +84,7 @@ pub(crate) enum TokenCommand {
 
 impl From<AuthError> for Failure {
     fn from(e: AuthError) -> Self {
-        let code = chorus_node::error::Kind::of_auth(e.kind).exit_code();
-        Failure {
-            code,
-            message: e.message,
-        }
+        Failure::of_kind(chorus_node::error::Kind::of_auth(e.kind), e.message)
     }
 }
 

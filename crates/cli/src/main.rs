@@ -146,48 +146,32 @@ enum Command {
 
 /// A failure, with the exit code it maps to.
 pub(crate) struct Failure {
-    code: u8,
+    kind: Kind,
     message: String,
 }
 
 impl Failure {
-    /// The error kind of this failure's exit code, for its stable code
-    /// under `--json`. (Exit code 2 covers every wrong request, so it
-    /// reads as `bad_request`; 5 is the writer lock.)
+    /// The error kind: its stable code under `--json` and its exit code
+    /// come from the one table (`chorus_node::error`).
     pub(crate) fn kind(&self) -> Kind {
-        match self.code {
-            1 => Kind::NotFound,
-            2 => Kind::BadRequest,
-            3 => Kind::Conflict,
-            5 => Kind::LockTimeout,
-            _ => Kind::Storage,
-        }
+        self.kind
     }
 
-    /// A failure of this kind, with its exit code.
+    /// A failure of this kind.
     pub(crate) fn of_kind(kind: Kind, message: impl Into<String>) -> Self {
         Failure {
-            code: kind.exit_code(),
+            kind,
             message: message.into(),
         }
     }
     pub(crate) fn usage(message: impl Into<String>) -> Self {
-        Failure {
-            code: 2,
-            message: message.into(),
-        }
+        Failure::of_kind(Kind::BadRequest, message)
     }
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
-        Failure {
-            code: 1,
-            message: message.into(),
-        }
+        Failure::of_kind(Kind::NotFound, message)
     }
     pub(crate) fn io(message: impl Into<String>) -> Self {
-        Failure {
-            code: 4,
-            message: message.into(),
-        }
+        Failure::of_kind(Kind::Storage, message)
     }
 }
 
@@ -217,7 +201,7 @@ fn main() -> ExitCode {
             if cli.json && !EMITTED.load(Ordering::Relaxed) {
                 println!("{}", json!({"code": f.kind().code(), "message": f.message}));
             }
-            ExitCode::from(f.code)
+            ExitCode::from(f.kind.exit_code())
         }
     }
 }
@@ -436,14 +420,14 @@ fn run_check(cli: &Cli) -> Result<(), Failure> {
     if report.is_healthy() {
         Ok(())
     } else {
-        Err(Failure {
-            code: 4,
-            message: format!(
+        Err(Failure::of_kind(
+            Kind::Storage,
+            format!(
                 "{} is damaged: run `chorus repair --dir {}`",
                 cli.dir.display(),
                 cli.dir.display()
             ),
-        })
+        ))
     }
 }
 
