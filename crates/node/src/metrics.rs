@@ -39,34 +39,46 @@ impl Histogram {
     }
 }
 
-/// One histogram family keyed by two label values.
+/// One histogram family keyed by two label values (no allocation once a
+/// series exists: this is on every request's path).
 #[derive(Debug, Default)]
 struct Family {
-    series: Mutex<BTreeMap<(String, String), Histogram>>,
+    series: Mutex<(usize, BTreeMap<String, BTreeMap<String, Histogram>>)>,
 }
 
 impl Family {
     fn observe(&self, a: &str, b: &str, elapsed: Duration) {
-        let mut s = self
+        let secs = elapsed.as_secs_f64();
+        let mut guard = self
             .series
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (a.to_string(), b.to_string());
-        let key = if s.len() >= SERIES_MAX && !s.contains_key(&key) {
-            ("other".to_string(), b.to_string())
-        } else {
-            key
-        };
-        s.entry(key).or_default().observe(elapsed.as_secs_f64());
+        let (count, map) = &mut *guard;
+        if let Some(h) = map.get_mut(a).and_then(|m| m.get_mut(b)) {
+            h.observe(secs);
+            return;
+        }
+        let a = if *count >= SERIES_MAX { "other" } else { a };
+        if let Some(h) = map.get_mut(a).and_then(|m| m.get_mut(b)) {
+            h.observe(secs);
+            return;
+        }
+        *count += 1;
+        map.entry(a.to_string())
+            .or_default()
+            .entry(b.to_string())
+            .or_default()
+            .observe(secs);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str, labels: (&str, &str)) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let s = self
+        let guard = self
             .series
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for ((a, b), h) in s.iter() {
+        let series = guard.1.iter().flat_map(|(a, m)| m.iter().map(move |(b, h)| (a, b, h)));
+        for (a, b, h) in series {
             let l = format!(
                 "{}=\"{}\",{}=\"{}\"",
                 labels.0,
