@@ -5,10 +5,12 @@
 //!    no write, then over 10 s with every stream open and still no write
 //!    (goal: under 2% of one core).
 //! 2. 1,000 writes/s for 10 s (HTTP PUTs of `bench/watch/wNNNNNN`, each key
-//!    written once, from 16 connections paced to a schedule; the value is
+//!    written once, from 64 connections paced to a schedule; the value is
 //!    `t=MICROS`, the time the PUT was sent), then until every stream has
 //!    every event or no event arrives for 15 s (at most 120 s after the
-//!    last write).
+//!    last write). The same writes run once before any stream is open
+//!    (under `bench/control`), to show what the node does without
+//!    watchers.
 //! 3. Every stream must receive every write's event exactly once, with the
 //!    value written. Delivery latency is the time from the write's
 //!    acknowledgement (the PUT's reply read by the writer) to the event's
@@ -34,8 +36,9 @@ use crate::harness::{Cfg, Outcome, Res, Row, proc_cpu_seconds, raise_fd_limit};
 
 /// Not received (yet).
 const NONE: u32 = u32::MAX;
-/// Connections the writes are spread over.
-const WRITERS: usize = 16;
+/// Connections the writes are spread over: enough to keep the schedule
+/// with acknowledgements of up to 64 ms at 1,000 writes/s.
+const WRITERS: usize = 64;
 
 #[derive(Clone, Copy)]
 struct Params {
@@ -284,10 +287,10 @@ fn writer(
     shared: &Shared,
     start: Instant,
     p: Params,
-    first: usize,
-    step: usize,
-    total: usize,
+    sub: &str,
+    (first, step): (usize, usize),
 ) -> Res<Vec<(usize, u32)>> {
+    let total = shared.sent.len();
     let mut c = Http::connect(addr)?;
     let mut acks = Vec::with_capacity(total / step + 1);
     for i in (first..total).step_by(step) {
@@ -300,7 +303,7 @@ fn writer(
         shared.sent[i].store(t, Ordering::Relaxed);
         let (status, body) = c.request(
             "PUT",
-            &format!("/v1/kv/bench/watch/w{i:06}"),
+            &format!("/v1/kv/bench/{sub}/w{i:06}"),
             format!("t={t}").as_bytes(),
         )?;
         if status != 200 {
@@ -309,6 +312,66 @@ fn writer(
         acks.push((i, shared.now_us()));
     }
     Ok(acks)
+}
+
+/// Writes `writes` keys at `p.rate` per second from [`WRITERS`]
+/// connections; returns each write's ack time (µs on `shared`'s clock)
+/// and the seconds from the first scheduled write to the last ack.
+fn drive(addr: &str, shared: &Arc<Shared>, p: Params, sub: &str) -> Res<(Vec<u32>, f64)> {
+    let writes = shared.sent.len();
+    let step = WRITERS.min(writes.max(1));
+    let start = Instant::now() + Duration::from_millis(100);
+    let writers: Vec<_> = (0..step)
+        .map(|k| {
+            let (addr, shared, sub) = (addr.to_string(), shared.clone(), sub.to_string());
+            std::thread::spawn(move || {
+                writer(&addr, &shared, start, p, &sub, (k, step)).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut ack = vec![NONE; writes];
+    for w in writers {
+        for (i, t) in w.join().map_err(|_| "a writer panicked")?? {
+            ack[i] = t;
+        }
+    }
+    Ok((ack, start.elapsed().as_secs_f64()))
+}
+
+/// Each write's time from sending its PUT to reading the reply, in ms,
+/// sorted.
+fn ack_ms(shared: &Shared, ack: &[u32]) -> Vec<f64> {
+    let mut v: Vec<f64> = shared
+        .sent
+        .iter()
+        .zip(ack)
+        .map(|(s, &a)| (f64::from(a) - f64::from(s.load(Ordering::Relaxed))) / 1e3)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn shared(writes: usize) -> Arc<Shared> {
+    Arc::new(Shared {
+        epoch: Instant::now(),
+        sent: (0..writes).map(|_| AtomicU32::new(NONE)).collect(),
+        received: AtomicU64::new(0),
+        ready: AtomicU64::new(0),
+        error: Mutex::new(None),
+        failed: AtomicBool::new(false),
+    })
+}
+
+/// The `Threads:` line of `/proc/PID/status` (0 if unreadable).
+fn threads_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The node's CPU over `secs`, as a fraction of one core.
@@ -344,18 +407,26 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
     let pid = node.0.id();
     wait_http(&addr)?;
     std::thread::sleep(Duration::from_secs(1));
-    eprintln!("watch-fanout: node CPU with no stream ({:.0} s)", p.seconds);
+    eprintln!(
+        "watch-fanout: node pid {pid}; its CPU with no stream ({:.0} s)",
+        p.seconds
+    );
     let idle_none = cpu_share(pid, p.seconds)?;
 
     let writes = (p.rate as f64 * p.seconds).round() as usize;
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        sent: (0..writes).map(|_| AtomicU32::new(NONE)).collect(),
-        received: AtomicU64::new(0),
-        ready: AtomicU64::new(0),
-        error: Mutex::new(None),
-        failed: AtomicBool::new(false),
-    });
+    // The same writes with no stream open: what the node does without
+    // watchers (keys under bench/control, which no later check counts).
+    eprintln!(
+        "watch-fanout: {writes} writes at {}/s from {WRITERS} connections, no stream open",
+        p.rate
+    );
+    let control = shared(writes);
+    let cpu0 = proc_cpu_seconds(pid)?;
+    let (control_ack, control_s) = drive(&addr, &control, p, "control")?;
+    let control_cpu = proc_cpu_seconds(pid)? - cpu0;
+    let control_ms = ack_ms(&control, &control_ack);
+
+    let shared = shared(writes);
     eprintln!("watch-fanout: opening {} streams", p.streams);
     let socks: Vec<Arc<Mutex<Option<TcpStream>>>> =
         (0..p.streams).map(|_| Arc::new(Mutex::new(None))).collect();
@@ -392,29 +463,18 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
         p.streams, p.seconds
     );
     let idle_streams = cpu_share(pid, p.seconds)?;
+    let threads_idle = threads_of(pid);
 
     eprintln!(
         "watch-fanout: {writes} writes at {}/s from {WRITERS} connections",
         p.rate
     );
-    let cpu0 = proc_cpu_seconds(pid)?;
-    let start = Instant::now() + Duration::from_millis(100);
-    let writers: Vec<_> = (0..WRITERS.min(writes.max(1)))
-        .map(|k| {
-            let (addr, shared) = (addr.clone(), shared.clone());
-            let step = WRITERS.min(writes.max(1));
-            std::thread::spawn(move || {
-                writer(&addr, &shared, start, p, k, step, writes).map_err(|e| e.to_string())
-            })
-        })
-        .collect();
-    let mut ack = vec![NONE; writes];
-    for w in writers {
-        for (i, t) in w.join().map_err(|_| "a writer panicked")?? {
-            ack[i] = t;
-        }
-    }
-    let write_s = start.elapsed().as_secs_f64();
+    let (cpu0, own0) = (
+        proc_cpu_seconds(pid)?,
+        proc_cpu_seconds(std::process::id())?,
+    );
+    let started = Instant::now();
+    let (ack, write_s) = drive(&addr, &shared, p, "watch")?;
     let last_ack = Instant::now();
     let expected = (writes * p.streams) as u64;
     let (mut seen, mut progress) = (shared.received.load(Ordering::Relaxed), Instant::now());
@@ -429,8 +489,9 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
             (seen, progress) = (now, Instant::now());
         }
     }
-    let busy_s = start.elapsed().as_secs_f64();
+    let busy_s = started.elapsed().as_secs_f64();
     let cpu_busy = proc_cpu_seconds(pid)? - cpu0;
+    let own_busy = proc_cpu_seconds(std::process::id())? - own0;
     for s in &socks {
         if let Some(s) = s
             .lock()
@@ -486,13 +547,7 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
             ended.clone_from(&o.ended_by_server);
         }
     }
-    let ack_ms: Vec<f64> = {
-        let mut v: Vec<f64> = (0..writes)
-            .map(|i| (f64::from(ack[i]) - f64::from(sent[i])) / 1e3)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v
-    };
+    let ack_ms = ack_ms(&shared, &ack);
     from_ack.sort_by(f64::total_cmp);
     from_send.sort_by(f64::total_cmp);
     let last_ack_us = ack.iter().copied().max().unwrap_or(0);
@@ -520,12 +575,31 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
             &format!("watch-fanout: node CPU, idle, {n} streams open"),
             pct(idle_streams),
             "none",
-            format!("{:.0} s, no writes", p.seconds),
+            format!(
+                "{:.0} s, no writes; node threads: {threads_idle}",
+                p.seconds
+            ),
             "< 2% of one core",
             idle_streams < 0.02,
         ),
         Row::context(
-            "watch-fanout: writes (HTTP PUT, 16 conns, paced)",
+            "watch-fanout: writes with no stream open (HTTP PUT, 64 conns, paced)",
+            format!(
+                "{:.0}/s of {}/s asked; ack p50 {:.2} ms, p99 {:.2} ms",
+                writes as f64 / control_s,
+                p.rate,
+                q(&control_ms, 0.5),
+                q(&control_ms, 0.99)
+            ),
+            "none",
+            format!(
+                "node CPU {:.0}% of a core, {:.0} µs per write",
+                control_cpu / control_s * 100.0,
+                control_cpu / writes.max(1) as f64 * 1e6
+            ),
+        ),
+        Row::context(
+            &format!("watch-fanout: writes with {n} streams open (HTTP PUT, 64 conns, paced)"),
             format!(
                 "{:.0}/s of {}/s asked; ack p50 {:.2} ms, p99 {:.2} ms",
                 writes as f64 / write_s,
@@ -572,13 +646,18 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
                 cpu_busy / delivered.max(1) as f64 * 1e6
             ),
             "none",
-            format!("{busy_s:.1} s from the first write to the last event or the wait's end"),
+            format!(
+                "{busy_s:.1} s from the first write to the last event or the wait's end; this client's CPU {:.0}% of a core",
+                own_busy / busy_s * 100.0
+            ),
         ),
     ];
     let raw = json!({
         "streams": n, "rate": p.rate, "seconds": p.seconds, "writes": writes,
         "open_s": open_s,
         "idle_cpu_no_stream": idle_none, "idle_cpu_streams": idle_streams,
+        "control_write_s": control_s, "control_cpu_s": control_cpu,
+        "control_ack_ms": {"p50": q(&control_ms, 0.5), "p99": q(&control_ms, 0.99)},
         "write_s": write_s, "ack_ms": {"p50": q(&ack_ms, 0.5), "p99": q(&ack_ms, 0.99)},
         "expected": expected, "delivered": delivered, "complete_streams": complete,
         "duplicates": dupes, "wrong_values": wrong, "other_events": other,
@@ -586,6 +665,7 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
         "latency_from_ack_ms": {"p50": q(&from_ack, 0.5), "p90": q(&from_ack, 0.9), "p99": q(&from_ack, 0.99), "max": q(&from_ack, 1.0)},
         "latency_from_send_ms": {"p50": q(&from_send, 0.5), "p90": q(&from_send, 0.9), "p99": q(&from_send, 0.99), "max": q(&from_send, 1.0)},
         "drain_ms": drain_ms, "busy_s": busy_s, "busy_cpu_s": cpu_busy,
+        "client_busy_cpu_s": own_busy, "node_threads_idle": threads_idle,
     });
     Ok(Outcome { rows, raw })
 }
