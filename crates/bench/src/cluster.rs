@@ -325,6 +325,11 @@ struct Figures {
     syncs_per_write: (f64, f64),
     /// The raw counter differences of that phase, per node.
     sync_counters: Vec<HashMap<String, f64>>,
+    /// The node written to, over the sequential PUTs: Chorus's mean
+    /// server-side time per PUT (`chorus_http_write_seconds`), etcd's mean
+    /// WAL fsync; and the raw counter differences.
+    sequential_us: f64,
+    sequential_counters: HashMap<String, f64>,
 }
 
 /// A server's `/metrics` (Prometheus text): every sample by its name,
@@ -345,13 +350,24 @@ fn metrics(url: &str) -> Res<HashMap<String, f64>> {
 /// The counters that say how many writes a node synced, and in how many
 /// syncs: Chorus's store counters, and etcd's WAL fsyncs and backend
 /// (bbolt) commits.
-const SYNC_COUNTERS: [&str; 5] = [
+const SYNC_COUNTERS: [&str; 8] = [
     "chorus_store_syncs_total",
     "chorus_store_commits_total",
     "chorus_http_write_seconds_count",
+    "chorus_http_write_seconds_sum",
     "etcd_disk_wal_fsync_duration_seconds_count",
+    "etcd_disk_wal_fsync_duration_seconds_sum",
     "etcd_disk_backend_commit_duration_seconds_count",
+    "etcd_disk_backend_commit_duration_seconds_sum",
 ];
+
+/// `after - before` for every counter in `after`.
+fn diff(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> HashMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
 
 fn sync_counters(url: &str) -> Res<HashMap<String, f64>> {
     let m = metrics(url)?;
@@ -404,11 +420,27 @@ fn measure(sys: System, urls: &[String], pids: &[u32], n: usize) -> Res<Figures>
     let value = vec![b'v'; 100];
     let mut c = Http::connect(&urls[0])?;
     let mut puts = Vec::with_capacity(n);
+    let seq0 = sync_counters(&urls[0])?;
     for i in 0..n {
         let t = Instant::now();
         put(&mut c, sys, &format!("lat-{i}"), &value)?;
         puts.push(t.elapsed().as_secs_f64() * 1e6);
     }
+    let sequential_counters = diff(&seq0, &sync_counters(&urls[0])?);
+    let mean = |sum: &str, count: &str| {
+        let c = sequential_counters.get(count).copied().unwrap_or(0.0);
+        sequential_counters.get(sum).copied().unwrap_or(0.0) / c.max(1.0) * 1e6
+    };
+    let sequential_us = match sys {
+        System::Chorus => mean(
+            "chorus_http_write_seconds_sum",
+            "chorus_http_write_seconds_count",
+        ),
+        System::Etcd => mean(
+            "etcd_disk_wal_fsync_duration_seconds_sum",
+            "etcd_disk_wal_fsync_duration_seconds_count",
+        ),
+    };
     let mut gets = Vec::with_capacity(2 * n);
     let mut locals = Vec::with_capacity(2 * n);
     for i in 0..2 * n {
@@ -465,15 +497,8 @@ fn measure(sys: System, urls: &[String], pids: &[u32], n: usize) -> Res<Figures>
     std::thread::sleep(Duration::from_secs(1));
     let after: Vec<_> = urls.iter().map(|u| sync_counters(u)).collect::<Res<_>>()?;
     let writes8 = (threads8 * per8) as f64;
-    let diffs: Vec<HashMap<String, f64>> = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| {
-            a.iter()
-                .map(|(k, v)| (k.clone(), v - b.get(k).copied().unwrap_or(0.0)))
-                .collect()
-        })
-        .collect();
+    let diffs: Vec<HashMap<String, f64>> =
+        before.iter().zip(&after).map(|(b, a)| diff(b, a)).collect();
     let syncs_per_write = (
         syncs(&diffs[0], sys) / writes8,
         diffs.iter().map(|d| syncs(d, sys)).sum::<f64>() / writes8,
@@ -488,6 +513,8 @@ fn measure(sys: System, urls: &[String], pids: &[u32], n: usize) -> Res<Figures>
         put8_per_s: writes8 / secs8,
         syncs_per_write,
         sync_counters: diffs,
+        sequential_us,
+        sequential_counters,
     })
 }
 
@@ -535,6 +562,12 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
             Some(5.0),
         ),
         time("cluster: PUT p99", "us", ch.put_us.1, et.put_us.1, None),
+        Row::context(
+            "cluster: sequential PUT, inside the server (mean)",
+            format!("{:.0} us in the handler", ch.sequential_us),
+            "etcd: its mean WAL fsync",
+            format!("{:.0} us", et.sequential_us),
+        ),
         time(
             "cluster: GET p50 (etcd linearizable)",
             "us",
@@ -621,7 +654,8 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
         json!({"put_us": f.put_us, "get_us": f.get_us, "get_local_us": f.get_local_us,
             "visible_ms": f.visible_ms, "put_per_s": f.put_per_s,
             "cpu_us_per_put": f.cpu_us_per_put, "put8_per_s": f.put8_per_s,
-            "syncs_per_write": f.syncs_per_write, "sync_counters_8_conns": f.sync_counters})
+            "syncs_per_write": f.syncs_per_write, "sync_counters_8_conns": f.sync_counters,
+            "sequential_server_us": f.sequential_us, "sequential_counters": f.sequential_counters})
     };
     let raw = json!({"chorus": fig(&ch), "etcd": fig(&et)});
     Ok(Outcome { rows, raw })
