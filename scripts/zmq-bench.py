@@ -280,7 +280,12 @@ def main():
     ap.add_argument("--dir", default=os.environ.get("BENCH_DIR"),
                     help="where the servers' data goes (default: the system temp dir; a local disk)")
     ap.add_argument("--json", metavar="FILE", help="also write every round's raw figures here")
+    ap.add_argument("--table", metavar="FILE", help="print the table of a run saved with --json, and exit")
     args = ap.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print_table(json.load(f))
+        return
     counts = [int(c) for c in args.clients.split(",")]
     ops = args.ops.split(",")
     for exe in (args.chorus,):
@@ -340,19 +345,29 @@ def main():
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
+    doc = {"args": vars(args), "nproc": os.cpu_count(), "redis": version(["redis-server", "--version"]),
+           "unix_time": int(time.time()), "rounds": rounds}
     if args.json:
-        doc = {"args": vars(args), "nproc": os.cpu_count(), "redis": version(["redis-server", "--version"]),
-               "unix_time": int(time.time()), "rounds": rounds}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)
             f.write("\n")
+    print_table(doc)
 
-    print(f"\n{args.rounds} round(s) of {args.seconds:g} s per load; every figure is the median over rounds; "
+
+def print_table(doc):
+    """The Markdown table of a run (medians over its rounds)."""
+    rounds, a = doc["rounds"], doc["args"]
+    ops = list(dict.fromkeys(r["op"] for r in rounds))
+    counts = list(dict.fromkeys(r["clients"] for r in rounds))
+    kinds = [k for k in ("pyzmq", "native") if any(k in r for r in rounds)]
+    fsyncs = [f for f in ("always", "everysec") if any(f"redis_{f}" in r for r in rounds)]
+    print(f"\n{a['rounds']} round(s) of {a['seconds']:g} s per load; every figure is the median over rounds; "
           f"ratio = Chorus ops/s / Redis ops/s in the same round (median of the rounds' ratios).\n")
     head = ("| op | clients | Chorus client | Chorus ops/s | p50 ms | p99 ms | syncs/write | node CPU µs/op "
             "| client CPU µs/op")
     for f in fsyncs:
-        head += f" | Redis {f} ops/s | p50 ms | redis-server CPU µs/op | ratio | goal >= 1x"
+        head += (f" | Redis {f} ops/s | p50 ms | p99 ms | redis-server CPU µs/op | redis-benchmark CPU µs/op "
+                 f"| ratio | goal >= 1x")
     print(head + " |")
     print("|---" * head.count("|") + "|")
     for op in ops:
@@ -366,10 +381,11 @@ def main():
                         f"| {'-' if spw is None else f'{spw:.2f}'} | {g('server_cpu_us_per_op'):.1f} "
                         f"| {g('client_cpu_us_per_op'):.1f}")
                 for f in fsyncs:
-                    rg = lambda field: med([r[f"redis_{f}"][field] for r in cell])
+                    rg = lambda field: med([r[f"redis_{f}"].get(field) for r in cell])
                     ratio = med([r[f"ratio_{k}_{f}"] for r in cell])
                     met = "met" if ratio >= 1.0 else "**MISSED**"
-                    line += (f" | {rg('rps'):,.0f} | {rg('p50_ms'):.3f} | {rg('server_cpu_us_per_op'):.1f} "
+                    line += (f" | {rg('rps'):,.0f} | {rg('p50_ms'):.3f} | {rg('p99_ms'):.3f} "
+                             f"| {rg('server_cpu_us_per_op'):.1f} | {rg('client_cpu_us_per_op'):.1f} "
                              f"| {ratio:.2f}x | {met if f == 'always' else 'context'}")
                 print(line + " |")
 
