@@ -242,13 +242,17 @@ fn read_events(mut body: Box<dyn BufRead>, shared: &Shared, out: &mut StreamOut)
         }
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            event.clear(); // an event ends at a blank line
+            continue;
+        }
         if let Some(name) = line.strip_prefix(b"event:") {
             event.clear();
             event.extend_from_slice(name.trim_ascii());
             continue;
         }
         let Some(data) = line.strip_prefix(b"data:") else {
-            continue; // id:, comments (keep-alives), blank lines
+            continue; // id:, comments (keep-alives)
         };
         if event != b"change" {
             out.ended_by_server = Some(String::from_utf8_lossy(data).into_owned());
