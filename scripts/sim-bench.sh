@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-target/sim-bench}
 mkdir -p "$OUT"
 cargo build --release -q -p chorus-cli
-chorus=target/release/chorus
+chorus="${CARGO_TARGET_DIR:-target}/release/chorus"
 for seed in 1 2 3; do
   "$chorus" sim --json --nodes 10000 --messages 200 --seed "$seed" --plot "$OUT/sim-10k-seed$seed.svg" >"$OUT/nofail-$seed.json"
   "$chorus" sim --json --nodes 10000 --messages 200 --fail 0.5 --seed "$seed" >"$OUT/fail-$seed.json"

@@ -2,7 +2,11 @@
 //! beside a 3-member etcd cluster (its v3 JSON gateway), both on loopback,
 //! started by the benchmark, measured with the same HTTP/1.1 client:
 //! acknowledged PUT latency, GET latency, how soon a PUT on node 1 is
-//! visible on nodes 2 and 3, and PUT throughput from 16 connections.
+//! visible on nodes 2 and 3, PUT throughput from 16 connections (and the
+//! servers' CPU time per PUT), and syncs per write with 8 concurrent
+//! clients (each system's own counters in `/metrics`, read before and
+//! after). etcd is installed with apt-get (`etcd-server`) when it is not
+//! on PATH.
 //!
 //! Chorus acknowledges a PUT after its local commit (synced) and
 //! replicates after; etcd acknowledges after a quorum has it. GETs: Chorus
@@ -10,6 +14,7 @@
 //! leader), and its serializable GET reads the member's copy; both are
 //! measured.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -18,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Cfg, Outcome, Res, Row};
+use crate::harness::{Cfg, Outcome, Res, Row, proc_cpu_seconds};
 
 /// A process killed when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -31,13 +36,13 @@ impl Drop for Proc {
 }
 
 /// A minimal HTTP/1.1 client on one kept-alive connection.
-struct Http {
+pub(crate) struct Http {
     reader: BufReader<TcpStream>,
     host: String,
 }
 
 impl Http {
-    fn connect(addr: &str) -> Res<Http> {
+    pub(crate) fn connect(addr: &str) -> Res<Http> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         Ok(Http {
@@ -46,7 +51,7 @@ impl Http {
         })
     }
 
-    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Res<(u16, Vec<u8>)> {
+    pub(crate) fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Res<(u16, Vec<u8>)> {
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\r\n",
             self.host,
@@ -160,14 +165,14 @@ fn get(c: &mut Http, sys: System, key: &str, how: Read_) -> Res<Option<Vec<u8>>>
     }
 }
 
-fn free_port() -> Res<u16> {
+pub(crate) fn free_port() -> Res<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// Waits until `addr` answers `GET /health` (both systems serve it).
-fn wait_http(addr: &str) -> Res<()> {
+pub(crate) fn wait_http(addr: &str) -> Res<()> {
     let start = Instant::now();
     loop {
         let ok = Http::connect(addr).and_then(|mut c| c.request("GET", "/health", b""));
@@ -182,7 +187,7 @@ fn wait_http(addr: &str) -> Res<()> {
 }
 
 /// Starts `chorus serve --insecure` on loopback ports, output discarded.
-fn serve(
+pub(crate) fn serve(
     bin: &Path,
     dir: &Path,
     gossip: u16,
@@ -225,7 +230,28 @@ fn start_chorus(bin: &Path, base: &Path) -> Res<(Vec<Proc>, Vec<String>)> {
     Ok((procs, urls))
 }
 
+/// Installs etcd (Debian's `etcd-server`) unless `etcd` runs already.
+fn ensure_etcd() -> Res<()> {
+    let runs = || {
+        Command::new("etcd")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if runs() {
+        return Ok(());
+    }
+    crate::harness::apt_install(&["etcd-server"])?;
+    if !runs() {
+        return Err("etcd-server is installed but `etcd --version` does not run".into());
+    }
+    Ok(())
+}
+
 fn start_etcd(base: &Path) -> Res<(Vec<Proc>, Vec<String>)> {
+    ensure_etcd()?;
     let ports: Vec<(u16, u16)> = (0..3)
         .map(|_| Ok((free_port()?, free_port()?)))
         .collect::<Res<_>>()?;
@@ -257,7 +283,7 @@ fn start_etcd(base: &Path) -> Res<(Vec<Proc>, Vec<String>)> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start etcd (apt-get install etcd-server): {e}"))?;
+            .map_err(|e| format!("cannot start etcd: {e}"))?;
         procs.push(Proc(cmd));
         urls.push(format!("127.0.0.1:{client}"));
     }
@@ -290,6 +316,99 @@ struct Figures {
     get_local_us: (f64, f64),
     visible_ms: (f64, f64),
     put_per_s: f64,
+    /// CPU time of the three servers per PUT in the throughput phase:
+    /// (the node the clients write to, all three), microseconds.
+    cpu_us_per_put: (f64, f64),
+    /// With 8 concurrent clients: PUTs/s, and the syncs per write (the
+    /// node written to, all three nodes).
+    put8_per_s: f64,
+    syncs_per_write: (f64, f64),
+    /// The raw counter differences of that phase, per node.
+    sync_counters: Vec<HashMap<String, f64>>,
+    /// The node written to, over the sequential PUTs: Chorus's mean
+    /// server-side time per PUT (`chorus_http_write_seconds`), etcd's mean
+    /// WAL fsync; and the raw counter differences.
+    sequential_us: f64,
+    sequential_counters: HashMap<String, f64>,
+}
+
+/// A server's `/metrics` (Prometheus text): every sample by its name,
+/// labels included.
+fn metrics(url: &str) -> Res<HashMap<String, f64>> {
+    let (_, body) = Http::connect(url)?.request("GET", "/metrics", b"")?;
+    let text = String::from_utf8_lossy(&body);
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.trim().to_string(), value.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// The counters that say how many writes a node synced, and in how many
+/// syncs: Chorus's store counters, and etcd's WAL fsyncs and backend
+/// (bbolt) commits.
+const SYNC_COUNTERS: [&str; 8] = [
+    "chorus_store_syncs_total",
+    "chorus_store_commits_total",
+    "chorus_http_write_seconds_count",
+    "chorus_http_write_seconds_sum",
+    "etcd_disk_wal_fsync_duration_seconds_count",
+    "etcd_disk_wal_fsync_duration_seconds_sum",
+    "etcd_disk_backend_commit_duration_seconds_count",
+    "etcd_disk_backend_commit_duration_seconds_sum",
+];
+
+/// `after - before` for every counter in `after`.
+fn diff(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> HashMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+fn sync_counters(url: &str) -> Res<HashMap<String, f64>> {
+    let m = metrics(url)?;
+    Ok(SYNC_COUNTERS
+        .iter()
+        .filter_map(|name| Some((name.to_string(), *m.get(*name)?)))
+        .collect())
+}
+
+/// The syncs that acknowledge a write: Chorus's store syncs, etcd's WAL
+/// fsyncs (its backend commits run on a 100 ms timer, apart).
+fn syncs(c: &HashMap<String, f64>, sys: System) -> f64 {
+    let name = match sys {
+        System::Chorus => "chorus_store_syncs_total",
+        System::Etcd => "etcd_disk_wal_fsync_duration_seconds_count",
+    };
+    c.get(name).copied().unwrap_or(0.0)
+}
+
+/// `threads` connections to `url`, each making `per` PUTs one after the
+/// other; returns the seconds from start to the last reply.
+fn concurrent_puts(url: &str, sys: System, threads: usize, per: usize, tag: &str) -> Res<f64> {
+    let value = vec![b'v'; 100];
+    let t = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|th| {
+            let (url, value, tag) = (url.to_string(), value.clone(), tag.to_string());
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut c = Http::connect(&url).map_err(|e| e.to_string())?;
+                for i in 0..per {
+                    put(&mut c, sys, &format!("{tag}-{th}-{i}"), &value)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| "a client thread panicked")??;
+    }
+    Ok(t.elapsed().as_secs_f64())
 }
 
 fn p50_p99(mut v: Vec<f64>) -> (f64, f64) {
@@ -297,15 +416,31 @@ fn p50_p99(mut v: Vec<f64>) -> (f64, f64) {
     (percentile(&v, 0.5), percentile(&v, 0.99))
 }
 
-fn measure(sys: System, urls: &[String], n: usize) -> Res<Figures> {
+fn measure(sys: System, urls: &[String], pids: &[u32], n: usize) -> Res<Figures> {
     let value = vec![b'v'; 100];
     let mut c = Http::connect(&urls[0])?;
     let mut puts = Vec::with_capacity(n);
+    let seq0 = sync_counters(&urls[0])?;
     for i in 0..n {
         let t = Instant::now();
         put(&mut c, sys, &format!("lat-{i}"), &value)?;
         puts.push(t.elapsed().as_secs_f64() * 1e6);
     }
+    let sequential_counters = diff(&seq0, &sync_counters(&urls[0])?);
+    let mean = |sum: &str, count: &str| {
+        let c = sequential_counters.get(count).copied().unwrap_or(0.0);
+        sequential_counters.get(sum).copied().unwrap_or(0.0) / c.max(1.0) * 1e6
+    };
+    let sequential_us = match sys {
+        System::Chorus => mean(
+            "chorus_http_write_seconds_sum",
+            "chorus_http_write_seconds_count",
+        ),
+        System::Etcd => mean(
+            "etcd_disk_wal_fsync_duration_seconds_sum",
+            "etcd_disk_wal_fsync_duration_seconds_count",
+        ),
+    };
     let mut gets = Vec::with_capacity(2 * n);
     let mut locals = Vec::with_capacity(2 * n);
     for i in 0..2 * n {
@@ -335,36 +470,55 @@ fn measure(sys: System, urls: &[String], n: usize) -> Res<Figures> {
         }
         visible.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    // Throughput: 16 connections; the servers' CPU time over the phase.
     let threads = 16;
     let per = (n / 2).max(50);
-    let t = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|th| {
-            let url = urls[0].clone();
-            let value = value.clone();
-            std::thread::spawn(move || -> Result<(), String> {
-                let mut c = Http::connect(&url).map_err(|e| e.to_string())?;
-                for i in 0..per {
-                    put(&mut c, sys, &format!("tp-{th}-{i}"), &value).map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().map_err(|_| "a client thread panicked")??;
-    }
-    let put_per_s = (threads * per) as f64 / t.elapsed().as_secs_f64();
+    let cpu = |pids: &[u32]| -> Res<f64> { pids.iter().map(|p| proc_cpu_seconds(*p)).sum() };
+    let (cpu_first0, cpu_all0) = (cpu(&pids[..1])?, cpu(pids)?);
+    let secs = concurrent_puts(&urls[0], sys, threads, per, "tp")?;
+    let cpu_first1 = cpu(&pids[..1])?;
+    // Replicas finish merging the last writes just after the last reply.
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu_all1 = cpu(pids)?;
+    let puts_made = (threads * per) as f64;
+    let put_per_s = puts_made / secs;
+    let cpu_us_per_put = (
+        (cpu_first1 - cpu_first0) / puts_made * 1e6,
+        (cpu_all1 - cpu_all0) / puts_made * 1e6,
+    );
+    // Syncs per write: 8 connections, counters read before and after on
+    // every node (replicas sync what they merge too).
+    std::thread::sleep(Duration::from_millis(500));
+    let (threads8, per8) = (8, (n / 2).max(50));
+    let before: Vec<_> = urls.iter().map(|u| sync_counters(u)).collect::<Res<_>>()?;
+    let secs8 = concurrent_puts(&urls[0], sys, threads8, per8, "sync")?;
+    // The replicas' merges of the last writes land just after the last
+    // acknowledgement.
+    std::thread::sleep(Duration::from_secs(1));
+    let after: Vec<_> = urls.iter().map(|u| sync_counters(u)).collect::<Res<_>>()?;
+    let writes8 = (threads8 * per8) as f64;
+    let diffs: Vec<HashMap<String, f64>> =
+        before.iter().zip(&after).map(|(b, a)| diff(b, a)).collect();
+    let syncs_per_write = (
+        syncs(&diffs[0], sys) / writes8,
+        diffs.iter().map(|d| syncs(d, sys)).sum::<f64>() / writes8,
+    );
     Ok(Figures {
         put_us: p50_p99(puts),
         get_us: p50_p99(gets),
         get_local_us: p50_p99(locals),
         visible_ms: p50_p99(visible),
         put_per_s,
+        cpu_us_per_put,
+        put8_per_s: writes8 / secs8,
+        syncs_per_write,
+        sync_counters: diffs,
+        sequential_us,
+        sequential_counters,
     })
 }
 
-fn chorus_binary() -> Res<PathBuf> {
+pub(crate) fn chorus_binary() -> Res<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("chorus");
     if !bin.exists() {
@@ -383,16 +537,18 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
     let dir = tempfile::tempdir_in(&cfg.base)?;
     let (chorus_procs, chorus_urls) = start_chorus(&bin, dir.path())?;
     let (etcd_procs, etcd_urls) = start_etcd(dir.path())?;
-    let ch = measure(System::Chorus, &chorus_urls, n)?;
+    let pids = |procs: &[Proc]| procs.iter().map(|p| p.0.id()).collect::<Vec<_>>();
+    let ch = measure(System::Chorus, &chorus_urls, &pids(&chorus_procs), n)?;
     drop(chorus_procs);
-    let et = measure(System::Etcd, &etcd_urls, n)?;
+    let et = measure(System::Etcd, &etcd_urls, &pids(&etcd_procs), n)?;
     drop(etcd_procs);
     let time = |name: &str, unit: &str, c: f64, e: f64, goal: Option<f64>| {
+        let prec = if unit == "ms" { 2 } else { 0 };
         Row::ratio_goal(
             name,
-            format!("{c:.0} {unit}"),
+            format!("{c:.prec$} {unit}"),
             "etcd",
-            format!("{e:.0} {unit}"),
+            format!("{e:.prec$} {unit}"),
             e / c,
             goal,
         )
@@ -406,6 +562,12 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
             Some(5.0),
         ),
         time("cluster: PUT p99", "us", ch.put_us.1, et.put_us.1, None),
+        Row::context(
+            "cluster: sequential PUT, inside the server (mean)",
+            format!("{:.0} us in the handler", ch.sequential_us),
+            "etcd: its mean WAL fsync",
+            format!("{:.0} us", et.sequential_us),
+        ),
         time(
             "cluster: GET p50 (etcd linearizable)",
             "us",
@@ -449,23 +611,61 @@ pub(crate) fn run(cfg: &Cfg) -> Res<Outcome> {
             ch.put_per_s / et.put_per_s,
             Some(5.0),
         ),
+        time(
+            "cluster: server CPU per PUT (16 conns), node written to",
+            "us",
+            ch.cpu_us_per_put.0,
+            et.cpu_us_per_put.0,
+            None,
+        ),
+        time(
+            "cluster: server CPU per PUT (16 conns), all 3 nodes",
+            "us",
+            ch.cpu_us_per_put.1,
+            et.cpu_us_per_put.1,
+            None,
+        ),
+        Row::ratio_goal(
+            "cluster: PUT throughput, 8 conns",
+            format!("{:.0}/s", ch.put8_per_s),
+            "etcd",
+            format!("{:.0}/s", et.put8_per_s),
+            ch.put8_per_s / et.put8_per_s,
+            None,
+        ),
+        Row::ratio_goal(
+            "cluster: syncs per write (8 conns), node written to",
+            format!("{:.3}", ch.syncs_per_write.0),
+            "etcd (WAL fsyncs)",
+            format!("{:.3}", et.syncs_per_write.0),
+            et.syncs_per_write.0 / ch.syncs_per_write.0,
+            None,
+        ),
+        Row::ratio_goal(
+            "cluster: syncs per write (8 conns), all 3 nodes",
+            format!("{:.3}", ch.syncs_per_write.1),
+            "etcd (WAL fsyncs)",
+            format!("{:.3}", et.syncs_per_write.1),
+            et.syncs_per_write.1 / ch.syncs_per_write.1,
+            None,
+        ),
     ];
-    let raw = json!({
-        "chorus": {"put_us": ch.put_us, "get_us": ch.get_us, "get_local_us": ch.get_local_us, "visible_ms": ch.visible_ms, "put_per_s": ch.put_per_s},
-        "etcd": {"put_us": et.put_us, "get_us": et.get_us, "get_local_us": et.get_local_us, "visible_ms": et.visible_ms, "put_per_s": et.put_per_s},
-    });
+    let fig = |f: &Figures| {
+        json!({"put_us": f.put_us, "get_us": f.get_us, "get_local_us": f.get_local_us,
+            "visible_ms": f.visible_ms, "put_per_s": f.put_per_s,
+            "cpu_us_per_put": f.cpu_us_per_put, "put8_per_s": f.put8_per_s,
+            "syncs_per_write": f.syncs_per_write, "sync_counters_8_conns": f.sync_counters,
+            "sequential_server_us": f.sequential_us, "sequential_counters": f.sequential_counters})
+    };
+    let raw = json!({"chorus": fig(&ch), "etcd": fig(&et)});
     Ok(Outcome { rows, raw })
 }
 
 /// Reads a node's `chorus_peer_bytes_sent_total`.
 fn bytes_sent(url: &str) -> Res<u64> {
-    let (_, body) = Http::connect(url)?.request("GET", "/metrics", b"")?;
-    let text = String::from_utf8_lossy(&body);
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("chorus_peer_bytes_sent_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+    Ok(metrics(url)?
+        .get("chorus_peer_bytes_sent_total")
+        .map_or(0, |v| *v as u64))
 }
 
 fn prefix_hashes(url: &str) -> Res<String> {

@@ -19,6 +19,12 @@ pub(crate) struct Cfg {
     pub(crate) quick: bool,
     /// Directory the temporary stores are created in.
     pub(crate) base: PathBuf,
+    /// `watch-fanout`: streams to open (default 1,000).
+    pub(crate) streams: Option<usize>,
+    /// `watch-fanout`: writes per second (default 1,000).
+    pub(crate) rate: Option<usize>,
+    /// `watch-fanout`: seconds of each phase (default 10).
+    pub(crate) seconds: Option<f64>,
 }
 
 impl Cfg {
@@ -512,4 +518,65 @@ fn filesystem(dir: &Path) -> (String, String, String) {
 /// not land in the next one's timings.
 pub(crate) fn settle() {
     std::thread::sleep(Duration::from_millis(200));
+}
+
+/// CPU time (user + system) a process has used so far, in seconds, from
+/// fields 14 and 15 of `/proc/PID/stat`.
+pub(crate) fn proc_cpu_seconds(pid: u32) -> Res<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count after its ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("/proc/PID/stat without a command name")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Res<u64> {
+        Ok(fields
+            .get(i)
+            .ok_or("/proc/PID/stat is too short")?
+            .parse()?)
+    };
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    let total = ticks(11)? + ticks(12)?;
+    Ok(total as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// Raises this process's open-file limit to its hard limit (children
+/// started afterwards inherit it); returns the new soft limit.
+pub(crate) fn raise_fd_limit() -> Res<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        setrlimit(Resource::Nofile, lim)?;
+    }
+    Ok(lim.current.unwrap_or(u64::MAX))
+}
+
+/// Installs Debian packages with apt-get (through sudo unless root), for
+/// the peers a benchmark starts itself (etcd).
+pub(crate) fn apt_install(packages: &[&str]) -> Res<()> {
+    let root = rustix::process::geteuid().is_root();
+    let run = |args: &[&str]| -> Res<()> {
+        // RUNLEVEL=1: Debian's postinst leaves the packaged service stopped.
+        let mut cmd = Command::new(if root { "env" } else { "sudo" });
+        if !root {
+            cmd.arg("env");
+        }
+        let status = cmd
+            .args(["DEBIAN_FRONTEND=noninteractive", "RUNLEVEL=1"])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
+        if !status.success() {
+            return Err(format!("`{}` failed: {status}", args.join(" ")).into());
+        }
+        Ok(())
+    };
+    eprintln!("installing {} with apt-get", packages.join(", "));
+    run(&["apt-get", "update", "-qq"])?;
+    let mut install = vec!["apt-get", "install", "-y", "-qq"];
+    install.extend_from_slice(packages);
+    run(&install)
 }

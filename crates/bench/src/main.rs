@@ -4,7 +4,8 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction|watch-fanout] [--quick] [--json FILE] [--dir DIR]
+//!              [--streams N] [--rate N] [--seconds S]
 //! ```
 
 mod cluster;
@@ -21,6 +22,7 @@ mod procs;
 mod read;
 mod threads;
 mod visibility;
+mod watch;
 mod zmqload;
 
 use std::path::PathBuf;
@@ -28,7 +30,8 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction|watch-fanout] [--quick] [--json FILE] [--dir DIR]
+       [--streams N] [--rate N] [--seconds S]
 
   all         run every benchmark (the default)
   read        point reads in-process: Chorus get vs LMDB vs SQLite WAL
@@ -40,8 +43,10 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
   meta        metadata API: get (1 value, 3 siblings + lww) vs engine get,
               iterate 1,000,000 keys vs SQLite, object size for 1/2/5 writers
   cluster     (not in all) 3 chorus serve nodes vs a 3-member etcd over HTTP:
-              PUT/GET latency, visibility on the other nodes, PUT throughput;
-              needs `cargo build --release -p chorus-cli` and etcd on PATH
+              PUT/GET latency, visibility on the other nodes, PUT throughput
+              and server CPU per PUT (16 conns), syncs per write (8 conns);
+              needs `cargo build --release -p chorus-cli`; installs
+              etcd-server with apt-get if etcd is not on PATH
   antientropy (not in all) two chorus serve daemons whose stores of 1,000,000
               keys differ in 1%: time to equal hashes, bytes between them
 
@@ -64,9 +69,16 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
               automatic compaction on, then off (SyncMode::Never): largest
               log against 3x live + 64 MiB, commit latency p50/p99/max
 
+  watch-fanout (not in all) one chorus serve node, 1,000 SSE streams on
+              /v1/watch: node CPU with no writes, then 1,000 writes/s for
+              10 s: every event on every stream, delivery latency p50/p99;
+              needs `cargo build --release -p chorus-cli`
+
   --quick     about 10x smaller counts (smoke run)
   --json FILE also write the raw results as JSON
-  --dir DIR   where to create the temporary stores (default: the system temp dir)";
+  --dir DIR   where to create the temporary stores (default: the system temp dir)
+  --streams N, --rate N, --seconds S
+              watch-fanout: streams, writes per second, seconds per phase";
 
 const BENCHES: [&str; 7] = [
     "read",
@@ -80,7 +92,7 @@ const BENCHES: [&str; 7] = [
 
 /// Benchmarks run only when named: they start daemons or need a peer
 /// installed from outside Rust.
-const EXTRA: [&str; 7] = [
+const EXTRA: [&str; 8] = [
     "cluster",
     "antientropy",
     "docs",
@@ -88,6 +100,7 @@ const EXTRA: [&str; 7] = [
     "ops",
     "ops-history",
     "compaction",
+    "watch-fanout",
 ];
 
 fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
@@ -106,6 +119,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "ops" => ops::run(cfg),
         "ops-history" => ops::run_history(cfg),
         "compaction" => compaction::run(cfg),
+        "watch-fanout" => watch::run(cfg),
         other => Err(format!("unknown benchmark {other:?}\n{USAGE}").into()),
     }
 }
@@ -134,12 +148,16 @@ fn real_main() -> Res<()> {
     let mut quick = false;
     let mut json: Option<PathBuf> = None;
     let mut dir: Option<PathBuf> = None;
+    let (mut streams, mut rate, mut seconds) = (None, None, None);
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--json" => json = Some(it.next().ok_or("--json needs a FILE")?.into()),
             "--dir" => dir = Some(it.next().ok_or("--dir needs a DIR")?.into()),
+            "--streams" => streams = Some(it.next().ok_or("--streams needs N")?.parse()?),
+            "--rate" => rate = Some(it.next().ok_or("--rate needs N")?.parse()?),
+            "--seconds" => seconds = Some(it.next().ok_or("--seconds needs S")?.parse()?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -160,7 +178,13 @@ fn real_main() -> Res<()> {
 
     let base = dir.unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base)?;
-    let cfg = Cfg { quick, base };
+    let cfg = Cfg {
+        quick,
+        base,
+        streams,
+        rate,
+        seconds,
+    };
     let machine = harness::machine(&cfg.base);
     eprintln!(
         "chorus-bench{}: {} cpus ({}), temp dir {} on {} ({}), SQLite {}, LMDB {}",

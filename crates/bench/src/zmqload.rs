@@ -1,7 +1,7 @@
 //! `chorus-bench __zmq-load ENDPOINT put|get CLIENTS SECONDS`: a closed-loop
 //! load on a node's ZeroMQ broker from native (libzmq) clients, one thread
 //! each, one request in flight per client, as redis-benchmark drives Redis
-//! without pipelining. Prints `{"rps", "p50_ms", "p99_ms"}`. Run by
+//! without pipelining. Prints `{"ops", "rps", "p50_ms", "p99_ms"}`. Run by
 //! `scripts/zmq-bench.py` beside its pyzmq clients, to show how much of a
 //! figure is the Python client's.
 
@@ -83,7 +83,7 @@ pub(crate) fn child(args: &[String]) -> Res<()> {
     };
     println!(
         "{}",
-        serde_json::json!({"rps": all.len() as f64 / seconds, "p50_ms": pick(0.5), "p99_ms": pick(0.99)})
+        serde_json::json!({"ops": all.len(), "rps": all.len() as f64 / seconds, "p50_ms": pick(0.5), "p99_ms": pick(0.99)})
     );
     Ok(())
 }
