@@ -434,7 +434,14 @@ fn writes_record_their_token_and_neither_the_audit_log_nor_output_holds_a_secret
     // The key never shows through the CLI either.
     let out = chorus(&d, &["--json", "get", "$auth/keys", "hmac"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(out.stdout.is_empty());
+    // With --json, stdout is the error object alone.
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(err["code"], "bad_request", "{err}");
+    assert_eq!(
+        err.as_object().map(|o| o.len()),
+        Some(2),
+        "code and message only: {err}"
+    );
 }
 
 #[test]

@@ -885,13 +885,8 @@ impl FeedTail {
         }
         for item in items {
             match item {
-                Item::Event(_, event) => {
-                    let topic = format!(
-                        "{}/{}",
-                        event["full_prefix"].as_str().unwrap_or_default(),
-                        event["key"].as_str().unwrap_or_default()
-                    );
-                    sockets.publish(topic.as_bytes(), event.to_string().as_bytes())?;
+                Item::Event(e) => {
+                    sockets.publish(e.topic.as_bytes(), e.json.as_bytes())?;
                     api.metrics.zmq_published.fetch_add(1, Ordering::Relaxed);
                 }
                 Item::Overflow(first_seq) => {

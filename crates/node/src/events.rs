@@ -144,20 +144,56 @@ impl Scope {
     }
 }
 
-/// Commits read from the feed at once: the cursor they were read from and
-/// the one after them.
+/// One event, rendered once for every stream that shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// Its id.
+    pub id: EventId,
+    /// Its commit's sequence number.
+    seq: u64,
+    /// Its place among the commit's keys.
+    index: usize,
+    full_prefix: FullPrefix,
+    key: Vec<u8>,
+    /// `PREFIX/SUBPREFIX/KEY` (a record's document or log key): the PUB
+    /// socket's topic.
+    pub topic: Arc<str>,
+    /// [`event_json`], serialised.
+    pub json: Arc<str>,
+}
+
+impl Rendered {
+    fn new(change: &Change, index: usize, k: &ChangedKey) -> Rendered {
+        let id = EventId::new(change.position, index);
+        let json = event_json(&id, change.seq, &change.origin, k).to_string();
+        let base = chorus_store::split_record(&k.key).map_or(&k.key[..], |(b, _)| b);
+        let topic = format!("{}/{}", k.full_prefix, String::from_utf8_lossy(base));
+        Rendered {
+            id,
+            seq: change.seq,
+            index,
+            full_prefix: k.full_prefix.clone(),
+            key: k.key.clone(),
+            topic: topic.into(),
+            json: json.into(),
+        }
+    }
+}
+
+/// Commits read from the feed at once, rendered: the cursor they were
+/// read from and the one after them.
 #[derive(Debug)]
 pub struct Batch {
     from: Cursor,
     next: Cursor,
-    changes: Vec<Change>,
+    events: Vec<Arc<Rendered>>,
 }
 
 /// What a follower hands its consumer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
-    /// An event's id and JSON.
-    Event(EventId, Value),
+    /// An event.
+    Event(Arc<Rendered>),
     /// Compaction dropped commits the follower had not read: the stream
     /// ends with this (see [`overflow_json`]).
     Overflow(u64),
@@ -187,19 +223,15 @@ impl Follower {
         self.cursor
     }
 
+    fn wants(&self, seq: u64, index: usize, fp: &FullPrefix, key: &[u8]) -> bool {
+        seq > self.cursor.seq() && !self.after.covers(seq, index) && self.scope.shows(fp, key)
+    }
+
     fn emit(&self, change: &Change, out: &mut Vec<Item>) {
-        if change.seq <= self.cursor.seq() {
-            return;
-        }
         for (i, k) in change.keys.iter().enumerate() {
-            if self.after.covers(change.seq, i) || !self.scope.shows(&k.full_prefix, &k.key) {
-                continue;
+            if self.wants(change.seq, i, &k.full_prefix, &k.key) {
+                out.push(Item::Event(Arc::new(Rendered::new(change, i, k))));
             }
-            let id = EventId::new(change.position, i);
-            out.push(Item::Event(
-                id,
-                event_json(&id, change.seq, &change.origin, k),
-            ));
         }
     }
 
@@ -237,8 +269,10 @@ impl Follower {
         if batch.from.seq() > self.cursor.seq() {
             return false;
         }
-        for c in &batch.changes {
-            self.emit(c, out);
+        for e in &batch.events {
+            if self.wants(e.seq, e.index, &e.full_prefix, &e.key) {
+                out.push(Item::Event(e.clone()));
+            }
         }
         self.cursor = batch.next;
         true
@@ -310,10 +344,19 @@ impl Hub {
                             break;
                         }
                         let more = changes.len() >= BATCH;
+                        let events = changes
+                            .iter()
+                            .flat_map(|c| {
+                                c.keys
+                                    .iter()
+                                    .enumerate()
+                                    .map(move |(i, k)| Arc::new(Rendered::new(c, i, k)))
+                            })
+                            .collect();
                         let batch = Batch {
                             from: cursor,
                             next,
-                            changes,
+                            events,
                         };
                         cursor = next;
                         let _ = self.tx.send(Arc::new(batch));

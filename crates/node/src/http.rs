@@ -678,10 +678,10 @@ async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, 
     loop {
         if let Some(item) = s.pending.pop_front() {
             let event = match item {
-                Item::Event(id, data) => SseEvent::default()
-                    .id(id.to_string())
+                Item::Event(e) => SseEvent::default()
+                    .id(e.id.to_string())
                     .event("change")
-                    .data(data.to_string()),
+                    .data(&*e.json),
                 Item::Overflow(first_seq) => {
                     s.pending.clear();
                     s.ended = true;
