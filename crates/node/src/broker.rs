@@ -902,3 +902,145 @@ impl FeedTail {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The broker's loop against a test double of its sockets: requests
+    //! in, replies out, no ZeroMQ.
+
+    use std::collections::VecDeque;
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+    use super::*;
+
+    /// Requests queued up front; replies collected; workers' and the
+    /// committer's replies come back through a channel, as through the
+    /// inproc socket.
+    struct Fake {
+        requests: VecDeque<Vec<Vec<u8>>>,
+        replies: Vec<Value>,
+        finished: Receiver<Vec<Vec<u8>>>,
+        expected: usize,
+        stop: Arc<AtomicBool>,
+        deadline: Instant,
+    }
+
+    struct Port(SyncSender<Vec<Vec<u8>>>);
+
+    impl ReplyPort for Port {
+        fn send(&mut self, frames: Vec<Vec<u8>>) -> Result<(), String> {
+            self.0.send(frames).map_err(|e| e.to_string())
+        }
+    }
+
+    impl Sockets for Fake {
+        fn wait(&mut self, _requests: bool, _timeout: Duration) -> Result<(), String> {
+            if self.replies.len() >= self.expected || Instant::now() > self.deadline {
+                self.stop.store(true, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            Ok(())
+        }
+        fn request(&mut self) -> Result<Option<Vec<Vec<u8>>>, String> {
+            Ok(self.requests.pop_front())
+        }
+        fn finished(&mut self) -> Result<Option<Vec<Vec<u8>>>, String> {
+            Ok(self.finished.try_recv().ok())
+        }
+        fn reply(&mut self, frames: Vec<Vec<u8>>) -> Result<(), String> {
+            assert_eq!(frames.len(), 2, "the envelope, then the body");
+            assert_eq!(frames[0], b"client".to_vec(), "sent back to its sender");
+            let body: Value = serde_json::from_slice(&frames[1]).map_err(|e| e.to_string())?;
+            self.replies.push(body);
+            Ok(())
+        }
+        fn publish(&mut self, _topic: &[u8], _body: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+        fn port(&self) -> Result<Box<dyn ReplyPort>, String> {
+            Err("not used".into())
+        }
+    }
+
+    #[test]
+    fn every_request_gets_one_reply_with_its_id_in_the_services_shape() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = chorus_store::Store::open(
+            dir.path(),
+            chorus_store::Options {
+                create: true,
+                sync: chorus_store::SyncMode::Batch,
+                ..chorus_store::Options::default()
+            },
+        )
+        .expect("store");
+        let (commands, _inbox) = tokio::sync::mpsc::channel(1);
+        let api =
+            Service::new(chorus_store::Metadata::new(store), false, commands).expect("service");
+        let requests: Vec<Value> = vec![
+            json!({"id": 1, "op": "ping"}),
+            json!({"id": 2, "op": "get", "prefix": "app", "sub": "cfg", "key": "k"}),
+            json!({"id": 3, "op": "put", "prefix": "app", "sub": "cfg", "key": "k", "value": "v"}),
+            json!({"id": 4, "op": "doc.create", "store": "users", "doc": {"_id": "a"}}),
+            json!({"id": 5, "op": "put", "prefix": "$cluster", "sub": "x", "key": "k", "value": "v"}),
+            json!({"id": 6, "op": "nonsense"}),
+            json!({"id": 7, "op": "list", "prefix": "app", "sub": "cfg", "limit": 0}),
+        ];
+        let mut queue: VecDeque<Vec<Vec<u8>>> = requests
+            .iter()
+            .map(|r| vec![b"client".to_vec(), r.to_string().into_bytes()])
+            .collect();
+        queue.push_back(vec![b"client".to_vec(), b"not json".to_vec()]);
+        let expected = queue.len();
+        let (tx, rx) = sync_channel(64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut fake = Fake {
+            requests: queue,
+            replies: Vec::new(),
+            finished: rx,
+            expected,
+            stop: stop.clone(),
+            deadline: Instant::now() + Duration::from_secs(30),
+        };
+        let (jobs, queue) = sync_channel::<Job>(4);
+        let queue = std::sync::Mutex::new(queue);
+        let worker_api = api.clone();
+        let port_tx = tx.clone();
+        std::thread::scope(|s| {
+            s.spawn(|| work(&worker_api, &queue, Box::new(Port(port_tx))));
+            serve(&mut fake, &api, (&jobs, &tx), 4, false, &stop).expect("serve");
+            drop(jobs);
+        });
+        assert_eq!(fake.replies.len(), expected, "{:?}", fake.replies);
+        let by_id = |id: i64| {
+            fake.replies
+                .iter()
+                .find(|r| r["id"] == id)
+                .cloned()
+                .unwrap_or_else(|| panic!("no reply to {id}: {:?}", fake.replies))
+        };
+        assert_eq!(by_id(1)["ok"], true);
+        let absent = by_id(2);
+        assert_eq!(absent["error"]["code"], "not_found", "{absent}");
+        assert!(
+            absent["error"]["context"].is_string(),
+            "the empty context: {absent}"
+        );
+        let put = by_id(3);
+        assert_eq!(
+            (put["ok"].clone(), put["key"].clone()),
+            (json!(true), json!("k")),
+            "{put}"
+        );
+        assert_eq!(by_id(4)["_id"], "a");
+        assert_eq!(by_id(5)["error"]["code"], "bad_request");
+        assert_eq!(by_id(6)["error"]["code"], "bad_request");
+        assert_eq!(by_id(7)["error"]["code"], "bad_request");
+        let garbled = fake
+            .replies
+            .iter()
+            .find(|r| r["id"].is_null())
+            .expect("a reply to the message that is not JSON");
+        assert_eq!(garbled["error"]["code"], "bad_request");
+    }
+}

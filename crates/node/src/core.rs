@@ -158,7 +158,6 @@ pub(crate) struct Core {
     /// it, with leaving).
     members: BTreeSet<Peer>,
     last_link: Option<Instant>,
-    commands: mpsc::Sender<Command>,
     command_inbox: Option<mpsc::Receiver<Command>>,
     /// Peers not to dial before a time (at most one entry per member).
     backoff: HashMap<Peer, Backoff>,
@@ -181,14 +180,8 @@ pub(crate) struct Core {
     oplog_marks: HashMap<(FullPrefix, Vec<u8>), Marks>,
     /// Operation logs (with the compiled script reducers), shared with the API.
     oplogs: chorus_store::oplog::Oplogs,
-    /// Group commit of the service's key writes.
-    writes: crate::commit::Committer,
-    /// Change events for the service's streams.
-    hub: crate::events::Hub,
-    /// The service's request measurements, shown by /metrics.
-    metrics: Arc<crate::metrics::Metrics>,
-    /// Token checks and the audit log, shared by the HTTP API and the broker.
-    auth: crate::auth::Auth,
+    /// The operations the HTTP API and the broker adapt.
+    service: Service,
     /// When an exchange that finished last started, per peer: everything
     /// that arrived here before it has reached that peer.
     synced: HashMap<Peer, Instant>,
@@ -274,18 +267,9 @@ impl Core {
         let (events, inbox) = mpsc::channel(EVENT_QUEUE);
         let me_for_members = me.clone();
         let (commands, command_inbox) = mpsc::channel(16);
-        let oplogs = chorus_store::oplog::Oplogs::new(&meta);
-        let auth = crate::auth::Auth::new(meta.clone(), config.auth);
-        let committed: Arc<tokio::sync::Notify> = Arc::default();
-        let wake = committed.clone();
-        let writes = crate::commit::Committer::start(
-            meta.clone(),
-            Arc::new(move || {
-                wake.notify_waiters();
-                wake.notify_one();
-            }),
-        )
-        .map_err(Error::Io)?;
+        let service =
+            Service::new(meta.clone(), config.auth, commands.clone()).map_err(Error::Io)?;
+        let (oplogs, committed) = (service.oplogs.clone(), service.committed.clone());
         let mut core = Core {
             config: config.clone(),
             hpv: HyParView::new(me.clone(), hyparview::Config::default(), seed),
@@ -307,7 +291,7 @@ impl Core {
             deliveries: Vec::new(),
             delivered_bytes: 0,
             stats: Stats::default(),
-            view: Arc::default(),
+            view: service.view.clone(),
             last_exchange: HashMap::new(),
             members: config
                 .join
@@ -317,7 +301,6 @@ impl Core {
                 .cloned()
                 .collect(),
             last_link: None,
-            commands,
             command_inbox: Some(command_inbox),
             backoff: HashMap::new(),
             left,
@@ -328,10 +311,7 @@ impl Core {
             collected: BTreeMap::new(),
             oplog_marks: HashMap::new(),
             oplogs,
-            writes,
-            hub: crate::events::Hub::new(),
-            metrics: Arc::default(),
-            auth,
+            service,
             committed,
             announced: false,
         };
@@ -344,17 +324,7 @@ impl Core {
 
     /// The service the HTTP API and the broker adapt.
     pub(crate) fn service(&self) -> Service {
-        Service {
-            committed: self.committed.clone(),
-            commands: self.commands.clone(),
-            meta: self.meta.clone(),
-            view: self.view.clone(),
-            oplogs: self.oplogs.clone(),
-            auth: self.auth.clone(),
-            writes: self.writes.clone(),
-            hub: self.hub.clone(),
-            metrics: self.metrics.clone(),
-        }
+        self.service.clone()
     }
 
     /// Publishes the views and counters for the API.
@@ -416,7 +386,8 @@ impl Core {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Error> {
         tokio::spawn(
-            self.hub
+            self.service
+                .hub
                 .clone()
                 .run(self.meta.store().clone(), self.committed.clone()),
         );

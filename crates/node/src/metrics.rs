@@ -77,7 +77,10 @@ impl Family {
             .series
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let series = guard.1.iter().flat_map(|(a, m)| m.iter().map(move |(b, h)| (a, b, h)));
+        let series = guard
+            .1
+            .iter()
+            .flat_map(|(a, m)| m.iter().map(move |(b, h)| (a, b, h)));
         for (a, b, h) in series {
             let l = format!(
                 "{}=\"{}\",{}=\"{}\"",

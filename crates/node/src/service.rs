@@ -395,6 +395,35 @@ pub(crate) fn reserved_rule(prefix: Option<&str>, writes: bool) -> Result<(), Ap
 }
 
 impl Service {
+    /// The service over `meta`: its committing thread starts now; the
+    /// event hub runs once [`Hub::run`] is spawned (the core does).
+    pub(crate) fn new(
+        meta: Metadata,
+        auth_enabled: bool,
+        commands: tokio::sync::mpsc::Sender<Command>,
+    ) -> Result<Service, String> {
+        let committed: Arc<tokio::sync::Notify> = Arc::default();
+        let wake = committed.clone();
+        let writes = Committer::start(
+            meta.clone(),
+            Arc::new(move || {
+                wake.notify_waiters();
+                wake.notify_one();
+            }),
+        )?;
+        Ok(Service {
+            committed,
+            commands,
+            oplogs: chorus_store::oplog::Oplogs::new(&meta),
+            auth: Auth::new(meta.clone(), auth_enabled),
+            meta,
+            view: Arc::default(),
+            writes,
+            hub: Hub::new(),
+            metrics: Arc::default(),
+        })
+    }
+
     /// Who may run `op` with `token`: the reserved-name rule, then (auth
     /// on) the token; a refusal is audited.
     pub(crate) fn authorize(
