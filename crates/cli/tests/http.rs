@@ -159,6 +159,8 @@ fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
             "/v1/docs/{store}/{id}/resolve",
             "/v1/hash/{prefix}",
             "/v1/hash/{prefix}/{subprefix}",
+            "/v1/kv",
+            "/v1/kv/{prefix}",
             "/v1/kv/{prefix}/{subprefix}",
             "/v1/kv/{prefix}/{subprefix}/{key}",
             "/v1/ops/{prefix}/{subprefix}/{path}",
@@ -682,12 +684,15 @@ fn operation_logs_over_http() {
         r#"{"payload": 1}"#,
         r#"{"type": "counter"}"#,
         r#"{"type": "nosuch", "payload": 1}"#,
-        r#"{"type": "set", "payload": {"add": 1}}"#,
         r#"{"type": "counter", "payload": "x"}"#,
     ] {
         let (_, status, _, reply) = push(body);
         assert_eq!(status, 400, "{body}: {reply}");
         assert_eq!(json(&reply)["code"], "bad_request");
     }
+    // Another type than the log's clashes with what is stored: a conflict.
+    let (_, status, _, reply) = push(r#"{"type": "set", "payload": {"add": 1}}"#);
+    assert_eq!(status, 409, "{reply}");
+    assert_eq!(json(&reply)["code"], "conflict");
     assert_eq!(json(&curl(&[&at]).3)["value"], 5, "nothing written");
 }

@@ -43,8 +43,11 @@ impl Histogram {
 /// series exists: this is on every request's path).
 #[derive(Debug, Default)]
 struct Family {
-    series: Mutex<(usize, BTreeMap<String, BTreeMap<String, Histogram>>)>,
+    /// How many series, and the series by first then second label value.
+    series: Mutex<(usize, Series)>,
 }
+
+type Series = BTreeMap<String, BTreeMap<String, Histogram>>;
 
 impl Family {
     fn observe(&self, a: &str, b: &str, elapsed: Duration) {

@@ -100,7 +100,6 @@ fn bad_input_is_refused_and_writes_nothing() {
     for (path, kind, payload, why) in [
         ("n", "unknown-type", json!(1), "no reducer"),
         ("n", "Bad Type", json!(1), "not a type name"),
-        ("n", "max", json!(1), "has type \"counter\""),
         ("n", "counter", json!("one"), "not a number"),
         ("", "counter", json!(1), "not a path"),
         ("n", "counter", big, "limit"),
@@ -109,6 +108,10 @@ fn bad_input_is_refused_and_writes_nothing() {
         assert!(matches!(err, Error::InvalidInput(_)), "{err}");
         assert!(err.to_string().contains(why), "{why}: {err}");
     }
+    // Another type than the log's clashes with what is stored.
+    let err = ops.push(&fp(), "n", "max", json!(1)).expect_err("a clash");
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("has type \"counter\""), "{err}");
     let reserved = FullPrefix::parse("$cluster/x").expect("valid");
     assert!(ops.push(&reserved, "n", "counter", json!(1)).is_err());
     assert_eq!(m.store().snapshot().expect("snap").seq(), before);
