@@ -139,6 +139,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
     }
     let response = next.run(request).await;
     let status = response.status();
+    let allow = response.headers().get(header::ALLOW).cloned();
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -176,7 +177,11 @@ async fn json_errors(request: Request, next: Next) -> Response {
     if kind == Kind::BadRequest && status.as_u16() != 400 {
         e.message = format!("{} ({status})", e.message);
     }
-    e.into_response()
+    let mut response = e.into_response();
+    if let Some(allow) = allow {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
 }
 
 /// Counts every request by route template and status.

@@ -340,6 +340,13 @@ fn every_error_is_code_and_message_whatever_refused_it() {
     for (method, target, body, status, code) in cases {
         let got = request(&node, method, &target, &[], &body);
         assert_error(&got, status, code);
+        if status == 405 {
+            assert!(
+                header(&got.1, "allow").is_some(),
+                "405 names the methods: {:?}",
+                got.1
+            );
+        }
     }
     // Nothing was written by any of them.
     let list = request(&node, "GET", "/v1/kv", &[], b"");
