@@ -8,7 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{CHORUS, Node, chorus, chorus_in, free_port, ok_json, wait_until};
+use common::http::{request, request_with, wait_healthy};
+use common::{
+    CHORUS, Node, assert_success, chorus, chorus_in, free_port, ok_json, serve, serve_logged,
+    wait_until,
+};
 
 const SECRET: &str = "correct horse battery";
 
@@ -17,24 +21,10 @@ const SECRET: &str = "correct horse battery";
 fn serve_auth(dir: &Path, gossip: u16, join: Option<u16>) -> (Node, String) {
     let http = free_port();
     let log = std::fs::File::create(stderr_path(dir)).expect("stderr file");
-    let mut cmd = Command::new(CHORUS);
-    cmd.arg("--dir")
-        .arg(dir)
-        .args(["serve", "--auth", "--insecure", "--exchange-interval", "1"])
-        .arg("--gossip")
-        .arg(format!("127.0.0.1:{gossip}"))
-        .arg("--http")
-        .arg(format!("127.0.0.1:{http}"))
-        .stdout(Stdio::null())
-        .stderr(log);
-    if let Some(j) = join {
-        cmd.arg("--join").arg(format!("127.0.0.1:{j}"));
-    }
-    let node = Node(cmd.spawn().expect("start chorus serve"));
+    let extra = ["--auth", "--insecure", "--exchange-interval", "1"];
+    let node = serve_logged(dir, gossip, http, join, &extra, log);
     let url = format!("http://127.0.0.1:{http}");
-    wait_until(Duration::from_secs(30), || {
-        request("GET", &format!("{url}/health"), None, None).0 == 200
-    });
+    wait_healthy(&url, Duration::from_secs(30));
     (node, url)
 }
 
@@ -44,37 +34,9 @@ fn stderr_path(dir: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// One HTTP request with curl: (status, JSON body or null).
-fn request(
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> (u16, serde_json::Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "\n%{http_code}", "-X", method, url]);
-    if let Some(t) = token {
-        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
-    }
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-    }
-    let out = cmd.output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        status.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
-}
-
 fn add_user(dir: &Path, name: &str, secret: &str) {
     let out = chorus_in(dir, &["user", "add", name], &format!("{secret}\n"), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 /// A session over the CLI: (session id, session token).
@@ -141,27 +103,8 @@ fn refused(got: (u16, serde_json::Value), status: u16, words: &[&str]) {
 }
 
 fn put(url: &str, path: &str, token: Option<&str>, value: &str) -> (u16, serde_json::Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-s",
-        "-w",
-        "\n%{http_code}",
-        "-X",
-        "PUT",
-        "--data-binary",
-        value,
-    ]);
-    cmd.arg(format!("{url}/v1/kv/{path}"));
-    if let Some(t) = token {
-        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
-    }
-    let out = cmd.output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        status.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    let url = format!("{url}/v1/kv/{path}");
+    request_with("PUT", &url, token, &["--data-binary", value])
 }
 
 fn get(url: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
@@ -289,11 +232,7 @@ fn every_refusal_has_its_status_and_message_and_a_valid_token_works() {
     assert_eq!(listed["sessions"][0]["id"], session_id.as_str(), "{listed}");
     assert!(!listed.to_string().contains("chorus1."), "{listed}");
     let out = chorus(&d, &["session", "revoke", &session_id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     refused(
         get(&url, "app/cfg/mode", Some(&rw)),
         401,
@@ -307,11 +246,7 @@ fn every_refusal_has_its_status_and_message_and_a_valid_token_works() {
     let (_, t2) = http_token(&url, &s2, &["*"], "read-write", 600);
     assert_eq!(get(&url, "app/cfg/mode", Some(&t2)).0, 200);
     let out = chorus_in(&d, &["user", "passwd", "alice"], "new secret 2\n", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     refused(
         get(&url, "app/cfg/mode", Some(&t2)),
         401,
@@ -567,11 +502,9 @@ fn bad_user_input_exits_2_and_writes_nothing_and_auth_routes_need_auth_on() {
     // Auth off: no token needed, the auth routes say auth is off, $auth is
     // still not served.
     let (gossip, http) = (free_port(), free_port());
-    let _node = common::serve(&d, gossip, http, None, &["--insecure"]);
+    let _node = serve(&d, gossip, http, None, &["--insecure"]);
     let url = format!("http://127.0.0.1:{http}");
-    wait_until(Duration::from_secs(30), || {
-        request("GET", &format!("{url}/health"), None, None).0 == 200
-    });
+    wait_healthy(&url, Duration::from_secs(30));
     assert_eq!(put(&url, "app/cfg/k", None, "v").0, 200);
     let (s, v) = request(
         "GET",
@@ -616,11 +549,7 @@ fn a_token_from_node_1_is_accepted_on_node_2_and_refused_there_once_revoked() {
     });
     // Revoked on node 1: refused on node 2 once that replicates.
     let out = chorus(&d1, &["session", "revoke", &session_id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     refused(get(&url1, "app/x/k", Some(&token)), 401, &["revoked"]);
     wait_until(Duration::from_secs(30), || {
         get(&url2, "app/x/k", Some(&token)).0 == 401
@@ -669,24 +598,10 @@ fn the_zeromq_broker_checks_tokens_as_http_does_and_records_them() {
     add_user(&d, "alice", SECRET);
     let endpoint = format!("tcp://127.0.0.1:{}", free_port());
     let http = free_port();
-    let _node = Node(
-        Command::new(CHORUS)
-            .arg("--dir")
-            .arg(&d)
-            .args(["serve", "--auth", "--insecure", "--zmq", &endpoint])
-            .arg("--gossip")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .arg("--http")
-            .arg(format!("127.0.0.1:{http}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chorus serve"),
-    );
+    let extra = ["--auth", "--insecure", "--zmq", &endpoint];
+    let _node = serve(&d, free_port(), http, None, &extra);
     let url = format!("http://127.0.0.1:{http}");
-    wait_until(Duration::from_secs(30), || {
-        request("GET", &format!("{url}/health"), None, None).0 == 200
-    });
+    wait_healthy(&url, Duration::from_secs(30));
     let (_, session) = cli_session(&d, "alice", SECRET);
     let (rw_id, rw) = http_token(&url, &session, &["app/*"], "read-write", 600);
     let (_, ro) = http_token(&url, &session, &["app/*"], "read", 600);
@@ -798,11 +713,7 @@ fn review_holes_stay_closed_query_tricks_open_streams_hash_and_directory_mode() 
     assert_eq!(put(&url, "app/cfg/k", Some(&rw), "seen").0, 200);
     std::thread::sleep(Duration::from_millis(500));
     let out = chorus_in(&d, &["token", "revoke", &ro_id], "", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let started = Instant::now();
     let status = loop {
         if let Some(s) = watch.try_wait().expect("wait") {

@@ -1,70 +1,20 @@
 //! The `chorus` binary as scripts use it: outputs, `--json`, exit codes and
 //! error messages, run as real processes.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
-
-fn chorus(dir: &Path, args: &[&str]) -> Output {
-    Command::new(CHORUS)
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("CHORUS_DIR")
-        .output()
-        .expect("run chorus")
-}
-
-fn with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(CHORUS)
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run chorus");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write stdin");
-    child.wait_with_output().expect("wait")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited normally")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
-}
-
-fn ok(o: Output) -> Output {
-    assert_eq!(code(&o), 0, "stderr: {}", stderr(&o));
-    o
-}
+mod common;
+use common::{CHORUS, chorus, chorus_with_stdin, code, ok, stderr, stdout, stdout_json};
 
 #[test]
 fn put_get_del_ls_round_trip() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
-    let init = json(&ok(chorus(&dir, &["--json", "init"])));
+    let init = stdout_json(&ok(chorus(&dir, &["--json", "init"])));
     assert_eq!(init["created"], true);
     assert_eq!(init["node_id"].as_str().map(str::len), Some(32));
-    let again = json(&ok(chorus(&dir, &["--json", "init"])));
+    let again = stdout_json(&ok(chorus(&dir, &["--json", "init"])));
     assert_eq!(
         (again["created"].clone(), again["node_id"].clone()),
         (false.into(), init["node_id"].clone())
@@ -75,14 +25,14 @@ fn put_get_del_ls_round_trip() {
         stdout(&ok(chorus(&dir, &["get", "config/web", "port"]))),
         "8080"
     );
-    let got = json(&ok(chorus(&dir, &["--json", "get", "config/web", "port"])));
+    let got = stdout_json(&ok(chorus(&dir, &["--json", "get", "config/web", "port"])));
     assert_eq!(got["values"][0]["value"], "8080");
     assert_eq!(got["values"].as_array().map(Vec::len), Some(1));
     assert_eq!(got["tombstone"], false);
     assert!(got["context"].as_str().is_some_and(|c| !c.is_empty()));
     assert_eq!(got["values"][0]["node"], init["node_id"]);
 
-    ok(with_stdin(
+    ok(chorus_with_stdin(
         &dir,
         &["put", "config/web", "motd", "-"],
         b"hello\nworld\n",
@@ -101,7 +51,7 @@ fn put_get_del_ls_round_trip() {
         ok(chorus(&dir, &["get", "config/web", "blob"])).stdout,
         vec![0u8, 159, 146, 150]
     );
-    let blob = json(&ok(chorus(&dir, &["--json", "get", "config/web", "blob"])));
+    let blob = stdout_json(&ok(chorus(&dir, &["--json", "get", "config/web", "blob"])));
     assert_eq!(blob["values"][0]["value"], "AJ+Slg==");
     assert_eq!(blob["values"][0]["encoding"], "base64");
 
@@ -109,7 +59,7 @@ fn put_get_del_ls_round_trip() {
         stdout(&ok(chorus(&dir, &["ls", "config/web"]))),
         "blob\nmotd\nport\n"
     );
-    let listed = json(&ok(chorus(&dir, &["--json", "ls", "config/web"])));
+    let listed = stdout_json(&ok(chorus(&dir, &["--json", "ls", "config/web"])));
     assert_eq!(listed["keys"].as_array().map(Vec::len), Some(3));
     assert_eq!(stdout(&ok(chorus(&dir, &["ls"]))), "config/web\t3 keys\n");
 
@@ -127,17 +77,17 @@ fn put_get_del_ls_round_trip() {
         "deleting an absent key"
     );
 
-    let status = json(&ok(chorus(&dir, &["--json", "status"])));
+    let status = stdout_json(&ok(chorus(&dir, &["--json", "status"])));
     assert_eq!(
         status["keys"], 3,
         "a deleted key is a tombstone until it is collected"
     );
     assert_eq!(status["generation"], 1);
     assert_eq!(status["lock_holder"], serde_json::Value::Null);
-    let compacted = json(&ok(chorus(&dir, &["--json", "compact"])));
+    let compacted = stdout_json(&ok(chorus(&dir, &["--json", "compact"])));
     assert_eq!(compacted["new_generation"], 2);
     assert_eq!(
-        json(&ok(chorus(&dir, &["--json", "check"])))["healthy"],
+        stdout_json(&ok(chorus(&dir, &["--json", "check"])))["healthy"],
         true
     );
     assert_eq!(
@@ -207,7 +157,7 @@ fn bad_input_exits_2_and_changes_nothing() {
         stderr(&o)
     );
     assert_eq!(
-        json(&ok(chorus(&dir, &["--json", "status"])))["last_seq"],
+        stdout_json(&ok(chorus(&dir, &["--json", "status"])))["last_seq"],
         0,
         "nothing was written"
     );
@@ -235,11 +185,11 @@ fn corruption_exits_4_names_the_offset_and_repair_fixes_it() {
     assert!(stderr(&o).contains("chorus repair"), "{}", stderr(&o));
     let checked = chorus(&dir, &["--json", "check"]);
     assert_eq!(code(&checked), 4);
-    let report = json(&checked);
+    let report = stdout_json(&checked);
     assert_eq!(report["healthy"], false);
     assert_eq!(report["findings"][0]["kind"], "corruption");
     assert_eq!(report["findings"][0]["offset"], 64);
-    let repaired = json(&ok(chorus(&dir, &["--json", "repair"])));
+    let repaired = stdout_json(&ok(chorus(&dir, &["--json", "repair"])));
     assert_eq!(repaired["repaired"], true);
     assert_eq!(repaired["commits_salvaged"], 4);
     assert_eq!(
@@ -309,7 +259,7 @@ fn siblings_contexts_and_resolve() {
     );
     assert!(text.contains("--- context "), "{text}");
     let count = |dir: &Path| {
-        json(&ok(chorus(dir, &["--json", "get", "app/cfg", "mode"])))["values"]
+        stdout_json(&ok(chorus(dir, &["--json", "get", "app/cfg", "mode"])))["values"]
             .as_array()
             .map(Vec::len)
     };
@@ -329,7 +279,7 @@ fn siblings_contexts_and_resolve() {
         "--allow-put needs --resolve"
     );
     // resolve --pick writes one value.
-    let picked = json(&ok(chorus(
+    let picked = stdout_json(&ok(chorus(
         &dir,
         &["--json", "resolve", "--pick", "1", "app/cfg", "mode"],
     )));
@@ -366,7 +316,7 @@ fn siblings_contexts_and_resolve() {
     ));
     assert_eq!(count(&dir), Some(1));
     // A malformed context is refused and writes nothing.
-    let before = json(&ok(chorus(&dir, &["--json", "status"])))["last_seq"].clone();
+    let before = stdout_json(&ok(chorus(&dir, &["--json", "status"])))["last_seq"].clone();
     let o = chorus(
         &dir,
         &["put", "--context", "garbage!", "app/cfg", "mode", "x"],
@@ -374,7 +324,7 @@ fn siblings_contexts_and_resolve() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("malformed context"), "{}", stderr(&o));
     assert_eq!(
-        json(&ok(chorus(&dir, &["--json", "status"])))["last_seq"],
+        stdout_json(&ok(chorus(&dir, &["--json", "status"])))["last_seq"],
         before
     );
 }
@@ -441,7 +391,7 @@ fn sim_reports_both_protocols_draws_the_plot_and_refuses_bad_shares() {
             plot_arg,
         ],
     ));
-    let doc = json(&out);
+    let doc = stdout_json(&out);
     let runs = doc["runs"].as_array().expect("runs");
     let protocols: Vec<&str> = runs.iter().filter_map(|r| r["protocol"].as_str()).collect();
     assert_eq!(protocols, ["plumtree", "flood"]);
@@ -476,7 +426,7 @@ fn sim_exchange_makes_two_stores_equal() {
         dir.path(),
         &["sim", "--json", "--exchange-keys", "2000", "--diff", "0.05"],
     ));
-    let doc = json(&out);
+    let doc = stdout_json(&out);
     assert_eq!(doc["differing_keys"], 100);
     assert_eq!(doc["equal_after"], true);
     assert!(doc["bytes_total"].as_u64().unwrap_or(0) > 0);
@@ -579,7 +529,7 @@ fn json_errors_are_one_object_with_the_shared_code() {
     ok(chorus(d, &["init"]));
     let out = chorus(d, &["--json", "get", "app/cfg", "absent"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    let doc = json(&out);
+    let doc = stdout_json(&out);
     assert_eq!(doc["code"], "not_found");
     assert!(
         doc["message"]
@@ -593,7 +543,7 @@ fn json_errors_are_one_object_with_the_shared_code() {
 
     let out = chorus(d, &["--json", "put", "$app/cfg", "k", "v"]);
     assert_eq!(code(&out), 2);
-    assert_eq!(json(&out)["code"], "bad_request");
+    assert_eq!(stdout_json(&out)["code"], "bad_request");
 
     // Without --json, stdout stays empty.
     let out = chorus(d, &["get", "app/cfg", "absent"]);

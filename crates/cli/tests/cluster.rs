@@ -30,8 +30,7 @@ fn serve_tls(dir: &Path, port: u16, tls: &Path, join: Option<u16>) -> Node {
 fn wait_for(dir: &Path, key: &str, value: &str) -> Duration {
     let start = Instant::now();
     loop {
-        let out = chorus(dir, &["get", "test/keys", key]);
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == value {
+        if common::get(dir, "test/keys", key).as_deref() == Some(value) {
             return start.elapsed();
         }
         assert!(
@@ -45,9 +44,7 @@ fn wait_for(dir: &Path, key: &str, value: &str) -> Duration {
 
 /// The JSON `chorus SUBCOMMAND ARGS...` printed on `dir`.
 fn sub_json(dir: &Path, subcommand: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = vec![subcommand];
-    all.extend_from_slice(args);
-    common::ok_json(&chorus(dir, &all))
+    common::ok_json(&common::chorus_sub(dir, subcommand, args))
 }
 
 /// Serves the filled directory `full` and a new node on `empty` that joins
@@ -586,11 +583,7 @@ fn a_hundred_writers_on_three_nodes_agree_and_a_new_revision_sends_only_itself()
         .collect();
     for w in writers {
         let out = w.wait_with_output().expect("writer");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_success(&out);
     }
     // Every node: the same winner and the same 99 losing revisions.
     let view = |d: &Path| {

@@ -1,27 +1,16 @@
 //! `chorus doc`: multiprocess-store's user-manager scenario end to end,
 //! exit codes, stdin, and bad input.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::{Value, json};
 
 mod common;
-use common::chorus;
-
-fn ok(out: &Output) -> Value {
-    common::ok_json(out)
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exit code")
-}
+use common::{chorus, chorus_sub, chorus_with_stdin, code, ok_json};
 
 fn doc(dir: &Path, args: &[&str]) -> Output {
-    let mut all = vec!["doc"];
-    all.extend_from_slice(args);
-    chorus(dir, &all)
+    chorus_sub(dir, "doc", args)
 }
 
 #[test]
@@ -30,7 +19,7 @@ fn the_user_manager_scenario_end_to_end() {
     let d = dir.path();
     assert!(chorus(d, &["init"]).status.success());
     // Sign up alice; a second sign-up fails as existing (exit 3).
-    let alice = ok(&doc(
+    let alice = ok_json(&doc(
         d,
         &[
             "create",
@@ -46,13 +35,13 @@ fn the_user_manager_scenario_end_to_end() {
     assert_eq!(code(&again), 3);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     // Change her password, with the revision read, and verify it.
-    let mut current = ok(&doc(d, &["get", "users", "alice"]));
+    let mut current = ok_json(&doc(d, &["get", "users", "alice"]));
     assert_eq!(current["_rev"], alice["_rev"]);
     current["password"] = json!("hunter2");
-    let changed = ok(&doc(d, &["update", "users", &current.to_string()]));
+    let changed = ok_json(&doc(d, &["update", "users", &current.to_string()]));
     assert_ne!(changed["_rev"], alice["_rev"]);
     assert_eq!(
-        ok(&doc(d, &["get", "users", "alice"]))["password"],
+        ok_json(&doc(d, &["get", "users", "alice"]))["password"],
         "hunter2"
     );
     // The old revision is not current any more: a conflict (exit 3).
@@ -64,27 +53,16 @@ fn the_user_manager_scenario_end_to_end() {
         String::from_utf8_lossy(&stale.stderr)
     );
     // Create bob and carol (carol from stdin), list all objects.
-    ok(&doc(
+    ok_json(&doc(
         d,
         &["create", "users", r#"{"_id": "bob", "password": "123"}"#],
     ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
-        .arg("--dir")
-        .arg(d)
-        .args(["doc", "create", "users", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(br#"{"_id": "carol", "password": "hunter2"}"#)
-        .expect("write");
-    ok(&child.wait_with_output().expect("wait"));
-    let all = ok(&doc(d, &["all", "users"]));
+    ok_json(&chorus_with_stdin(
+        d,
+        &["doc", "create", "users", "-"],
+        br#"{"_id": "carol", "password": "hunter2"}"#,
+    ));
+    let all = ok_json(&doc(d, &["all", "users"]));
     let ids: Vec<&str> = all
         .as_array()
         .expect("array")
@@ -99,15 +77,18 @@ fn the_user_manager_scenario_end_to_end() {
             .all(|u| u["_rev"].is_string())
     );
     // No conflicts, then delete bob with his revision.
-    assert_eq!(ok(&doc(d, &["conflicts", "users", "alice"])), json!([]));
-    let bob = ok(&doc(d, &["get", "users", "bob"]));
-    ok(&doc(
+    assert_eq!(
+        ok_json(&doc(d, &["conflicts", "users", "alice"])),
+        json!([])
+    );
+    let bob = ok_json(&doc(d, &["get", "users", "bob"]));
+    ok_json(&doc(
         d,
         &["delete", "users", "bob", bob["_rev"].as_str().expect("rev")],
     ));
     assert_eq!(code(&doc(d, &["get", "users", "bob"])), 1);
     assert_eq!(
-        ok(&doc(d, &["all", "users"])).as_array().map(Vec::len),
+        ok_json(&doc(d, &["all", "users"])).as_array().map(Vec::len),
         Some(2)
     );
 }
@@ -117,7 +98,7 @@ fn keep_both_then_conflicts_then_resolve() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     assert!(chorus(d, &["init"]).status.success());
-    let hello = ok(&doc(d, &["create", "s", r#"{"_id": "hello", "n": 0}"#]));
+    let hello = ok_json(&doc(d, &["create", "s", r#"{"_id": "hello", "n": 0}"#]));
     let base = hello["_rev"].as_str().expect("rev");
     let edit = |n: u32, keep: bool| {
         let body = json!({"_id": "hello", "_rev": base, "n": n}).to_string();
@@ -127,24 +108,24 @@ fn keep_both_then_conflicts_then_resolve() {
         }
         doc(d, &args)
     };
-    let a = ok(&edit(1, false));
+    let a = ok_json(&edit(1, false));
     assert_eq!(code(&edit(2, false)), 3);
-    let b = ok(&edit(2, true));
-    let groups = ok(&doc(d, &["conflicts", "s", "hello"]));
+    let b = ok_json(&edit(2, true));
+    let groups = ok_json(&doc(d, &["conflicts", "s", "hello"]));
     let mut pair = vec![a["_rev"].clone(), b["_rev"].clone()];
     pair.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
     assert_eq!(groups, json!([pair]));
-    let with = ok(&doc(d, &["get", "s", "hello", "--conflicts"]));
+    let with = ok_json(&doc(d, &["get", "s", "hello", "--conflicts"]));
     assert_eq!(with["_rev"], pair[1]);
     assert_eq!(with["_conflicts"], json!([pair[0]]));
     let loser = pair[0].as_str().expect("rev");
     assert_eq!(
-        ok(&doc(d, &["get", "s", "hello", "--rev", loser]))["_rev"],
+        ok_json(&doc(d, &["get", "s", "hello", "--rev", loser]))["_rev"],
         loser
     );
-    ok(&doc(d, &["resolve", "s", "hello", loser]));
-    assert_eq!(ok(&doc(d, &["conflicts", "s", "hello"])), json!([]));
-    assert_eq!(ok(&doc(d, &["get", "s", "hello"]))["_rev"], loser);
+    ok_json(&doc(d, &["resolve", "s", "hello", loser]));
+    assert_eq!(ok_json(&doc(d, &["conflicts", "s", "hello"])), json!([]));
+    assert_eq!(ok_json(&doc(d, &["get", "s", "hello"]))["_rev"], loser);
 }
 
 #[test]
@@ -173,7 +154,7 @@ fn bad_input_exits_2_with_the_reason_and_writes_nothing() {
     assert_eq!(code(&doc(d, &["delete", "users", "a", "nope"])), 2);
     assert_eq!(code(&doc(d, &["get", "users", "nobody"])), 1);
     assert_eq!(code(&doc(d, &["get", "a/b/c", "x"])), 2);
-    assert_eq!(ok(&doc(d, &["all", "users"])), json!([]));
+    assert_eq!(ok_json(&doc(d, &["all", "users"])), json!([]));
     let status = chorus(d, &["--json", "status"]);
     let status: Value = serde_json::from_slice(&status.stdout).expect("status");
     assert_eq!(status["keys"], 0, "nothing was written: {status}");
@@ -184,13 +165,13 @@ fn conflicts_are_paged_with_limit_and_after() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     assert!(chorus(d, &["init"]).status.success());
-    let first = ok(&doc(d, &["create", "s", r#"{"_id": "d", "w": -1}"#]));
+    let first = ok_json(&doc(d, &["create", "s", r#"{"_id": "d", "w": -1}"#]));
     let first = first["_rev"].as_str().expect("rev").to_string();
     for w in 0..5 {
         let body = json!({"_id": "d", "_rev": first, "w": w}).to_string();
-        ok(&doc(d, &["update", "s", &body, "--keep-both"]));
+        ok_json(&doc(d, &["update", "s", &body, "--keep-both"]));
     }
-    let with = ok(&doc(d, &["get", "s", "d", "--conflicts"]));
+    let with = ok_json(&doc(d, &["get", "s", "d", "--conflicts"]));
     let all = with["_conflicts"].as_array().expect("_conflicts").clone();
     assert_eq!(all.len(), 4, "{with}");
     let mut paged = Vec::new();
@@ -200,7 +181,7 @@ fn conflicts_are_paged_with_limit_and_after() {
         if let Some(a) = after.as_deref() {
             args.extend(["--after", a]);
         }
-        let page = ok(&doc(d, &args));
+        let page = ok_json(&doc(d, &args));
         assert_eq!(page["_rev"], with["_rev"], "{page}");
         paged.extend(page["conflicts"].as_array().expect("conflicts").clone());
         match page["next"].as_str() {

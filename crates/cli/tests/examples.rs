@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
+mod common;
+use common::{CHORUS, free_port};
+
 const TIMEOUT: Duration = Duration::from_secs(60);
 const PORTS: [&str; 8] = [
     "HTTP_PORT",
@@ -141,11 +143,6 @@ fn blocks(file: &Path) -> Vec<Block> {
         });
     }
     out
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("addr").port()
 }
 
 /// Kills a process group the harness started (the block and whatever it

@@ -2,71 +2,21 @@
 //! every route, bad input on every route, and a change stream resumed
 //! after a disconnect.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{CHORUS, Node, free_port, serve};
-
-/// Starts a node and waits until its API answers; returns it and its URL.
-fn start(dir: &Path) -> (Node, String) {
-    let (node, url, _) = start_with_gossip(dir);
-    (node, url)
-}
-
-/// Also returns the node's gossip address.
-fn start_with_gossip(dir: &Path) -> (Node, String, String) {
-    let (gossip, http) = (free_port(), free_port());
-    let node = serve(dir, gossip, http, None, &["--insecure"]);
-    let url = format!("http://127.0.0.1:{http}");
-    let started = Instant::now();
-    while curl(&["-f", &format!("{url}/health")]).0 != 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the API never came up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (node, url, format!("127.0.0.1:{gossip}"))
-}
-
-/// Runs curl; returns (exit code, HTTP status, headers, body).
-fn curl(args: &[&str]) -> (i32, u16, String, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-D", "/dev/stderr", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        out.status.code().unwrap_or(-1),
-        status.trim().parse().unwrap_or(0),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        body.to_string(),
-    )
-}
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
-fn header(headers: &str, name: &str) -> Option<String> {
-    headers.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-    })
-}
+use common::http::{curl_with_headers, header, json, start, start_with_gossip};
+use common::{assert_success, chorus};
 
 #[test]
 fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
     let dir = tempfile::tempdir().expect("tmp");
     let (_node, url) = start(dir.path());
     let key = format!("{url}/v1/kv/app/cfg/mode");
-    let (_, status, _, body) = curl(&["-X", "PUT", "--data-binary", "blue", &key]);
+    let (_, status, _, body) = curl_with_headers(&["-X", "PUT", "--data-binary", "blue", &key]);
     assert_eq!(status, 200, "{body}");
-    let (_, status, headers, body) = curl(&[&key]);
+    let (_, status, headers, body) = curl_with_headers(&[&key]);
     assert_eq!(status, 200);
     let read = json(&body);
     assert_eq!(read["values"][0]["value"], "blue");
@@ -75,16 +25,17 @@ fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
     // Two writers with the same context: siblings.
     let ctx = format!("X-Chorus-Context: {context}");
     for v in ["green", "red"] {
-        let (_, status, _, _) = curl(&["-X", "PUT", "-H", &ctx, "--data-binary", v, &key]);
+        let (_, status, _, _) =
+            curl_with_headers(&["-X", "PUT", "-H", &ctx, "--data-binary", v, &key]);
         assert_eq!(status, 200);
     }
-    let read = json(&curl(&[&key]).3);
+    let read = json(&curl_with_headers(&[&key]).3);
     assert_eq!(read["values"].as_array().map(Vec::len), Some(2));
-    let lww = json(&curl(&[&format!("{key}?resolve=lww")]).3);
+    let lww = json(&curl_with_headers(&[&format!("{key}?resolve=lww")]).3);
     assert_eq!(lww["values"].as_array().map(Vec::len), Some(1));
     // A key with slashes, a list with a pattern, hashes.
     assert_eq!(
-        curl(&[
+        curl_with_headers(&[
             "-X",
             "PUT",
             "--data-binary",
@@ -94,29 +45,32 @@ fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
         .1,
         200
     );
-    let list = json(&curl(&[&format!("{url}/v1/kv/app/cfg?match=a*")]).3);
+    let list = json(&curl_with_headers(&[&format!("{url}/v1/kv/app/cfg?match=a*")]).3);
     assert_eq!(list["keys"][0]["key"], "a/b");
     assert_eq!(list["keys"].as_array().map(Vec::len), Some(1));
-    let h1 = json(&curl(&[&format!("{url}/v1/hash/app/cfg")]).3);
-    let h2 = json(&curl(&[&format!("{url}/v1/hash/app")]).3);
+    let h1 = json(&curl_with_headers(&[&format!("{url}/v1/hash/app/cfg")]).3);
+    let h2 = json(&curl_with_headers(&[&format!("{url}/v1/hash/app")]).3);
     assert_eq!(h1["hash"].as_str().map(str::len), Some(64));
     assert_eq!(h2["hash"].as_str().map(str::len), Some(64));
     // Delete, then the key is gone.
     assert_eq!(
-        curl(&["-X", "DELETE", &format!("{url}/v1/kv/app/cfg/a/b")]).1,
+        curl_with_headers(&["-X", "DELETE", &format!("{url}/v1/kv/app/cfg/a/b")]).1,
         200
     );
-    let (_, status, _, body) = curl(&[&format!("{url}/v1/kv/app/cfg/a/b")]);
+    let (_, status, _, body) = curl_with_headers(&[&format!("{url}/v1/kv/app/cfg/a/b")]);
     assert_eq!(status, 404);
     assert_eq!(json(&body)["code"], "not_found");
     // Service routes.
-    assert_eq!(json(&curl(&[&format!("{url}/health")]).3)["status"], "ok");
-    let cluster = json(&curl(&[&format!("{url}/v1/cluster")]).3);
+    assert_eq!(
+        json(&curl_with_headers(&[&format!("{url}/health")]).3)["status"],
+        "ok"
+    );
+    let cluster = json(&curl_with_headers(&[&format!("{url}/v1/cluster")]).3);
     assert!(
         cluster["node"].as_str().is_some_and(|n| n.len() == 32),
         "{cluster}"
     );
-    let metrics = curl(&[&format!("{url}/metrics")]).3;
+    let metrics = curl_with_headers(&[&format!("{url}/metrics")]).3;
     assert!(
         metrics.contains(
             "chorus_http_request_duration_seconds_count{route=\"/v1/kv/{prefix}/{sub}/{*key}\",status=\"200\"}"
@@ -135,7 +89,7 @@ fn keys_contexts_siblings_lists_hashes_and_the_service_routes() {
         counter("chorus_store_syncs_total"),
     );
     assert!(commits >= 5 && syncs >= 1 && syncs <= commits, "{metrics}");
-    let openapi = json(&curl(&[&format!("{url}/openapi.json")]).3);
+    let openapi = json(&curl_with_headers(&[&format!("{url}/openapi.json")]).3);
     let mut paths: Vec<&str> = openapi["paths"]
         .as_object()
         .map(|p| p.keys().map(String::as_str).collect())
@@ -176,8 +130,11 @@ fn bad_input_gets_a_json_error_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let (_node, url) = start(dir.path());
     let key = format!("{url}/v1/kv/app/cfg/k");
-    assert_eq!(curl(&["-X", "PUT", "--data-binary", "v1", &key]).1, 200);
-    let before = curl(&[&format!("{url}/v1/hash/app/cfg")]).3;
+    assert_eq!(
+        curl_with_headers(&["-X", "PUT", "--data-binary", "v1", &key]).1,
+        200
+    );
+    let before = curl_with_headers(&[&format!("{url}/v1/hash/app/cfg")]).3;
     let big = dir.path().join("big");
     std::fs::write(&big, vec![b'x'; 2 << 20]).expect("write");
     let big_arg = format!("@{}", big.display());
@@ -250,7 +207,7 @@ fn bad_input_gets_a_json_error_and_changes_nothing() {
     ];
     for (args, status, code) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (_, got, _, body) = curl(&args);
+        let (_, got, _, body) = curl_with_headers(&args);
         assert_eq!(got, status, "{args:?}: {body}");
         if !code.is_empty() {
             let err = json(&body);
@@ -259,11 +216,14 @@ fn bad_input_gets_a_json_error_and_changes_nothing() {
         }
     }
     assert_eq!(
-        curl(&[&format!("{url}/v1/hash/app/cfg")]).3,
+        curl_with_headers(&[&format!("{url}/v1/hash/app/cfg")]).3,
         before,
         "nothing changed"
     );
-    assert_eq!(json(&curl(&[&key]).3)["values"][0]["value"], "v1");
+    assert_eq!(
+        json(&curl_with_headers(&[&key]).3)["values"][0]["value"],
+        "v1"
+    );
 }
 
 /// Reads a watch for `secs` seconds with curl; returns the stream's text.
@@ -303,18 +263,16 @@ fn a_change_stream_reports_every_change_and_resumes_after_a_disconnect() {
     std::thread::sleep(Duration::from_millis(500));
     for (k, v) in [("one", "1"), ("two", "2")] {
         let path = format!("{url}/v1/kv/app/cfg/{k}");
-        assert_eq!(curl(&["-X", "PUT", "--data-binary", v, &path]).1, 200);
+        assert_eq!(
+            curl_with_headers(&["-X", "PUT", "--data-binary", v, &path]).1,
+            200
+        );
     }
     // Another process, not the API, writes too: the stream shows it.
-    let out = Command::new(CHORUS)
-        .arg("--dir")
-        .arg(dir.path())
-        .args(["put", "app/cfg", "three", "3"])
-        .output()
-        .expect("chorus put");
+    let out = chorus(dir.path(), &["put", "app/cfg", "three", "3"]);
     assert!(out.status.success());
     assert!(
-        curl(&[
+        curl_with_headers(&[
             "-X",
             "PUT",
             "--data-binary",
@@ -355,7 +313,7 @@ fn a_node_told_to_join_over_http_receives_the_clusters_writes() {
         ("{\"peer\": \"10.0.0.1:7900\"}", 400),
         ("peer=1", 400),
     ] {
-        let (_, got, _, out) = curl(&[
+        let (_, got, _, out) = curl_with_headers(&[
             "-X",
             "POST",
             "-H",
@@ -368,7 +326,7 @@ fn a_node_told_to_join_over_http_receives_the_clusters_writes() {
         assert_eq!(json(&out)["code"], "bad_request");
     }
     let body = format!("{{\"peer\": \"{gossip1}\"}}");
-    let (_, status, _, out) = curl(&[
+    let (_, status, _, out) = curl_with_headers(&[
         "-X",
         "POST",
         "-H",
@@ -379,7 +337,7 @@ fn a_node_told_to_join_over_http_receives_the_clusters_writes() {
     ]);
     assert_eq!(status, 202, "{out}");
     assert_eq!(
-        curl(&[
+        curl_with_headers(&[
             "-X",
             "PUT",
             "--data-binary",
@@ -390,14 +348,14 @@ fn a_node_told_to_join_over_http_receives_the_clusters_writes() {
         200
     );
     let started = Instant::now();
-    while curl(&[&format!("{url2}/v1/kv/app/cfg/k")]).1 != 200 {
+    while curl_with_headers(&[&format!("{url2}/v1/kv/app/cfg/k")]).1 != 200 {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "never replicated"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let cluster = json(&curl(&[&format!("{url2}/v1/cluster")]).3);
+    let cluster = json(&curl_with_headers(&[&format!("{url2}/v1/cluster")]).3);
     assert_eq!(cluster["active"][0], gossip1.as_str());
 }
 
@@ -412,7 +370,7 @@ fn a_node_that_leaves_stops_and_the_others_record_it_as_left() {
     let body = format!("{{\"peer\": \"{gossip1}\"}}");
     let join = format!("{url2}/v1/cluster/join");
     assert_eq!(
-        curl(&[
+        curl_with_headers(&[
             "-X",
             "POST",
             "-H",
@@ -424,7 +382,8 @@ fn a_node_that_leaves_stops_and_the_others_record_it_as_left() {
         .1,
         202
     );
-    let members_of = |url: &str| json(&curl(&[&format!("{url}/v1/cluster")]).3)["members"].clone();
+    let members_of =
+        |url: &str| json(&curl_with_headers(&[&format!("{url}/v1/cluster")]).3)["members"].clone();
     let started = Instant::now();
     while !members_of(&url1).to_string().contains(&gossip2) {
         assert!(
@@ -433,17 +392,7 @@ fn a_node_that_leaves_stops_and_the_others_record_it_as_left() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = Command::new(CHORUS)
-        .arg("--dir")
-        .arg(d2.path())
-        .arg("leave")
-        .output()
-        .expect("chorus leave");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&chorus(d2.path(), &["leave"]));
     let started = Instant::now();
     while n2.0.try_wait().ok().flatten().is_none() {
         assert!(
@@ -465,34 +414,23 @@ fn a_node_that_leaves_stops_and_the_others_record_it_as_left() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // It cannot come back with its old data.
-    let out = Command::new(CHORUS)
-        .arg("--dir")
-        .arg(d2.path())
-        .args([
+    let out = chorus(
+        d2.path(),
+        &[
             "serve",
             "--insecure",
             "--gossip",
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
-        ])
-        .output()
-        .expect("chorus serve");
+        ],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("left the cluster"));
     // A directory that never served is in no cluster.
     let lone = tempfile::tempdir().expect("tmp");
-    let _ = Command::new(CHORUS)
-        .arg("--dir")
-        .arg(lone.path())
-        .arg("init")
-        .output();
-    let out = Command::new(CHORUS)
-        .arg("--dir")
-        .arg(lone.path())
-        .arg("leave")
-        .output()
-        .expect("leave");
+    let _ = chorus(lone.path(), &["init"]);
+    let out = chorus(lone.path(), &["leave"]);
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -503,7 +441,7 @@ fn a_node_that_moves_to_another_address_serves_again_and_its_old_address_is_left
     drop(first);
     let _ = url1;
     let (_second, url2, gossip2) = start_with_gossip(dir.path());
-    let members = json(&curl(&[&format!("{url2}/v1/cluster")]).3)["members"].clone();
+    let members = json(&curl_with_headers(&[&format!("{url2}/v1/cluster")]).3)["members"].clone();
     assert!(
         members
             .as_array()
@@ -513,7 +451,7 @@ fn a_node_that_moves_to_another_address_serves_again_and_its_old_address_is_left
     // A third start at yet another address works too.
     drop(_second);
     let (_third, url3, _) = start_with_gossip(dir.path());
-    let members = json(&curl(&[&format!("{url3}/v1/cluster")]).3)["members"].clone();
+    let members = json(&curl_with_headers(&[&format!("{url3}/v1/cluster")]).3)["members"].clone();
     assert!(
         members
             .as_array()
@@ -528,7 +466,7 @@ fn documents_over_http_with_revisions_conflicts_and_bad_input() {
     let (_node, url) = start(dir.path());
     let base = format!("{url}/v1/docs/users");
     let send = |method: &str, url: &str, body: &str| {
-        curl(&[
+        curl_with_headers(&[
             "-X",
             method,
             "-H",
@@ -556,7 +494,7 @@ fn documents_over_http_with_revisions_conflicts_and_bad_input() {
     );
     // Read, update with the revision, a stale update is 409, keep_both
     // makes a branch that shows in conflicts.
-    let (_, status, _, body) = curl(&[&format!("{base}/alice")]);
+    let (_, status, _, body) = curl_with_headers(&[&format!("{base}/alice")]);
     assert_eq!(status, 200);
     assert_eq!(json(&body)["_rev"], first.as_str());
     let update = |email: &str, keep: bool| {
@@ -572,22 +510,23 @@ fn documents_over_http_with_revisions_conflicts_and_bad_input() {
     assert_eq!(update("c@example.com", false).1, 409);
     let (_, status, _, body) = update("c@example.com", true);
     assert_eq!(status, 200, "{body}");
-    let groups = json(&curl(&[&format!("{base}/alice/conflicts")]).3);
+    let groups = json(&curl_with_headers(&[&format!("{base}/alice/conflicts")]).3);
     assert_eq!(
         groups["conflicts"].as_array().map(Vec::len),
         Some(1),
         "{groups}"
     );
-    let with = json(&curl(&[&format!("{base}/alice?conflicts=true")]).3);
+    let with = json(&curl_with_headers(&[&format!("{base}/alice?conflicts=true")]).3);
     let loser = with["_conflicts"][0].as_str().expect("a loser").to_string();
-    let old = json(&curl(&[&format!("{base}/alice?rev={loser}")]).3);
+    let old = json(&curl_with_headers(&[&format!("{base}/alice?rev={loser}")]).3);
     assert_eq!(old["_rev"], loser.as_str());
     // Conflicts are paged with ?limit= and ?after=; bad values are 400.
-    let page = json(&curl(&[&format!("{base}/alice/conflicts?limit=1")]).3);
+    let page = json(&curl_with_headers(&[&format!("{base}/alice/conflicts?limit=1")]).3);
     assert_eq!(page["conflicts"], serde_json::json!([loser]), "{page}");
     assert!(page["next"].is_null(), "{page}");
     assert_eq!(page["_rev"], with["_rev"], "{page}");
-    let rest = json(&curl(&[&format!("{base}/alice/conflicts?limit=5&after={loser}")]).3);
+    let rest =
+        json(&curl_with_headers(&[&format!("{base}/alice/conflicts?limit=5&after={loser}")]).3);
     assert_eq!(rest["conflicts"], serde_json::json!([]), "{rest}");
     for query in [
         "limit=0",
@@ -596,31 +535,33 @@ fn documents_over_http_with_revisions_conflicts_and_bad_input() {
         "limit=2&after=nope",
         "after=1-ab",
     ] {
-        let (_, status, _, reply) = curl(&[&format!("{base}/alice/conflicts?{query}")]);
+        let (_, status, _, reply) =
+            curl_with_headers(&[&format!("{base}/alice/conflicts?{query}")]);
         assert_eq!(status, 400, "{query}: {reply}");
         assert_eq!(json(&reply)["code"], "bad_request", "{query}: {reply}");
     }
     // Resolve, list, delete.
     let winner = with["_rev"].as_str().expect("rev").to_string();
-    let (_, status, _, body) = curl(&["-X", "POST", &format!("{base}/alice/resolve?rev={winner}")]);
+    let (_, status, _, body) =
+        curl_with_headers(&["-X", "POST", &format!("{base}/alice/resolve?rev={winner}")]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        json(&curl(&[&format!("{base}/alice/conflicts")]).3),
+        json(&curl_with_headers(&[&format!("{base}/alice/conflicts")]).3),
         serde_json::json!({"conflicts": []})
     );
-    let all = json(&curl(&[&base]).3);
+    let all = json(&curl_with_headers(&[&base]).3);
     assert_eq!(all["docs"].as_array().map(Vec::len), Some(2), "{all}");
-    let bob_rev = json(&curl(&[&format!("{base}/bob")]).3)["_rev"]
+    let bob_rev = json(&curl_with_headers(&[&format!("{base}/bob")]).3)["_rev"]
         .as_str()
         .expect("rev")
         .to_string();
     assert_eq!(
-        curl(&["-X", "DELETE", &format!("{base}/bob?rev={bob_rev}")]).1,
+        curl_with_headers(&["-X", "DELETE", &format!("{base}/bob?rev={bob_rev}")]).1,
         200
     );
-    assert_eq!(curl(&[&format!("{base}/bob")]).1, 404);
+    assert_eq!(curl_with_headers(&[&format!("{base}/bob")]).1, 404);
     // Bad input: 400 with a JSON error, nothing written.
-    let before = curl(&[&format!("{url}/v1/hash/docs/users")]).3;
+    let before = curl_with_headers(&[&format!("{url}/v1/hash/docs/users")]).3;
     let long = "x".repeat(600);
     for (method, target, body) in [
         ("POST", base.clone(), "{not json".to_string()),
@@ -647,7 +588,10 @@ fn documents_over_http_with_revisions_conflicts_and_bad_input() {
         assert_eq!(status, 400, "{method} {target} {body}: {reply}");
         assert_eq!(json(&reply)["code"], "bad_request", "{reply}");
     }
-    assert_eq!(curl(&[&format!("{url}/v1/hash/docs/users")]).3, before);
+    assert_eq!(
+        curl_with_headers(&[&format!("{url}/v1/hash/docs/users")]).3,
+        before
+    );
 }
 
 #[test]
@@ -656,7 +600,7 @@ fn operation_logs_over_http() {
     let (_node, url) = start(dir.path());
     let at = format!("{url}/v1/ops/app/stats/visits/today");
     let push = |body: &str| {
-        curl(&[
+        curl_with_headers(&[
             "-X",
             "POST",
             "-H",
@@ -666,7 +610,10 @@ fn operation_logs_over_http() {
             &at,
         ])
     };
-    assert_eq!(json(&curl(&[&at]).3), serde_json::json!({"value": null}));
+    assert_eq!(
+        json(&curl_with_headers(&[&at]).3),
+        serde_json::json!({"value": null})
+    );
     assert_eq!(
         json(&push(r#"{"type": "counter", "payload": 2}"#).3)["value"],
         2
@@ -675,8 +622,8 @@ fn operation_logs_over_http() {
         json(&push(r#"{"type": "counter", "payload": 3}"#).3)["value"],
         5
     );
-    assert_eq!(json(&curl(&[&at]).3)["value"], 5);
-    let log = json(&curl(&[&format!("{at}?log=true")]).3);
+    assert_eq!(json(&curl_with_headers(&[&at]).3)["value"], 5);
+    let log = json(&curl_with_headers(&[&format!("{at}?log=true")]).3);
     assert_eq!(log["type"], "counter");
     assert_eq!(log["ops"].as_array().map(Vec::len), Some(2));
     for body in [
@@ -694,5 +641,9 @@ fn operation_logs_over_http() {
     let (_, status, _, reply) = push(r#"{"type": "set", "payload": {"add": 1}}"#);
     assert_eq!(status, 409, "{reply}");
     assert_eq!(json(&reply)["code"], "conflict");
-    assert_eq!(json(&curl(&[&at]).3)["value"], 5, "nothing written");
+    assert_eq!(
+        json(&curl_with_headers(&[&at]).3)["value"],
+        5,
+        "nothing written"
+    );
 }

@@ -1,16 +1,10 @@
 //! `chorus op`: pushes, values and logs through the command line, and bad
 //! input.
 
-use std::process::Output;
-
 use serde_json::{Value, json};
 
 mod common;
-use common::chorus;
-
-fn ok(out: &Output) -> Value {
-    common::ok_json(out)
-}
+use common::{chorus, ok_json};
 
 #[test]
 fn push_get_and_log_through_the_cli() {
@@ -18,33 +12,33 @@ fn push_get_and_log_through_the_cli() {
     let d = dir.path();
     assert!(chorus(d, &["init"]).status.success());
     assert_eq!(
-        ok(&chorus(d, &["op", "get", "app/stats", "visits"])),
+        ok_json(&chorus(d, &["op", "get", "app/stats", "visits"])),
         Value::Null
     );
     assert_eq!(
-        ok(&chorus(
+        ok_json(&chorus(
             d,
             &["op", "push", "app/stats", "visits", "counter", "1"]
         )),
         json!(1)
     );
     assert_eq!(
-        ok(&chorus(
+        ok_json(&chorus(
             d,
             &["op", "push", "app/stats", "visits", "counter", "41"]
         )),
         json!(42)
     );
     assert_eq!(
-        ok(&chorus(d, &["op", "get", "app/stats", "visits"])),
+        ok_json(&chorus(d, &["op", "get", "app/stats", "visits"])),
         json!(42)
     );
     let patch = r#"{"theme": "dark", "lang": "en"}"#;
-    ok(&chorus(
+    ok_json(&chorus(
         d,
         &["op", "push", "app/prefs", "alice", "json-merge", patch],
     ));
-    let v = ok(&chorus(
+    let v = ok_json(&chorus(
         d,
         &[
             "op",
@@ -56,7 +50,7 @@ fn push_get_and_log_through_the_cli() {
         ],
     ));
     assert_eq!(v, json!({"theme": "dark"}));
-    let log = ok(&chorus(d, &["op", "log", "app/stats", "visits"]));
+    let log = ok_json(&chorus(d, &["op", "log", "app/stats", "visits"]));
     assert_eq!(log["type"], "counter");
     let ops = log["ops"].as_array().expect("ops");
     assert_eq!(ops.len(), 2);
@@ -70,7 +64,7 @@ fn bad_input_exits_2_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     assert!(chorus(d, &["init"]).status.success());
-    ok(&chorus(
+    ok_json(&chorus(
         d,
         &["op", "push", "app/stats", "n", "counter", "1"],
     ));
@@ -95,7 +89,10 @@ fn bad_input_exits_2_and_writes_nothing() {
     let out = chorus(d, &["op", "push", "app/stats", "n", "max", "1"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has type"));
-    assert_eq!(ok(&chorus(d, &["op", "get", "app/stats", "n"])), json!(1));
+    assert_eq!(
+        ok_json(&chorus(d, &["op", "get", "app/stats", "n"])),
+        json!(1)
+    );
 }
 
 #[test]
@@ -158,13 +155,13 @@ fn a_script_reducer_set_from_a_file_is_used_by_pushes() {
     )
     .expect("write");
     let path = script.to_str().expect("utf-8");
-    ok(&chorus(d, &["reducer", "set", "avg", path]));
-    ok(&chorus(d, &["op", "push", "app/m", "latency", "avg", "10"]));
-    let v = ok(&chorus(d, &["op", "push", "app/m", "latency", "avg", "30"]));
+    ok_json(&chorus(d, &["reducer", "set", "avg", path]));
+    ok_json(&chorus(d, &["op", "push", "app/m", "latency", "avg", "10"]));
+    let v = ok_json(&chorus(d, &["op", "push", "app/m", "latency", "avg", "30"]));
     assert_eq!(v, json!({"n": 2, "sum": 40}));
     let bad = d.join("bad.rhai");
     std::fs::write(&bad, "fn reduce(s, op) { loop { } }").expect("write");
-    ok(&chorus(
+    ok_json(&chorus(
         d,
         &["reducer", "set", "spin", bad.to_str().expect("utf-8")],
     ));

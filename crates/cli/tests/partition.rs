@@ -7,9 +7,9 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 
 mod common;
+use common::http::curl;
 use common::{Node, chorus, free_port, serve, wait_until};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,12 +126,11 @@ fn read_hello(s: &mut TcpStream) -> Option<(Vec<u8>, String)> {
 }
 
 fn put(dir: &Path, key: &str, value: &str) {
-    let out = chorus(dir, &["put", "test/keys", key, value]);
-    assert!(out.status.success(), "put {key} was not acknowledged");
+    common::put(dir, "test/keys", key, value);
 }
 
 fn has(dir: &Path, key: &str) -> bool {
-    chorus(dir, &["get", "test/keys", key]).status.success()
+    common::get(dir, "test/keys", key).is_some()
 }
 
 #[test]
@@ -173,12 +172,7 @@ fn after_a_partition_heals_all_nodes_agree_keep_concurrent_writes_and_lose_nothi
     });
     wait_until(Duration::from_secs(30), || {
         (0..n).all(|i| {
-            let out = Command::new("curl")
-                .arg("-s")
-                .arg(format!("http://127.0.0.1:{}/v1/cluster", http[i]))
-                .output();
-            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-            let text = text.unwrap_or_default();
+            let text = curl(&[&format!("http://127.0.0.1:{}/v1/cluster", http[i])]).2;
             (0..n).filter(|&j| j != i).all(|j| text.contains(&addr(j)))
         })
     });

@@ -10,7 +10,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{CHORUS, Node, chorus, chorus_in, free_port, ok_json, serve, wait_until};
+use common::http::{curl, json, start_at, wait_healthy};
+use common::{
+    CHORUS, Node, assert_success, chorus, chorus_in, free_port, get, ok_json, put, serve,
+    wait_until,
+};
 
 /// A running `chorus stage`, killed (SIGKILL) when dropped; its stderr
 /// goes to a file.
@@ -70,30 +74,7 @@ fn stage(dir: &Path, log: &Path, args: &[&str]) -> Stage {
 
 /// Starts an upstream on `http` and waits until its API answers.
 fn upstream(dir: &Path, http: u16) -> Node {
-    let node = serve(dir, free_port(), http, None, &["--insecure"]);
-    let url = format!("http://127.0.0.1:{http}/health");
-    wait_until(Duration::from_secs(20), || curl(&["-f", &url]).0 == 0);
-    node
-}
-
-/// Runs curl; returns (exit code, HTTP status, body).
-fn curl(args: &[&str]) -> (i32, u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        out.status.code().unwrap_or(-1),
-        status.trim().parse().unwrap_or(0),
-        body.to_string(),
-    )
-}
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+    start_at(dir, free_port(), http).0
 }
 
 /// The keys of a full prefix upstream and their values (siblings joined
@@ -168,11 +149,7 @@ fn offline_writes_are_kept_and_arrive_in_one_batch_after_the_quiet_period() {
         &["--upstream", &url, "--quiet", "1s"],
     );
     let out = fill(&st, "app/cfg", 1000, "k");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     // Every write is local and waiting; the failure is visible.
     wait_until(Duration::from_secs(10), || {
         let s = status(&st);
@@ -301,11 +278,7 @@ fn compaction_past_the_push_cursor_falls_back_to_pushing_every_key() {
     // Written while the daemon is down, then compacted away from the log.
     assert!(fill(&st, "app/b", 50, "late").status.success());
     let out = chorus(&st, &["compact"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let _s = stage(&st, &log, &args);
     wait_until(Duration::from_secs(30), || {
         upstream_keys(http, "app/b").len() == 50
@@ -321,23 +294,6 @@ fn compaction_past_the_push_cursor_falls_back_to_pushing_every_key() {
 fn put_upstream(http: u16, fp: &str, key: &str, value: &str) {
     let url = format!("http://127.0.0.1:{http}/v1/kv/{fp}/{key}");
     assert_eq!(curl(&["-X", "PUT", "--data-binary", value, &url]).1, 200);
-}
-
-fn put_stage(dir: &Path, fp: &str, key: &str, value: &str) {
-    let out = chorus(dir, &["put", fp, key, value]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A key's value in a directory, if it has one.
-fn get(dir: &Path, fp: &str, key: &str) -> Option<String> {
-    let out = chorus(dir, &["get", fp, key]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn reports_for(dir: &Path, key: &str) -> Vec<serde_json::Value> {
@@ -375,7 +331,7 @@ fn near_simultaneous_writes_are_reported_and_priorities_settle_them() {
     // Equal priorities: the upstream writes, the stage writes within the
     // window without having seen it: reported, kept as siblings.
     put_upstream(http, "app/eq", "x", "upstream");
-    put_stage(&low, "app/eq", "x", "staged");
+    put(&low, "app/eq", "x", "staged");
     wait_until(Duration::from_secs(20), || {
         !reports_for(&low, "x").is_empty()
     });
@@ -416,7 +372,7 @@ fn near_simultaneous_writes_are_reported_and_priorities_settle_them() {
     // A higher priority wins: the upstream settles the siblings to the
     // pushed value in the same commit; the loser's bytes are in the report.
     put_upstream(http, "app/prio", "y", "upstream");
-    put_stage(&high, "app/prio", "y", "important");
+    put(&high, "app/prio", "y", "important");
     wait_until(Duration::from_secs(20), || {
         !reports_for(&high, "y").is_empty()
     });
@@ -444,7 +400,7 @@ fn near_simultaneous_writes_are_reported_and_priorities_settle_them() {
     assert_eq!(read["values"][0]["meta"]["window_ms"], 5000, "{read}");
     // ...so a lower-priority push within the window loses to it too (the
     // low stage never pulled app/prio: its write is concurrent).
-    put_stage(&low, "app/prio", "y", "ordinary");
+    put(&low, "app/prio", "y", "ordinary");
     wait_until(Duration::from_secs(20), || {
         !reports_for(&low, "y").is_empty()
     });
@@ -463,7 +419,7 @@ fn near_simultaneous_writes_are_reported_and_priorities_settle_them() {
     // Outside the window: plain siblings, nothing reported.
     put_upstream(http, "app/far", "z", "upstream");
     std::thread::sleep(Duration::from_millis(5500));
-    put_stage(&low, "app/far", "z", "staged");
+    put(&low, "app/far", "z", "staged");
     wait_until(Duration::from_secs(20), || {
         upstream_keys(http, "app/far").get("z").map(String::as_str) == Some("staged|upstream")
     });
@@ -521,7 +477,7 @@ fn a_followed_prefix_is_pulled_and_not_pushed_back() {
     std::thread::sleep(Duration::from_millis(2000));
     assert_eq!(seq(&st), before);
     // A local write to the followed prefix goes up.
-    put_stage(&st, "shared/cfg", "mine", "yes");
+    put(&st, "shared/cfg", "mine", "yes");
     wait_until(Duration::from_secs(20), || {
         upstream_keys(http, "shared/cfg")
             .get("mine")
@@ -533,11 +489,7 @@ fn a_followed_prefix_is_pulled_and_not_pushed_back() {
     daemon.kill();
     put_upstream(http, "shared/cfg", "colour", "red");
     let out = chorus(&up, &["compact"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let _s = stage(&st, &log, &["--config", cfg, "--quiet", "300ms"]);
     wait_until(Duration::from_secs(20), || {
         get(&st, "shared/cfg", "colour").as_deref() == Some("red")
@@ -633,10 +585,10 @@ fn malformed_pushes_and_pulls_get_400_and_write_nothing() {
     // A valid object: one a node serves from a directory the CLI wrote.
     let src = tmp.path().join("src");
     assert!(chorus(&src, &["init"]).status.success());
-    put_stage(&src, "app/cfg", "good", "v");
+    put(&src, "app/cfg", "good", "v");
     // What a malformed operation record looks like (its value, whatever
     // key a push gives it).
-    put_stage(
+    put(
         &src,
         "app/cfg",
         "oprec",
@@ -866,11 +818,7 @@ fn large_pushes_are_split_into_requests_of_at_most_8_mib() {
     // Twelve values of 900 KB, from one process: about 10.8 MB of
     // objects, over one request.
     let out = chorus(&st, &["stage", "fill", "app/big", "12", "--size", "900000"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     wait_until(Duration::from_secs(60), || {
         status(&st)["keys_pushed_total"] == 12
     });
@@ -948,17 +896,11 @@ fn with_auth_on_a_push_needs_a_token_that_may_write_every_prefix_it_names() {
     assert!(chorus(&up, &["init"]).status.success());
     let secret = "correct horse battery";
     let out = chorus_in(&up, &["user", "add", "alice"], &format!("{secret}\n"), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let http = free_port();
     let _up = serve(&up, free_port(), http, None, &["--insecure", "--auth"]);
     let url = format!("http://127.0.0.1:{http}");
-    wait_until(Duration::from_secs(20), || {
-        curl(&["-f", &format!("{url}/health")]).0 == 0
-    });
+    wait_healthy(&url, Duration::from_secs(20));
     let session = ok_json(&chorus_in(
         &up,
         &[
@@ -999,7 +941,7 @@ fn with_auth_on_a_push_needs_a_token_that_may_write_every_prefix_it_names() {
 
     // No token: refused (401), kept.
     let mut s = stage(&st, &log, &["--upstream", &url, "--quiet", "200ms"]);
-    put_stage(&st, "app/cfg", "k", "v");
+    put(&st, "app/cfg", "k", "v");
     wait_until(Duration::from_secs(20), || error(&st).contains("HTTP 401"));
     assert_eq!(status(&st)["waiting"], 1);
     s.kill();
@@ -1023,7 +965,7 @@ fn with_auth_on_a_push_needs_a_token_that_may_write_every_prefix_it_names() {
     assert_eq!(key_upstream(), 200);
     // Out of the token's scope: refused, nothing written.
     let before = status(&st)["last_error"]["time_ms"].as_u64().unwrap_or(0);
-    put_stage(&st, "other/cfg", "k2", "v");
+    put(&st, "other/cfg", "k2", "v");
     wait_until(Duration::from_secs(20), || {
         let e = &status(&st)["last_error"];
         e["time_ms"].as_u64().unwrap_or(0) > before

@@ -3,31 +3,22 @@
 //! group commit and a SIGKILL, and with bad endpoints.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{CHORUS, Node, chorus, free_port, metric, wait_until};
+use common::{Node, chorus, free_port, metric, serve, wait_until};
 
 /// Starts a node with the broker on `router` (and events on `publish`).
 fn serve_zmq(dir: &Path, router: &str, publish: Option<&str>) -> (Node, u16) {
     let (gossip, http) = (free_port(), free_port());
-    let mut cmd = Command::new(CHORUS);
-    cmd.arg("--dir")
-        .arg(dir)
-        .args(["serve", "--insecure", "--gossip"])
-        .arg(format!("127.0.0.1:{gossip}"))
-        .arg("--http")
-        .arg(format!("127.0.0.1:{http}"))
-        .args(["--zmq", router])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut extra = vec!["--insecure", "--zmq", router];
     if let Some(p) = publish {
-        cmd.args(["--zmq-pub", p]);
+        extra.extend(["--zmq-pub", p]);
     }
-    let node = Node(cmd.spawn().expect("start chorus serve"));
+    let node = serve(dir, gossip, http, None, &extra);
     wait_until(Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
     });
