@@ -514,3 +514,24 @@ fn lists_page_and_reserved_names_are_refused_alike_over_zeromq() {
     );
     assert_eq!(created["error"]["code"], "conflict", "{created}");
 }
+
+/// Clients nobody here wrote: prometheus_client parses /metrics, and
+/// sseclient-py resumes a watch with Last-Event-ID exactly once
+/// (tests/clients.py, which installs them).
+#[test]
+fn prometheus_client_and_an_sse_client_library_agree_with_the_node() {
+    let node = start();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(format!("http://{}", node.http))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
