@@ -28,8 +28,14 @@ use crate::json::value_json;
 
 /// Commits read from the feed per read.
 const BATCH: usize = 256;
-/// Batches the broadcast channel holds for streams that are behind.
-const CHANNEL: usize = 1024;
+/// Batches the broadcast channel holds for streams that are behind: with
+/// [`BATCH_BYTES`], what a slow stream can keep alive is bounded (about
+/// 32 MiB, more only by single commits over the budget); a stream further
+/// behind reads the feed itself.
+const CHANNEL: usize = 32;
+/// Rendered bytes per batch before the hub starts another (a batch holds
+/// at least one commit).
+const BATCH_BYTES: usize = 1 << 20;
 /// How often the hub looks at the feed when nobody told it of a commit
 /// (commits by other processes on the directory, merges).
 const POLL: Duration = Duration::from_millis(10);
@@ -344,22 +350,29 @@ impl Hub {
                             break;
                         }
                         let more = changes.len() >= BATCH;
-                        let events = changes
-                            .iter()
-                            .flat_map(|c| {
-                                c.keys
-                                    .iter()
-                                    .enumerate()
-                                    .map(move |(i, k)| Arc::new(Rendered::new(c, i, k)))
-                            })
-                            .collect();
-                        let batch = Batch {
-                            from: cursor,
-                            next,
-                            events,
-                        };
-                        cursor = next;
-                        let _ = self.tx.send(Arc::new(batch));
+                        let mut events = Vec::new();
+                        let mut bytes = 0;
+                        let last = changes.len() - 1;
+                        for (n, c) in changes.iter().enumerate() {
+                            for (i, k) in c.keys.iter().enumerate() {
+                                let e = Rendered::new(c, i, k);
+                                bytes += e.json.len();
+                                events.push(Arc::new(e));
+                            }
+                            // A commit's own position is a cursor after
+                            // it: a batch may end at any commit.
+                            if bytes >= BATCH_BYTES || n == last {
+                                let end = if n == last { next } else { c.position };
+                                let batch = Batch {
+                                    from: cursor,
+                                    next: end,
+                                    events: std::mem::take(&mut events),
+                                };
+                                cursor = end;
+                                bytes = 0;
+                                let _ = self.tx.send(Arc::new(batch));
+                            }
+                        }
                         if !more {
                             break;
                         }
@@ -383,5 +396,123 @@ impl Hub {
 impl Default for Hub {
     fn default() -> Self {
         Hub::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_store::{Options, Write};
+
+    fn store(dir: &std::path::Path) -> Store {
+        Store::open(
+            dir,
+            Options {
+                create: true,
+                ..Options::default()
+            },
+        )
+        .expect("store")
+    }
+
+    /// The batches the hub would send for the commits after `from`, one
+    /// commit each.
+    fn batches(store: &Store, from: Cursor) -> Vec<Batch> {
+        let Ok(Feed::Changes { changes, next }) = store.changes_since(&from, 1000) else {
+            panic!("no changes");
+        };
+        let mut out = Vec::new();
+        let mut cursor = from;
+        let last = changes.len() - 1;
+        for (n, c) in changes.iter().enumerate() {
+            let end = if n == last { next } else { c.position };
+            out.push(Batch {
+                from: cursor,
+                next: end,
+                events: c
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| Arc::new(Rendered::new(c, i, k)))
+                    .collect(),
+            });
+            cursor = end;
+        }
+        out
+    }
+
+    fn keys(items: &[Item]) -> Vec<String> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Event(e) => Some(String::from_utf8_lossy(&e.key).into_owned()),
+                Item::Overflow(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_follower_hands_out_each_event_once_whether_from_batches_or_the_feed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = store(dir.path());
+        let fp = FullPrefix::new("app", "cfg").expect("name");
+        let start = s.cursor().expect("cursor");
+        for c in 0..4 {
+            let writes = (0..2)
+                .map(|k| Write::put(&fp, format!("c{c}k{k}").as_bytes(), b"v"))
+                .collect();
+            s.write(writes).expect("write");
+        }
+        let all = batches(&s, start);
+        assert_eq!(all.len(), 4);
+        let every: Vec<String> = (0..4)
+            .flat_map(|c| (0..2).map(move |k| format!("c{c}k{k}")))
+            .collect();
+
+        // From batches only, in order.
+        let mut f = Follower::new(EventId::after(start), Scope::default());
+        let mut out = Vec::new();
+        for b in &all {
+            assert!(f.take(b, &mut out));
+        }
+        assert_eq!(keys(&out), every);
+
+        // A batch beyond what it read: it must read the feed first; then
+        // batches it already read are skipped, and nothing shows twice.
+        let mut f = Follower::new(EventId::after(start), Scope::default());
+        let mut out = Vec::new();
+        assert!(f.take(&all[0], &mut out));
+        assert!(!f.take(&all[2], &mut out), "commit 2 was missed");
+        while !f.read(&s, &mut out).expect("read") {}
+        for b in &all[1..] {
+            assert!(f.take(b, &mut out));
+        }
+        assert_eq!(keys(&out), every);
+
+        // Resumed after the first key of commit 1: its second key, then on.
+        let mut f = Follower::new(EventId::after(start), Scope::default());
+        let mut first_two = Vec::new();
+        f.take(&all[0], &mut first_two);
+        f.take(&all[1], &mut first_two);
+        let Item::Event(third) = &first_two[2] else {
+            panic!("an event");
+        };
+        let mut f = Follower::new(third.id, Scope::default());
+        let mut out = Vec::new();
+        while !f.read(&s, &mut out).expect("read") {}
+        assert_eq!(keys(&out), every[3..].to_vec());
+
+        // Reserved names never show; a scope narrows.
+        let scope = Scope::parse(Some("app/cfg")).expect("scope");
+        assert!(scope.shows(&fp, b"k"));
+        let reserved = FullPrefix::new("$cluster", "members").expect("name");
+        assert!(!Scope::default().shows(&reserved, b"k"));
+        let stage = FullPrefix::new("$stage", "reports").expect("name");
+        assert!(!Scope::default().shows(&stage, b"k"));
+        assert!(
+            Scope::parse(Some("$stage"))
+                .expect("scope")
+                .shows(&stage, b"k")
+        );
     }
 }
