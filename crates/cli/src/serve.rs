@@ -49,7 +49,7 @@ pub(crate) struct ServeArgs {
 /// Sends the daemon's (and the engine's) log lines to stderr, one line
 /// each: `LEVEL message`. `CHORUS_LOG` picks the level (error, warn, info,
 /// debug, trace; info by default).
-pub(crate) fn init_logging() {
+pub(crate) fn init_logging(show_target: bool) {
     let level = match std::env::var("CHORUS_LOG").as_deref() {
         Ok("error") => tracing::Level::ERROR,
         Ok("warn") => tracing::Level::WARN,
@@ -60,14 +60,14 @@ pub(crate) fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
-        .with_target(false)
+        .with_target(show_target)
         .without_time()
         .with_ansi(false)
         .try_init();
 }
 
 pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
-    init_logging();
+    init_logging(false);
     if !args.insecure && args.tls.is_none() {
         return Err(Failure::usage(
             "peers talk TLS: give --tls DIR (made by `chorus cluster init` and `chorus cluster cert`), or --insecure for plaintext on a loopback address",

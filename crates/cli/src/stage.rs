@@ -302,6 +302,8 @@ pub(crate) fn run(cli: &Cli, args: &StageArgs) -> Result<(), Failure> {
                 ..cli.options()?
             };
             let store = Store::open(&dir, options)?;
+            // The stage's lines show as `INFO chorus stage: ...`.
+            crate::serve::init_logging(true);
             chorus_node::stage::run(store, config).map_err(crate::serve::node_failure)
         }
     }

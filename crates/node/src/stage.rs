@@ -248,8 +248,10 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A line of the stage's log: `tracing`, target `chorus stage` (shown as
+/// `INFO chorus stage: ...` by the command line).
 fn log(line: impl AsRef<str>) {
-    eprintln!("chorus stage: {}", line.as_ref());
+    tracing::info!(target: "chorus stage", "{}", line.as_ref());
 }
 
 /// Percent-encodes a query value.
