@@ -112,7 +112,13 @@ pub(crate) trait Sockets {
     fn publish(&mut self, topic: &[u8], body: &[u8]) -> Result<(), String>;
     /// A way for one worker thread to hand its replies back.
     fn port(&self) -> Result<Box<dyn ReplyPort>, String>;
+    /// A way for any thread to hand a reply back (the committing thread
+    /// answers key writes with it, with no thread in between).
+    fn answerer(&self) -> Result<Answer, String>;
 }
+
+/// Hands a finished reply back to the socket thread, from any thread.
+pub(crate) type Answer = Arc<dyn Fn(Vec<Vec<u8>>) + Send + Sync>;
 
 /// A worker's way back to the socket thread.
 pub(crate) trait ReplyPort: Send {
@@ -230,6 +236,41 @@ impl Sockets for ZmqSockets {
         s.connect(&self.replies_at)
             .map_err(|e| format!("ZeroMQ inproc connect: {e}"))?;
         Ok(Box::new(ZmqPort(s)))
+    }
+
+    fn answerer(&self) -> Result<Answer, String> {
+        let (context, at) = (self.context.clone(), self.replies_at.clone());
+        Ok(Arc::new(move |frames| {
+            // A ZeroMQ socket belongs to one thread: each thread that
+            // answers keeps its own PUSH socket to the socket thread.
+            thread_local! {
+                static PORTS: std::cell::RefCell<std::collections::HashMap<String, zmq::Socket>> =
+                    std::cell::RefCell::new(std::collections::HashMap::new());
+            }
+            PORTS.with(|ports| {
+                let mut ports = ports.borrow_mut();
+                if !ports.contains_key(&at) {
+                    let made = context.socket(zmq::PUSH).and_then(|s| {
+                        s.connect(&at)?;
+                        Ok(s)
+                    });
+                    match made {
+                        Ok(s) => {
+                            ports.insert(at.clone(), s);
+                        }
+                        Err(e) => {
+                            tracing::error!("a broker reply is lost: ZeroMQ inproc socket: {e}");
+                            return;
+                        }
+                    }
+                }
+                if let Some(s) = ports.get(&at)
+                    && let Err(e) = s.send_multipart(frames, 0)
+                {
+                    tracing::error!("a broker reply is lost: ZeroMQ inproc send: {e}");
+                }
+            });
+        }))
     }
 }
 
@@ -561,14 +602,14 @@ fn answer(api: &Service, job: Job) -> Vec<Vec<u8>> {
         }
         Err(e) => ("invalid", Err(e)),
     };
-    finish(api, name, started, envelope, id, outcome)
+    finish(&api.metrics, name, started, envelope, id, outcome)
 }
 
 /// The reply frames: the request's envelope, then the JSON body (the
 /// result's fields with `"id"` and `"ok": true`, or `"ok": false` and the
 /// error).
 fn finish(
-    api: &Service,
+    metrics: &crate::metrics::Metrics,
     op: &str,
     started: Instant,
     mut envelope: Vec<Vec<u8>>,
@@ -577,7 +618,7 @@ fn finish(
 ) -> Vec<Vec<u8>> {
     let body = match outcome {
         Ok(mut result) => {
-            api.metrics.zmq(op, "ok", started.elapsed());
+            metrics.zmq(op, "ok", started.elapsed());
             if let Value::Object(o) = &mut result {
                 o.insert("id".into(), id);
                 o.insert("ok".into(), Value::Bool(true));
@@ -585,7 +626,7 @@ fn finish(
             result
         }
         Err(e) => {
-            api.metrics.zmq(op, e.code(), started.elapsed());
+            metrics.zmq(op, e.code(), started.elapsed());
             json!({"id": id, "ok": false, "error": e.to_json()})
         }
     };
@@ -629,24 +670,8 @@ impl Broker {
                 .map_err(|e| format!("cannot start a broker worker: {e}"))?;
             pool.push(handle);
         }
-        // Key writes are answered from the service's committing thread:
-        // their replies come back through this forwarder's port.
-        let (replies, committed) = sync_channel::<Vec<Vec<u8>>>(crate::commit::QUEUE);
-        {
-            let mut port = sockets.port()?;
-            let handle = std::thread::Builder::new()
-                .name("chorus-broker-replies".into())
-                .spawn(move || {
-                    while let Ok(frames) = committed.recv() {
-                        if let Err(e) = port.send(frames) {
-                            tracing::error!("the broker's reply forwarder stopped: {e}");
-                            return;
-                        }
-                    }
-                })
-                .map_err(|e| format!("cannot start the broker's reply forwarder: {e}"))?;
-            pool.push(handle);
-        }
+        // Key writes are answered from the service's committing thread.
+        let answer = sockets.answerer()?;
         let s = stop.clone();
         let publishing = config.publish.is_some();
         let thread = std::thread::Builder::new()
@@ -656,7 +681,7 @@ impl Broker {
                 if let Err(e) = serve(
                     &mut sockets,
                     &api,
-                    (&jobs, &replies),
+                    (&jobs, &answer),
                     capacity,
                     publishing,
                     &s,
@@ -665,7 +690,6 @@ impl Broker {
                 }
                 // Workers finish what they hold, then see the queue closed.
                 drop(jobs);
-                drop(replies);
                 for h in pool {
                     let _ = h.join();
                 }
@@ -700,7 +724,7 @@ fn work(api: &Service, queue: &std::sync::Mutex<Receiver<Job>>, mut port: Box<dy
 fn serve(
     sockets: &mut dyn Sockets,
     api: &Service,
-    (jobs, replies): (&SyncSender<Job>, &SyncSender<Vec<Vec<u8>>>),
+    (jobs, answer_from): (&SyncSender<Job>, &Answer),
     capacity: usize,
     publishing: bool,
     stop: &AtomicBool,
@@ -767,33 +791,35 @@ fn serve(
                     Op::Put { fp, key, value, .. } => (fp.clone(), key.clone(), value.is_none()),
                     _ => continue,
                 };
-                let put = match Service::batch_put(&grant, op.clone()) {
+                // The audit needs the operation only when auth is on.
+                let audit = api
+                    .auth
+                    .enabled()
+                    .then(|| (api.clone(), grant.clone(), op.clone()));
+                let put = match Service::batch_put(&grant, op) {
                     Ok(p) => p,
                     Err(e) => {
-                        sockets.reply(finish(api, name, started, envelope, id, Err(e)))?;
+                        sockets.reply(finish(&api.metrics, name, started, envelope, id, Err(e)))?;
                         continue;
                     }
                 };
-                let (service, tx, reply_id, reply_envelope) =
-                    (api.clone(), replies.clone(), id.clone(), envelope.clone());
-                let submitted = api.writes.submit(
+                let metrics = api.metrics.clone();
+                let reply = answer_from.clone();
+                api.writes.submit(
                     put,
                     Box::new(move |outcome| {
-                        service.audit(&grant, "zmq", &op, outcome.is_ok());
+                        if let Some((service, grant, op)) = &audit {
+                            service.audit(grant, "zmq", op, outcome.is_ok());
+                        }
                         if outcome.is_ok() {
-                            service.metrics.zmq_writes.fetch_add(1, Ordering::Relaxed);
+                            metrics.zmq_writes.fetch_add(1, Ordering::Relaxed);
                         }
                         let outcome = outcome
                             .map(|info| Service::put_json(&fp_key.0, &fp_key.1, fp_key.2, &info));
-                        let frames =
-                            finish(&service, name, started, reply_envelope, reply_id, outcome);
-                        let _ = tx.send(frames);
+                        reply(finish(&metrics, name, started, envelope, id, outcome));
                     }),
                 );
-                match submitted {
-                    Ok(()) => in_flight += 1,
-                    Err(e) => sockets.reply(finish(api, name, started, envelope, id, Err(e)))?,
-                }
+                in_flight += 1;
                 continue;
             }
             match jobs.try_send(job) {
@@ -803,7 +829,7 @@ fn serve(
                 Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
                     let e = ApiError::busy("the broker is saturated: retry");
                     sockets.reply(finish(
-                        api,
+                        &api.metrics,
                         "busy",
                         job.started,
                         job.envelope,
@@ -960,6 +986,9 @@ mod tests {
         fn port(&self) -> Result<Box<dyn ReplyPort>, String> {
             Err("not used".into())
         }
+        fn answerer(&self) -> Result<Answer, String> {
+            Err("not used".into())
+        }
     }
 
     #[test]
@@ -1008,7 +1037,10 @@ mod tests {
         let port_tx = tx.clone();
         std::thread::scope(|s| {
             s.spawn(|| work(&worker_api, &queue, Box::new(Port(port_tx))));
-            serve(&mut fake, &api, (&jobs, &tx), 4, false, &stop).expect("serve");
+            let answer: Answer = Arc::new(move |frames| {
+                let _ = tx.send(frames);
+            });
+            serve(&mut fake, &api, (&jobs, &answer), 4, false, &stop).expect("serve");
             drop(jobs);
         });
         assert_eq!(fake.replies.len(), expected, "{:?}", fake.replies);

@@ -53,18 +53,18 @@ impl Committer {
         Ok(Committer { tx })
     }
 
-    /// Queues a write; `reply` is called with its outcome, on the
-    /// committing thread. A full queue refuses at once (and `reply` is
-    /// not called).
-    pub(crate) fn submit(&self, put: BatchPut, reply: Reply) -> Result<(), ApiError> {
+    /// Queues a write; `reply` is called once with its outcome: on the
+    /// committing thread after the sync, or at once, on the caller's
+    /// thread, with `busy` when the queue is full.
+    pub(crate) fn submit(&self, put: BatchPut, reply: Reply) {
         match self.tx.try_send(Pending { put, reply }) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(ApiError::busy(format!(
+            Ok(()) => {}
+            Err(TrySendError::Full(p)) => (p.reply)(Err(ApiError::busy(format!(
                 "{QUEUE} writes are waiting to commit: retry"
-            ))),
-            Err(TrySendError::Disconnected(_)) => Err(ApiError::internal(
+            )))),
+            Err(TrySendError::Disconnected(p)) => (p.reply)(Err(ApiError::internal(
                 "the committing thread stopped: restart the node",
-            )),
+            ))),
         }
     }
 
@@ -76,7 +76,7 @@ impl Committer {
             Box::new(move |outcome| {
                 let _ = tx.send(outcome);
             }),
-        )?;
+        );
         rx.await
             .map_err(|_| ApiError::internal("the committing thread dropped a write"))?
     }
