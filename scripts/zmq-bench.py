@@ -18,7 +18,8 @@ latency; for Chorus the node's `/metrics` counters before and after
 (`chorus_zmq_writes_total`, `chorus_store_commits_total`,
 `chorus_store_syncs_total`: syncs per write); for both servers the process
 CPU time (utime + stime from /proc/PID/stat) divided by the requests
-served; and the clients' own CPU (getrusage of the reaped children).
+served (the counts of `chorus_zmq_request_duration_seconds`); and the
+clients' own CPU (getrusage of the reaped children).
 Ratios are Chorus ops/s / Redis ops/s within a round; the table shows
 the median over rounds of those ratios, and of every figure.
 
@@ -193,6 +194,11 @@ def metrics(http):
         if line.startswith("chorus_") and not line.startswith("#"):
             name, value = line.split()[:2]
             out[name[len("chorus_"):]] = float(value)
+    # Requests answered and those answered with an error: the ZeroMQ
+    # latency histogram's counts, per operation and outcome code.
+    counts = {k: v for k, v in out.items() if k.startswith("zmq_request_duration_seconds_count{")}
+    out["zmq_requests_total"] = sum(counts.values())
+    out["zmq_errors_total"] = sum(v for k, v in counts.items() if 'code="ok"' not in k)
     return out
 
 
