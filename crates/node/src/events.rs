@@ -166,6 +166,9 @@ pub struct Rendered {
     pub topic: Arc<str>,
     /// [`event_json`], serialised.
     pub json: Arc<str>,
+    /// The whole SSE frame (`id:`, `event: change`, `data:`), made once
+    /// for every stream.
+    pub sse: bytes::Bytes,
 }
 
 impl Rendered {
@@ -174,7 +177,10 @@ impl Rendered {
         let json = event_json(&id, change.seq, &change.origin, k).to_string();
         let base = chorus_store::split_record(&k.key).map_or(&k.key[..], |(b, _)| b);
         let topic = format!("{}/{}", k.full_prefix, String::from_utf8_lossy(base));
+        // Compact JSON has no newline, so it is one data line.
+        let sse = bytes::Bytes::from(format!("id: {id}\nevent: change\ndata: {json}\n\n"));
         Rendered {
+            sse,
             id,
             seq: change.seq,
             index,

@@ -18,7 +18,6 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chorus_core::FullPrefix;
@@ -42,6 +41,10 @@ const DRAIN_MAX: u64 = 64 << 20;
 const CONTEXT_HEADER: &str = "x-chorus-context";
 /// How often an open watch checks its token again (auth on).
 const RECHECK: Duration = Duration::from_secs(1);
+/// How long a quiet watch waits before it sends a comment line.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Bytes of events sent as one chunk at most.
+const CHUNK_BYTES: usize = 64 << 10;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -592,7 +595,7 @@ async fn watch(
     State(api): State<Service>,
     headers: HeaderMap,
     q: Result<Query<WatchQuery>, QueryRejection>,
-) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = query(q)?;
     let mut scope = Scope::parse(q.prefix.as_deref())?;
     scope.matching = q.pattern.map(Match::Glob);
@@ -633,11 +636,19 @@ async fn watch(
         rx,
         pending: std::collections::VecDeque::new(),
         behind: true,
+        last_sent: Instant::now(),
         ended: false,
         recheck,
     };
     let stream = futures_util::stream::unfold(state, next_event);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 struct WatchState {
@@ -647,6 +658,8 @@ struct WatchState {
     pending: std::collections::VecDeque<Item>,
     /// The follower reads the feed itself until it is at the end.
     behind: bool,
+    /// When the stream last sent its keep-alive comment.
+    last_sent: Instant,
     ended: bool,
     recheck: Option<Recheck>,
 }
@@ -679,23 +692,32 @@ impl WatchState {
     }
 }
 
-async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, WatchState)> {
+/// An SSE frame of a named event with one JSON data line.
+fn sse_frame(event: &str, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// The next chunk of the stream: every event waiting (each frame rendered
+/// once by the hub and shared), a comment to keep an idle connection
+/// open, or the frame that ends the stream.
+async fn next_event(mut s: WatchState) -> Option<(Result<Bytes, Infallible>, WatchState)> {
     loop {
-        if let Some(item) = s.pending.pop_front() {
-            let event = match item {
-                Item::Event(e) => SseEvent::default()
-                    .id(e.id.to_string())
-                    .event("change")
-                    .data(&*e.json),
-                Item::Overflow(first_seq) => {
-                    s.pending.clear();
-                    s.ended = true;
-                    SseEvent::default()
-                        .event("overflow")
-                        .data(overflow_json(first_seq).to_string())
+        if !s.pending.is_empty() {
+            let mut chunk = Vec::new();
+            while let Some(item) = s.pending.pop_front() {
+                match item {
+                    Item::Event(e) => chunk.extend_from_slice(&e.sse),
+                    Item::Overflow(first_seq) => {
+                        s.pending.clear();
+                        s.ended = true;
+                        chunk.extend_from_slice(&sse_frame("overflow", &overflow_json(first_seq)));
+                    }
                 }
-            };
-            return Some((Ok(event), s));
+                if chunk.len() >= CHUNK_BYTES {
+                    break;
+                }
+            }
+            return Some((Ok(Bytes::from(chunk)), s));
         }
         if s.ended {
             return None;
@@ -704,10 +726,7 @@ async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, 
             s.ended = true;
             let data =
                 json!({"code": "unauthorized", "message": format!("the stream ends: {why}")});
-            return Some((
-                Ok(SseEvent::default().event("error").data(data.to_string())),
-                s,
-            ));
+            return Some((Ok(sse_frame("error", &data)), s));
         }
         let mut out = Vec::new();
         if s.behind {
@@ -716,11 +735,7 @@ async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, 
                 Ok(done) => s.behind = !done,
                 Err(e) => {
                     s.ended = true;
-                    let data = ApiError::from(e).to_json();
-                    return Some((
-                        Ok(SseEvent::default().event("error").data(data.to_string())),
-                        s,
-                    ));
+                    return Some((Ok(sse_frame("error", &ApiError::from(e).to_json())), s));
                 }
             }
             s.pending.extend(out);
@@ -729,7 +744,7 @@ async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, 
         let wait = if s.recheck.is_some() {
             RECHECK
         } else {
-            Duration::from_secs(3600)
+            KEEP_ALIVE
         };
         match tokio::time::timeout(wait, s.rx.recv()).await {
             Ok(Ok(batch)) => {
@@ -740,7 +755,14 @@ async fn next_event(mut s: WatchState) -> Option<(Result<SseEvent, Infallible>, 
             }
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => s.behind = true,
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
-            Err(_) => {} // time to check the token again
+            Err(_) => {
+                // Quiet: a comment keeps proxies from closing the stream
+                // (and, with auth on, the token is checked again first).
+                if s.recheck.is_none() || s.last_sent.elapsed() >= KEEP_ALIVE {
+                    s.last_sent = Instant::now();
+                    return Some((Ok(Bytes::from_static(b":\n\n")), s));
+                }
+            }
         }
     }
 }
