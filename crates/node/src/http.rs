@@ -41,6 +41,8 @@ const DRAIN_MAX: u64 = 64 << 20;
 const CONTEXT_HEADER: &str = "x-chorus-context";
 /// How often an open watch checks its token again (auth on).
 const RECHECK: Duration = Duration::from_secs(1);
+/// Longest glob a watch takes.
+const MATCH_MAX: usize = 4096;
 /// How long a quiet watch waits before it sends a comment line.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Bytes of events sent as one chunk at most.
@@ -598,6 +600,20 @@ async fn watch(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let mut scope = Scope::parse(q.prefix.as_deref())?;
+    match q.pattern.as_deref() {
+        Some("") => {
+            return Err(ApiError::bad(
+                "match is empty: it would match no key; leave it out to see every key",
+            ));
+        }
+        Some(p) if p.len() > MATCH_MAX => {
+            return Err(ApiError::bad(format!(
+                "match is {} bytes; the limit is {MATCH_MAX}",
+                p.len()
+            )));
+        }
+        _ => {}
+    }
     scope.matching = q.pattern.map(Match::Glob);
     let reach = match (&scope.prefix, &scope.sub) {
         (Some(p), Some(s)) => Reach::FullPrefix(full_prefix(p, s)?),
@@ -607,16 +623,19 @@ async fn watch(
     crate::service::reserved_rule(scope.prefix.as_deref(), false)?;
     let t = token(&headers)?;
     tokio::task::block_in_place(|| api.check(t.as_deref(), &reach, false, "http", "watch"))?;
-    let from = match (headers.get("last-event-id"), q.from) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad("give Last-Event-ID or ?from=, not both"));
-        }
-        (Some(raw), None) => Some(
+    // An EventSource that began with ?from= sends Last-Event-ID when it
+    // reconnects, with the same URL: the header is the newer position.
+    // Both are checked.
+    if let Some(f) = q.from.as_deref() {
+        EventId::parse(f)?;
+    }
+    let from = match headers.get("last-event-id") {
+        Some(raw) => Some(
             raw.to_str()
                 .map_err(|_| ApiError::bad("Last-Event-ID is not ASCII"))?
                 .to_string(),
         ),
-        (None, from) => from,
+        None => q.from,
     };
     let after = match from {
         Some(text) => EventId::parse(&text)?,
