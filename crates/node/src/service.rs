@@ -4,7 +4,8 @@
 //! into an [`Op`], asks [`Service::authorize`] for a [`Grant`] (the
 //! reserved-name rule, the token check and the audit of refusals, in that
 //! order), runs it with [`Service::run`] (or, for key writes, queues it for
-//! group commit with [`Service::put`] / [`Service::submit_put`]), and
+//! group commit: [`Service::put`], or [`Service::batch_put`] and the
+//! committer), and
 //! renders the JSON value or the [`ApiError`]. Neither adapter imports the
 //! other; neither decides what an operation does, which names it may
 //! reach, or how a failure is classified.
@@ -652,13 +653,16 @@ impl Service {
                 }
             }
             Op::DocAll { store, page } => {
-                let all = docs(&store)?.all()?;
-                let (docs, next) = page.take(all, |d| {
+                let id = |d: &Value| {
                     d.get("_id")
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_string()
-                });
+                };
+                let mut all = docs(&store)?.all()?;
+                // Pages follow id order, whatever order the store lists in.
+                all.sort_by_key(id);
+                let (docs, next) = page.take(all, id);
                 json!({"docs": docs, "next": next})
             }
             Op::LogPush {

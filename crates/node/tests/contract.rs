@@ -490,6 +490,29 @@ fn lists_page_and_reserved_names_are_refused_alike_over_zeromq() {
     assert_eq!(subs["subprefixes"][0]["keys"], 5, "{subs}");
     let prefixes = json_of(&request(&node, "GET", "/v1/kv", &[], b"").2);
     assert_eq!(prefixes["prefixes"], json!(["app"]), "{prefixes}");
+    // Documents page in id order, whatever order they were made in.
+    for id in ["c", "a", "b"] {
+        let body = format!(r#"{{"_id": "{id}"}}"#);
+        assert_eq!(
+            request(&node, "POST", "/v1/docs/users", &[], body.as_bytes()).0,
+            201
+        );
+    }
+    let first = json_of(&request(&node, "GET", "/v1/docs/users?limit=2", &[], b"").2);
+    let ids: Vec<&str> = first["docs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["_id"].as_str())
+        .collect();
+    assert_eq!(
+        (ids, first["next"].as_str()),
+        (vec!["a", "b"], Some("b")),
+        "{first}"
+    );
+    let rest = json_of(&request(&node, "GET", "/v1/docs/users?limit=2&after=b", &[], b"").2);
+    assert_eq!(rest["docs"][0]["_id"], "c", "{rest}");
+    assert!(rest["next"].is_null(), "{rest}");
 
     // ZeroMQ: the same errors for the same requests.
     let ctx = zmq::Context::new();
