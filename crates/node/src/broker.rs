@@ -528,18 +528,10 @@ impl Request {
                 conflicts: self.flag("conflicts")?,
             },
             "doc.conflicts" => {
-                let page = match (self.number("limit")?, self.opt_string("after")?) {
-                    (Some(limit), after) => {
-                        Some((usize::try_from(limit).unwrap_or(usize::MAX), after))
-                    }
-                    (None, Some(_)) => {
-                        return Err(ApiError::bad(format!(
-                            "\"after\" pages conflicts: pass \"limit\" too (1 to {})",
-                            chorus_store::docs::MAX_CONFLICTS_PAGE
-                        )));
-                    }
-                    (None, None) => None,
-                };
+                let page = crate::service::conflicts_page(
+                    self.number("limit")?,
+                    self.opt_string("after")?,
+                )?;
                 Op::DocConflicts {
                     store: self.string("store")?,
                     id: self.string("doc_id")?,
@@ -584,9 +576,9 @@ fn answer(api: &Service, job: Job) -> Vec<Vec<u8>> {
     let (name, outcome) = match op {
         Ok((op, grant)) => {
             let (name, writes) = (op.name(), op.writes());
-            let audit = op.clone();
+            let line = op.audit_line();
             let out = api.run(&grant, op);
-            api.audit(&grant, "zmq", &audit, out.is_ok());
+            api.audit(&grant, "zmq", line.as_ref(), out.is_ok());
             if writes && out.is_ok() {
                 api.wrote();
                 api.metrics.zmq_writes.fetch_add(1, Ordering::Relaxed);
@@ -791,11 +783,11 @@ fn serve(
                     Op::Put { fp, key, value, .. } => (fp.clone(), key.clone(), value.is_none()),
                     _ => continue,
                 };
-                // The audit needs the operation only when auth is on.
+                // The audit line is kept only when auth is on.
                 let audit = api
                     .auth
                     .enabled()
-                    .then(|| (api.clone(), grant.clone(), op.clone()));
+                    .then(|| (api.clone(), grant.clone(), op.audit_line()));
                 let put = match Service::batch_put(&grant, op) {
                     Ok(p) => p,
                     Err(e) => {
@@ -808,8 +800,8 @@ fn serve(
                 api.writes.submit(
                     put,
                     Box::new(move |outcome| {
-                        if let Some((service, grant, op)) = &audit {
-                            service.audit(grant, "zmq", op, outcome.is_ok());
+                        if let Some((service, grant, line)) = &audit {
+                            service.audit(grant, "zmq", line.as_ref(), outcome.is_ok());
                         }
                         if outcome.is_ok() {
                             metrics.zmq_writes.fetch_add(1, Ordering::Relaxed);

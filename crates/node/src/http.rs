@@ -230,9 +230,9 @@ async fn run(api: &Service, headers: &HeaderMap, op: Op) -> Result<Value, ApiErr
     let writes = op.writes();
     let work = move || {
         let grant = api2.authorize(token.as_deref(), &op, "http")?;
-        let audit = op.clone();
+        let line = op.audit_line();
         let out = api2.run(&grant, op);
-        api2.audit(&grant, "http", &audit, out.is_ok());
+        api2.audit(&grant, "http", line.as_ref(), out.is_ok());
         out
     };
     let out = if writes {
@@ -519,9 +519,9 @@ async fn kv_write(
     };
     let t = token(&headers)?;
     let grant = tokio::task::block_in_place(|| api.authorize(t.as_deref(), &op, "http"))?;
-    let audit = op.clone();
+    let line = op.audit_line();
     let out = api.put(&grant, op).await;
-    tokio::task::block_in_place(|| api.audit(&grant, "http", &audit, out.is_ok()));
+    tokio::task::block_in_place(|| api.audit(&grant, "http", line.as_ref(), out.is_ok()));
     let status = if if_absent {
         StatusCode::CREATED
     } else {
@@ -699,13 +699,9 @@ impl WatchState {
             return Ok(());
         }
         r.last = Instant::now();
-        let (auth, token, reach) = (&self.api.auth, r.token.as_str(), &r.reach);
-        let target = match reach {
-            Reach::FullPrefix(fp) => crate::auth::Target::FullPrefix(fp),
-            Reach::Prefix(p) => crate::auth::Target::Prefix(p),
-            Reach::All | Reach::Nothing => crate::auth::Target::All,
-        };
-        auth.check_target(Some(token), target, crate::auth::Access::Read)
+        self.api
+            .auth
+            .check_target(Some(&r.token), r.reach.target(), crate::auth::Access::Read)
             .map(|_| ())
             .map_err(|e| e.message)
     }
@@ -948,16 +944,7 @@ async fn doc_conflicts(
 ) -> Result<Response, ApiError> {
     let (store, id) = path(p)?;
     let q = query(q)?;
-    let page = match (q.limit, q.after) {
-        (Some(limit), after) => Some((usize::try_from(limit).unwrap_or(usize::MAX), after)),
-        (None, Some(_)) => {
-            return Err(ApiError::bad(format!(
-                "after= pages conflicts: pass limit= too (1 to {})",
-                chorus_store::docs::MAX_CONFLICTS_PAGE
-            )));
-        }
-        (None, None) => None,
-    };
+    let page = crate::service::conflicts_page(q.limit, q.after)?;
     let out = run(&api, &headers, Op::DocConflicts { store, id, page }).await?;
     Ok(axum::Json(out).into_response())
 }

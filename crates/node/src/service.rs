@@ -247,7 +247,38 @@ impl Page {
     }
 }
 
+/// A conflicts request's paging: none (the collided groups), or a page of
+/// `limit` after `after`; `after` without `limit` is refused.
+pub(crate) fn conflicts_page(
+    limit: Option<u64>,
+    after: Option<String>,
+) -> Result<Option<(usize, Option<String>)>, ApiError> {
+    match (limit, after) {
+        (Some(limit), after) => Ok(Some((usize::try_from(limit).unwrap_or(usize::MAX), after))),
+        (None, Some(_)) => Err(ApiError::bad(format!(
+            "after pages conflicts: pass limit too (1 to {})",
+            chorus_store::docs::MAX_CONFLICTS_PAGE
+        ))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// What the audit log records of a write: its name and target. Taken
+/// before the operation runs (it consumes the operation); `None` for a
+/// read, which is not audited.
+pub(crate) struct AuditLine(&'static str, String);
+
 impl Op {
+    /// The audit line of a write (or a read that may write), if any.
+    pub(crate) fn audit_line(&self) -> Option<AuditLine> {
+        self.writes().then(|| {
+            AuditLine(
+                self.name(),
+                self.reach().map(|r| r.text()).unwrap_or_default(),
+            )
+        })
+    }
+
     /// The operation's name, the same in the audit log, metrics and
     /// ZeroMQ's `"op"`.
     pub(crate) fn name(&self) -> &'static str {
@@ -342,7 +373,8 @@ pub(crate) enum Reach {
 }
 
 impl Reach {
-    fn target(&self) -> Target<'_> {
+    /// What the token check is asked about.
+    pub(crate) fn target(&self) -> Target<'_> {
         match self {
             Reach::FullPrefix(fp) => Target::FullPrefix(fp),
             Reach::Prefix(p) => Target::Prefix(p),
@@ -405,13 +437,7 @@ impl Service {
     ) -> Result<Service, String> {
         let committed: Arc<tokio::sync::Notify> = Arc::default();
         let wake = committed.clone();
-        let writes = Committer::start(
-            meta.clone(),
-            Arc::new(move || {
-                wake.notify_waiters();
-                wake.notify_one();
-            }),
-        )?;
+        let writes = Committer::start(meta.clone(), Arc::new(move || wake_all(&wake)))?;
         Ok(Service {
             committed,
             commands,
@@ -469,10 +495,9 @@ impl Service {
     }
 
     /// Records a write (or a read that may write) in the audit log.
-    pub(crate) fn audit(&self, grant: &Grant, transport: &str, op: &Op, ok: bool) {
-        if op.writes() {
-            let target = op.reach().map(|r| r.text()).unwrap_or_default();
-            self.auth.audit(grant, transport, op.name(), &target, ok);
+    pub(crate) fn audit(&self, grant: &Grant, transport: &str, line: Option<&AuditLine>, ok: bool) {
+        if let Some(AuditLine(name, target)) = line {
+            self.auth.audit(grant, transport, name, target, ok);
         }
     }
 
@@ -680,9 +705,15 @@ impl Service {
     /// Tells the core (and the event hub) that something was committed, so
     /// that it replicates and shows at once.
     pub(crate) fn wrote(&self) {
-        self.committed.notify_waiters();
-        self.committed.notify_one();
+        wake_all(&self.committed);
     }
+}
+
+/// Wakes everyone waiting for a commit now (the core and the event hub),
+/// and leaves a permit for whichever looks next.
+fn wake_all(committed: &tokio::sync::Notify) {
+    committed.notify_waiters();
+    committed.notify_one();
 }
 
 fn hex(bytes: &[u8]) -> String {
