@@ -82,6 +82,52 @@ pub(crate) enum TokenCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub(crate) enum JoinTokenCommand {
+    /// Make a join token: the credential a new node joins with (prints it once; give it to the node in CHORUS_JOIN_TOKEN or --join-token-file)
+    Create {
+        /// How long it admits nodes (at most 7d)
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Revoke a join token: nodes refuse it at their next handshake
+    Revoke {
+        /// The join token's id (printed when it was made)
+        id: String,
+    },
+}
+
+pub(crate) fn join_token(cli: &Cli, command: &JoinTokenCommand) -> Result<(), Failure> {
+    let auth = open(cli)?;
+    match command {
+        JoinTokenCommand::Create { ttl } => {
+            let ttl_ms = parse_duration(ttl)?;
+            let t = auth.create_join_token(ttl_ms)?;
+            admin(&auth, "join_token.create", &t.id);
+            emit(
+                cli,
+                json!({"id": t.id, "token": t.token, "expires": t.expires_ms, "expires_utc": utc(t.expires_ms)}),
+                || {
+                    format!(
+                        "join token {}, admits nodes until {}; the token (shown once, a secret):\n{}",
+                        t.id,
+                        utc(t.expires_ms),
+                        t.token
+                    )
+                },
+            );
+        }
+        JoinTokenCommand::Revoke { id } => {
+            auth.revoke_join_token(id, "revoked with chorus cluster join-token revoke")?;
+            admin(&auth, "join_token.revoke", id);
+            emit(cli, json!({"id": id, "state": "revoked"}), || {
+                format!("join token {id} revoked: nodes refuse it at their next handshake")
+            });
+        }
+    }
+    Ok(())
+}
+
 impl From<AuthError> for Failure {
     fn from(e: AuthError) -> Self {
         Failure::of_kind(chorus_node::error::Kind::of_auth(e.kind), e.message)

@@ -41,6 +41,9 @@ pub(crate) struct ServeArgs {
     /// Publish change events on this ZeroMQ PUB endpoint (needs --zmq)
     #[arg(long, requires = "zmq")]
     zmq_pub: Option<String>,
+    /// A file holding the join token this node joins with (or set CHORUS_JOIN_TOKEN); needed with --auth until the node holds the cluster key
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<std::path::PathBuf>,
     /// Broker worker threads for document and oplog requests (key writes are group-committed by one committer)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     zmq_workers: u16,
@@ -95,6 +98,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.tls = args.tls.clone();
     config.advertise = args.advertise;
     config.join = args.join.clone();
+    config.join_token = join_token(args)?;
     config.exchange_interval = std::time::Duration::from_secs_f64(args.exchange_interval);
     config.tombstone_grace = std::time::Duration::from_secs_f64(args.tombstone_grace);
     if let Some(endpoint) = &args.zmq {
@@ -131,6 +135,29 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         .map_err(node_failure)
 }
 
+/// The join token from --join-token-file, else CHORUS_JOIN_TOKEN: never
+/// from the command line, where every local user would read it in `ps`.
+fn join_token(args: &ServeArgs) -> Result<Option<String>, Failure> {
+    let text = match &args.join_token_file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            Failure::usage(format!(
+                "--join-token-file {}: {e}: give the file `chorus cluster join-token create` output was saved to",
+                path.display()
+            ))
+        })?,
+        None => match std::env::var("CHORUS_JOIN_TOKEN") {
+            Ok(t) => t,
+            Err(_) => return Ok(None),
+        },
+    };
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    chorus_node::join::JoinToken::parse(&text).map_err(Failure::usage)?;
+    Ok(Some(text))
+}
+
 pub(crate) fn leave(cli: &Cli) -> Result<(), Failure> {
     let store = cli.open()?;
     let node = store.node_id();
@@ -152,6 +179,11 @@ pub(crate) fn leave(cli: &Cli) -> Result<(), Failure> {
 
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum ClusterCommand {
+    /// Join tokens: the credential a new node shows its first peer (see docs/auth.md)
+    JoinToken {
+        #[command(subcommand)]
+        command: crate::auth::JoinTokenCommand,
+    },
     /// Make a cluster CA (ca.crt, ca.key) in --ca DIR; keep ca.key off the nodes
     Init {
         /// Where the CA goes
@@ -184,6 +216,7 @@ pub(crate) fn node_failure(e: chorus_node::Error) -> Failure {
 
 pub(crate) fn cluster(cli: &Cli, command: &ClusterCommand) -> Result<(), Failure> {
     match command {
+        ClusterCommand::JoinToken { command } => crate::auth::join_token(cli, command),
         ClusterCommand::Init { ca } => {
             let crt = chorus_node::tls::init_ca(ca).map_err(node_failure)?;
             crate::emit(cli, serde_json::json!({"ca": crt}), || {

@@ -19,9 +19,15 @@ const SECRET: &str = "correct horse battery";
 /// A node with auth on (and plaintext peers on loopback), its stderr in
 /// `DIR.stderr`; returns it and its URL once the API answers.
 fn serve_auth(dir: &Path, gossip: u16, join: Option<u16>) -> (Node, String) {
+    serve_auth_with(dir, gossip, join, &[])
+}
+
+/// [`serve_auth`] with more arguments.
+fn serve_auth_with(dir: &Path, gossip: u16, join: Option<u16>, more: &[&str]) -> (Node, String) {
     let http = free_port();
     let log = std::fs::File::create(stderr_path(dir)).expect("stderr file");
-    let extra = ["--auth", "--insecure", "--exchange-interval", "1"];
+    let mut extra = vec!["--auth", "--insecure", "--exchange-interval", "1"];
+    extra.extend_from_slice(more);
     let node = serve_logged(dir, gossip, http, join, &extra, log);
     let url = format!("http://127.0.0.1:{http}");
     wait_healthy(&url, Duration::from_secs(30));
@@ -533,9 +539,18 @@ fn a_token_from_node_1_is_accepted_on_node_2_and_refused_there_once_revoked() {
     add_user(&d1, "dave", SECRET);
     let p1 = free_port();
     let (_n1, url1) = serve_auth(&d1, p1, None);
-    let (_n2, url2) = serve_auth(&d2, free_port(), Some(p1));
-    // Made on node 1 (each node has made its own key: both replicate and
-    // both are accepted).
+    // Node 2 joins with a join token made on node 1, and receives its key.
+    let out = chorus(&d1, &["--json", "cluster", "join-token", "create"]);
+    let token_file = dir.path().join("join.token");
+    std::fs::write(&token_file, ok_json(&out)["token"].as_str().expect("token")).expect("write");
+    let token_file = token_file.to_str().expect("utf-8 path");
+    let (_n2, url2) = serve_auth_with(
+        &d2,
+        free_port(),
+        Some(p1),
+        &["--join-token-file", token_file],
+    );
+    // Made on node 1: node 2 accepts it once the key has replicated.
     let (session_id, session) = cli_session(&d1, "dave", SECRET);
     let (token_id, token) = http_token(&url1, &session, &["app/*"], "read-write", 600);
     let started = Instant::now();

@@ -189,6 +189,20 @@ pub struct NewToken {
     pub token: String,
 }
 
+/// Longest life of a join token: 7 days.
+pub const JOIN_TTL_MAX_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// A join token just made: shown once.
+#[derive(Debug, Clone)]
+pub struct NewJoinToken {
+    /// Its id, for `chorus cluster join-token revoke`.
+    pub id: String,
+    /// The token: a secret.
+    pub token: String,
+    /// When it expires (unix ms).
+    pub expires_ms: u64,
+}
+
 /// Checks tokens and manages users, sessions and tokens over one store.
 /// Cheap to clone.
 #[derive(Clone, Debug)]
@@ -620,6 +634,46 @@ impl Auth {
         self.write(REVOKED, key, &record, context)
     }
 
+    /// Whether `key` (`token:ID`, `session:ID`, `join:ID`) is in the
+    /// revocation list.
+    pub(crate) fn is_listed_revoked(&self, key: &str) -> Result<bool, AuthError> {
+        self.is_revoked(key)
+    }
+
+    /// Every cluster key this node holds (none before it has one).
+    pub(crate) fn cluster_keys(&self) -> Result<Vec<Vec<u8>>, AuthError> {
+        self.keys()
+    }
+
+    /// Makes a join token valid for `ttl_ms` (see docs/auth.md, "Joining a
+    /// cluster"), signed by the cluster key (created if there is none).
+    pub fn create_join_token(&self, ttl_ms: u64) -> Result<NewJoinToken, AuthError> {
+        if ttl_ms == 0 || ttl_ms > JOIN_TTL_MAX_MS {
+            return Err(AuthError::new(
+                AuthErrorKind::BadInput,
+                "a join token lives from 1 ms to 7 days: give a --ttl in that range",
+            ));
+        }
+        let key = self.minting_key()?;
+        let jid = random_id()?;
+        let expires_ms = now_ms().saturating_add(ttl_ms);
+        let token = crate::join::JoinToken::issue(&key, &jid, expires_ms)
+            .map_err(|e| AuthError::new(AuthErrorKind::Storage, e))?;
+        Ok(NewJoinToken {
+            id: jid,
+            token,
+            expires_ms,
+        })
+    }
+
+    /// Revokes join token `id`: nodes refuse it at their next handshake
+    /// (a node it admitted stays; revoke its certificate or let it leave).
+    pub fn revoke_join_token(&self, id: &str, reason: &str) -> Result<(), AuthError> {
+        validate_id(id)?;
+        self.revoke(&crate::join::revocation_key(id), reason)?;
+        Ok(())
+    }
+
     fn is_revoked(&self, key: &str) -> Result<bool, AuthError> {
         Ok(self
             .meta
@@ -865,7 +919,7 @@ fn random_id() -> Result<String, AuthError> {
     Ok(token::hex(&b))
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

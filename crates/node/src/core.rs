@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use std::sync::{Arc, Mutex};
 
+use crate::join::{Identity, Role};
 use crate::net::{self, ConnIds, Event, PEER_QUEUE};
 use crate::service::{ClusterView, Command, Service};
 use crate::wire::{BroadcastId, Frame, Hello, Peer};
@@ -99,6 +100,9 @@ pub struct Stats {
     pub tombstones_collected: u64,
     /// Operations folded into operation logs' checkpoints.
     pub oplog_ops_folded: u64,
+    /// Reserved objects a joiner sent and this node refused (see
+    /// `join.rs`).
+    pub joiner_refused: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +172,8 @@ pub(crate) struct Core {
     leaving: Option<Instant>,
     /// Mutual TLS with peers, or plaintext on loopback.
     tls: Option<crate::tls::Tls>,
+    /// What this node says and holds in its handshakes.
+    shake: Arc<net::Handshake>,
     /// Whether this run has written its member record since its first link.
     announced: bool,
     /// Woken by the API after a local commit: read the feed now.
@@ -270,6 +276,19 @@ impl Core {
         let service =
             Service::new(meta.clone(), config.auth, commands.clone()).map_err(Error::Io)?;
         let (oplogs, committed) = (service.oplogs.clone(), service.committed.clone());
+        let token = config
+            .join_token
+            .as_deref()
+            .map(crate::join::JoinToken::parse)
+            .transpose()
+            .map_err(Error::Config)?;
+        let shake = Arc::new(net::Handshake {
+            hello: Hello::new(node_id, me.clone(), config.auth || token.is_some()),
+            auth: service.auth.clone(),
+            token,
+            required: config.auth,
+            tls: tls.is_some(),
+        });
         let mut core = Core {
             config: config.clone(),
             hpv: HyParView::new(me.clone(), hyparview::Config::default(), seed),
@@ -306,6 +325,7 @@ impl Core {
             left,
             leaving: None,
             tls,
+            shake,
             tombstones: find_tombstones(&snapshot),
             synced: HashMap::new(),
             collected: BTreeMap::new(),
@@ -363,6 +383,7 @@ impl Core {
                 ),
                 ("tombstones_held", self.tombstones.len() as u64),
                 ("oplog_ops_folded_total", self.stats.oplog_ops_folded),
+                ("joiner_objects_refused_total", self.stats.joiner_refused),
                 (
                     "peer_bytes_sent_total",
                     crate::wire::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed),
@@ -391,10 +412,9 @@ impl Core {
                 .clone()
                 .run(self.meta.store().clone(), self.committed.clone()),
         );
-        let hello = Hello::new(self.node_id, self.me.clone());
         net::accept(
             listener,
-            hello,
+            self.shake.clone(),
             self.tls.clone(),
             self.ids.clone(),
             self.events.clone(),
@@ -533,8 +553,31 @@ impl Core {
             Event::Frame {
                 peer,
                 node_id,
-                frame,
-            } => self.on_frame(peer, node_id, frame),
+                role,
+                mut frame,
+            } => {
+                // A joiner writes nothing reserved but its own member
+                // record: it has not shown the cluster key.
+                if role == Role::Joiner {
+                    let them = Identity {
+                        node_id: &node_id,
+                        listen: &peer,
+                    };
+                    let before = self.stats.joiner_refused;
+                    let keep =
+                        crate::join::restrict(&mut frame, them, &mut self.stats.joiner_refused);
+                    if self.stats.joiner_refused > before {
+                        tracing::debug!(
+                            "refused {} reserved objects from joiner {peer}",
+                            self.stats.joiner_refused - before
+                        );
+                    }
+                    if !keep {
+                        return;
+                    }
+                }
+                self.on_frame(peer, node_id, frame)
+            }
             Event::Down { peer, conn } => {
                 let Some(link) = self.links.get(&peer).filter(|l| l.conn == conn) else {
                     return;
@@ -626,11 +669,10 @@ impl Core {
         if !self.links.contains_key(&peer) {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             let conn = self.ids.next();
-            let hello = Hello::new(self.node_id, self.me.clone());
             net::connect(
                 peer.clone(),
                 conn,
-                hello,
+                self.shake.clone(),
                 self.tls.clone(),
                 rx,
                 self.events.clone(),

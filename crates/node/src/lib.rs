@@ -23,6 +23,7 @@ mod core;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod join;
 pub mod json;
 pub mod members;
 mod metrics;
@@ -69,8 +70,12 @@ pub struct Config {
     /// The ZeroMQ broker, if it runs.
     pub broker: Option<broker::BrokerConfig>,
     /// Whether requests need a token (see docs/auth.md). Forced on when
-    /// the HTTP API listens beyond loopback.
+    /// the HTTP API listens beyond loopback. With auth on, peers must show
+    /// a credential too (`join.rs`).
     pub auth: bool,
+    /// A join token (`chorus cluster join-token create`): the credential
+    /// this node joins with when it does not hold the cluster key yet.
+    pub join_token: Option<String>,
 }
 
 impl Config {
@@ -89,6 +94,7 @@ impl Config {
             seed: None,
             broker: None,
             auth: false,
+            join_token: None,
         }
     }
 }
@@ -190,15 +196,20 @@ pub async fn run(
         restrict(&config.dir)?;
         if plaintext {
             tracing::warn!(
-                "warning: auth is on but peers talk plaintext (--insecure): any local process can join on {} and receive every key, $auth included; use --tls",
-                config.gossip
+                "auth is on and peers talk plaintext on loopback (--insecure): a peer must prove the cluster key or a join token, but the frames themselves are not encrypted; use --tls between machines"
             );
         }
-        // Tokens can be made and checked from the start.
-        core.service()
-            .auth
-            .ensure_key()
-            .map_err(|e| Error::Config(format!("cannot create the cluster key: {e}")))?;
+        let auth = core.service().auth;
+        let keys = auth
+            .cluster_keys()
+            .map_err(|e| Error::Config(format!("cannot read the cluster key: {e}")))?;
+        // Tokens can be made and checked from the start; a node joining
+        // with a join token waits for the cluster's key instead of making
+        // its own.
+        if keys.is_empty() && config.join_token.is_none() {
+            auth.ensure_key()
+                .map_err(|e| Error::Config(format!("cannot create the cluster key: {e}")))?;
+        }
     }
     if let Some(addr) = config.http {
         let http = listen_on(addr)?;

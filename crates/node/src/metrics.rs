@@ -151,6 +151,10 @@ fn core_help(name: &str) -> Option<(&'static str, &'static str)> {
             "counter",
             "operation-log operations folded into checkpoints",
         ),
+        "joiner_objects_refused_total" => (
+            "counter",
+            "reserved objects refused from peers admitted only as joiners",
+        ),
         "peer_bytes_sent_total" => ("counter", "bytes of frames sent to peers"),
         "broadcasts_sent_total" => ("counter", "Plumtree gossip messages sent"),
         "grafts_total" => ("counter", "Plumtree grafts sent"),
@@ -334,6 +338,7 @@ mod tests {
             ("tombstones_collected_total", 1),
             ("tombstones_held", 1),
             ("oplog_ops_folded_total", 1),
+            ("joiner_objects_refused_total", 1),
             ("peer_bytes_sent_total", 1),
             ("broadcasts_sent_total", 1),
             ("grafts_total", 1),

@@ -9,6 +9,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::auth::Auth;
+use crate::join::{Credentials, Identity, JoinToken, Offer, Proof, Role, Verdict};
 use crate::tls::Tls;
 use crate::wire::{self, Frame, Hello, Peer};
 
@@ -32,10 +34,11 @@ pub(crate) enum Event {
         conn: u64,
         tx: Option<mpsc::Sender<Frame>>,
     },
-    /// A frame arrived from `peer`.
+    /// A frame arrived from `peer`, admitted as `role`.
     Frame {
         peer: Peer,
         node_id: [u8; 16],
+        role: Role,
         frame: Frame,
     },
     /// Connection `conn` with `peer` closed or could not be opened.
@@ -58,7 +61,7 @@ impl ConnIds {
 pub(crate) fn connect(
     peer: Peer,
     conn: u64,
-    hello: Hello,
+    shake: Arc<Handshake>,
     tls: Option<Tls>,
     rx: mpsc::Receiver<Frame>,
     events: mpsc::Sender<Event>,
@@ -71,7 +74,7 @@ pub(crate) fn connect(
         };
         let _ = stream.set_nodelay(true);
         let Some(tls) = tls else {
-            serve(stream, Some(peer), conn, hello, None, rx, events).await;
+            serve(stream, Some(peer), conn, shake, None, rx, events).await;
             return;
         };
         // The peer must present a certificate from the cluster CA for the
@@ -87,7 +90,7 @@ pub(crate) fn connect(
             }
         };
         match secured {
-            Ok(Ok(stream)) => serve(stream, Some(peer), conn, hello, None, rx, events).await,
+            Ok(Ok(stream)) => serve(stream, Some(peer), conn, shake, None, rx, events).await,
             _ => {
                 let _ = events.send(Event::Down { peer, conn }).await;
             }
@@ -108,7 +111,7 @@ fn server_name(peer: &str) -> Option<rustls::pki_types::ServerName<'static>> {
 /// Accepts connections until the process ends.
 pub(crate) fn accept(
     listener: TcpListener,
-    hello: Hello,
+    shake: Arc<Handshake>,
     tls: Option<Tls>,
     ids: ConnIds,
     events: mpsc::Sender<Event>,
@@ -122,10 +125,10 @@ pub(crate) fn accept(
             let _ = stream.set_nodelay(true);
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             let conn = ids.next();
-            let (hello, events, tls) = (hello.clone(), events.clone(), tls.clone());
+            let (shake, events, tls) = (shake.clone(), events.clone(), tls.clone());
             tokio::spawn(async move {
                 match tls {
-                    None => serve(stream, None, conn, hello, Some(tx), rx, events).await,
+                    None => serve(stream, None, conn, shake, Some(tx), rx, events).await,
                     // A peer without a certificate from the cluster CA
                     // fails here and is never seen by the core.
                     Some(tls) => {
@@ -133,13 +136,142 @@ pub(crate) fn accept(
                             tokio::time::timeout(CONNECT_TIMEOUT, tls.acceptor.accept(stream))
                                 .await;
                         if let Ok(Ok(stream)) = accepted {
-                            serve(stream, None, conn, hello, Some(tx), rx, events).await;
+                            serve(stream, None, conn, shake, Some(tx), rx, events).await;
                         }
                     }
                 }
             });
         }
     });
+}
+
+/// What a node says and holds in its handshakes.
+pub(crate) struct Handshake {
+    /// Its hello.
+    pub(crate) hello: Hello,
+    /// Its cluster keys and the revocation list, read at each handshake.
+    pub(crate) auth: Auth,
+    /// The join token it joins with.
+    pub(crate) token: Option<JoinToken>,
+    /// Whether peers must show a credential (the node runs with auth).
+    pub(crate) required: bool,
+    /// Whether peers showed a certificate from the cluster CA.
+    pub(crate) tls: bool,
+}
+
+impl Handshake {
+    fn credentials(&self) -> Credentials {
+        Credentials {
+            keys: self.auth.cluster_keys().unwrap_or_default(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// The credential exchange after both hellos (see `join.rs`): the peer's
+/// role, or why this side or the peer refused.
+async fn authenticate<R, W>(
+    read: &mut R,
+    write: &mut W,
+    shake: &Handshake,
+    theirs: &Hello,
+) -> Result<Role, String>
+where
+    R: tokio::io::AsyncReadExt + Unpin,
+    W: tokio::io::AsyncWriteExt + Unpin,
+{
+    let io = |e: std::io::Error| format!("the connection failed during authentication: {e}");
+    let closed = || "the peer closed the connection during authentication".to_string();
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| format!("no random nonce: {e}"))?;
+    let creds = shake.credentials();
+    let mine = creds.offer(nonce);
+    wire::write_frame(write, &mine).await.map_err(io)?;
+    let offer: Offer = wire::read_frame_limited(read, wire::HELLO_MAX)
+        .await
+        .map_err(io)?
+        .ok_or_else(closed)?;
+    let me = Identity {
+        node_id: &shake.hello.node_id,
+        listen: &shake.hello.listen,
+    };
+    wire::write_frame(write, &creds.prove(&mine, &offer, me))
+        .await
+        .map_err(io)?;
+    let proof: Proof = wire::read_frame_limited(read, wire::HELLO_MAX)
+        .await
+        .map_err(io)?
+        .ok_or_else(closed)?;
+    let them = Identity {
+        node_id: &theirs.node_id,
+        listen: &theirs.listen,
+    };
+    let revoked = |key: &str| shake.auth.is_listed_revoked(key).unwrap_or(true);
+    let judged = creds.judge(
+        &mine,
+        &offer,
+        them,
+        &proof,
+        crate::auth::now_ms(),
+        shake.required,
+        shake.tls,
+        &revoked,
+    );
+    let verdict = match &judged {
+        Ok(_) => Verdict::Admitted,
+        Err(why) => Verdict::Refused(why.clone()),
+    };
+    wire::write_frame(write, &verdict).await.map_err(io)?;
+    // Both verdicts are read, so that each side can log why it was
+    // refused even when it refused the other too.
+    let answer: Result<Verdict, String> = wire::read_frame_limited(read, wire::HELLO_MAX)
+        .await
+        .map_err(io)
+        .and_then(|v| v.ok_or_else(closed));
+    match (judged, answer) {
+        (Ok(role), Ok(Verdict::Admitted)) => Ok(role),
+        (Ok(_), Ok(Verdict::Refused(why))) => Err(format!("the peer refused this node: {why}")),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(why), Ok(Verdict::Refused(theirs))) => Err(format!(
+            "refused: {why}; and the peer refused this node: {theirs}"
+        )),
+        (Err(why), _) => Err(format!("refused: {why}")),
+    }
+}
+
+/// Logs a refused handshake, at most once a minute per reason (a peer
+/// dialling in a loop must not flood the log), with how many were left
+/// out meanwhile.
+fn log_refused(peer: &str, why: &str) {
+    use std::sync::Mutex;
+    use std::time::Instant;
+    static SEEN: Mutex<Vec<(String, Instant, u64)>> = Mutex::new(Vec::new());
+    const REASONS_MAX: usize = 64;
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    let reason: String = why.chars().take(300).collect();
+    let peer: String = peer.chars().take(100).collect();
+    match seen.iter_mut().find(|(r, _, _)| *r == reason) {
+        Some((_, at, left_out)) if now.duration_since(*at) < Duration::from_secs(60) => {
+            *left_out += 1;
+        }
+        Some((_, at, left_out)) => {
+            tracing::warn!(
+                "peer handshake with {peer} failed: {reason} ({} more like it in the last minute)",
+                *left_out
+            );
+            (*at, *left_out) = (now, 0);
+        }
+        None => {
+            tracing::warn!("peer handshake with {peer} failed: {reason}");
+            if seen.len() >= REASONS_MAX {
+                seen.remove(0);
+            }
+            seen.push((reason, now, 0));
+        }
+    }
 }
 
 /// Handshakes, then writes the frames from `rx` and reads frames for the
@@ -149,27 +281,53 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
     dialled: Option<Peer>,
     conn: u64,
-    hello: Hello,
+    shake: Arc<Handshake>,
     tx: Option<mpsc::Sender<Frame>>,
     rx: mpsc::Receiver<Frame>,
     events: mpsc::Sender<Event>,
 ) {
     let (mut read, mut write) = tokio::io::split(stream);
     let handshake = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        wire::write_frame(&mut write, &hello).await.ok()?;
+        let io = |e: std::io::Error| format!("the connection failed during the hello: {e}");
+        wire::write_frame(&mut write, &shake.hello)
+            .await
+            .map_err(io)?;
         let theirs: Hello = wire::read_frame_limited(&mut read, wire::HELLO_MAX)
             .await
-            .ok()??;
-        theirs.check().ok()?;
-        Some(theirs)
+            .map_err(io)?
+            .ok_or_else(|| "the peer closed the connection before its hello".to_string())?;
+        theirs.check()?;
+        let role = if shake.hello.authenticates() && theirs.authenticates() {
+            authenticate(&mut read, &mut write, &shake, &theirs).await?
+        } else if shake.required {
+            return Err(
+                "refused: it does not exchange credentials (it runs without --auth and without a join token, or an older Chorus); every node of a cluster with auth runs --auth"
+                    .to_string(),
+            );
+        } else {
+            Role::Member
+        };
+        Ok((theirs, role))
     })
-    .await;
-    let Ok(Some(theirs)) = handshake else {
-        if let Some(peer) = dialled {
-            let _ = events.send(Event::Down { peer, conn }).await;
+    .await
+    .unwrap_or_else(|_| Err("the handshake timed out".to_string()));
+    let (theirs, role) = match handshake {
+        Ok(done) => done,
+        Err(why) => {
+            let who = dialled.clone().unwrap_or_else(|| "an inbound peer".into());
+            log_refused(&who, &why);
+            if let Some(peer) = dialled {
+                let _ = events.send(Event::Down { peer, conn }).await;
+            }
+            return;
         }
-        return;
     };
+    if role == Role::Joiner {
+        tracing::info!(
+            "peer {} admitted as a joiner: it writes nothing under a reserved prefix until it shows the cluster key",
+            theirs.listen
+        );
+    }
     // An outbound connection is to the address dialled; an inbound one is
     // from the address the peer says it listens on.
     let peer = dialled.unwrap_or_else(|| theirs.listen.clone());
@@ -188,7 +346,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
         tokio::select! {
             frame = wire::read_frame::<_, Frame>(&mut read) => {
                 let Ok(Some(frame)) = frame else { break };
-                let ev = Event::Frame { peer: peer.clone(), node_id, frame };
+                let ev = Event::Frame { peer: peer.clone(), node_id, role, frame };
                 if events.send(ev).await.is_err() {
                     break;
                 }

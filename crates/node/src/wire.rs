@@ -12,8 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use chorus_gossip::{hyparview, merkle, plumtree};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks: 2 adds the credential
+/// exchange after the hello (`join.rs`).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The version a node sends when it neither runs auth nor joins with a
+/// token: the hello of the previous release, so that open nodes of both
+/// releases still talk; the exchange runs only when both hellos say 2.
+pub const PROTOCOL_OPEN: u16 = 1;
 /// Largest frame payload accepted; a peer that sends more is cut off.
 pub const FRAME_MAX: usize = 16 << 20;
 /// The first bytes of every hello, so a stray client is told apart.
@@ -47,14 +52,24 @@ pub struct Hello {
 }
 
 impl Hello {
-    /// This build's hello.
-    pub fn new(node_id: [u8; 16], listen: Peer) -> Hello {
+    /// This build's hello: version 2 when the node exchanges credentials
+    /// (it runs auth or joins with a token), else version 1.
+    pub fn new(node_id: [u8; 16], listen: Peer, authenticating: bool) -> Hello {
         Hello {
             magic: MAGIC,
-            version: PROTOCOL_VERSION,
+            version: if authenticating {
+                PROTOCOL_VERSION
+            } else {
+                PROTOCOL_OPEN
+            },
             node_id,
             listen,
         }
+    }
+
+    /// Whether the sender exchanges credentials after the hello.
+    pub fn authenticates(&self) -> bool {
+        self.version >= 2
     }
 
     /// Refuses a hello from another protocol, with the reason.
@@ -62,9 +77,9 @@ impl Hello {
         if self.magic != MAGIC {
             return Err("the peer is not a Chorus node".into());
         }
-        if self.version != PROTOCOL_VERSION {
+        if !(PROTOCOL_OPEN..=PROTOCOL_VERSION).contains(&self.version) {
             return Err(format!(
-                "the peer speaks protocol version {}, this node {PROTOCOL_VERSION}: run the same Chorus version on both",
+                "the peer speaks protocol version {}, this node {PROTOCOL_OPEN} to {PROTOCOL_VERSION}: run the same Chorus version on both",
                 self.version
             ));
         }
@@ -160,4 +175,33 @@ where
     postcard::from_bytes(&buf)
         .map(Some)
         .map_err(|e| std::io::Error::other(format!("the peer sent an undecodable frame: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hello of the previous release (protocol 1), as it sent it: a
+    /// node of this release without auth still talks to it.
+    const HELLO_V1: &[u8] = b"CHORUS01\x01\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x0e127.0.0.1:7900";
+
+    #[test]
+    fn a_hello_of_the_previous_release_is_accepted_without_the_exchange() {
+        let hello: Hello = postcard::from_bytes(HELLO_V1).expect("decodes");
+        assert_eq!(hello.check(), Ok(()));
+        assert!(!hello.authenticates());
+        assert_eq!(hello.listen, "127.0.0.1:7900");
+        // An open node of this release sends exactly that hello.
+        let open = Hello::new([7; 16], "127.0.0.1:7900".into(), false);
+        assert_eq!(postcard::to_stdvec(&open).expect("encodes"), HELLO_V1);
+        let authenticating = Hello::new([7; 16], "127.0.0.1:7900".into(), true);
+        assert!(authenticating.authenticates());
+        let mut future = authenticating;
+        future.version = PROTOCOL_VERSION + 1;
+        assert!(
+            future
+                .check()
+                .is_err_and(|e| e.contains("same Chorus version"))
+        );
+    }
 }
