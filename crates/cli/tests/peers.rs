@@ -15,12 +15,16 @@ use common::{
 
 const SECRET: &str = "correct horse battery";
 
-/// A node with auth on, plaintext peers on loopback, `extra` arguments;
+/// A node with `extra` arguments, plaintext peers on loopback unless
+/// they give `--tls`;
 /// its stderr goes to `DIR.stderr`.
 fn start(dir: &Path, gossip: u16, join: Option<u16>, extra: &[&str]) -> (Node, String) {
     let http = free_port();
     let log = std::fs::File::create(log_path(dir)).expect("stderr file");
-    let mut args = vec!["--insecure", "--exchange-interval", "0.5"];
+    let mut args = vec!["--exchange-interval", "0.5"];
+    if !extra.contains(&"--tls") {
+        args.push("--insecure");
+    }
     args.extend_from_slice(extra);
     let node = serve_logged(dir, gossip, http, join, &args, log);
     let url = format!("http://127.0.0.1:{http}");
@@ -216,4 +220,49 @@ fn join_tokens_come_from_a_file_or_the_environment_only() {
     assert!(text.contains("chorus cluster join-token create"), "{text}");
     let out = chorus(&dir, &["serve", "--insecure", "--join-token", "x"]);
     assert!(!out.status.success());
+}
+
+/// Over mutual TLS with auth, a certificate from the cluster CA admits a
+/// node without a join token: it receives the users and the key; a
+/// certificate from another CA is refused.
+#[test]
+fn over_tls_a_certificate_admits_a_node_and_another_ca_does_not() {
+    let root = tempfile::tempdir().expect("tmp");
+    let w = root.path();
+    let path = |name: &str| w.join(name).to_str().expect("utf-8").to_string();
+    for ca in ["ca", "other-ca"] {
+        assert_success(&chorus(w, &["cluster", "init", "--ca", &path(ca)]));
+    }
+    for (name, ca) in [("n1", "ca"), ("n2", "ca"), ("rogue", "other-ca")] {
+        let out = path(&format!("{name}-tls"));
+        let ca = path(ca);
+        assert_success(&chorus(
+            w,
+            &["cluster", "cert", name, "--ca", &ca, "--out", &out],
+        ));
+    }
+    let (n1, n2, rogue) = (w.join("n1"), w.join("n2"), w.join("rogue"));
+    assert_success(&chorus(&n1, &["init"]));
+    add_user(&n1, "alice");
+    let gossip = free_port();
+    let (_1, _) = start(&n1, gossip, None, &["--auth", "--tls", &path("n1-tls")]);
+    let (_2, _) = start(
+        &n2,
+        free_port(),
+        Some(gossip),
+        &["--auth", "--tls", &path("n2-tls")],
+    );
+    let (_r, _) = start(
+        &rogue,
+        free_port(),
+        Some(gossip),
+        &["--auth", "--tls", &path("rogue-tls")],
+    );
+    put(&n1, "app/cfg/a", "1");
+    put(&n2, "app/cfg/b", "2");
+    wait_until(Duration::from_secs(30), || {
+        users(&n2) == ["alice"] && has(&n2, "app/cfg/a") && has(&n1, "app/cfg/b")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(users(&rogue).is_empty() && !has(&rogue, "app/cfg/a"));
 }

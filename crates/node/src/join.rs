@@ -338,6 +338,11 @@ impl Credentials {
             // Without auth every peer is trusted (docs/auth.md).
             return Ok(Role::Member);
         }
+        if tls && self.keys.is_empty() {
+            // This node is joining (it holds no key yet): a peer with a
+            // certificate from the cluster CA is the cluster.
+            return Ok(Role::Member);
+        }
         if tls && why.is_none() {
             // Its certificate, checked by the TLS handshake, admits it.
             return Ok(Role::Joiner);
@@ -645,6 +650,14 @@ mod tests {
         let never = |_: &str| false;
         let role = member.judge(&mo, &no, them, &proof, 0, true, true, &never);
         assert_eq!(role, Ok(Role::Joiner));
+        // The joining side, with no key yet, takes the member for the
+        // cluster; without TLS it could not.
+        let me = id(&ME, "127.0.0.1:1");
+        let proof = member.prove(&mo, &no, me);
+        let role = nobody.judge(&no, &mo, me, &proof, 0, true, true, &never);
+        assert_eq!(role, Ok(Role::Member));
+        let role = nobody.judge(&no, &mo, me, &proof, 0, true, false, &never);
+        assert!(role.is_err());
     }
 
     #[test]

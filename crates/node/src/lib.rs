@@ -203,10 +203,10 @@ pub async fn run(
         let keys = auth
             .cluster_keys()
             .map_err(|e| Error::Config(format!("cannot read the cluster key: {e}")))?;
-        // Tokens can be made and checked from the start; a node joining
-        // with a join token waits for the cluster's key instead of making
-        // its own.
-        if keys.is_empty() && config.join_token.is_none() {
+        // Tokens can be made and checked from the start; a node that
+        // joins (with a join token, or through peers) waits for the
+        // cluster's key instead of making its own.
+        if keys.is_empty() && config.join_token.is_none() && config.join.is_empty() {
             auth.ensure_key()
                 .map_err(|e| Error::Config(format!("cannot create the cluster key: {e}")))?;
         }
