@@ -50,7 +50,10 @@ impl Conn {
                 Err(_) => *self = Conn::open(self.port),
             }
         }
-        panic!("{method} {} failed three times", &target[..40.min(target.len())]);
+        panic!(
+            "{method} {} failed three times",
+            &target[..40.min(target.len())]
+        );
     }
 
     fn try_send(
@@ -106,11 +109,7 @@ fn audit_lines(dir: &Path) -> (Vec<String>, u64) {
         if name == "audit.log" || name.starts_with("audit.log.") {
             let text = std::fs::read(entry.path()).expect("an audit file");
             bytes += text.len() as u64;
-            lines.extend(
-                String::from_utf8_lossy(&text)
-                    .lines()
-                    .map(str::to_string),
-            );
+            lines.extend(String::from_utf8_lossy(&text).lines().map(str::to_string));
         }
     }
     (lines, bytes)
@@ -150,7 +149,12 @@ fn flood_request(i: usize) -> (&'static str, String, String, Vec<u8>) {
     if i >= FLOOD_PATHS {
         let body = serde_json::json!({"user": fill(1_000_000), "secret": "wrong secret"});
         let headers = "Content-Type: application/json\r\n".to_string();
-        return ("POST", "/v1/auth/sessions".into(), headers, body.to_string().into_bytes());
+        return (
+            "POST",
+            "/v1/auth/sessions".into(),
+            headers,
+            body.to_string().into_bytes(),
+        );
     }
     let none = String::new;
     match i % 10 {
@@ -160,11 +164,21 @@ fn flood_request(i: usize) -> (&'static str, String, String, Vec<u8>) {
         }
         0..=3 => {
             let route = "/v1/auth/sessions/";
-            ("DELETE", format!("{route}{}", fill(URI_MAX - route.len() - 8)), none(), Vec::new())
+            (
+                "DELETE",
+                format!("{route}{}", fill(URI_MAX - route.len() - 8)),
+                none(),
+                Vec::new(),
+            )
         }
         4..=6 => {
             let route = "/v1/auth/tokens/";
-            ("DELETE", format!("{route}{}", fill(URI_MAX - route.len() - 8)), none(), Vec::new())
+            (
+                "DELETE",
+                format!("{route}{}", fill(URI_MAX - route.len() - 8)),
+                none(),
+                Vec::new(),
+            )
         }
         _ => {
             let bearer = format!("Authorization: Bearer chorus1.{}\r\n", fill(7_000));
@@ -179,7 +193,11 @@ fn ten_thousand_oversize_refused_requests_leave_the_earlier_audit_records_in_pla
     let d = dir.path().join("n1");
     assert!(chorus(&d, &["init"]).status.success());
     let out = chorus_in(&d, &["user", "add", "alice"], &format!("{SECRET}\n"), &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let http = free_port();
     // A short window, so that the summaries come within the test.
     let extra = ["--auth", "--insecure", "--audit-window", "10"];
@@ -194,7 +212,12 @@ fn ten_thousand_oversize_refused_requests_leave_the_earlier_audit_records_in_pla
     let (status, v) = request_with("PUT", &put, Some(&token), &["--data-binary", "green"]);
     assert_eq!(status, 200, "{v}");
     let body = r#"{"scope": ["app/*"], "access": "read", "ttl_secs": 600}"#;
-    let (status, v) = request("POST", &format!("{url}/v1/auth/tokens"), Some(&token), Some(body));
+    let (status, v) = request(
+        "POST",
+        &format!("{url}/v1/auth/tokens"),
+        Some(&token),
+        Some(body),
+    );
     assert_eq!(status, 201, "{v}");
     let minted = v["id"].as_str().expect("token id").to_string();
     let revoke = format!("{url}/v1/auth/sessions/{doomed}");
@@ -248,7 +271,10 @@ fn ten_thousand_oversize_refused_requests_leave_the_earlier_audit_records_in_pla
     assert_eq!(statuses.len(), total);
     // A URI over the limit is refused before the token check; the others
     // reach it and are audited (400: the user name of a login).
-    assert_eq!(statuses.iter().filter(|s| **s == 414).count(), FLOOD_PATHS / 10);
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 414).count(),
+        FLOOD_PATHS / 10
+    );
     let audited = statuses.iter().filter(|s| matches!(**s, 400 | 401)).count() as u64;
     assert_eq!(audited as usize, total - FLOOD_PATHS / 10, "{statuses:?}");
 
@@ -263,7 +289,10 @@ fn ten_thousand_oversize_refused_requests_leave_the_earlier_audit_records_in_pla
         assert!(l.len() <= LINE_MAX, "a line of {} bytes: {l:.200}", l.len());
         parse(l);
     }
-    assert!(!lines.iter().any(|l| l.contains("xyzxyzxyz")), "a path over the limit was audited");
+    assert!(
+        !lines.iter().any(|l| l.contains("xyzxyzxyz")),
+        "a path over the limit was audited"
+    );
 
     // Once the window is over every refusal is either a line or counted
     // in a summary.
@@ -291,8 +320,16 @@ fn ten_thousand_oversize_refused_requests_leave_the_earlier_audit_records_in_pla
     for s in &summaries {
         assert_eq!(s["source"], "127.0.0.1", "{s}");
         let codes = s["codes"].as_object().expect("codes");
-        assert!(codes.keys().all(|c| c == "unauthorized" || c == "bad_request"), "{s}");
-        assert!(s["since_ms"].as_u64().is_some() && s["time_ms"].as_u64().is_some(), "{s}");
+        assert!(
+            codes
+                .keys()
+                .all(|c| c == "unauthorized" || c == "bad_request"),
+            "{s}"
+        );
+        assert!(
+            s["since_ms"].as_u64().is_some() && s["time_ms"].as_u64().is_some(),
+            "{s}"
+        );
     }
     let counted: u64 = summaries.iter().filter_map(|s| s["count"].as_u64()).sum();
     // Most were counted rather than written: at most 10 lines a window.

@@ -30,11 +30,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-pub(crate) use audit::{carry_source, in_source, with_source};
 pub use audit::{
     AuditConfig, FIELD_MAX as AUDIT_FIELD_MAX, LINE_MAX as AUDIT_LINE_MAX,
     REFUSED_LINES_MAX as AUDIT_REFUSED_LINES_MAX, SOURCES_MAX as AUDIT_SOURCES_MAX,
 };
+pub(crate) use audit::{carry_source, in_source, with_source};
 pub use token::{
     Access, AuthError, AuthErrorKind, Claims, KEY_BYTES, PATTERNS_MAX, Revocations,
     TOKEN_MAX_BYTES, TOKEN_TAG, Target, TokenAccess, authorize, check_revocation, encode_token,

@@ -473,7 +473,9 @@ fn summarise_windows(log: &Weak<AuditLog>) {
             let Some(log) = log.upgrade() else { return };
             let mut state = log.lock();
             match state.limiter.ends() {
-                Some(end) if state.limiter.pending() => end.saturating_duration_since(Instant::now()),
+                Some(end) if state.limiter.pending() => {
+                    end.saturating_duration_since(Instant::now())
+                }
                 _ => {
                     state.flusher = false;
                     return;
@@ -521,7 +523,11 @@ fn escaped_len(c: char) -> usize {
 /// The line if it is at most [`LINE_MAX`] bytes (the bounds on its
 /// fields make it so), else a line that says a line was dropped.
 fn capped(line: String, now_ms: u64) -> String {
-    debug_assert!(line.len() <= LINE_MAX, "an audit line of {} bytes", line.len());
+    debug_assert!(
+        line.len() <= LINE_MAX,
+        "an audit line of {} bytes",
+        line.len()
+    );
     if line.len() <= LINE_MAX {
         return line;
     }
@@ -674,13 +680,20 @@ mod tests {
             v["target"].as_str().map(str::to_string).unwrap_or_default()
         };
         assert!(first(&files[2]) < first(&files[1]) && first(&files[1]) < first(&files[0]));
-        assert!(!files[2].contains("app/000"), "the oldest file was not dropped");
+        assert!(
+            !files[2].contains("app/000"),
+            "the oldest file was not dropped"
+        );
         for l in now.lines().chain(files.iter().flat_map(|f| f.lines())) {
             let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
             assert_eq!(v["source"], "127.0.0.1");
         }
         // Private files.
-        for p in [path.clone(), rotated(&path, 1), dir.path().join("audit.lock")] {
+        for p in [
+            path.clone(),
+            rotated(&path, 1),
+            dir.path().join("audit.lock"),
+        ] {
             let mode = std::fs::metadata(&p).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", p.display());
         }
@@ -773,10 +786,17 @@ mod tests {
         let cut = bounded(&"x".repeat(10_000), 100);
         assert!(cut.starts_with("xxx") && cut.ends_with(" bytes)"), "{cut}");
         let kept = cut.find('…').expect("a marker");
-        assert_eq!(cut, format!("{}…(+{} bytes)", "x".repeat(kept), 10_000 - kept));
+        assert_eq!(
+            cut,
+            format!("{}…(+{} bytes)", "x".repeat(kept), 10_000 - kept)
+        );
         assert!(cut.len() <= 100);
         // Escapes count as written, and no character is split.
-        for text in ["\u{1}".repeat(5000), "é\"".repeat(5000), "日本".repeat(5000)] {
+        for text in [
+            "\u{1}".repeat(5000),
+            "é\"".repeat(5000),
+            "日本".repeat(5000),
+        ] {
             let cut = bounded(&text, FIELD_MAX);
             assert!(serde_json::to_string(&cut).expect("json").len() <= FIELD_MAX + 2);
         }
@@ -796,7 +816,12 @@ mod tests {
         .line(1);
         assert!(line.len() <= LINE_MAX, "{}", line.len());
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-        assert!(v["target"].as_str().is_some_and(|t| t.ends_with("(+1048496 bytes)")), "{v}");
+        assert!(
+            v["target"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("(+1048496 bytes)")),
+            "{v}"
+        );
         assert_eq!(v["status"], 401);
     }
 
@@ -807,7 +832,11 @@ mod tests {
         let mut out = Vec::new();
         let mut admitted = 0;
         for i in 0..1000u64 {
-            let code = if i % 2 == 0 { "unauthorized" } else { "forbidden" };
+            let code = if i % 2 == 0 {
+                "unauthorized"
+            } else {
+                "forbidden"
+            };
             admitted += u32::from(l.admit("10.0.0.1", code, (t0, 1000 + i), &mut out));
         }
         // Another source has its own allowance.
@@ -854,7 +883,10 @@ mod tests {
         assert!(out.len() <= SOURCES_MAX + 1);
         let total: u64 = out.iter().map(|s| s.count).sum();
         assert_eq!(total, 4000 - u64::from(REFUSED_LINES_MAX));
-        assert!(out.iter().any(|s| s.source == OTHER && s.count > 0), "{out:?}");
+        assert!(
+            out.iter().any(|s| s.source == OTHER && s.count > 0),
+            "{out:?}"
+        );
         // An IPv6 host is counted by its /64.
         let mut l = Limiter::new(1, Duration::from_secs(60));
         assert!(l.admit("2001:db8:1:2::1", "unauthorized", (t0, 1), &mut out));
