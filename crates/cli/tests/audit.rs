@@ -336,3 +336,43 @@ fn ten_thousand_oversize_refused_requests_leave_the_earlier_audit_records_in_pla
     assert!(counted * 2 > audited, "{counted} of {audited} counted");
     assert_eq!(metric(http, "audit_suppressed_total"), counted);
 }
+
+#[test]
+fn audit_bounds_out_of_range_are_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().join("n1");
+    assert!(chorus(&d, &["init"]).status.success());
+    for (flag, value, words) in [
+        ("--audit-window", "0", "from 1 to 86400"),
+        ("--audit-max-age", "nan", "days"),
+        ("--audit-max-age", "0", "days"),
+        ("--audit-files", "0", "1..=1000"),
+        ("--audit-file-mib", "0", "1..=4096"),
+    ] {
+        // A node that started by mistake is killed, and the test fails.
+        let mut child = std::process::Command::new(common::CHORUS)
+            .arg("--dir")
+            .arg(&d)
+            .args(["serve", "--insecure", "--auth", "--gossip", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0", flag, value])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start chorus serve");
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("serve {flag} {value} started");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("its output");
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag) && err.contains(words),
+            "{flag} {value}: {err}"
+        );
+    }
+}
