@@ -47,6 +47,21 @@ pub(crate) struct ServeArgs {
     /// Broker worker threads for document and oplog requests (key writes are group-committed by one committer)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     zmq_workers: u16,
+    /// Rotated audit files kept (audit.log.1 to audit.log.N; see docs/auth.md)
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    audit_files: u32,
+    /// Size in MiB at which audit.log is rotated
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    audit_file_mib: u64,
+    /// Days after which a rotated audit file is deleted (at rotation and at start)
+    #[arg(long, default_value_t = 90.0)]
+    audit_max_age: f64,
+    /// Refused requests audited in full per source per --audit-window; the rest are counted in one summary line
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    audit_refusals: u32,
+    /// Seconds of the window of --audit-refusals
+    #[arg(long, default_value_t = 60.0)]
+    audit_window: f64,
 }
 
 /// Sends the daemon's (and the engine's) log lines to stderr, one line
@@ -93,6 +108,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
         }
     }
     let mut config = chorus_node::Config::new(cli.dir.clone(), args.gossip);
+    config.audit = audit_config(args)?;
     config.http = Some(args.http);
     config.auth = args.auth;
     config.tls = args.tls.clone();
@@ -156,6 +172,29 @@ fn join_token(args: &ServeArgs) -> Result<Option<String>, Failure> {
     }
     chorus_node::join::JoinToken::parse(&text).map_err(Failure::usage)?;
     Ok(Some(text))
+}
+
+/// The audit log's bounds from the flags.
+fn audit_config(args: &ServeArgs) -> Result<chorus_node::auth::AuditConfig, Failure> {
+    if !(args.audit_max_age.is_finite() && (0.001..=36_500.0).contains(&args.audit_max_age)) {
+        return Err(Failure::usage(format!(
+            "--audit-max-age {}: give a number of days from 0.001 to 36500",
+            args.audit_max_age
+        )));
+    }
+    if !(args.audit_window.is_finite() && (1.0..=86_400.0).contains(&args.audit_window)) {
+        return Err(Failure::usage(format!(
+            "--audit-window {}: give a number of seconds from 1 to 86400",
+            args.audit_window
+        )));
+    }
+    Ok(chorus_node::auth::AuditConfig {
+        files: args.audit_files,
+        file_bytes: args.audit_file_mib << 20,
+        max_age: std::time::Duration::from_secs_f64(args.audit_max_age * 86_400.0),
+        refusals_per_source: args.audit_refusals,
+        window: std::time::Duration::from_secs_f64(args.audit_window),
+    })
 }
 
 pub(crate) fn leave(cli: &Cli) -> Result<(), Failure> {

@@ -688,6 +688,17 @@ fn the_zeromq_broker_checks_tokens_as_http_does_and_records_them() {
         "{audit}"
     );
     assert!(!audit.contains(&rw) && !audit.contains(&ro) && !audit.contains(SECRET));
+    // Each line names its source: the ZeroMQ peer's routing id, the HTTP
+    // client's address, or the command line.
+    for l in audit.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+        let source = v["source"].as_str().unwrap_or_default();
+        match v["iface"].as_str() {
+            Some("zmq") => assert!(source.len() > 4 && source.starts_with("zmq:"), "{l}"),
+            Some("http") => assert_eq!(source, "127.0.0.1", "{l}"),
+            _ => assert_eq!(source, "local", "{l}"),
+        }
+    }
 }
 
 #[test]

@@ -30,7 +30,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-pub use audit::AUDIT_MAX_BYTES;
+pub use audit::{
+    AuditConfig, FIELD_MAX as AUDIT_FIELD_MAX, LINE_MAX as AUDIT_LINE_MAX,
+    REFUSED_LINES_MAX as AUDIT_REFUSED_LINES_MAX, SOURCES_MAX as AUDIT_SOURCES_MAX,
+};
+pub(crate) use audit::{carry_source, in_source, with_source};
 pub use token::{
     Access, AuthError, AuthErrorKind, Claims, KEY_BYTES, PATTERNS_MAX, Revocations,
     TOKEN_MAX_BYTES, TOKEN_TAG, Target, TokenAccess, authorize, check_revocation, encode_token,
@@ -224,13 +228,14 @@ pub(crate) struct LoginGate {
 
 impl Auth {
     /// Over `meta`; `enabled` says whether requests need a token. The
-    /// audit log is `audit.log` in the store's directory.
+    /// audit log is `audit.log` in the store's directory, with the default
+    /// bounds until [`Auth::configure_audit`].
     pub fn new(meta: Metadata, enabled: bool) -> Auth {
         let path = meta.store().dir().join("audit.log");
         Auth {
             meta,
             enabled,
-            audit: Arc::new(audit::AuditLog::new(path, AUDIT_MAX_BYTES)),
+            audit: audit::AuditLog::new(path, AuditConfig::default()),
             logins: Arc::new(LoginGate {
                 running: tokio::sync::Semaphore::new(2),
                 waiting: tokio::sync::Semaphore::new(64),
@@ -298,21 +303,48 @@ impl Auth {
         Ok(claims)
     }
 
-    /// Appends one line to the audit log (JSON: time, token id, user, iface "http"|"zmq", op, target, outcome).
+    /// Sets the audit log's bounds (a daemon's flags; commands on the
+    /// directory keep the defaults) and, with auth on, deletes rotated
+    /// audit files over the maximum age.
+    pub fn configure_audit(&self, config: AuditConfig) {
+        if self.enabled {
+            self.audit.configure(config);
+        }
+    }
+
+    /// The count of refusals the audit log suppressed (summarised instead
+    /// of written), shared with `/metrics`.
+    pub(crate) fn audit_suppressed(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.audit.suppressed()
+    }
+
+    /// Appends one line to the audit log (JSON: time, token id, user,
+    /// iface "http"|"zmq"|"cli", source, op, target, outcome), always:
+    /// a write or a management operation.
     pub fn audit(&self, grant: &Grant, iface: &str, op: &str, target: &str, ok: bool) {
         if !self.enabled {
             return;
         }
-        let now = now_ms();
-        self.audit.append(&json!({
-            "time": utc(now), "time_ms": now, "token": grant.token_id, "user": grant.user,
-            "iface": iface, "op": op, "target": target,
-            "outcome": if ok { "ok" } else { "failed" },
-        }));
+        let source = audit::source(iface);
+        self.audit.record(&audit::Entry {
+            token: grant.token_id.as_deref(),
+            user: grant.user.as_deref(),
+            iface,
+            source: &source,
+            op,
+            target,
+            outcome: if ok {
+                audit::Outcome::Ok
+            } else {
+                audit::Outcome::Failed
+            },
+        });
     }
 
     /// Appends the line of a refused request: the token's id and user
     /// when it verifies (a scope or access refusal), else none, and why.
+    /// Only the first few refusals from a source in a window are written;
+    /// the rest are counted in the window's summary line.
     pub fn audit_refused(
         &self,
         token: Option<&str>,
@@ -324,16 +356,26 @@ impl Auth {
         if !self.enabled {
             return;
         }
+        let source = audit::source(iface);
+        if !self.audit.admit_refusal(&source, error.kind.code()) {
+            return;
+        }
         let grant = token
             .and_then(|t| self.verify(t).ok())
             .map(|c| Grant::of(&c))
             .unwrap_or_default();
-        let now = now_ms();
-        self.audit.append(&json!({
-            "time": utc(now), "time_ms": now, "token": grant.token_id, "user": grant.user,
-            "iface": iface, "op": op, "target": target, "outcome": "refused",
-            "status": error.kind.status(), "reason": error.message,
-        }));
+        self.audit.record(&audit::Entry {
+            token: grant.token_id.as_deref(),
+            user: grant.user.as_deref(),
+            iface,
+            source: &source,
+            op,
+            target,
+            outcome: audit::Outcome::Refused {
+                status: error.kind.status(),
+                reason: &error.message,
+            },
+        });
     }
 
     /// Creates the cluster key if there is none yet. Two nodes that create

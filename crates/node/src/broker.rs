@@ -578,7 +578,9 @@ fn answer(api: &Service, job: Job) -> Vec<Vec<u8>> {
             let (name, writes) = (op.name(), op.writes());
             let line = op.audit_line();
             let out = api.run(&grant, op);
-            api.audit(&grant, "zmq", line.as_ref(), out.is_ok());
+            crate::auth::with_source(peer(&envelope), || {
+                api.audit(&grant, "zmq", line.as_ref(), out.is_ok());
+            });
             if writes && out.is_ok() {
                 api.wrote();
                 api.metrics.zmq_writes.fetch_add(1, Ordering::Relaxed);
@@ -595,6 +597,17 @@ fn answer(api: &Service, job: Job) -> Vec<Vec<u8>> {
         Err(e) => ("invalid", Err(e)),
     };
     finish(&api.metrics, name, started, envelope, id, outcome)
+}
+
+/// How the audit log names the peer of a request: `zmq:` and its routing
+/// id (the envelope's first frame, up to 32 bytes) in hex.
+fn peer(envelope: &[Vec<u8>]) -> String {
+    let id = envelope.first().map_or(&[][..], |f| &f[..f.len().min(32)]);
+    let mut text = String::from("zmq:");
+    for b in id {
+        text.push_str(&format!("{b:02x}"));
+    }
+    text
 }
 
 /// The reply frames: the request's envelope, then the JSON body (the
@@ -754,7 +767,9 @@ fn serve(
             let (id, request) = Request::parse(&body);
             let op = request.and_then(|r| {
                 let op = r.to_op()?;
-                let grant = api.authorize(r.token.as_deref(), &op, "zmq")?;
+                let grant = crate::auth::with_source(peer(&frames), || {
+                    api.authorize(r.token.as_deref(), &op, "zmq")
+                })?;
                 Ok((op, grant))
             });
             let job = Job {
@@ -787,7 +802,7 @@ fn serve(
                 let audit = api
                     .auth
                     .enabled()
-                    .then(|| (api.clone(), grant.clone(), op.audit_line()));
+                    .then(|| (api.clone(), grant.clone(), op.audit_line(), peer(&envelope)));
                 let put = match Service::batch_put(&grant, op) {
                     Ok(p) => p,
                     Err(e) => {
@@ -800,8 +815,10 @@ fn serve(
                 api.writes.submit(
                     put,
                     Box::new(move |outcome| {
-                        if let Some((service, grant, line)) = &audit {
-                            service.audit(grant, "zmq", line.as_ref(), outcome.is_ok());
+                        if let Some((service, grant, line, source)) = audit {
+                            crate::auth::with_source(source, || {
+                                service.audit(&grant, "zmq", line.as_ref(), outcome.is_ok());
+                            });
                         }
                         if outcome.is_ok() {
                             metrics.zmq_writes.fetch_add(1, Ordering::Relaxed);

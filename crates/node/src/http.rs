@@ -97,6 +97,7 @@ pub(crate) fn router(api: Service) -> Router {
         .fallback(|| async { ApiError::not_found("no such route: see /openapi.json") })
         .layer(DefaultBodyLimit::max(BODY_MAX))
         .layer(axum::middleware::from_fn_with_state(api.clone(), measure))
+        .layer(axum::middleware::from_fn(audit_source))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(api)
 }
@@ -189,6 +190,20 @@ async fn json_errors(request: Request, next: Next) -> Response {
     response
 }
 
+/// Names the client (its IP address) in the audit lines the request
+/// writes. Inside [`json_errors`]: a URI over the limit is refused before
+/// any token check or audit.
+async fn audit_source(request: Request, next: Next) -> Response {
+    let source = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(
+            || "http".to_string(),
+            |c| c.0.ip().to_canonical().to_string(),
+        );
+    crate::auth::in_source(source, next.run(request)).await
+}
+
 /// Counts every request by route template and status.
 async fn measure(State(api): State<Service>, request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -228,13 +243,13 @@ async fn run(api: &Service, headers: &HeaderMap, op: Op) -> Result<Value, ApiErr
     let token = token(headers)?;
     let api2 = api.clone();
     let writes = op.writes();
-    let work = move || {
+    let work = crate::auth::carry_source(move || {
         let grant = api2.authorize(token.as_deref(), &op, "http")?;
         let line = op.audit_line();
         let out = api2.run(&grant, op);
         api2.audit(&grant, "http", line.as_ref(), out.is_ok());
         out
-    };
+    });
     let out = if writes {
         // On the blocking pool: it syncs.
         tokio::task::spawn_blocking(work)

@@ -76,6 +76,9 @@ pub struct Config {
     /// A join token (`chorus cluster join-token create`): the credential
     /// this node joins with when it does not hold the cluster key yet.
     pub join_token: Option<String>,
+    /// Bounds of the audit log: rotated files kept, their size and age,
+    /// refusals written per source per window (see docs/auth.md).
+    pub audit: auth::AuditConfig,
 }
 
 impl Config {
@@ -95,6 +98,7 @@ impl Config {
             broker: None,
             auth: false,
             join_token: None,
+            audit: auth::AuditConfig::default(),
         }
     }
 }
@@ -189,6 +193,7 @@ pub async fn run(
         .map_err(|e| Error::Io(format!("cannot read the listen address: {e}")))?;
     let me = config.advertise.unwrap_or(listen).to_string();
     let core = core::Core::open(&config, me)?;
+    core.service().auth.configure_audit(config.audit.clone());
     if config.auth {
         // The directory holds the cluster key and password hashes: only
         // its owner may read it (any local account could otherwise mint
@@ -215,7 +220,12 @@ pub async fn run(
         let http = listen_on(addr)?;
         let app = http::router(core.service());
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, app).await {
+            if let Err(e) = axum::serve(
+                http,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            {
                 tracing::warn!("the HTTP server stopped: {e}");
             }
         });

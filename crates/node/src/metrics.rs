@@ -119,9 +119,21 @@ pub(crate) struct Metrics {
     pub(crate) zmq_published: AtomicU64,
     /// Writes the broker acknowledged.
     pub(crate) zmq_writes: AtomicU64,
+    /// Refused requests the audit log counted instead of writing (shared
+    /// with the log: `Auth::audit_suppressed`).
+    pub(crate) audit_suppressed: std::sync::Arc<AtomicU64>,
 }
 
 impl Metrics {
+    /// Measurements whose count of suppressed audit refusals is the audit
+    /// log's own counter.
+    pub(crate) fn with_audit_counter(audit_suppressed: std::sync::Arc<AtomicU64>) -> Metrics {
+        Metrics {
+            audit_suppressed,
+            ..Metrics::default()
+        }
+    }
+
     /// An HTTP request to `route` (its template) answered with `status`.
     pub(crate) fn http(&self, route: &str, status: u16, elapsed: Duration) {
         self.http.observe(route, &status.to_string(), elapsed);
@@ -284,6 +296,12 @@ pub(crate) fn render(
         "counter",
         "change events sent on the ZeroMQ PUB socket",
         m.zmq_published.load(Ordering::Relaxed) as f64,
+    );
+    one(
+        "audit_suppressed_total",
+        "counter",
+        "refused requests the audit log counted in a summary line instead of writing one line each",
+        m.audit_suppressed.load(Ordering::Relaxed) as f64,
     );
     // build_info's value line carries its label.
     let out = out.replacen(

@@ -438,16 +438,18 @@ impl Service {
         let committed: Arc<tokio::sync::Notify> = Arc::default();
         let wake = committed.clone();
         let writes = Committer::start(meta.clone(), Arc::new(move || wake_all(&wake)))?;
+        let auth = Auth::new(meta.clone(), auth_enabled);
+        let metrics = Metrics::with_audit_counter(auth.audit_suppressed());
         Ok(Service {
             committed,
             commands,
             oplogs: chorus_store::oplog::Oplogs::new(&meta),
-            auth: Auth::new(meta.clone(), auth_enabled),
+            auth,
             meta,
             view: Arc::default(),
             writes,
             hub: Hub::new(),
-            metrics: Arc::default(),
+            metrics: Arc::new(metrics),
         })
     }
 
