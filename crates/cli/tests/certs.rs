@@ -140,6 +140,7 @@ fn an_expired_node_certificate_is_refused_both_ways() {
     let (good_dir, old_dir) = (w.node_dir("g"), w.node_dir("o"));
     let (good_log, old_log) = (w.path("good.log"), w.path("old.log"));
     let good = serve_tls(&good_dir, &good_tls, None, &good_log);
+    let started = std::time::Instant::now();
     // The expired node warns about its own certificate, and dials.
     let old = serve_tls(&old_dir, &old_tls, Some(good.gossip), &old_log);
     wait_for_line(&old_log, &["this node's certificate", "expired"]);
@@ -157,10 +158,12 @@ fn an_expired_node_certificate_is_refused_both_ways() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(get(&old_dir, "test/keys", "from-good"), None);
     assert_eq!(get(&good_dir, "test/keys", "from-old"), None);
-    // Rate-limited: one line per reason and source per 10 s at most, and
-    // the node kept retrying meanwhile.
+    // Rate-limited: at most one line per reason, source and direction
+    // (here two: inbound and dialled) every 10 s, however often the
+    // nodes retried meanwhile.
     let lines = log_lines(&good_log, &["[expired]"]);
-    assert!(lines.len() <= 4, "{lines:#?}");
+    let windows = started.elapsed().as_secs() / 10 + 1;
+    assert!(lines.len() as u64 <= 2 * windows, "{lines:#?}");
 }
 
 #[test]

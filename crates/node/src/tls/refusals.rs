@@ -1,6 +1,6 @@
 //! Refused TLS handshakes, logged with their reason, at most one line per
-//! reason per source address every [`LOG_EVERY`]; the next line says how
-//! many were left out meanwhile.
+//! reason per source address (and direction) every [`LOG_EVERY`]; the next
+//! line says how many were left out meanwhile.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +17,7 @@ pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 const SOURCES_MAX: usize = 1024;
 
 /// Which side of the handshake this node was on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Side {
     /// A peer dialled this node.
     Inbound,
@@ -99,6 +99,10 @@ fn certificate(e: &CertificateError) -> (&'static str, String) {
     }
 }
 
+/// What one line stands for: a source (`None`: many), a direction, a
+/// reason.
+type Key = (Option<IpAddr>, Side, &'static str);
+
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     logged: Instant,
@@ -108,7 +112,7 @@ struct Seen {
 /// The rate limiter of the log lines.
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
-    seen: Mutex<HashMap<(Option<IpAddr>, &'static str), Seen>>,
+    seen: Mutex<HashMap<Key, Seen>>,
 }
 
 impl Refusals {
@@ -116,7 +120,8 @@ impl Refusals {
     /// the same reason and source was logged less than [`LOG_EVERY`] ago.
     pub(crate) fn refused(&self, peer: Option<SocketAddr>, side: Side, error: &std::io::Error) {
         let why = reason(error);
-        let Some(suppressed) = self.admit(peer.map(|p| p.ip()), why.name, Instant::now()) else {
+        let Some(suppressed) = self.admit(peer.map(|p| p.ip()), side, why.name, Instant::now())
+        else {
             return;
         };
         let who = match (side, peer) {
@@ -150,16 +155,23 @@ impl Refusals {
     }
 
     /// `Some(lines left out since the last)` when a line may be logged now.
-    fn admit(&self, source: Option<IpAddr>, reason: &'static str, now: Instant) -> Option<u64> {
+    fn admit(
+        &self,
+        source: Option<IpAddr>,
+        side: Side,
+        reason: &'static str,
+        now: Instant,
+    ) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.len() >= SOURCES_MAX && !seen.contains_key(&(source, reason)) {
+        let key = (source, side, reason);
+        if seen.len() >= SOURCES_MAX && !seen.contains_key(&key) {
             seen.retain(|_, s| now.duration_since(s.logged) < LOG_EVERY);
         }
         // Still full: new sources share one entry per reason.
-        let key = if seen.len() >= SOURCES_MAX && !seen.contains_key(&(source, reason)) {
-            (None, reason)
+        let key = if seen.len() >= SOURCES_MAX && !seen.contains_key(&key) {
+            (None, side, reason)
         } else {
-            (source, reason)
+            key
         };
         match seen.get_mut(&key) {
             Some(s) if now.duration_since(s.logged) < LOG_EVERY => {
@@ -200,15 +212,25 @@ mod tests {
     fn one_line_per_reason_and_source_every_ten_seconds_with_the_count_left_out() {
         let r = Refusals::default();
         let t0 = Instant::now();
-        assert_eq!(r.admit(ip(1), "expired", t0), Some(0));
+        assert_eq!(r.admit(ip(1), Side::Inbound, "expired", t0), Some(0));
         for _ in 0..5 {
-            assert_eq!(r.admit(ip(1), "expired", t0 + Duration::from_secs(1)), None);
+            assert_eq!(
+                r.admit(ip(1), Side::Inbound, "expired", t0 + Duration::from_secs(1)),
+                None
+            );
         }
-        // Another reason, another source: their own lines.
-        assert_eq!(r.admit(ip(1), "revoked", t0), Some(0));
-        assert_eq!(r.admit(ip(2), "expired", t0), Some(0));
-        assert_eq!(r.admit(ip(1), "expired", t0 + LOG_EVERY), Some(5));
-        assert_eq!(r.admit(ip(1), "expired", t0 + LOG_EVERY), None);
+        // Another reason, another source, this node dialling: their own lines.
+        assert_eq!(r.admit(ip(1), Side::Inbound, "revoked", t0), Some(0));
+        assert_eq!(r.admit(ip(1), Side::Outbound, "expired", t0), Some(0));
+        assert_eq!(r.admit(ip(2), Side::Inbound, "expired", t0), Some(0));
+        assert_eq!(
+            r.admit(ip(1), Side::Inbound, "expired", t0 + LOG_EVERY),
+            Some(5)
+        );
+        assert_eq!(
+            r.admit(ip(1), Side::Inbound, "expired", t0 + LOG_EVERY),
+            None
+        );
     }
 
     #[test]
@@ -217,13 +239,14 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..SOURCES_MAX as u32 + 100 {
             let source = Some(IpAddr::from(i.to_be_bytes()));
-            let _ = r.admit(source, "unknown-ca", t0);
+            let _ = r.admit(source, Side::Inbound, "unknown-ca", t0);
         }
         let seen = r.seen.lock().expect("lock");
         assert!(seen.len() <= SOURCES_MAX + 1, "{}", seen.len());
         // The shared entry was logged once and counted the rest.
         assert_eq!(
-            seen.get(&(None, "unknown-ca")).map(|s| s.suppressed),
+            seen.get(&(None, Side::Inbound, "unknown-ca"))
+                .map(|s| s.suppressed),
             Some(99)
         );
     }
