@@ -225,24 +225,52 @@ pub(crate) enum ClusterCommand {
     },
     /// Make a cluster CA (ca.crt, ca.key) in --ca DIR; keep ca.key off the nodes
     Init {
-        /// Where the CA goes
+        /// Where the CA goes (made 0700)
         #[arg(long, default_value = "chorus-ca")]
         ca: std::path::PathBuf,
+        /// How long the CA is valid
+        #[arg(long, default_value_t = chorus_node::tls::CA_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
-    /// Issue a node certificate for NAME into --out DIR (ca.crt, node.crt, node.key)
+    /// Issue a node certificate for NAME into --out DIR (ca.crt, node.crt, node.key), or renew it
     Cert {
-        /// The node's name (also a DNS name in the certificate)
+        /// The node's name (the certificate's subject and a DNS name in it)
         name: String,
         /// The CA directory
         #[arg(long, default_value = "chorus-ca")]
         ca: std::path::PathBuf,
-        /// An IP address peers dial this node at; repeat for several [default: 127.0.0.1]
+        /// An IP address peers dial this node at; repeat for several [default: 127.0.0.1, or on --renew the old certificate's]
         #[arg(long)]
         ip: Vec<std::net::IpAddr>,
-        /// Where the node's files go [default: NAME-tls]
+        /// Where the node's files go (made 0700) [default: NAME-tls]
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// How long the certificate is valid
+        #[arg(long, default_value_t = chorus_node::tls::NODE_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+        /// Replace the certificate in --out: same CA, new key; the old one is kept as node.crt.old
+        #[arg(long)]
+        renew: bool,
+        /// Valid from this unix time (tests)
+        #[arg(long, hide = true, requires = "not_after")]
+        not_before: Option<u64>,
+        /// Valid until this unix time (tests)
+        #[arg(long, hide = true, requires = "not_before", conflicts_with = "days")]
+        not_after: Option<u64>,
     },
+    /// Revoke every certificate of NAME (or with --cert, one certificate) in this node's directory (--dir); it replicates
+    Revoke {
+        /// The certificate's name (its subject common name)
+        name: String,
+        /// Revoke only this certificate (a PEM file, e.g. NAME-tls/node.crt.old after a renewal)
+        #[arg(long, value_name = "FILE")]
+        cert: Option<std::path::PathBuf>,
+        /// Why, kept with the record
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List the revoked names and certificates in this node's directory (--dir)
+    Revoked,
 }
 
 pub(crate) fn node_failure(e: chorus_node::Error) -> Failure {
@@ -254,40 +282,126 @@ pub(crate) fn node_failure(e: chorus_node::Error) -> Failure {
 }
 
 pub(crate) fn cluster(cli: &Cli, command: &ClusterCommand) -> Result<(), Failure> {
+    use chorus_node::tls;
     match command {
         ClusterCommand::JoinToken { command } => crate::auth::join_token(cli, command),
-        ClusterCommand::Init { ca } => {
-            let crt = chorus_node::tls::init_ca(ca).map_err(node_failure)?;
+        ClusterCommand::Init { ca, days } => {
+            let crt = tls::init_ca(ca, tls::Validity::days(*days)).map_err(node_failure)?;
             crate::emit(cli, serde_json::json!({"ca": crt}), || {
                 format!(
-                    "cluster CA written to {}; issue node certificates with `chorus cluster cert NAME --ca {}`",
+                    "cluster CA written to {} (valid {days} days); issue node certificates with `chorus cluster cert NAME --ca {}`",
                     crt.display(),
                     ca.display()
                 )
             });
             Ok(())
         }
-        ClusterCommand::Cert { name, ca, ip, out } => {
-            let ips = if ip.is_empty() {
-                vec![std::net::IpAddr::from([127, 0, 0, 1])]
-            } else {
-                ip.clone()
-            };
+        ClusterCommand::Cert {
+            name,
+            ca,
+            ip,
+            out,
+            days,
+            renew,
+            not_before,
+            not_after,
+        } => {
             let out = out
                 .clone()
                 .unwrap_or_else(|| std::path::PathBuf::from(format!("{name}-tls")));
-            chorus_node::tls::issue(ca, name, &ips, &out).map_err(node_failure)?;
+            let validity = match (not_before, not_after) {
+                (Some(from), Some(until)) => tls::Validity {
+                    not_before: *from,
+                    not_after: *until,
+                },
+                _ => tls::Validity::days(*days),
+            };
+            let issued = if *renew {
+                tls::renew(ca, name, ip, &out, validity)
+            } else {
+                let ips = if ip.is_empty() {
+                    vec![std::net::IpAddr::from([127, 0, 0, 1])]
+                } else {
+                    ip.clone()
+                };
+                tls::issue(ca, name, &ips, &out, validity)
+            }
+            .map_err(node_failure)?;
+            let expires = tls::utc(issued.not_after);
             crate::emit(
                 cli,
-                serde_json::json!({"name": name, "dir": out, "ips": ips}),
-                || {
-                    format!(
-                        "certificate for {name} written to {}; start the node with --tls {}",
+                serde_json::json!({
+                    "name": name, "dir": out, "ips": issued.ips, "serial": issued.serial,
+                    "sha256": issued.sha256, "not_after": issued.not_after,
+                    "not_after_utc": expires, "replaced": issued.replaced,
+                }),
+                || match &issued.replaced {
+                    Some(old) => format!(
+                        "certificate for {name} renewed in {} (new key, expires {expires}); restart the node to use it; the old one is kept as {}: revoke it with `chorus cluster revoke {name} --cert {}`",
+                        out.display(),
+                        old.display(),
+                        old.display()
+                    ),
+                    None => format!(
+                        "certificate for {name} written to {} (expires {expires}); start the node with --tls {}",
                         out.display(),
                         out.display()
-                    )
+                    ),
                 },
             );
+            Ok(())
+        }
+        ClusterCommand::Revoke { name, cert, reason } => {
+            if name.is_empty() || name.len() > 255 {
+                return Err(Failure::usage(
+                    "give the certificate's name: the NAME it was issued with by `chorus cluster cert NAME`",
+                ));
+            }
+            let store = cli.open()?;
+            let meta = chorus_store::Metadata::new(store);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let record = match cert {
+                Some(path) => {
+                    let der = tls::certificate_der(path).map_err(node_failure)?;
+                    tls::revoke_certificate(&meta, name, &der, reason, now_ms)?
+                }
+                None => tls::revoke_name(&meta, name, reason, now_ms)?,
+            };
+            crate::emit(
+                cli,
+                serde_json::to_value(&record).unwrap_or_default(),
+                || match &record.serial {
+                    Some(serial) => format!(
+                        "revoked the certificate of {name} with serial {serial} ({}); every node refuses it once this has replicated",
+                        record.key
+                    ),
+                    None => format!(
+                        "revoked every certificate of {name}, past and future ({}); every node refuses them once this has replicated; a node that comes back needs a certificate under another name",
+                        record.key
+                    ),
+                },
+            );
+            Ok(())
+        }
+        ClusterCommand::Revoked => {
+            let store = cli.open()?;
+            let meta = chorus_store::Metadata::new(store);
+            let all = tls::list_revoked(&meta)?;
+            crate::emit(cli, serde_json::json!({ "revoked": all }), || {
+                all.iter()
+                    .map(|r| {
+                        let serial = r
+                            .serial
+                            .as_deref()
+                            .map(|s| format!(" serial {s}"))
+                            .unwrap_or_default();
+                        format!("{}\t{}{serial}\t{}", r.key, r.name, r.reason)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
             Ok(())
         }
     }

@@ -53,10 +53,21 @@ pub(crate) struct StageArgs {
     /// How often the followed prefixes are pulled [default: 1s]
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pull_interval: Option<String>,
-    /// Sent as `Authorization: Bearer TOKEN` on every request
-    #[arg(long, env = "CHORUS_TOKEN", hide_env_values = true)]
+    /// Read the token sent as `Authorization: Bearer TOKEN` from FILE
+    /// (its first line), or from stdin with `-` [default: $CHORUS_TOKEN]
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Refused: a token on the command line is visible to every local user
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "")]
     token: Option<String>,
 }
+
+/// Why `--token` is refused, and what to use.
+const TOKEN_ON_COMMAND_LINE: &str = "a token on the command line is visible to every local user in `ps`; set CHORUS_TOKEN or use --token-file FILE (- for stdin)";
+/// The environment variable holding the token.
+const TOKEN_VAR: &str = "CHORUS_TOKEN";
+/// Longest token file read (a token is at most 8 KiB).
+const TOKEN_FILE_MAX: u64 = 64 * 1024;
 
 #[derive(Subcommand, Debug)]
 enum StageCommand {
@@ -173,7 +184,25 @@ fn read_config(path: &Path) -> Result<FileConfig, Failure> {
             }
         }
     }
+    if out.token.is_some() {
+        warn_if_readable_by_others(path);
+    }
     Ok(out)
+}
+
+/// A config file holding a token should be readable by its owner only.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "chorus: warning: --config {} holds a token and other users may read it (mode {mode:o}): `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
 }
 
 fn parse_count(flag: &str, text: &str, min: u64, max: u64) -> Result<u64, Failure> {
@@ -271,7 +300,7 @@ fn config(args: &StageArgs, file: &FileConfig) -> Result<StageConfig, Failure> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(StageConfig {
         upstream,
-        token: args.token.clone().or_else(|| file.token.clone()),
+        token: token(args, file)?,
         quiet,
         batch,
         window,
@@ -281,7 +310,54 @@ fn config(args: &StageArgs, file: &FileConfig) -> Result<StageConfig, Failure> {
     })
 }
 
+/// The token: --token-file, else $CHORUS_TOKEN, else the config file's.
+/// Never an argument: every local user sees those in `ps`.
+fn token(args: &StageArgs, file: &FileConfig) -> Result<Option<String>, Failure> {
+    if let Some(path) = &args.token_file {
+        return read_token_file(path).map(Some);
+    }
+    match std::env::var(TOKEN_VAR) {
+        Ok(t) if !t.trim().is_empty() => return Ok(Some(t.trim().to_string())),
+        _ => {}
+    }
+    Ok(file.token.clone())
+}
+
+/// The first line of `path` (`-`: stdin), which must not be empty.
+fn read_token_file(path: &Path) -> Result<String, Failure> {
+    use std::io::{BufRead as _, Read as _};
+    let shown = path.display();
+    let mut line = String::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin()
+            .lock()
+            .take(TOKEN_FILE_MAX)
+            .read_line(&mut line)
+    } else {
+        std::fs::File::open(path).and_then(|f| {
+            std::io::BufReader::new(f)
+                .take(TOKEN_FILE_MAX)
+                .read_line(&mut line)
+        })
+    };
+    read.map_err(|e| {
+        Failure::usage(format!(
+            "cannot read the token from --token-file {shown}: {e}"
+        ))
+    })?;
+    let token = line.trim();
+    if token.is_empty() {
+        return Err(Failure::usage(format!(
+            "--token-file {shown} holds no token: its first line must be the token (from `chorus token create`)"
+        )));
+    }
+    Ok(token.to_string())
+}
+
 pub(crate) fn run(cli: &Cli, args: &StageArgs) -> Result<(), Failure> {
+    if args.token.is_some() {
+        return Err(Failure::usage(TOKEN_ON_COMMAND_LINE));
+    }
     let file = match &args.config {
         Some(path) => read_config(path)?,
         None => FileConfig::default(),

@@ -923,6 +923,14 @@ fn with_auth_on_a_push_needs_a_token_that_may_write_every_prefix_it_names() {
             .to_string()
     };
     let (rw, ro) = (token(&[]), token(&["--read-only"]));
+    // Tokens reach the stage in files (never on its command line).
+    let (rw_file, ro_file) = (tmp.path().join("rw.token"), tmp.path().join("ro.token"));
+    std::fs::write(&rw_file, format!("{rw}\n")).expect("write token");
+    std::fs::write(&ro_file, format!("{ro}\n")).expect("write token");
+    let (rw_file, ro_file) = (
+        rw_file.to_str().expect("utf-8"),
+        ro_file.to_str().expect("utf-8"),
+    );
     let log = tmp.path().join("stage.log");
     let key_upstream = || {
         let (_, code, _) = curl(&[
@@ -949,7 +957,14 @@ fn with_auth_on_a_push_needs_a_token_that_may_write_every_prefix_it_names() {
     let mut s = stage(
         &st,
         &log,
-        &["--upstream", &url, "--quiet", "200ms", "--token", &ro],
+        &[
+            "--upstream",
+            &url,
+            "--quiet",
+            "200ms",
+            "--token-file",
+            ro_file,
+        ],
     );
     wait_until(Duration::from_secs(20), || error(&st).contains("HTTP 403"));
     assert_eq!(status(&st)["waiting"], 1);
@@ -959,7 +974,14 @@ fn with_auth_on_a_push_needs_a_token_that_may_write_every_prefix_it_names() {
     let _s = stage(
         &st,
         &log,
-        &["--upstream", &url, "--quiet", "200ms", "--token", &rw],
+        &[
+            "--upstream",
+            &url,
+            "--quiet",
+            "200ms",
+            "--token-file",
+            rw_file,
+        ],
     );
     wait_until(Duration::from_secs(20), || status(&st)["waiting"] == 0);
     assert_eq!(key_upstream(), 200);

@@ -252,6 +252,9 @@ impl Core {
         )?;
         let node_id = *store.node_id().as_bytes();
         let meta = Metadata::new(store.clone());
+        if let Some(tls) = &tls {
+            tls.revocations().refresh(&meta);
+        }
         crate::members::announce(&meta, &me, store.node_id())?;
         let records = crate::members::read_all(&meta)?;
         let left: BTreeSet<Peer> = records
@@ -909,6 +912,11 @@ impl Core {
                         if k.full_prefix.to_string() == crate::members::MEMBERS {
                             self.on_member_record(&k.key, k.value.as_deref());
                         }
+                        if let Some(tls) = &self.tls
+                            && k.full_prefix.to_string() == crate::tls::REVOKED
+                        {
+                            tls.revocations().refresh(&self.meta);
+                        }
                         let dead = k
                             .value
                             .as_deref()
@@ -965,6 +973,9 @@ impl Core {
                 self.tree = build_tree(&snapshot);
                 self.tombstones = find_tombstones(&snapshot);
                 self.cursor = resume;
+                if let Some(tls) = &self.tls {
+                    tls.revocations().refresh(&self.meta);
+                }
             }
         }
         Ok(())

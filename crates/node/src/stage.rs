@@ -94,7 +94,7 @@ impl Upstream {
         };
         if authority.contains('@') || path.contains('?') || path.contains('#') {
             return Err(format!(
-                "upstream {text:?}: give only http://HOST:PORT[/PATH], without credentials, query or fragment (the token goes in --token)"
+                "upstream {text:?}: give only http://HOST:PORT[/PATH], without credentials, query or fragment (the token goes in $CHORUS_TOKEN or --token-file)"
             ));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {

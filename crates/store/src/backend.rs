@@ -7,10 +7,12 @@
 //! objects whose failure modes (a dead holder, a stale map) are tested with
 //! real processes instead.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt as _, FileExt, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+
+use crate::modes::{DIR_MODE, FILE_MODE};
 
 /// An open file with positional IO: the log files and the small metadata files.
 #[allow(
@@ -35,7 +37,9 @@ pub trait LogFile: Send + Sync {
 pub trait Backend: Send + Sync + 'static {
     /// Opens an existing file for reading and writing.
     fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
-    /// Creates a file (truncating any existing one) for reading and writing.
+    /// Creates a file (truncating any existing one) for reading and writing,
+    /// readable and writable by its owner only (mode 0600), even when an
+    /// existing file had a looser mode.
     fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
     /// Atomically renames `from` to `to`, replacing `to`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
@@ -43,7 +47,8 @@ pub trait Backend: Send + Sync + 'static {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creations, renames) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Creates a directory and its parents.
+    /// Creates a directory and its parents; the ones it creates are
+    /// private to their owner (mode 0700).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Names of the entries of a directory.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
@@ -127,7 +132,13 @@ impl Backend for StdBackend {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(FILE_MODE)
             .open(path)?;
+        // The mode applies only to a file created now: a leftover one (a
+        // temporary file an older version left) keeps its own.
+        if f.metadata()?.permissions().mode() & 0o077 != 0 {
+            f.set_permissions(Permissions::from_mode(FILE_MODE))?;
+        }
         Ok(Box::new(StdFile(f)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -140,7 +151,10 @@ impl Backend for StdBackend {
         File::open(dir)?.sync_all()
     }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
     }
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();

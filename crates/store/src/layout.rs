@@ -9,6 +9,7 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -121,6 +122,7 @@ impl WriterLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(crate::modes::FILE_MODE)
             .open(path)
             .map_err(|e| Error::io("open lock file", path, e))?;
         Ok(WriterLock {

@@ -33,6 +33,7 @@ mod key;
 mod layout;
 mod log;
 mod metadata;
+mod modes;
 pub mod oplog;
 pub mod script;
 mod shm;

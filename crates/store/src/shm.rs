@@ -34,6 +34,7 @@
 #![allow(unsafe_code)]
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -108,6 +109,7 @@ impl Shm {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(crate::modes::FILE_MODE)
             .open(path)
             .map_err(|e| Error::io("open shared map", path, e))?;
         let len = file

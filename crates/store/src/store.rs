@@ -435,6 +435,7 @@ impl Store {
             .create_dir_all(dir)
             .map_err(|e| Error::io("create directory", dir, e))?;
         check_local(dir, options.allow_network_fs)?;
+        crate::modes::tighten(dir);
         let layout = Layout::new(dir);
         let shm = Shm::open(&layout.shm())?;
         let writer = WriterLock::open(&layout.lock())?;
@@ -454,6 +455,10 @@ impl Store {
         }
         check_local(dir, options.allow_network_fs)?;
         check_limits(&options.limits)?;
+        if !options.create {
+            // `init` above did it otherwise.
+            crate::modes::tighten(dir);
+        }
         let layout = Layout::new(dir);
         let backend = options.backend.clone();
         let node_id = layout.read_node_id(backend.as_ref())?;

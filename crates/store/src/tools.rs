@@ -222,6 +222,7 @@ pub struct RepairReport {
 /// keeping the damaged file beside it as `gen-N.log.damaged`.
 pub fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
     check_local(dir, options.allow_network_fs)?;
+    crate::modes::tighten(dir);
     let backend = options.backend.clone();
     let layout = Layout::new(dir);
     let generation = layout.read_current(backend.as_ref())?;

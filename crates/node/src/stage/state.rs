@@ -5,6 +5,7 @@
 //! Reports of near-simultaneous writes are under `$stage/reports`.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use chorus_core::FullPrefix;
@@ -139,6 +140,8 @@ pub(crate) fn lock(dir: &Path) -> Result<std::fs::File, Error> {
         .create(true)
         .truncate(false)
         .write(true)
+        // Private like every file of the directory (see chorus_store).
+        .mode(0o600)
         .open(&path)
         .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
     // `status` takes the lock for an instant to see whether it is free.
