@@ -441,7 +441,9 @@ impl Service {
         Ok(Service {
             committed,
             commands,
-            oplogs: chorus_store::oplog::Oplogs::new(&meta),
+            // Each request's reducer work is bounded (docs/oplogs.md).
+            oplogs: chorus_store::oplog::Oplogs::new(&meta)
+                .with_budget(chorus_store::oplog::DEFAULT_REQUEST_BUDGET),
             auth: Auth::new(meta.clone(), auth_enabled),
             meta,
             view: Arc::default(),
