@@ -680,16 +680,8 @@ impl Service {
                 }
             }
             Op::DocAll { store, page } => {
-                let id = |d: &Value| {
-                    d.get("_id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let mut all = docs(&store)?.all()?;
-                // Pages follow id order, whatever order the store lists in.
-                all.sort_by_key(id);
-                let (docs, next) = page.take(all, id);
+                // In id order, reading only what the page shows.
+                let (docs, next) = docs(&store)?.page(page.limit, page.after.as_deref())?;
                 json!({"docs": docs, "next": next})
             }
             Op::LogPush {

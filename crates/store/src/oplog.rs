@@ -22,7 +22,14 @@
 //! (from a peer or an offline node), a new checkpoint or a removed record
 //! re-folds from the newest checkpoint. So `get` and `push` cost O(what
 //! changed since this process last looked), not O(the log); a process's
-//! first read of a path folds from the checkpoint once.
+//! first read of a path folds from the checkpoint once. A refused push
+//! leaves every kept value as it was. Kept values are bounded in paths
+//! ([`KEPT_PATHS_MAX`]) and estimated bytes ([`KEPT_BYTES_MAX`]).
+//!
+//! **Budget.** [`Oplogs::with_budget`] bounds the reducer work of one
+//! `get` or `push` in fuel (a built-in call counts one, a script call its
+//! Rhai operations): one that runs out keeps the partial fold and fails
+//! with [`Error::Busy`], writing nothing; the next call goes on from it.
 //!
 //! **Pruning** writes a new head (the checkpoint) and deletes the records
 //! it folded, at most [`FOLD_PER_COMMIT_MAX`] per commit. In a cluster the

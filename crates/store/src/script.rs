@@ -9,7 +9,10 @@
 //! (the failure then shows in the first `reduce`). A script runs with limits: operations
 //! per call, call depth, string, array and map sizes; going past one is an
 //! error for that call, reported with the type and the operation, and the
-//! process goes on.
+//! process goes on. A metered call ([`Reducer::reduce_metered`]) also
+//! counts the operations it runs and stops when the fuel it was given is
+//! spent: that is the request's budget running out, not the operation's
+//! fault.
 
 use std::cell::Cell;
 
