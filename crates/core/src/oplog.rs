@@ -302,13 +302,110 @@ pub fn standing(checkpoint: Option<&Checkpoint>, op: &Op) -> Standing {
 
 /// `state` after `op`, with an error that names the type and the operation.
 pub fn apply(reducer: &dyn Reducer, kind: &str, state: Value, op: &Op) -> Result<Value, OpError> {
-    reducer.reduce(state, op).map_err(|e| {
-        OpError::Reducer(format!(
-            "the reducer of type {kind:?} failed on operation {} ({}): {e}",
-            op.id(),
-            op.payload
-        ))
-    })
+    reducer
+        .reduce(state, op)
+        .map_err(|e| reducer_failed(kind, op, &e))
+}
+
+fn reducer_failed(kind: &str, op: &Op, e: &str) -> OpError {
+    OpError::Reducer(format!(
+        "the reducer of type {kind:?} failed on operation {} ({}): {e}",
+        op.id(),
+        op.payload
+    ))
+}
+
+/// The reducer work one request may still do, in units of fuel: a call of
+/// a reducer that does not meter itself (the built-in ones) costs one, a
+/// script's call the operations it ran (see [`Reducer::reduce_metered`]).
+/// Fuel is counted, never timed: the same work stops at the same point on
+/// every machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    left: u64,
+    spent: u64,
+}
+
+impl Budget {
+    /// `units` of fuel.
+    pub fn new(units: u64) -> Budget {
+        Budget {
+            left: units,
+            spent: 0,
+        }
+    }
+
+    /// No limit.
+    pub fn unlimited() -> Budget {
+        Budget::new(u64::MAX)
+    }
+
+    /// Fuel left.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// Fuel spent so far.
+    pub fn spent(&self) -> u64 {
+        self.spent
+    }
+
+    /// Takes `cost` (at least one unit) from what is left; a cost beyond
+    /// it uses the budget up.
+    pub fn charge(&mut self, cost: u64) {
+        let cost = cost.max(1).min(self.left);
+        self.left -= cost;
+        self.spent = self.spent.saturating_add(cost);
+    }
+
+    /// Uses up what is left.
+    pub fn exhaust(&mut self) {
+        self.charge(self.left);
+    }
+}
+
+/// Why [`apply_metered`] stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stopped {
+    /// The reducer failed on the operation (as [`apply`] would).
+    Failed(OpError),
+    /// The budget ran out before the operation was applied: the
+    /// operation is not at fault. Holds the state before it, unchanged.
+    OutOfFuel(Value),
+}
+
+/// What a metered reducer call ended with (see [`Reducer::reduce_metered`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Metered {
+    /// The new state and the fuel it cost (at least 1).
+    Done(Value, u64),
+    /// The reducer refused or failed on the operation.
+    Failed(String),
+    /// The fuel given ran out first: the state before the call, unchanged.
+    OutOfFuel(Value),
+}
+
+/// [`apply`] within `budget`: the state after `op`, the fuel it cost
+/// taken from the budget; or, when the budget runs out first, the state
+/// before it (nothing is half applied).
+pub fn apply_metered(
+    reducer: &dyn Reducer,
+    kind: &str,
+    state: Value,
+    op: &Op,
+    budget: &mut Budget,
+) -> Result<Value, Stopped> {
+    match reducer.reduce_metered(state, op, budget.left) {
+        Metered::Done(state, cost) => {
+            budget.charge(cost);
+            Ok(state)
+        }
+        Metered::Failed(e) => Err(Stopped::Failed(reducer_failed(kind, op, &e))),
+        Metered::OutOfFuel(state) => {
+            budget.exhaust();
+            Err(Stopped::OutOfFuel(state))
+        }
+    }
 }
 
 /// A reducer: how a type's operations make its value.
@@ -326,6 +423,21 @@ pub trait Reducer: Send + Sync {
     /// What readers see of a state (the state itself by default).
     fn view(&self, state: &Value) -> Value {
         state.clone()
+    }
+    /// [`Reducer::reduce`] with at most `fuel` units of work. The default,
+    /// for reducers that do not meter their work, costs one unit a call
+    /// (and runs out only at zero); a script reducer counts the
+    /// operations it runs and stops when `fuel` is spent. Running out is
+    /// never the operation's fault: the same operation with more fuel
+    /// gives the same state.
+    fn reduce_metered(&self, state: Value, op: &Op, fuel: u64) -> Metered {
+        if fuel == 0 {
+            return Metered::OutOfFuel(state);
+        }
+        match self.reduce(state, op) {
+            Ok(state) => Metered::Done(state, 1),
+            Err(e) => Metered::Failed(e),
+        }
     }
 }
 

@@ -30,7 +30,8 @@ pub enum Kind {
     TooLarge,
     /// A path or query over the limit (414, exit 2).
     UriTooLong,
-    /// Every queue is full: retry (503, exit 5).
+    /// Every queue is full, or a request ran out of its work budget
+    /// (what it did is kept): retry (503, exit 5).
     Busy,
     /// The writer lock was not free in time (503, exit 5).
     LockTimeout,
@@ -115,6 +116,7 @@ impl Kind {
             StoreError::InvalidInput(_) | StoreError::NetworkFilesystem { .. } => Kind::BadRequest,
             StoreError::WriteConflict { .. } | StoreError::Conflict(_) => Kind::Conflict,
             StoreError::LockTimeout { .. } => Kind::LockTimeout,
+            StoreError::Busy(_) => Kind::Busy,
             StoreError::Corruption { .. } | StoreError::Io { .. } | StoreError::Poisoned(_) => {
                 Kind::Storage
             }

@@ -443,7 +443,9 @@ impl Service {
         Ok(Service {
             committed,
             commands,
-            oplogs: chorus_store::oplog::Oplogs::new(&meta),
+            // Each request's reducer work is bounded (docs/oplogs.md).
+            oplogs: chorus_store::oplog::Oplogs::new(&meta)
+                .with_budget(chorus_store::oplog::DEFAULT_REQUEST_BUDGET),
             auth,
             meta,
             view: Arc::default(),
@@ -680,16 +682,8 @@ impl Service {
                 }
             }
             Op::DocAll { store, page } => {
-                let id = |d: &Value| {
-                    d.get("_id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let mut all = docs(&store)?.all()?;
-                // Pages follow id order, whatever order the store lists in.
-                all.sort_by_key(id);
-                let (docs, next) = page.take(all, id);
+                // In id order, reading only what the page shows.
+                let (docs, next) = docs(&store)?.page(page.limit, page.after.as_deref())?;
                 json!({"docs": docs, "next": next})
             }
             Op::LogPush {

@@ -47,6 +47,14 @@ pub(crate) const PULL_BYTES_MAX: usize = 8 << 20;
 pub(crate) const PULL_KEYS_MAX: usize = 10_000;
 /// Commits read from the feed at a time by a pull.
 const PULL_FEED_BATCH: usize = 256;
+/// Most commits one pull with a cursor reads, in scope or not: past them
+/// it answers what it found (perhaps nothing) with `more` and the cursor
+/// to go on from, so a narrow scope on a long log costs each request a
+/// bounded scan.
+pub(crate) const PULL_SCAN_COMMITS_MAX: usize = 10_000;
+/// Most bytes of keys and values one pull with a cursor reads, in scope
+/// or not (one commit larger is read whole).
+pub(crate) const PULL_SCAN_BYTES_MAX: usize = 64 << 20;
 /// Where near-simultaneous writes are recorded, upstream and in a stage.
 pub(crate) const REPORTS: (&str, &str) = ("$stage", "reports");
 
@@ -669,9 +677,12 @@ fn parse_after(text: &str) -> Result<(String, Vec<u8>), ApiError> {
 ///
 /// - with `cursor`: the objects the commits after it wrote (each key once,
 ///   as it is now in the feed's order), at most [`PULL_KEYS_MAX`] keys and
-///   [`PULL_BYTES_MAX`] bytes, and the cursor to continue from; `more`
-///   says whether to ask again at once. A cursor compaction outran gets
-///   410 (`cursor_compacted`): pull everything again.
+///   [`PULL_BYTES_MAX`] bytes, from at most [`PULL_SCAN_COMMITS_MAX`]
+///   commits and [`PULL_SCAN_BYTES_MAX`] bytes read (in scope or not),
+///   and the cursor to continue from, which moves past every commit read
+///   even when none was in scope; `more` says whether to ask again at
+///   once. A cursor compaction outran gets 410 (`cursor_compacted`): pull
+///   everything again.
 /// - without: every object under the prefix, in (subprefix, key) order,
 ///   a page at a time (`after` = the previous page's `after`), and the
 ///   feed cursor taken before the first page's read: continue from the
@@ -769,6 +780,7 @@ fn pull_changes(
     let mut order: Vec<(FullPrefix, Vec<u8>)> = Vec::new();
     let mut latest: BTreeMap<(FullPrefix, Vec<u8>), Option<chorus_store::Bytes>> = BTreeMap::new();
     let mut bytes = 0usize;
+    let (mut scanned, mut scanned_bytes) = (0usize, 0usize);
     let mut cursor = from;
     loop {
         let (changes, next) = match store.changes_since(&cursor, PULL_FEED_BATCH)? {
@@ -778,15 +790,14 @@ fn pull_changes(
         if changes.is_empty() {
             break;
         }
-        let start = cursor;
-        let mut full = false;
         for change in changes {
             for k in change.keys {
+                let size = k.value.as_ref().map_or(0, |v| v.len()) + k.key.len();
+                scanned_bytes = scanned_bytes.saturating_add(size);
                 if !scope.covers(&k.full_prefix) {
                     continue;
                 }
                 let slot = (k.full_prefix, k.key);
-                let size = k.value.as_ref().map_or(0, |v| v.len()) + slot.1.len();
                 match latest.get_mut(&slot) {
                     Some(v) => *v = k.value,
                     None => {
@@ -796,14 +807,16 @@ fn pull_changes(
                 }
                 bytes += size;
             }
-            cursor = start.with_seq(change.seq);
-            if bytes >= PULL_BYTES_MAX || latest.len() >= PULL_KEYS_MAX {
-                full = true;
-                break;
+            scanned += 1;
+            // A commit's own position is a cursor just after it.
+            cursor = change.position;
+            if bytes >= PULL_BYTES_MAX
+                || latest.len() >= PULL_KEYS_MAX
+                || scanned >= PULL_SCAN_COMMITS_MAX
+                || scanned_bytes >= PULL_SCAN_BYTES_MAX
+            {
+                return Ok(page(order, latest, cursor, true));
             }
-        }
-        if full {
-            return Ok(page(order, latest, cursor, true));
         }
         cursor = next;
     }
@@ -850,22 +863,26 @@ fn pull_all(
         {
             continue;
         }
-        let mut keys: Vec<(&chorus_store::Key, &chorus_store::Entry)> = snap
-            .iter_prefix(fp)
-            .filter(|(k, _)| match &after {
-                Some((sub, key)) if fp.subprefix() == sub.as_str() => k.as_bytes() > key.as_slice(),
-                _ => true,
-            })
-            .collect();
-        keys.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        // Only the keys this page can hold, and one more to tell whether
+        // more follow: memory in proportion to the page, not the prefix.
+        let room = PULL_KEYS_MAX.saturating_sub(objects.len()) + 1;
+        let keys = smallest(
+            snap.iter_prefix(fp)
+                .map(|(k, e)| (k.as_bytes(), e))
+                .filter(|(k, _)| match &after {
+                    Some((sub, key)) if fp.subprefix() == sub.as_str() => *k > key.as_slice(),
+                    _ => true,
+                }),
+            room,
+        );
         for (key, entry) in keys {
             if objects.len() >= PULL_KEYS_MAX || (bytes >= PULL_BYTES_MAX && !objects.is_empty()) {
                 more = true;
                 break 'prefixes;
             }
-            bytes += entry.value.len() + key.as_bytes().len();
-            objects.push(WireObject::new(fp, key.as_bytes(), &entry.value));
-            last = Some(after_token(fp.subprefix(), key.as_bytes()));
+            bytes += entry.value.len() + key.len();
+            objects.push(WireObject::new(fp, key, &entry.value));
+            last = Some(after_token(fp.subprefix(), key));
         }
     }
     Ok(Pulled::Page {
@@ -874,6 +891,43 @@ fn pull_all(
         more,
         after: if more { last } else { None },
     })
+}
+
+/// The `n` smallest keys of `keys`, in order, holding at most `n` at once.
+fn smallest<'a>(
+    keys: impl Iterator<Item = (&'a [u8], &'a chorus_store::Entry)>,
+    n: usize,
+) -> Vec<(&'a [u8], &'a chorus_store::Entry)> {
+    struct ByKey<'a>(&'a [u8], &'a chorus_store::Entry);
+    impl PartialEq for ByKey<'_> {
+        fn eq(&self, other: &Self) -> bool {
+            self.0 == other.0
+        }
+    }
+    impl Eq for ByKey<'_> {}
+    impl PartialOrd for ByKey<'_> {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for ByKey<'_> {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            self.0.cmp(other.0)
+        }
+    }
+    let mut heap = std::collections::BinaryHeap::with_capacity(n.min(PULL_KEYS_MAX) + 1);
+    for (k, e) in keys {
+        if heap.len() < n {
+            heap.push(ByKey(k, e));
+        } else if heap.peek().is_some_and(|top| k < top.0) {
+            heap.pop();
+            heap.push(ByKey(k, e));
+        }
+    }
+    heap.into_sorted_vec()
+        .into_iter()
+        .map(|b| (b.0, b.1))
+        .collect()
 }
 
 #[cfg(test)]

@@ -48,6 +48,10 @@ use crate::{Error, Result, Snapshot, Write};
 pub const MAX_INLINE_CONFLICTS: usize = 1000;
 /// Most revisions one page of [`Docs::conflicts_page`] returns.
 pub const MAX_CONFLICTS_PAGE: usize = 10_000;
+/// Most deleted (or unreadable) documents one page of [`Docs::page`]
+/// looks at besides the live ones it returns; past them the page ends
+/// early, with `next` to go on from.
+pub const PAGE_SKIP_MAX: usize = 1000;
 /// Most documents the per-process index keeps.
 const CACHE_DOCS: usize = 1024;
 /// Most revisions the per-process index keeps over all its documents (the
@@ -349,6 +353,8 @@ impl Docs {
 
     /// Every live document (its winner), each once, in id order, from one
     /// snapshot.
+    /// Reads every document: for a store of any size, page through
+    /// [`Docs::page`] instead.
     pub fn all(&self) -> Result<Vec<Value>> {
         let snap = self.meta.store().snapshot()?;
         let ids: BTreeSet<Vec<u8>> = snap
@@ -361,22 +367,88 @@ impl Docs {
             if validate_id(&id).is_err() {
                 continue;
             }
-            // The index's lock is held per document, never while one is
-            // built: an edit of this process waits on it under the writer
-            // lock.
-            let cached = {
-                let mut cache = self.cache.lock();
-                cache
-                    .cached(&snap, &self.fp, &key)?
-                    .map(|d| d.tree.winner_document(&id))
-            };
-            let doc = match cached {
-                Some(doc) => doc,
-                None => build(&snap, &self.fp, &key)?.0.winner_document(&id),
-            };
-            out.extend(doc);
+            out.extend(self.winner(&snap, &key, &id)?);
         }
         Ok(out)
+    }
+
+    /// One page of live documents (their winners) in id order: at most
+    /// `limit`, those whose id sorts after `after`, and the `after` of the
+    /// next page (`None` on the last). Work in proportion to the page:
+    /// the store's keys are listed without being decoded (only the
+    /// smallest ids after `after` are held), and only documents the page
+    /// looks at are read: its live ones, one more to tell whether another
+    /// page follows, and at most [`PAGE_SKIP_MAX`] deleted ones (past
+    /// them the page ends early, with `next`).
+    pub fn page(&self, limit: usize, after: Option<&str>) -> Result<(Vec<Value>, Option<String>)> {
+        let snap = self.meta.store().snapshot()?;
+        let cap = limit.saturating_add(PAGE_SKIP_MAX).saturating_add(1);
+        let after = after.map(str::as_bytes);
+        let mut ids: BTreeSet<&[u8]> = BTreeSet::new();
+        for (k, _) in snap.iter_prefix(&self.fp) {
+            let id = crate::group_base(k.as_bytes());
+            if after.is_some_and(|a| id <= a) {
+                continue;
+            }
+            if ids.len() >= cap {
+                match ids.last() {
+                    Some(last) if id < *last => {}
+                    _ => continue,
+                }
+                ids.insert(id);
+                if ids.len() > cap {
+                    ids.pop_last();
+                }
+            } else {
+                ids.insert(id);
+            }
+        }
+        let (mut out, mut skipped, mut last) = (Vec::new(), 0usize, None);
+        for key in ids {
+            let id = String::from_utf8_lossy(key).into_owned();
+            let doc = if validate_id(&id).is_err() {
+                None
+            } else {
+                self.winner(&snap, key, &id)?
+            };
+            match doc {
+                Some(_) if out.len() == limit => return Ok((out, last)),
+                Some(doc) => {
+                    out.push(doc);
+                    last = Some(id);
+                }
+                None => {
+                    skipped += 1;
+                    if skipped > PAGE_SKIP_MAX {
+                        // Deleted documents beyond the bound: the page
+                        // ends here, and the next one goes on after them.
+                        return Ok((out, Some(id)));
+                    }
+                }
+            }
+        }
+        // Every id after `after` was looked at (when the set was full, the
+        // page ended above: `cap` ids hold more than `limit` live ones or
+        // more than the skip bound): no page follows.
+        Ok((out, None))
+    }
+
+    /// The winner of one document as of `snap` (`None` when deleted),
+    /// from the per-process index or built.
+    fn winner(&self, snap: &Snapshot, key: &[u8], id: &str) -> Result<Option<Value>> {
+        // The index's lock is held per document, never while one is
+        // built: an edit of this process waits on it under the writer
+        // lock.
+        let cached = {
+            let mut cache = self.cache.lock();
+            cache
+                .cached(snap, &self.fp, key)?
+                .map(|d| d.tree.winner_document(id))
+        };
+        Ok(match cached {
+            Some(doc) => doc,
+            None => build(snap, &self.fp, key)?.0.winner_document(id),
+        })
     }
 
     /// The document's merged and normalized revision tree (empty if it

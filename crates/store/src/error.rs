@@ -119,6 +119,11 @@ pub enum Error {
     /// a document that exists; nothing was written.
     #[error("{0}")]
     Conflict(String),
+    /// A request needed more work than one request may do (a per-request
+    /// budget, such as an operation log's reducer budget); what it did is
+    /// kept, nothing was written: ask again to go on.
+    #[error("{0}")]
+    Busy(String),
     /// A broken invariant inside Chorus (a bug, or a panic caught at a
     /// boundary): not the caller's fault; nothing was written.
     #[error("internal error: {0}; nothing was written (please report it)")]

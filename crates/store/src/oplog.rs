@@ -22,7 +22,14 @@
 //! (from a peer or an offline node), a new checkpoint or a removed record
 //! re-folds from the newest checkpoint. So `get` and `push` cost O(what
 //! changed since this process last looked), not O(the log); a process's
-//! first read of a path folds from the checkpoint once.
+//! first read of a path folds from the checkpoint once. A refused push
+//! leaves every kept value as it was. Kept values are bounded in paths
+//! ([`KEPT_PATHS_MAX`]) and estimated bytes ([`KEPT_BYTES_MAX`]).
+//!
+//! **Budget.** [`Oplogs::with_budget`] bounds the reducer work of one
+//! `get` or `push` in fuel (a built-in call counts one, a script call its
+//! Rhai operations): one that runs out keeps the partial fold and fails
+//! with [`Error::Busy`], writing nothing; the next call goes on from it.
 //!
 //! **Pruning** writes a new head (the checkpoint) and deletes the records
 //! it folded, at most [`FOLD_PER_COMMIT_MAX`] per commit. In a cluster the
@@ -45,8 +52,8 @@ use std::time::Duration;
 use chorus_core::FullPrefix;
 use chorus_core::object::Hlc;
 use chorus_core::oplog::{
-    Checkpoint, MAX_PAYLOAD_BYTES, Op, OpKey, OpLog, RECORD_PREFIX, Reducer, Standing, apply,
-    built_in, standing, validate_kind,
+    Budget, Checkpoint, MAX_PAYLOAD_BYTES, Metered, Op, OpKey, OpLog, RECORD_PREFIX, Reducer,
+    Standing, Stopped, apply_metered, built_in, standing, validate_kind,
 };
 use serde_json::Value;
 
@@ -58,7 +65,15 @@ use crate::{Bytes, Error, Result, Snapshot, Write};
 type CompiledScript = (Vec<u8>, Arc<dyn Reducer>);
 
 /// Most paths whose values a process keeps (least recently used first out).
-const CACHE_PATHS_MAX: usize = 4096;
+pub const KEPT_PATHS_MAX: usize = 4096;
+/// Most bytes the kept values of a process hold, as estimated (least
+/// recently used first out; the value in use is kept whatever its size).
+pub const KEPT_BYTES_MAX: usize = 64 << 20;
+/// The reducer work one request may do by default where a budget is set
+/// ([`Oplogs::with_budget`]; the daemon sets this one): ten calls' worth of
+/// a script's operation limit ([`crate::script::MAX_OPERATIONS`]); a
+/// built-in reducer's call counts one.
+pub const DEFAULT_REQUEST_BUDGET: u64 = 10 * crate::script::MAX_OPERATIONS;
 /// Most records one pruning commit folds; a larger prune takes several.
 pub const FOLD_PER_COMMIT_MAX: usize = 10_000;
 /// A directory no daemon serves prunes a log on push only past this many
@@ -79,6 +94,8 @@ pub struct Oplogs {
     /// Kept values by (full prefix, path).
     kept: Arc<Mutex<Kept>>,
     solo_grace: Duration,
+    /// Reducer work one `get` or `push` may do (`None`: no limit).
+    budget: Option<u64>,
 }
 
 impl std::fmt::Debug for Oplogs {
@@ -120,13 +137,17 @@ impl LogView {
 #[derive(Default)]
 struct Kept {
     paths: HashMap<(FullPrefix, String), PathState>,
+    /// The bound on their estimated bytes (`None`: [`KEPT_BYTES_MAX`]).
+    bytes_max: Option<usize>,
     tick: u64,
     /// Per path, the operations left unfolded by its last prune by the
     /// rule for a directory no daemon serves (see `solo_prune_due`).
     pruned_alone: HashMap<(FullPrefix, String), usize>,
 }
 
-/// What a process keeps of one path's log: its value at one snapshot.
+/// What a process keeps of one path's log: its value at one snapshot, or
+/// (`partial`) the value of the operations up to `last` of the log at that
+/// snapshot, where a request's budget ran out.
 #[derive(Clone)]
 struct PathState {
     /// The snapshot's seq.
@@ -146,6 +167,11 @@ struct PathState {
     applied: HashSet<String>,
     /// The head holds inline operations (format version 1).
     inline: bool,
+    /// The operations of the log at `seq` that sort after `last` are not
+    /// folded yet: a request's budget ran out (see [`Oplogs::with_budget`]).
+    partial: bool,
+    /// The estimated bytes it holds (see [`PathState::estimate`]).
+    bytes: usize,
     used: u64,
 }
 
@@ -154,6 +180,72 @@ impl PathState {
         let ops = self.last.as_ref().map_or(0, |k| k.0);
         let cp = self.checkpoint.as_ref().map_or(0, |c| c.upto.0);
         ops.max(cp)
+    }
+
+    /// An estimate of the memory it holds: its state and checkpoint
+    /// value, the shas it applied and its head.
+    fn estimate(&self) -> usize {
+        let sha = 64 + 48;
+        json_bytes(&self.state)
+            .saturating_add(self.checkpoint.as_ref().map_or(0, |c| json_bytes(&c.value)))
+            .saturating_add(self.applied.len().saturating_mul(sha))
+            .saturating_add(self.head.as_ref().map_or(0, |h| h.len()))
+            .saturating_add(256)
+    }
+}
+
+/// An estimate of the memory a JSON value holds (its text plus the
+/// allocations around it), without recursion.
+fn json_bytes(value: &Value) -> usize {
+    let mut total = 0usize;
+    let mut todo = vec![value];
+    while let Some(v) = todo.pop() {
+        total = total.saturating_add(match v {
+            Value::Null | Value::Bool(_) | Value::Number(_) => 16,
+            Value::String(t) => 24 + t.len(),
+            Value::Array(items) => {
+                todo.extend(items.iter());
+                24
+            }
+            Value::Object(m) => {
+                for (k, item) in m {
+                    total = total.saturating_add(48 + k.len());
+                    todo.push(item);
+                }
+                24
+            }
+        });
+    }
+    total
+}
+
+/// How a kept value was brought up to a snapshot.
+enum CaughtUp {
+    /// It reflects the snapshot.
+    Done,
+    /// It cannot be caught up: fold again.
+    Refold,
+    /// The budget ran out: it is partial (see [`PathState::partial`]).
+    OutOfFuel,
+}
+
+impl Kept {
+    /// Drops least recently used values beyond the bounds, never `keep`.
+    fn evict(&mut self, keep: &(FullPrefix, String)) {
+        let bytes_max = self.bytes_max.unwrap_or(KEPT_BYTES_MAX);
+        let mut bytes: usize = self.paths.values().map(|p| p.bytes).sum();
+        while self.paths.len() > KEPT_PATHS_MAX || (bytes > bytes_max && self.paths.len() > 1) {
+            let victim = self
+                .paths
+                .iter()
+                .filter(|(k, _)| *k != keep)
+                .min_by_key(|(_, p)| p.used)
+                .map(|(k, _)| k.clone());
+            let Some(victim) = victim else { break };
+            if let Some(p) = self.paths.remove(&victim) {
+                bytes = bytes.saturating_sub(p.bytes);
+            }
+        }
     }
 }
 
@@ -174,6 +266,8 @@ struct Pushed {
     after: Value,
     /// It wrote the head too (a first push, or a conversion).
     wrote_head: bool,
+    /// The head's bytes, when it wrote a new log's head (a first push).
+    new_head: Option<Bytes>,
 }
 
 impl Oplogs {
@@ -185,7 +279,42 @@ impl Oplogs {
             scripts: Arc::default(),
             kept: Arc::default(),
             solo_grace: DEFAULT_SOLO_GRACE,
+            budget: None,
         }
+    }
+
+    /// Limits the reducer work of each [`Oplogs::get`] and
+    /// [`Oplogs::push`] to `units` of fuel (a built-in reducer's call
+    /// counts one, a script's call the Rhai operations it runs; at least
+    /// [`crate::script::MAX_OPERATIONS`], so that any operation fits in
+    /// one request). A call that runs out keeps what it folded and fails
+    /// with [`Error::Busy`], writing nothing: the next call goes on from
+    /// there. No limit by default; the daemon sets
+    /// [`DEFAULT_REQUEST_BUDGET`].
+    pub fn with_budget(mut self, units: u64) -> Oplogs {
+        self.budget = Some(units.max(crate::script::MAX_OPERATIONS));
+        self
+    }
+
+    /// Bounds the estimated bytes of the values this process keeps (for
+    /// every handle sharing them) to `bytes` instead of
+    /// [`KEPT_BYTES_MAX`].
+    pub fn with_kept_bytes(self, bytes: usize) -> Oplogs {
+        self.kept().bytes_max = Some(bytes);
+        self
+    }
+
+    /// The budget of one call.
+    fn new_budget(&self) -> Budget {
+        self.budget.map_or_else(Budget::unlimited, Budget::new)
+    }
+
+    /// How many paths this process keeps values of, and their estimated
+    /// bytes (at most [`KEPT_PATHS_MAX`] and, but for the value in use,
+    /// [`KEPT_BYTES_MAX`]).
+    pub fn kept_stats(&self) -> (usize, usize) {
+        let kept = self.kept();
+        (kept.paths.len(), kept.paths.values().map(|p| p.bytes).sum())
     }
 
     /// The same logs (reducers, compiled scripts and kept values shared)
@@ -314,20 +443,54 @@ impl Oplogs {
             )));
         }
         let reducer = self.reducer(kind)?;
+        let mut budget = self.new_budget();
         // Caught up on a committed view first, so that the push itself
         // rarely has anything to catch up on.
         let snap = self.meta.store().snapshot()?;
-        self.with_current(&snap, fp, path, |_| Ok(()))?;
+        self.with_current(&snap, fp, path, &mut budget, |_| Ok(()))?;
         let (fp2, path2, kind2) = (fp.clone(), path.to_string(), kind.to_string());
         let writer = self.meta.writer();
         let this = self.clone();
         let in_closure = reducer.clone();
         let result = self.meta.store().update_returning(move |snap: &Snapshot| {
-            this.push_locked(snap, &fp2, &path2, &kind2, &in_closure, payload, &writer)
+            let mut budget = budget;
+            // A refusal is the push's answer, not the commit's failure:
+            // it writes nothing and leaves the batch alone.
+            Ok(
+                match this.push_locked(
+                    snap,
+                    &fp2,
+                    &path2,
+                    &kind2,
+                    &in_closure,
+                    payload,
+                    &writer,
+                    &mut budget,
+                ) {
+                    Ok((writes, pushed)) => (writes, Ok(pushed)),
+                    Err(e) => (Vec::new(), Err(e)),
+                },
+            )
         });
         let slot = (fp.clone(), path.to_string());
         let (info, pushed) = match result {
-            Ok(r) => r,
+            Ok((info, Ok(pushed))) => (info, pushed),
+            Ok((_, Err(refused))) => {
+                // Nothing was written, and other paths' kept values were
+                // not touched. This one may have caught up inside a batch
+                // that then failed: dropped if it is ahead of what is
+                // committed.
+                let committed = self.meta.store().snapshot().map(|s| s.seq());
+                let mut kept = self.kept();
+                if kept
+                    .paths
+                    .get(&slot)
+                    .is_some_and(|p| committed.as_ref().is_ok_and(|c| p.seq > *c))
+                {
+                    kept.paths.remove(&slot);
+                }
+                return Err(refused);
+            }
             Err(e) => {
                 // Kept values may have caught up on a batch that failed:
                 // every one is folded again.
@@ -340,22 +503,48 @@ impl Oplogs {
         let solo_prune = {
             let mut kept = self.kept();
             let floor = kept.pruned_alone.get(&slot).copied().unwrap_or(0);
+            // The kept value is the one the push started from, and the
+            // push's commit is the next: it moves to the commit.
+            let next_seq = info.as_ref().map(|i| i.seq);
+            let follows = |p: &PathState| {
+                !p.partial && p.seq == pushed.from_seq && next_seq == Some(p.seq + 1)
+            };
             if pushed.wrote_head {
-                // Folded again from the new head on the next read.
-                kept.paths.remove(&slot);
+                match (kept.paths.get_mut(&slot), &pushed.new_head) {
+                    // A new log: its head and first operation are known.
+                    (Some(p), Some(head)) if p.kind.is_empty() && follows(p) => {
+                        p.head = Some(head.clone());
+                        p.kind = kind.to_string();
+                        p.reducer = Some(reducer.clone());
+                        p.checkpoint = None;
+                        p.applied.clear();
+                        p.first = None;
+                        p.last = None;
+                    }
+                    // A conversion: folded again from the new head on
+                    // the next read.
+                    _ => {
+                        kept.paths.remove(&slot);
+                    }
+                }
             }
-            match (kept.paths.get_mut(&slot), info) {
-                (Some(p), Some(info)) if p.seq == pushed.from_seq && info.seq == p.seq + 1 => {
-                    p.seq = info.seq;
+            let due = match (kept.paths.get_mut(&slot), next_seq) {
+                (Some(p), Some(seq)) if follows(p) => {
+                    p.seq = seq;
                     p.applied.insert(pushed.op.sha.clone());
                     p.first.get_or_insert_with(|| pushed.op.key());
                     p.last = Some(pushed.op.key());
                     p.state = pushed.after;
+                    p.bytes = p.estimate();
                     pushed_len = p.applied.len();
-                    self.solo_prune_due(p, floor)
+                    Some(self.solo_prune_due(p, floor))
                 }
-                _ => false,
+                _ => None,
+            };
+            if due.is_some() {
+                kept.evict(&slot);
             }
+            due.unwrap_or(false)
         };
         if solo_prune {
             // The push is committed: a prune that fails (a reducer error,
@@ -366,7 +555,7 @@ impl Oplogs {
                     Ok(n) => {
                         let left = pushed_len.saturating_sub(n);
                         let mut kept = self.kept();
-                        if kept.pruned_alone.len() >= CACHE_PATHS_MAX {
+                        if kept.pruned_alone.len() >= KEPT_PATHS_MAX {
                             kept.pruned_alone.clear();
                         }
                         kept.pruned_alone.insert(slot, left);
@@ -395,8 +584,9 @@ impl Oplogs {
         reducer: &Arc<dyn Reducer>,
         payload: Value,
         writer: &Writer,
+        budget: &mut Budget,
     ) -> Result<(Vec<Write>, Pushed)> {
-        let st = self.with_current(snap, fp, path, |p| {
+        let st = self.with_current(snap, fp, path, budget, |p| {
             Ok(Current {
                 kind: p.kind.clone(),
                 state: p.state.clone(),
@@ -422,12 +612,25 @@ impl Oplogs {
         let op = Op::new(kind, ts, &writer.node.to_string(), payload);
         // Checked before anything is written: a reducer error refuses the
         // push.
-        let after = reducer.reduce(state, &op).map_err(|e| {
-            Error::InvalidInput(format!(
-                "the reducer of type {kind:?} refused the operation ({}): {e}",
-                op.payload
-            ))
-        })?;
+        let after = match reducer.reduce_metered(state, &op, budget.left()) {
+            Metered::Done(after, cost) => {
+                budget.charge(cost);
+                after
+            }
+            Metered::Failed(e) => {
+                return Err(Error::InvalidInput(format!(
+                    "the reducer of type {kind:?} refused the operation ({}): {e}",
+                    op.payload
+                )));
+            }
+            Metered::OutOfFuel(_) => {
+                budget.exhaust();
+                return Err(Error::Busy(format!(
+                    "the push to {fp}/{path} ran out of its reducer budget ({} units) before applying the new operation, after catching the log up: nothing was written; push again (what was folded is kept)",
+                    budget.spent()
+                )));
+            }
+        };
         if standing(st.checkpoint.as_ref(), &op) != Standing::Applies {
             return Err(Error::InvalidInput(format!(
                 "the new operation {} sorts before the log's checkpoint: the clock is far behind",
@@ -436,12 +639,14 @@ impl Oplogs {
         }
         let key = path.as_bytes();
         let mut writes = Vec::new();
+        let mut new_head = None;
         if st.inline {
             writes = convert_inline(snap, fp, key, writer)?;
         } else if snap.get(fp, key).is_none() {
             let head = OpLog::new(kind).encode_head();
             let encoded = new_object_bytes(snap, fp, key, head, writer)?;
             writes.push(Write::put(fp, key, &encoded));
+            new_head = Some(Bytes::from(encoded));
         }
         let rkey = record_key(key, &op);
         let encoded = new_object_bytes(snap, fp, &rkey, op.encode_record(kind), writer)?;
@@ -454,6 +659,7 @@ impl Oplogs {
                 op,
                 after,
                 wrote_head,
+                new_head: new_head.filter(|_| st.kind.is_empty()),
             },
         ))
     }
@@ -487,32 +693,55 @@ impl Oplogs {
 
     /// Runs `f` on the kept value of a path brought up to `snap`: caught
     /// up from what changed since it was kept, or folded again from the
-    /// checkpoint. `f` runs under the lock of the kept values (nothing is
-    /// copied but what it copies).
+    /// checkpoint (or from where a partial fold stopped). `f` runs under
+    /// the lock of the kept values (nothing is copied but what it copies).
+    /// Reducer work is taken from `budget`; when it runs out, what was
+    /// folded is kept and the answer is [`Error::Busy`].
     fn with_current<R>(
         &self,
         snap: &Snapshot,
         fp: &FullPrefix,
         path: &str,
+        budget: &mut Budget,
         f: impl FnOnce(&PathState) -> Result<R>,
     ) -> Result<R> {
         let slot = (fp.clone(), path.to_string());
         let mut kept = self.kept();
         kept.tick += 1;
         let tick = kept.tick;
-        let mut fresh = false;
         if kept.paths.get(&slot).is_some_and(|p| p.seq > snap.seq()) {
             // Kept at a later commit than this view: another thread's
             // newer read, or a history that went back (a repair). Folded
             // again rather than trusted when the seqs meet later.
             kept.paths.remove(&slot);
         }
+        let mut resume = None;
         if let Some(p) = kept.paths.get_mut(&slot) {
             p.used = tick;
-            fresh = p.seq == snap.seq();
-            if !fresh && p.seq < snap.seq() {
-                match self.catch_up(p, snap, fp, path) {
-                    Ok(caught_up) => fresh = caught_up,
+            if p.partial {
+                // Finished below, without holding the kept values.
+                resume = Some(p.clone());
+            } else if p.seq == snap.seq() {
+                return f(p);
+            } else {
+                match self.catch_up(p, snap, fp, path, budget) {
+                    Ok(CaughtUp::Done) => {
+                        p.bytes = p.estimate();
+                        kept.evict(&slot);
+                        return match kept.paths.get(&slot) {
+                            Some(p) => f(p),
+                            None => Err(vanished(fp, path)),
+                        };
+                    }
+                    Ok(CaughtUp::OutOfFuel) => {
+                        p.bytes = p.estimate();
+                        let folded = p.applied.len();
+                        kept.evict(&slot);
+                        return Err(out_of_fuel(fp, path, budget, folded));
+                    }
+                    Ok(CaughtUp::Refold) => {
+                        kept.paths.remove(&slot);
+                    }
                     Err(e) => {
                         // Part of it may be applied: never kept half done.
                         kept.paths.remove(&slot);
@@ -521,50 +750,63 @@ impl Oplogs {
                 }
             }
         }
-        if !fresh {
-            // Folded without holding the kept values: a long fold must not
-            // hold up a push of this process that waits under the
-            // directory's writer lock.
-            drop(kept);
-            let mut p = self.fold(snap, fp, path)?;
-            kept = self.kept();
-            p.used = tick;
-            if p.seq < kept.paths.get(&slot).map_or(0, |old| old.seq) {
-                // Another thread kept a newer value meanwhile: this older
-                // view is answered without replacing it.
-                return f(&p);
+        // Folded without holding the kept values: a long fold must not
+        // hold up a push of this process that waits under the directory's
+        // writer lock.
+        drop(kept);
+        let mut p = self.fold(snap, fp, path, resume, budget)?;
+        p.used = tick;
+        p.bytes = p.estimate();
+        kept = self.kept();
+        let keep = match kept.paths.get(&slot) {
+            None => true,
+            // Another thread kept a newer value meanwhile, or one as new
+            // and further along with the same reducer: this one is
+            // answered without replacing it.
+            Some(old) => {
+                let same_reducer = match (&old.reducer, &p.reducer) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                };
+                old.seq < p.seq
+                    || (old.seq == p.seq
+                        && old.partial
+                        && (!p.partial || !same_reducer || old.applied.len() <= p.applied.len()))
             }
-            if kept.paths.len() >= CACHE_PATHS_MAX && !kept.paths.contains_key(&slot) {
-                let oldest = kept
-                    .paths
-                    .iter()
-                    .min_by_key(|(_, p)| p.used)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = oldest {
-                    kept.paths.remove(&k);
-                }
+        };
+        if p.partial {
+            let folded = p.applied.len();
+            if keep {
+                kept.paths.insert(slot.clone(), p);
+                kept.evict(&slot);
             }
-            kept.paths.insert(slot.clone(), p);
+            return Err(out_of_fuel(fp, path, budget, folded));
         }
+        if !keep {
+            return f(&p);
+        }
+        kept.paths.insert(slot.clone(), p);
+        kept.evict(&slot);
         match kept.paths.get(&slot) {
             Some(p) => f(p),
-            None => Err(Error::Internal(format!(
-                "the kept value of {fp}/{path} vanished (a bug): read it again"
-            ))),
+            None => Err(vanished(fp, path)),
         }
     }
 
     /// Applies to `p` the operations written since it was kept, if they
-    /// all sort after what it folded; false when it must be folded again.
+    /// all sort after what it folded; `Refold` when it must be folded
+    /// again, `OutOfFuel` when the budget ran out (`p` is then partial,
+    /// at `snap`).
     fn catch_up(
         &self,
         p: &mut PathState,
         snap: &Snapshot,
         fp: &FullPrefix,
         path: &str,
-    ) -> Result<bool> {
+        budget: &mut Budget,
+    ) -> Result<CaughtUp> {
         let Some(changes) = snap.changed_since(p.seq) else {
-            return Ok(false);
+            return Ok(CaughtUp::Refold);
         };
         let base = path.as_bytes();
         let mut new: BTreeMap<OpKey, Op> = BTreeMap::new();
@@ -574,7 +816,7 @@ impl Oplogs {
             }
             if k.as_bytes() == base {
                 if snap.get(fp, base) != p.head {
-                    return Ok(false);
+                    return Ok(CaughtUp::Refold);
                 }
                 continue;
             }
@@ -582,7 +824,7 @@ impl Oplogs {
                 Record::Op(_, _) if p.kind.is_empty() => {
                     // Records of a log this value had not seen (perhaps
                     // before its head): folded from scratch.
-                    return Ok(false);
+                    return Ok(CaughtUp::Refold);
                 }
                 Record::Op(kind, op) => {
                     if kind != p.kind || p.applied.contains(&op.sha) {
@@ -592,13 +834,13 @@ impl Oplogs {
                         Standing::Applies if p.last.as_ref().is_none_or(|l| op.key() > *l) => {
                             new.insert(op.key(), op);
                         }
-                        Standing::Applies => return Ok(false),
+                        Standing::Applies => return Ok(CaughtUp::Refold),
                         Standing::Folded | Standing::Late => {}
                     }
                 }
                 Record::Gone => {
                     if record_sha(k).is_some_and(|sha| p.applied.contains(sha)) {
-                        return Ok(false);
+                        return Ok(CaughtUp::Refold);
                     }
                 }
                 Record::Malformed => {}
@@ -607,43 +849,105 @@ impl Oplogs {
         if p.kind.is_empty() {
             // Nothing was pushed when it was kept, and nothing since.
             p.seq = snap.seq();
-            return Ok(true);
+            return Ok(CaughtUp::Done);
         }
         let reducer = self.reducer(&p.kind)?;
         if !p.reducer.as_ref().is_some_and(|r| Arc::ptr_eq(r, &reducer)) {
-            return Ok(false);
+            return Ok(CaughtUp::Refold);
         }
+        // Every new operation sorts after what `p` folded: applied in
+        // order, `p` is the fold of the log at `snap` up to the last one
+        // applied, whether or not the budget lasts.
+        p.seq = snap.seq();
         for (key, op) in new {
-            p.state = apply(&*reducer, &p.kind, std::mem::take(&mut p.state), &op)?;
+            match apply_metered(
+                &*reducer,
+                &p.kind,
+                std::mem::take(&mut p.state),
+                &op,
+                budget,
+            ) {
+                Ok(state) => p.state = state,
+                Err(Stopped::OutOfFuel(state)) => {
+                    p.state = state;
+                    p.partial = true;
+                    return Ok(CaughtUp::OutOfFuel);
+                }
+                Err(Stopped::Failed(e)) => return Err(e.into()),
+            }
             p.applied.insert(op.sha);
             p.first.get_or_insert_with(|| key.clone());
             p.last = Some(key);
         }
-        p.seq = snap.seq();
-        Ok(true)
+        Ok(CaughtUp::Done)
     }
 
-    /// The value of a path folded from its checkpoint and records.
-    fn fold(&self, snap: &Snapshot, fp: &FullPrefix, path: &str) -> Result<PathState> {
+    /// The value of a path folded from its checkpoint and records, or
+    /// from `resume` (a partial fold kept earlier) when the log still
+    /// holds exactly the operations it folded, under the same head and
+    /// reducer. Partial (see [`PathState::partial`]) when the budget ran
+    /// out.
+    fn fold(
+        &self,
+        snap: &Snapshot,
+        fp: &FullPrefix,
+        path: &str,
+        resume: Option<PathState>,
+        budget: &mut Budget,
+    ) -> Result<PathState> {
         let LogRead { view, inline, .. } = read_log_inline(snap, fp, path.as_bytes())?;
         let log = &view.log;
+        let head = snap.get(fp, path.as_bytes());
         let mut p = PathState {
             seq: snap.seq(),
-            head: snap.get(fp, path.as_bytes()),
+            head,
             reducer: None,
             kind: log.kind().to_string(),
             checkpoint: log.checkpoint().cloned(),
             state: Value::Null,
-            last: log.ops().last().map(Op::key),
-            first: log.ops().next().map(Op::key),
-            applied: log.ops().map(|op| op.sha.clone()).collect(),
+            last: None,
+            first: None,
+            applied: HashSet::new(),
             inline,
+            partial: false,
+            bytes: 0,
             used: 0,
         };
-        if !p.kind.is_empty() {
-            let reducer = self.reducer(&p.kind)?;
-            p.state = log.state(&*reducer)?;
-            p.reducer = Some(reducer);
+        if p.kind.is_empty() {
+            return Ok(p);
+        }
+        let reducer = self.reducer(&p.kind)?;
+        match resume.filter(|r| resumes(r, &p, &reducer, log)) {
+            Some(r) => {
+                p.state = r.state;
+                p.applied = r.applied;
+                p.first = r.first;
+                p.last = r.last;
+            }
+            None => {
+                p.state = log
+                    .checkpoint()
+                    .map_or_else(|| reducer.init(), |c| c.value.clone());
+            }
+        }
+        p.reducer = Some(reducer.clone());
+        let from = p.last.clone();
+        for op in log
+            .ops()
+            .filter(|op| from.as_ref().is_none_or(|l| op.key() > *l))
+        {
+            match apply_metered(&*reducer, &p.kind, std::mem::take(&mut p.state), op, budget) {
+                Ok(state) => p.state = state,
+                Err(Stopped::OutOfFuel(state)) => {
+                    p.state = state;
+                    p.partial = true;
+                    return Ok(p);
+                }
+                Err(Stopped::Failed(e)) => return Err(e.into()),
+            }
+            p.applied.insert(op.sha.clone());
+            p.first.get_or_insert_with(|| op.key());
+            p.last = Some(op.key());
         }
         Ok(p)
     }
@@ -801,7 +1105,8 @@ impl Oplogs {
     pub fn get(&self, fp: &FullPrefix, path: &str) -> Result<Value> {
         validate_path(path)?;
         let snap = self.meta.store().snapshot()?;
-        self.with_current(&snap, fp, path, |p| {
+        let mut budget = self.new_budget();
+        self.with_current(&snap, fp, path, &mut budget, |p| {
             if p.kind.is_empty() {
                 return Ok(Value::Null);
             }
@@ -823,6 +1128,45 @@ impl Oplogs {
         view.late.sort_by_key(Op::key);
         Ok(view)
     }
+}
+
+/// Whether a partial fold `r` can go on as the fold of `p` (the same
+/// path read now): the same head (type and checkpoint) and reducer, and
+/// the operations of `log` up to where it stopped are exactly those it
+/// applied.
+fn resumes(r: &PathState, p: &PathState, reducer: &Arc<dyn Reducer>, log: &OpLog) -> bool {
+    if !r.partial
+        || r.head != p.head
+        || r.kind != p.kind
+        || !r.reducer.as_ref().is_some_and(|x| Arc::ptr_eq(x, reducer))
+    {
+        return false;
+    }
+    let Some(last) = &r.last else {
+        return r.applied.is_empty();
+    };
+    let mut upto = 0usize;
+    for op in log.ops().take_while(|op| op.key() <= *last) {
+        if !r.applied.contains(&op.sha) {
+            return false;
+        }
+        upto += 1;
+    }
+    upto == r.applied.len()
+}
+
+fn vanished(fp: &FullPrefix, path: &str) -> Error {
+    Error::Internal(format!(
+        "the kept value of {fp}/{path} vanished (a bug): read it again"
+    ))
+}
+
+/// The answer of a call whose reducer budget ran out.
+fn out_of_fuel(fp: &FullPrefix, path: &str, budget: &Budget, folded: usize) -> Error {
+    Error::Busy(format!(
+        "the operation log at {fp}/{path} needs more reducer work than one request may do ({} units): {folded} operations are folded and kept; ask again to go on (each request folds up to the budget). A log that needs this often wants pruning, or a cheaper reducer",
+        budget.spent()
+    ))
 }
 
 fn now_ms() -> u64 {
