@@ -31,6 +31,7 @@ pub mod service;
 pub mod stage;
 mod sync_http;
 pub mod tls;
+mod validate;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -71,6 +72,11 @@ pub struct Config {
     /// Whether requests need a token (see docs/auth.md). Forced on when
     /// the HTTP API listens beyond loopback.
     pub auth: bool,
+    /// How far ahead of this node's clock a value pushed by a stage or
+    /// sent by a peer may be timestamped (docs/auth.md, "What a pushed
+    /// object may claim"): a push beyond is refused, a peer's object is
+    /// skipped until the clock catches up.
+    pub max_clock_skew: Duration,
 }
 
 impl Config {
@@ -89,6 +95,7 @@ impl Config {
             seed: None,
             broker: None,
             auth: false,
+            max_clock_skew: Duration::from_millis(validate::MAX_CLOCK_SKEW_DEFAULT_MS),
         }
     }
 }
@@ -215,6 +222,13 @@ pub async fn run(
         None => None,
     };
     core.run(listener, shutdown).await
+}
+
+/// This machine's wall clock, unix milliseconds (0 before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Makes `dir` readable by its owner only (mode 0700).
