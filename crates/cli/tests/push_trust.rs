@@ -167,13 +167,14 @@ fn a_push_may_bring_only_its_own_new_writes_and_not_from_the_future() {
     assert_eq!(v["changed"], 1, "{v}");
     assert_eq!(texts(&read(&url, "shared").1), ["attacker", "genuine"]);
 
-    // 4. A push that names the upstream itself as the stage: 400.
+    // 4. A push that names the upstream itself as the stage: 409 (it is
+    //    well formed; the id is taken in this cluster).
     let (status, v) = push(
         &url,
         None,
         &push_body(upstream, &[("mine", &object("x", now_ms(), upstream))]),
     );
-    assert_eq!(status, 400, "{v}");
+    assert_eq!(status, 409, "{v}");
     assert!(
         v["message"]
             .as_str()

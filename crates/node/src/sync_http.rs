@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::{Access, AuthError, Grant, Target};
-use crate::error::ApiError;
+use crate::error::{ApiError, Kind};
 use crate::http::bearer;
 use crate::json::{Viewer, value_json};
 use crate::service::Service;
@@ -497,7 +497,7 @@ async fn push_checked(api: Service, headers: HeaderMap, body: Bytes) -> Result<R
     let me = api.meta.store().node_id();
     let members = tokio::task::block_in_place(|| crate::members::read_all(&api.meta))?;
     let members = members.values().filter_map(|m| NodeId::parse_hex(&m.node));
-    check_pusher(stage, me, members).map_err(|r| ApiError::bad(format!("{r}")))?;
+    check_pusher(stage, me, members).map_err(|r| ApiError::new(Kind::Conflict, r.to_string()))?;
     if body.window_ms > WINDOW_MS_MAX {
         return Err(Failed::bad(format!(
             "window_ms {} is over the limit of {WINDOW_MS_MAX} (one day)",
@@ -626,14 +626,14 @@ fn merge_push(
     Ok((writes, Pushed { changed, reports }))
 }
 
-/// The error of a push refused for one object: 409 when the same push may
-/// pass later (a clock or replication catching up), else 400.
+/// The error of a push refused for one object: 409 when it conflicts with
+/// this node's state (its clock, what it has seen), else 400.
 fn refused(i: usize, fp: &FullPrefix, key: &[u8], r: &Refusal) -> chorus_store::Error {
     let message = format!(
         "objects[{i}] {fp}/{}: {r}; nothing of the push was written",
         key_text(key).0
     );
-    if r.may_pass_later() {
+    if r.is_conflict() {
         chorus_store::Error::Conflict(message)
     } else {
         chorus_store::Error::InvalidInput(message)

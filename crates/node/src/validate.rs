@@ -115,11 +115,14 @@ impl Refusal {
         }
     }
 
-    /// True when the same push may succeed later unchanged: this node's
-    /// clock or its replication catching up (HTTP 409); otherwise the
-    /// push itself is wrong (400).
-    pub(crate) fn may_pass_later(&self) -> bool {
-        matches!(self, Refusal::Future { .. } | Refusal::Unseen { .. })
+    /// True when the object is well formed but conflicts with this node's
+    /// state (HTTP 409): its clock or what it has seen, which may catch
+    /// up, or its cluster's ids. Otherwise the object itself is wrong (400).
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Future { .. } | Refusal::Unseen { .. } | Refusal::Impersonation { .. }
+        )
     }
 }
 

@@ -113,7 +113,7 @@ fn a_timestamp_up_to_the_skew_ahead_is_accepted_and_one_ms_more_is_refused() {
             max_skew_ms: SKEW_MS,
         }
     );
-    assert!(refused.may_pass_later());
+    assert!(refused.is_conflict());
     assert!(
         refused.to_string().contains("--max-clock-skew"),
         "{refused}"
@@ -135,7 +135,7 @@ fn counters_up_to_the_ceiling_are_accepted_and_above_it_refused() {
             counter: COUNTER_MAX + 1
         }
     );
-    assert!(!refused.may_pass_later());
+    assert!(!refused.is_conflict());
     assert!(check_merged(&with(COUNTER_MAX), clock()).is_ok());
     assert_eq!(
         check_merged(&with(COUNTER_MAX + 1), clock()).map_err(|r| r.reason()),
@@ -176,7 +176,7 @@ fn another_nodes_value_this_node_has_not_seen_is_refused() {
                 seen
             }
         );
-        assert!(refused.may_pass_later());
+        assert!(refused.is_conflict());
     }
 }
 
@@ -281,7 +281,7 @@ fn a_new_value_must_name_the_pusher_as_its_writer() {
             writer: node(UP)
         }
     );
-    assert!(!refused.may_pass_later());
+    assert!(!refused.is_conflict());
 }
 
 #[test]
@@ -302,6 +302,7 @@ fn a_pusher_may_not_be_this_node_or_a_member() {
     assert!(me.to_string().contains("this node's own id"), "{me}");
     let member = check_pusher(node(OTHER), node(UP), members.into_iter()).expect_err("member");
     assert_eq!(member.reason(), "impersonation");
+    assert!(member.is_conflict(), "it depends on this node's cluster");
     assert!(member.to_string().contains("member"), "{member}");
 }
 
