@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chorus_core::FullPrefix;
 use chorus_core::object::{Context, Value as ObjValue, context_from_string, context_to_string};
-use chorus_node::json::read_json;
+use chorus_node::json::{Viewer, read_json};
 use chorus_store::{
     GetOptions, IterOptions, Match, Metadata, PutOptions, PutValue, Resolver, Scope,
 };
@@ -177,7 +177,8 @@ pub(crate) fn get(cli: &Cli, a: &GetArgs) -> Result<(), Failure> {
         .get(&fp, a.key.as_bytes(), &opts)?
         .ok_or_else(|| Failure::not_found(format!("{fp}/{} not found", a.key)))?;
     if cli.json {
-        println!("{}", read_json(&read));
+        // On the directory: its owner sees token ids.
+        println!("{}", read_json(&read, &fp, &Viewer::Admin));
         return Ok(());
     }
     if a.context_only {
@@ -367,7 +368,7 @@ pub(crate) fn ls(cli: &Cli, a: &LsArgs) -> Result<(), Failure> {
     let keys: Vec<Value> = items
         .iter()
         .map(|i| {
-            let mut o = read_json(&i.read);
+            let mut o = read_json(&i.read, &fp, &Viewer::Admin);
             o["key"] = json!(String::from_utf8_lossy(&i.key));
             o
         })

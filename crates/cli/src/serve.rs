@@ -62,6 +62,9 @@ pub(crate) struct ServeArgs {
     /// Seconds of the window of --audit-refusals
     #[arg(long, default_value_t = 60.0)]
     audit_window: f64,
+    /// Seconds ahead of this node's clock a value pushed by a stage or sent by a peer may be timestamped; a push beyond is refused, a peer's object waits (see docs/auth.md)
+    #[arg(long, default_value_t = 300.0)]
+    max_clock_skew: f64,
 }
 
 /// Sends the daemon's (and the engine's) log lines to stderr, one line
@@ -107,6 +110,12 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
             )));
         }
     }
+    if !(args.max_clock_skew.is_finite() && (1.0..=1e9).contains(&args.max_clock_skew)) {
+        return Err(Failure::usage(format!(
+            "--max-clock-skew {}: give a number of seconds from 1 to 1e9 (clocks of the machines of a cluster differ by more than a few milliseconds)",
+            args.max_clock_skew
+        )));
+    }
     let mut config = chorus_node::Config::new(cli.dir.clone(), args.gossip);
     config.audit = audit_config(args)?;
     config.http = Some(args.http);
@@ -117,6 +126,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.join_token = join_token(args)?;
     config.exchange_interval = std::time::Duration::from_secs_f64(args.exchange_interval);
     config.tombstone_grace = std::time::Duration::from_secs_f64(args.tombstone_grace);
+    config.max_clock_skew = std::time::Duration::from_secs_f64(args.max_clock_skew);
     if let Some(endpoint) = &args.zmq {
         let mut b = chorus_node::broker::BrokerConfig::new(endpoint.clone(), args.zmq_pub.clone());
         b.workers = usize::from(args.zmq_workers);

@@ -12,6 +12,7 @@ use clap::Args;
 use serde_json::json;
 
 use chorus_node::events::{event_json, overflow_json};
+use chorus_node::json::Viewer;
 use chorus_store::watch::Watched;
 use chorus_store::{ChangedKey, EventId, Match};
 
@@ -64,7 +65,8 @@ pub(crate) fn run(cli: &Cli, args: &WatchArgs) -> Result<(), Failure> {
                     key: e.key,
                     value: e.value,
                 };
-                event_json(&e.id, e.seq, &e.origin, &changed)
+                // On the directory: its owner sees token ids.
+                event_json(&e.id, e.seq, &e.origin, &changed, &Viewer::Admin)
             }
             // Compaction replaced commits this watch had not read: every
             // commit up to `resume` is only in the snapshot now. The watch

@@ -333,8 +333,9 @@ fn writes_record_their_token_and_neither_the_audit_log_nor_output_holds_a_secret
     let read = ok_json(&chorus(&d, &["--json", "get", "app/cfg", "color"]));
     assert_eq!(read["values"][0]["value"], "green", "{read}");
     assert_eq!(read["values"][0]["meta"]["token"], id.as_str(), "{read}");
-    // Over HTTP too.
-    let (_, v) = get(&url, "app/cfg/color", Some(&token));
+    // Over HTTP too, to a session token (scope * read-write; a narrower
+    // token sees an opaque id: tests/writer_ids.rs).
+    let (_, v) = get(&url, "app/cfg/color", Some(&session));
     assert_eq!(v["values"][0]["meta"]["token"], id.as_str(), "{v}");
 
     // The audit log: the write with its token id and user, the refusal,
@@ -558,9 +559,10 @@ fn a_token_from_node_1_is_accepted_on_node_2_and_refused_there_once_revoked() {
         put(&url2, "app/x/k", Some(&token), "from node 2").0 == 200
     });
     eprintln!("node 2 accepted the token after {:?}", started.elapsed());
-    // The write made on node 2 reaches node 1 with the token's id.
+    // The write made on node 2 reaches node 1 with the token's id (shown
+    // to a session token).
     wait_until(Duration::from_secs(30), || {
-        get(&url1, "app/x/k", Some(&token)).1["values"][0]["meta"]["token"] == token_id.as_str()
+        get(&url1, "app/x/k", Some(&session)).1["values"][0]["meta"]["token"] == token_id.as_str()
     });
     // Revoked on node 1: refused on node 2 once that replicates.
     let out = chorus(&d1, &["session", "revoke", &session_id]);
@@ -669,7 +671,11 @@ fn the_zeromq_broker_checks_tokens_as_http_does_and_records_them() {
         serde_json::json!({"id": 6, "op": "get", "prefix": "app", "sub": "cfg", "key": "k", "token": ro}),
     );
     assert_eq!(got["values"][0]["value"], "v", "{got}");
-    assert_eq!(got["values"][0]["meta"]["token"], rw_id.as_str(), "{got}");
+    // A read-only token sees an opaque writer id, not the token id.
+    let writer = got["values"][0]["meta"]["token"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(writer.starts_with("w:") && writer != rw_id, "{got}");
     let read = ok_json(&chorus(&d, &["--json", "get", "app/counts", "n"]));
     assert!(read.to_string().contains(&rw_id), "{read}");
 

@@ -570,6 +570,34 @@ impl Object {
     pub fn clock(&self) -> &Dvvs<NodeId, Value> {
         &self.clock
     }
+
+    /// An object from a clock built by hand (a checked copy of another
+    /// object's, say), refused unless it is one [`Object::decode`] would
+    /// accept: counters in `1..=2^62`, no entry holding more values than
+    /// dots, one entry per node.
+    pub fn from_clock(clock: Dvvs<NodeId, Value>) -> Result<Object, ObjectError> {
+        let bad = |what: String| Err(ObjectError::BadEncoding(what));
+        let entries = clock.entries();
+        for (i, e) in entries.iter().enumerate() {
+            if e.counter == 0 || e.counter > MAX_COUNTER {
+                return bad(format!(
+                    "a counter of {}, outside 1..={MAX_COUNTER}",
+                    e.counter
+                ));
+            }
+            if e.values.len() as u64 > e.counter {
+                return bad(format!(
+                    "an entry holds {} values but only {} dots",
+                    e.values.len(),
+                    e.counter
+                ));
+            }
+            if i > 0 && entries[i - 1].id == e.id {
+                return bad(format!("two entries for node {}", e.id));
+            }
+        }
+        Ok(Object { clock })
+    }
 }
 
 /// `descends`: `a` has seen everything `b` has.

@@ -276,8 +276,9 @@ impl Core {
         let (events, inbox) = mpsc::channel(EVENT_QUEUE);
         let me_for_members = me.clone();
         let (commands, command_inbox) = mpsc::channel(16);
-        let service =
+        let mut service =
             Service::new(meta.clone(), config.auth, commands.clone()).map_err(Error::Io)?;
+        service.max_clock_skew = config.max_clock_skew;
         let (oplogs, committed) = (service.oplogs.clone(), service.committed.clone());
         let token = config
             .join_token
@@ -850,12 +851,19 @@ impl Core {
         let mut chunks = Vec::new();
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
+        let clock = crate::validate::Clock::of(crate::unix_ms(), self.config.max_clock_skew);
         for (fp, key, bytes) in items {
             let Ok(fp) = FullPrefix::parse(&fp) else {
                 continue;
             };
-            let Ok(object) = Object::decode(&bytes) else {
-                continue;
+            // Skipped and counted; anti-entropy offers it again (validate.rs).
+            let object = match crate::validate::decode_merged(&bytes, clock) {
+                Ok(o) => o,
+                Err(r) => {
+                    let what = || format!("{fp}/{}: {r}", String::from_utf8_lossy(&key));
+                    self.service.metrics.merge_refused(r.reason(), what);
+                    continue;
+                }
             };
             // A delete this node already collected (or something older)
             // is not stored again: only a write it has not seen is.

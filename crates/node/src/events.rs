@@ -24,7 +24,7 @@ use chorus_core::object::{Object, context_to_string};
 use chorus_store::{Change, ChangedKey, Cursor, EventId, Feed, Match, Origin, Store};
 use serde_json::{Value, json};
 
-use crate::json::value_json;
+use crate::json::{Viewer, records_a_writer, value_json};
 
 /// Commits read from the feed per read.
 const BATCH: usize = 256;
@@ -44,9 +44,28 @@ const POLL: Duration = Duration::from_millis(10);
 /// sequence number, full prefix and key (a document's or a log's record
 /// shows under the document's or log's key, with `"record"` naming it),
 /// whether a peer sent it, and its values, context and tombstone flag (or
-/// `"removed": true` once a tombstone was collected).
-pub fn event_json(id: &EventId, seq: u64, origin: &Origin, k: &ChangedKey) -> Value {
+/// `"removed": true` once a tombstone was collected), each value's writer
+/// as `viewer` may see it.
+pub fn event_json(
+    id: &EventId,
+    seq: u64,
+    origin: &Origin,
+    k: &ChangedKey,
+    viewer: &Viewer,
+) -> Value {
     let object = k.value.as_deref().and_then(|b| Object::decode(b).ok());
+    event_json_of(id, seq, origin, k, object.as_ref(), viewer)
+}
+
+/// [`event_json`] of the key's object, decoded.
+fn event_json_of(
+    id: &EventId,
+    seq: u64,
+    origin: &Origin,
+    k: &ChangedKey,
+    object: Option<&Object>,
+    viewer: &Viewer,
+) -> Value {
     let (base, record) = match chorus_store::split_record(&k.key) {
         Some((base, name)) => (base, Some(name)),
         None => (&k.key[..], None),
@@ -66,7 +85,11 @@ pub fn event_json(id: &EventId, seq: u64, origin: &Origin, k: &ChangedKey) -> Va
     }
     match object {
         Some(o) => {
-            data["values"] = json!(o.values().into_iter().map(value_json).collect::<Vec<_>>());
+            let values = o.values().into_iter();
+            let values: Vec<Value> = values
+                .map(|v| value_json(v, &k.full_prefix, viewer))
+                .collect();
+            data["values"] = json!(values);
             data["context"] = json!(context_to_string(&o.context()));
             data["tombstone"] = json!(o.is_tombstone());
         }
@@ -167,19 +190,35 @@ pub struct Rendered {
     /// [`event_json`], serialised.
     pub json: Arc<str>,
     /// The whole SSE frame (`id:`, `event: change`, `data:`), made once
-    /// for every stream.
+    /// for every stream: writers shown as opaque ids (`json` too).
     pub sse: bytes::Bytes,
+    /// The frame for a stream whose reader sees token ids, when it
+    /// differs (some value records a token).
+    admin_sse: Option<bytes::Bytes>,
 }
 
 impl Rendered {
-    fn new(change: &Change, index: usize, k: &ChangedKey) -> Rendered {
+    /// Renders one key of a commit; `opaque` is the view of readers who
+    /// do not see token ids.
+    fn new(change: &Change, index: usize, k: &ChangedKey, opaque: &Viewer) -> Rendered {
         let id = EventId::new(change.position, index);
-        let json = event_json(&id, change.seq, &change.origin, k).to_string();
+        let object = k.value.as_deref().and_then(|b| Object::decode(b).ok());
+        let render = |viewer: &Viewer| {
+            event_json_of(&id, change.seq, &change.origin, k, object.as_ref(), viewer).to_string()
+        };
+        // Compact JSON has no newline, so it is one data line.
+        let frame =
+            |json: &str| bytes::Bytes::from(format!("id: {id}\nevent: change\ndata: {json}\n\n"));
+        let json = render(opaque);
+        let admin_sse = object
+            .as_ref()
+            .filter(|o| records_a_writer(o.values()))
+            .map(|_| frame(&render(&Viewer::Admin)));
         let base = chorus_store::split_record(&k.key).map_or(&k.key[..], |(b, _)| b);
         let topic = format!("{}/{}", k.full_prefix, String::from_utf8_lossy(base));
-        // Compact JSON has no newline, so it is one data line.
-        let sse = bytes::Bytes::from(format!("id: {id}\nevent: change\ndata: {json}\n\n"));
+        let sse = frame(&json);
         Rendered {
+            admin_sse,
             sse,
             id,
             seq: change.seq,
@@ -188,6 +227,16 @@ impl Rendered {
             key: k.key.clone(),
             topic: topic.into(),
             json: json.into(),
+        }
+    }
+}
+
+impl Rendered {
+    /// The SSE frame for a reader who sees token ids (`admin`) or not.
+    pub fn sse_for(&self, admin: bool) -> &bytes::Bytes {
+        match (&self.admin_sse, admin) {
+            (Some(frame), true) => frame,
+            _ => &self.sse,
         }
     }
 }
@@ -239,10 +288,10 @@ impl Follower {
         seq > self.cursor.seq() && !self.after.covers(seq, index) && self.scope.shows(fp, key)
     }
 
-    fn emit(&self, change: &Change, out: &mut Vec<Item>) {
+    fn emit(&self, change: &Change, out: &mut Vec<Item>, opaque: &Viewer) {
         for (i, k) in change.keys.iter().enumerate() {
             if self.wants(change.seq, i, &k.full_prefix, &k.key) {
-                out.push(Item::Event(Arc::new(Rendered::new(change, i, k))));
+                out.push(Item::Event(Arc::new(Rendered::new(change, i, k, opaque))));
             }
         }
     }
@@ -256,8 +305,9 @@ impl Follower {
     ) -> Result<bool, chorus_store::Error> {
         match store.changes_since(&self.cursor, BATCH)? {
             Feed::Changes { changes, next } => {
+                let opaque = Viewer::opaque(store);
                 for c in &changes {
-                    self.emit(c, out);
+                    self.emit(c, out, &opaque);
                 }
                 let done = changes.is_empty();
                 self.cursor = next;
@@ -356,12 +406,13 @@ impl Hub {
                             break;
                         }
                         let more = changes.len() >= BATCH;
+                        let opaque = Viewer::opaque(&store);
                         let mut events = Vec::new();
                         let mut bytes = 0;
                         let last = changes.len() - 1;
                         for (n, c) in changes.iter().enumerate() {
                             for (i, k) in c.keys.iter().enumerate() {
-                                let e = Rendered::new(c, i, k);
+                                let e = Rendered::new(c, i, k, &opaque);
                                 bytes += e.json.len();
                                 events.push(Arc::new(e));
                             }
@@ -439,7 +490,7 @@ mod tests {
                     .keys
                     .iter()
                     .enumerate()
-                    .map(|(i, k)| Arc::new(Rendered::new(c, i, k)))
+                    .map(|(i, k)| Arc::new(Rendered::new(c, i, k, &Viewer::Admin)))
                     .collect(),
             });
             cursor = end;

@@ -637,7 +637,11 @@ async fn watch(
     };
     crate::service::reserved_rule(scope.prefix.as_deref(), false)?;
     let t = token(&headers)?;
-    tokio::task::block_in_place(|| api.check(t.as_deref(), &reach, false, "http", "watch"))?;
+    let grant =
+        tokio::task::block_in_place(|| api.check(t.as_deref(), &reach, false, "http", "watch"))?;
+    // Whether the stream shows token ids or opaque writer ids.
+    let admin =
+        tokio::task::block_in_place(|| matches!(api.viewer(&grant), crate::json::Viewer::Admin));
     // An EventSource that began with ?from= sends Last-Event-ID when it
     // reconnects, with the same URL: the header is the newer position.
     // Both are checked.
@@ -673,6 +677,7 @@ async fn watch(
         last_sent: Instant::now(),
         ended: false,
         recheck,
+        admin,
     };
     let stream = futures_util::stream::unfold(state, next_event);
     Ok((
@@ -696,6 +701,8 @@ struct WatchState {
     last_sent: Instant,
     ended: bool,
     recheck: Option<Recheck>,
+    /// The reader sees token ids (docs/auth.md, "Writer identity on values").
+    admin: bool,
 }
 
 struct Recheck {
@@ -736,7 +743,7 @@ async fn next_event(mut s: WatchState) -> Option<(Result<Bytes, Infallible>, Wat
             let mut chunk = Vec::new();
             while let Some(item) = s.pending.pop_front() {
                 match item {
-                    Item::Event(e) => chunk.extend_from_slice(&e.sse),
+                    Item::Event(e) => chunk.extend_from_slice(e.sse_for(s.admin)),
                     Item::Overflow(first_seq) => {
                         s.pending.clear();
                         s.ended = true;

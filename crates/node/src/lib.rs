@@ -32,6 +32,7 @@ pub mod service;
 pub mod stage;
 mod sync_http;
 pub mod tls;
+mod validate;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -79,6 +80,11 @@ pub struct Config {
     /// Bounds of the audit log: rotated files kept, their size and age,
     /// refusals written per source per window (see docs/auth.md).
     pub audit: auth::AuditConfig,
+    /// How far ahead of this node's clock a value pushed by a stage or
+    /// sent by a peer may be timestamped (docs/auth.md, "What a pushed
+    /// object may claim"): a push beyond is refused, a peer's object is
+    /// skipped until the clock catches up.
+    pub max_clock_skew: Duration,
 }
 
 impl Config {
@@ -99,6 +105,7 @@ impl Config {
             auth: false,
             join_token: None,
             audit: auth::AuditConfig::default(),
+            max_clock_skew: Duration::from_millis(validate::MAX_CLOCK_SKEW_DEFAULT_MS),
         }
     }
 }
@@ -236,6 +243,13 @@ pub async fn run(
         None => None,
     };
     core.run(listener, shutdown).await
+}
+
+/// This machine's wall clock, unix milliseconds (0 before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Makes `dir` readable by its owner only (mode 0700).

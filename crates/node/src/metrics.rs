@@ -122,7 +122,23 @@ pub(crate) struct Metrics {
     /// Refused requests the audit log counted instead of writing (shared
     /// with the log: `Auth::audit_suppressed`).
     pub(crate) audit_suppressed: std::sync::Arc<AtomicU64>,
+    /// Objects from peers not merged, by reason.
+    merge_refused: [AtomicU64; MERGE_REFUSED_REASONS.len()],
+    /// When a refused merge was last logged, and how many were not logged
+    /// since.
+    merge_refused_log: Mutex<(Option<std::time::Instant>, u64)>,
 }
+
+/// The reasons of `chorus_merge_refused_total` (a fixed set): an object
+/// that does not decode, and the refusals of `validate::check_merged`.
+const MERGE_REFUSED_REASONS: [&str; 4] = [
+    "undecodable",
+    "future_timestamp",
+    "counter_ceiling",
+    "other",
+];
+/// At most one log line about refused merges per this long.
+const MERGE_REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Metrics {
     /// Measurements whose count of suppressed audit refusals is the audit
@@ -142,6 +158,43 @@ impl Metrics {
     /// A ZeroMQ request `op` answered with `code` (`ok` or an error code).
     pub(crate) fn zmq(&self, op: &str, code: &str, elapsed: Duration) {
         self.zmq.observe(op, code, elapsed);
+    }
+
+    /// An object from a peer was not merged, for `reason` (one of
+    /// [`MERGE_REFUSED_REASONS`]; anything else counts as `other`). Logs
+    /// `detail()` at most once per [`MERGE_REFUSED_LOG_EVERY`], with how
+    /// many were not logged since, so a peer cannot flood the log.
+    pub(crate) fn merge_refused(&self, reason: &str, detail: impl FnOnce() -> String) {
+        let at = MERGE_REFUSED_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(MERGE_REFUSED_REASONS.len() - 1);
+        self.merge_refused[at].fetch_add(1, Ordering::Relaxed);
+        let mut log = self
+            .merge_refused_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (last, quiet) = &mut *log;
+        if last.is_some_and(|t| t.elapsed() < MERGE_REFUSED_LOG_EVERY) {
+            *quiet += 1;
+            return;
+        }
+        let also = match *quiet {
+            0 => String::new(),
+            n => format!(" ({n} more refused since the last such line)"),
+        };
+        tracing::warn!("an object from a peer was not merged: {}{also}", detail());
+        *last = Some(std::time::Instant::now());
+        *quiet = 0;
+    }
+
+    /// How many objects from peers were not merged for `reason`.
+    #[cfg(test)]
+    pub(crate) fn merge_refused_count(&self, reason: &str) -> u64 {
+        MERGE_REFUSED_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |at| self.merge_refused[at].load(Ordering::Relaxed))
     }
 }
 
@@ -303,6 +356,17 @@ pub(crate) fn render(
         "refused requests the audit log counted in a summary line instead of writing one line each",
         m.audit_suppressed.load(Ordering::Relaxed) as f64,
     );
+    let _ = writeln!(
+        out,
+        "# HELP chorus_merge_refused_total objects from peers not merged: undecodable, timestamped beyond --max-clock-skew ahead, or a counter above the ceiling (anti-entropy offers them again)\n# TYPE chorus_merge_refused_total counter"
+    );
+    for (reason, n) in MERGE_REFUSED_REASONS.iter().zip(&m.merge_refused) {
+        let _ = writeln!(
+            out,
+            "chorus_merge_refused_total{{reason=\"{reason}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
     // build_info's value line carries its label.
     let out = out.replacen(
         "chorus_build_info 1",
@@ -331,6 +395,46 @@ pub(crate) fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_merges_are_counted_by_reason_and_unknown_reasons_as_other() {
+        let m = Metrics::default();
+        for _ in 0..3 {
+            m.merge_refused("future_timestamp", || "ahead".into());
+        }
+        m.merge_refused("no such reason", || "x".into());
+        assert_eq!(m.merge_refused_count("future_timestamp"), 3);
+        assert_eq!(m.merge_refused_count("other"), 1);
+        // The first was logged; the three after it wait for the period.
+        let log = m
+            .merge_refused_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert!(log.0.is_some());
+        assert_eq!(log.1, 3, "logged once per period, not per object");
+        drop(log);
+        let text = render(
+            &m,
+            &[],
+            &Levels {
+                active_peers: 0,
+                passive_peers: 0,
+                eager_links: 0,
+                lazy_links: 0,
+                open_watches: 0,
+            },
+            None,
+            &chorus_store::WriteStats::default(),
+        );
+        assert!(
+            text.contains("chorus_merge_refused_total{reason=\"future_timestamp\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chorus_merge_refused_total{reason=\"other\"} 1"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn every_family_has_help_and_a_type_and_histograms_are_cumulative() {
@@ -399,6 +503,10 @@ mod tests {
         }
         assert!(families.values().all(|(h, t)| *h && *t), "{families:?}");
         assert!(text.contains("chorus_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("chorus_merge_refused_total{reason=\"future_timestamp\"} 0"),
+            "{text}"
+        );
         assert!(text.contains(
             "chorus_http_request_duration_seconds_bucket{route=\"/v1/kv/{prefix}/{sub}/{*key}\",status=\"200\",le=\"+Inf\"} 2"
         ), "{text}");

@@ -21,11 +21,11 @@ use chorus_store::{
 };
 use serde_json::{Value, json};
 
-use crate::auth::{AUTH_PREFIX, Access, Auth, Grant, Target};
+use crate::auth::{AUTH_PREFIX, Access, Auth, Grant, Target, TokenAccess, scope_is_all};
 use crate::commit::Committer;
 use crate::error::{ApiError, Kind};
 use crate::events::Hub;
-use crate::json::{list_json, read_json};
+use crate::json::{Viewer, list_json, read_json, records_a_writer};
 use crate::metrics::Metrics;
 
 /// Largest request accepted: an HTTP body, a ZeroMQ message.
@@ -95,6 +95,9 @@ pub(crate) struct Service {
     pub(crate) hub: Hub,
     /// Request counters and latencies, for /metrics.
     pub(crate) metrics: Arc<Metrics>,
+    /// How far ahead of this node's clock a pushed value may be
+    /// (`Config::max_clock_skew`).
+    pub(crate) max_clock_skew: std::time::Duration,
 }
 
 /// One operation, parsed from any interface.
@@ -452,6 +455,9 @@ impl Service {
             writes,
             hub: Hub::new(),
             metrics: Arc::new(metrics),
+            max_clock_skew: std::time::Duration::from_millis(
+                crate::validate::MAX_CLOCK_SKEW_DEFAULT_MS,
+            ),
         })
     }
 
@@ -502,6 +508,40 @@ impl Service {
     pub(crate) fn audit(&self, grant: &Grant, transport: &str, line: Option<&AuditLine>, ok: bool) {
         if let Some(AuditLine(name, target)) = line {
             self.auth.audit(grant, transport, name, target, ok);
+        }
+    }
+
+    /// Who `grant` reads as, for the writer identity values show
+    /// (docs/auth.md, "Writer identity on values"): a token with scope `*`
+    /// and read-write (a session token, or a token recorded with that
+    /// scope) sees token ids; any other reader, and every reader with auth
+    /// off, opaque ids.
+    pub(crate) fn viewer(&self, grant: &Grant) -> Viewer {
+        let admin = self.auth.enabled()
+            && grant.token_id.as_deref().is_some_and(|id| {
+                matches!(self.auth.session(id), Ok(Some(_)))
+                    || matches!(self.auth.token(id), Ok(Some(t))
+                        if scope_is_all(&t.scope) && t.access == TokenAccess::ReadWrite)
+            });
+        if admin {
+            Viewer::Admin
+        } else {
+            Viewer::opaque(self.meta.store())
+        }
+    }
+
+    /// [`Service::viewer`], asked only when one of `values` records a
+    /// token (otherwise there is no writer to show, and any view renders
+    /// the same).
+    fn viewer_of<'a>(
+        &self,
+        grant: &Grant,
+        values: impl IntoIterator<Item = &'a chorus_core::object::Value>,
+    ) -> Viewer {
+        if records_a_writer(values) {
+            self.viewer(grant)
+        } else {
+            Viewer::Admin
         }
     }
 
@@ -576,7 +616,7 @@ impl Service {
                     ..GetOptions::default()
                 };
                 match meta.get(&fp, key.as_bytes(), &opts)? {
-                    Some(read) => read_json(&read),
+                    Some(read) => read_json(&read, &fp, &self.viewer_of(grant, &read.values)),
                     None => {
                         let mut e = ApiError::not_found(format!(
                             "{fp}/{key} is absent or deleted: to create it so that a concurrent create is kept as a sibling, write with the empty context this error carries"
@@ -596,11 +636,12 @@ impl Service {
                     matching,
                     ..IterOptions::default()
                 };
-                let mut items = meta.to_list(&Scope::FullPrefix(fp), &opts)?;
+                let mut items = meta.to_list(&Scope::FullPrefix(fp.clone()), &opts)?;
                 items.sort_by(|a, b| a.key.cmp(&b.key));
                 let (items, next) =
                     page.take(items, |i| String::from_utf8_lossy(&i.key).into_owned());
-                let mut out = list_json(&items);
+                let viewer = self.viewer_of(grant, items.iter().flat_map(|i| &i.read.values));
+                let mut out = list_json(&items, &fp, &viewer);
                 out["next"] = json!(next);
                 out
             }

@@ -29,10 +29,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::{Access, AuthError, Grant, Target};
-use crate::error::ApiError;
+use crate::error::{ApiError, Kind};
 use crate::http::bearer;
-use crate::json::value_json;
+use crate::json::{Viewer, value_json};
 use crate::service::Service;
+use crate::validate::{Clock, Pusher, Refusal, check_pushed, check_pusher};
 
 /// Largest push body: 8 MiB of objects, base64-encoded, with room to spare.
 pub(crate) const PUSH_BODY_MAX: usize = 16 << 20;
@@ -330,22 +331,23 @@ pub(crate) fn merge_pushed(
     Some((settled, Some(report)))
 }
 
-/// A value in a report: [`value_json`] plus the priority it was judged
-/// with.
-fn report_value(v: &Value, priority: u8) -> serde_json::Value {
-    let mut o = value_json(v);
+/// A value of `fp` in a report: [`value_json`] plus the priority it was
+/// judged with.
+fn report_value(v: &Value, fp: &FullPrefix, priority: u8, viewer: &Viewer) -> serde_json::Value {
+    let mut o = value_json(v, fp, viewer);
     o["priority"] = json!(priority);
     o
 }
 
-/// The JSON record of a near-simultaneous write.
+/// The JSON record of a near-simultaneous write, its values' writers as
+/// the pushing token may see them.
 pub(crate) fn report_json(
     fp: &FullPrefix,
     key: &[u8],
     near: &Near,
     rule: &PushRule,
-    me: NodeId,
-    ts: Hlc,
+    (me, ts): (NodeId, Hlc),
+    viewer: &Viewer,
 ) -> serde_json::Value {
     let (key_text, key_encoding) = key_text(key);
     let mut o = json!({
@@ -355,8 +357,8 @@ pub(crate) fn report_json(
         "window_ms": rule.window_ms,
         "stage_node": rule.stage.to_string(),
         "upstream_node": me.to_string(),
-        "pushed": near.pushed.iter().map(|v| report_value(v, rule.priority)).collect::<Vec<_>>(),
-        "concurrent": near.concurrent.iter().map(|v| report_value(v, claim(v).0)).collect::<Vec<_>>(),
+        "pushed": near.pushed.iter().map(|v| report_value(v, fp, rule.priority, viewer)).collect::<Vec<_>>(),
+        "concurrent": near.concurrent.iter().map(|v| report_value(v, fp, claim(v).0, viewer)).collect::<Vec<_>>(),
         "outcome": near.outcome.name(),
         "detail": near.detail,
     });
@@ -364,7 +366,7 @@ pub(crate) fn report_json(
         o["key_encoding"] = json!(enc);
     }
     if let Some(w) = &near.winner {
-        o["winner"] = value_json(w);
+        o["winner"] = value_json(w, fp, viewer);
     }
     o
 }
@@ -533,16 +535,31 @@ async fn push_checked(api: Service, headers: HeaderMap, body: Bytes) -> Result<R
         &targets,
         Access::Write,
     )?;
+    // After the token check: who is a member is not told to anyone.
+    let me = api.meta.store().node_id();
+    let members = tokio::task::block_in_place(|| crate::members::read_all(&api.meta))?;
+    let members = members.values().filter_map(|m| NodeId::parse_hex(&m.node));
+    check_pusher(stage, me, members).map_err(|r| ApiError::new(Kind::Conflict, r.to_string()))?;
     let rule = PushRule {
         stage,
         priority: body.priority,
         window_ms: body.window_ms,
     };
     let keys = objects.len();
-    let me = api.meta.store().node_id();
     let store = api.meta.store().clone();
+    let clock = Clock::of(crate::unix_ms(), api.max_clock_skew);
+    let token = grant.token_id.clone();
+    let viewer = tokio::task::block_in_place(|| api.viewer(&grant));
     let outcome = tokio::task::spawn_blocking(move || {
-        store.update_returning(move |snap| merge_push(snap, objects, &rule, me))
+        store.update_returning(move |snap| {
+            let pusher = Pusher {
+                node: rule.stage,
+                token: token.as_deref(),
+                priority: rule.priority,
+                window_ms: rule.window_ms,
+            };
+            merge_push(snap, objects, &rule, (&pusher, clock), &viewer, me)
+        })
     })
     .await
     .map_err(|e| ApiError::internal(format!("the push task failed: {e}")))?;
@@ -570,27 +587,33 @@ async fn push_checked(api: Service, headers: HeaderMap, body: Bytes) -> Result<R
     .into_response())
 }
 
-/// The writes of a push, under the writer lock: every object merged, the
-/// priority rule applied, a report record per near-simultaneous write.
+/// The writes of a push, under the writer lock: every object checked
+/// against this node's copy (`validate::check_pushed`: a refusal fails the
+/// whole push, nothing written) and merged, the priority rule applied, a
+/// report record per near-simultaneous write.
 fn merge_push(
     snap: &Snapshot,
     objects: Vec<(FullPrefix, Vec<u8>, Object)>,
     rule: &PushRule,
+    (pusher, clock): (&Pusher<'_>, Clock),
+    viewer: &Viewer,
     me: NodeId,
 ) -> chorus_store::Result<(Vec<Write>, Pushed)> {
     let ts = Hlc(snap.commit_ts().unwrap_or_else(|| snap.last_ts()));
     let bad = chorus_store::Error::InvalidInput;
     let mut merged: BTreeMap<(FullPrefix, Vec<u8>), Object> = BTreeMap::new();
     let mut reports = Vec::new();
-    for (fp, key, remote) in objects {
+    for (i, (fp, key, remote)) in objects.into_iter().enumerate() {
         let slot = (fp, key);
         let local = match merged.get(&slot) {
             Some(pending) => Some(pending.clone()),
             None => decode_at(snap, &slot.0, &slot.1).map_err(bad)?,
         };
+        let remote = check_pushed(&remote, local.as_ref(), pusher, clock)
+            .map_err(|r| refused(i, &slot.0, &slot.1, &r))?;
         if let Some((object, near)) = merge_pushed(local.as_ref(), &remote, rule, ts, me) {
             if let Some(near) = near {
-                let report = report_json(&slot.0, &slot.1, &near, rule, me, ts);
+                let report = report_json(&slot.0, &slot.1, &near, rule, (me, ts), viewer);
                 reports.push((slot.0.clone(), slot.1.clone(), report));
             }
             merged.insert(slot, object);
@@ -610,6 +633,20 @@ fn merge_push(
     }
     let reports = reports.into_iter().map(|(_, _, r)| r).collect();
     Ok((writes, Pushed { changed, reports }))
+}
+
+/// The error of a push refused for one object: 409 when it conflicts with
+/// this node's state (its clock, what it has seen), else 400.
+fn refused(i: usize, fp: &FullPrefix, key: &[u8], r: &Refusal) -> chorus_store::Error {
+    let message = format!(
+        "objects[{i}] {fp}/{}: {r}; nothing of the push was written",
+        key_text(key).0
+    );
+    if r.is_conflict() {
+        chorus_store::Error::Conflict(message)
+    } else {
+        chorus_store::Error::InvalidInput(message)
+    }
 }
 
 #[derive(Deserialize)]

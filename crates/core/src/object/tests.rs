@@ -25,6 +25,27 @@ fn texts(o: &Object) -> Vec<String> {
 }
 
 #[test]
+fn from_clock_accepts_what_decode_accepts_and_refuses_the_rest() {
+    let a = Object::modify(None, &Object::empty_context(), v("one", 1, 1), node(1));
+    let copy = Object::from_clock(a.clock().clone()).expect("a valid clock");
+    assert_eq!(copy, a);
+    let entry = |counter: u64, values: Vec<Value>| crate::dvvset::Entry {
+        id: node(1),
+        counter,
+        values,
+    };
+    let refused = [
+        Dvvs::from_parts(vec![entry(0, vec![])], vec![]),
+        Dvvs::from_parts(vec![entry(MAX_COUNTER + 1, vec![])], vec![]),
+        Dvvs::from_parts(vec![entry(1, vec![v("a", 1, 1), v("b", 2, 1)])], vec![]),
+        Dvvs::from_parts(vec![entry(1, vec![]), entry(2, vec![])], vec![]),
+    ];
+    for clock in refused {
+        assert!(Object::from_clock(clock.clone()).is_err(), "{clock:?}");
+    }
+}
+
+#[test]
 fn writes_with_and_without_context() {
     let a = Object::modify(None, &Object::empty_context(), v("one", 1, 1), node(1));
     assert_eq!(a.value().map(|x| x.bytes()), Ok(Some(&b"one"[..])));
