@@ -245,8 +245,8 @@ fn over_tls_a_certificate_admits_a_node_and_another_ca_does_not() {
     assert_success(&chorus(&n1, &["init"]));
     add_user(&n1, "alice");
     let gossip = free_port();
-    let (_1, _) = start(&n1, gossip, None, &["--auth", "--tls", &path("n1-tls")]);
-    let (_2, _) = start(
+    let (_node1, _) = start(&n1, gossip, None, &["--auth", "--tls", &path("n1-tls")]);
+    let (_node2, _) = start(
         &n2,
         free_port(),
         Some(gossip),
