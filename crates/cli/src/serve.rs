@@ -44,6 +44,39 @@ pub(crate) struct ServeArgs {
     /// Broker worker threads for document and oplog requests (key writes are group-committed by one committer)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     zmq_workers: u16,
+    /// Inbound peer connections at most (handshaking or open); more are closed at once (see docs/auth.md, Limits)
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    gossip_max_connections: u32,
+    /// Inbound peer connections from one address (IPv6: one /64) at most
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    gossip_max_connections_per_source: u32,
+    /// Seconds a peer connection may go without a frame before it is closed (quiet peers send keep-alives; give every node the same value)
+    #[arg(long, default_value_t = 120.0)]
+    gossip_idle_timeout: f64,
+    /// MiB of peer frames being received at once, over every connection (at least 16, one largest frame)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=65_536))]
+    frame_budget_mib: u32,
+    /// Open HTTP connections at most; more are answered 503 and closed
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    http_max_connections: u32,
+    /// Open HTTP connections from one address (IPv6: one /64) at most
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    http_max_connections_per_source: u32,
+    /// HTTP requests per second from one address, in bursts of as many; more are answered 429 (0: no limit)
+    #[arg(long, default_value_t = 10_000)]
+    http_rate: u32,
+    /// Seconds a client has to send a request's head (an idle kept-alive connection closes after it too)
+    #[arg(long, default_value_t = 30.0)]
+    http_header_timeout: f64,
+    /// Seconds an HTTP connection may go without a byte read or written before it is closed
+    #[arg(long, default_value_t = 120.0)]
+    http_idle_timeout: f64,
+    /// ZeroMQ requests per second from one connection, in bursts of as many; more are answered rate_limited (0: no limit)
+    #[arg(long, default_value_t = 10_000)]
+    zmq_rate: u32,
+    /// ZeroMQ requests per second over every connection (0: no limit)
+    #[arg(long, default_value_t = 100_000)]
+    zmq_rate_total: u32,
 }
 
 /// Sends the daemon's (and the engine's) log lines to stderr, one line
@@ -82,6 +115,9 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     for (name, value) in [
         ("--exchange-interval", args.exchange_interval),
         ("--tombstone-grace", args.tombstone_grace),
+        ("--gossip-idle-timeout", args.gossip_idle_timeout),
+        ("--http-header-timeout", args.http_header_timeout),
+        ("--http-idle-timeout", args.http_idle_timeout),
     ] {
         if !(value.is_finite() && (0.001..1e9).contains(&value)) {
             return Err(Failure::usage(format!(
@@ -97,6 +133,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.join = args.join.clone();
     config.exchange_interval = std::time::Duration::from_secs_f64(args.exchange_interval);
     config.tombstone_grace = std::time::Duration::from_secs_f64(args.tombstone_grace);
+    config.limits = limits(args);
     if let Some(endpoint) = &args.zmq {
         let mut b = chorus_node::broker::BrokerConfig::new(endpoint.clone(), args.zmq_pub.clone());
         b.workers = usize::from(args.zmq_workers);
@@ -129,6 +166,25 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
             let _ = tokio::signal::ctrl_c().await;
         }))
         .map_err(node_failure)
+}
+
+/// The limits the flags give (seconds already checked).
+fn limits(args: &ServeArgs) -> chorus_node::Limits {
+    let secs = std::time::Duration::from_secs_f64;
+    let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+    chorus_node::Limits {
+        gossip_connections: count(args.gossip_max_connections),
+        gossip_connections_per_source: count(args.gossip_max_connections_per_source),
+        gossip_idle: secs(args.gossip_idle_timeout),
+        frame_budget: count(args.frame_budget_mib).saturating_mul(1 << 20),
+        http_connections: count(args.http_max_connections),
+        http_connections_per_source: count(args.http_max_connections_per_source),
+        http_rate: args.http_rate,
+        http_header_timeout: secs(args.http_header_timeout),
+        http_idle: secs(args.http_idle_timeout),
+        zmq_rate: args.zmq_rate,
+        zmq_rate_total: args.zmq_rate_total,
+    }
 }
 
 pub(crate) fn leave(cli: &Cli) -> Result<(), Failure> {

@@ -24,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod json;
+pub mod limits;
 pub mod members;
 mod metrics;
 mod net;
@@ -38,6 +39,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::core::Stats;
+pub use crate::limits::Limits;
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -71,6 +73,9 @@ pub struct Config {
     /// Whether requests need a token (see docs/auth.md). Forced on when
     /// the HTTP API listens beyond loopback.
     pub auth: bool,
+    /// Connection caps, request rates, timeouts and the frame memory
+    /// budget (docs/auth.md, "Limits").
+    pub limits: Limits,
 }
 
 impl Config {
@@ -89,6 +94,7 @@ impl Config {
             seed: None,
             broker: None,
             auth: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -177,6 +183,12 @@ pub async fn run(
             }
         }
     }
+    if let Some(open_files) = limits::open_files_limit()
+        && let Some(said) = config.limits.fit_to_open_files(open_files)
+    {
+        tracing::warn!("{said}");
+    }
+    net::configure(&config.limits);
     let listener = listen_on(config.gossip)?;
     let listen = listener
         .local_addr()
@@ -202,16 +214,13 @@ pub async fn run(
     }
     if let Some(addr) = config.http {
         let http = listen_on(addr)?;
-        let app = http::router(core.service());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, app).await {
-                tracing::warn!("the HTTP server stopped: {e}");
-            }
-        });
+        tokio::spawn(http::serve(http, core.service(), config.limits.clone()));
     }
     // Stopped (its threads joined) when dropped, after the core stops.
     let _broker = match &config.broker {
-        Some(b) => Some(broker::Broker::start(b, core.service()).map_err(Error::Io)?),
+        Some(b) => {
+            Some(broker::Broker::start(b, core.service(), &config.limits).map_err(Error::Io)?)
+        }
         None => None,
     };
     core.run(listener, shutdown).await
