@@ -276,3 +276,37 @@ pub(crate) fn cluster(cli: &Cli, command: &ClusterCommand) -> Result<(), Failure
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_nodes_limits() {
+        let parsed = Serve::try_parse_from(["serve", "--insecure"]).expect("defaults parse");
+        assert_eq!(limits(&parsed.args), chorus_node::Limits::default());
+        let parsed = Serve::try_parse_from([
+            "serve",
+            "--insecure",
+            "--http-rate",
+            "0",
+            "--frame-budget-mib",
+            "16",
+        ])
+        .expect("flags parse");
+        let l = limits(&parsed.args);
+        assert_eq!((l.http_rate, l.frame_budget), (0, 16 << 20));
+        assert!(
+            Serve::try_parse_from(["serve", "--insecure", "--frame-budget-mib", "8"]).is_err(),
+            "a budget below one largest frame is refused"
+        );
+    }
+}
