@@ -21,10 +21,12 @@
 //!   even without limits: a zeroed buffer is not touched until written);
 //! - (c) 1,000 idle SSE watches (`GET /v1/watch`);
 //! - (d) 10,000 requests without a token on a node with `--auth`, half
-//!   with a path just under 8 KiB (401) and half just over (414), from 4
-//!   connections as fast as they are answered;
+//!   for an operation log whose path is just under 8 KiB (401, audited)
+//!   and half just over (414), from 4 connections as fast as they are
+//!   answered;
 //! - (e) reads of a 40-operation log whose type is a Rhai script reducer
-//!   of about 20 ms per operation, from one client in a loop;
+//!   of about 15 ms per operation, from one client in a loop (the note
+//!   gives the statuses: 429 once the client passes `--http-rate`);
 //! - (f) `GET /v1/sync/pull` with a cursor from before 100,000 commits
 //!   and a scope (one full prefix) that none of them touch, from one
 //!   client in a loop.
@@ -317,13 +319,14 @@ fn describe(f: &Flooded) -> String {
     )
 }
 
-/// A path of `len` bytes under /v1/kv/app/cfg/.
+/// A path of `len` bytes under /v1/ops/app/cfg/: refused for want of a
+/// token (401, audited) under [`URI_MAX`], as too long (414) over it.
 fn long_path(len: usize) -> String {
-    let head = "/v1/kv/app/cfg/";
+    let head = "/v1/ops/app/cfg/";
     format!("{head}{}", "k".repeat(len.saturating_sub(head.len())))
 }
 
-/// The slow reducer: about 20 ms of Rhai per operation on a 2020s core.
+/// The slow reducer: about 15 ms of Rhai per operation on a 2020s core.
 const SLOW_REDUCER: &str =
     "fn init() { 0 }\nfn reduce(s, op) { let i = 0; while i < 60000 { i += 1; } s + 1 }\n";
 
