@@ -4,10 +4,11 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction|watch-fanout] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction|watch-fanout|attack] [--quick] [--json FILE] [--dir DIR]
 //!              [--streams N] [--rate N] [--seconds S]
 //! ```
 
+mod attack;
 mod cluster;
 mod commit;
 mod compaction;
@@ -30,7 +31,7 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction|watch-fanout] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction|watch-fanout|attack] [--quick] [--json FILE] [--dir DIR]
        [--streams N] [--rate N] [--seconds S]
 
   all         run every benchmark (the default)
@@ -74,11 +75,18 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
               10 s: every event on every stream, delivery latency p50/p99;
               needs `cargo build --release -p chorus-cli`
 
+  attack      (not in all) one chorus serve node per resource attack of issue
+              16 (idle gossip connections, huge-frame announcers, idle SSE
+              watches, refused long-URL requests, slow-reducer log reads,
+              old-cursor sync pulls): RSS and CPU beside the same node idle;
+              needs `cargo build --release -p chorus-cli`
+
   --quick     about 10x smaller counts (smoke run)
   --json FILE also write the raw results as JSON
   --dir DIR   where to create the temporary stores (default: the system temp dir)
   --streams N, --rate N, --seconds S
-              watch-fanout: streams, writes per second, seconds per phase";
+              watch-fanout: streams, writes per second, seconds per phase;
+              attack: --seconds is the window of each measurement (10)";
 
 const BENCHES: [&str; 7] = [
     "read",
@@ -92,7 +100,7 @@ const BENCHES: [&str; 7] = [
 
 /// Benchmarks run only when named: they start daemons or need a peer
 /// installed from outside Rust.
-const EXTRA: [&str; 8] = [
+const EXTRA: [&str; 9] = [
     "cluster",
     "antientropy",
     "docs",
@@ -101,6 +109,7 @@ const EXTRA: [&str; 8] = [
     "ops-history",
     "compaction",
     "watch-fanout",
+    "attack",
 ];
 
 fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
@@ -120,6 +129,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "ops-history" => ops::run_history(cfg),
         "compaction" => compaction::run(cfg),
         "watch-fanout" => watch::run(cfg),
+        "attack" => attack::run(cfg),
         other => Err(format!("unknown benchmark {other:?}\n{USAGE}").into()),
     }
 }

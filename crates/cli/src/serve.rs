@@ -65,6 +65,39 @@ pub(crate) struct ServeArgs {
     /// Seconds ahead of this node's clock a value pushed by a stage or sent by a peer may be timestamped; a push beyond is refused, a peer's object waits (see docs/auth.md)
     #[arg(long, default_value_t = 300.0)]
     max_clock_skew: f64,
+    /// Inbound peer connections at most (handshaking or open); more are closed at once (see docs/auth.md, Limits)
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    gossip_max_connections: u32,
+    /// Inbound peer connections from one address (IPv6: one /64) at most
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    gossip_max_connections_per_source: u32,
+    /// Seconds a peer connection may go without a frame before it is closed (quiet peers send keep-alives; give every node the same value)
+    #[arg(long, default_value_t = 120.0)]
+    gossip_idle_timeout: f64,
+    /// MiB of peer frames being received at once, over every connection (at least 16, one largest frame)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..=65_536))]
+    frame_budget_mib: u32,
+    /// Open HTTP connections at most; more are answered 503 and closed
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    http_max_connections: u32,
+    /// Open HTTP connections from one address (IPv6: one /64) at most
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    http_max_connections_per_source: u32,
+    /// HTTP requests per second from one address, in bursts of as many; more are answered 429 (0: no limit)
+    #[arg(long, default_value_t = 10_000)]
+    http_rate: u32,
+    /// Seconds a client has to send a request's head (an idle kept-alive connection closes after it too)
+    #[arg(long, default_value_t = 30.0)]
+    http_header_timeout: f64,
+    /// Seconds an HTTP connection may go without a byte read or written before it is closed
+    #[arg(long, default_value_t = 120.0)]
+    http_idle_timeout: f64,
+    /// ZeroMQ requests per second from one connection, in bursts of as many; more are answered rate_limited (0: no limit)
+    #[arg(long, default_value_t = 10_000)]
+    zmq_rate: u32,
+    /// ZeroMQ requests per second over every connection (0: no limit)
+    #[arg(long, default_value_t = 100_000)]
+    zmq_rate_total: u32,
 }
 
 /// Sends the daemon's (and the engine's) log lines to stderr, one line
@@ -103,6 +136,9 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     for (name, value) in [
         ("--exchange-interval", args.exchange_interval),
         ("--tombstone-grace", args.tombstone_grace),
+        ("--gossip-idle-timeout", args.gossip_idle_timeout),
+        ("--http-header-timeout", args.http_header_timeout),
+        ("--http-idle-timeout", args.http_idle_timeout),
     ] {
         if !(value.is_finite() && (0.001..1e9).contains(&value)) {
             return Err(Failure::usage(format!(
@@ -127,6 +163,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.exchange_interval = std::time::Duration::from_secs_f64(args.exchange_interval);
     config.tombstone_grace = std::time::Duration::from_secs_f64(args.tombstone_grace);
     config.max_clock_skew = std::time::Duration::from_secs_f64(args.max_clock_skew);
+    config.limits = limits(args);
     if let Some(endpoint) = &args.zmq {
         let mut b = chorus_node::broker::BrokerConfig::new(endpoint.clone(), args.zmq_pub.clone());
         b.workers = usize::from(args.zmq_workers);
@@ -205,6 +242,25 @@ fn audit_config(args: &ServeArgs) -> Result<chorus_node::auth::AuditConfig, Fail
         refusals_per_source: args.audit_refusals,
         window: std::time::Duration::from_secs_f64(args.audit_window),
     })
+}
+
+/// The limits the flags give (seconds already checked).
+fn limits(args: &ServeArgs) -> chorus_node::Limits {
+    let secs = std::time::Duration::from_secs_f64;
+    let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+    chorus_node::Limits {
+        gossip_connections: count(args.gossip_max_connections),
+        gossip_connections_per_source: count(args.gossip_max_connections_per_source),
+        gossip_idle: secs(args.gossip_idle_timeout),
+        frame_budget: count(args.frame_budget_mib).saturating_mul(1 << 20),
+        http_connections: count(args.http_max_connections),
+        http_connections_per_source: count(args.http_max_connections_per_source),
+        http_rate: args.http_rate,
+        http_header_timeout: secs(args.http_header_timeout),
+        http_idle: secs(args.http_idle_timeout),
+        zmq_rate: args.zmq_rate,
+        zmq_rate_total: args.zmq_rate_total,
+    }
 }
 
 pub(crate) fn leave(cli: &Cli) -> Result<(), Failure> {
@@ -414,5 +470,39 @@ pub(crate) fn cluster(cli: &Cli, command: &ClusterCommand) -> Result<(), Failure
             });
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_nodes_limits() {
+        let parsed = Serve::try_parse_from(["serve", "--insecure"]).expect("defaults parse");
+        assert_eq!(limits(&parsed.args), chorus_node::Limits::default());
+        let parsed = Serve::try_parse_from([
+            "serve",
+            "--insecure",
+            "--http-rate",
+            "0",
+            "--frame-budget-mib",
+            "16",
+        ])
+        .expect("flags parse");
+        let l = limits(&parsed.args);
+        assert_eq!((l.http_rate, l.frame_budget), (0, 16 << 20));
+        assert!(
+            Serve::try_parse_from(["serve", "--insecure", "--frame-budget-mib", "8"]).is_err(),
+            "a budget below one largest frame is refused"
+        );
     }
 }

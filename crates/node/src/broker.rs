@@ -19,6 +19,12 @@
 //! The same thread tails the directory's change feed and publishes every
 //! change (local, from another process, or merged from a peer) on the PUB
 //! socket, topic `PREFIX/SUBPREFIX/KEY`.
+//!
+//! Limits: requests over the rate of their connection (routing id) or of
+//! the whole broker are answered `rate_limited` before any work; messages
+//! over [`MESSAGE_MAX`] drop their connection (ZeroMQ's own check). A
+//! ROUTER socket has no hook to refuse a connection, so their number is
+//! only counted (a socket monitor), not capped (docs/auth.md, "Limits").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +41,7 @@ use serde_json::{Value, json};
 use crate::auth::Grant;
 use crate::error::{ApiError, Kind};
 use crate::events::{Follower, Item, Scope, overflow_json};
+use crate::limits::{Limits, Rate, Throttled};
 use crate::service::{Op, Page, Service, resolver};
 
 /// Largest request accepted (the same as an HTTP body).
@@ -133,12 +140,19 @@ pub(crate) struct ZmqSockets {
     publish: Option<zmq::Socket>,
     replies: zmq::Socket,
     replies_at: String,
+    /// The ROUTER's connection events (accepted, disconnected).
+    monitor: zmq::Socket,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ZmqSockets {
     /// Binds the ROUTER (and PUB) endpoints; `capacity` bounds the replies
     /// in transit from the workers.
-    pub(crate) fn bind(config: &BrokerConfig, capacity: usize) -> Result<ZmqSockets, String> {
+    pub(crate) fn bind(
+        config: &BrokerConfig,
+        capacity: usize,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<ZmqSockets, String> {
         let context = zmq::Context::new();
         let fail = |what: &str, e: zmq::Error| format!("ZeroMQ {what}: {e}");
         let router = context.socket(zmq::ROUTER).map_err(|e| fail("socket", e))?;
@@ -170,12 +184,25 @@ impl ZmqSockets {
         replies
             .bind(&replies_at)
             .map_err(|e| fail("inproc bind", e))?;
+        // Counts the ROUTER's connections: ZeroMQ has no way to refuse one.
+        let monitor_at = format!("{replies_at}-monitor");
+        let events = i32::from(zmq::SocketEvent::ACCEPTED.to_raw())
+            | i32::from(zmq::SocketEvent::DISCONNECTED.to_raw());
+        router
+            .monitor(&monitor_at, events)
+            .map_err(|e| fail("monitor", e))?;
+        let monitor = context.socket(zmq::PAIR).map_err(|e| fail("socket", e))?;
+        monitor
+            .connect(&monitor_at)
+            .map_err(|e| fail("monitor connect", e))?;
         Ok(ZmqSockets {
             context,
             router,
             publish,
             replies,
             replies_at,
+            monitor,
+            metrics,
         })
     }
 }
@@ -191,14 +218,19 @@ fn nonblocking(r: Result<Vec<Vec<u8>>, zmq::Error>) -> Result<Option<Vec<Vec<u8>
 impl Sockets for ZmqSockets {
     fn wait(&mut self, requests: bool, timeout: Duration) -> Result<(), String> {
         let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let mut items = vec![self.replies.as_poll_item(zmq::POLLIN)];
+        let mut items = vec![
+            self.replies.as_poll_item(zmq::POLLIN),
+            self.monitor.as_poll_item(zmq::POLLIN),
+        ];
         if requests {
             items.push(self.router.as_poll_item(zmq::POLLIN));
         }
         match zmq::poll(&mut items, ms) {
-            Ok(_) | Err(zmq::Error::EINTR) => Ok(()),
-            Err(e) => Err(format!("ZeroMQ poll: {e}")),
+            Ok(_) | Err(zmq::Error::EINTR) => {}
+            Err(e) => return Err(format!("ZeroMQ poll: {e}")),
         }
+        self.count_connections();
+        Ok(())
     }
 
     fn request(&mut self) -> Result<Option<Vec<Vec<u8>>>, String> {
@@ -271,6 +303,34 @@ impl Sockets for ZmqSockets {
                 }
             });
         }))
+    }
+}
+
+impl ZmqSockets {
+    /// Takes the monitor's events: each is a frame of the event number
+    /// (u16) and a value (u32), then a frame with the endpoint.
+    fn count_connections(&mut self) {
+        let gauge = &self.metrics.zmq_connections;
+        for _ in 0..DRAIN_MAX {
+            let Ok(frames) = self.monitor.recv_multipart(zmq::DONTWAIT) else {
+                return;
+            };
+            let Some(event) = frames
+                .first()
+                .and_then(|f| f.get(..2))
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .map(u16::from_ne_bytes)
+            else {
+                continue;
+            };
+            if event == zmq::SocketEvent::ACCEPTED.to_raw() {
+                gauge.fetch_add(1, Ordering::Relaxed);
+            } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
+            }
+        }
     }
 }
 
@@ -657,11 +717,17 @@ impl Drop for Broker {
 impl Broker {
     /// Binds the endpoints (errors here are the caller's to report) and
     /// starts the socket thread and its workers.
-    pub(crate) fn start(config: &BrokerConfig, api: Service) -> Result<Broker, String> {
+    pub(crate) fn start(
+        config: &BrokerConfig,
+        api: Service,
+        limits: &Limits,
+    ) -> Result<Broker, String> {
         let workers = config.workers.clamp(1, 1024);
         // Requests queued for workers beyond those running.
         let capacity = workers * 4;
-        let sockets = ZmqSockets::bind(config, capacity + crate::commit::QUEUE)?;
+        let sockets =
+            ZmqSockets::bind(config, capacity + crate::commit::QUEUE, api.metrics.clone())?;
+        let rates = Rates::new(limits.zmq_rate, limits.zmq_rate_total);
         let stop = Arc::new(AtomicBool::new(false));
         let (jobs, queue) = sync_channel::<Job>(capacity);
         let queue = Arc::new(std::sync::Mutex::new(queue));
@@ -687,7 +753,7 @@ impl Broker {
                     &mut sockets,
                     &api,
                     (&jobs, &answer),
-                    capacity,
+                    (capacity, &rates),
                     publishing,
                     &s,
                 ) {
@@ -724,13 +790,76 @@ fn work(api: &Service, queue: &std::sync::Mutex<Receiver<Job>>, mut port: Box<dy
     }
 }
 
+/// The request rates allowed: per connection (routing id) and in all.
+pub(crate) struct Rates {
+    per_peer: Rate<Vec<u8>>,
+    total: Rate<()>,
+    per_peer_max: u32,
+    total_max: u32,
+}
+
+static RATE_REFUSALS_LOGGED: Throttled = Throttled::new(crate::limits::LOG_EVERY);
+
+impl Rates {
+    /// `per_peer` requests per second per connection, `total` in all (0:
+    /// no limit).
+    pub(crate) fn new(per_peer: u32, total: u32) -> Rates {
+        Rates {
+            per_peer: Rate::new(per_peer),
+            total: Rate::new(total),
+            per_peer_max: per_peer,
+            total_max: total,
+        }
+    }
+
+    /// Why a request from `peer` is refused now, if it is: counted and
+    /// logged at a bounded rate.
+    fn check(&self, peer: &[u8], metrics: &crate::metrics::Metrics) -> Option<ApiError> {
+        let now = Instant::now();
+        let (wait, counter, what) = if let Err(wait) = self.total.take(&(), now) {
+            (
+                wait,
+                &metrics.zmq_refused_total_rate,
+                format!(
+                    "the broker takes {} requests per second in all (--zmq-rate-total)",
+                    self.total_max
+                ),
+            )
+        } else if let Err(wait) = self.per_peer.take(&peer.to_vec(), now) {
+            (
+                wait,
+                &metrics.zmq_refused_peer_rate,
+                format!(
+                    "the broker takes {} requests per second per connection (--zmq-rate)",
+                    self.per_peer_max
+                ),
+            )
+        } else {
+            return None;
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(held) = RATE_REFUSALS_LOGGED.hit() {
+            tracing::warn!(
+                "ZeroMQ: a request answered rate_limited: {what} ({held} more not logged since the last line)"
+            );
+        }
+        Some(ApiError::new(
+            Kind::RateLimited,
+            format!(
+                "{what}: retry after {} ms",
+                wait.as_millis().saturating_add(1)
+            ),
+        ))
+    }
+}
+
 /// The socket thread's loop: take requests, answer quick ones, queue the
 /// rest, forward the workers' replies, publish changes.
 fn serve(
     sockets: &mut dyn Sockets,
     api: &Service,
     (jobs, answer_from): (&SyncSender<Job>, &Answer),
-    capacity: usize,
+    (capacity, rates): (usize, &Rates),
     publishing: bool,
     stop: &AtomicBool,
 ) -> Result<(), String> {
@@ -765,6 +894,17 @@ fn serve(
             }
             let started = Instant::now();
             let (id, request) = Request::parse(&body);
+            if let Some(refused) = rates.check(&frames[0], &api.metrics) {
+                sockets.reply(finish(
+                    &api.metrics,
+                    "rate_limited",
+                    started,
+                    frames,
+                    id,
+                    Err(refused),
+                ))?;
+                continue;
+            }
             let op = request.and_then(|r| {
                 let op = r.to_op()?;
                 let grant = crate::auth::with_source(peer(&frames), || {
@@ -1000,8 +1140,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_request_gets_one_reply_with_its_id_in_the_services_shape() {
+    /// Runs the broker's loop over `queue` (all from "client") with a
+    /// worker, and returns the replies.
+    fn run_fake(queue: VecDeque<Vec<Vec<u8>>>, rates: &Rates) -> Vec<Value> {
         let dir = tempfile::tempdir().expect("tmp");
         let store = chorus_store::Store::open(
             dir.path(),
@@ -1015,20 +1156,6 @@ mod tests {
         let (commands, _inbox) = tokio::sync::mpsc::channel(1);
         let api =
             Service::new(chorus_store::Metadata::new(store), false, commands).expect("service");
-        let requests: Vec<Value> = vec![
-            json!({"id": 1, "op": "ping"}),
-            json!({"id": 2, "op": "get", "prefix": "app", "sub": "cfg", "key": "k"}),
-            json!({"id": 3, "op": "put", "prefix": "app", "sub": "cfg", "key": "k", "value": "v"}),
-            json!({"id": 4, "op": "doc.create", "store": "users", "doc": {"_id": "a"}}),
-            json!({"id": 5, "op": "put", "prefix": "$cluster", "sub": "x", "key": "k", "value": "v"}),
-            json!({"id": 6, "op": "nonsense"}),
-            json!({"id": 7, "op": "list", "prefix": "app", "sub": "cfg", "limit": 0}),
-        ];
-        let mut queue: VecDeque<Vec<Vec<u8>>> = requests
-            .iter()
-            .map(|r| vec![b"client".to_vec(), r.to_string().into_bytes()])
-            .collect();
-        queue.push_back(vec![b"client".to_vec(), b"not json".to_vec()]);
         let expected = queue.len();
         let (tx, rx) = sync_channel(64);
         let stop = Arc::new(AtomicBool::new(false));
@@ -1049,16 +1176,74 @@ mod tests {
             let answer: Answer = Arc::new(move |frames| {
                 let _ = tx.send(frames);
             });
-            serve(&mut fake, &api, (&jobs, &answer), 4, false, &stop).expect("serve");
+            serve(&mut fake, &api, (&jobs, &answer), (4, rates), false, &stop).expect("serve");
             drop(jobs);
         });
         assert_eq!(fake.replies.len(), expected, "{:?}", fake.replies);
+        fake.replies
+    }
+
+    #[test]
+    fn requests_over_a_connections_rate_are_answered_rate_limited() {
+        let queue: VecDeque<Vec<Vec<u8>>> = (0..12)
+            .map(|i| {
+                let r = json!({"id": i, "op": "ping"});
+                vec![b"client".to_vec(), r.to_string().into_bytes()]
+            })
+            .collect();
+        let replies = run_fake(queue, &Rates::new(3, 0));
+        let limited: Vec<&Value> = replies
+            .iter()
+            .filter(|r| r["error"]["code"] == "rate_limited")
+            .collect();
+        let ok = replies.iter().filter(|r| r["ok"] == true).count();
+        // 3 at once, then 3 a second: the loop takes far less than 3 s.
+        assert!((3..12).contains(&ok), "{replies:?}");
+        assert_eq!(ok + limited.len(), 12, "{replies:?}");
+        assert!(
+            limited[0]["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--zmq-rate")),
+            "{limited:?}"
+        );
+        // The same flood with a total rate: refused under it too.
+        let queue: VecDeque<Vec<Vec<u8>>> = (0..12)
+            .map(|i| {
+                let r = json!({"id": i, "op": "ping"});
+                vec![b"client".to_vec(), r.to_string().into_bytes()]
+            })
+            .collect();
+        let replies = run_fake(queue, &Rates::new(0, 2));
+        let limited = replies
+            .iter()
+            .filter(|r| r["error"]["code"] == "rate_limited")
+            .count();
+        assert!((1..=10).contains(&limited), "{replies:?}");
+    }
+
+    #[test]
+    fn every_request_gets_one_reply_with_its_id_in_the_services_shape() {
+        let requests: Vec<Value> = vec![
+            json!({"id": 1, "op": "ping"}),
+            json!({"id": 2, "op": "get", "prefix": "app", "sub": "cfg", "key": "k"}),
+            json!({"id": 3, "op": "put", "prefix": "app", "sub": "cfg", "key": "k", "value": "v"}),
+            json!({"id": 4, "op": "doc.create", "store": "users", "doc": {"_id": "a"}}),
+            json!({"id": 5, "op": "put", "prefix": "$cluster", "sub": "x", "key": "k", "value": "v"}),
+            json!({"id": 6, "op": "nonsense"}),
+            json!({"id": 7, "op": "list", "prefix": "app", "sub": "cfg", "limit": 0}),
+        ];
+        let mut queue: VecDeque<Vec<Vec<u8>>> = requests
+            .iter()
+            .map(|r| vec![b"client".to_vec(), r.to_string().into_bytes()])
+            .collect();
+        queue.push_back(vec![b"client".to_vec(), b"not json".to_vec()]);
+        let replies = run_fake(queue, &Rates::new(0, 0));
         let by_id = |id: i64| {
-            fake.replies
+            replies
                 .iter()
                 .find(|r| r["id"] == id)
                 .cloned()
-                .unwrap_or_else(|| panic!("no reply to {id}: {:?}", fake.replies))
+                .unwrap_or_else(|| panic!("no reply to {id}: {replies:?}"))
         };
         assert_eq!(by_id(1)["ok"], true);
         let absent = by_id(2);
@@ -1077,8 +1262,7 @@ mod tests {
         assert_eq!(by_id(5)["error"]["code"], "bad_request");
         assert_eq!(by_id(6)["error"]["code"], "bad_request");
         assert_eq!(by_id(7)["error"]["code"], "bad_request");
-        let garbled = fake
-            .replies
+        let garbled = replies
             .iter()
             .find(|r| r["id"].is_null())
             .expect("a reply to the message that is not JSON");

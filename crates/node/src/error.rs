@@ -30,6 +30,8 @@ pub enum Kind {
     TooLarge,
     /// A path or query over the limit (414, exit 2).
     UriTooLong,
+    /// Over a request-rate limit: retry after a moment (429, exit 5).
+    RateLimited,
     /// Every queue is full, or a request ran out of its work budget
     /// (what it did is kept): retry (503, exit 5).
     Busy,
@@ -43,7 +45,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, for tables and tests.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::BadRequest,
         Kind::Unauthorized,
         Kind::Forbidden,
@@ -52,6 +54,7 @@ impl Kind {
         Kind::Conflict,
         Kind::TooLarge,
         Kind::UriTooLong,
+        Kind::RateLimited,
         Kind::Busy,
         Kind::LockTimeout,
         Kind::Storage,
@@ -69,6 +72,7 @@ impl Kind {
             Kind::Conflict => 409,
             Kind::TooLarge => 413,
             Kind::UriTooLong => 414,
+            Kind::RateLimited => 429,
             Kind::Busy | Kind::LockTimeout => 503,
             Kind::Storage | Kind::Internal => 500,
         }
@@ -85,6 +89,7 @@ impl Kind {
             Kind::Conflict => "conflict",
             Kind::TooLarge => "too_large",
             Kind::UriTooLong => "uri_too_long",
+            Kind::RateLimited => "rate_limited",
             Kind::Busy => "busy",
             Kind::LockTimeout => "lock_timeout",
             Kind::Storage => "storage",
@@ -105,7 +110,7 @@ impl Kind {
             | Kind::UriTooLong => 2,
             Kind::Conflict => 3,
             Kind::Storage | Kind::Internal => 4,
-            Kind::Busy | Kind::LockTimeout => 5,
+            Kind::Busy | Kind::LockTimeout | Kind::RateLimited => 5,
         }
     }
 

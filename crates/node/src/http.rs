@@ -8,14 +8,21 @@
 //! a body or URI over the limit, a path that is not UTF-8, a query that
 //! cannot be read): [`json_errors`] rewrites them. Request bodies are
 //! limited to [`BODY_MAX`] bytes, paths and queries to [`URI_MAX`].
+//!
+//! [`serve`] is the server: its own accept loop caps connections in total
+//! and per source, closes those whose request head is late or that stay
+//! idle, and rate-limits requests per source (docs/auth.md, "Limits").
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -29,6 +36,8 @@ use serde_json::{Value, json};
 use crate::auth::{AuthError, AuthErrorKind};
 use crate::error::{ApiError, Kind};
 use crate::events::{Follower, Item, Scope, overflow_json};
+use crate::limits::{ConnGate, ConnPermit, Limits, Rate, Refusal, Throttled};
+use crate::metrics::Metrics;
 use crate::service::{Command, Op, Page, Reach, Service, resolver};
 
 /// Largest request body accepted (the sync routes allow more).
@@ -63,6 +72,295 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(CONTEXT_HEADER, h);
         }
         response
+    }
+}
+
+/// Serves the API on `listener` until the process ends, under `limits`.
+/// A connection over a cap is answered 503 `busy` and closed at once; a
+/// request over its source's rate is answered 429 `rate_limited` with
+/// Retry-After; a connection is closed when a request head takes longer
+/// than the header timeout (an idle kept-alive connection too), or when
+/// no byte moves either way for the idle timeout. Handlers can take the
+/// client's address (`ConnectInfo<SocketAddr>`).
+pub(crate) async fn serve(listener: tokio::net::TcpListener, api: Service, limits: Limits) {
+    use tower_service::Service as _;
+    let metrics = api.metrics.clone();
+    let limiter = Arc::new(Limiter {
+        rate: Rate::new(limits.http_rate),
+        per_second: limits.http_rate,
+        metrics: metrics.clone(),
+    });
+    let app = router(api).layer(axum::middleware::from_fn_with_state(limiter, rate_limit));
+    let mut make = app.into_make_service_with_connect_info::<SocketAddr>();
+    let gate = ConnGate::new(limits.http_connections, limits.http_connections_per_source);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.http_header_timeout);
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                if let Some(held) = ACCEPT_FAILURES_LOGGED.hit() {
+                    tracing::warn!(
+                        "HTTP: cannot accept a connection: {e} ({held} more not logged since the last line)"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admitted = match gate.admit(remote.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                refuse(&stream, remote, why, &metrics, &limits);
+                continue;
+            }
+        };
+        let Ok(()) = std::future::poll_fn(|cx| {
+            tower_service::Service::<SocketAddr>::poll_ready(&mut make, cx)
+        })
+        .await;
+        let Ok(service) = make.call(remote).await;
+        let conn = Conn {
+            builder: builder.clone(),
+            admitted,
+            idle: limits.http_idle,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(conn.run(stream, service));
+    }
+}
+
+static ACCEPT_FAILURES_LOGGED: Throttled = Throttled::new(crate::limits::LOG_EVERY);
+static REFUSALS_LOGGED: Throttled = Throttled::new(crate::limits::LOG_EVERY);
+
+/// Answers a connection over a cap with 503 `busy` if its socket takes
+/// the bytes at once, and closes it (never waits on it).
+fn refuse(
+    stream: &tokio::net::TcpStream,
+    remote: SocketAddr,
+    why: Refusal,
+    metrics: &Metrics,
+    limits: &Limits,
+) {
+    let (counter, cap) = match why {
+        Refusal::Total => (
+            &metrics.http_refused_total,
+            format!(
+                "the node serves {} HTTP connections at most (--http-max-connections)",
+                limits.http_connections
+            ),
+        ),
+        Refusal::PerSource => (
+            &metrics.http_refused_per_source,
+            format!(
+                "the node serves {} HTTP connections from one address at most (--http-max-connections-per-source)",
+                limits.http_connections_per_source
+            ),
+        ),
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(held) = REFUSALS_LOGGED.hit() {
+        tracing::warn!(
+            "HTTP: refused a connection from {remote}: {cap} ({held} more refusals not logged since the last line)"
+        );
+    }
+    let body = ApiError::busy(format!(
+        "{cap}: close idle connections, or retry in a moment"
+    ))
+    .to_json()
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
+}
+
+/// What the rate limit layer holds.
+struct Limiter {
+    rate: Rate<std::net::IpAddr>,
+    per_second: u32,
+    metrics: Arc<Metrics>,
+}
+
+static RATE_REFUSALS_LOGGED: Throttled = Throttled::new(crate::limits::LOG_EVERY);
+
+/// Refuses a request over its source's rate with 429 `rate_limited` and
+/// Retry-After (whole seconds, at least 1).
+async fn rate_limit(State(limiter): State<Arc<Limiter>>, request: Request, next: Next) -> Response {
+    let from = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let Some(from) = from else {
+        return next.run(request).await;
+    };
+    let Err(wait) = limiter
+        .rate
+        .take(&crate::limits::source(from), Instant::now())
+    else {
+        return next.run(request).await;
+    };
+    limiter
+        .metrics
+        .http_refused_rate
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(held) = RATE_REFUSALS_LOGGED.hit() {
+        tracing::warn!(
+            "HTTP: {from} is over {} requests per second (--http-rate): answered 429 ({held} more not logged since the last line)",
+            limiter.per_second
+        );
+    }
+    let secs = wait.as_secs().saturating_add(1);
+    let mut response = ApiError::new(
+        Kind::RateLimited,
+        format!(
+            "more than {} requests per second from {from}: retry after {secs} s",
+            limiter.per_second
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// One admitted connection.
+struct Conn {
+    builder: hyper::server::conn::http1::Builder,
+    /// Its place under the caps, freed when it ends.
+    admitted: ConnPermit,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Conn {
+    async fn run<S>(self, stream: tokio::net::TcpStream, service: S)
+    where
+        S: tower_service::Service<
+                axum::http::Request<hyper::body::Incoming>,
+                Response = Response,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let Conn {
+            builder,
+            admitted: _admitted,
+            idle,
+            metrics,
+        } = self;
+        metrics.http_connections.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let moved = Arc::new(AtomicU64::new(0));
+        let io = hyper_util::rt::TokioIo::new(Watched {
+            inner: stream,
+            started,
+            moved: moved.clone(),
+        });
+        let conn =
+            builder.serve_connection(io, hyper_util::service::TowerToHyperService::new(service));
+        tokio::pin!(conn);
+        let check = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done && e.is_timeout() {
+                        metrics.http_closed_header_timeout.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                () = tokio::time::sleep(check) => {
+                    let last = Duration::from_millis(moved.load(Ordering::Relaxed));
+                    if started.elapsed().saturating_sub(last) >= idle {
+                        // Dropping the connection closes it.
+                        metrics.http_closed_idle.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+        metrics.http_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream that notes when a byte last moved either way (milliseconds
+/// since `started`).
+struct Watched {
+    inner: tokio::net::TcpStream,
+    started: Instant,
+    moved: Arc<AtomicU64>,
+}
+
+impl Watched {
+    fn note(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.moved.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.note();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.note();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.note();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -25,6 +25,7 @@ pub mod events;
 pub mod http;
 pub mod join;
 pub mod json;
+pub mod limits;
 pub mod members;
 mod metrics;
 mod net;
@@ -40,6 +41,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::core::Stats;
+pub use crate::limits::Limits;
 
 /// How a node runs.
 #[derive(Debug, Clone)]
@@ -85,6 +87,9 @@ pub struct Config {
     /// object may claim"): a push beyond is refused, a peer's object is
     /// skipped until the clock catches up.
     pub max_clock_skew: Duration,
+    /// Connection caps, request rates, timeouts and the frame memory
+    /// budget (docs/auth.md, "Limits").
+    pub limits: Limits,
 }
 
 impl Config {
@@ -106,6 +111,7 @@ impl Config {
             join_token: None,
             audit: auth::AuditConfig::default(),
             max_clock_skew: Duration::from_millis(validate::MAX_CLOCK_SKEW_DEFAULT_MS),
+            limits: Limits::default(),
         }
     }
 }
@@ -194,6 +200,12 @@ pub async fn run(
             }
         }
     }
+    if let Some(open_files) = limits::open_files_limit()
+        && let Some(said) = config.limits.fit_to_open_files(open_files)
+    {
+        tracing::warn!("{said}");
+    }
+    net::configure(&config.limits);
     let listener = listen_on(config.gossip)?;
     let listen = listener
         .local_addr()
@@ -225,21 +237,13 @@ pub async fn run(
     }
     if let Some(addr) = config.http {
         let http = listen_on(addr)?;
-        let app = http::router(core.service());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(
-                http,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            {
-                tracing::warn!("the HTTP server stopped: {e}");
-            }
-        });
+        tokio::spawn(http::serve(http, core.service(), config.limits.clone()));
     }
     // Stopped (its threads joined) when dropped, after the core stops.
     let _broker = match &config.broker {
-        Some(b) => Some(broker::Broker::start(b, core.service()).map_err(Error::Io)?),
+        Some(b) => {
+            Some(broker::Broker::start(b, core.service(), &config.limits).map_err(Error::Io)?)
+        }
         None => None,
     };
     core.run(listener, shutdown).await

@@ -127,6 +127,23 @@ pub(crate) struct Metrics {
     /// When a refused merge was last logged, and how many were not logged
     /// since.
     merge_refused_log: Mutex<(Option<std::time::Instant>, u64)>,
+    /// HTTP connections open now.
+    pub(crate) http_connections: AtomicU64,
+    /// HTTP connections refused: the total cap, the cap per source.
+    pub(crate) http_refused_total: AtomicU64,
+    pub(crate) http_refused_per_source: AtomicU64,
+    /// HTTP requests refused over the rate of their source.
+    pub(crate) http_refused_rate: AtomicU64,
+    /// HTTP connections closed: a request head not sent in time, or no
+    /// byte either way for the idle timeout.
+    pub(crate) http_closed_header_timeout: AtomicU64,
+    pub(crate) http_closed_idle: AtomicU64,
+    /// ZeroMQ connections open now (from the ROUTER's socket monitor).
+    pub(crate) zmq_connections: AtomicU64,
+    /// ZeroMQ requests refused: over their connection's rate, over the
+    /// rate of all.
+    pub(crate) zmq_refused_peer_rate: AtomicU64,
+    pub(crate) zmq_refused_total_rate: AtomicU64,
 }
 
 /// The reasons of `chorus_merge_refused_total` (a fixed set): an object
@@ -367,6 +384,7 @@ pub(crate) fn render(
             n.load(Ordering::Relaxed)
         );
     }
+    render_limits(&mut out, m);
     // build_info's value line carries its label.
     let out = out.replacen(
         "chorus_build_info 1",
@@ -390,6 +408,116 @@ pub(crate) fn render(
         ("op", "code"),
     );
     out
+}
+
+/// The limits' levels and refusals (docs/auth.md, "Limits").
+fn render_limits(out: &mut String, m: &Metrics) {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let net = &crate::net::STATS;
+    let (gossip_in, frame_bytes, frame_budget) = crate::net::levels();
+    let mut family = |name: &str, kind: &str, help: &str, label: &str, values: &[(&str, u64)]| {
+        let _ = writeln!(
+            out,
+            "# HELP chorus_{name} {help}\n# TYPE chorus_{name} {kind}"
+        );
+        for (value_label, value) in values {
+            if label.is_empty() {
+                let _ = writeln!(out, "chorus_{name} {value}");
+            } else {
+                let _ = writeln!(out, "chorus_{name}{{{label}=\"{value_label}\"}} {value}");
+            }
+        }
+    };
+    family(
+        "gossip_connections",
+        "gauge",
+        "gossip connections: inbound (admitted, handshaking or open) and outbound (open)",
+        "state",
+        &[
+            ("inbound", gossip_in as u64),
+            ("outbound", get(&net.outbound)),
+        ],
+    );
+    family(
+        "gossip_refused_total",
+        "counter",
+        "inbound gossip connections closed at once: the total cap or the cap per source was reached",
+        "reason",
+        &[
+            ("total", get(&net.refused_total)),
+            ("per_source", get(&net.refused_per_source)),
+        ],
+    );
+    family(
+        "gossip_closed_total",
+        "counter",
+        "gossip connections closed for a limit: no frame for the idle timeout, no frame memory in time, a large frame stalled while holding memory",
+        "reason",
+        &[
+            ("idle", get(&net.closed_idle)),
+            ("budget", get(&net.closed_budget)),
+            ("stalled", get(&net.closed_stalled)),
+        ],
+    );
+    family(
+        "frame_buffer_bytes",
+        "gauge",
+        "bytes of gossip frames being received, over every connection",
+        "",
+        &[("", frame_bytes as u64)],
+    );
+    family(
+        "frame_buffer_budget_bytes",
+        "gauge",
+        "the most frame buffers may hold (--frame-budget-mib)",
+        "",
+        &[("", frame_budget as u64)],
+    );
+    family(
+        "http_connections",
+        "gauge",
+        "HTTP connections open",
+        "",
+        &[("", get(&m.http_connections))],
+    );
+    family(
+        "http_refused_total",
+        "counter",
+        "HTTP connections closed at once (total, per_source) and requests answered 429 (rate)",
+        "reason",
+        &[
+            ("total", get(&m.http_refused_total)),
+            ("per_source", get(&m.http_refused_per_source)),
+            ("rate", get(&m.http_refused_rate)),
+        ],
+    );
+    family(
+        "http_closed_total",
+        "counter",
+        "HTTP connections closed for a timeout: a request head not sent in time, or no byte either way",
+        "reason",
+        &[
+            ("header_timeout", get(&m.http_closed_header_timeout)),
+            ("idle", get(&m.http_closed_idle)),
+        ],
+    );
+    family(
+        "zmq_connections",
+        "gauge",
+        "ZeroMQ connections to the broker's ROUTER socket",
+        "",
+        &[("", get(&m.zmq_connections))],
+    );
+    family(
+        "zmq_refused_total",
+        "counter",
+        "ZeroMQ requests answered rate_limited: over their connection's rate (peer_rate) or the broker's (total_rate)",
+        "reason",
+        &[
+            ("peer_rate", get(&m.zmq_refused_peer_rate)),
+            ("total_rate", get(&m.zmq_refused_total_rate)),
+        ],
+    );
 }
 
 #[cfg(test)]
@@ -507,6 +635,17 @@ mod tests {
             text.contains("chorus_merge_refused_total{reason=\"future_timestamp\"} 0"),
             "{text}"
         );
+        for line in [
+            "chorus_gossip_refused_total{reason=\"per_source\"} ",
+            "chorus_gossip_connections{state=\"inbound\"} ",
+            "chorus_frame_buffer_bytes ",
+            "chorus_http_refused_total{reason=\"rate\"} ",
+            "chorus_http_closed_total{reason=\"header_timeout\"} ",
+            "chorus_zmq_refused_total{reason=\"total_rate\"} ",
+            "chorus_zmq_connections ",
+        ] {
+            assert!(text.contains(line), "no {line} in {text}");
+        }
         assert!(text.contains(
             "chorus_http_request_duration_seconds_bucket{route=\"/v1/kv/{prefix}/{sub}/{*key}\",status=\"200\",le=\"+Inf\"} 2"
         ), "{text}");

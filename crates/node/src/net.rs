@@ -1,18 +1,28 @@
 //! Connections to peers: one task per connection, a bounded queue per
 //! peer, and events to the core. Mutual TLS, or plaintext on loopback.
+//!
+//! The listener admits inbound connections under a cap in total and per
+//! source address, refusing the rest at once (before any handshake); an
+//! open connection that brings no frame for the idle timeout is closed,
+//! and a quiet side sends keep-alives so that live links never look idle;
+//! frame buffers grow as bytes arrive with memory from one budget. These
+//! limits are the process's ([`configure`]): descriptors and memory are
+//! per process, whatever number of nodes it runs.
 
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::auth::Auth;
 use crate::join::{Credentials, Identity, JoinToken, Offer, Proof, Role, Verdict};
+use crate::limits::{ConnGate, Limits, Refusal, Throttled};
 use crate::tls::Tls;
-use crate::wire::{self, Frame, Hello, Peer};
+use crate::wire::{self, Frame, FrameBudget, Hello, Incoming, Peer, ReadError};
 
 /// Frames queued for one peer. Announcements and prunes are dropped when
 /// the queue is half full, data only when it is full (anti-entropy then
@@ -22,6 +32,105 @@ pub(crate) const PEER_QUEUE: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one frame may take to write before the peer is cut off.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a quiet connection sends a keep-alive at least (more often
+/// when the idle timeout is under three times this).
+const KEEP_ALIVE_MAX: Duration = Duration::from_secs(15);
+/// How long a frame waits for memory from the budget before its
+/// connection is cut off (releasing what it held, so others proceed).
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
+/// How long a frame holding memory from the budget may go without a byte
+/// before its connection is cut off.
+const FRAME_STALL: Duration = Duration::from_secs(10);
+
+/// The gossip limits of this process.
+struct Gate {
+    conns: Arc<ConnGate>,
+    budget: FrameBudget,
+    idle: Duration,
+}
+
+static GATE: OnceLock<Gate> = OnceLock::new();
+
+/// Sets the gossip limits of this process; the first node to start sets
+/// them (later calls keep them).
+pub(crate) fn configure(limits: &Limits) {
+    let _ = GATE.set(Gate::of(limits));
+}
+
+fn gate() -> &'static Gate {
+    GATE.get_or_init(|| Gate::of(&Limits::default()))
+}
+
+impl Gate {
+    fn of(limits: &Limits) -> Gate {
+        Gate {
+            conns: ConnGate::new(
+                limits.gossip_connections,
+                limits.gossip_connections_per_source,
+            ),
+            budget: FrameBudget::new(limits.frame_budget, BUDGET_WAIT, FRAME_STALL),
+            idle: limits.gossip_idle.max(Duration::from_millis(100)),
+        }
+    }
+
+    fn keep_alive(&self) -> Duration {
+        (self.idle / 3).min(KEEP_ALIVE_MAX)
+    }
+}
+
+/// What the gossip listener counted, for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct NetStats {
+    /// Outbound connections past their handshake now.
+    pub(crate) outbound: AtomicU64,
+    /// Inbound connections refused because the total cap was reached.
+    pub(crate) refused_total: AtomicU64,
+    /// Inbound connections refused because their source's cap was
+    /// reached.
+    pub(crate) refused_per_source: AtomicU64,
+    /// Connections closed after the idle timeout without a frame.
+    pub(crate) closed_idle: AtomicU64,
+    /// Connections cut off because no memory came from the budget.
+    pub(crate) closed_budget: AtomicU64,
+    /// Connections cut off because a large frame stopped coming.
+    pub(crate) closed_stalled: AtomicU64,
+}
+
+/// The process's gossip counters.
+pub(crate) static STATS: NetStats = NetStats {
+    outbound: AtomicU64::new(0),
+    refused_total: AtomicU64::new(0),
+    refused_per_source: AtomicU64::new(0),
+    closed_idle: AtomicU64::new(0),
+    closed_budget: AtomicU64::new(0),
+    closed_stalled: AtomicU64::new(0),
+};
+
+/// The levels for `/metrics`: inbound connections admitted (handshaking
+/// or open), frame buffer bytes held, and the budget.
+pub(crate) fn levels() -> (usize, usize, usize) {
+    let g = gate();
+    (g.conns.open(), g.budget.used(), g.budget.capacity())
+}
+
+/// Counts one open connection in a gauge while it lives.
+struct Level(&'static AtomicU64);
+
+impl Level {
+    fn new(gauge: &'static AtomicU64) -> Level {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Level(gauge)
+    }
+}
+
+impl Drop for Level {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+static REFUSALS_LOGGED: Throttled = Throttled::new(crate::limits::LOG_EVERY);
+static CLOSES_LOGGED: Throttled = Throttled::new(crate::limits::LOG_EVERY);
 
 /// What connection tasks tell the core.
 pub(crate) enum Event {
@@ -67,7 +176,8 @@ pub(crate) fn connect(
     events: mpsc::Sender<Event>,
 ) {
     tokio::spawn(async move {
-        let opened = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&peer)).await;
+        let from = loopback_source(&shake.hello.listen);
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT, dial(&peer, from)).await;
         let Ok(Ok(stream)) = opened else {
             let _ = events.send(Event::Down { peer, conn }).await;
             return;
@@ -98,6 +208,32 @@ pub(crate) fn connect(
     });
 }
 
+/// The address to dial from: a node listening on a loopback address
+/// other than 127.0.0.1 dials from it too, so that loopback nodes count
+/// as distinct sources at their peers' listeners.
+fn loopback_source(listen: &str) -> Option<IpAddr> {
+    let ip = listen.parse::<SocketAddr>().ok()?.ip();
+    ip.is_loopback().then_some(ip)
+}
+
+/// Connects to `peer`, from `from` when both are loopback addresses.
+async fn dial(peer: &str, from: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let to = peer.parse::<SocketAddr>().ok();
+    let (Some(from), Some(to)) = (from, to) else {
+        return TcpStream::connect(peer).await;
+    };
+    if !to.ip().is_loopback() || from.is_ipv4() != to.is_ipv4() {
+        return TcpStream::connect(to).await;
+    }
+    let socket = if to.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(to).await
+}
+
 /// The name a peer's certificate must carry: its IP address, or its host
 /// name.
 fn server_name(peer: &str) -> Option<rustls::pki_types::ServerName<'static>> {
@@ -108,7 +244,9 @@ fn server_name(peer: &str) -> Option<rustls::pki_types::ServerName<'static>> {
     rustls::pki_types::ServerName::try_from(host).ok()
 }
 
-/// Accepts connections until the process ends.
+/// Accepts connections until the process ends: under the caps of
+/// [`configure`], others are closed at once, counted and logged (at most
+/// one line per [`crate::limits::LOG_EVERY`]).
 pub(crate) fn accept(
     listener: TcpListener,
     shake: Arc<Handshake>,
@@ -118,15 +256,26 @@ pub(crate) fn accept(
 ) {
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, from)) = listener.accept().await else {
+                // Out of descriptors (or a connection reset before it was
+                // taken): wait, rather than spin.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
+            };
+            let admitted = match gate().conns.admit(from.ip()) {
+                Ok(permit) => permit,
+                Err(why) => {
+                    refused(from, why);
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             let conn = ids.next();
             let (shake, events, tls) = (shake.clone(), events.clone(), tls.clone());
             tokio::spawn(async move {
+                // Holds the connection's place under the caps until it ends.
+                let _admitted = admitted;
                 match tls {
                     None => serve(stream, None, conn, shake, Some(tx), rx, events).await,
                     // A peer without a certificate from the cluster CA
@@ -274,6 +423,26 @@ fn log_refused(peer: &str, why: &str) {
     }
 }
 
+/// Counts and logs a refused connection (the stream is dropped: closed).
+fn refused(from: SocketAddr, why: Refusal) {
+    let (counter, cap) = match why {
+        Refusal::Total => (
+            &STATS.refused_total,
+            "the total cap (--gossip-max-connections)",
+        ),
+        Refusal::PerSource => (
+            &STATS.refused_per_source,
+            "the cap per source (--gossip-max-connections-per-source)",
+        ),
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(held) = REFUSALS_LOGGED.hit() {
+        tracing::warn!(
+            "gossip: refused a connection from {from}: {cap} is reached ({held} more refusals not logged since the last line)"
+        );
+    }
+}
+
 /// Handshakes, then writes the frames from `rx` and reads frames for the
 /// core until either side ends; reports `Down` once it has reported `Up`
 /// (or when an outbound handshake fails).
@@ -330,6 +499,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     }
     // An outbound connection is to the address dialled; an inbound one is
     // from the address the peer says it listens on.
+    let outbound = dialled.is_some();
     let peer = dialled.unwrap_or_else(|| theirs.listen.clone());
     let node_id = theirs.node_id;
     let up = Event::Up {
@@ -341,11 +511,31 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     if events.send(up).await.is_err() {
         return;
     }
-    let mut writer = tokio::spawn(write_loop(write, rx));
+    let _open = outbound.then(|| Level::new(&STATS.outbound));
+    let gate = gate();
+    let mut writer = tokio::spawn(write_loop(write, rx, gate.keep_alive()));
     loop {
+        // The idle timeout runs from the end of the last frame: a peer
+        // that sends nothing, or a frame too slowly, is cut off.
+        let next = tokio::time::timeout(
+            gate.idle,
+            wire::read_frame_budgeted::<_, Frame>(&mut read, &gate.budget),
+        );
         tokio::select! {
-            frame = wire::read_frame::<_, Frame>(&mut read) => {
-                let Ok(Some(frame)) = frame else { break };
+            read = next => {
+                let frame = match read {
+                    Ok(Ok(Incoming::Frame(frame))) => frame,
+                    Ok(Ok(Incoming::KeepAlive)) => continue,
+                    Ok(Ok(Incoming::End)) => break,
+                    Ok(Err(e)) => {
+                        closed(&peer, Closed::Read(e));
+                        break;
+                    }
+                    Err(_) => {
+                        closed(&peer, Closed::Idle(gate.idle));
+                        break;
+                    }
+                };
                 let ev = Event::Frame { peer: peer.clone(), node_id, role, frame };
                 if events.send(ev).await.is_err() {
                     break;
@@ -359,11 +549,59 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     let _ = events.send(Event::Down { peer, conn }).await;
 }
 
+/// Why an open connection was closed from this side.
+enum Closed {
+    Idle(Duration),
+    Read(ReadError),
+}
+
+/// Counts and logs (at a bounded rate) a connection closed for a limit
+/// or a bad frame.
+fn closed(peer: &str, why: Closed) {
+    let what = match &why {
+        Closed::Idle(idle) => {
+            STATS.closed_idle.fetch_add(1, Ordering::Relaxed);
+            format!(
+                "no frame for {} s (--gossip-idle-timeout)",
+                idle.as_secs_f64()
+            )
+        }
+        Closed::Read(ReadError::Io(_)) => return, // the peer went away
+        Closed::Read(e) => {
+            match e {
+                ReadError::Budget => STATS.closed_budget.fetch_add(1, Ordering::Relaxed),
+                ReadError::Stalled => STATS.closed_stalled.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+            e.to_string()
+        }
+    };
+    if let Some(held) = CLOSES_LOGGED.hit() {
+        tracing::warn!(
+            "gossip: closed the connection with {peer}: {what} ({held} more not logged since the last line)"
+        );
+    }
+}
+
 async fn write_loop<W: AsyncWrite>(
     mut write: tokio::io::WriteHalf<W>,
     mut rx: mpsc::Receiver<Frame>,
+    keep_alive: Duration,
 ) {
-    while let Some(frame) = rx.recv().await {
+    loop {
+        let frame = match tokio::time::timeout(keep_alive, rx.recv()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            // Quiet: tell the peer this link is alive.
+            Err(_) => {
+                let sent =
+                    tokio::time::timeout(WRITE_TIMEOUT, wire::write_keep_alive(&mut write)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
+                continue;
+            }
+        };
         // A peer that stops reading is cut off rather than left to pin its
         // queue: the core then counts it failed and HyParView replaces it.
         match tokio::time::timeout(WRITE_TIMEOUT, wire::write_frame(&mut write, &frame)).await {

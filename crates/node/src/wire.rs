@@ -6,6 +6,21 @@
 //! a [`Hello`] naming the protocol version, the sender's node id and the
 //! address it listens on; a peer with another version is refused with the
 //! reason, so an upgrade fails loudly instead of garbling.
+//!
+//! A frame of length 0 is a keep-alive: a side that has sent nothing for a
+//! while sends one so that the other does not close the connection as idle
+//! ([`KEEP_ALIVE`]); it is never a valid payload, and never reaches the
+//! core.
+//!
+//! A frame's buffer grows as its bytes arrive, never to the length the
+//! peer announced before the bytes are there. On open connections a frame
+//! over [`SMALL_FRAME`] grows with memory from a [`FrameBudget`] shared by
+//! every connection, and is cut off if its bytes stop coming while it
+//! holds that memory; so peers announcing large frames and sending
+//! nothing cost nothing, and peers that send part of one and stall hold
+//! the memory only for a while. Smaller frames (most of them) never wait
+//! for the budget: a connection reads one frame at a time, so they hold
+//! at most [`SMALL_FRAME`] per connection.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -152,29 +167,221 @@ where
     read_frame_limited(r, FRAME_MAX).await
 }
 
-/// Reads one frame of at most `max` bytes.
+/// Reads one frame of at most `max` bytes (a handshake frame). Its buffer
+/// grows as bytes arrive, without a budget: keep `max` small.
 pub async fn read_frame_limited<R, T>(r: &mut R, max: usize) -> std::io::Result<Option<T>>
 where
     R: AsyncReadExt + Unpin,
     T: for<'de> Deserialize<'de>,
 {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
+    let Some(len) = read_len(r).await? else {
+        return Ok(None);
+    };
     if len > max {
         return Err(std::io::Error::other(format!(
             "the peer sent a frame of {len} bytes, over the limit of {max}"
         )));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
-    postcard::from_bytes(&buf)
-        .map(Some)
+    let mut buf = Vec::new();
+    (&mut *r).take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    decode(&buf).map(Some)
+}
+
+/// The length prefix of the next frame; `None` at a clean end of stream.
+async fn read_len<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Option<usize>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => Ok(Some(u32::from_le_bytes(len) as usize)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(buf: &[u8]) -> std::io::Result<T> {
+    postcard::from_bytes(buf)
         .map_err(|e| std::io::Error::other(format!("the peer sent an undecodable frame: {e}")))
+}
+
+/// A keep-alive: a frame of length 0.
+pub const KEEP_ALIVE: [u8; 4] = [0; 4];
+
+/// Writes a keep-alive.
+pub async fn write_keep_alive<W: AsyncWriteExt + Unpin>(w: &mut W) -> std::io::Result<()> {
+    w.write_all(&KEEP_ALIVE).await?;
+    w.flush().await?;
+    BYTES_SENT.fetch_add(4, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The first bytes of a frame's buffer; it doubles from there up to the
+/// announced length as bytes arrive.
+const GROW_FIRST: usize = 64 << 10;
+/// Frames up to this size are read without memory from the budget.
+pub const SMALL_FRAME: usize = GROW_FIRST;
+
+/// Bytes of frame buffers, shared by every connection: a buffer grows
+/// only with memory taken from it, and gives it back when the frame is
+/// decoded or the connection ends.
+#[derive(Debug, Clone)]
+pub struct FrameBudget {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    capacity: usize,
+    /// How long a connection waits for memory before it is cut off.
+    wait: std::time::Duration,
+    /// How long a frame holding memory may go without a byte.
+    stall: std::time::Duration,
+}
+
+impl FrameBudget {
+    /// A budget of `capacity` bytes (at least one largest frame); a
+    /// connection waits up to `wait` for memory, and a frame holding
+    /// memory is cut off when no byte of it comes for `stall`.
+    pub fn new(
+        capacity: usize,
+        wait: std::time::Duration,
+        stall: std::time::Duration,
+    ) -> FrameBudget {
+        let capacity = capacity.clamp(FRAME_MAX, tokio::sync::Semaphore::MAX_PERMITS);
+        FrameBudget {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(capacity)),
+            capacity,
+            wait,
+            stall,
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes held by buffers now.
+    pub fn used(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.permits.available_permits())
+    }
+
+    /// Takes `bytes` more for `held`, waiting up to the budget's wait.
+    async fn grow(
+        &self,
+        held: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+        bytes: usize,
+    ) -> Result<(), ReadError> {
+        let n = u32::try_from(bytes).map_err(|_| ReadError::Budget)?;
+        let more = tokio::time::timeout(self.wait, self.permits.clone().acquire_many_owned(n))
+            .await
+            .map_err(|_| ReadError::Budget)?
+            .map_err(|_| ReadError::Budget)?;
+        match held {
+            Some(p) => p.merge(more),
+            None => *held = Some(more),
+        }
+        Ok(())
+    }
+}
+
+/// What a read from an open connection brought.
+#[derive(Debug)]
+pub enum Incoming<T> {
+    /// A frame.
+    Frame(T),
+    /// A keep-alive.
+    KeepAlive,
+    /// A clean end of stream.
+    End,
+}
+
+/// Why a read from an open connection failed.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The stream failed or ended inside a frame.
+    Io(std::io::Error),
+    /// A frame over [`FRAME_MAX`].
+    TooLarge(usize),
+    /// No memory came from the budget in time.
+    Budget,
+    /// A frame holding memory from the budget stopped coming.
+    Stalled,
+    /// Bytes that are not a frame.
+    Undecodable(std::io::Error),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) | ReadError::Undecodable(e) => write!(f, "{e}"),
+            ReadError::TooLarge(len) => write!(
+                f,
+                "the peer sent a frame of {len} bytes, over the limit of {FRAME_MAX}"
+            ),
+            ReadError::Budget => f.write_str(
+                "no memory for its frame in time, from the budget shared by every peer connection (--frame-budget-mib)",
+            ),
+            ReadError::Stalled => {
+                f.write_str("it stopped sending a large frame halfway, holding frame memory")
+            }
+        }
+    }
+}
+
+/// Reads one frame of at most [`FRAME_MAX`] bytes, its buffer growing
+/// with memory from `budget` as bytes arrive; the memory goes back once
+/// the frame is decoded (or the read fails or is dropped).
+pub async fn read_frame_budgeted<R, T>(
+    r: &mut R,
+    budget: &FrameBudget,
+) -> Result<Incoming<T>, ReadError>
+where
+    R: AsyncReadExt + Unpin,
+    T: for<'de> Deserialize<'de>,
+{
+    let Some(len) = read_len(r).await.map_err(ReadError::Io)? else {
+        return Ok(Incoming::End);
+    };
+    if len == 0 {
+        return Ok(Incoming::KeepAlive);
+    }
+    if len > FRAME_MAX {
+        return Err(ReadError::TooLarge(len));
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    if len <= SMALL_FRAME {
+        (&mut *r)
+            .take(len as u64)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(ReadError::Io)?;
+        if buf.len() < len {
+            return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        return decode(&buf)
+            .map(Incoming::Frame)
+            .map_err(ReadError::Undecodable);
+    }
+    let mut held = None;
+    while buf.len() < len {
+        if buf.len() == buf.capacity() {
+            let target = (buf.capacity() * 2).max(GROW_FIRST).min(len);
+            let more = target - buf.capacity();
+            budget.grow(&mut held, more).await?;
+            buf.reserve_exact(more);
+        }
+        let room = (buf.capacity() - buf.len()).min(len - buf.len());
+        let n = tokio::time::timeout(budget.stall, (&mut *r).take(room as u64).read_buf(&mut buf))
+            .await
+            .map_err(|_| ReadError::Stalled)?
+            .map_err(ReadError::Io)?;
+        if n == 0 {
+            return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+    let frame = decode(&buf).map_err(ReadError::Undecodable)?;
+    drop(buf);
+    drop(held);
+    Ok(Incoming::Frame(frame))
 }
 
 #[cfg(test)]
@@ -203,5 +410,90 @@ mod tests {
                 .check()
                 .is_err_and(|e| e.contains("same Chorus version"))
         );
+    }
+
+    const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_frame_reads_back_and_gives_its_memory_back() {
+        let budget = FrameBudget::new(FRAME_MAX, SECOND, SECOND);
+        let big = vec![7u8; 300_000];
+        let payload = postcard::to_stdvec(&big).expect("encode");
+        let mut bytes = framed(&payload);
+        bytes.extend_from_slice(&KEEP_ALIVE);
+        let mut r = &bytes[..];
+        let got: Incoming<Vec<u8>> = read_frame_budgeted(&mut r, &budget).await.expect("read");
+        assert!(matches!(got, Incoming::Frame(v) if v == big));
+        assert_eq!(budget.used(), 0);
+        let got: Incoming<Vec<u8>> = read_frame_budgeted(&mut r, &budget).await.expect("read");
+        assert!(matches!(got, Incoming::KeepAlive));
+        let got: Incoming<Vec<u8>> = read_frame_budgeted(&mut r, &budget).await.expect("read");
+        assert!(matches!(got, Incoming::End));
+    }
+
+    #[tokio::test]
+    async fn an_announced_frame_costs_only_the_bytes_that_arrived() {
+        let budget = FrameBudget::new(FRAME_MAX, SECOND, SECOND);
+        let (mut client, mut server) = tokio::io::duplex(1 << 20);
+        client
+            .write_all(&(FRAME_MAX as u32).to_le_bytes())
+            .await
+            .expect("write");
+        client.write_all(&[1u8; 1000]).await.expect("write");
+        let b = budget.clone();
+        let reading =
+            tokio::spawn(async move { read_frame_budgeted::<_, Vec<u8>>(&mut server, &b).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // One first step of the buffer, not the 16 MiB announced.
+        assert_eq!(budget.used(), GROW_FIRST);
+        // Then nothing comes: cut off once the stall passes, memory back.
+        let got = reading.await.expect("join");
+        assert!(matches!(got, Err(ReadError::Stalled)), "{got:?}");
+        assert_eq!(budget.used(), 0);
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_finds_no_memory_is_refused_in_time() {
+        let budget = FrameBudget::new(FRAME_MAX, SECOND / 20, SECOND);
+        let hog = budget.clone();
+        let mut held = None;
+        hog.grow(&mut held, FRAME_MAX).await.expect("all of it");
+        let large = framed(&postcard::to_stdvec(&vec![1u8; 100_000]).expect("encode"));
+        let got = read_frame_budgeted::<_, Vec<u8>>(&mut &large[..], &budget).await;
+        assert!(matches!(got, Err(ReadError::Budget)), "{got:?}");
+        // A small frame goes through all the same.
+        let small = framed(&postcard::to_stdvec(&vec![1u8; 10]).expect("encode"));
+        let got = read_frame_budgeted::<_, Vec<u8>>(&mut &small[..], &budget).await;
+        assert!(matches!(got, Ok(Incoming::Frame(_))), "{got:?}");
+        drop(held);
+        let got = read_frame_budgeted::<_, Vec<u8>>(&mut &large[..], &budget).await;
+        assert!(matches!(got, Ok(Incoming::Frame(_))), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn oversize_and_handshake_frames_are_refused_before_any_buffer() {
+        let budget = FrameBudget::new(FRAME_MAX, SECOND, SECOND);
+        let bytes = ((FRAME_MAX + 1) as u32).to_le_bytes();
+        let got = read_frame_budgeted::<_, Vec<u8>>(&mut &bytes[..], &budget).await;
+        assert!(matches!(got, Err(ReadError::TooLarge(_))), "{got:?}");
+        let bytes = (100_000u32).to_le_bytes();
+        let got = read_frame_limited::<_, Hello>(&mut &bytes[..], HELLO_MAX).await;
+        assert!(got.is_err());
+        let hello = Hello::new([1; 16], "127.0.0.1:1".into(), false);
+        let bytes = framed(&postcard::to_stdvec(&hello).expect("encode"));
+        let got = read_frame_limited::<_, Hello>(&mut &bytes[..], HELLO_MAX)
+            .await
+            .expect("read");
+        assert_eq!(got, Some(hello));
+        // A hello cut short is an error, not a frame.
+        let got = read_frame_limited::<_, Hello>(&mut &bytes[..bytes.len() - 1], HELLO_MAX).await;
+        assert!(got.is_err());
     }
 }
