@@ -117,7 +117,8 @@ async fn hello(stream: &mut tokio::net::TcpStream, n: u32) -> std::io::Result<()
     let mut id = [0u8; 16];
     id[..4].copy_from_slice(&n.to_le_bytes());
     id[15] = 0xA7;
-    let hello = chorus_node::wire::Hello::new(id, format!("127.0.9.9:{}", 20_000 + n % 40_000));
+    let hello =
+        chorus_node::wire::Hello::new(id, format!("127.0.9.9:{}", 20_000 + n % 40_000), false);
     chorus_node::wire::write_frame(stream, &hello).await
 }
 
