@@ -105,6 +105,9 @@ pub struct Stats {
     pub joiner_refused: u64,
 }
 
+/// Most peers kept in the member set anti-entropy picks from.
+const MEMBERS_MAX: usize = 16_384;
+
 #[derive(Debug, Clone, Copy)]
 enum Timer {
     Shuffle,
@@ -161,6 +164,8 @@ pub(crate) struct Core {
     /// split. Never shrinks (the member list under `$cluster` will replace
     /// it, with leaving).
     members: BTreeSet<Peer>,
+    /// Whether `members` reaching its bound was logged.
+    members_full_logged: bool,
     last_link: Option<Instant>,
     command_inbox: Option<mpsc::Receiver<Command>>,
     /// Peers not to dial before a time (at most one entry per member).
@@ -323,6 +328,7 @@ impl Core {
                 .filter(|p| **p != me_for_members)
                 .cloned()
                 .collect(),
+            members_full_logged: false,
             last_link: None,
             command_inbox: Some(command_inbox),
             backoff: HashMap::new(),
@@ -458,7 +464,7 @@ impl Core {
                     }
                 }
                 Some(Command::Join(peer)) = commands.recv() => {
-                    self.members.insert(peer.clone());
+                    self.note_member(peer.clone());
                     self.hpv.join(peer);
                 }
                 () = committed.notified() => {
@@ -595,6 +601,20 @@ impl Core {
         }
     }
 
+    /// Adds a peer to the members anti-entropy picks from, up to
+    /// `MEMBERS_MAX`: peers say where they listen, so without a bound a
+    /// stream of connections could grow the set without end.
+    fn note_member(&mut self, peer: Peer) {
+        if self.members.len() < MEMBERS_MAX || self.members.contains(&peer) {
+            self.members.insert(peer);
+        } else if !self.members_full_logged {
+            self.members_full_logged = true;
+            tracing::warn!(
+                "{MEMBERS_MAX} members known: {peer} and later peers are not picked for anti-entropy (broadcast still reaches them)"
+            );
+        }
+    }
+
     /// Keeps one connection per pair of nodes: when both dialled, the one
     /// dialled by the node with the smaller address survives, on both
     /// sides alike. The rule looks at addresses only, never at whether a
@@ -602,7 +622,7 @@ impl Core {
     /// facts would each keep the connection the other dropped.
     fn on_up(&mut self, peer: Peer, node_id: [u8; 16], conn: u64, tx: Option<mpsc::Sender<Frame>>) {
         if peer != self.me {
-            self.members.insert(peer.clone());
+            self.note_member(peer.clone());
         }
         self.backoff.remove(&peer);
         match tx {
@@ -1187,7 +1207,7 @@ impl Core {
         if !member.has_left() {
             self.left.remove(&addr);
             if addr != self.me {
-                self.members.insert(addr);
+                self.note_member(addr);
             }
             return;
         }
