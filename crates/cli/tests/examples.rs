@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{CHORUS, free_port};
+use common::CHORUS;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const PORTS: [&str; 8] = [
@@ -224,10 +224,21 @@ fn start_node(
 fn run(block: &Block) -> Result<(), String> {
     let tmp = tempfile::tempdir().expect("tmp");
     let work = tmp.path();
+    // Every listener is held until all ports are chosen, so that no two
+    // variables get the same port.
+    let held: Vec<std::net::TcpListener> = PORTS
+        .iter()
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
     let mut env: Vec<(String, String)> = PORTS
         .iter()
-        .map(|name| (name.to_string(), free_port().to_string()))
+        .zip(&held)
+        .map(|(name, l)| {
+            let port = l.local_addr().map(|a| a.port()).expect("a port");
+            (name.to_string(), port.to_string())
+        })
         .collect();
+    drop(held);
     let var = |env: &[(String, String)], name: &str| {
         env.iter()
             .find(|(k, _)| k == name)
