@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::http::{request, request_with, wait_healthy};
+use common::http::{http_token, request, request_with, wait_healthy};
 use common::{
     CHORUS, Node, assert_success, chorus, chorus_in, free_port, ok_json, serve, serve_logged,
     wait_until,
@@ -66,28 +66,6 @@ fn cli_session(dir: &Path, user: &str, secret: &str) -> (String, String) {
     (
         id.expect("session id").to_string(),
         token.expect("token").to_string(),
-    )
-}
-
-/// A token over HTTP from a session token: (id, token).
-fn http_token(
-    url: &str,
-    session: &str,
-    scope: &[&str],
-    access: &str,
-    ttl: u64,
-) -> (String, String) {
-    let body = serde_json::json!({"scope": scope, "access": access, "ttl_secs": ttl}).to_string();
-    let (status, v) = request(
-        "POST",
-        &format!("{url}/v1/auth/tokens"),
-        Some(session),
-        Some(&body),
-    );
-    assert_eq!(status, 201, "{v}");
-    (
-        v["id"].as_str().expect("id").to_string(),
-        v["token"].as_str().expect("token").to_string(),
     )
 }
 

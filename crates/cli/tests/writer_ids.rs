@@ -9,26 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::http::{request, request_with, wait_healthy};
+use common::http::{http_token, request, request_with, wait_healthy};
 use common::{chorus, chorus_in, free_port, ok_json, serve};
 
 const SECRET: &str = "correct horse battery";
-
-/// A token over HTTP from a session token: (id, token).
-fn http_token(url: &str, session: &str, scope: &[&str], access: &str) -> (String, String) {
-    let body = serde_json::json!({"scope": scope, "access": access, "ttl_secs": 600}).to_string();
-    let (status, v) = request(
-        "POST",
-        &format!("{url}/v1/auth/tokens"),
-        Some(session),
-        Some(&body),
-    );
-    assert_eq!(status, 201, "{v}");
-    (
-        v["id"].as_str().expect("id").to_string(),
-        v["token"].as_str().expect("token").to_string(),
-    )
-}
 
 fn session(dir: &Path) -> String {
     let out = chorus_in(
@@ -73,9 +57,9 @@ fn writers_show_as_opaque_ids_per_full_prefix_unless_the_reader_sees_token_ids()
     let url = format!("http://127.0.0.1:{http}");
     wait_healthy(&url, Duration::from_secs(30));
     let session = session(&dir);
-    let (writer_id, writer) = http_token(&url, &session, &["app/*"], "read-write");
-    let (_, reader) = http_token(&url, &session, &["app/*"], "read");
-    let (_, admin) = http_token(&url, &session, &["*"], "read-write");
+    let (writer_id, writer) = http_token(&url, &session, &["app/*"], "read-write", 600);
+    let (_, reader) = http_token(&url, &session, &["app/*"], "read", 600);
+    let (_, admin) = http_token(&url, &session, &["*"], "read-write", 600);
 
     // A reader's watch, open before the writes.
     let watch = Command::new("curl")

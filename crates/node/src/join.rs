@@ -220,6 +220,21 @@ fn verify(key: &[u8], bytes: &[u8], tag: &[u8; 32]) -> bool {
     mac(key, bytes).is_some_and(|m| m.verify_slice(tag).is_ok())
 }
 
+/// How a node judges its peers: the time, whether it runs with auth,
+/// whether the peer showed a certificate from the cluster CA, and the
+/// revocation list (whether an entry like `join:ID` is in it).
+#[derive(Clone, Copy)]
+pub struct Policy<'a> {
+    /// Now, unix milliseconds.
+    pub now_ms: u64,
+    /// The node runs with auth: peers must show a credential.
+    pub required: bool,
+    /// The peer showed a certificate from the cluster CA.
+    pub tls: bool,
+    /// Whether a revocation-list entry is present.
+    pub revoked: &'a dyn Fn(&str) -> bool,
+}
+
 /// What a node holds to prove itself and judge its peers.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
@@ -278,21 +293,21 @@ impl Credentials {
         sign(self.key(&claims.kid)?, payload).ok()
     }
 
-    /// The peer's role, or why it is refused. `required`: this node runs
-    /// with auth; `tls`: the peer showed a certificate from the cluster CA;
-    /// `revoked` answers whether a revocation-list entry is present.
-    #[allow(clippy::too_many_arguments)]
+    /// The peer's role under `policy`, or why it is refused.
     pub fn judge(
         &self,
         mine: &Offer,
         theirs: &Offer,
         them: Identity<'_>,
         proof: &Proof,
-        now_ms: u64,
-        required: bool,
-        tls: bool,
-        revoked: &dyn Fn(&str) -> bool,
+        policy: Policy<'_>,
     ) -> Result<Role, String> {
+        let Policy {
+            now_ms,
+            required,
+            tls,
+            revoked,
+        } = policy;
         let t = transcript(&mine.nonce, &theirs.nonce, them);
         // A member: it proved a cluster key this node holds.
         if let Some((kid, m)) = &proof.key
@@ -425,12 +440,34 @@ mod tests {
 
     const ME: [u8; 16] = [1; 16];
     const THEM: [u8; 16] = [2; 16];
+    const JID: &str = "00112233aabbccdd";
 
-    fn id(node_id: &[u8; 16], listen: &'static str) -> Identity<'static> {
-        // Leaked for 'static in tests only.
-        Identity {
-            node_id: Box::leak(Box::new(*node_id)),
-            listen,
+    fn id(node_id: &'static [u8; 16], listen: &'static str) -> Identity<'static> {
+        Identity { node_id, listen }
+    }
+
+    fn never(_: &str) -> bool {
+        false
+    }
+
+    fn policy(now_ms: u64, required: bool, tls: bool) -> Policy<'static> {
+        Policy {
+            now_ms,
+            required,
+            tls,
+            revoked: &never,
+        }
+    }
+
+    fn key(n: u8) -> Vec<u8> {
+        vec![n; 32]
+    }
+
+    /// Credentials holding key `k` (if any) and the join token `token`.
+    fn holding(k: Option<u8>, token: Option<&str>) -> Credentials {
+        Credentials {
+            keys: k.map(key).into_iter().collect(),
+            token: token.map(|t| JoinToken::parse(t).expect("parse")),
         }
     }
 
@@ -440,90 +477,66 @@ mod tests {
         offer: Offer,
     }
 
-    fn side(creds: Credentials, node_id: [u8; 16], listen: &'static str, n: u8) -> Side {
-        let offer = creds.offer([n; 32]);
+    impl Side {
+        /// This side's proof to `other`.
+        fn prove(&self, other: &Side) -> Proof {
+            self.creds.prove(&self.offer, &other.offer, self.who)
+        }
+
+        /// This side's view of `other`, which sent `proof`.
+        fn judge(&self, other: &Side, proof: &Proof, p: Policy<'_>) -> Result<Role, String> {
+            self.creds
+                .judge(&self.offer, &other.offer, other.who, proof, p)
+        }
+    }
+
+    /// This node (ME on port 1, nonce 1).
+    fn me(creds: Credentials) -> Side {
+        let offer = creds.offer([1; 32]);
         Side {
             creds,
-            who: id(&node_id, listen),
+            who: id(&ME, "127.0.0.1:1"),
+            offer,
+        }
+    }
+
+    /// The peer (THEM on port 2, nonce 2).
+    fn them(creds: Credentials) -> Side {
+        let offer = creds.offer([2; 32]);
+        Side {
+            creds,
+            who: id(&THEM, "127.0.0.1:2"),
             offer,
         }
     }
 
     /// Runs the exchange both ways: (a's view of b, b's view of a).
-    fn exchange(
-        a: &Side,
-        b: &Side,
-        required: bool,
-        now: u64,
-    ) -> (Result<Role, String>, Result<Role, String>) {
-        let pa = a.creds.prove(&a.offer, &b.offer, a.who);
-        let pb = b.creds.prove(&b.offer, &a.offer, b.who);
-        let never = |_: &str| false;
-        (
-            a.creds
-                .judge(&a.offer, &b.offer, b.who, &pb, now, required, false, &never),
-            b.creds
-                .judge(&b.offer, &a.offer, a.who, &pa, now, required, false, &never),
-        )
-    }
-
-    fn key(n: u8) -> Vec<u8> {
-        vec![n; 32]
+    fn exchange(a: &Side, b: &Side, p: Policy<'_>) -> (Result<Role, String>, Result<Role, String>) {
+        (a.judge(b, &b.prove(a), p), b.judge(a, &a.prove(b), p))
     }
 
     #[test]
     fn two_holders_of_the_key_are_members() {
-        let c = Credentials {
-            keys: vec![key(7)],
-            token: None,
-        };
-        let a = side(c.clone(), ME, "127.0.0.1:1", 1);
-        let b = side(c, THEM, "127.0.0.1:2", 2);
+        let (a, b) = (me(holding(Some(7), None)), them(holding(Some(7), None)));
         assert_eq!(
-            exchange(&a, &b, true, 0),
+            exchange(&a, &b, policy(0, true, false)),
             (Ok(Role::Member), Ok(Role::Member))
         );
     }
 
     #[test]
     fn a_peer_without_credentials_is_refused_with_auth_and_admitted_without() {
-        let member = side(
-            Credentials {
-                keys: vec![key(7)],
-                token: None,
-            },
-            ME,
-            "127.0.0.1:1",
-            1,
-        );
-        let rogue = side(Credentials::default(), THEM, "127.0.0.1:2", 2);
-        let (of_rogue, _) = exchange(&member, &rogue, true, 0);
+        let (member, rogue) = (me(holding(Some(7), None)), them(Credentials::default()));
+        let (of_rogue, _) = exchange(&member, &rogue, policy(0, true, false));
         assert!(of_rogue.expect_err("refused").contains("no credential"));
-        let (of_rogue, _) = exchange(&member, &rogue, false, 0);
+        let (of_rogue, _) = exchange(&member, &rogue, policy(0, false, false));
         assert_eq!(of_rogue, Ok(Role::Member));
     }
 
     #[test]
     fn a_rogue_with_its_own_key_is_refused() {
-        let member = side(
-            Credentials {
-                keys: vec![key(7)],
-                token: None,
-            },
-            ME,
-            "127.0.0.1:1",
-            1,
-        );
-        let rogue = side(
-            Credentials {
-                keys: vec![key(9)],
-                token: None,
-            },
-            THEM,
-            "127.0.0.1:2",
-            2,
-        );
-        let (of_rogue, of_member) = exchange(&member, &rogue, true, 0);
+        let (member, rogue) = (me(holding(Some(7), None)), them(holding(Some(9), None)));
+        let (of_rogue, of_member) = exchange(&member, &rogue, policy(0, true, false));
         assert!(
             of_rogue
                 .expect_err("refused")
@@ -534,130 +547,75 @@ mod tests {
 
     #[test]
     fn a_join_token_admits_a_joiner_and_proves_the_member_to_it() {
-        let token = JoinToken::issue(&key(7), "00112233aabbccdd", 1_000).expect("token");
-        let member = side(
-            Credentials {
-                keys: vec![key(7)],
-                token: None,
-            },
-            ME,
-            "127.0.0.1:1",
-            1,
+        let token = JoinToken::issue(&key(7), JID, 1_000).expect("token");
+        let (member, joiner) = (
+            me(holding(Some(7), None)),
+            them(holding(None, Some(&token))),
         );
-        let joiner = side(
-            Credentials {
-                keys: Vec::new(),
-                token: Some(JoinToken::parse(&token).expect("parse")),
-            },
-            THEM,
-            "127.0.0.1:2",
-            2,
-        );
-        let (of_joiner, of_member) = exchange(&member, &joiner, true, 999);
+        let (of_joiner, of_member) = exchange(&member, &joiner, policy(999, true, false));
         assert_eq!(of_joiner, Ok(Role::Joiner));
         assert_eq!(of_member, Ok(Role::Member));
         // Expired.
-        let (of_joiner, _) = exchange(&member, &joiner, true, 1_000);
+        let (of_joiner, _) = exchange(&member, &joiner, policy(1_000, true, false));
         assert!(of_joiner.expect_err("expired").contains("expired"));
         // Revoked.
-        let pj = joiner.creds.prove(&joiner.offer, &member.offer, joiner.who);
         let revoked = |k: &str| k == "join:00112233aabbccdd";
-        let verdict = member.creds.judge(
-            &member.offer,
-            &joiner.offer,
-            joiner.who,
-            &pj,
-            0,
-            true,
-            false,
-            &revoked,
-        );
+        let p = Policy {
+            revoked: &revoked,
+            ..policy(0, true, false)
+        };
+        let verdict = member.judge(&joiner, &joiner.prove(&member), p);
         assert!(verdict.expect_err("revoked").contains("revoked"));
     }
 
     #[test]
     fn a_forged_join_token_is_refused_and_a_stolen_proof_does_not_replay() {
-        let forged = JoinToken::issue(&key(9), "00112233aabbccdd", 1_000).expect("token");
-        let member = side(
-            Credentials {
-                keys: vec![key(7)],
-                token: None,
-            },
-            ME,
-            "127.0.0.1:1",
-            1,
-        );
-        let joiner = side(
-            Credentials {
-                keys: Vec::new(),
-                token: Some(JoinToken::parse(&forged).expect("parse")),
-            },
-            THEM,
-            "127.0.0.1:2",
-            2,
-        );
-        let (of_joiner, _) = exchange(&member, &joiner, true, 0);
+        let forged = JoinToken::issue(&key(9), JID, 1_000).expect("token");
+        let member = me(holding(Some(7), None));
+        let joiner = them(holding(None, Some(&forged)));
+        let (of_joiner, _) = exchange(&member, &joiner, policy(0, true, false));
         assert!(of_joiner.is_err());
         // A proof made for one pair of nonces fails for another.
-        let good = side(
-            Credentials {
-                keys: vec![key(7)],
-                token: None,
-            },
-            THEM,
-            "127.0.0.1:2",
-            2,
-        );
-        let proof = good.creds.prove(&good.offer, &member.offer, good.who);
+        let good = them(holding(Some(7), None));
+        let proof = good.prove(&member);
         let fresh = member.creds.offer([5; 32]);
-        let never = |_: &str| false;
         let replayed = member.creds.judge(
             &fresh,
             &good.offer,
             good.who,
             &proof,
-            0,
-            true,
-            false,
-            &never,
+            policy(0, true, false),
         );
         assert!(replayed.is_err());
         // Nor for another identity.
-        let other = id(&THEM, "127.0.0.1:3");
-        let moved = member.creds.judge(
-            &member.offer,
-            &good.offer,
-            other,
-            &proof,
-            0,
-            true,
-            false,
-            &never,
+        let moved = Side {
+            who: id(&THEM, "127.0.0.1:3"),
+            ..them(holding(Some(7), None))
+        };
+        assert!(
+            member
+                .judge(&moved, &proof, policy(0, true, false))
+                .is_err()
         );
-        assert!(moved.is_err());
     }
 
     #[test]
     fn a_certificate_admits_a_joiner_over_tls() {
-        let member = Credentials {
-            keys: vec![key(7)],
-            token: None,
-        };
-        let nobody = Credentials::default();
-        let (mo, no) = (member.offer([1; 32]), nobody.offer([2; 32]));
-        let them = id(&THEM, "127.0.0.1:2");
-        let proof = nobody.prove(&no, &mo, them);
-        let never = |_: &str| false;
-        let role = member.judge(&mo, &no, them, &proof, 0, true, true, &never);
+        let (member, nobody) = (me(holding(Some(7), None)), them(Credentials::default()));
+        let role = member.judge(&nobody, &nobody.prove(&member), policy(0, true, true));
         assert_eq!(role, Ok(Role::Joiner));
         // The joining side, with no key yet, takes the member for the
         // cluster; without TLS it could not.
-        let me = id(&ME, "127.0.0.1:1");
-        let proof = member.prove(&mo, &no, me);
-        let role = nobody.judge(&no, &mo, me, &proof, 0, true, true, &never);
-        assert_eq!(role, Ok(Role::Member));
-        let role = nobody.judge(&no, &mo, me, &proof, 0, true, false, &never);
-        assert!(role.is_err());
+        let proof = member.prove(&nobody);
+        assert_eq!(
+            nobody.judge(&member, &proof, policy(0, true, true)),
+            Ok(Role::Member)
+        );
+        assert!(
+            nobody
+                .judge(&member, &proof, policy(0, true, false))
+                .is_err()
+        );
     }
 
     #[test]

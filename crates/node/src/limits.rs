@@ -282,6 +282,13 @@ impl Throttled {
         }
     }
 
+    /// Whether a line was logged yet, and how many were held back since.
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> (bool, u64) {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (s.0.is_some(), s.1)
+    }
+
     /// `Some(held back since the last line)` when a line may be logged now.
     pub(crate) fn hit(&self) -> Option<u64> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -295,6 +302,13 @@ impl Throttled {
         let held = s.1;
         *s = (Some(now), 0);
         Some(held)
+    }
+}
+
+impl Default for Throttled {
+    /// At most one line per [`LOG_EVERY`].
+    fn default() -> Throttled {
+        Throttled::new(LOG_EVERY)
     }
 }
 

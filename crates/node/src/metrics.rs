@@ -124,9 +124,8 @@ pub(crate) struct Metrics {
     pub(crate) audit_suppressed: std::sync::Arc<AtomicU64>,
     /// Objects from peers not merged, by reason.
     merge_refused: [AtomicU64; MERGE_REFUSED_REASONS.len()],
-    /// When a refused merge was last logged, and how many were not logged
-    /// since.
-    merge_refused_log: Mutex<(Option<std::time::Instant>, u64)>,
+    /// Refused merges are logged at most once per `LOG_EVERY`.
+    merge_refused_log: crate::limits::Throttled,
     /// HTTP connections open now.
     pub(crate) http_connections: AtomicU64,
     /// HTTP connections refused: the total cap, the cap per source.
@@ -154,9 +153,6 @@ const MERGE_REFUSED_REASONS: [&str; 4] = [
     "counter_ceiling",
     "other",
 ];
-/// At most one log line about refused merges per this long.
-const MERGE_REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
-
 impl Metrics {
     /// Measurements whose count of suppressed audit refusals is the audit
     /// log's own counter.
@@ -179,7 +175,7 @@ impl Metrics {
 
     /// An object from a peer was not merged, for `reason` (one of
     /// [`MERGE_REFUSED_REASONS`]; anything else counts as `other`). Logs
-    /// `detail()` at most once per [`MERGE_REFUSED_LOG_EVERY`], with how
+    /// `detail()` at most once per [`crate::limits::LOG_EVERY`], with how
     /// many were not logged since, so a peer cannot flood the log.
     pub(crate) fn merge_refused(&self, reason: &str, detail: impl FnOnce() -> String) {
         let at = MERGE_REFUSED_REASONS
@@ -187,22 +183,14 @@ impl Metrics {
             .position(|r| *r == reason)
             .unwrap_or(MERGE_REFUSED_REASONS.len() - 1);
         self.merge_refused[at].fetch_add(1, Ordering::Relaxed);
-        let mut log = self
-            .merge_refused_log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (last, quiet) = &mut *log;
-        if last.is_some_and(|t| t.elapsed() < MERGE_REFUSED_LOG_EVERY) {
-            *quiet += 1;
+        let Some(quiet) = self.merge_refused_log.hit() else {
             return;
-        }
-        let also = match *quiet {
+        };
+        let also = match quiet {
             0 => String::new(),
             n => format!(" ({n} more refused since the last such line)"),
         };
         tracing::warn!("an object from a peer was not merged: {}{also}", detail());
-        *last = Some(std::time::Instant::now());
-        *quiet = 0;
     }
 
     /// How many objects from peers were not merged for `reason`.
@@ -534,13 +522,9 @@ mod tests {
         assert_eq!(m.merge_refused_count("future_timestamp"), 3);
         assert_eq!(m.merge_refused_count("other"), 1);
         // The first was logged; the three after it wait for the period.
-        let log = m
-            .merge_refused_log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        assert!(log.0.is_some());
-        assert_eq!(log.1, 3, "logged once per period, not per object");
-        drop(log);
+        let (logged, held) = m.merge_refused_log.state();
+        assert!(logged);
+        assert_eq!(held, 3, "logged once per period, not per object");
         let text = render(
             &m,
             &[],

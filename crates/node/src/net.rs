@@ -356,16 +356,13 @@ where
         listen: &theirs.listen,
     };
     let revoked = |key: &str| shake.auth.is_listed_revoked(key).unwrap_or(true);
-    let judged = creds.judge(
-        &mine,
-        &offer,
-        them,
-        &proof,
-        crate::auth::now_ms(),
-        shake.required,
-        shake.tls,
-        &revoked,
-    );
+    let policy = crate::join::Policy {
+        now_ms: crate::auth::now_ms(),
+        required: shake.required,
+        tls: shake.tls,
+        revoked: &revoked,
+    };
+    let judged = creds.judge(&mine, &offer, them, &proof, policy);
     let verdict = match &judged {
         Ok(_) => Verdict::Admitted,
         Err(why) => Verdict::Refused(why.clone()),
@@ -388,38 +385,33 @@ where
     }
 }
 
-/// Logs a refused handshake, at most once a minute per reason (a peer
-/// dialling in a loop must not flood the log), with how many were left
-/// out meanwhile.
+/// Logs a refused handshake at most once per `LOG_EVERY` per reason (a
+/// peer dialling in a loop must not flood the log), with how many were
+/// held back meanwhile; at most `REASONS_MAX` reasons are tracked.
 fn log_refused(peer: &str, why: &str) {
-    use std::sync::Mutex;
-    use std::time::Instant;
-    static SEEN: Mutex<Vec<(String, Instant, u64)>> = Mutex::new(Vec::new());
     const REASONS_MAX: usize = 64;
+    static SEEN: std::sync::Mutex<Vec<(String, Throttled)>> = std::sync::Mutex::new(Vec::new());
     let mut seen = SEEN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let now = Instant::now();
     let reason: String = why.chars().take(300).collect();
     let peer: String = peer.chars().take(100).collect();
-    match seen.iter_mut().find(|(r, _, _)| *r == reason) {
-        Some((_, at, left_out)) if now.duration_since(*at) < Duration::from_secs(60) => {
-            *left_out += 1;
-        }
-        Some((_, at, left_out)) => {
-            tracing::warn!(
-                "peer handshake with {peer} failed: {reason} ({} more like it in the last minute)",
-                *left_out
-            );
-            (*at, *left_out) = (now, 0);
-        }
+    let at = match seen.iter().position(|(r, _)| *r == reason) {
+        Some(at) => at,
         None => {
-            tracing::warn!("peer handshake with {peer} failed: {reason}");
             if seen.len() >= REASONS_MAX {
                 seen.remove(0);
             }
-            seen.push((reason, now, 0));
+            seen.push((reason.clone(), Throttled::default()));
+            seen.len() - 1
         }
+    };
+    match seen[at].1.hit() {
+        Some(0) => tracing::warn!("peer handshake with {peer} failed: {reason}"),
+        Some(held) => tracing::warn!(
+            "peer handshake with {peer} failed: {reason} ({held} more like it held back since the last such line)"
+        ),
+        None => {}
     }
 }
 

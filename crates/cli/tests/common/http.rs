@@ -129,3 +129,25 @@ pub(crate) fn start_with_gossip(dir: &Path) -> (Node, String, String) {
     let (node, url) = start_at(dir, gossip, http);
     (node, url, format!("127.0.0.1:{gossip}"))
 }
+
+/// A token over HTTP from a session token: (id, token).
+pub(crate) fn http_token(
+    url: &str,
+    session: &str,
+    scope: &[&str],
+    access: &str,
+    ttl: u64,
+) -> (String, String) {
+    let body = serde_json::json!({"scope": scope, "access": access, "ttl_secs": ttl}).to_string();
+    let (status, v) = request(
+        "POST",
+        &format!("{url}/v1/auth/tokens"),
+        Some(session),
+        Some(&body),
+    );
+    assert_eq!(status, 201, "{v}");
+    (
+        v["id"].as_str().expect("id").to_string(),
+        v["token"].as_str().expect("token").to_string(),
+    )
+}
