@@ -26,14 +26,12 @@ pub mod http;
 pub mod join;
 pub mod json;
 pub mod limits;
-pub mod members;
 mod metrics;
 mod net;
 pub mod service;
 pub mod stage;
 mod sync_http;
 pub mod tls;
-mod validate;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -42,6 +40,8 @@ use std::time::Duration;
 
 pub use crate::core::Stats;
 pub use crate::limits::Limits;
+pub use chorus_replica::members;
+use chorus_replica::validate;
 
 /// How a node runs.
 #[derive(Debug, Clone)]

@@ -25,8 +25,6 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use chorus_gossip::{hyparview, merkle, plumtree};
-
 /// The protocol version this build speaks: 2 adds the credential
 /// exchange after the hello (`join.rs`).
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -39,20 +37,7 @@ pub const FRAME_MAX: usize = 16 << 20;
 /// The first bytes of every hello, so a stray client is told apart.
 const MAGIC: [u8; 8] = *b"CHORUS01";
 
-/// A peer's address: where it listens for gossip.
-pub type Peer = String;
-
-/// What a Plumtree broadcast is identified by: the key and the context of
-/// the object it carries, so staleness is a causal check.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct BroadcastId {
-    /// `prefix/subprefix`.
-    pub full_prefix: String,
-    /// The key.
-    pub key: Vec<u8>,
-    /// The object's context, as clients see it.
-    pub context: String,
-}
+pub use chorus_replica::{BroadcastId, Peer};
 
 /// The first frame on a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,33 +87,7 @@ impl Hello {
     }
 }
 
-/// Every frame after the hello.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Frame {
-    /// Membership.
-    Membership(hyparview::Message<Peer>),
-    /// Broadcast; the payload is an encoded object.
-    Broadcast(plumtree::Message<BroadcastId, Vec<u8>>),
-    /// Anti-entropy.
-    Exchange {
-        /// The session, chosen by the initiator.
-        session: u64,
-        /// True when the initiator sent it.
-        from_initiator: bool,
-        /// The step.
-        message: merkle::Message<Vec<u8>, Vec<u8>>,
-    },
-}
-
-impl Frame {
-    /// Announcements and prunes: what a full queue drops first.
-    pub fn is_lazy(&self) -> bool {
-        matches!(
-            self,
-            Frame::Broadcast(plumtree::Message::IHave { .. } | plumtree::Message::Prune)
-        )
-    }
-}
+pub use chorus_replica::Frame;
 
 /// Writes one frame.
 pub async fn write_frame<W, T>(w: &mut W, value: &T) -> std::io::Result<()>

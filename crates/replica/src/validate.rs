@@ -22,25 +22,25 @@ use chorus_core::object::{Meta, Object, Value};
 /// The highest counter an object from outside may carry for any node:
 /// 2^48 writes of one key by one node (a million a second for nine years).
 /// The encoding allows up to 2^62; nothing genuine comes near this.
-pub(crate) const COUNTER_MAX: u64 = 1 << 48;
+pub const COUNTER_MAX: u64 = 1 << 48;
 
 /// `--max-clock-skew`'s default: how far ahead of this node's clock a
 /// value's timestamp may be (5 minutes).
-pub(crate) const MAX_CLOCK_SKEW_DEFAULT_MS: u64 = 5 * 60 * 1000;
+pub const MAX_CLOCK_SKEW_DEFAULT_MS: u64 = 5 * 60 * 1000;
 
 /// The time of a check: this node's wall clock and how far ahead of it a
 /// timestamp may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Clock {
+pub struct Clock {
     /// This node's wall clock, unix milliseconds.
-    pub(crate) now_ms: u64,
+    pub now_ms: u64,
     /// How far ahead of `now_ms` a value's timestamp may be.
-    pub(crate) max_skew_ms: u64,
+    pub max_skew_ms: u64,
 }
 
 impl Clock {
     /// The clock at `now_ms` with `max_skew`.
-    pub(crate) fn of(now_ms: u64, max_skew: std::time::Duration) -> Clock {
+    pub fn of(now_ms: u64, max_skew: std::time::Duration) -> Clock {
         Clock {
             now_ms,
             max_skew_ms: u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX),
@@ -55,22 +55,26 @@ impl Clock {
 
 /// Who pushes, and what the push may record on the values it brings.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Pusher<'a> {
+pub struct Pusher<'a> {
     /// The stage's node id (the push's `node`): the only id under which
     /// the push may bring new dots.
-    pub(crate) node: NodeId,
+    pub node: NodeId,
     /// The pushing token's id (auth on), recorded on every new value;
     /// `None` records none.
-    pub(crate) token: Option<&'a str>,
+    pub token: Option<&'a str>,
     /// The push's priority: the most a new value may record.
-    pub(crate) priority: u8,
+    pub priority: u8,
     /// The push's window: the most a new value may record.
-    pub(crate) window_ms: u32,
+    pub window_ms: u32,
 }
 
-/// Why an object was refused.
+/// Why an object was refused (the fields name what the message says).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Refusal {
+#[allow(
+    missing_docs,
+    reason = "each variant's doc and Display say what its fields are"
+)]
+pub enum Refusal {
     /// A value's timestamp is further ahead of this node's clock than the
     /// skew allows.
     Future {
@@ -102,7 +106,7 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// The metric label (`chorus_merge_refused_total{reason}`): a fixed set.
-    pub(crate) fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             Refusal::Future { .. } => "future_timestamp",
             Refusal::Counter { .. } => "counter_ceiling",
@@ -118,7 +122,7 @@ impl Refusal {
     /// True when the object is well formed but conflicts with this node's
     /// state (HTTP 409): its clock or what it has seen, which may catch
     /// up, or its cluster's ids. Otherwise the object itself is wrong (400).
-    pub(crate) fn is_conflict(&self) -> bool {
+    pub fn is_conflict(&self) -> bool {
         matches!(
             self,
             Refusal::Future { .. } | Refusal::Unseen { .. } | Refusal::Impersonation { .. }
@@ -172,7 +176,7 @@ impl std::fmt::Display for Refusal {
 /// The pushing stage's id must not be this node's or a member's: a push
 /// may bring new dots under its id, and those of a node of the cluster
 /// would make that node's later writes look already seen.
-pub(crate) fn check_pusher(
+pub fn check_pusher(
     pusher: NodeId,
     me: NodeId,
     mut members: impl Iterator<Item = NodeId>,
@@ -210,7 +214,7 @@ pub(crate) fn check_pusher(
 ///   copy, so the push cannot alter a value it did not write (nor keep a
 ///   recorded token id it set in the stage); one under a dot this node
 ///   has already superseded is left out, as the merge would drop it.
-pub(crate) fn check_pushed(
+pub fn check_pushed(
     remote: &Object,
     local: Option<&Object>,
     pusher: &Pusher<'_>,
@@ -279,7 +283,7 @@ pub(crate) fn check_pushed(
 /// every value's timestamp at most `clock.max_skew_ms` ahead. Peers relay
 /// each other's writes, so dots of any node are expected; what a member
 /// may write at all is the membership's rule (docs/auth.md).
-pub(crate) fn check_merged(object: &Object, clock: Clock) -> Result<(), Refusal> {
+pub fn check_merged(object: &Object, clock: Clock) -> Result<(), Refusal> {
     let dvv = object.clock();
     for e in dvv.entries() {
         if e.counter > COUNTER_MAX {
@@ -296,7 +300,7 @@ pub(crate) fn check_merged(object: &Object, clock: Clock) -> Result<(), Refusal>
 }
 
 /// Decodes an object a peer sent and checks it ([`check_merged`]).
-pub(crate) fn decode_merged(bytes: &[u8], clock: Clock) -> Result<Object, Refusal> {
+pub fn decode_merged(bytes: &[u8], clock: Clock) -> Result<Object, Refusal> {
     let object = Object::decode(bytes).map_err(|e| Refusal::Undecodable(e.to_string()))?;
     check_merged(&object, clock)?;
     Ok(object)
