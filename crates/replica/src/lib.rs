@@ -650,6 +650,12 @@ impl Replica {
         self.tombstones.len()
     }
 
+    /// The Merkle tree's root: equal on two replicas exactly when they
+    /// hold the same objects (as of the feed read so far).
+    pub fn tree_root(&self) -> merkle::Summary {
+        self.tree.root()
+    }
+
     /// The feed position read so far.
     pub fn feed_seq(&self) -> u64 {
         self.cursor.seq()

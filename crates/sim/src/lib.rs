@@ -17,6 +17,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub mod check;
+pub mod client;
+pub mod cluster;
 pub mod exchange;
 mod layer;
 mod world;

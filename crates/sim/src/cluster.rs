@@ -1,0 +1,1097 @@
+//! Whole nodes under simulation: every simulated node is the daemon's own
+//! [`Replica`] over a real [`Store`], written to by simulated clients
+//! through the public APIs, on a simulated network, clock and disk with
+//! faults; checkers look at the result.
+//!
+//! The world plays the daemon's driver (`chorus-node`'s `core.rs`): it
+//! carries the replica's frames (FIFO per link, with a latency per link),
+//! tells it when links go up and down, fires its timers, reads the
+//! change feed on a tick and after every client commit, and flushes
+//! merges after every event. What it models, and what it does not, is in
+//! ARCHITECTURE.md ("The simulator's fault model").
+//!
+//! Deterministic: the same [`Config`] gives the same run, event for
+//! event; [`Outcome::trace_hash`] shows it.
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chorus_gossip::Rng;
+use chorus_replica::{Frame, Now, Output, Replica};
+use chorus_store::fault::{FaultBackend, FaultPlan, Faults as DiskFaults};
+use chorus_store::oplog::Oplogs;
+use chorus_store::{Metadata, Options, Store, SyncMode};
+
+use crate::check::{self, Violation};
+use crate::client::{Clients, History};
+
+/// Which faults a run injects.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    /// Network partitions into two groups, healed after a while.
+    pub partitions: bool,
+    /// Process crashes (losing what was not synced) and restarts.
+    pub crashes: bool,
+    /// Process pauses (a stopped VM, a long GC): nothing runs, frames wait.
+    pub pauses: bool,
+    /// Per-node clock skew and jumps of the wall clock.
+    pub clocks: bool,
+    /// A full disk and failing syncs, for a while, on some nodes.
+    pub disk: bool,
+    /// Probability a frame is lost, which resets its connection.
+    pub loss: f64,
+    /// Nodes joining during the run, and nodes leaving.
+    pub churn: bool,
+}
+
+impl Faults {
+    /// The standard mix: every fault but churn, 1% loss.
+    pub fn standard() -> Faults {
+        Faults {
+            partitions: true,
+            crashes: true,
+            pauses: true,
+            clocks: true,
+            disk: true,
+            loss: 0.01,
+            churn: false,
+        }
+    }
+
+    /// Parses a comma-separated list: `none`, `standard`, `all`, or any
+    /// of `partitions`, `crashes`, `pauses`, `clocks`, `disk`, `churn`,
+    /// `loss=P`.
+    pub fn parse(spec: &str) -> Result<Faults, String> {
+        let mut f = Faults::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "none" => {}
+                "standard" => f = Faults::standard(),
+                "all" => {
+                    f = Faults::standard();
+                    f.churn = true;
+                }
+                "partitions" => f.partitions = true,
+                "crashes" => f.crashes = true,
+                "pauses" => f.pauses = true,
+                "clocks" => f.clocks = true,
+                "disk" => f.disk = true,
+                "churn" => f.churn = true,
+                p if p.starts_with("loss=") => {
+                    let v: f64 = p[5..]
+                        .parse()
+                        .map_err(|_| format!("--faults: `{p}`: the loss is a number from 0 to 0.5"))?;
+                    if !(0.0..=0.5).contains(&v) {
+                        return Err(format!("--faults: `{p}`: the loss is a number from 0 to 0.5"));
+                    }
+                    f.loss = v;
+                }
+                other => {
+                    return Err(format!(
+                        "--faults: unknown fault `{other}`; use none, standard, all, or a list of partitions, crashes, pauses, clocks, disk, churn, loss=P"
+                    ));
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// A whole-node simulation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Nodes at the start.
+    pub nodes: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Faults injected during the workload.
+    pub faults: Faults,
+    /// How long clients write, with faults (virtual ms).
+    pub run_ms: u64,
+    /// After the heal, how long the replicas may take to converge
+    /// (virtual ms); a run that has not converged by then is a violation.
+    pub converge_ms: u64,
+    /// Client operations per node per virtual second.
+    pub ops_per_sec: f64,
+    /// Distinct keys clients write (small, so writes collide).
+    pub keys: usize,
+    /// Anti-entropy interval (virtual ms).
+    pub exchange_ms: u64,
+    /// Tombstone grace (virtual ms).
+    pub grace_ms: u64,
+    /// Latency of a link, drawn per link from this range (virtual ms).
+    pub latency_ms: (u64, u64),
+    /// Where the nodes' data directories go (a temporary directory by
+    /// default).
+    pub dir: Option<PathBuf>,
+    /// A bug injected on purpose (feature `mutations`).
+    #[cfg(feature = "mutations")]
+    pub mutation: chorus_replica::Mutation,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nodes: 5,
+            seed: 1,
+            faults: Faults::standard(),
+            run_ms: 30_000,
+            converge_ms: 60_000,
+            ops_per_sec: 2.0,
+            keys: 20,
+            exchange_ms: 1_000,
+            grace_ms: 5_000,
+            latency_ms: (1, 20),
+            dir: None,
+            #[cfg(feature = "mutations")]
+            mutation: chorus_replica::Mutation::None,
+        }
+    }
+}
+
+/// What a run did and found.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// A hash of every event in order: equal for equal runs.
+    pub trace_hash: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Virtual time at the end (ms).
+    pub sim_ms: u64,
+    /// Virtual ms from the heal until every live replica held the same
+    /// objects, if it happened within `converge_ms`.
+    pub converged_after_ms: Option<u64>,
+    /// What the checkers found, sorted; empty is a pass.
+    pub violations: Vec<Violation>,
+    /// For each violation, the events that show it (client operations on
+    /// its key and the faults in between), as text.
+    pub windows: Vec<Vec<String>>,
+    /// Client operations acknowledged, and attempted but failed.
+    pub acknowledged: u64,
+    /// Client operations that failed (a full disk, a failed sync).
+    pub failed: u64,
+    /// Frames sent, and their bytes (postcard, as on the wire less the
+    /// 4-byte length).
+    pub frames: u64,
+    /// Bytes of all frames.
+    pub bytes: u64,
+    /// Bytes of anti-entropy frames.
+    pub ae_bytes: u64,
+    /// Keys repaired by anti-entropy, over all nodes.
+    pub keys_repaired: u64,
+    /// Tombstones collected, over all nodes.
+    pub tombstones_collected: u64,
+    /// Tombstones still held at the end, over all nodes.
+    pub tombstones_held: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+}
+
+/// One node of the world.
+struct SimNode {
+    addr: String,
+    dir: PathBuf,
+    disk: DiskFaults,
+    live: Option<Box<Live>>,
+    /// Bumped at every restart: frames and timers for an older one are
+    /// dropped.
+    inc: u32,
+    /// Left the cluster for good.
+    gone: bool,
+    /// Added to the virtual time to make this node's wall clock.
+    wall_offset: i64,
+    /// Events for the node wait until then.
+    paused_until: u64,
+    /// The timer event scheduled for it (virtual ms), if any.
+    timer_at: Option<u64>,
+}
+
+struct Live {
+    replica: Replica,
+    meta: Metadata,
+    oplogs: Oplogs,
+}
+
+#[derive(Debug, Clone)]
+enum Ev {
+    /// Start (or restart) a node.
+    Start(u32),
+    Frame {
+        from: u32,
+        to: u32,
+        inc: u32,
+        frame: Box<Frame>,
+    },
+    /// A connection between two nodes is up (told to `node`).
+    Up {
+        node: u32,
+        inc: u32,
+        peer: u32,
+    },
+    /// A connection broke, or a dial failed (told to `node`).
+    Down {
+        node: u32,
+        inc: u32,
+        peer: u32,
+    },
+    Timer {
+        node: u32,
+        inc: u32,
+    },
+    FeedTick {
+        node: u32,
+        inc: u32,
+    },
+    Client(u32),
+    Partition(Vec<u32>),
+    Heal,
+    Crash(u32),
+    Pause {
+        node: u32,
+        until: u64,
+    },
+    ClockJump {
+        node: u32,
+        by: i64,
+    },
+    Disk {
+        node: u32,
+        plan: Option<DiskPlan>,
+    },
+    Leave(u32),
+    /// The end of the workload: every fault healed.
+    End,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum DiskPlan {
+    Full,
+    FailSync,
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    /// Reversed: the heap pops the earliest first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// Most events kept for violation windows (the oldest go first).
+const NOTES_MAX: usize = 100_000;
+/// How often the feed is read without a commit notification (virtual ms).
+const FEED_TICK_MS: u64 = 50;
+/// How long a broken connection takes to be noticed (virtual ms).
+const DETECT_MS: u64 = 100;
+/// The virtual epoch's wall clock: 2026-01-01.
+const EPOCH_MS: u64 = 1_767_225_600_000;
+/// How long after its record says it left a node stops (as the daemon).
+const LEAVE_AFTER_MS: u64 = 1_000;
+
+/// The world.
+pub struct World {
+    config: Config,
+    _tmp: Option<tempfile::TempDir>,
+    base: PathBuf,
+    nodes: Vec<SimNode>,
+    by_addr: BTreeMap<String, u32>,
+    queue: BinaryHeap<Scheduled>,
+    seq: u64,
+    now: u64,
+    rng: Rng,
+    /// Connections that are up, as (smaller, larger) node pairs.
+    links: BTreeSet<(u32, u32)>,
+    /// The partition: each node's group (all 0 when healed).
+    group: Vec<u32>,
+    clients: Clients,
+    history: History,
+    notes: std::collections::VecDeque<(u64, String)>,
+    outcome: Outcome,
+    hash: u64,
+    /// The workload is over (after the heal, only replication runs).
+    clients_done: bool,
+}
+
+/// A uniform draw in [0, 1).
+fn unit(rng: &mut Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Runs one simulation.
+pub fn run(config: &Config) -> Result<Outcome, String> {
+    let mut world = World::new(config)?;
+    world.run();
+    Ok(world.finish())
+}
+
+impl World {
+    /// A world of `config.nodes` nodes, none started yet.
+    pub fn new(config: &Config) -> Result<World, String> {
+        if config.nodes == 0 {
+            return Err("a simulation needs at least one node".into());
+        }
+        let (tmp, base) = match &config.dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("chorus-sim-")
+                    .tempdir()
+                    .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let mut world = World {
+            config: config.clone(),
+            _tmp: tmp,
+            base,
+            nodes: Vec::new(),
+            by_addr: BTreeMap::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            rng: Rng::new(config.seed),
+            links: BTreeSet::new(),
+            group: Vec::new(),
+            clients: Clients::new(config.seed ^ 0xC11E, config.keys),
+            history: History::default(),
+            notes: std::collections::VecDeque::new(),
+            outcome: Outcome::default(),
+            hash: 0xC0FF_EE00_D15E_A5E5,
+            clients_done: false,
+        };
+        for i in 0..config.nodes {
+            let node = world.add_node();
+            world.schedule(i as u64 * 10, Ev::Start(node));
+        }
+        Ok(world)
+    }
+
+    fn add_node(&mut self) -> u32 {
+        let i = self.nodes.len() as u32;
+        let addr = format!("10.{}.{}.{}:7946", i >> 16, (i >> 8) & 255, i & 255);
+        let skew = if self.config.faults.clocks {
+            // Up to 30 s either way.
+            (self.rng.below(60_001) as i64) - 30_000
+        } else {
+            0
+        };
+        self.nodes.push(SimNode {
+            addr: addr.clone(),
+            dir: self.base.join(format!("n{i}")),
+            disk: DiskFaults::default(),
+            live: None,
+            inc: 0,
+            gone: false,
+            wall_offset: skew,
+            paused_until: 0,
+            timer_at: None,
+        });
+        self.group.push(0);
+        self.by_addr.insert(addr, i);
+        i
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            at,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn note(&mut self, text: String) {
+        if self.notes.len() >= NOTES_MAX {
+            self.notes.pop_front();
+        }
+        self.notes.push_back((self.now, text));
+    }
+
+    fn trace(&mut self, kind: u64, a: u64, b: u64) {
+        self.hash = mix(self.hash ^ mix(self.now ^ (kind << 56) ^ mix(a ^ (b << 32))));
+    }
+
+    fn now_of(&self, node: u32) -> Now {
+        let offset = self.nodes[node as usize].wall_offset;
+        Now {
+            ms: self.now,
+            wall_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(EPOCH_MS, |d| d.as_millis() as u64).saturating_add_signed(offset),
+        }
+    }
+
+    /// The fault schedule and the workload.
+    fn plan(&mut self) {
+        let start = self.config.nodes as u64 * 10 + 2_000;
+        let end = start + self.config.run_ms;
+        let n = self.config.nodes as u32;
+        self.schedule(start, Ev::Client(u32::MAX));
+        let f = self.config.faults;
+        let window = self.config.run_ms.max(1);
+        let draws = |rng: &mut Rng, count: u64| -> Vec<u64> {
+            (0..count)
+                .map(|_| start + (rng.next_u64() % window))
+                .collect()
+        };
+        let per = (self.config.run_ms / 10_000).max(1);
+        if f.partitions {
+            for at in draws(&mut self.rng, per) {
+                let side: Vec<u32> = (0..n).filter(|_| self.rng.below(2) == 0).collect();
+                let heal = at + 2_000 + self.rng.next_u64() % 8_000;
+                self.schedule(at, Ev::Partition(side));
+                self.schedule(heal.min(end), Ev::Heal);
+            }
+        }
+        if f.crashes {
+            for at in draws(&mut self.rng, per * 2) {
+                let node = self.rng.below(n as usize) as u32;
+                let back = at + 1_000 + self.rng.next_u64() % 9_000;
+                self.schedule(at, Ev::Crash(node));
+                self.schedule(back.min(end), Ev::Start(node));
+            }
+        }
+        if f.pauses {
+            for at in draws(&mut self.rng, per * 2) {
+                let node = self.rng.below(n as usize) as u32;
+                let until = at + 500 + self.rng.next_u64() % 4_500;
+                self.schedule(at, Ev::Pause { node, until });
+            }
+        }
+        if f.clocks {
+            for at in draws(&mut self.rng, per) {
+                let node = self.rng.below(n as usize) as u32;
+                let by = (self.rng.below(120_001) as i64) - 60_000;
+                self.schedule(at, Ev::ClockJump { node, by });
+            }
+        }
+        if f.disk {
+            for at in draws(&mut self.rng, per * 2) {
+                let node = self.rng.below(n as usize) as u32;
+                let plan = if self.rng.below(2) == 0 {
+                    DiskPlan::Full
+                } else {
+                    DiskPlan::FailSync
+                };
+                let off = at + 1_000 + self.rng.next_u64() % 4_000;
+                self.schedule(at, Ev::Disk {
+                    node,
+                    plan: Some(plan),
+                });
+                self.schedule(off.min(end), Ev::Disk { node, plan: None });
+            }
+        }
+        if f.churn {
+            for at in draws(&mut self.rng, per) {
+                // A node joins: started now, through a random member.
+                let node = self.add_node();
+                self.schedule(at, Ev::Start(node));
+            }
+            for at in draws(&mut self.rng, per) {
+                let node = self.rng.below(n as usize) as u32;
+                self.schedule(at, Ev::Leave(node));
+            }
+        }
+        self.schedule(end, Ev::End);
+    }
+
+    /// Runs the workload with its faults, heals, waits for convergence
+    /// and checks.
+    pub fn run(&mut self) {
+        self.plan();
+        let mut healed_at = None;
+        while let Some(s) = self.queue.pop() {
+            self.now = s.at;
+            if matches!(s.ev, Ev::End) {
+                self.end();
+                healed_at = Some(self.now);
+                break;
+            }
+            self.dispatch(s.ev);
+        }
+        let Some(healed) = healed_at else {
+            return;
+        };
+        // Converge: run on, comparing the replicas every 250 ms.
+        let deadline = healed + self.config.converge_ms;
+        let mut next_check = healed;
+        while let Some(s) = self.queue.pop() {
+            if s.at > deadline {
+                break;
+            }
+            self.now = s.at;
+            self.dispatch(s.ev);
+            if self.now >= next_check {
+                next_check = self.now + 250;
+                if self.converged() {
+                    self.outcome.converged_after_ms = Some(self.now - healed);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Every live replica holds the same objects.
+    fn converged(&mut self) -> bool {
+        let mut root = None;
+        for i in 0..self.nodes.len() {
+            let now = self.now_of(i as u32);
+            let Some(live) = self.nodes[i].live.as_mut() else {
+                continue;
+            };
+            while let Ok(true) = live.replica.read_feed(now) {}
+            let r = live.replica.tree_root();
+            match root {
+                None => root = Some(r),
+                Some(x) if x != r => return false,
+                Some(_) => {}
+            }
+        }
+        true
+    }
+
+    fn end(&mut self) {
+        self.note("end of the workload: partitions healed, nodes restarted and resumed, disks fixed".into());
+        self.clients_done = true;
+        self.group.iter_mut().for_each(|g| *g = 0);
+        for i in 0..self.nodes.len() {
+            let n = &mut self.nodes[i];
+            n.disk.clear();
+            n.paused_until = 0;
+            if n.live.is_none() && !n.gone {
+                self.start(i as u32);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        self.outcome.events += 1;
+        // A paused node's events wait for it, in order.
+        if let Some(node) = ev_node(&ev) {
+            let until = self.nodes[node as usize].paused_until;
+            if until > self.now {
+                self.schedule(until, ev);
+                return;
+            }
+        }
+        match ev {
+            Ev::Start(node) => self.start(node),
+            Ev::Frame {
+                from,
+                to,
+                inc,
+                frame,
+            } => {
+                self.trace(1, u64::from(from), u64::from(to));
+                if !self.is_current(to, inc) {
+                    return;
+                }
+                if !self.reachable(from, to) {
+                    return;
+                }
+                let node_id = match &self.nodes[from as usize].live {
+                    Some(l) => *l.replica.node_id().as_bytes(),
+                    None => [0; 16],
+                };
+                let peer = self.nodes[from as usize].addr.clone();
+                let now = self.now_of(to);
+                if let Some(l) = self.nodes[to as usize].live.as_mut() {
+                    l.replica.handle_frame(peer, node_id, *frame, now);
+                }
+                self.after(to);
+            }
+            Ev::Up { node, inc, peer } => {
+                self.trace(2, u64::from(node), u64::from(peer));
+                if !self.is_current(node, inc) {
+                    return;
+                }
+                let addr = self.nodes[peer as usize].addr.clone();
+                let now = self.now_of(node);
+                if let Some(l) = self.nodes[node as usize].live.as_mut() {
+                    l.replica.handle_peer_up(addr, now);
+                }
+                self.after(node);
+            }
+            Ev::Down { node, inc, peer } => {
+                self.trace(3, u64::from(node), u64::from(peer));
+                if !self.is_current(node, inc) {
+                    return;
+                }
+                let addr = self.nodes[peer as usize].addr.clone();
+                let now = self.now_of(node);
+                if let Some(l) = self.nodes[node as usize].live.as_mut() {
+                    l.replica.handle_peer_down(&addr, now);
+                }
+                self.after(node);
+            }
+            Ev::Timer { node, inc } => {
+                self.trace(4, u64::from(node), 0);
+                if !self.is_current(node, inc) {
+                    return;
+                }
+                self.nodes[node as usize].timer_at = None;
+                let now = self.now_of(node);
+                if let Some(l) = self.nodes[node as usize].live.as_mut() {
+                    l.replica.handle_timeout(now);
+                }
+                self.after(node);
+            }
+            Ev::FeedTick { node, inc } => {
+                if !self.is_current(node, inc) {
+                    return;
+                }
+                self.read_feed(node);
+                self.after(node);
+                let left = self.nodes[node as usize]
+                    .live
+                    .as_ref()
+                    .and_then(|l| l.replica.left_at());
+                if left.is_some_and(|t| self.now.saturating_sub(t) > LEAVE_AFTER_MS) {
+                    self.note(format!("n{node} left the cluster and stopped"));
+                    self.stop(node, true);
+                    return;
+                }
+                self.schedule(self.now + FEED_TICK_MS, Ev::FeedTick { node, inc });
+            }
+            Ev::Client(node) => self.client(node),
+            Ev::Partition(side) => {
+                self.trace(6, side.len() as u64, 0);
+                *self.outcome.faults.entry("partitions").or_default() += 1;
+                self.note(format!("partition: {side:?} apart from the others"));
+                self.group.iter_mut().for_each(|g| *g = 0);
+                for n in side {
+                    if let Some(g) = self.group.get_mut(n as usize) {
+                        *g = 1;
+                    }
+                }
+                self.break_links(|w, a, b| !w.reachable(a, b));
+            }
+            Ev::Heal => {
+                self.trace(7, 0, 0);
+                self.note("partition healed".into());
+                self.group.iter_mut().for_each(|g| *g = 0);
+            }
+            Ev::Crash(node) => {
+                self.trace(8, u64::from(node), 0);
+                if self.nodes[node as usize].live.is_none() {
+                    return;
+                }
+                *self.outcome.faults.entry("crashes").or_default() += 1;
+                self.note(format!("n{node} crashed"));
+                self.stop(node, false);
+            }
+            Ev::Pause { node, until } => {
+                self.trace(9, u64::from(node), until);
+                *self.outcome.faults.entry("pauses").or_default() += 1;
+                self.note(format!("n{node} paused until {until} ms"));
+                self.nodes[node as usize].paused_until = until;
+            }
+            Ev::ClockJump { node, by } => {
+                self.trace(10, u64::from(node), by as u64);
+                *self.outcome.faults.entry("clock jumps").or_default() += 1;
+                self.note(format!("n{node}'s wall clock jumped by {by} ms"));
+                self.nodes[node as usize].wall_offset += by;
+            }
+            Ev::Disk { node, plan } => {
+                self.trace(11, u64::from(node), plan.is_some() as u64);
+                let disk = &self.nodes[node as usize].disk;
+                match plan {
+                    None => disk.clear(),
+                    Some(DiskPlan::Full) => disk.set(FaultPlan {
+                        space_left: Some(0),
+                        ..FaultPlan::default()
+                    }),
+                    Some(DiskPlan::FailSync) => disk.set(FaultPlan {
+                        fail_sync: true,
+                        ..FaultPlan::default()
+                    }),
+                }
+                if plan.is_some() {
+                    *self.outcome.faults.entry("disk faults").or_default() += 1;
+                }
+                self.note(format!("n{node}'s disk: {plan:?}"));
+            }
+            Ev::Leave(node) => {
+                self.trace(12, u64::from(node), 0);
+                let Some(l) = self.nodes[node as usize].live.as_ref() else {
+                    return;
+                };
+                let id = l.replica.node_id();
+                match chorus_replica::members::leave(&l.meta, id) {
+                    Ok(_) => {
+                        *self.outcome.faults.entry("leaves").or_default() += 1;
+                        self.note(format!("n{node} leaves the cluster"));
+                        self.read_feed(node);
+                        self.after(node);
+                    }
+                    Err(e) => self.note(format!("n{node} could not leave: {e}")),
+                }
+            }
+            Ev::End => {}
+        }
+    }
+
+    fn is_current(&self, node: u32, inc: u32) -> bool {
+        let n = &self.nodes[node as usize];
+        n.live.is_some() && n.inc == inc
+    }
+
+    fn reachable(&self, a: u32, b: u32) -> bool {
+        self.group.get(a as usize) == self.group.get(b as usize)
+    }
+
+    fn latency(&self, a: u32, b: u32) -> u64 {
+        let (lo, hi) = self.config.latency_ms;
+        let (x, y) = (a.min(b), a.max(b));
+        lo + mix(self.config.seed ^ (u64::from(x) << 32 | u64::from(y))) % (hi - lo + 1).max(1)
+    }
+
+    /// Breaks every link for which `broken(world, a, b)`, telling both
+    /// live ends.
+    fn break_links(&mut self, broken: impl Fn(&World, u32, u32) -> bool) {
+        let gone: Vec<(u32, u32)> = self
+            .links
+            .iter()
+            .copied()
+            .filter(|&(a, b)| broken(self, a, b))
+            .collect();
+        for (a, b) in gone {
+            self.links.remove(&(a, b));
+            for (node, peer) in [(a, b), (b, a)] {
+                if self.nodes[node as usize].live.is_some() {
+                    let inc = self.nodes[node as usize].inc;
+                    self.schedule(self.now + DETECT_MS, Ev::Down { node, inc, peer });
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, node: u32) {
+        let i = node as usize;
+        if self.nodes[i].live.is_some() || self.nodes[i].gone {
+            return;
+        }
+        self.trace(13, u64::from(node), 0);
+        let (backend, disk) = FaultBackend::new();
+        self.nodes[i].disk = disk;
+        let options = Options {
+            create: true,
+            sync: SyncMode::Batch,
+            lock_timeout: Duration::from_secs(1),
+            backend: std::sync::Arc::new(backend),
+            ..Options::default()
+        };
+        let store = match Store::open(&self.nodes[i].dir, options) {
+            Ok(s) => s,
+            Err(e) => {
+                self.note(format!("n{node} cannot start: {e}; retried in 1 s"));
+                self.schedule(self.now + 1_000, Ev::Start(node));
+                return;
+            }
+        };
+        let meta = Metadata::new(store);
+        let oplogs = Oplogs::new(&meta);
+        // Seeds: the first node, and a random node that started before.
+        let mut join = Vec::new();
+        if node != 0 {
+            join.push(self.nodes[0].addr.clone());
+            let other = self.rng.below(self.nodes.len()) as u32;
+            if other != node {
+                join.push(self.nodes[other as usize].addr.clone());
+            }
+        }
+        let config = chorus_replica::Config {
+            me: self.nodes[i].addr.clone(),
+            join,
+            exchange_interval: Duration::from_millis(self.config.exchange_ms),
+            tombstone_grace: Duration::from_millis(self.config.grace_ms),
+            seed: mix(self.config.seed ^ u64::from(node) ^ (u64::from(self.nodes[i].inc) << 40)),
+            max_clock_skew: Duration::from_secs(300),
+            #[cfg(feature = "mutations")]
+            mutation: self.config.mutation,
+        };
+        let now = self.now_of(node);
+        let replica = match Replica::open(meta.clone(), oplogs.clone(), config, now) {
+            Ok(r) => r,
+            Err(e) => {
+                self.note(format!("n{node} cannot start its replica: {e}; retried in 1 s"));
+                self.schedule(self.now + 1_000, Ev::Start(node));
+                return;
+            }
+        };
+        let n = &mut self.nodes[i];
+        n.inc += 1;
+        n.timer_at = None;
+        n.live = Some(Box::new(Live {
+            replica,
+            meta,
+            oplogs,
+        }));
+        let inc = n.inc;
+        if inc > 1 {
+            self.note(format!("n{node} restarted"));
+        }
+        if let Some(l) = self.nodes[i].live.as_mut() {
+            l.replica.start(now);
+        }
+        self.schedule(self.now + FEED_TICK_MS, Ev::FeedTick { node, inc });
+        self.read_feed(node);
+        self.after(node);
+    }
+
+    /// Stops a node: a crash (what was not synced may be lost) or, with
+    /// `gone`, for good after leaving.
+    fn stop(&mut self, node: u32, gone: bool) {
+        let i = node as usize;
+        self.nodes[i].live = None;
+        self.nodes[i].timer_at = None;
+        self.nodes[i].gone |= gone;
+        self.break_links(|_, a, b| a == node || b == node);
+    }
+
+    fn read_feed(&mut self, node: u32) {
+        let now = self.now_of(node);
+        let Some(l) = self.nodes[node as usize].live.as_mut() else {
+            return;
+        };
+        for _ in 0..64 {
+            match l.replica.read_feed(now) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    let text = format!("n{node} cannot read its feed: {e}");
+                    self.note(text);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// After an input: merge, carry out the outputs, re-arm the timer.
+    fn after(&mut self, node: u32) {
+        let now = self.now_of(node);
+        let i = node as usize;
+        let mut outputs = Vec::new();
+        let Some(l) = self.nodes[i].live.as_mut() else {
+            return;
+        };
+        l.replica.flush(now);
+        while let Some(out) = l.replica.poll_output() {
+            outputs.push(out);
+        }
+        let timeout = l.replica.poll_timeout();
+        for out in outputs {
+            match out {
+                Output::Send { to, frame } => self.send(node, &to, frame),
+                Output::ReservedChanged(_) => {}
+                Output::Refused { reason, what } => {
+                    self.note(format!("n{node} refused an object ({reason}): {what}"));
+                }
+            }
+        }
+        if let Some(at) = timeout {
+            let n = &mut self.nodes[i];
+            if n.timer_at.is_none_or(|t| at < t) {
+                n.timer_at = Some(at);
+                let inc = n.inc;
+                self.schedule(at.max(self.now), Ev::Timer { node, inc });
+            }
+        }
+    }
+
+    fn send(&mut self, from: u32, to: &str, frame: Frame) {
+        let Some(&to) = self.by_addr.get(to) else {
+            // An address no node has: the dial fails.
+            return;
+        };
+        let inc_from = self.nodes[from as usize].inc;
+        let lat = self.latency(from, to);
+        let alive = self.nodes[to as usize].live.is_some() && self.reachable(from, to);
+        let lost = self.config.faults.loss > 0.0
+            && unit(&mut self.rng) < self.config.faults.loss;
+        let pair = (from.min(to), from.max(to));
+        if !alive || lost {
+            // The dial fails (or the connection resets): the sender learns
+            // it; a link that was up breaks on both sides.
+            if self.links.remove(&pair) && self.nodes[to as usize].live.is_some() {
+                let inc = self.nodes[to as usize].inc;
+                self.schedule(self.now + DETECT_MS, Ev::Down {
+                    node: to,
+                    inc,
+                    peer: from,
+                });
+            }
+            self.schedule(self.now + lat.max(DETECT_MS), Ev::Down {
+                node: from,
+                inc: inc_from,
+                peer: to,
+            });
+            return;
+        }
+        let bytes = postcard::to_allocvec(&frame).map_or(0, |b| b.len() as u64);
+        self.outcome.frames += 1;
+        self.outcome.bytes += bytes;
+        if matches!(frame, Frame::Exchange { .. }) {
+            self.outcome.ae_bytes += bytes;
+        }
+        let inc_to = self.nodes[to as usize].inc;
+        if self.links.insert(pair) {
+            self.schedule(self.now + lat, Ev::Up {
+                node: to,
+                inc: inc_to,
+                peer: from,
+            });
+            self.schedule(self.now + lat, Ev::Up {
+                node: from,
+                inc: inc_from,
+                peer: to,
+            });
+        }
+        self.schedule(self.now + lat, Ev::Frame {
+            from,
+            to,
+            inc: inc_to,
+            frame: Box::new(frame),
+        });
+    }
+
+    /// One client operation on a random live node, then the next.
+    fn client(&mut self, _hint: u32) {
+        if self.clients_done {
+            return;
+        }
+        let live: Vec<u32> = (0..self.nodes.len() as u32)
+            .filter(|&n| self.nodes[n as usize].live.is_some())
+            .collect();
+        let rate = self.config.ops_per_sec * live.len().max(1) as f64;
+        let gap = (1_000.0 / rate.max(0.001)) as u64;
+        self.schedule(self.now + gap.max(1), Ev::Client(u32::MAX));
+        let Some(&node) = self.rng.pick(&live) else {
+            return;
+        };
+        if self.nodes[node as usize].paused_until > self.now {
+            return;
+        }
+        self.trace(5, u64::from(node), 0);
+        let now_ms = self.now;
+        let Some(l) = self.nodes[node as usize].live.as_ref() else {
+            return;
+        };
+        let step = self.clients.step(node, &l.meta, &l.oplogs, &mut self.history, now_ms);
+        self.note(format!("n{node}: {step}"));
+        self.read_feed(node);
+        self.after(node);
+    }
+
+    /// Checks, and the figures.
+    fn finish(mut self) -> Outcome {
+        self.outcome.sim_ms = self.now;
+        self.outcome.trace_hash = self.hash;
+        let mut replicas = Vec::new();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let Some(l) = n.live.as_ref() else { continue };
+            let s = l.replica.stats();
+            self.outcome.keys_repaired += s.repaired;
+            self.outcome.tombstones_collected += s.tombstones_collected;
+            self.outcome.tombstones_held += l.replica.tombstones_held() as u64;
+            for (name, size, bound) in l.replica.bounds() {
+                if size > bound {
+                    self.outcome.violations.push(Violation::bound(i as u32, name, size, bound));
+                }
+            }
+            replicas.push((i as u32, l.meta.clone(), l.oplogs.clone()));
+        }
+        if self.outcome.converged_after_ms.is_none() {
+            self.outcome.violations.push(Violation::not_converged(self.config.converge_ms));
+        }
+        self.outcome.violations.extend(check::check_all(&replicas, &self.history));
+        self.outcome.acknowledged = self.history.acknowledged();
+        self.outcome.failed = self.history.failed();
+        let windows: Vec<Vec<String>> = self
+            .outcome
+            .violations
+            .iter()
+            .map(|v| self.window(v))
+            .collect();
+        self.outcome.windows = windows;
+        self.outcome
+    }
+
+    /// The notes that show a violation: those that name its key, and the
+    /// faults between the first and the last of them.
+    fn window(&self, v: &Violation) -> Vec<String> {
+        let Some(key) = v.key() else {
+            return Vec::new();
+        };
+        let touching: Vec<usize> = self
+            .notes
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, t))| t.contains(key))
+            .map(|(i, _)| i)
+            .collect();
+        let (Some(&first), Some(&last)) = (touching.first(), touching.last()) else {
+            return Vec::new();
+        };
+        self.notes
+            .iter()
+            .enumerate()
+            .skip(first)
+            .take(last + 1 - first)
+            .filter(|(i, (_, t))| touching.contains(i) || !t.starts_with('n') || t.contains("crashed") || t.contains("restarted") || t.contains("paused") || t.contains("disk") || t.contains("clock"))
+            .map(|(_, (at, t))| format!("{at:>8} ms  {t}"))
+            .collect()
+    }
+}
+
+/// The node an event is for, if one (a paused node's events wait).
+fn ev_node(ev: &Ev) -> Option<u32> {
+    match ev {
+        Ev::Frame { to, .. } => Some(*to),
+        Ev::Up { node, .. } | Ev::Down { node, .. } | Ev::Timer { node, .. } | Ev::FeedTick { node, .. } => {
+            Some(*node)
+        }
+        _ => None,
+    }
+}
+
+impl World {
+    /// Debug: per node, the tree root and the store's key count.
+    pub fn debug_roots(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.live.as_ref().map(|l| (n, l)))
+            .map(|(n, l)| {
+                let snap = l.meta.store().snapshot().expect("snapshot");
+                let keys: Vec<String> = snap
+                    .iter()
+                    .map(|(fp, k, e)| format!("{fp}/{}={:x}", String::from_utf8_lossy(k.as_bytes()), chorus_core::object_hash(k.as_bytes(), &e.value) & 0xffff))
+                    .collect();
+                format!("{} {:?} {}", n.addr, l.replica.tree_root(), keys.join(" "))
+            })
+            .collect()
+    }
+}
