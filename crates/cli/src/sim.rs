@@ -8,13 +8,15 @@ use chorus_sim::{Config, Protocol, Report};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
+use chorus_node::error::Kind;
+
 use crate::{Cli, Failure, emit};
 
 #[derive(Args, Debug)]
 pub(crate) struct SimArgs {
-    /// Nodes in the simulated cluster
-    #[arg(long, default_value_t = 1_000)]
-    nodes: usize,
+    /// Nodes in the simulated cluster [default: 1000; with --faults, 5]
+    #[arg(long)]
+    nodes: Option<usize>,
     /// Messages broadcast after the overlay is built
     #[arg(long, default_value_t = 100)]
     messages: usize,
@@ -48,6 +50,21 @@ pub(crate) struct SimArgs {
     /// With --exchange-keys: the share of keys that differ
     #[arg(long, default_value_t = 0.01)]
     diff: f64,
+    /// Instead of broadcasting: run whole nodes (the daemon's replica over real stores, written to by clients) under these faults, heal, and check the result. none, standard, all, or a list of partitions, crashes, pauses, clocks, disk, churn, loss=P
+    #[arg(long, conflicts_with_all = ["messages", "fail", "loss", "protocol", "anti_entropy_ms", "message_gap_ms", "plot", "optimization_threshold", "exchange_keys"])]
+    faults: Option<String>,
+    /// With --faults: how many seeds to run, from --seed on
+    #[arg(long, default_value_t = 1, requires = "faults")]
+    seeds: u64,
+    /// With --faults: virtual seconds of writes and faults before the heal
+    #[arg(long, default_value_t = 30, requires = "faults")]
+    run_secs: u64,
+    /// With --faults: client operations per node per virtual second
+    #[arg(long, default_value_t = 2.0, requires = "faults")]
+    ops: f64,
+    /// With --faults: append every seed that found a violation to this file, one per line
+    #[arg(long, requires = "faults")]
+    failures: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +77,9 @@ enum ProtocolArg {
 pub(crate) fn run(cli: &Cli, args: &SimArgs) -> Result<(), Failure> {
     if let Some(keys) = args.exchange_keys {
         return exchange(cli, keys, args.diff, args.seed);
+    }
+    if let Some(faults) = &args.faults {
+        return whole(cli, args, faults);
     }
     let config = config(args)?;
     if let Some(path) = &args.plot {
@@ -97,10 +117,10 @@ pub(crate) fn run(cli: &Cli, args: &SimArgs) -> Result<(), Failure> {
 }
 
 fn config(args: &SimArgs) -> Result<Config, Failure> {
-    if !(2..=NODES_MAX).contains(&args.nodes) {
+    let nodes = args.nodes.unwrap_or(1_000);
+    if !(2..=NODES_MAX).contains(&nodes) {
         return Err(Failure::usage(format!(
-            "--nodes {}: give from 2 to {NODES_MAX} nodes",
-            args.nodes
+            "--nodes {nodes}: give from 2 to {NODES_MAX} nodes"
         )));
     }
     for (name, value) in [
@@ -137,7 +157,7 @@ fn config(args: &SimArgs) -> Result<Config, Failure> {
     }
     Ok(Config {
         plumtree,
-        nodes: args.nodes,
+        nodes,
         messages: args.messages,
         fail: args.fail,
         loss: args.loss,
@@ -377,4 +397,153 @@ fn exchange(cli: &Cli, keys: u64, diff: f64, seed: u64) -> Result<(), Failure> {
     let report = chorus_sim::exchange::run(keys, diff, seed).map_err(Failure::from)?;
     emit(cli, json!(report), || report.to_string());
     Ok(())
+}
+
+/// Most nodes a whole-node simulation runs (each holds a real store).
+const WHOLE_NODES_MAX: usize = 2_000;
+/// Most seeds one command runs.
+const SEEDS_MAX: u64 = 1_000_000;
+
+/// `chorus sim --faults ...`: whole nodes, one run per seed; fails when a
+/// checker found a violation.
+fn whole(cli: &Cli, args: &SimArgs, spec: &str) -> Result<(), Failure> {
+    use chorus_sim::cluster;
+    let faults = cluster::Faults::parse(spec).map_err(Failure::usage)?;
+    let nodes = args.nodes.unwrap_or(5);
+    if !(1..=WHOLE_NODES_MAX).contains(&nodes) {
+        return Err(Failure::usage(format!(
+            "--nodes {nodes}: whole-node simulations take from 1 to {WHOLE_NODES_MAX} nodes"
+        )));
+    }
+    if !(1..=SEEDS_MAX).contains(&args.seeds) {
+        return Err(Failure::usage(format!(
+            "--seeds {}: give from 1 to {SEEDS_MAX}",
+            args.seeds
+        )));
+    }
+    if !(1..=3_600).contains(&args.run_secs) {
+        return Err(Failure::usage(format!(
+            "--run-secs {}: give from 1 to 3600 virtual seconds",
+            args.run_secs
+        )));
+    }
+    if !(args.ops.is_finite() && args.ops > 0.0 && args.ops <= 1_000.0) {
+        return Err(Failure::usage(format!(
+            "--ops {}: give a rate above 0 and at most 1000 operations per node per second",
+            args.ops
+        )));
+    }
+    let mut runs = Vec::new();
+    let mut failing = Vec::new();
+    for seed in args.seed..args.seed.saturating_add(args.seeds) {
+        let config = cluster::Config {
+            nodes,
+            seed,
+            faults,
+            run_ms: args.run_secs * 1_000,
+            ops_per_sec: args.ops,
+            ..cluster::Config::default()
+        };
+        let started = std::time::Instant::now();
+        let outcome = cluster::run(&config).map_err(|e| Failure::of_kind(Kind::Internal, e))?;
+        let wall = started.elapsed().as_secs_f64();
+        if !outcome.violations.is_empty() {
+            failing.push(seed);
+            if let Some(path) = &args.failures {
+                append_seed(path, seed)?;
+            }
+        }
+        let line = run_line(seed, nodes, &outcome, wall);
+        if !cli.json {
+            println!("{line}");
+            for (v, window) in outcome.violations.iter().zip(&outcome.windows) {
+                println!("  [{}] {}", v.checker, v.detail);
+                for w in window {
+                    println!("      {w}");
+                }
+            }
+        }
+        runs.push(json!({
+            "seed": seed,
+            "trace_hash": format!("{:016x}", outcome.trace_hash),
+            "nodes": nodes,
+            "virtual_ms": outcome.sim_ms,
+            "wall_secs": wall,
+            "converged_after_ms": outcome.converged_after_ms,
+            "acknowledged": outcome.acknowledged,
+            "failed": outcome.failed,
+            "frames": outcome.frames,
+            "bytes": outcome.bytes,
+            "ae_bytes": outcome.ae_bytes,
+            "keys_repaired": outcome.keys_repaired,
+            "tombstones_collected": outcome.tombstones_collected,
+            "tombstones_held": outcome.tombstones_held,
+            "faults": outcome.faults,
+            "violations": outcome.violations.iter().zip(&outcome.windows).map(|(v, w)| json!({
+                "checker": v.checker,
+                "key": v.key(),
+                "detail": v.detail,
+                "window": w,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    if cli.json {
+        emit(
+            cli,
+            json!({ "runs": runs, "failing_seeds": failing }),
+            String::new,
+        );
+    }
+    if failing.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::of_kind(
+        Kind::Internal,
+        format!(
+            "{} of {} seeds found a violation: {}; rerun one with `chorus sim --faults {spec} --nodes {nodes} --seed S`",
+            failing.len(),
+            args.seeds,
+            failing
+                .iter()
+                .take(20)
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
+fn run_line(seed: u64, nodes: usize, o: &chorus_sim::cluster::Outcome, wall: f64) -> String {
+    let verdict = match o.violations.len() {
+        0 => "ok".to_string(),
+        n => format!("{n} violation{}", if n == 1 { "" } else { "s" }),
+    };
+    let converged = o
+        .converged_after_ms
+        .map_or("did not converge".to_string(), |ms| {
+            format!("converged {:.2} s after the heal", ms as f64 / 1000.0)
+        });
+    format!(
+        "seed {seed}: {verdict}, trace {:016x}; {nodes} nodes, {:.1} virtual s in {wall:.2} s; {converged}; {} writes acknowledged, {} failed; {} tombstones collected",
+        o.trace_hash,
+        o.sim_ms as f64 / 1000.0,
+        o.acknowledged,
+        o.failed,
+        o.tombstones_collected,
+    )
+}
+
+fn append_seed(path: &Path, seed: u64) -> Result<(), Failure> {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{seed}"))
+        .map_err(|e| {
+            Failure::of_kind(
+                Kind::Storage,
+                format!("cannot write the failing seed to {}: {e}", path.display()),
+            )
+        })
 }

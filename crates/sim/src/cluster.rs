@@ -21,7 +21,7 @@ use chorus_gossip::Rng;
 use chorus_replica::{Frame, Now, Output, Replica};
 use chorus_store::fault::{FaultBackend, FaultPlan, Faults as DiskFaults};
 use chorus_store::oplog::Oplogs;
-use chorus_store::{Metadata, Options, Store, SyncMode};
+use chorus_store::{Backend, Metadata, Options, Store, SyncMode};
 
 use crate::check::{self, Violation};
 use crate::client::{Clients, History};
@@ -79,11 +79,13 @@ impl Faults {
                 "disk" => f.disk = true,
                 "churn" => f.churn = true,
                 p if p.starts_with("loss=") => {
-                    let v: f64 = p[5..]
-                        .parse()
-                        .map_err(|_| format!("--faults: `{p}`: the loss is a number from 0 to 0.5"))?;
+                    let v: f64 = p[5..].parse().map_err(|_| {
+                        format!("--faults: `{p}`: the loss is a number from 0 to 0.5")
+                    })?;
                     if !(0.0..=0.5).contains(&v) {
-                        return Err(format!("--faults: `{p}`: the loss is a number from 0 to 0.5"));
+                        return Err(format!(
+                            "--faults: `{p}`: the loss is a number from 0 to 0.5"
+                        ));
                     }
                     f.loss = v;
                 }
@@ -440,7 +442,10 @@ impl World {
         let offset = self.nodes[node as usize].wall_offset;
         Now {
             ms: self.now,
-            wall_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(EPOCH_MS, |d| d.as_millis() as u64).saturating_add_signed(offset),
+            wall_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(EPOCH_MS, |d| d.as_millis() as u64)
+                .saturating_add_signed(offset),
         }
     }
 
@@ -497,10 +502,13 @@ impl World {
                     DiskPlan::FailSync
                 };
                 let off = at + 1_000 + self.rng.next_u64() % 4_000;
-                self.schedule(at, Ev::Disk {
-                    node,
-                    plan: Some(plan),
-                });
+                self.schedule(
+                    at,
+                    Ev::Disk {
+                        node,
+                        plan: Some(plan),
+                    },
+                );
                 self.schedule(off.min(end), Ev::Disk { node, plan: None });
             }
         }
@@ -574,7 +582,10 @@ impl World {
     }
 
     fn end(&mut self) {
-        self.note("end of the workload: partitions healed, nodes restarted and resumed, disks fixed".into());
+        self.note(
+            "end of the workload: partitions healed, nodes restarted and resumed, disks fixed"
+                .into(),
+        );
         self.clients_done = true;
         self.group.iter_mut().for_each(|g| *g = 0);
         for i in 0..self.nodes.len() {
@@ -797,6 +808,17 @@ impl World {
         self.trace(13, u64::from(node), 0);
         let (backend, disk) = FaultBackend::new();
         self.nodes[i].disk = disk;
+        if self.nodes[i].inc == 0 {
+            // A node id drawn from the seed, so runs repeat exactly.
+            let id = chorus_core::NodeId::from_bytes(
+                (u128::from(mix(self.config.seed ^ 0x1D)) << 64 | u128::from(mix(u64::from(node))))
+                    .to_le_bytes(),
+            );
+            if let Err(e) = write_node_id(&backend, &self.nodes[i].dir, id) {
+                self.note(format!("n{node} cannot be created: {e}"));
+                return;
+            }
+        }
         let options = Options {
             create: true,
             sync: SyncMode::Batch,
@@ -837,7 +859,9 @@ impl World {
         let replica = match Replica::open(meta.clone(), oplogs.clone(), config, now) {
             Ok(r) => r,
             Err(e) => {
-                self.note(format!("n{node} cannot start its replica: {e}; retried in 1 s"));
+                self.note(format!(
+                    "n{node} cannot start its replica: {e}; retried in 1 s"
+                ));
                 self.schedule(self.now + 1_000, Ev::Start(node));
                 return;
             }
@@ -930,25 +954,30 @@ impl World {
         let inc_from = self.nodes[from as usize].inc;
         let lat = self.latency(from, to);
         let alive = self.nodes[to as usize].live.is_some() && self.reachable(from, to);
-        let lost = self.config.faults.loss > 0.0
-            && unit(&mut self.rng) < self.config.faults.loss;
+        let lost = self.config.faults.loss > 0.0 && unit(&mut self.rng) < self.config.faults.loss;
         let pair = (from.min(to), from.max(to));
         if !alive || lost {
             // The dial fails (or the connection resets): the sender learns
             // it; a link that was up breaks on both sides.
             if self.links.remove(&pair) && self.nodes[to as usize].live.is_some() {
                 let inc = self.nodes[to as usize].inc;
-                self.schedule(self.now + DETECT_MS, Ev::Down {
-                    node: to,
-                    inc,
-                    peer: from,
-                });
+                self.schedule(
+                    self.now + DETECT_MS,
+                    Ev::Down {
+                        node: to,
+                        inc,
+                        peer: from,
+                    },
+                );
             }
-            self.schedule(self.now + lat.max(DETECT_MS), Ev::Down {
-                node: from,
-                inc: inc_from,
-                peer: to,
-            });
+            self.schedule(
+                self.now + lat.max(DETECT_MS),
+                Ev::Down {
+                    node: from,
+                    inc: inc_from,
+                    peer: to,
+                },
+            );
             return;
         }
         let bytes = postcard::to_allocvec(&frame).map_or(0, |b| b.len() as u64);
@@ -959,23 +988,32 @@ impl World {
         }
         let inc_to = self.nodes[to as usize].inc;
         if self.links.insert(pair) {
-            self.schedule(self.now + lat, Ev::Up {
-                node: to,
-                inc: inc_to,
-                peer: from,
-            });
-            self.schedule(self.now + lat, Ev::Up {
-                node: from,
-                inc: inc_from,
-                peer: to,
-            });
+            self.schedule(
+                self.now + lat,
+                Ev::Up {
+                    node: to,
+                    inc: inc_to,
+                    peer: from,
+                },
+            );
+            self.schedule(
+                self.now + lat,
+                Ev::Up {
+                    node: from,
+                    inc: inc_from,
+                    peer: to,
+                },
+            );
         }
-        self.schedule(self.now + lat, Ev::Frame {
-            from,
-            to,
-            inc: inc_to,
-            frame: Box::new(frame),
-        });
+        self.schedule(
+            self.now + lat,
+            Ev::Frame {
+                from,
+                to,
+                inc: inc_to,
+                frame: Box::new(frame),
+            },
+        );
     }
 
     /// One client operation on a random live node, then the next.
@@ -1000,7 +1038,9 @@ impl World {
         let Some(l) = self.nodes[node as usize].live.as_ref() else {
             return;
         };
-        let step = self.clients.step(node, &l.meta, &l.oplogs, &mut self.history, now_ms);
+        let step = self
+            .clients
+            .step(node, &l.meta, &l.oplogs, &mut self.history, now_ms);
         self.note(format!("n{node}: {step}"));
         self.read_feed(node);
         self.after(node);
@@ -1019,15 +1059,21 @@ impl World {
             self.outcome.tombstones_held += l.replica.tombstones_held() as u64;
             for (name, size, bound) in l.replica.bounds() {
                 if size > bound {
-                    self.outcome.violations.push(Violation::bound(i as u32, name, size, bound));
+                    self.outcome
+                        .violations
+                        .push(Violation::bound(i as u32, name, size, bound));
                 }
             }
             replicas.push((i as u32, l.meta.clone(), l.oplogs.clone()));
         }
         if self.outcome.converged_after_ms.is_none() {
-            self.outcome.violations.push(Violation::not_converged(self.config.converge_ms));
+            self.outcome
+                .violations
+                .push(Violation::not_converged(self.config.converge_ms));
         }
-        self.outcome.violations.extend(check::check_all(&replicas, &self.history));
+        self.outcome
+            .violations
+            .extend(check::check_all(&replicas, &self.history));
         self.outcome.acknowledged = self.history.acknowledged();
         self.outcome.failed = self.history.failed();
         let windows: Vec<Vec<String>> = self
@@ -1061,19 +1107,42 @@ impl World {
             .enumerate()
             .skip(first)
             .take(last + 1 - first)
-            .filter(|(i, (_, t))| touching.contains(i) || !t.starts_with('n') || t.contains("crashed") || t.contains("restarted") || t.contains("paused") || t.contains("disk") || t.contains("clock"))
+            .filter(|(i, (_, t))| {
+                touching.contains(i)
+                    || !t.starts_with('n')
+                    || t.contains("crashed")
+                    || t.contains("restarted")
+                    || t.contains("paused")
+                    || t.contains("disk")
+                    || t.contains("clock")
+            })
             .map(|(_, (at, t))| format!("{at:>8} ms  {t}"))
             .collect()
     }
+}
+
+/// Creates a data directory with the node id given (the store creates
+/// the rest at its first open).
+fn write_node_id(
+    backend: &dyn Backend,
+    dir: &std::path::Path,
+    id: chorus_core::NodeId,
+) -> std::io::Result<()> {
+    backend.create_dir_all(dir)?;
+    let file = backend.create(&dir.join("node-id"))?;
+    file.write_all_at(format!("{id}\n").as_bytes(), 0)?;
+    file.sync_data()?;
+    backend.sync_dir(dir)
 }
 
 /// The node an event is for, if one (a paused node's events wait).
 fn ev_node(ev: &Ev) -> Option<u32> {
     match ev {
         Ev::Frame { to, .. } => Some(*to),
-        Ev::Up { node, .. } | Ev::Down { node, .. } | Ev::Timer { node, .. } | Ev::FeedTick { node, .. } => {
-            Some(*node)
-        }
+        Ev::Up { node, .. }
+        | Ev::Down { node, .. }
+        | Ev::Timer { node, .. }
+        | Ev::FeedTick { node, .. } => Some(*node),
         _ => None,
     }
 }
@@ -1088,7 +1157,13 @@ impl World {
                 let snap = l.meta.store().snapshot().expect("snapshot");
                 let keys: Vec<String> = snap
                     .iter()
-                    .map(|(fp, k, e)| format!("{fp}/{}={:x}", String::from_utf8_lossy(k.as_bytes()), chorus_core::object_hash(k.as_bytes(), &e.value) & 0xffff))
+                    .map(|(fp, k, e)| {
+                        format!(
+                            "{fp}/{}={:x}",
+                            String::from_utf8_lossy(k.as_bytes()),
+                            chorus_core::object_hash(k.as_bytes(), &e.value) & 0xffff
+                        )
+                    })
                     .collect();
                 format!("{} {:?} {}", n.addr, l.replica.tree_root(), keys.join(" "))
             })

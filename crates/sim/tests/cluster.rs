@@ -20,15 +20,22 @@ fn debug_roots() {
         run_ms: 3000,
         converge_ms: 5000,
         ..Default::default()
-    }).expect("w");
+    })
+    .expect("w");
     w.run();
-    for l in w.debug_roots() { eprintln!("{l}"); }
+    for l in w.debug_roots() {
+        eprintln!("{l}");
+    }
 }
 
 #[test]
 fn standard_faults_seed_1() {
     let outcome = cluster::run(&Config::default()).expect("the run");
     eprintln!("{outcome:?}");
-    for w in &outcome.windows { for l in w { eprintln!("{l}"); } }
+    for w in &outcome.windows {
+        for l in w {
+            eprintln!("{l}");
+        }
+    }
     assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
 }
