@@ -914,7 +914,11 @@ impl World {
             .position(|s| s.peer == peer && s.id == session && s.initiator == mine);
         let pos = match pos {
             Some(p) => p,
-            None if from_initiator => {
+            // As in the replica: only a Begin opens a session, so a step
+            // for one this node dropped is not taken for a whole exchange.
+            None if from_initiator
+                && matches!(msg, chorus_gossip::merkle::Message::Begin { .. }) =>
+            {
                 if n.sessions.len() >= AE_SESSIONS_MAX {
                     n.sessions.pop_front();
                 }
