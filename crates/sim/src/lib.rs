@@ -17,6 +17,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub mod check;
+pub mod client;
 pub mod exchange;
 mod layer;
 mod world;
