@@ -76,22 +76,27 @@ impl std::fmt::Display for Violation {
     }
 }
 
-/// Every checker; violations sorted by (checker, key, first event,
-/// detail).
+/// Every checker; violations sorted (by checker, key, detail, first
+/// event), each once.
 pub fn check_all(replicas: &[Metadata], history: &History) -> Vec<Violation> {
     let mut out = plain_keys(replicas, history);
     out.extend(convergence(replicas, history));
     out.extend(documents(replicas, history));
     out.extend(operation_logs(replicas, history));
-    out.sort_by(|a, b| {
-        (a.checker, &a.key, a.first_event, &a.detail).cmp(&(
-            b.checker,
-            &b.key,
-            b.first_event,
-            &b.detail,
-        ))
-    });
+    out.sort();
     out.dedup();
+    out
+}
+
+/// The checks that hold at any moment of a run, replicated or not: every
+/// value a replica holds was written by a client ([`INVENTED`]). The
+/// others need every replica to have everything (run them after a heal).
+pub fn during_run(replicas: &[Metadata], history: &History) -> Vec<Violation> {
+    let mut out: Vec<Violation> = plain_keys(replicas, history)
+        .into_iter()
+        .filter(|v| v.checker == INVENTED || v.checker == READABLE)
+        .collect();
+    out.sort();
     out
 }
 
@@ -426,7 +431,12 @@ fn acknowledged_writes(
         if !writes.acknowledged(w) || writes.is_delete(w) || justified.contains(&w) {
             continue;
         }
-        let held: Vec<String> = values.iter().map(|(v, _)| describe_value(v)).collect();
+        let held = if absent {
+            "the key is absent".to_string()
+        } else {
+            let held: Vec<String> = values.iter().map(|(v, _)| describe_value(v)).collect();
+            format!("they hold [{}]", held.join(", "))
+        };
         let what = writes
             .write(w)
             .and_then(|x| x.bytes.as_deref())
@@ -436,9 +446,8 @@ fn acknowledged_writes(
             checker: ACKNOWLEDGED,
             key: key_name(fp, key),
             detail: format!(
-                "the acknowledged write {what:?} (event {w}) is lost on {}: not held, and no chain of writes that saw it ends in a held value or a delete; they hold [{}]",
+                "the acknowledged write {what:?} (event {w}) is lost on {}: not held, and no chain of writes that saw it ends in a held value or a delete; {held}",
                 replica_list(&state.replicas),
-                held.join(", ")
             ),
             first_event: Some(w),
         });
@@ -452,6 +461,15 @@ fn acknowledged_writes(
 /// included: replication carries everything), and where they differ, the
 /// first differing key named.
 pub fn convergence(replicas: &[Metadata], history: &History) -> Vec<Violation> {
+    convergence_where(replicas, history, |_| true)
+}
+
+/// [`convergence`] over the full prefixes `compared` selects.
+pub fn convergence_where(
+    replicas: &[Metadata],
+    history: &History,
+    compared: impl Fn(&FullPrefix) -> bool,
+) -> Vec<Violation> {
     let mut out = Vec::new();
     let snaps = snapshots(replicas, &mut out);
     let Some(((r0, s0), rest)) = snaps.split_first() else {
@@ -460,6 +478,7 @@ pub fn convergence(replicas: &[Metadata], history: &History) -> Vec<Violation> {
     let prefixes: BTreeSet<FullPrefix> = snaps
         .iter()
         .flat_map(|(_, s)| s.prefixes().cloned())
+        .filter(|fp| compared(fp))
         .collect();
     for fp in &prefixes {
         let h0 = s0.prefix_hash(fp);

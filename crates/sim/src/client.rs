@@ -398,8 +398,9 @@ impl Event {
 pub struct KeyWrites {
     /// Every write of the key, in order.
     pub writes: Vec<EventId>,
-    /// Acknowledged writes by (writer, timestamp of the stored value).
-    by_stamp: BTreeMap<(NodeId, u64), EventId>,
+    /// Acknowledged writes by (writer, timestamp, bytes or `None`) of the
+    /// stored value (several only if two directories share a node id).
+    by_stamp: BTreeMap<(NodeId, u64, Option<Vec<u8>>), Vec<EventId>>,
     /// Writes with no known timestamp by (writer, bytes or `None`).
     unstamped: BTreeMap<(NodeId, Option<Vec<u8>>), Vec<EventId>>,
 }
@@ -480,25 +481,24 @@ impl History {
             .copied()
     }
 
-    /// The writes a stored value of the key may be: exactly one when the
-    /// value matches an acknowledged write's (writer, timestamp); else
+    /// The writes a stored value of the key may be: one when the value
+    /// matches an acknowledged write's (writer, timestamp, bytes); else
     /// the unacknowledged writes of its writer with its bytes (several
     /// only for tombstones); empty when no client wrote it.
     pub fn candidates(&self, fp: &FullPrefix, key: &[u8], value: &Value) -> Vec<EventId> {
         let Some(k) = self.keys.get(&(fp.clone(), key.to_vec())) else {
             return Vec::new();
         };
-        if let Some(id) = k.by_stamp.get(&(value.node, value.timestamp.0)) {
-            let same = self
-                .event(*id)
-                .and_then(Event::write)
-                .is_some_and(|w| w.bytes.as_deref() == value.bytes());
-            return if same { vec![*id] } else { Vec::new() };
-        }
         let bytes = match &value.content {
             Content::Tombstone => None,
             Content::Data(b) => Some(b.to_vec()),
         };
+        if let Some(ids) = k
+            .by_stamp
+            .get(&(value.node, value.timestamp.0, bytes.clone()))
+        {
+            return ids.clone();
+        }
         k.unstamped
             .get(&(value.node, bytes))
             .cloned()
@@ -531,9 +531,11 @@ impl History {
                     .or_default();
                 k.writes.push(id);
                 match (w.ts, event.outcome.acknowledged()) {
-                    (Some(ts), true) => {
-                        k.by_stamp.insert((event.writer, ts), id);
-                    }
+                    (Some(ts), true) => k
+                        .by_stamp
+                        .entry((event.writer, ts, w.bytes.clone()))
+                        .or_default()
+                        .push(id),
                     _ => k
                         .unstamped
                         .entry((event.writer, w.bytes.clone()))

@@ -13,7 +13,7 @@ use chorus_gossip::Rng;
 use chorus_sim::check::{self, Violation};
 use chorus_sim::client::{Action, Clients, EventOp, History, Layout};
 use chorus_store::fault::{FaultBackend, FaultPlan};
-use chorus_store::{Incoming, Metadata, Options, Origin, Store};
+use chorus_store::{Incoming, Metadata, Options, Origin, Store, SyncMode};
 use tempfile::TempDir;
 
 /// Stores in temp dirs.
@@ -36,6 +36,8 @@ fn cluster(n: usize) -> Cluster {
                 d,
                 Options {
                     create: true,
+                    // Nothing here crashes the machine: no sync needed.
+                    sync: SyncMode::Never,
                     ..Options::default()
                 },
             )
@@ -120,6 +122,10 @@ fn run(metas: &[Metadata], seed: u64, steps: usize) -> Clients {
     for t in 0..steps {
         let node = rng.below(metas.len());
         clients.step(node as u32, &metas[node], &mut rng, t as u64 * 10);
+        if t % 50 == 49 {
+            let found = check::during_run(metas, clients.history());
+            assert!(found.is_empty(), "seed {seed} step {t}:\n{}", show(&found));
+        }
         if rng.below(10) == 0 {
             let (i, j) = (rng.below(metas.len()), rng.below(metas.len()));
             if i != j {
