@@ -393,6 +393,9 @@ impl Event {
     }
 }
 
+/// What a value holds: its bytes, `None` for a tombstone.
+type Written = Option<Vec<u8>>;
+
 /// The writes of one plain key, indexed to match stored values to them.
 #[derive(Clone, Debug, Default)]
 pub struct KeyWrites {
@@ -400,9 +403,9 @@ pub struct KeyWrites {
     pub writes: Vec<EventId>,
     /// Acknowledged writes by (writer, timestamp, bytes or `None`) of the
     /// stored value (several only if two directories share a node id).
-    by_stamp: BTreeMap<(NodeId, u64, Option<Vec<u8>>), Vec<EventId>>,
+    by_stamp: BTreeMap<(NodeId, u64, Written), Vec<EventId>>,
     /// Writes with no known timestamp by (writer, bytes or `None`).
-    unstamped: BTreeMap<(NodeId, Option<Vec<u8>>), Vec<EventId>>,
+    unstamped: BTreeMap<(NodeId, Written), Vec<EventId>>,
 }
 
 /// Everything the clients did, in order.
