@@ -13,6 +13,7 @@ use chorus_gossip::Rng;
 use chorus_sim::check::{self, Violation};
 use chorus_sim::client::{Action, Clients, EventOp, History, Layout};
 use chorus_store::fault::{FaultBackend, FaultPlan};
+use chorus_store::oplog::Oplogs;
 use chorus_store::{Incoming, Metadata, Options, Origin, Store, SyncMode};
 use tempfile::TempDir;
 
@@ -655,5 +656,34 @@ fn check_all_over_many_replicas_and_keys() {
         "check_all over {replicas} replicas x {keys} keys ({} events): {took:?}",
         clients.history().len()
     );
+    assert!(found.is_empty(), "{}", show(&found));
+}
+
+#[test]
+fn pushes_folded_into_a_checkpoint_are_accounted_for() {
+    let c = cluster(2);
+    let mut clients = Clients::new(Layout::default()).expect("layout");
+    for t in 0..6 {
+        let node = (t % 2) as usize;
+        let push = Action::Push { log: 1 };
+        assert!(
+            clients
+                .apply(node as u32, &c.metas[node], push, t)
+                .acknowledged
+        );
+    }
+    replicate_all(&c.metas, &mut Rng::new(13));
+    let fp = clients.history().layout().logs.clone();
+    let view = Oplogs::new(&c.metas[0]).log(&fp, "c1").expect("log");
+    let upto = view.log.ops().nth(3).expect("six operations").key();
+    // Every store folds the first four (a cluster prunes only what every
+    // member has).
+    for m in &c.metas {
+        assert_eq!(Oplogs::new(m).prune(&fp, "c1", &upto).expect("prune"), 4);
+    }
+    replicate_all(&c.metas, &mut Rng::new(14));
+    let view = Oplogs::new(&c.metas[1]).log(&fp, "c1").expect("log");
+    assert!(view.log.checkpoint().is_some() && view.log.ops().count() == 2);
+    let found = check::check_all(&c.metas, clients.history());
     assert!(found.is_empty(), "{}", show(&found));
 }
