@@ -250,16 +250,17 @@ pub fn plain_keys(replicas: &[Metadata], history: &History) -> Vec<Violation> {
 /// The replicas grouped by what they hold.
 fn distinct(held: &[Option<Bytes>], snaps: &[(usize, Snapshot)]) -> Vec<State> {
     let mut states: Vec<State> = Vec::new();
+    let mut index: BTreeMap<Option<&[u8]>, usize> = BTreeMap::new();
     for (bytes, (r, _)) in held.iter().zip(snaps) {
-        match states
-            .iter_mut()
-            .find(|s| s.bytes.as_deref() == bytes.as_deref())
-        {
-            Some(s) => s.replicas.push(*r),
-            None => states.push(State {
+        let at = *index.entry(bytes.as_deref()).or_insert_with(|| {
+            states.push(State {
                 bytes: bytes.clone(),
-                replicas: vec![*r],
-            }),
+                replicas: Vec::new(),
+            });
+            states.len() - 1
+        });
+        if let Some(s) = states.get_mut(at) {
+            s.replicas.push(*r);
         }
     }
     states
@@ -707,26 +708,51 @@ fn pushes_to(history: &History, fp: &FullPrefix, path: &str) -> Vec<Pushed> {
         .collect()
 }
 
-/// Where a push stands in one replica's view of the log.
-fn accounted(view: &chorus_store::oplog::LogView, p: &Pushed) -> (bool, bool) {
-    let payload = serde_json::json!(p.payload);
-    let is = |op: &chorus_core::oplog::Op| match &p.stamp {
-        Some((ts, sha)) => op.timestamp == *ts && op.sha == *sha,
-        None => op.node == p.writer && op.payload == payload,
-    };
-    if view.late.iter().any(is) {
-        return (true, true);
+/// One replica's view of a log, indexed to find pushes in it.
+struct LogIndex<'a> {
+    checkpoint: Option<&'a chorus_core::oplog::Checkpoint>,
+    /// (timestamp, sha) of every operation, and whether it is late.
+    stamped: BTreeMap<(u64, &'a str), bool>,
+    /// (node, payload) of every operation with a whole-number payload,
+    /// and whether it is late.
+    unstamped: BTreeMap<(&'a str, u64), bool>,
+}
+
+impl<'a> LogIndex<'a> {
+    fn new(view: &'a chorus_store::oplog::LogView) -> LogIndex<'a> {
+        let mut index = LogIndex {
+            checkpoint: view.log.checkpoint(),
+            stamped: BTreeMap::new(),
+            unstamped: BTreeMap::new(),
+        };
+        let all = view.log.ops().map(|op| (op, false));
+        for (op, late) in all.chain(view.late.iter().map(|op| (op, true))) {
+            index.stamped.insert((op.timestamp, op.sha.as_str()), late);
+            if let Some(n) = op.payload.as_u64() {
+                index.unstamped.insert((op.node.as_str(), n), late);
+            }
+        }
+        index
     }
-    if view.log.ops().any(is) {
-        return (true, false);
+
+    /// Whether the push is accounted for (in the log, reported late, or
+    /// folded into the checkpoint), and whether it is late.
+    fn standing(&self, p: &Pushed) -> (bool, bool) {
+        let found = match &p.stamp {
+            Some((ts, sha)) => self.stamped.get(&(*ts, sha.as_str())),
+            None => self.unstamped.get(&(p.writer.as_str(), p.payload)),
+        };
+        if let Some(late) = found {
+            return (true, *late);
+        }
+        let folded = match (&p.stamp, self.checkpoint) {
+            (Some((ts, _)), Some(c)) => c.frontier.get(&p.writer).is_some_and(|t| t >= ts),
+            // Not found after the push: folded if anything was.
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        (folded, false)
     }
-    let folded = match (&p.stamp, view.log.checkpoint()) {
-        (Some((ts, _)), Some(c)) => c.frontier.get(&p.writer).is_some_and(|t| t >= ts),
-        // Not found after the push: folded if anything was.
-        (None, Some(_)) => true,
-        (_, None) => false,
-    };
-    (folded, false)
 }
 
 fn check_log(
@@ -741,6 +767,7 @@ fn check_log(
     let mut values: Vec<(usize, serde_json::Value)> = Vec::new();
     let mut dropped: BTreeMap<EventId, Vec<usize>> = BTreeMap::new();
     let mut sums: Vec<(usize, String)> = Vec::new();
+    let mut sum_memo: BTreeMap<(String, Vec<EventId>), Option<String>> = BTreeMap::new();
     for (r, oplogs) in handles {
         let read = oplogs
             .get(fp, path)
@@ -757,9 +784,10 @@ fn check_log(
                 continue;
             }
         };
+        let index = LogIndex::new(&view);
         let mut late: BTreeSet<EventId> = BTreeSet::new();
         for p in pushes.iter().filter(|p| p.acknowledged) {
-            match accounted(&view, p) {
+            match index.standing(p) {
                 (false, _) => dropped.entry(p.event).or_default().push(*r),
                 (true, true) => {
                     late.insert(p.event);
@@ -767,8 +795,12 @@ fn check_log(
                 (true, false) => {}
             }
         }
-        if let Some(why) = counter_adds_up(&value, pushes, &late) {
-            sums.push((*r, why));
+        // Replicas mostly agree: each (value, late pushes) is summed once.
+        let why = sum_memo
+            .entry((value.to_string(), late.iter().copied().collect()))
+            .or_insert_with(|| counter_adds_up(&value, pushes, &late));
+        if let Some(why) = why {
+            sums.push((*r, why.clone()));
         }
         values.push((*r, value));
     }
