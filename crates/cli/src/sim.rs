@@ -457,7 +457,7 @@ fn whole(cli: &Cli, args: &SimArgs, spec: &str) -> Result<(), Failure> {
         if !cli.json {
             println!("{line}");
             for (v, window) in outcome.violations.iter().zip(&outcome.windows) {
-                println!("  [{}] {}", v.checker, v.detail);
+                println!("  {v}");
                 for w in window {
                     println!("      {w}");
                 }
@@ -481,7 +481,7 @@ fn whole(cli: &Cli, args: &SimArgs, spec: &str) -> Result<(), Failure> {
             "faults": outcome.faults,
             "violations": outcome.violations.iter().zip(&outcome.windows).map(|(v, w)| json!({
                 "checker": v.checker,
-                "key": v.key(),
+                "key": v.key,
                 "detail": v.detail,
                 "window": w,
             })).collect::<Vec<_>>(),

@@ -24,7 +24,7 @@ use chorus_store::oplog::Oplogs;
 use chorus_store::{Backend, Metadata, Options, Store, SyncMode};
 
 use crate::check::{self, Violation};
-use crate::client::{Clients, History};
+use crate::client::{Clients, Layout};
 
 /// Which faults a run injects.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -116,7 +116,8 @@ pub struct Config {
     pub converge_ms: u64,
     /// Client operations per node per virtual second.
     pub ops_per_sec: f64,
-    /// Distinct keys clients write (small, so writes collide).
+    /// Plain keys per full prefix clients write (two full prefixes; few,
+    /// so that writes collide).
     pub keys: usize,
     /// Anti-entropy interval (virtual ms).
     pub exchange_ms: u64,
@@ -141,7 +142,7 @@ impl Default for Config {
             run_ms: 30_000,
             converge_ms: 60_000,
             ops_per_sec: 2.0,
-            keys: 20,
+            keys: 10,
             exchange_ms: 1_000,
             grace_ms: 5_000,
             latency_ms: (1, 20),
@@ -212,7 +213,6 @@ struct SimNode {
 struct Live {
     replica: Replica,
     meta: Metadata,
-    oplogs: Oplogs,
 }
 
 #[derive(Debug, Clone)]
@@ -296,6 +296,8 @@ impl Ord for Scheduled {
     }
 }
 
+/// The checker that the replicas' queues and sets stay within bounds.
+pub const BOUNDS: &str = "bounds";
 /// Most events kept for violation windows (the oldest go first).
 const NOTES_MAX: usize = 100_000;
 /// How often the feed is read without a commit notification (virtual ms).
@@ -323,7 +325,6 @@ pub struct World {
     /// The partition: each node's group (all 0 when healed).
     group: Vec<u32>,
     clients: Clients,
-    history: History,
     notes: std::collections::VecDeque<(u64, String)>,
     outcome: Outcome,
     hash: u64,
@@ -379,8 +380,10 @@ impl World {
             rng: Rng::new(config.seed),
             links: BTreeSet::new(),
             group: Vec::new(),
-            clients: Clients::new(config.seed ^ 0xC11E, config.keys),
-            history: History::default(),
+            clients: Clients::new(Layout {
+                keys_per_prefix: config.keys,
+                ..Layout::default()
+            })?,
             notes: std::collections::VecDeque::new(),
             outcome: Outcome::default(),
             hash: 0xC0FF_EE00_D15E_A5E5,
@@ -856,7 +859,7 @@ impl World {
             mutation: self.config.mutation,
         };
         let now = self.now_of(node);
-        let replica = match Replica::open(meta.clone(), oplogs.clone(), config, now) {
+        let replica = match Replica::open(meta.clone(), oplogs, config, now) {
             Ok(r) => r,
             Err(e) => {
                 self.note(format!(
@@ -872,7 +875,6 @@ impl World {
         n.live = Some(Box::new(Live {
             replica,
             meta,
-            oplogs,
         }));
         let inc = n.inc;
         if inc > 1 {
@@ -1038,10 +1040,13 @@ impl World {
         let Some(l) = self.nodes[node as usize].live.as_ref() else {
             return;
         };
-        let step = self
+        let step = self.clients.step(node, &l.meta, &mut self.rng, now_ms);
+        let text = self
             .clients
-            .step(node, &l.meta, &l.oplogs, &mut self.history, now_ms);
-        self.note(format!("n{node}: {step}"));
+            .history()
+            .event(step.event)
+            .map_or_else(String::new, |e| format!("event {}: {}", step.event, e.describe()));
+        self.note(text);
         self.read_feed(node);
         self.after(node);
     }
@@ -1059,23 +1064,40 @@ impl World {
             self.outcome.tombstones_held += l.replica.tombstones_held() as u64;
             for (name, size, bound) in l.replica.bounds() {
                 if size > bound {
-                    self.outcome
-                        .violations
-                        .push(Violation::bound(i as u32, name, size, bound));
+                    self.outcome.violations.push(Violation {
+                        checker: BOUNDS,
+                        key: format!("n{i}"),
+                        detail: format!("{name} holds {size}, over its bound {bound}"),
+                        first_event: None,
+                    });
                 }
             }
-            replicas.push((i as u32, l.meta.clone(), l.oplogs.clone()));
+            replicas.push(l.meta.clone());
         }
         if self.outcome.converged_after_ms.is_none() {
-            self.outcome
-                .violations
-                .push(Violation::not_converged(self.config.converge_ms));
+            self.outcome.violations.push(Violation {
+                checker: check::CONVERGENCE,
+                key: "*".into(),
+                detail: format!(
+                    "the replicas did not hold the same objects within {} ms of the heal",
+                    self.config.converge_ms
+                ),
+                first_event: None,
+            });
         }
+        let history = self.clients.history();
         self.outcome
             .violations
-            .extend(check::check_all(&replicas, &self.history));
-        self.outcome.acknowledged = self.history.acknowledged();
-        self.outcome.failed = self.history.failed();
+            .extend(check::check_all(&replicas, history));
+        let (acked, failed) = history
+            .events()
+            .iter()
+            .fold((0, 0), |(a, f), e| match e.outcome.acknowledged() {
+                true => (a + 1, f),
+                false => (a, f + 1),
+            });
+        self.outcome.acknowledged = acked;
+        self.outcome.failed = failed;
         let windows: Vec<Vec<String>> = self
             .outcome
             .violations
@@ -1089,14 +1111,18 @@ impl World {
     /// The notes that show a violation: those that name its key, and the
     /// faults between the first and the last of them.
     fn window(&self, v: &Violation) -> Vec<String> {
-        let Some(key) = v.key() else {
+        let key = v.key.as_str();
+        if key == "*" || key.is_empty() {
             return Vec::new();
-        };
+        }
+        // The key as notes name it: `prefix/subprefix/name` followed by
+        // a space, so that `k1` does not match `k10`.
+        let named = format!("{key} ");
         let touching: Vec<usize> = self
             .notes
             .iter()
             .enumerate()
-            .filter(|(_, (_, t))| t.contains(key))
+            .filter(|(_, (_, t))| t.contains(&named))
             .map(|(i, _)| i)
             .collect();
         let (Some(&first), Some(&last)) = (touching.first(), touching.last()) else {
@@ -1107,19 +1133,15 @@ impl World {
             .enumerate()
             .skip(first)
             .take(last + 1 - first)
-            .filter(|(i, (_, t))| {
-                touching.contains(i)
-                    || !t.starts_with('n')
-                    || t.contains("crashed")
-                    || t.contains("restarted")
-                    || t.contains("paused")
-                    || t.contains("disk")
-                    || t.contains("clock")
-            })
+            .filter(|(i, (_, t))| touching.contains(i) || !t.starts_with("event "))
             .map(|(_, (at, t))| format!("{at:>8} ms  {t}"))
+            .take(WINDOW_MAX)
             .collect()
     }
 }
+
+/// Most lines of a violation's window.
+const WINDOW_MAX: usize = 60;
 
 /// Creates a data directory with the node id given (the store creates
 /// the rest at its first open).
