@@ -2,16 +2,19 @@
 //! tests can put a fault-injecting implementation ([`crate::fault`]) in place
 //! of the real one.
 //!
-//! Two things deliberately bypass the backend: the OS writer lock
-//! (`flock` on `lock`) and the shared memory map (`shm`). Both are kernel
-//! objects whose failure modes (a dead holder, a stale map) are tested with
-//! real processes instead.
+//! Two things are not files: the writer lock (`flock` on `lock`) and the
+//! shared memory map (`shm`). On the real file system they are kernel
+//! objects, taken from the OS (their failure modes, a dead holder or a stale
+//! map, are tested with real processes). A backend whose files live in this
+//! process ([`crate::MemFs`]) says so with [`Backend::kernel`], and the
+//! engine takes both from it instead: nothing then touches the disk.
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, FileExt, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
+use crate::mem::Kernel;
 use crate::modes::{DIR_MODE, FILE_MODE};
 
 /// An open file with positional IO: the log files and the small metadata files.
@@ -52,6 +55,13 @@ pub trait Backend: Send + Sync + 'static {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Names of the entries of a directory.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// For a backend whose files live in this process: where the writer
+    /// lock and the shared map of its directories live, and its boot id.
+    /// `None` (the default): the files are on the real file system, and so
+    /// are the lock and the map (an OS lock, a shared memory mapping).
+    fn kernel(&self) -> Option<Kernel> {
+        None
+    }
 }
 
 /// Reads a whole file through a backend (for the small metadata files).

@@ -58,7 +58,12 @@ pub(crate) fn check_local(dir: &Path, allow_network_fs: bool) -> Result<()> {
 
 /// Creates the node id and the first generation if they do not exist yet.
 /// Runs under the writer lock, so concurrent first opens agree on one id.
-pub(crate) fn create_locked(layout: &Layout, backend: &dyn Backend) -> Result<(NodeId, bool)> {
+/// `now_ms` (the store's clock) starts the log's timestamps.
+pub(crate) fn create_locked(
+    layout: &Layout,
+    backend: &dyn Backend,
+    now_ms: u64,
+) -> Result<(NodeId, bool)> {
     let node_id = match layout.read_node_id(backend) {
         Ok(id) => id,
         Err(Error::NotInitialized { .. }) => {
@@ -81,7 +86,7 @@ pub(crate) fn create_locked(layout: &Layout, backend: &dyn Backend) -> Result<(N
         generation: 1,
         base_seq: 0,
         node_id,
-        base_ts: Hlc::tick(Hlc::default(), sys::now_ms()).0,
+        base_ts: Hlc::tick(Hlc::default(), now_ms).0,
     };
     let path = layout.log(1);
     let file = backend

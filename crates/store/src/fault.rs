@@ -1,11 +1,14 @@
 //! A fault-injecting [`Backend`] for tests: failing syncs, short writes and a
-//! full disk, switched on and off while a store is open.
+//! full disk, switched on and off while a store is open, over the real file
+//! system ([`FaultBackend::new`]) or any other backend, such as a
+//! [`crate::MemFs`] ([`FaultBackend::over`]).
 
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::backend::{Backend, LogFile, StdBackend};
+use crate::mem::Kernel;
 
 /// The faults currently switched on. All off by default.
 #[derive(Debug, Default, Clone)]
@@ -80,18 +83,40 @@ impl Faults {
     }
 }
 
-/// The real file system with the faults of a [`Faults`] plan applied.
-#[derive(Debug, Clone, Default)]
+/// A backend (the real file system unless made [`FaultBackend::over`]
+/// another) with the faults of a [`Faults`] plan applied.
+#[derive(Clone)]
 pub struct FaultBackend {
+    inner: Arc<dyn Backend>,
     faults: Faults,
 }
 
+impl std::fmt::Debug for FaultBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultBackend")
+            .field("faults", &self.faults)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FaultBackend {
+    fn default() -> Self {
+        FaultBackend::new().0
+    }
+}
+
 impl FaultBackend {
-    /// A backend and the handle that controls its faults.
+    /// The real file system and the handle that controls its faults.
     pub fn new() -> (Self, Faults) {
+        FaultBackend::over(Arc::new(StdBackend))
+    }
+
+    /// `inner` and the handle that controls its faults.
+    pub fn over(inner: Arc<dyn Backend>) -> (Self, Faults) {
         let faults = Faults::default();
         (
             FaultBackend {
+                inner,
                 faults: faults.clone(),
             },
             faults,
@@ -166,21 +191,21 @@ impl LogFile for FaultFile {
 impl Backend for FaultBackend {
     fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
         Ok(Box::new(FaultFile {
-            inner: StdBackend.open(path)?,
+            inner: self.inner.open(path)?,
             faults: self.faults.clone(),
         }))
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
         Ok(Box::new(FaultFile {
-            inner: StdBackend.create(path)?,
+            inner: self.inner.create(path)?,
             faults: self.faults.clone(),
         }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdBackend.rename(from, to)
+        self.inner.rename(from, to)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        StdBackend.remove_file(path)
+        self.inner.remove_file(path)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut shared = self.faults.lock();
@@ -189,12 +214,15 @@ impl Backend for FaultBackend {
             return Err(io::Error::other("injected fault: directory fsync failed"));
         }
         drop(shared);
-        StdBackend.sync_dir(dir)
+        self.inner.sync_dir(dir)
     }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        StdBackend.create_dir_all(dir)
+        self.inner.create_dir_all(dir)
     }
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        StdBackend.list_dir(dir)
+        self.inner.list_dir(dir)
+    }
+    fn kernel(&self) -> Option<Kernel> {
+        self.inner.kernel()
     }
 }

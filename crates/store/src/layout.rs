@@ -11,10 +11,12 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::{self, Backend};
 use crate::error::{Error, Result};
+use crate::mem::LocalLock;
 use crate::shm::Shm;
 use chorus_core::NodeId;
 
@@ -102,13 +104,20 @@ impl Layout {
 
 /// The writer lock: an exclusive `flock` on `DIR/lock`, held only while
 /// writing. The kernel drops it when the holder dies, so it is never stale.
+/// For a backend whose files live in this process, an in-process lock
+/// ([`crate::mem::Kernel`]) stands in for it.
 ///
 /// `flock` locks belong to an open file description: two handles in one
 /// process exclude each other like two processes do, but one handle must not
 /// be locked by two threads at once (the commit queue sees to that).
 pub(crate) struct WriterLock {
-    file: File,
+    kind: LockKind,
     path: PathBuf,
+}
+
+enum LockKind {
+    Os(File),
+    Local(Arc<LocalLock>),
 }
 
 pub(crate) struct LockGuard<'a> {
@@ -126,9 +135,40 @@ impl WriterLock {
             .open(path)
             .map_err(|e| Error::io("open lock file", path, e))?;
         Ok(WriterLock {
-            file,
+            kind: LockKind::Os(file),
             path: path.to_path_buf(),
         })
+    }
+
+    /// The in-process lock standing for the one at `path`.
+    pub(crate) fn local(lock: Arc<LocalLock>, path: &Path) -> Self {
+        WriterLock {
+            kind: LockKind::Local(lock),
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Takes the lock if it is free: `Ok(false)` when someone holds it.
+    fn try_lock(&self) -> Result<bool> {
+        match &self.kind {
+            LockKind::Os(file) => match file.try_lock() {
+                Ok(()) => Ok(true),
+                Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+                Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &self.path, e)),
+            },
+            LockKind::Local(lock) => Ok(lock.try_lock()),
+        }
+    }
+
+    fn unlock(&self) {
+        match &self.kind {
+            // Unlocking an flock we hold cannot fail in a way we could act
+            // on; the kernel releases it at close or exit regardless.
+            LockKind::Os(file) => {
+                let _ = file.unlock();
+            }
+            LockKind::Local(lock) => lock.unlock(),
+        }
     }
 
     /// Takes the lock, waiting up to `timeout`; on time-out the error names
@@ -138,12 +178,8 @@ impl WriterLock {
         let mut pause = Duration::from_micros(20);
         let mut tries = 0u32;
         loop {
-            match self.file.try_lock() {
-                Ok(()) => return Ok(LockGuard { lock: self }),
-                Err(std::fs::TryLockError::WouldBlock) => {}
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(Error::io("lock", &self.path, e));
-                }
+            if self.try_lock()? {
+                return Ok(LockGuard { lock: self });
             }
             let waited = start.elapsed();
             if waited >= timeout {
@@ -164,21 +200,17 @@ impl WriterLock {
 
     /// True when some handle holds the lock right now.
     pub(crate) fn is_held_elsewhere(&self) -> Result<bool> {
-        match self.file.try_lock() {
-            Ok(()) => {
-                let _ = self.file.unlock();
-                Ok(false)
-            }
-            Err(std::fs::TryLockError::WouldBlock) => Ok(true),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &self.path, e)),
+        if self.try_lock()? {
+            self.unlock();
+            Ok(false)
+        } else {
+            Ok(true)
         }
     }
 }
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        // Unlocking an flock we hold cannot fail in a way we could act on; the
-        // kernel releases it at close or exit regardless.
-        let _ = self.lock.file.unlock();
+        self.lock.unlock();
     }
 }

@@ -32,6 +32,7 @@ mod index;
 mod key;
 mod layout;
 mod log;
+pub mod mem;
 mod metadata;
 mod modes;
 pub mod oplog;
@@ -50,6 +51,7 @@ pub use format::Origin;
 pub use hamt::{group_base, in_group};
 pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
+pub use mem::MemFs;
 pub use metadata::{
     BatchPut, GetOptions, Incoming, Item, IterOptions, Match, MetaTransaction, Metadata,
     PutOptions, PutValue, Read, ResolveFn, Resolver, Scope, WriteFn,
@@ -58,6 +60,7 @@ pub use store::{
     AutoCompact, CommitInfo, CompactReport, LIVE_BYTES_PER_KEY, Limits, Options, Status, Store,
     SyncMode, Transaction, UpdateFn, Write, WriteStats, expand_home, live_bytes,
 };
+pub use sys::Clock;
 pub use tools::{CheckReport, Finding, RepairReport, check, repair};
 
 /// The README's examples, compiled and run as doctests.

@@ -687,7 +687,8 @@ impl Oplogs {
         if p.applied.len() <= SOLO_PRUNE_MIN_OPS.max(floor.saturating_mul(2)) {
             return false;
         }
-        let cutoff_ms = now_ms().saturating_sub(self.solo_grace.as_millis() as u64);
+        let cutoff_ms =
+            now_ms(self.meta.store()).saturating_sub(self.solo_grace.as_millis() as u64);
         p.first.as_ref().is_some_and(|k| Hlc(k.0).ms() < cutoff_ms)
     }
 
@@ -1048,7 +1049,7 @@ impl Oplogs {
         validate_path(path)?;
         let snap = self.meta.store().snapshot()?;
         let view = read_log_inline(&snap, fp, path.as_bytes())?.view;
-        let cutoff_ms = now_ms().saturating_sub(grace.as_millis() as u64);
+        let cutoff_ms = now_ms(self.meta.store()).saturating_sub(grace.as_millis() as u64);
         let upto = view
             .log
             .ops()
@@ -1169,10 +1170,9 @@ fn out_of_fuel(fp: &FullPrefix, path: &str, budget: &Budget, folded: usize) -> E
     ))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Now by the store's clock ([`crate::Options::clock`]).
+fn now_ms(store: &crate::Store) -> u64 {
+    store.options().clock.now_ms()
 }
 
 /// The key of an operation's record in the log at `path`.

@@ -30,12 +30,17 @@
 //! Words 18 and up came after layout 1 was first used: an older build
 //! leaves them zero, which reads as "nothing recorded", so the layout
 //! version did not change.
+//!
+//! For a backend whose files live in this process ([`crate::MemFs`]) the
+//! page is an in-process [`Page`] of the words in use, shared by every
+//! handle on the backend, instead of a mapping of a file.
 
 #![allow(unsafe_code)]
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{MmapMut, MmapOptions};
@@ -45,6 +50,9 @@ use crate::error::{Error, LockHolder, Result};
 const MAGIC: u64 = u64::from_le_bytes(*b"CHORUSHM");
 const LAYOUT: u64 = 1;
 const LEN: usize = 4096;
+/// Words of the page in use (the in-process page holds only these).
+const WORDS: usize = 27;
+const _: () = assert!(W_SWITCH_CHECKPOINT_END < WORDS && WORDS * 8 <= LEN);
 
 const W_MAGIC: usize = 0;
 const W_LAYOUT: usize = 1;
@@ -98,7 +106,23 @@ pub(crate) enum Intent {
 }
 
 pub(crate) struct Shm {
-    map: MmapMut,
+    words: Words,
+}
+
+enum Words {
+    /// A shared mapping of the `shm` file, `LEN` bytes.
+    Mapped(MmapMut),
+    /// The in-process page of a backend whose files live in this process.
+    Local(Arc<Page>),
+}
+
+/// The words of the shared page, kept in this process.
+pub(crate) struct Page([AtomicU64; WORDS]);
+
+impl Default for Page {
+    fn default() -> Self {
+        Page(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
 }
 
 impl Shm {
@@ -127,15 +151,28 @@ impl Shm {
         // cannot cause a data race.
         let map = unsafe { MmapOptions::new().len(LEN).map_mut(&file) }
             .map_err(|e| Error::io("map shared map", path, e))?;
-        Ok(Shm { map })
+        Ok(Shm {
+            words: Words::Mapped(map),
+        })
+    }
+
+    /// The page kept in this process (for an in-memory backend).
+    pub(crate) fn local(page: Arc<Page>) -> Self {
+        Shm {
+            words: Words::Local(page),
+        }
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i < LEN / 8);
-        // SAFETY: the mapping is LEN bytes long and page aligned, so word i is
-        // in bounds and 8-byte aligned; it lives as long as `self`; it is only
-        // ever accessed atomically (no `&mut` to the bytes is ever made).
-        unsafe { &*(self.map.as_ptr().add(i * 8) as *const AtomicU64) }
+        assert!(i < WORDS);
+        match &self.words {
+            // SAFETY: the mapping is LEN bytes long and page aligned, so word
+            // i is in bounds and 8-byte aligned; it lives as long as `self`;
+            // it is only ever accessed atomically (no `&mut` to the bytes is
+            // ever made).
+            Words::Mapped(map) => unsafe { &*(map.as_ptr().add(i * 8) as *const AtomicU64) },
+            Words::Local(page) => &page.0[i],
+        }
     }
 
     /// True when the page describes the current boot's state of the files.

@@ -18,7 +18,7 @@ use crate::index::{Bytes, Entry, Snapshot, State};
 use crate::key::Key;
 use crate::layout::{Layout, WriterLock};
 use crate::shm::{self, Intent, Shm, Switch};
-use crate::sys;
+use crate::sys::{self, Clock};
 use chorus_core::NodeId;
 
 /// When a commit is made durable.
@@ -137,6 +137,9 @@ pub struct Options {
     /// (default: on, see [`AutoCompact`]); `None` compacts only when
     /// [`Store::compact`] is called.
     pub auto_compact: Option<AutoCompact>,
+    /// The wall clock for commit timestamps and the other times the engine
+    /// records (default: the system clock; a simulator's node has its own).
+    pub clock: Clock,
 }
 
 impl Default for Options {
@@ -150,6 +153,7 @@ impl Default for Options {
             max_batch: 256,
             backend: Arc::new(StdBackend),
             auto_compact: Some(AutoCompact::default()),
+            clock: Clock::system(),
         }
     }
 }
@@ -164,6 +168,7 @@ impl std::fmt::Debug for Options {
             .field("limits", &self.limits)
             .field("max_batch", &self.max_batch)
             .field("auto_compact", &self.auto_compact)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -421,6 +426,23 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The shared map, the writer lock and the boot id of a directory: the
+/// OS's, or those of a backend whose files live in this process.
+fn kernel_objects(layout: &Layout, backend: &dyn Backend) -> Result<(Shm, WriterLock, [u8; 16])> {
+    Ok(match backend.kernel() {
+        Some(kernel) => (
+            Shm::local(kernel.page(&layout.shm())),
+            WriterLock::local(kernel.lock(&layout.lock()), &layout.lock()),
+            kernel.boot_id(),
+        ),
+        None => (
+            Shm::open(&layout.shm())?,
+            WriterLock::open(&layout.lock())?,
+            sys::boot_id().unwrap_or([0; 16]),
+        ),
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -434,28 +456,34 @@ impl Store {
         backend
             .create_dir_all(dir)
             .map_err(|e| Error::io("create directory", dir, e))?;
-        check_local(dir, options.allow_network_fs)?;
-        crate::modes::tighten(dir);
+        if backend.kernel().is_none() {
+            check_local(dir, options.allow_network_fs)?;
+            crate::modes::tighten(dir);
+        }
         let layout = Layout::new(dir);
-        let shm = Shm::open(&layout.shm())?;
-        let writer = WriterLock::open(&layout.lock())?;
+        let (shm, writer, _) = kernel_objects(&layout, backend)?;
         let _guard = writer.acquire(options.lock_timeout, &shm)?;
-        dirops::create_locked(&layout, backend)
+        dirops::create_locked(&layout, backend, options.clock.now_ms())
     }
 
     /// Opens the store in `dir`.
     pub fn open(dir: &Path, options: Options) -> Result<Store> {
         let dir = &expand_home(dir)?;
+        // On a backend whose files live in this process, nothing below
+        // looks at the real file system.
+        let on_disk = options.backend.kernel().is_none();
         if options.create {
             Store::init(dir, &options)?;
-        } else if !dir.is_dir() {
+        } else if on_disk && !dir.is_dir() {
             return Err(Error::NotInitialized {
                 dir: dir.to_path_buf(),
             });
         }
-        check_local(dir, options.allow_network_fs)?;
+        if on_disk {
+            check_local(dir, options.allow_network_fs)?;
+        }
         check_limits(&options.limits)?;
-        if !options.create {
+        if on_disk && !options.create {
             // `init` above did it otherwise.
             crate::modes::tighten(dir);
         }
@@ -463,9 +491,7 @@ impl Store {
         let backend = options.backend.clone();
         let node_id = layout.read_node_id(backend.as_ref())?;
         layout.read_current(backend.as_ref())?;
-        let shm = Shm::open(&layout.shm())?;
-        let lock = WriterLock::open(&layout.lock())?;
-        let boot = sys::boot_id().unwrap_or([0; 16]);
+        let (shm, lock, boot) = kernel_objects(&layout, backend.as_ref())?;
         let dir = Dir {
             layout,
             backend,
@@ -686,7 +712,8 @@ impl Store {
     /// Node id, generation, sizes and the current lock holder.
     pub fn status(&self) -> Result<Status> {
         let state = self.inner.fresh()?;
-        let probe = WriterLock::open(&self.inner.dir.layout.lock())?;
+        let (_, probe, _) =
+            kernel_objects(&self.inner.dir.layout, self.inner.dir.backend.as_ref())?;
         let lock_holder = if probe.is_held_elsewhere()? {
             self.inner.dir.shm.holder()
         } else {
@@ -1130,9 +1157,11 @@ impl Inner {
         let outcomes = match self.lock.acquire(self.options.lock_timeout, &self.dir.shm) {
             Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
             Ok(guard) => {
-                self.dir
-                    .shm
-                    .set_holder(std::process::id(), sys::now_ms(), &self.host);
+                self.dir.shm.set_holder(
+                    std::process::id(),
+                    self.options.clock.now_ms(),
+                    &self.host,
+                );
                 // Every committer of the batch must get an answer, even if
                 // this code has a bug that panics: then the handle stops
                 // writing, and the intent word lets the next writer clean up.
@@ -1187,7 +1216,7 @@ impl Inner {
         if record.failures == 0 || record.not_before_ms == 0 {
             return true;
         }
-        let now = sys::now_ms();
+        let now = self.options.clock.now_ms();
         // A wall clock set back must not stop compaction for long: a
         // back-off further away than the longest one is ignored.
         let longest = backoff(auto.retry_after, u64::MAX).as_millis();
@@ -1232,7 +1261,10 @@ impl Inner {
                     // wait before compacting again instead of compacting
                     // at every commit.
                     record.failures += 1;
-                    record.not_before_ms = sys::now_ms()
+                    record.not_before_ms = self
+                        .options
+                        .clock
+                        .now_ms()
                         .saturating_add(millis(backoff(auto.retry_after, record.failures)));
                     tracing::warn!(
                         bytes_after = report.bytes_after,
@@ -1256,7 +1288,7 @@ impl Inner {
                 self.auto_failures.fetch_add(1, Ordering::Relaxed);
                 record.failures += 1;
                 let wait = backoff(auto.retry_after, record.failures);
-                record.not_before_ms = sys::now_ms().saturating_add(millis(wait));
+                record.not_before_ms = self.options.clock.now_ms().saturating_add(millis(wait));
                 tracing::warn!(
                     error = %e,
                     failures = record.failures,
@@ -1303,7 +1335,7 @@ impl Inner {
         for job in jobs {
             // The hybrid timestamp this commit will carry: never behind an
             // earlier commit of any process on this directory.
-            let next_ts = Hlc::tick(Hlc(work.last_ts), sys::now_ms()).0;
+            let next_ts = Hlc::tick(Hlc(work.last_ts), self.options.clock.now_ms()).0;
             let (writes, origin) = match job {
                 Job::Commit {
                     reads,
