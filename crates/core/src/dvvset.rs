@@ -126,7 +126,7 @@ impl<I: Ord + Clone, V: Clone> Dvvs<I, V> {
         }
         let value = self.anonymous.remove(0);
         Ok(Dvvs {
-            entries: event(self.entries, id, value),
+            entries: event(self.entries, id, value, 0),
             anonymous: Vec::new(),
         })
     }
@@ -136,6 +136,20 @@ impl<I: Ord + Clone, V: Clone> Dvvs<I, V> {
     /// new dot of `id`. Values of `server` that `self`'s history does not
     /// cover survive as siblings.
     pub fn update_with(self, server: &Self, id: &I) -> Result<Self, DvvError>
+    where
+        V: Ord,
+    {
+        self.update_with_floor(server, id, 0)
+    }
+
+    /// [`Dvvs::update_with`], where a new dot of `id`, when `id` has no
+    /// value in the synced clock, is numbered above `floor` (a number
+    /// that only grows at `id`, such as its clock in milliseconds): so a
+    /// dot of a key whose history was removed (a collected tombstone) is
+    /// never given again to a different value. Numbers are only compared,
+    /// so skipping some changes nothing else; values that do exist keep
+    /// their dots, since the jump happens only when `id` has none.
+    pub fn update_with_floor(self, server: &Self, id: &I, floor: u64) -> Result<Self, DvvError>
     where
         V: Ord,
     {
@@ -149,7 +163,7 @@ impl<I: Ord + Clone, V: Clone> Dvvs<I, V> {
         };
         let synced = history.sync(server);
         Ok(Dvvs {
-            entries: event(synced.entries, id, value.remove(0)),
+            entries: event(synced.entries, id, value.remove(0), floor),
             anonymous: synced.anonymous,
         })
     }
@@ -283,18 +297,22 @@ pub(crate) fn event<I: Ord + Clone, V>(
     mut entries: Vec<Entry<I, V>>,
     id: &I,
     value: V,
+    floor: u64,
 ) -> Vec<Entry<I, V>> {
     match entries.binary_search_by(|e| e.id.cmp(id)) {
         Ok(at) => {
             let e = &mut entries[at];
-            e.counter += 1;
+            if e.values.is_empty() {
+                e.counter = e.counter.max(floor);
+            }
+            e.counter = e.counter.saturating_add(1);
             e.values.insert(0, value);
         }
         Err(at) => entries.insert(
             at,
             Entry {
                 id: id.clone(),
-                counter: 1,
+                counter: floor.saturating_add(1),
                 values: vec![value],
             },
         ),

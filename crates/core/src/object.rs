@@ -303,16 +303,28 @@ impl Object {
     /// `context`. Values of `current` that `context` does not cover stay as
     /// siblings; with the current object's own context the write supersedes
     /// every value.
+    ///
+    /// When `node` holds no value of the key, the new dot is numbered
+    /// above the value's hybrid timestamp, not from 1: a key whose
+    /// tombstone was collected has lost its history, and a dot numbered
+    /// from it again would name a different value by a dot some replica
+    /// still holds (or remembers as collected), which a merge takes for
+    /// the same value and drops. A node's hybrid timestamps grow with
+    /// every commit (by at least one even when its wall clock stands still
+    /// or goes back), and a counter grows by one per write between jumps,
+    /// so it never passes the node's next timestamp: its dots are never
+    /// given twice.
     pub fn modify(
         current: Option<&Object>,
         context: &Context,
         value: Value,
         node: NodeId,
     ) -> Object {
+        let floor = value.timestamp.0;
         let new = Dvvs::new_with(context, vec![value]);
         let clock = match current {
-            None => new.update(&node),
-            Some(obj) => new.update_with(&obj.clock, &node),
+            None => new.update_with_floor(&Dvvs::default(), &node, floor),
+            Some(obj) => new.update_with_floor(&obj.clock, &node, floor),
         };
         Object {
             // A clock made by `new_with` holds exactly one value, so update

@@ -20,9 +20,10 @@ use chorus_core::dvvset::{Dvvs, Entry};
 use chorus_core::object::{Meta, Object, Value};
 
 /// The highest counter an object from outside may carry for any node:
-/// 2^48 writes of one key by one node (a million a second for nine years).
-/// The encoding allows up to 2^62; nothing genuine comes near this.
-pub const COUNTER_MAX: u64 = 1 << 48;
+/// a node numbers a key's first dot above its hybrid timestamp (see
+/// `Object::modify`; about 2^57 today), so the ceiling is 2^61, which no
+/// genuine counter reaches before the year 3000 (the encoding allows 2^62).
+pub const COUNTER_MAX: u64 = 1 << 61;
 
 /// `--max-clock-skew`'s default: how far ahead of this node's clock a
 /// value's timestamp may be (5 minutes).
@@ -145,7 +146,7 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::Counter { node, counter } => write!(
                 f,
-                "node {node}'s counter is {counter}, above the ceiling of {COUNTER_MAX}: no node writes one key that often, so the object was forged or corrupted"
+                "node {node}'s counter is {counter}, above the ceiling of {COUNTER_MAX}: no node's counter reaches it, so the object was forged or corrupted"
             ),
             Refusal::Unseen {
                 node,

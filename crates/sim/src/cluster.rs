@@ -15,13 +15,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chorus_gossip::Rng;
 use chorus_replica::{Frame, Now, Output, Replica};
 use chorus_store::fault::{FaultBackend, FaultPlan, Faults as DiskFaults};
+use chorus_store::mem::MemFs;
 use chorus_store::oplog::Oplogs;
-use chorus_store::{Backend, Metadata, Options, Store, SyncMode};
+use chorus_store::{Backend, Clock, Metadata, Options, Store, SyncMode};
 
 use crate::check::{self, Violation};
 use crate::client::{Clients, Layout};
@@ -125,9 +128,6 @@ pub struct Config {
     pub grace_ms: u64,
     /// Latency of a link, drawn per link from this range (virtual ms).
     pub latency_ms: (u64, u64),
-    /// Where the nodes' data directories go (a temporary directory by
-    /// default).
-    pub dir: Option<PathBuf>,
     /// A bug injected on purpose (feature `mutations`).
     #[cfg(feature = "mutations")]
     pub mutation: chorus_replica::Mutation,
@@ -146,7 +146,6 @@ impl Default for Config {
             exchange_ms: 1_000,
             grace_ms: 5_000,
             latency_ms: (1, 20),
-            dir: None,
             #[cfg(feature = "mutations")]
             mutation: chorus_replica::Mutation::None,
         }
@@ -195,7 +194,12 @@ pub struct Outcome {
 struct SimNode {
     addr: String,
     dir: PathBuf,
+    /// Its disk: in memory, losing what was not synced at a crash.
+    fs: MemFs,
     disk: DiskFaults,
+    /// Its wall clock (Unix ms), as its store reads it: set before every
+    /// call into the node.
+    wall: Arc<AtomicU64>,
     live: Option<Box<Live>>,
     /// Bumped at every restart: frames and timers for an older one are
     /// dropped.
@@ -312,8 +316,6 @@ const LEAVE_AFTER_MS: u64 = 1_000;
 /// The world.
 pub struct World {
     config: Config,
-    _tmp: Option<tempfile::TempDir>,
-    base: PathBuf,
     nodes: Vec<SimNode>,
     by_addr: BTreeMap<String, u32>,
     queue: BinaryHeap<Scheduled>,
@@ -357,21 +359,8 @@ impl World {
         if config.nodes == 0 {
             return Err("a simulation needs at least one node".into());
         }
-        let (tmp, base) = match &config.dir {
-            Some(d) => (None, d.clone()),
-            None => {
-                let t = tempfile::Builder::new()
-                    .prefix("chorus-sim-")
-                    .tempdir()
-                    .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-                let p = t.path().to_path_buf();
-                (Some(t), p)
-            }
-        };
         let mut world = World {
             config: config.clone(),
-            _tmp: tmp,
-            base,
             nodes: Vec::new(),
             by_addr: BTreeMap::new(),
             queue: BinaryHeap::new(),
@@ -407,8 +396,10 @@ impl World {
         };
         self.nodes.push(SimNode {
             addr: addr.clone(),
-            dir: self.base.join(format!("n{i}")),
+            dir: PathBuf::from(format!("/chorus-sim/n{i}")),
+            fs: MemFs::new(),
             disk: DiskFaults::default(),
+            wall: Arc::new(AtomicU64::new(EPOCH_MS)),
             live: None,
             inc: 0,
             gone: false,
@@ -443,13 +434,16 @@ impl World {
 
     fn now_of(&self, node: u32) -> Now {
         let offset = self.nodes[node as usize].wall_offset;
-        Now {
+        let now = Now {
             ms: self.now,
-            wall_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(EPOCH_MS, |d| d.as_millis() as u64)
-                .saturating_add_signed(offset),
-        }
+            wall_ms: EPOCH_MS
+                .saturating_add_signed(offset)
+                .saturating_add(self.now),
+        };
+        self.nodes[node as usize]
+            .wall
+            .store(now.wall_ms, Ordering::Relaxed);
+        now
     }
 
     /// The fault schedule and the workload.
@@ -809,7 +803,7 @@ impl World {
             return;
         }
         self.trace(13, u64::from(node), 0);
-        let (backend, disk) = FaultBackend::new();
+        let (backend, disk) = FaultBackend::over(Arc::new(self.nodes[i].fs.clone()));
         self.nodes[i].disk = disk;
         if self.nodes[i].inc == 0 {
             // A node id drawn from the seed, so runs repeat exactly.
@@ -826,7 +820,11 @@ impl World {
             create: true,
             sync: SyncMode::Batch,
             lock_timeout: Duration::from_secs(1),
-            backend: std::sync::Arc::new(backend),
+            backend: Arc::new(backend),
+            clock: {
+                let wall = self.nodes[i].wall.clone();
+                Clock::new(move || wall.load(Ordering::Relaxed))
+            },
             ..Options::default()
         };
         let store = match Store::open(&self.nodes[i].dir, options) {
@@ -872,10 +870,7 @@ impl World {
         let n = &mut self.nodes[i];
         n.inc += 1;
         n.timer_at = None;
-        n.live = Some(Box::new(Live {
-            replica,
-            meta,
-        }));
+        n.live = Some(Box::new(Live { replica, meta }));
         let inc = n.inc;
         if inc > 1 {
             self.note(format!("n{node} restarted"));
@@ -894,6 +889,12 @@ impl World {
         let i = node as usize;
         self.nodes[i].live = None;
         self.nodes[i].timer_at = None;
+        if !gone {
+            // What was not synced is lost; with crashes on, some of it
+            // survives, possibly torn.
+            let torn = self.config.faults.crashes.then(|| self.rng.next_u64());
+            self.nodes[i].fs.crash(torn);
+        }
         self.nodes[i].gone |= gone;
         self.break_links(|_, a, b| a == node || b == node);
     }
@@ -1037,6 +1038,7 @@ impl World {
         }
         self.trace(5, u64::from(node), 0);
         let now_ms = self.now;
+        self.now_of(node);
         let Some(l) = self.nodes[node as usize].live.as_ref() else {
             return;
         };
@@ -1045,7 +1047,9 @@ impl World {
             .clients
             .history()
             .event(step.event)
-            .map_or_else(String::new, |e| format!("event {}: {}", step.event, e.describe()));
+            .map_or_else(String::new, |e| {
+                format!("event {}: {}", step.event, e.describe())
+            });
         self.note(text);
         self.read_feed(node);
         self.after(node);
@@ -1089,13 +1093,14 @@ impl World {
         self.outcome
             .violations
             .extend(check::check_all(&replicas, history));
-        let (acked, failed) = history
-            .events()
-            .iter()
-            .fold((0, 0), |(a, f), e| match e.outcome.acknowledged() {
-                true => (a + 1, f),
-                false => (a, f + 1),
-            });
+        let (acked, failed) =
+            history
+                .events()
+                .iter()
+                .fold((0, 0), |(a, f), e| match e.outcome.acknowledged() {
+                    true => (a + 1, f),
+                    false => (a, f + 1),
+                });
         self.outcome.acknowledged = acked;
         self.outcome.failed = failed;
         let windows: Vec<Vec<String>> = self

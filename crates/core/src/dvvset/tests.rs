@@ -116,11 +116,11 @@ fn update_with_a_stale_context() {
 #[test]
 fn event() {
     assert_eq!(
-        super::event(vec![e("a", 1, &["v1"])], &"a", "v2"),
+        super::event(vec![e("a", 1, &["v1"])], &"a", "v2", 0),
         vec![e("a", 2, &["v2", "v1"])]
     );
     assert_eq!(
-        super::event(vec![e("a", 1, &["v1"])], &"b", "v2"),
+        super::event(vec![e("a", 1, &["v1"])], &"b", "v2", 0),
         vec![e("a", 1, &["v1"]), e("b", 1, &["v2"])]
     );
 }

@@ -183,23 +183,23 @@ fn another_nodes_value_this_node_has_not_seen_is_refused() {
 #[test]
 fn another_nodes_history_beyond_what_was_seen_is_lowered_not_trusted() {
     let local = object(vec![entry(UP, 3, vec![v("up-3", 10, UP)])]);
-    // The stage claims to have seen (and overwritten) UP's writes up to 90
-    // and OTHER's up to 7: no values, history only.
+    // The stage claims to have seen (and overwritten) UP's writes up to
+    // far beyond UP's clock, and OTHER's up to 7: no values, history only.
     let remote = object(vec![
         entry(OTHER, 7, vec![]),
         entry(STAGE, 1, vec![v("staged", 20, STAGE)]),
-        entry(UP, 90, vec![]),
+        entry(UP, 40 << 16, vec![]),
     ]);
     let checked = check(&remote, Some(&local)).expect("accepted, lowered");
     assert_eq!(checked.context(), vec![(node(STAGE), 1), (node(UP), 3)]);
     // Merged, the stage's value supersedes what it saw (UP's write 3) and
-    // no more: UP's write 4, when it comes, is a sibling, not dropped.
+    // no more: UP's next write, when it comes, is a sibling, not dropped.
     let merged = Object::reconcile(&checked, Some(&local)).expect("merged");
     assert_eq!(texts(&merged), ["staged"]);
     let up4 = Object::modify(Some(&local), &local.context(), v("up-4", 30, UP), node(UP));
     let later = Object::reconcile(&up4, Some(&merged)).expect("not already seen");
     assert_eq!(texts(&later), ["staged", "up-4"]);
-    // Without the check, UP's write 4 would look seen and vanish.
+    // Without the check, UP's next write would look seen and vanish.
     let trusted = Object::reconcile(&remote, Some(&local)).expect("merged");
     assert!(Object::reconcile(&up4, Some(&trusted)).is_none());
 }
