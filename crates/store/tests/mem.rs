@@ -315,3 +315,17 @@ fn a_node_id_written_before_init_is_kept() {
     let store = open(&fs, &disk.path, SyncMode::Always);
     assert_eq!(store.node_id(), id);
 }
+
+#[test]
+fn a_small_store_takes_memory_in_proportion() {
+    // No zeros written ahead of the log's end in memory (on disk the
+    // engine extends a log by at least 64 KiB at a time).
+    let disk = NoDisk::new();
+    let fs = MemFs::new();
+    let store = open(&fs, &disk.path, SyncMode::Always);
+    for i in 0..10 {
+        store.put(&fp(), key(i).as_bytes(), b"v").expect("put");
+    }
+    let used = fs.bytes_used();
+    assert!(used < 4096, "{used} bytes for ten small keys");
+}
