@@ -329,3 +329,19 @@ fn a_small_store_takes_memory_in_proportion() {
     let used = fs.bytes_used();
     assert!(used < 4096, "{used} bytes for ten small keys");
 }
+
+#[test]
+fn a_handle_kept_across_a_crash_cannot_write_and_a_new_one_can() {
+    let disk = NoDisk::new();
+    let fs = MemFs::new();
+    let old = open(&fs, &disk.path, SyncMode::Always);
+    old.put(&fp(), b"before", b"1").expect("put");
+    fs.crash(None);
+    let err = old
+        .put(&fp(), b"zombie", b"1")
+        .expect_err("the process died with the machine");
+    assert!(err.to_string().contains("open it again"), "{err}");
+    let new = open(&fs, &disk.path, SyncMode::Always);
+    new.put(&fp(), b"after", b"1").expect("put");
+    assert_eq!(keys(&new), ["after", "before"]);
+}
