@@ -315,3 +315,33 @@ fn a_node_id_written_before_init_is_kept() {
     let store = open(&fs, &disk.path, SyncMode::Always);
     assert_eq!(store.node_id(), id);
 }
+
+#[test]
+fn a_small_store_takes_memory_in_proportion() {
+    // No zeros written ahead of the log's end in memory (on disk the
+    // engine extends a log by at least 64 KiB at a time).
+    let disk = NoDisk::new();
+    let fs = MemFs::new();
+    let store = open(&fs, &disk.path, SyncMode::Always);
+    for i in 0..10 {
+        store.put(&fp(), key(i).as_bytes(), b"v").expect("put");
+    }
+    let used = fs.bytes_used();
+    assert!(used < 4096, "{used} bytes for ten small keys");
+}
+
+#[test]
+fn a_handle_kept_across_a_crash_cannot_write_and_a_new_one_can() {
+    let disk = NoDisk::new();
+    let fs = MemFs::new();
+    let old = open(&fs, &disk.path, SyncMode::Always);
+    old.put(&fp(), b"before", b"1").expect("put");
+    fs.crash(None);
+    let err = old
+        .put(&fp(), b"zombie", b"1")
+        .expect_err("the process died with the machine");
+    assert!(err.to_string().contains("open it again"), "{err}");
+    let new = open(&fs, &disk.path, SyncMode::Always);
+    new.put(&fp(), b"after", b"1").expect("put");
+    assert_eq!(keys(&new), ["after", "before"]);
+}
