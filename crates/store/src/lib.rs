@@ -28,6 +28,7 @@ pub mod fault;
 mod feed;
 mod format;
 mod hamt;
+mod identity;
 mod index;
 mod key;
 mod layout;
@@ -48,6 +49,7 @@ pub use error::{ConflictKey, Error, LockHolder, Result};
 pub use feed::{Change, ChangedKey, Cursor, EventId, Feed};
 pub use format::Origin;
 pub use hamt::{group_base, in_group};
+pub use identity::{CONFLICTS_KEPT, Former, IDENTITIES, IdentityConflict};
 pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
 pub use metadata::{
