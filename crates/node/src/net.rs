@@ -668,3 +668,28 @@ async fn write_loop<W: AsyncWrite>(
     }
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut write).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_with_this_nodes_id_is_itself_only_at_its_address_and_in_its_process() {
+        let mine = Hello::new([5; 16], "127.0.0.1:7000".into(), false);
+        let other = Hello::new([6; 16], "127.0.0.1:7000".into(), false);
+        assert_eq!(same_node(&mine, &other, None), Same::Other);
+        let this = HelloExt { boot: boot() };
+        assert_eq!(same_node(&mine, &mine, Some(&this)), Same::Itself);
+        // The previous release sends no nonce: its address decides.
+        assert_eq!(same_node(&mine, &mine, None), Same::Itself);
+        let moved = Hello::new([5; 16], "127.0.0.1:7001".into(), false);
+        let copy = HelloExt { boot: [0xEE; 16] };
+        for (hello, ext) in [(&moved, None), (&moved, Some(&this)), (&mine, Some(&copy))] {
+            let Same::Copy(why) = same_node(&mine, hello, ext) else {
+                panic!("{hello:?} {ext:?} is a copy");
+            };
+            assert!(why.contains("chorus init --new-identity"), "{why}");
+            assert!(why.contains(&hello.listen), "{why}");
+        }
+    }
+}
