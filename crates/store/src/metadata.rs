@@ -695,6 +695,9 @@ impl Iterator for MetaIter {
 /// An object received from a peer: its full prefix, key and object.
 pub type Incoming = (FullPrefix, Vec<u8>, Object);
 
+/// A key by its full prefix.
+type Slot = (FullPrefix, Vec<u8>);
+
 /// The writes that reconcile `objects` with the local ones in `snap` (see
 /// [`Metadata::merge`]), and the keys skipped because the peer's object
 /// holds a value under one of `me`'s dots that `me` never wrote (a copy
@@ -705,7 +708,7 @@ fn merge_writes(
     snap: &Snapshot,
     objects: Vec<(FullPrefix, Vec<u8>, Object)>,
     me: NodeId,
-) -> Result<(Vec<Write>, Vec<(FullPrefix, Vec<u8>)>)> {
+) -> Result<(Vec<Write>, Vec<Slot>)> {
     let former = crate::identity::former_ids(snap, me);
     let ts = Hlc(snap.commit_ts().unwrap_or_else(|| snap.last_ts()));
     let mut merged: BTreeMap<(FullPrefix, Vec<u8>), Object> = BTreeMap::new();
