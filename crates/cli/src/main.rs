@@ -85,7 +85,13 @@ enum Sync {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create the data directory, node id and first log generation
-    Init,
+    Init {
+        /// Give an existing directory a new node id, keeping its data: run
+        /// it on a copy of another node's directory (a restored backup, a
+        /// cloned machine) with every process on it stopped
+        #[arg(long)]
+        new_identity: bool,
+    },
     /// Set a key (with --context: values written since that read stay siblings)
     Put(kv::PutArgs),
     /// Print a key's value, or all its siblings with their context (exit 1 if absent)
@@ -237,7 +243,10 @@ impl Cli {
 
 fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Init => init(cli),
+        Command::Init {
+            new_identity: false,
+        } => init(cli),
+        Command::Init { new_identity: true } => new_identity(cli),
         Command::Put(a) => kv::put(cli, a),
         Command::Get(a) => kv::get(cli, a),
         Command::Del(a) => kv::del(cli, a),
@@ -330,6 +339,21 @@ fn init(cli: &Cli) -> Result<(), Failure> {
                     cli.dir.display()
                 )
             }
+        },
+    );
+    Ok(())
+}
+
+fn new_identity(cli: &Cli) -> Result<(), Failure> {
+    let (old, new) = Store::new_identity(&cli.dir, &cli.options()?)?;
+    emit(
+        cli,
+        json!({"dir": cli.dir, "node_id": new.to_string(), "old_node_id": old.to_string()}),
+        || {
+            format!(
+                "{} is node {new} now (it was node {old}); its data is kept, and what it wrote as {old} is kept as another node's writes",
+                cli.dir.display()
+            )
         },
     );
     Ok(())

@@ -448,6 +448,13 @@ fn render_limits(out: &mut String, m: &Metrics) {
         ],
     );
     family(
+        "gossip_duplicate_identity_total",
+        "counter",
+        "gossip handshakes refused because the peer presented this node's own id from another address or process: a copy of its data directory (run `chorus init --new-identity` on the copy)",
+        "",
+        &[("", get(&net.duplicate_identity))],
+    );
+    family(
         "frame_buffer_bytes",
         "gauge",
         "bytes of gossip frames being received, over every connection",

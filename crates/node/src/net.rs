@@ -22,7 +22,7 @@ use crate::auth::Auth;
 use crate::join::{Credentials, Identity, JoinToken, Offer, Proof, Role, Verdict};
 use crate::limits::{ConnGate, Limits, Refusal, Throttled};
 use crate::tls::Tls;
-use crate::wire::{self, Frame, FrameBudget, Hello, Incoming, Peer, ReadError};
+use crate::wire::{self, Frame, FrameBudget, Hello, HelloExt, Incoming, Peer, ReadError};
 
 /// Frames queued for one peer. Announcements and prunes are dropped when
 /// the queue is half full, data only when it is full (anti-entropy then
@@ -94,6 +94,9 @@ pub(crate) struct NetStats {
     pub(crate) closed_budget: AtomicU64,
     /// Connections cut off because a large frame stopped coming.
     pub(crate) closed_stalled: AtomicU64,
+    /// Handshakes refused because the peer presented this node's own id
+    /// from another process (a copy of its data directory).
+    pub(crate) duplicate_identity: AtomicU64,
 }
 
 /// The process's gossip counters.
@@ -104,6 +107,7 @@ pub(crate) static STATS: NetStats = NetStats {
     closed_idle: AtomicU64::new(0),
     closed_budget: AtomicU64::new(0),
     closed_stalled: AtomicU64::new(0),
+    duplicate_identity: AtomicU64::new(0),
 };
 
 /// The levels for `/metrics`: inbound connections admitted (handshaking
@@ -385,6 +389,63 @@ where
     }
 }
 
+/// This process's boot nonce (random, drawn once per process): sent in
+/// every hello, so that a hello carrying this node's id and another nonce
+/// is known to come from another process.
+fn boot() -> [u8; 16] {
+    static BOOT: OnceLock<[u8; 16]> = OnceLock::new();
+    *BOOT.get_or_init(|| {
+        let mut b = [0u8; 16];
+        // Without randomness the nonce is all zeros: copies are then told
+        // apart by their addresses alone.
+        let _ = getrandom::fill(&mut b);
+        b
+    })
+}
+
+/// Whether a peer's hello comes from this very node.
+#[derive(Debug, PartialEq, Eq)]
+enum Same {
+    /// Another node id: an ordinary peer.
+    Other,
+    /// This node's id, address and process (or an older peer without a
+    /// nonce at this node's address): a connection to itself.
+    Itself,
+    /// This node's id from another address or process: a copy of its data
+    /// directory, and what to do about it.
+    Copy(String),
+}
+
+/// Tells a peer apart from this node and from a copy of it: the same id
+/// with another address, or with another boot nonce, is another process
+/// holding a copy of this node's data directory.
+fn same_node(mine: &Hello, theirs: &Hello, ext: Option<&HelloExt>) -> Same {
+    if mine.node_id != theirs.node_id {
+        return Same::Other;
+    }
+    let other_process = ext.is_some_and(|e| e.boot != boot());
+    if theirs.listen == mine.listen && !other_process {
+        return Same::Itself;
+    }
+    let id = chorus_core::NodeId::from_bytes(mine.node_id);
+    let addr: String = theirs.listen.chars().take(100).collect();
+    Same::Copy(format!(
+        "node id {id} is used by this node and by the node at {addr}: one data directory was copied from the other (a restored backup or a cloned machine), and the two would silently diverge, so they do not exchange. Stop the copy, run `chorus init --new-identity` in its data directory (it keeps the data), and start it again"
+    ))
+}
+
+/// Counts and logs (as an error, at most once per `LOG_EVERY`) a handshake
+/// refused because the peer is a copy of this node.
+fn duplicate_identity(why: &str) {
+    static LOGGED: Throttled = Throttled::new(crate::limits::LOG_EVERY);
+    STATS.duplicate_identity.fetch_add(1, Ordering::Relaxed);
+    match LOGGED.hit() {
+        Some(0) => tracing::error!("{why}"),
+        Some(held) => tracing::error!("{why} ({held} more such handshakes since the last line)"),
+        None => {}
+    }
+}
+
 /// Logs a refused handshake at most once per `LOG_EVERY` per reason (a
 /// peer dialling in a loop must not flood the log), with how many were
 /// held back meanwhile; at most `REASONS_MAX` reasons are tracked.
@@ -450,14 +511,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     let (mut read, mut write) = tokio::io::split(stream);
     let handshake = tokio::time::timeout(CONNECT_TIMEOUT, async {
         let io = |e: std::io::Error| format!("the connection failed during the hello: {e}");
-        wire::write_frame(&mut write, &shake.hello)
+        wire::write_hello(&mut write, &shake.hello, &HelloExt { boot: boot() })
             .await
             .map_err(io)?;
-        let theirs: Hello = wire::read_frame_limited(&mut read, wire::HELLO_MAX)
+        let (theirs, ext) = wire::read_hello(&mut read)
             .await
             .map_err(io)?
             .ok_or_else(|| "the peer closed the connection before its hello".to_string())?;
         theirs.check()?;
+        if let Same::Copy(why) = same_node(&shake.hello, &theirs, ext.as_ref()) {
+            duplicate_identity(&why);
+            return Err("refused: the peer presents this node's own id (logged above as an error)".into());
+        }
         let role = if shake.hello.authenticates() && theirs.authenticates() {
             authenticate(&mut read, &mut write, &shake, &theirs).await?
         } else if shake.required {
@@ -602,4 +667,29 @@ async fn write_loop<W: AsyncWrite>(
         }
     }
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut write).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_with_this_nodes_id_is_itself_only_at_its_address_and_in_its_process() {
+        let mine = Hello::new([5; 16], "127.0.0.1:7000".into(), false);
+        let other = Hello::new([6; 16], "127.0.0.1:7000".into(), false);
+        assert_eq!(same_node(&mine, &other, None), Same::Other);
+        let this = HelloExt { boot: boot() };
+        assert_eq!(same_node(&mine, &mine, Some(&this)), Same::Itself);
+        // The previous release sends no nonce: its address decides.
+        assert_eq!(same_node(&mine, &mine, None), Same::Itself);
+        let moved = Hello::new([5; 16], "127.0.0.1:7001".into(), false);
+        let copy = HelloExt { boot: [0xEE; 16] };
+        for (hello, ext) in [(&moved, None), (&moved, Some(&this)), (&mine, Some(&copy))] {
+            let Same::Copy(why) = same_node(&mine, hello, ext) else {
+                panic!("{hello:?} {ext:?} is a copy");
+            };
+            assert!(why.contains("chorus init --new-identity"), "{why}");
+            assert!(why.contains(&hello.listen), "{why}");
+        }
+    }
 }

@@ -7,6 +7,13 @@
 //! address it listens on; a peer with another version is refused with the
 //! reason, so an upgrade fails loudly instead of garbling.
 //!
+//! Since this release the hello frame carries a [`HelloExt`] after the
+//! [`Hello`] (the boot nonce of the sending process), so that a node can
+//! tell a copy of itself (another process presenting its node id) from a
+//! connection to itself. The previous release decodes the hello and
+//! ignores the bytes after it; a hello without them (the previous
+//! release's) is read with no nonce.
+//!
 //! A frame of length 0 is a keep-alive: a side that has sent nothing for a
 //! while sends one so that the other does not close the connection as idle
 //! ([`KEEP_ALIVE`]); it is never a valid payload, and never reaches the
@@ -85,6 +92,60 @@ impl Hello {
         }
         Ok(())
     }
+}
+
+/// What this release adds to its hello frame, after the [`Hello`]: the
+/// previous release stops decoding at the end of the `Hello` and never
+/// sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloExt {
+    /// Random per process start: a peer presenting this node's id with
+    /// another nonce is another process (a copy of this node's directory).
+    pub boot: [u8; 16],
+}
+
+/// Writes the hello frame: the hello, then its extension.
+pub async fn write_hello<W>(w: &mut W, hello: &Hello, ext: &HelloExt) -> std::io::Result<()>
+where
+    W: AsyncWriteExt + Unpin,
+{
+    write_frame(w, &(hello, ext)).await
+}
+
+/// Reads a hello frame of at most [`HELLO_MAX`] bytes: the hello, and its
+/// extension when the peer sent one (`None` from the previous release).
+/// `Ok(None)` when the stream ends first.
+pub async fn read_hello<R>(r: &mut R) -> std::io::Result<Option<(Hello, Option<HelloExt>)>>
+where
+    R: AsyncReadExt + Unpin,
+{
+    let Some(len) = read_len(r).await? else {
+        return Ok(None);
+    };
+    if len > HELLO_MAX {
+        return Err(std::io::Error::other(format!(
+            "the peer sent a frame of {len} bytes, over the limit of {HELLO_MAX}"
+        )));
+    }
+    let mut buf = Vec::new();
+    (&mut *r).take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    decode_hello(&buf).map(Some)
+}
+
+/// Decodes a hello frame's payload (see [`read_hello`]).
+pub fn decode_hello(buf: &[u8]) -> std::io::Result<(Hello, Option<HelloExt>)> {
+    let (hello, rest): (Hello, &[u8]) = postcard::take_from_bytes(buf)
+        .map_err(|e| std::io::Error::other(format!("the peer sent an undecodable hello: {e}")))?;
+    if rest.is_empty() {
+        return Ok((hello, None));
+    }
+    // A later release may append more after the extension: ignored here
+    // as the previous release ignores the extension.
+    let ext: HelloExt = decode(rest)?;
+    Ok((hello, Some(ext)))
 }
 
 pub use chorus_replica::Frame;
@@ -369,6 +430,38 @@ mod tests {
                 .check()
                 .is_err_and(|e| e.contains("same Chorus version"))
         );
+    }
+
+    #[test]
+    fn the_hello_frame_is_the_previous_releases_hello_then_the_boot_nonce() {
+        let hello = Hello::new([7; 16], "127.0.0.1:7900".into(), false);
+        let ext = HelloExt { boot: [9; 16] };
+        let frame = postcard::to_stdvec(&(&hello, &ext)).expect("encodes");
+        // The previous release decodes it as its hello and ignores the rest.
+        assert!(frame.starts_with(HELLO_V1));
+        let old: Hello = postcard::from_bytes(&frame).expect("the previous release reads it");
+        assert_eq!(old, hello);
+        // This release reads both forms.
+        assert_eq!(
+            decode_hello(&frame).expect("decodes"),
+            (hello.clone(), Some(ext))
+        );
+        assert_eq!(decode_hello(HELLO_V1).expect("decodes"), (hello, None));
+        // A cut extension is refused, not read as no nonce.
+        assert!(decode_hello(&frame[..frame.len() - 1]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_hello_frame_round_trips_over_a_stream() {
+        let hello = Hello::new([3; 16], "127.0.0.1:1".into(), true);
+        let ext = HelloExt { boot: [4; 16] };
+        let mut bytes = Vec::new();
+        write_hello(&mut bytes, &hello, &ext).await.expect("write");
+        let got = read_hello(&mut &bytes[..]).await.expect("read");
+        assert_eq!(got, Some((hello, Some(ext))));
+        let old = framed(HELLO_V1);
+        let got = read_hello(&mut &old[..]).await.expect("read");
+        assert!(matches!(got, Some((_, None))));
     }
 
     const SECOND: std::time::Duration = std::time::Duration::from_secs(1);

@@ -6,6 +6,16 @@
 //! `left`, which the node's daemon sees in its change feed (and stops), and
 //! every other node sees once it has replicated (and stops exchanging
 //! with it). Concurrent records of one node are settled by last write.
+//!
+//! A record also names the place it was written from (the machine's boot
+//! and the data directory's device and inode): a node that starts at a new
+//! address marks its records under other addresses left only when they
+//! were written from this same place (it moved). A record of its node id
+//! written from elsewhere may be a copy of its directory that still runs
+//! (a restored backup, a cloned machine): marking it left would stop the
+//! two from ever exchanging, and the copy would diverge silently. It is
+//! left as it is, with a warning; the handshake then refuses the copy and
+//! says how to give it a new identity (`net.rs`).
 
 use std::collections::BTreeMap;
 
@@ -23,6 +33,10 @@ pub struct Member {
     pub node: String,
     /// `up` or `left`.
     pub state: String,
+    /// Where the record was written from (see the module's doc); absent in
+    /// records of earlier releases, which never count as this place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<String>,
 }
 
 impl Member {
@@ -41,14 +55,29 @@ pub fn decode(bytes: &[u8]) -> Option<Member> {
     serde_json::from_slice(bytes).ok()
 }
 
+/// Where this process writes from: the machine's boot id and the data
+/// directory's device and inode. A copy of the directory, or the same
+/// directory on another machine or after a reboot, is another place.
+/// `None` when it cannot be told (no `/proc`, a directory without inode).
+pub fn place(meta: &Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let dir = std::fs::metadata(meta.store().dir()).ok()?;
+    Some(format!("{}/{}:{}", boot.trim(), dir.dev(), dir.ino()))
+}
+
 /// Writes this node's record as `up`, unless it already says so. Refuses
-/// a node that left (it must come back from an empty directory), and marks
-/// the node's records under other addresses left (it moved).
+/// a node that left (it must come back from an empty directory). Marks the
+/// node's records under other addresses left when they were written from
+/// this same place (the node moved); others, which may be a copy of this
+/// directory still running elsewhere, stay as they are, with a warning.
 pub fn announce(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_store::Error> {
     let fp = members_prefix()?;
+    let here = place(meta);
     let record = Member {
         node: node.to_string(),
         state: "up".into(),
+        place: here.clone(),
     };
     let all = read_all(meta)?;
     let mine: Vec<&Member> = all.values().filter(|m| m.node == record.node).collect();
@@ -67,12 +96,20 @@ pub fn announce(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_st
         put(meta, &fp, me, &record)?;
     }
     for (addr, m) in &all {
-        if m.node == record.node && addr != me && !m.has_left() {
+        if m.node != record.node || addr == me || m.has_left() {
+            continue;
+        }
+        if here.is_some() && m.place == here {
             let moved = Member {
                 node: m.node.clone(),
                 state: "left".into(),
+                place: m.place.clone(),
             };
             put(meta, &fp, addr, &moved)?;
+        } else {
+            tracing::warn!(
+                "node id {node} also has a member record up at {addr}, written from another machine, boot or directory: if that is a copy of this data directory still running (a restored backup, a cloned machine), the two refuse each other; stop one and run `chorus init --new-identity` in its data directory. If this node moved here from {addr}, nothing is needed, but {addr} stays a member until it leaves"
+            );
         }
     }
     Ok(())
@@ -85,6 +122,7 @@ pub fn refresh(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_sto
     let record = Member {
         node: node.to_string(),
         state: "up".into(),
+        place: place(meta),
     };
     put(meta, &members_prefix()?, me, &record)
 }
@@ -144,6 +182,7 @@ pub fn leave(meta: &Metadata, node: NodeId) -> Result<Option<String>, chorus_sto
     let record = Member {
         node: id,
         state: "left".into(),
+        place: place(meta),
     };
     put(meta, &fp, &addr, &record)?;
     Ok(Some(addr))

@@ -560,12 +560,21 @@ impl Metadata {
     pub fn merge_all(&self, groups: Vec<(crate::Origin, Vec<Incoming>)>) -> Vec<Result<usize>> {
         let counts: Vec<Arc<std::sync::atomic::AtomicUsize>> =
             groups.iter().map(|_| Arc::default()).collect();
+        let me = self.node();
         let updates = groups
             .into_iter()
             .zip(counts.iter().cloned())
             .map(|((origin, objects), count)| {
+                let sink = self.store.identity_sink();
                 let f: crate::UpdateFn = Box::new(move |snap| {
-                    let writes = merge_writes(snap, objects)?;
+                    let (writes, conflicts) = merge_writes(snap, objects, me)?;
+                    for (full_prefix, key) in conflicts {
+                        sink.record(crate::identity::IdentityConflict {
+                            origin,
+                            full_prefix,
+                            key,
+                        });
+                    }
                     count.store(writes.len(), std::sync::atomic::Ordering::Relaxed);
                     Ok(writes)
                 });
@@ -686,13 +695,24 @@ impl Iterator for MetaIter {
 /// An object received from a peer: its full prefix, key and object.
 pub type Incoming = (FullPrefix, Vec<u8>, Object);
 
+/// A key by its full prefix.
+type Slot = (FullPrefix, Vec<u8>);
+
 /// The writes that reconcile `objects` with the local ones in `snap` (see
-/// [`Metadata::merge`]).
+/// [`Metadata::merge`]), and the keys skipped because the peer's object
+/// holds a value under one of `me`'s dots that `me` never wrote (a copy
+/// of this directory wrote it: see `identity.rs`). Objects in conflict
+/// with a former id of `me` are merged with the local values under that
+/// id given new dots of `me`.
 fn merge_writes(
     snap: &Snapshot,
     objects: Vec<(FullPrefix, Vec<u8>, Object)>,
-) -> Result<Vec<Write>> {
+    me: NodeId,
+) -> Result<(Vec<Write>, Vec<Slot>)> {
+    let former = crate::identity::former_ids(snap, me);
+    let ts = Hlc(snap.commit_ts().unwrap_or_else(|| snap.last_ts()));
     let mut merged: BTreeMap<(FullPrefix, Vec<u8>), Object> = BTreeMap::new();
+    let mut conflicts = Vec::new();
     for (fp, key, remote) in objects {
         let slot = (fp, key);
         let local = match merged.get(&slot) {
@@ -702,14 +722,30 @@ fn merge_writes(
                 None => None,
             },
         };
+        if let Some(local) = &local {
+            if crate::identity::conflicting(me, local, &remote) {
+                conflicts.push(slot);
+                continue;
+            }
+            if let Some(old) = former
+                .iter()
+                .find(|old| crate::identity::conflicting(**old, local, &remote))
+            {
+                let result = crate::identity::remint(local, &remote, *old, me, ts)
+                    .map_err(|e| not_an_object(&slot.0, &slot.1, e))?;
+                merged.insert(slot, result);
+                continue;
+            }
+        }
         if let Some(result) = Object::reconcile(&remote, local.as_ref()) {
             merged.insert(slot, result);
         }
     }
-    Ok(merged
+    let writes = merged
         .iter()
         .map(|((fp, key), object)| Write::put(fp, key, &object.encode()))
-        .collect())
+        .collect();
+    Ok((writes, conflicts))
 }
 
 fn refuse_reserved(fp: &FullPrefix) -> Result<()> {

@@ -361,6 +361,8 @@ struct Inner {
     auto_compactions: AtomicU64,
     auto_failures: AtomicU64,
     auto_longest_us: AtomicU64,
+    /// Objects from peers that showed a copy of this directory.
+    identity: Arc<crate::identity::Conflicts>,
 }
 
 /// What this process's handle has written since it opened the directory.
@@ -522,6 +524,7 @@ impl Store {
                 auto_compactions: AtomicU64::new(0),
                 auto_failures: AtomicU64::new(0),
                 auto_longest_us: AtomicU64::new(0),
+                identity: Arc::default(),
                 options,
             }),
         })
@@ -761,6 +764,129 @@ impl Store {
     /// Test hook: make the shared map look as it does after a reboot.
     pub fn forget_shared_map_for_tests(&self) {
         self.inner.dir.shm.invalidate();
+    }
+
+    /// Objects from peers that merges skipped because they held a value
+    /// under one of this node's own dots that this node never wrote: a copy
+    /// of this directory (a restored backup, a cloned machine) wrote them
+    /// under the same node id. The first [`crate::CONFLICTS_KEPT`] seen by
+    /// this handle (and its clones); see [`Store::identity_conflict_count`]
+    /// for all of them.
+    pub fn identity_conflicts(&self) -> Vec<crate::IdentityConflict> {
+        self.inner.identity.first()
+    }
+
+    /// How many objects merges skipped as [`Store::identity_conflicts`].
+    pub fn identity_conflict_count(&self) -> u64 {
+        self.inner.identity.count()
+    }
+
+    pub(crate) fn identity_sink(&self) -> Arc<crate::identity::Conflicts> {
+        self.inner.identity.clone()
+    }
+
+    /// Gives the directory in `dir` a new node id, keeping its data:
+    /// `chorus init --new-identity`, for a copy of another node's directory.
+    /// Values written under the old id stay (another node's, now); the old
+    /// id is recorded under [`crate::IDENTITIES`] so that merges give this
+    /// directory's writes under it new dots when the original's differ.
+    /// Returns the old and the new id.
+    ///
+    /// Stop every process using the directory first: a process that still
+    /// has it open fails its next read or write (its log belongs to
+    /// another node now) until it opens the directory again.
+    ///
+    /// Crash safe: the new generation is written whole before the node id
+    /// and then the pointer switch; if interrupted between the two, the
+    /// directory does not open until this runs again, which finishes it.
+    pub fn new_identity(dir: &Path, options: &Options) -> Result<(NodeId, NodeId)> {
+        let dir = &expand_home(dir)?;
+        let layout = Layout::new(dir);
+        let backend = options.backend.clone();
+        layout.read_node_id(backend.as_ref())?;
+        {
+            let shm = Shm::open(&layout.shm())?;
+            let writer = WriterLock::open(&layout.lock())?;
+            let _guard = writer.acquire(options.lock_timeout, &shm)?;
+            finish_identity_switch(&layout, backend.as_ref(), &shm)?;
+        }
+        let store = Store::open(
+            dir,
+            Options {
+                create: false,
+                ..options.clone()
+            },
+        )?;
+        let old = store.node_id();
+        let new = NodeId::from_bytes(
+            sys::random_bytes().map_err(|e| Error::io("read", "/dev/urandom", e))?,
+        );
+        store.record_former_id(old, new)?;
+        store.switch_identity(new)?;
+        Ok((old, new))
+    }
+
+    /// Writes `new`'s record under [`crate::IDENTITIES`]: `old` and the ids
+    /// `old` had before, at most `FORMER_MAX`, the newest kept.
+    fn record_former_id(&self, old: NodeId, new: NodeId) -> Result<()> {
+        let snapshot = self.snapshot()?;
+        let mut former: Vec<String> = crate::identity::former_ids(&snapshot, old)
+            .iter()
+            .map(NodeId::to_string)
+            .collect();
+        former.push(old.to_string());
+        let skip = former.len().saturating_sub(crate::identity::FORMER_MAX);
+        let record = crate::Former {
+            former: former.split_off(skip),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
+        let fp =
+            FullPrefix::parse(crate::IDENTITIES).map_err(|e| Error::Internal(e.to_string()))?;
+        crate::Metadata::new(self.clone()).put_reserved(
+            &fp,
+            new.to_string().as_bytes(),
+            crate::PutValue::Bytes(bytes),
+            &crate::PutOptions::default(),
+        )?;
+        Ok(())
+    }
+
+    /// Under the writer lock: writes the live state as a new generation
+    /// whose header names `new`, then the node id, then the pointer.
+    fn switch_identity(&self, new: NodeId) -> Result<()> {
+        let inner = &self.inner;
+        let _guard = inner
+            .lock
+            .acquire(inner.options.lock_timeout, &inner.dir.shm)?;
+        let state = inner.prepare_locked()?;
+        let renamed = Dir {
+            layout: inner.dir.layout.clone(),
+            backend: inner.dir.backend.clone(),
+            shm: Shm::open(&inner.dir.layout.shm())?,
+            boot: inner.dir.boot,
+            node_id: new,
+        };
+        let generation = state.generation + 1;
+        let end =
+            renamed.write_generation(generation, &state.index, state.last_seq, state.last_ts)?;
+        let path = renamed.layout.node_id();
+        crate::backend::write_atomic(
+            renamed.backend.as_ref(),
+            &path,
+            format!("{new}\n").as_bytes(),
+        )
+        .map_err(|e| Error::io("write", &path, e))?;
+        renamed
+            .layout
+            .write_current(renamed.backend.as_ref(), generation)?;
+        // Every reader reloads from the new generation (and a process that
+        // still has the old id refuses it: it must open the directory again).
+        renamed.shm.reset(renamed.boot, generation, end);
+        let old_path = renamed.layout.log(state.generation);
+        if let Err(e) = renamed.backend.remove_file(&old_path) {
+            tracing::warn!(path = %old_path.display(), error = %e, "could not remove the old log generation; the next recovery will");
+        }
+        Ok(())
     }
 }
 
@@ -1673,5 +1799,38 @@ impl Transaction {
         self.store
             .commit_job(reads, writes, Origin::Local)
             .map(Some)
+    }
+}
+
+/// Finishes a [`Store::new_identity`] interrupted between writing the node
+/// id and switching the pointer: the current generation names the old id,
+/// the next one (complete, written first) the new. Lock held.
+fn finish_identity_switch(layout: &Layout, backend: &dyn Backend, shm: &Shm) -> Result<()> {
+    let id = layout.read_node_id(backend)?;
+    let current = layout.read_current(backend)?;
+    let header_of = |generation: u64| -> Result<Option<(crate::format::LogHeader, u64)>> {
+        let path = layout.log(generation);
+        let Ok(file) = backend.open(&path) else {
+            return Ok(None);
+        };
+        let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+        crate::log::read_header(file.as_ref(), &path).map(|h| Some((h, len)))
+    };
+    let Some((header, _)) = header_of(current)? else {
+        return Ok(());
+    };
+    if header.node_id == id {
+        return Ok(());
+    }
+    let next = current + 1;
+    match header_of(next)? {
+        Some((h, len)) if h.node_id == id && h.generation == next => {
+            layout.write_current(backend, next)?;
+            shm.reset(sys::boot_id().unwrap_or([0; 16]), next, len);
+            let _ = backend.remove_file(&layout.log(current));
+            Ok(())
+        }
+        // Not an interrupted switch: opening reports the mismatch.
+        _ => Ok(()),
     }
 }
