@@ -232,14 +232,26 @@ mod tests {
     fn a_copy_writing_the_same_dot_or_an_older_dot_later_conflicts() {
         let x = id(1);
         let base = write(None, b"v1", 10, x);
+        // Dots are numbered from the hybrid timestamp, so the two copies
+        // share a dot when they write at the same moment.
         let a = write(Some(&base), b"from-a", 20, x);
-        let b = write(Some(&base), b"from-b", 30, x);
+        let b = write(Some(&base), b"from-b", 20, x);
         assert!(conflicting(x, &a, &b));
         assert!(conflicting(x, &b, &a));
-        // The original wrote twice, the copy once but later in time.
-        let a2 = write(Some(&a), b"a2", 25, x);
-        assert!(conflicting(x, &a2, &b));
-        assert!(conflicting(x, &b, &a2));
+        // A later dot with an earlier timestamp: no one directory makes it.
+        let entry = |counter: u64, value: Value| chorus_core::dvvset::Entry {
+            id: x,
+            counter,
+            values: vec![value],
+        };
+        let clocked = |e| {
+            Object::from_clock(chorus_core::dvvset::Dvvs::from_parts(vec![e], Vec::new()))
+                .expect("a valid object")
+        };
+        let early = clocked(entry(50, Value::data(b"late-dot", Hlc(30), x)));
+        let late = clocked(entry(40, Value::data(b"early-dot", Hlc(45), x)));
+        assert!(conflicting(x, &early, &late));
+        assert!(conflicting(x, &late, &early));
     }
 
     #[test]
