@@ -33,8 +33,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Most further events handled before the objects they delivered are
 /// merged: what arrives together is stored by commits sharing one sync.
 const EVENTS_PER_MERGE: usize = 256;
-/// How long after its member record says it left this node stops.
+/// How long after its member record says it left this node stops, at
+/// the earliest (see `Replica::may_stop`).
 const LEAVE_AFTER_MS: u64 = 1_000;
+/// How long a leaving node waits for a member before it says so.
+const LEAVE_WARN_MS: u64 = 30_000;
 
 pub use chorus_replica::Stats;
 
@@ -80,6 +83,8 @@ pub(crate) struct Core {
     dropped: u64,
     /// Reserved objects a joiner sent and this node refused (`join.rs`).
     joiner_refused: u64,
+    /// Whether a leave that waits for a member was logged.
+    leave_warned: bool,
 }
 
 impl Core {
@@ -159,6 +164,7 @@ impl Core {
             feed_interval: config.feed_interval,
             dropped: 0,
             joiner_refused: 0,
+            leave_warned: false,
         })
     }
 
@@ -285,13 +291,19 @@ impl Core {
                     // one (a damaged log) shows here every time.
                     self.read_feed();
                     self.publish_view();
-                    // Leaving: a moment for the record to go out, then stop.
-                    if self
-                        .replica
-                        .left_at()
-                        .is_some_and(|t| self.now().ms.saturating_sub(t) > LEAVE_AFTER_MS)
-                    {
-                        return Ok(());
+                    // Leaving: once the record has gone out and another
+                    // member holds everything this node had.
+                    if let Some(t) = self.replica.left_at() {
+                        let waited = self.now().ms.saturating_sub(t);
+                        if waited > LEAVE_AFTER_MS && self.replica.may_stop() {
+                            return Ok(());
+                        }
+                        if waited > LEAVE_WARN_MS && !self.leave_warned {
+                            self.leave_warned = true;
+                            tracing::warn!(
+                                "leaving: no other member has finished an exchange with this node since it left, so it keeps running until one has everything it holds (check that the other members are up and reachable)"
+                            );
+                        }
                     }
                 }
                 () = sleep => {
