@@ -17,4 +17,6 @@ if ! python3 -c 'import zmq' >/dev/null 2>&1; then
     || python3 -m pip install --quiet --break-system-packages pyzmq
 fi
 cargo test --workspace --all-targets
+# The simulator's injected bugs: each must be caught by some seed.
+cargo test -p chorus-sim --features mutations --test mutations
 cargo test --workspace --doc

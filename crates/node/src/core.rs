@@ -211,6 +211,7 @@ impl Core {
                 ("tombstones_held", r.tombstones_held() as u64),
                 ("oplog_ops_folded_total", stats.oplog_ops_folded),
                 ("joiner_objects_refused_total", self.joiner_refused),
+                ("identity_conflicts_total", stats.identity_conflicts),
                 (
                     "peer_bytes_sent_total",
                     crate::wire::BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed),

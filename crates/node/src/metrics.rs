@@ -221,6 +221,10 @@ fn core_help(name: &str) -> Option<(&'static str, &'static str)> {
             "counter",
             "operation-log operations folded into checkpoints",
         ),
+        "identity_conflicts_total" => (
+            "counter",
+            "objects from peers skipped because they hold a value under this node's id that it never wrote (a copied data directory; see docs/identity.md)",
+        ),
         "joiner_objects_refused_total" => (
             "counter",
             "reserved objects refused from peers admitted only as joiners",

@@ -159,6 +159,9 @@ pub struct Stats {
     pub merge_failures: u64,
     /// The most objects waiting to be merged at once.
     pub deliveries_peak: u64,
+    /// Objects the store skipped as evidence of a copied identity
+    /// (`chorus_store::IdentityConflict`).
+    pub identity_conflicts: u64,
 }
 
 /// The replica's timers.
@@ -907,7 +910,32 @@ impl Replica {
             self.stats.merge_failures += 1;
             ok = false;
         }
+        self.note_identity_conflicts();
         ok
+    }
+
+    /// Says so when merges met objects that another directory wrote under
+    /// this node's id (the store skipped them): once per conflict kept.
+    fn note_identity_conflicts(&mut self) {
+        let store = self.meta.store();
+        let count = store.identity_conflict_count();
+        if count <= self.stats.identity_conflicts {
+            return;
+        }
+        let seen = usize::try_from(self.stats.identity_conflicts).unwrap_or(usize::MAX);
+        for c in store.identity_conflicts().iter().skip(seen) {
+            let from = match c.origin {
+                Origin::Peer(id) => NodeId::from_bytes(id).to_string(),
+                Origin::Local => "this node".into(),
+            };
+            tracing::error!(
+                "node {} received {}/{} from node {from} holding a value under this node's id that it never wrote: another data directory uses this node's id (a copy or a restored backup). Run `chorus init --new-identity` in the copy's data directory (see docs/identity.md)",
+                self.node_id(),
+                c.full_prefix,
+                String::from_utf8_lossy(&c.key)
+            );
+        }
+        self.stats.identity_conflicts = count;
     }
 
     /// Links to `peer` in the overlay (at most once per `REJOIN_MS`).
