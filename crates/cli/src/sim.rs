@@ -65,6 +65,9 @@ pub(crate) struct SimArgs {
     /// With --faults: append every seed that found a violation to this file, one per line
     #[arg(long, requires = "faults")]
     failures: Option<PathBuf>,
+    /// Instead: the scenario of shared/seeds/001 with whole nodes: every node edits one document while apart, the cluster heals and must agree on its winner and conflicts, then one new revision is measured
+    #[arg(long, conflicts_with_all = ["faults", "messages", "fail", "loss", "protocol", "anti_entropy_ms", "message_gap_ms", "plot", "optimization_threshold", "exchange_keys"])]
+    conflicting_revisions: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +83,9 @@ pub(crate) fn run(cli: &Cli, args: &SimArgs) -> Result<(), Failure> {
     }
     if let Some(faults) = &args.faults {
         return whole(cli, args, faults);
+    }
+    if args.conflicting_revisions {
+        return revisions(cli, args);
     }
     let config = config(args)?;
     if let Some(path) = &args.plot {
@@ -546,4 +552,44 @@ fn append_seed(path: &Path, seed: u64) -> Result<(), Failure> {
                 format!("cannot write the failing seed to {}: {e}", path.display()),
             )
         })
+}
+
+/// `chorus sim --conflicting-revisions --nodes N`.
+fn revisions(cli: &Cli, args: &SimArgs) -> Result<(), Failure> {
+    let nodes = args.nodes.unwrap_or(100);
+    if !(2..=WHOLE_NODES_MAX).contains(&nodes) {
+        return Err(Failure::usage(format!(
+            "--nodes {nodes}: the scenario takes from 2 to {WHOLE_NODES_MAX} nodes"
+        )));
+    }
+    let r = chorus_sim::cluster::conflicting_revisions(nodes, args.seed)
+        .map_err(|e| Failure::of_kind(Kind::Internal, e))?;
+    emit(
+        cli,
+        json!({
+            "nodes": r.nodes,
+            "revisions": r.revisions,
+            "conflicts": r.conflicts,
+            "converged_ms": r.converged_ms,
+            "new_revision_ms": r.new_revision_ms,
+            "new_revision_bytes_per_node": r.new_revision_bytes_per_node,
+            "object_bytes": r.object_bytes,
+            "virtual_secs": r.virtual_secs,
+            "wall_secs": r.wall_secs,
+        }),
+        || {
+            format!(
+                "{} nodes each made a conflicting revision; after the heal every node picks the same winner with {} conflicts ({:.1} virtual s to converge); the document's object is {} bytes\none new revision reached every node in {:.1} virtual s, {:.0} bytes sent per node\n({:.0} virtual s in {:.1} s)",
+                r.nodes,
+                r.conflicts,
+                r.converged_ms as f64 / 1000.0,
+                r.object_bytes,
+                r.new_revision_ms as f64 / 1000.0,
+                r.new_revision_bytes_per_node,
+                r.virtual_secs,
+                r.wall_secs
+            )
+        },
+    );
+    Ok(())
 }

@@ -1205,3 +1205,185 @@ fn ev_node(ev: &Ev) -> Option<u32> {
         _ => None,
     }
 }
+
+/// What [`conflicting_revisions`] found.
+#[derive(Debug, Clone, Default)]
+pub struct RevisionsReport {
+    /// Nodes in the run.
+    pub nodes: usize,
+    /// Conflicting revisions the nodes made while apart (one each).
+    pub revisions: usize,
+    /// Conflicts every node reports for the document after convergence
+    /// (the same on every node, or the run fails).
+    pub conflicts: usize,
+    /// Virtual ms the conflicting revisions took to converge.
+    pub converged_ms: u64,
+    /// Virtual ms the one new revision took to reach every node.
+    pub new_revision_ms: u64,
+    /// Bytes sent by all nodes for the new revision, per node.
+    pub new_revision_bytes_per_node: f64,
+    /// Bytes the document takes in a store (its keys and objects), at
+    /// the end.
+    pub object_bytes: usize,
+    /// Virtual seconds simulated, and wall seconds taken.
+    pub virtual_secs: f64,
+    /// Wall seconds.
+    pub wall_secs: f64,
+}
+
+/// The scenario of shared/seeds/001: every node edits one document while
+/// apart from all others (one conflicting revision each, `keep_both`), the
+/// cluster heals and converges; every node must pick the same winner and
+/// the same conflicts; then one node writes one new revision on the
+/// winner, and what that costs each node is measured.
+pub fn conflicting_revisions(nodes: usize, seed: u64) -> Result<RevisionsReport, String> {
+    let wall = std::time::Instant::now();
+    let config = Config {
+        nodes,
+        seed,
+        faults: Faults::default(),
+        ..Config::default()
+    };
+    let mut w = World::new(&config)?;
+    w.clients_done = true;
+    let start = nodes as u64 * 10 + 5_000;
+    w.run_until(start);
+    let docs_of = |w: &World, n: usize| -> Result<chorus_store::docs::Docs, String> {
+        let l = w.nodes[n]
+            .live
+            .as_ref()
+            .ok_or_else(|| format!("n{n} is not running"))?;
+        chorus_store::docs::Docs::open(&l.meta, "sim/docs").map_err(|e| e.to_string())
+    };
+    w.now_of(0);
+    let created = docs_of(&w, 0)?
+        .create(serde_json::json!({"_id": "shot", "frame": 0}))
+        .map_err(|e| e.to_string())?;
+    w.read_feed(0);
+    w.after(0);
+    let base = created.rev.to_string();
+    let synced = w.run_until_converged(start + 60_000);
+    if !synced {
+        return Err("the document did not reach every node".into());
+    }
+    // Every node apart from every other, each edits the same revision.
+    for (i, g) in w.group.iter_mut().enumerate() {
+        *g = i as u32 + 1;
+    }
+    w.break_links(|w, a, b| !w.reachable(a, b));
+    for n in 0..nodes {
+        w.now_of(n as u32);
+        docs_of(&w, n)?
+            .update(
+                serde_json::json!({"_id": "shot", "_rev": base, "frame": n + 1}),
+                true,
+            )
+            .map_err(|e| format!("n{n}'s revision: {e}"))?;
+        w.read_feed(n as u32);
+        w.after(n as u32);
+    }
+    let now = w.now;
+    w.run_until(now + 1_000);
+    w.group.iter_mut().for_each(|g| *g = 0);
+    let healed = w.now;
+    if !w.run_until_converged(healed + 600_000) {
+        return Err("the conflicting revisions did not converge in 600 virtual s".into());
+    }
+    let converged_ms = w.now - healed;
+    let mut winner = None;
+    let mut conflicts = 0;
+    for n in 0..nodes {
+        let d = docs_of(&w, n)?;
+        let doc = d.get("shot").map_err(|e| e.to_string())?;
+        let rev = doc["_rev"].as_str().unwrap_or_default().to_string();
+        let c: usize = d
+            .conflicts("shot")
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(Vec::len)
+            .sum();
+        match &winner {
+            None => {
+                winner = Some(rev);
+                conflicts = c;
+            }
+            Some(r) if *r != rev || c != conflicts => {
+                return Err(format!(
+                    "n{n} picks {rev} with {c} conflicts, n0 picks {r} with {conflicts}"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let winner = winner.unwrap_or_default();
+    // The overlay, emptied by the partition, rebuilds (joins every 5 s).
+    let settled = w.now + 30_000;
+    w.run_until(settled);
+    // One new revision on the winner, from node 0.
+    let bytes_before = w.outcome.bytes;
+    let at = w.now;
+    w.now_of(0);
+    docs_of(&w, 0)?
+        .update(
+            serde_json::json!({"_id": "shot", "_rev": winner, "frame": -1}),
+            false,
+        )
+        .map_err(|e| format!("the new revision: {e}"))?;
+    w.read_feed(0);
+    w.after(0);
+    if !w.run_until_converged(at + 600_000) {
+        return Err("the new revision did not reach every node in 600 virtual s".into());
+    }
+    let new_revision_ms = w.now - at;
+    // What the new revision cost: the frames sent while it spread (the
+    // periodic anti-entropy of an idle cluster included).
+    let spent = w.outcome.bytes - bytes_before;
+    let object_bytes = {
+        let l = w.nodes[0].live.as_ref().ok_or("n0 stopped")?;
+        let fp = chorus_store::docs::store_prefix("sim/docs").map_err(|e| e.to_string())?;
+        let snap = l.meta.store().snapshot().map_err(|e| e.to_string())?;
+        snap.iter()
+            .filter(|(f, _, _)| **f == fp)
+            .map(|(_, k, e)| k.as_bytes().len() + e.value.len())
+            .sum()
+    };
+    Ok(RevisionsReport {
+        nodes,
+        revisions: nodes,
+        conflicts,
+        converged_ms,
+        new_revision_ms,
+        new_revision_bytes_per_node: spent as f64 / nodes as f64,
+        object_bytes,
+        virtual_secs: w.now as f64 / 1000.0,
+        wall_secs: wall.elapsed().as_secs_f64(),
+    })
+}
+
+impl World {
+    /// Runs events until virtual time `t`.
+    fn run_until(&mut self, t: u64) {
+        while let Some(s) = self.queue.peek() {
+            if s.at > t {
+                break;
+            }
+            let Some(s) = self.queue.pop() else { break };
+            self.now = s.at;
+            self.dispatch(s.ev);
+        }
+        self.now = self.now.max(t);
+    }
+
+    /// Runs until every live replica holds the same objects (checked every
+    /// 100 virtual ms) or `deadline`; true if they converged.
+    fn run_until_converged(&mut self, deadline: u64) -> bool {
+        while self.now < deadline {
+            let next = self.now + 100;
+            self.run_until(next);
+            if self.converged() {
+                return true;
+            }
+        }
+        false
+    }
+}

@@ -82,3 +82,11 @@ fn bad_fault_lists_are_refused_with_the_reason() {
     }
     assert_eq!(Faults::parse("none,"), Ok(Faults::default()));
 }
+
+#[test]
+fn nodes_that_each_edit_a_document_apart_agree_on_its_winner_and_conflicts() {
+    let report = cluster::conflicting_revisions(20, 3).expect("the scenario");
+    assert_eq!(report.revisions, 20);
+    assert!(report.conflicts >= 19, "{report:?}");
+    assert!(report.new_revision_bytes_per_node > 0.0, "{report:?}");
+}
