@@ -28,18 +28,18 @@ chorus=target/release/chorus
 mkdir -p "$(dirname "$out")"
 deadline=$(( $(date +%s) + minutes * 60 ))
 seed=$(( $(date +%s) * 1000 ))
-ran=0 failed=0
+before=$( [ -f "$out" ] && wc -l < "$out" || echo 0 )
+ran=0
 while [ "$(date +%s)" -lt "$deadline" ]; do
-  # Batches of 20 seeds; the command fails (and records) when one did.
+  # Batches of 20 seeds; the command exits 1 (and records the seeds) when
+  # one found a violation, and shows what it found.
   if ! "$chorus" sim --faults "$faults" --nodes "$nodes" --seed "$seed" --seeds 20 --failures "$out" > target/vopr-last.txt 2>&1; then
-    failed=$(( failed + $(grep -c 'violation' target/vopr-last.txt || true) ))
-    grep -A40 'violation' target/vopr-last.txt | head -80 >&2 || true
+    grep -v ': ok,' target/vopr-last.txt | head -80 >&2 || true
   fi
   ran=$(( ran + 20 ))
   seed=$(( seed + 20 ))
 done
-echo "vopr: $ran seeds in $minutes min ($nodes nodes, faults: $faults); failing seeds appended to $out"
-if [ -s "$out" ]; then
-  echo "vopr: $(wc -l < "$out") failing seeds recorded in $out" >&2
-  exit 1
-fi
+after=$( [ -f "$out" ] && wc -l < "$out" || echo 0 )
+found=$(( after - before ))
+echo "vopr: $ran seeds in $minutes min ($nodes nodes, faults: $faults); $found found a violation (appended to $out)"
+[ "$found" -eq 0 ]
