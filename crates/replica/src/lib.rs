@@ -704,13 +704,18 @@ impl Replica {
             .insert((now.ms.saturating_add(after_ms), self.timer_seq), timer);
     }
 
+    /// Joins the overlay through a seed, or through any member this node
+    /// knows of that has not left: seeds may leave the cluster too.
     fn join_seeds(&mut self) {
         let seeds: Vec<Peer> = self
             .config
             .join
             .iter()
-            .filter(|s| **s != self.config.me)
+            .chain(self.members.iter())
+            .filter(|s| **s != self.config.me && !self.left.contains(*s))
             .cloned()
+            .collect::<BTreeSet<Peer>>()
+            .into_iter()
             .collect();
         if let Some(seed) = self.rng.pick(&seeds).cloned() {
             self.hpv.join(seed);
@@ -968,6 +973,10 @@ impl Replica {
     /// `docs/tombstones.md` for the rule and why a node that was away
     /// cannot bring the value back.
     fn collect_tombstones(&mut self, now: Now) {
+        // Every tick, not only when something is collected: a remembered
+        // tombstone must be forgotten in time, or a peer still holding it
+        // is refused it for good (the simulator found the divergence).
+        self.forget_old_collected(now);
         let grace = ms(self.config.tombstone_grace);
         let members = self.other_members();
         #[cfg(feature = "mutations")]
