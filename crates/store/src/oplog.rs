@@ -12,8 +12,10 @@
 //! log's length.
 //!
 //! A push runs under the writer lock with a timestamp above every operation
-//! in the log it extends (and above the directory's last commit), so it
-//! sorts after everything its writer had seen.
+//! in the log it extends (and above the directory's last commit), and above
+//! every operation a record key of the group names, tombstones included: so
+//! it sorts after everything its writer had seen, even while another node's
+//! prune has arrived in part (its tombstones without its head).
 //!
 //! **Kept values.** Each process keeps, per path it has read, the reducer's
 //! state with the snapshot it reflects, and catches up from
@@ -38,7 +40,12 @@
 //! removed outright, and pushes prune by themselves: once a log holds more
 //! than [`SOLO_PRUNE_MIN_OPS`] unfolded operations and its oldest is older
 //! than the grace period ([`DEFAULT_SOLO_GRACE`]), operations older than
-//! the grace period are folded (`docs/oplogs.md`).
+//! the grace period are folded (`docs/oplogs.md`). A prune's head and
+//! tombstones are separate keys that may reach a peer apart: while a log
+//! holds a tombstone of a record its checkpoint did not fold, the peer
+//! lacks a checkpoint made elsewhere, and a prune there folds nothing (its
+//! checkpoint would replace that one and drop what it folded) until the
+//! head arrives.
 //!
 //! Logs written by earlier releases (the head with every operation inline,
 //! format version 1) are read as they are and converted on their first
@@ -162,6 +169,9 @@ struct PathState {
     state: Value,
     /// The greatest and least operations applied.
     last: Option<OpKey>,
+    /// The greatest timestamp named by a record key of the group, live or
+    /// a tombstone (see [`LogRead::named_max`]).
+    named_max: u64,
     first: Option<OpKey>,
     /// Shas of the operations applied (since the checkpoint).
     applied: HashSet<String>,
@@ -179,7 +189,7 @@ impl PathState {
     fn max_timestamp(&self) -> u64 {
         let ops = self.last.as_ref().map_or(0, |k| k.0);
         let cp = self.checkpoint.as_ref().map_or(0, |c| c.upto.0);
-        ops.max(cp)
+        ops.max(cp).max(self.named_max)
     }
 
     /// An estimate of the memory it holds: its state and checkpoint
@@ -608,7 +618,7 @@ impl Oplogs {
         };
         let payload = reducer.prepare(&state, payload);
         let commit_ts = snap.commit_ts().unwrap_or_else(|| snap.last_ts());
-        let ts = commit_ts.max(st.max_timestamp + 1);
+        let ts = commit_ts.max(st.max_timestamp.saturating_add(1));
         let op = Op::new(kind, ts, &writer.node.to_string(), payload);
         // Checked before anything is written: a reducer error refuses the
         // push.
@@ -821,6 +831,9 @@ impl Oplogs {
                 }
                 continue;
             }
+            if let Some(named) = named_op(k.as_bytes()) {
+                p.named_max = p.named_max.max(named.timestamp);
+            }
             match read_record(snap, fp, k) {
                 Record::Op(_, _) if p.kind.is_empty() => {
                     // Records of a log this value had not seen (perhaps
@@ -896,7 +909,12 @@ impl Oplogs {
         resume: Option<PathState>,
         budget: &mut Budget,
     ) -> Result<PathState> {
-        let LogRead { view, inline, .. } = read_log_inline(snap, fp, path.as_bytes())?;
+        let LogRead {
+            view,
+            inline,
+            named_max,
+            ..
+        } = read_log_inline(snap, fp, path.as_bytes())?;
         let log = &view.log;
         let head = snap.get(fp, path.as_bytes());
         let mut p = PathState {
@@ -908,6 +926,7 @@ impl Oplogs {
             state: Value::Null,
             last: None,
             first: None,
+            named_max,
             applied: HashSet::new(),
             inline,
             partial: false,
@@ -983,8 +1002,13 @@ impl Oplogs {
                 mut view,
                 inline,
                 folded,
+                missing,
+                ..
             } = read_log_inline(snap, &fp, &key)?;
-            if view.log.kind().is_empty() {
+            // Another node's prune arrived in part (its tombstones before
+            // its head): a checkpoint made now would lack what that one
+            // folded and replace it. Anti-entropy brings the head soon.
+            if view.log.kind().is_empty() || missing {
                 return Ok((vec![], 0));
             }
             let reducer = this.reducer(view.log.kind())?;
@@ -1189,6 +1213,23 @@ fn record_sha(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(&key[at + 1..]).ok()
 }
 
+/// The operation a record key (`path\0{timestamp:016x}.{node}.{sha}`)
+/// names, without its payload: what a tombstone of a pruned record still
+/// tells.
+fn named_op(key: &[u8]) -> Option<Op> {
+    let (_, name) = crate::split_record(key)?;
+    let mut parts = std::str::from_utf8(name).ok()?.splitn(3, '.');
+    let timestamp = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let node = parts.next()?;
+    let sha = parts.next()?;
+    Some(Op {
+        timestamp,
+        node: node.to_string(),
+        sha: sha.to_string(),
+        payload: Value::Null,
+    })
+}
+
 /// What a record key holds.
 enum Record {
     /// An operation of this type.
@@ -1361,6 +1402,15 @@ struct LogRead {
     inline: bool,
     /// Shas of records the checkpoint already folded.
     folded: Vec<String>,
+    /// The greatest timestamp a record key of the group names, whether
+    /// the record is live or a tombstone: a prune elsewhere deletes the
+    /// records it folds, and its tombstones may arrive before its head, so
+    /// a push must go above them too to sort after what its node had seen.
+    named_max: u64,
+    /// Some record is a tombstone whose operation the checkpoint did not
+    /// fold (nor would report late): another node folded it into a
+    /// checkpoint that has not arrived yet.
+    missing: bool,
 }
 
 /// The merged log at `key`: the heads in every sibling of the key, then
@@ -1372,6 +1422,8 @@ fn read_log_inline(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<LogRe
     };
     let mut inline = false;
     let mut folded = Vec::new();
+    let mut named_max = 0;
+    let mut missing = false;
     let bad = |e: &dyn std::fmt::Display| {
         Error::Conflict(format!(
             "{fp}/{} is not an operation log: {e}",
@@ -1392,9 +1444,20 @@ fn read_log_inline(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<LogRe
         if k.as_bytes() == key {
             continue;
         }
-        let Record::Op(kind, op) = read_record(snap, fp, k) else {
-            continue;
+        let named = named_op(k.as_bytes());
+        if let Some(n) = &named {
+            named_max = named_max.max(n.timestamp);
+        }
+        let op = match read_record(snap, fp, k) {
+            Record::Op(kind, op) => (kind, op),
+            Record::Gone => {
+                missing |=
+                    named.is_some_and(|n| standing(view.log.checkpoint(), &n) == Standing::Applies);
+                continue;
+            }
+            Record::Malformed => continue,
         };
+        let (kind, op) = op;
         if view.log.kind().is_empty() {
             view.log = OpLog::new(&kind);
         }
@@ -1414,6 +1477,8 @@ fn read_log_inline(snap: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<LogRe
         view,
         inline,
         folded,
+        named_max,
+        missing,
     })
 }
 

@@ -1,0 +1,145 @@
+//! A prune reaches a peer in pieces: the new head (the checkpoint) and
+//! the tombstones of the records it folded are separate keys, and
+//! broadcast may deliver the tombstones first (the head's message was
+//! lost; anti-entropy brings it later). Meanwhile the peer holds a log
+//! that lacks the folded operations and their checkpoint. Found by the
+//! simulator (`chorus sim --faults standard --seed 22` and `--seed 266`):
+//!
+//! - a push there must still sort after the operations whose records it
+//!   held (their tombstones name them), or it is late once the
+//!   checkpoint arrives;
+//! - a prune there must wait for the checkpoint, or its own checkpoint
+//!   replaces the missing one: silently when it covers it by the
+//!   frontier, as a late "checkpoint" otherwise; either way the folded
+//!   operations leave the value.
+
+use chorus_core::FullPrefix;
+use chorus_core::object::Object;
+use chorus_store::oplog::Oplogs;
+use chorus_store::{Clock, Metadata, Options, Origin, PutOptions, PutValue, Store};
+use serde_json::json;
+
+mod common;
+use common::{meta, ship};
+
+fn fp() -> FullPrefix {
+    FullPrefix::parse("app/ops").expect("valid")
+}
+
+/// Marks a directory as served by a daemon: prunes leave tombstones.
+fn served(m: &Metadata) {
+    m.put_reserved(
+        &FullPrefix::parse("$cluster/members").expect("fp"),
+        b"x",
+        PutValue::Bytes(b"{}".to_vec()),
+        &PutOptions::default(),
+    )
+    .expect("member marker");
+}
+
+/// Ships the keys of `fp` whose bytes `pick` accepts (the others' messages
+/// were lost).
+fn ship_some(from: &Metadata, to: &Metadata, pick: impl Fn(&[u8]) -> bool) {
+    let snap = from.store().snapshot().expect("snapshot");
+    let objects: Vec<_> = snap
+        .iter_prefix(&fp())
+        .filter(|(k, _)| pick(k.as_bytes()))
+        .map(|(k, e)| {
+            (
+                fp(),
+                k.as_bytes().to_vec(),
+                Object::decode(&e.value).expect("an object"),
+            )
+        })
+        .collect();
+    to.merge(Origin::Peer([9; 16]), objects).expect("merge");
+}
+
+/// Only the records' tombstones, not the head.
+fn records_only(key: &[u8]) -> bool {
+    key != b"c"
+}
+
+fn last_key(ops: &Oplogs) -> chorus_core::oplog::OpKey {
+    ops.log(&fp(), "c")
+        .expect("log")
+        .log
+        .ops()
+        .last()
+        .expect("an operation")
+        .key()
+}
+
+/// A node whose clock is a day behind the other's.
+fn behind(dir: &std::path::Path) -> Metadata {
+    let day_ago = chorus_store::Clock::system().now_ms() - 86_400_000;
+    let store = Store::open(
+        dir,
+        Options {
+            create: true,
+            clock: Clock::new(move || day_ago),
+            ..Options::default()
+        },
+    )
+    .expect("open");
+    Metadata::new(store)
+}
+
+#[test]
+fn a_push_after_the_tombstones_of_a_prune_sorts_after_what_they_folded() {
+    let (da, db) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (ma, mb) = (meta(da.path()), behind(db.path()));
+    served(&ma);
+    served(&mb);
+    let (a, b) = (Oplogs::new(&ma), Oplogs::new(&mb));
+    a.push(&fp(), "c", "counter", json!(1)).expect("push");
+    a.push(&fp(), "c", "counter", json!(2)).expect("push");
+    ship(&ma, &mb, &fp());
+    assert_eq!(b.get(&fp(), "c").expect("get"), json!(3));
+    // A folds both; B gets the tombstones, not the new head.
+    assert_eq!(a.prune(&fp(), "c", &last_key(&a)).expect("prune"), 2);
+    ship_some(&ma, &mb, records_only);
+    // B's clock is behind: its push must still sort after what it held.
+    b.push(&fp(), "c", "counter", json!(4)).expect("push");
+    ship(&ma, &mb, &fp());
+    ship(&mb, &ma, &fp());
+    for (name, ops) in [("a", &a), ("b", &b)] {
+        let view = ops.log(&fp(), "c").expect("log");
+        assert!(view.late.is_empty(), "{name}: nothing is late: {view:?}");
+        assert_eq!(ops.get(&fp(), "c").expect("get"), json!(7), "{name}");
+    }
+}
+
+#[test]
+fn a_prune_waits_for_the_checkpoint_whose_tombstones_arrived() {
+    let (_dirs, metas) = common::nodes(2);
+    let (ma, mb) = (&metas[0], &metas[1]);
+    served(ma);
+    served(mb);
+    let (a, b) = (Oplogs::new(ma), Oplogs::new(mb));
+    a.push(&fp(), "c", "counter", json!(1)).expect("push");
+    let first = last_key(&a);
+    a.push(&fp(), "c", "counter", json!(2)).expect("push");
+    ship(ma, mb, &fp());
+    // A folds its first operation; B gets the tombstone, not the head.
+    assert_eq!(a.prune(&fp(), "c", &first).expect("prune"), 1);
+    ship_some(ma, mb, records_only);
+    // B may not fold the second one over a log that lacks the first.
+    let second = last_key(&b);
+    assert_eq!(
+        b.prune(&fp(), "c", &second).expect("prune"),
+        0,
+        "B waits for A's checkpoint"
+    );
+    ship(ma, mb, &fp());
+    assert_eq!(b.prune(&fp(), "c", &second).expect("prune"), 1);
+    ship(mb, ma, &fp());
+    for (name, ops) in [("a", &a), ("b", &b)] {
+        let view = ops.log(&fp(), "c").expect("log");
+        assert!(view.late.is_empty(), "{name}: nothing is late: {view:?}");
+        assert_eq!(ops.get(&fp(), "c").expect("get"), json!(3), "{name}");
+    }
+}
