@@ -418,4 +418,59 @@ mod tests {
         assert_eq!(contents(&same), vec![b"v1".to_vec()]);
         assert_eq!(same.values().len(), 1);
     }
+
+    #[test]
+    fn remint_after_gives_the_copys_later_values_new_dots_and_keeps_shared_ones() {
+        let (x, y, z) = (id(1), id(2), id(3));
+        // Shared history: x wrote v1 at 100; z wrote a sibling at 120.
+        let base = write(None, b"v1", 100, x);
+        let shared = Object::modify(
+            Some(&base),
+            &Object::empty_context(),
+            Value::data(b"z1", Hlc(120), z),
+            z,
+        );
+        // Nothing after the copy point (150): nothing changes.
+        assert_eq!(remint_after(&shared, x, y, 150).expect("remint"), None);
+        // The copy overwrites v1 at 200 under x.
+        let copy = write(Some(&shared), b"copy", 200, x);
+        let reminted = remint_after(&copy, x, y, 150)
+            .expect("remint")
+            .expect("changed");
+        let entry =
+            |o: &Object, who: NodeId| o.clock().entries().iter().find(|e| e.id == who).cloned();
+        let old = entry(&reminted, x).expect("x stays");
+        assert!(old.counter <= 151, "{}", old.counter);
+        assert!(old.values.is_empty());
+        let new = entry(&reminted, y).expect("y holds the copy's write");
+        assert_eq!(new.values.len(), 1);
+        assert_eq!(new.values[0].timestamp, Hlc(200));
+        // (Written over everything the copy had read, z1 included.)
+        assert_eq!(contents(&reminted), vec![b"copy".to_vec()]);
+        assert!(entry(&reminted, z).is_some());
+        // The original's own later write (at 180, above the copy point)
+        // stays a sibling of the copy's when the two meet.
+        let original = write(Some(&shared), b"orig", 180, x);
+        let met = Object::reconcile(&reminted, Some(&original)).expect("news");
+        assert_eq!(contents(&met), vec![b"copy".to_vec(), b"orig".to_vec()]);
+        assert!(!conflicting(x, &original, &reminted));
+        // Without the cap, the copy's counter would cover it.
+        let lost = Object::reconcile(&copy, Some(&original)).expect("news");
+        assert!(!contents(&lost).contains(&b"orig".to_vec()));
+        // A value of x from before the copy point keeps its dot.
+        let sibling = Object::modify(
+            Some(&base),
+            &Object::empty_context(),
+            Value::data(b"late", Hlc(300), x),
+            x,
+        );
+        let kept = remint_after(&sibling, x, y, 150)
+            .expect("remint")
+            .expect("changed");
+        assert_eq!(
+            entry(&kept, x).expect("x").counter,
+            entry(&base, x).expect("x").counter
+        );
+        assert_eq!(contents(&kept), vec![b"late".to_vec(), b"v1".to_vec()]);
+    }
 }
