@@ -87,8 +87,9 @@ enum Command {
     /// Create the data directory, node id and first log generation
     Init {
         /// Give an existing directory a new node id, keeping its data: run
-        /// it on a copy of another node's directory (a restored backup, a
-        /// cloned machine) with every process on it stopped
+        /// it on a copy of another node's directory that kept its place (a
+        /// cloned machine's disk; a copy elsewhere takes one when opened)
+        /// with every process on it stopped
         #[arg(long)]
         new_identity: bool,
     },
