@@ -87,8 +87,9 @@ enum Command {
     /// Create the data directory, node id and first log generation
     Init {
         /// Give an existing directory a new node id, keeping its data: run
-        /// it on a copy of another node's directory (a restored backup, a
-        /// cloned machine) with every process on it stopped
+        /// it on a copy of another node's directory that kept its place (a
+        /// cloned machine's disk; a copy elsewhere takes one when opened)
+        /// with every process on it stopped
         #[arg(long)]
         new_identity: bool,
     },
@@ -327,6 +328,25 @@ fn read_value(arg: &str) -> Result<Vec<u8>, Failure> {
 
 fn init(cli: &Cli) -> Result<(), Failure> {
     let (node_id, created) = Store::init(&cli.dir, &cli.options()?)?;
+    if !created {
+        // Opening settles the directory's place: a copy of another node's
+        // directory takes a new node id here.
+        let now = cli.open()?.node_id();
+        if now != node_id {
+            emit(
+                cli,
+                json!({"dir": cli.dir, "node_id": now.to_string(), "created": false,
+                       "old_node_id": node_id.to_string()}),
+                || {
+                    format!(
+                        "{} is a copy of node {node_id}'s directory: it took the new node id {now}, keeping its data",
+                        cli.dir.display()
+                    )
+                },
+            );
+            return Ok(());
+        }
+    }
     emit(
         cli,
         json!({"dir": cli.dir, "node_id": node_id.to_string(), "created": created}),

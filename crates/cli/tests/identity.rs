@@ -1,10 +1,12 @@
 //! A copied data directory (a restored backup, a cloned machine) shares
 //! its node id with the original. Tried as an operator would: copy a
 //! node's directory, write the same key on both copies while apart, start
-//! both as a cluster. Both must say what happened (their logs and
-//! `/metrics`), neither may mark the other left, and once the copy has
-//! taken a new identity (`chorus init --new-identity`) the two converge
-//! with both writes kept as siblings.
+//! both as a cluster. A copy made with `cp -a` is elsewhere (another inode):
+//! it takes a new node id when first opened, and the two converge with both
+//! writes kept as siblings. A copy that kept its place (a cloned disk) is
+//! found by the handshake: both say so (logs and `/metrics`), neither marks
+//! the other left, and once the copy has taken a new identity (`chorus init
+//! --new-identity`) the two converge with both writes kept as siblings.
 
 mod common;
 
@@ -65,29 +67,112 @@ fn value_of(dir: &Path) -> String {
     stdout(&chorus(dir, &["get", FP, "cut"]))
 }
 
+/// Serves `a` once with a write, stops it, and copies its directory to `b`
+/// with `cp -a`. Returns A's node id.
+fn node_copied(a: &Path, b: &Path, a_gossip: u16, a_http: u16, a_log: &Path) -> String {
+    assert!(chorus(a, &["init"]).status.success());
+    let node_a = start(a, a_gossip, a_http, None, a_log);
+    put(a, FP, "cut", "v1");
+    drop(node_a);
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(a)
+        .arg(b)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    node_id(a)
+}
+
+/// What a cloned disk looks like: the copy's `place` record names the
+/// copy's own device and inode (a clone keeps its inodes), the rest as the
+/// original's.
+fn as_if_cloned(dir: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(dir).expect("stat");
+    let path = dir.join("place");
+    let text = std::fs::read_to_string(&path).expect("place");
+    let since = text
+        .split_whitespace()
+        .skip_while(|w| *w != "since")
+        .nth(1)
+        .expect("since")
+        .to_string();
+    std::fs::write(
+        &path,
+        format!("dev {} ino {} since {since}\n", meta.dev(), meta.ino()),
+    )
+    .expect("rewrite place");
+}
+
+/// Waits until both directories show both writes (and not the value they
+/// overwrote) and hold the same data.
+fn wait_converged(a: &Path, b: &Path) {
+    wait_until(LIMIT, || {
+        [a, b].iter().all(|dir| {
+            let shown = value_of(dir);
+            shown.contains("from-a") && shown.contains("from-b") && !shown.contains("v1")
+        })
+    });
+    let hash = |dir: &Path| stdout(&chorus(dir, &["hash", FP]));
+    wait_until(LIMIT, || hash(a) == hash(b));
+}
+
 #[test]
-fn a_copied_directory_is_detected_and_converges_after_taking_a_new_identity() {
+fn a_directory_copied_with_cp_takes_a_new_identity_and_both_writes_are_kept() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let (a_log, b_log) = (tmp.path().join("a.log"), tmp.path().join("b.log"));
     let (a_gossip, a_http, b_gossip, b_http) = (free_port(), free_port(), free_port(), free_port());
+    let original = node_copied(&a, &b, a_gossip, a_http, &a_log);
 
-    // Node A serves once and takes a write; then it stops.
-    assert!(chorus(&a, &["init"]).status.success());
+    // The copy's first open (here `chorus init`, which says so) gives it a
+    // new node id; the original keeps its own.
+    let out = chorus(&b, &["--json", "init"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).expect("init JSON");
+    assert_eq!(said["old_node_id"].as_str(), Some(original.as_str()));
+    let copy_id = node_id(&b);
+    assert_ne!(copy_id, original);
+    assert_eq!(said["node_id"].as_str(), Some(copy_id.as_str()));
+    assert_eq!(node_id(&a), original);
+
+    // Apart, both take a write of the same key, each acknowledged.
+    put(&a, FP, "cut", "from-a");
+    put(&b, FP, "cut", "from-b");
+
+    // Both start as a cluster: B joins A. Both writes stay, as siblings,
+    // on both nodes; no duplicated id is left to find.
     let node_a = start(&a, a_gossip, a_http, None, &a_log);
-    put(&a, FP, "cut", "v1");
+    let _node_b = start(&b, b_gossip, b_http, Some(a_gossip), &b_log);
+    wait_converged(&a, &b);
+    let (a_addr, b_addr) = (
+        format!("127.0.0.1:{a_gossip}"),
+        format!("127.0.0.1:{b_gossip}"),
+    );
+    wait_until(LIMIT, || {
+        members(a_http).contains(&(b_addr.clone(), "up".into()))
+            && members(b_http).contains(&(a_addr.clone(), "up".into()))
+    });
+    assert_eq!(metric(a_http, "gossip_duplicate_identity_total"), 0);
+    assert_eq!(metric(b_http, "gossip_duplicate_identity_total"), 0);
+    assert!(!read(&a_log).contains("is used by this node and by"));
     drop(node_a);
+}
 
-    // Its directory is copied (a backup restored elsewhere).
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(&a)
-        .arg(&b)
-        .status()
-        .expect("cp");
-    assert!(copied.success());
-    let original = node_id(&a);
-    assert_eq!(node_id(&b), original);
+#[test]
+fn a_cloned_disk_is_found_by_the_handshake_and_converges_after_taking_a_new_identity() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a_log, b_log) = (tmp.path().join("a.log"), tmp.path().join("b.log"));
+    let (a_gossip, a_http, b_gossip, b_http) = (free_port(), free_port(), free_port(), free_port());
+    let original = node_copied(&a, &b, a_gossip, a_http, &a_log);
+    as_if_cloned(&b);
+    assert_eq!(node_id(&b), original, "a clone is not found at open");
 
     // Apart, both take a write of the same key, each acknowledged.
     put(&a, FP, "cut", "from-a");
@@ -145,24 +230,11 @@ fn a_copied_directory_is_detected_and_converges_after_taking_a_new_identity() {
     // Restarted, the two converge: both acknowledged writes are siblings,
     // on both nodes.
     let _node_b = start(&b, b_gossip, b_http, Some(a_gossip), &b_log);
+    wait_converged(&a, &b);
     wait_until(LIMIT, || {
-        [&a, &b].iter().all(|dir| {
-            let shown = value_of(dir);
-            shown.contains("from-a") && shown.contains("from-b") && !shown.contains("v1")
-        })
+        members(a_http).contains(&(b_addr.clone(), "up".into()))
+            && members(b_http).contains(&(a_addr.clone(), "up".into()))
     });
-    let hash = |dir: &Path| stdout(&chorus(dir, &["hash", FP]));
-    wait_until(LIMIT, || hash(&a) == hash(&b));
-    assert!(
-        members(a_http).contains(&(b_addr.clone(), "up".into())),
-        "{:?}",
-        members(a_http)
-    );
-    assert!(
-        members(b_http).contains(&(a_addr.clone(), "up".into())),
-        "{:?}",
-        members(b_http)
-    );
     drop(node_a);
 }
 

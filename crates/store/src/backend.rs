@@ -62,6 +62,20 @@ pub trait Backend: Send + Sync + 'static {
     fn kernel(&self) -> Option<Kernel> {
         None
     }
+    /// The device and inode of directory `dir`: where it lives, so that
+    /// opening it can tell a copy (`cp -a`, `rsync`, a restored backup, a
+    /// move to another file system) from the directory itself. `None` when
+    /// the backend has no such notion (files in this process: the check is
+    /// skipped). The default asks the real file system unless
+    /// [`Backend::kernel`] says the files live in this process.
+    fn place(&self, dir: &Path) -> io::Result<Option<(u64, u64)>> {
+        if self.kernel().is_some() {
+            return Ok(None);
+        }
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = fs::metadata(dir)?;
+        Ok(Some((meta.dev(), meta.ino())))
+    }
 }
 
 /// Reads a whole file through a backend (for the small metadata files).

@@ -192,6 +192,150 @@ pub(crate) fn remint(
     Ok(merged)
 }
 
+/// Where a data directory lives, as recorded in its `place` file: the
+/// directory's device and inode, and `since`, the hybrid timestamp of the
+/// last commit when the directory took this place (its creation, a copy
+/// detected at open, a new identity, or the first open by a release that
+/// writes the file). Every copy of the directory carries this file as it
+/// was when the copy was made, so `since` is a moment a copy and its
+/// original certainly share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Place {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) since: u64,
+}
+
+impl Place {
+    pub(crate) fn new((dev, ino): (u64, u64), since: u64) -> Self {
+        Place { dev, ino, since }
+    }
+
+    pub(crate) fn encode(&self) -> String {
+        format!("dev {} ino {} since {}\n", self.dev, self.ino, self.since)
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Place> {
+        let mut words = text.split_whitespace();
+        let mut field = |name: &str| -> Option<u64> {
+            (words.next()? == name).then_some(())?;
+            words.next()?.parse().ok()
+        };
+        let place = Place {
+            dev: field("dev")?,
+            ino: field("ino")?,
+            since: field("since")?,
+        };
+        words.next().is_none().then_some(place)
+    }
+
+    /// Whether the directory is still where this record says.
+    pub(crate) fn is(&self, (dev, ino): (u64, u64)) -> bool {
+        self.dev == dev && self.ino == ino
+    }
+}
+
+/// Gives `object` to a directory that took the new id `new` after writing
+/// under `old`, when the directory shares only its history up to `copy_point`
+/// (a hybrid timestamp) with another directory still writing under `old`.
+///
+/// The values under `old` made after `copy_point` are this directory's own:
+/// they get new dots of `new` (same content and timestamp), as siblings of
+/// everything else in the object. The values under `old` made at or before
+/// it stay as they are (both directories hold them). And `old`'s counter is
+/// brought down to the shared history: dots are numbered above the hybrid
+/// timestamp of the write (see `Object::modify`), so a dot made at or
+/// before `copy_point` is at most `copy_point + 1`, and every later one of
+/// either directory above it (but a sibling made without a context on top of
+/// an older value of `old`: see docs/identity.md). So the object no longer
+/// claims to have seen the other directory's later writes.
+///
+/// `None` when the object needs no change.
+pub(crate) fn remint_after(
+    object: &Object,
+    old: NodeId,
+    new: NodeId,
+    copy_point: u64,
+) -> Result<Option<Object>, chorus_core::object::ObjectError> {
+    let clock = object.clock();
+    let Some(entry) = clock.entries().iter().find(|e| e.id == old) else {
+        return Ok(None);
+    };
+    let cap = copy_point.saturating_add(1);
+    // The newest dots come first: the values made after the copy point are
+    // a leading run (one directory makes its dots in timestamp order).
+    let run = entry
+        .values
+        .iter()
+        .take_while(|v| v.timestamp.0 > copy_point)
+        .count();
+    let (moved, kept) = entry.values.split_at(run);
+    let counter = if kept.is_empty() {
+        entry.counter.min(cap)
+    } else {
+        entry.counter.saturating_sub(run as u64)
+    };
+    if run == 0 && counter == entry.counter {
+        return Ok(None);
+    }
+    let entries = clock
+        .entries()
+        .iter()
+        .map(|e| {
+            if e.id == old {
+                chorus_core::dvvset::Entry {
+                    id: old,
+                    counter,
+                    values: kept.to_vec(),
+                }
+            } else {
+                e.clone()
+            }
+        })
+        .collect();
+    let mut result = Object::from_clock(chorus_core::dvvset::Dvvs::from_parts(
+        entries,
+        clock.anonymous().to_vec(),
+    ))?;
+    // Oldest first, each concurrent with everything the object holds (as it
+    // was: values of one object are siblings).
+    for value in moved.iter().rev() {
+        let mut value = value.clone();
+        value.node = new;
+        result = Object::modify(Some(&result), &Object::empty_context(), value, new);
+    }
+    Ok(Some(result))
+}
+
+/// The record of `new` under [`IDENTITIES`]: `old` and the ids `old` had
+/// before (at most [`FORMER_MAX`], the newest kept), as an object written
+/// by `new` at `ts` over `current` (the key's object, if any).
+pub(crate) fn former_record(
+    snap: &Snapshot,
+    current: Option<&Object>,
+    old: NodeId,
+    new: NodeId,
+    ts: Hlc,
+) -> Result<Object, serde_json::Error> {
+    let mut former: Vec<String> = former_ids(snap, old)
+        .iter()
+        .map(NodeId::to_string)
+        .collect();
+    former.push(old.to_string());
+    let skip = former.len().saturating_sub(FORMER_MAX);
+    let record = Former {
+        former: former.split_off(skip),
+    };
+    let bytes = serde_json::to_vec(&record)?;
+    let context = current.map(Object::context).unwrap_or_default();
+    Ok(Object::modify(
+        current,
+        &context,
+        Value::data(&bytes, ts, new),
+        new,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +417,60 @@ mod tests {
         let same = remint(&base, &base, x, y, Hlc(40)).expect("remint");
         assert_eq!(contents(&same), vec![b"v1".to_vec()]);
         assert_eq!(same.values().len(), 1);
+    }
+
+    #[test]
+    fn remint_after_gives_the_copys_later_values_new_dots_and_keeps_shared_ones() {
+        let (x, y, z) = (id(1), id(2), id(3));
+        // Shared history: x wrote v1 at 100; z wrote a sibling at 120.
+        let base = write(None, b"v1", 100, x);
+        let shared = Object::modify(
+            Some(&base),
+            &Object::empty_context(),
+            Value::data(b"z1", Hlc(120), z),
+            z,
+        );
+        // Nothing after the copy point (150): nothing changes.
+        assert_eq!(remint_after(&shared, x, y, 150).expect("remint"), None);
+        // The copy overwrites v1 at 200 under x.
+        let copy = write(Some(&shared), b"copy", 200, x);
+        let reminted = remint_after(&copy, x, y, 150)
+            .expect("remint")
+            .expect("changed");
+        let entry =
+            |o: &Object, who: NodeId| o.clock().entries().iter().find(|e| e.id == who).cloned();
+        let old = entry(&reminted, x).expect("x stays");
+        assert!(old.counter <= 151, "{}", old.counter);
+        assert!(old.values.is_empty());
+        let new = entry(&reminted, y).expect("y holds the copy's write");
+        assert_eq!(new.values.len(), 1);
+        assert_eq!(new.values[0].timestamp, Hlc(200));
+        // (Written over everything the copy had read, z1 included.)
+        assert_eq!(contents(&reminted), vec![b"copy".to_vec()]);
+        assert!(entry(&reminted, z).is_some());
+        // The original's own later write (at 180, above the copy point)
+        // stays a sibling of the copy's when the two meet.
+        let original = write(Some(&shared), b"orig", 180, x);
+        let met = Object::reconcile(&reminted, Some(&original)).expect("news");
+        assert_eq!(contents(&met), vec![b"copy".to_vec(), b"orig".to_vec()]);
+        assert!(!conflicting(x, &original, &reminted));
+        // Without the cap, the copy's counter would cover it.
+        let lost = Object::reconcile(&copy, Some(&original)).expect("news");
+        assert!(!contents(&lost).contains(&b"orig".to_vec()));
+        // A value of x from before the copy point keeps its dot.
+        let sibling = Object::modify(
+            Some(&base),
+            &Object::empty_context(),
+            Value::data(b"late", Hlc(300), x),
+            x,
+        );
+        let kept = remint_after(&sibling, x, y, 150)
+            .expect("remint")
+            .expect("changed");
+        assert_eq!(
+            entry(&kept, x).expect("x").counter,
+            entry(&base, x).expect("x").counter
+        );
+        assert_eq!(contents(&kept), vec![b"late".to_vec(), b"v1".to_vec()]);
     }
 }

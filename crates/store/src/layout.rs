@@ -6,6 +6,7 @@
 //! DIR/gen-0000000001.log   log of generation 1 (one file per generation)
 //! DIR/lock                 empty; the writer lock is an OS lock on it
 //! DIR/shm                  one shared page: published end, lock holder
+//! DIR/place                the directory's device and inode (a copy has others)
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -39,6 +40,9 @@ impl Layout {
     }
     pub(crate) fn lock(&self) -> PathBuf {
         self.dir.join("lock")
+    }
+    pub(crate) fn place(&self) -> PathBuf {
+        self.dir.join("place")
     }
     pub(crate) fn shm(&self) -> PathBuf {
         self.dir.join("shm")

@@ -7,13 +7,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use chorus_core::object::Hlc;
+use chorus_core::object::{Hlc, Object};
 use chorus_core::{FullPrefix, validate_key};
 
 use crate::backend::{Backend, StdBackend};
 use crate::dirops::{self, Dir, Tail, apply_range, check_local};
 use crate::error::{ConflictKey, Error, LockHolder, Result};
 use crate::format::{self, CommitRec, Origin, Payload, Raw, WriteRec};
+use crate::identity::Place;
 use crate::index::{Bytes, Entry, Snapshot, State};
 use crate::key::Key;
 use crate::layout::{Layout, WriterLock};
@@ -465,11 +466,32 @@ impl Store {
         let layout = Layout::new(dir);
         let (shm, writer, _) = kernel_objects(&layout, backend)?;
         let _guard = writer.acquire(options.lock_timeout, &shm)?;
-        dirops::create_locked(&layout, backend, options.clock.now_ms())
+        let (id, created) = dirops::create_locked(&layout, backend, options.clock.now_ms())?;
+        if created && let Some(here) = here_of(&layout, backend)? {
+            write_place(&layout, backend, Place::new(here, 0))?;
+        }
+        Ok((id, created))
     }
 
     /// Opens the store in `dir`.
+    ///
+    /// On the real file system, a directory that is not where its `place`
+    /// file says (a copy: `cp -a`, `rsync`, a restored backup, a move to
+    /// another file system) takes a new node id here, before anything
+    /// writes, and the open logs a warning (see docs/identity.md).
     pub fn open(dir: &Path, options: Options) -> Result<Store> {
+        let store = Store::open_once(dir, options)?;
+        if store.settle_place()? {
+            // The node id changed: read everything again.
+            let options = store.inner.options.clone();
+            let dir = store.dir().to_path_buf();
+            drop(store);
+            return Store::open_once(&dir, options);
+        }
+        Ok(store)
+    }
+
+    fn open_once(dir: &Path, options: Options) -> Result<Store> {
         let dir = &expand_home(dir)?;
         // On a backend whose files live in this process, nothing below
         // looks at the real file system.
@@ -786,11 +808,19 @@ impl Store {
     }
 
     /// Gives the directory in `dir` a new node id, keeping its data:
-    /// `chorus init --new-identity`, for a copy of another node's directory.
-    /// Values written under the old id stay (another node's, now); the old
-    /// id is recorded under [`crate::IDENTITIES`] so that merges give this
-    /// directory's writes under it new dots when the original's differ.
-    /// Returns the old and the new id.
+    /// `chorus init --new-identity`, for a copy of another node's directory
+    /// that kept its place (a cloned machine's disk) or that wrote before it
+    /// was found out. Returns the old and the new id.
+    ///
+    /// The copy point is the `since` of the directory's `place` record: the
+    /// last moment the directory is known to share with any copy of it (a
+    /// copy carries the record as it was when copied). What the directory
+    /// wrote under the old id after it gets new dots of the new id, and the
+    /// old id's counters are brought down to the shared history (see
+    /// `identity::remint_after`), so the original's later writes and the
+    /// copy's stay siblings. Without a record (a directory on a backend with
+    /// no places), the copy point is the start: every value under the old id
+    /// is given again. The old id is recorded under [`crate::IDENTITIES`].
     ///
     /// Stop every process using the directory first: a process that still
     /// has it open fails its next read or write (its log belongs to
@@ -805,8 +835,7 @@ impl Store {
         let backend = options.backend.clone();
         layout.read_node_id(backend.as_ref())?;
         {
-            let shm = Shm::open(&layout.shm())?;
-            let writer = WriterLock::open(&layout.lock())?;
+            let (shm, writer, _) = kernel_objects(&layout, backend.as_ref())?;
             let _guard = writer.acquire(options.lock_timeout, &shm)?;
             finish_identity_switch(&layout, backend.as_ref(), &shm)?;
         }
@@ -821,54 +850,153 @@ impl Store {
         let new = NodeId::from_bytes(
             sys::random_bytes().map_err(|e| Error::io("read", "/dev/urandom", e))?,
         );
-        store.record_former_id(old, new)?;
-        store.switch_identity(new)?;
-        Ok((old, new))
-    }
-
-    /// Writes `new`'s record under [`crate::IDENTITIES`]: `old` and the ids
-    /// `old` had before, at most `FORMER_MAX`, the newest kept.
-    fn record_former_id(&self, old: NodeId, new: NodeId) -> Result<()> {
-        let snapshot = self.snapshot()?;
-        let mut former: Vec<String> = crate::identity::former_ids(&snapshot, old)
-            .iter()
-            .map(NodeId::to_string)
-            .collect();
-        former.push(old.to_string());
-        let skip = former.len().saturating_sub(crate::identity::FORMER_MAX);
-        let record = crate::Former {
-            former: former.split_off(skip),
-        };
-        let bytes = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
-        let fp =
-            FullPrefix::parse(crate::IDENTITIES).map_err(|e| Error::Internal(e.to_string()))?;
-        crate::Metadata::new(self.clone()).put_reserved(
-            &fp,
-            new.to_string().as_bytes(),
-            crate::PutValue::Bytes(bytes),
-            &crate::PutOptions::default(),
-        )?;
-        Ok(())
-    }
-
-    /// Under the writer lock: writes the live state as a new generation
-    /// whose header names `new`, then the node id, then the pointer.
-    fn switch_identity(&self, new: NodeId) -> Result<()> {
-        let inner = &self.inner;
+        let inner = &store.inner;
         let _guard = inner
             .lock
             .acquire(inner.options.lock_timeout, &inner.dir.shm)?;
         let state = inner.prepare_locked()?;
+        let copy_point =
+            read_place(&inner.dir.layout, inner.dir.backend.as_ref())?.map_or(0, |p| p.since);
+        store.switch_identity_locked(&state, new, Some(copy_point))?;
+        Ok((old, new))
+    }
+
+    /// Checks that the directory is where its `place` file says: records
+    /// the place when the file is missing (a directory made by an older
+    /// release), and takes a new node id when it is elsewhere (a copy).
+    /// Returns whether the node id changed (the handle must be opened
+    /// again). Two processes opening a copy at once agree: the second finds
+    /// the place rewritten once it has the lock.
+    fn settle_place(&self) -> Result<bool> {
+        let inner = &self.inner;
+        let (layout, backend) = (&inner.dir.layout, inner.dir.backend.as_ref());
+        let Some(here) = here_of(layout, backend)? else {
+            return Ok(false);
+        };
+        if read_place(layout, backend)?.is_some_and(|p| p.is(here)) {
+            return Ok(false);
+        }
+        let _guard = inner
+            .lock
+            .acquire(inner.options.lock_timeout, &inner.dir.shm)?;
+        let recorded = read_place(layout, backend)?;
+        if layout.read_node_id(backend)? != inner.dir.node_id {
+            // Another process took a new id since this one read it; when it
+            // stopped before recording the place, record it (from the
+            // start: nothing later is known to be shared with a copy).
+            if !recorded.is_some_and(|p| p.is(here)) {
+                write_place(layout, backend, Place::new(here, 0))?;
+            }
+            return Ok(true);
+        }
+        if recorded.is_some_and(|p| p.is(here)) {
+            return Ok(false);
+        }
+        let state = inner.prepare_locked()?;
+        let Some(p) = recorded else {
+            // A directory made before places were recorded: it is here.
+            write_place(layout, backend, Place::new(here, state.last_ts))?;
+            return Ok(false);
+        };
+        let old = inner.dir.node_id;
+        let new = NodeId::from_bytes(
+            sys::random_bytes().map_err(|e| Error::io("read", "/dev/urandom", e))?,
+        );
+        self.switch_identity_locked(&state, new, None)?;
+        tracing::warn!(
+            dir = %layout.dir.display(),
+            old_node_id = %old,
+            new_node_id = %new,
+            recorded_device = p.dev,
+            recorded_inode = p.ino,
+            device = here.0,
+            inode = here.1,
+            copy_point = ?Hlc(state.last_ts),
+            "this data directory was copied or restored (it is not the directory it was \
+             created as): it takes the new node id {new} and keeps its data; the original \
+             keeps node id {old}"
+        );
+        Ok(true)
+    }
+
+    /// Under the writer lock: writes the live state as a new generation
+    /// whose header names `new` (with `new`'s record under
+    /// [`crate::IDENTITIES`] and, given a copy point, what this directory
+    /// wrote after it given new dots of `new`), then the node id, then the
+    /// pointer, then the place record. Returns the new last timestamp.
+    fn switch_identity_locked(
+        &self,
+        state: &Arc<State>,
+        new: NodeId,
+        copy_point: Option<u64>,
+    ) -> Result<u64> {
+        let inner = &self.inner;
+        let old = inner.dir.node_id;
+        let mut work = (**state).clone();
+        let ts = Hlc::tick(Hlc(work.last_ts), inner.options.clock.now_ms());
+        let seq = work.last_seq + 1;
+        let internal = |e: &dyn std::fmt::Display| Error::Internal(e.to_string());
+        if let Some(copy_point) = copy_point {
+            let mut changed = Vec::new();
+            for (fp, key, entry) in state.index.iter_all() {
+                // Only metadata objects carry dots; a raw value that
+                // happens to decode is told apart by its encoding.
+                let Ok(object) = Object::decode(&entry.value) else {
+                    continue;
+                };
+                if object.encode() != entry.value[..] {
+                    continue;
+                }
+                let reminted = crate::identity::remint_after(&object, old, new, copy_point)
+                    .map_err(|e| internal(&e))?;
+                if let Some(result) = reminted {
+                    changed.push((fp.clone(), key.clone(), result.encode()));
+                }
+            }
+            for (fp, key, bytes) in changed {
+                work.index.put(
+                    &fp,
+                    key,
+                    Entry {
+                        seq,
+                        value: Bytes::from(&bytes[..]),
+                    },
+                );
+            }
+        }
+        let fp = FullPrefix::parse(crate::IDENTITIES).map_err(|e| internal(&e))?;
+        let name = new.to_string();
+        let current = work
+            .index
+            .get(&fp, name.as_bytes())
+            .and_then(|e| Object::decode(&e.value).ok());
+        let snapshot = Snapshot {
+            state: state.clone(),
+            commit_ts: None,
+        };
+        let record = crate::identity::former_record(&snapshot, current.as_ref(), old, new, ts)
+            .map_err(|e| internal(&e))?;
+        work.index.put(
+            &fp,
+            Key::new(name.as_bytes()),
+            Entry {
+                seq,
+                value: Bytes::from(&record.encode()[..]),
+            },
+        );
+        work.last_seq = seq;
+        work.last_ts = ts.0;
+
+        let (shm, _, boot) = kernel_objects(&inner.dir.layout, inner.dir.backend.as_ref())?;
         let renamed = Dir {
             layout: inner.dir.layout.clone(),
             backend: inner.dir.backend.clone(),
-            shm: Shm::open(&inner.dir.layout.shm())?,
-            boot: inner.dir.boot,
+            shm,
+            boot,
             node_id: new,
         };
         let generation = state.generation + 1;
-        let end =
-            renamed.write_generation(generation, &state.index, state.last_seq, state.last_ts)?;
+        let end = renamed.write_generation(generation, &work.index, work.last_seq, work.last_ts)?;
         let path = renamed.layout.node_id();
         crate::backend::write_atomic(
             renamed.backend.as_ref(),
@@ -879,6 +1007,15 @@ impl Store {
         renamed
             .layout
             .write_current(renamed.backend.as_ref(), generation)?;
+        // The place last: a switch interrupted before it is finished by the
+        // next open (the id is new already; only the place is recorded).
+        if let Some(here) = here_of(&renamed.layout, renamed.backend.as_ref())? {
+            write_place(
+                &renamed.layout,
+                renamed.backend.as_ref(),
+                Place::new(here, work.last_ts),
+            )?;
+        }
         // Every reader reloads from the new generation (and a process that
         // still has the old id refuses it: it must open the directory again).
         renamed.shm.reset(renamed.boot, generation, end);
@@ -886,8 +1023,43 @@ impl Store {
         if let Err(e) = renamed.backend.remove_file(&old_path) {
             tracing::warn!(path = %old_path.display(), error = %e, "could not remove the old log generation; the next recovery will");
         }
-        Ok(())
+        Ok(work.last_ts)
     }
+}
+
+/// Where the directory of `layout` is now: its device and inode, or `None`
+/// on a backend without them.
+fn here_of(layout: &Layout, backend: &dyn Backend) -> Result<Option<(u64, u64)>> {
+    backend
+        .place(&layout.dir)
+        .map_err(|e| Error::io("stat", &layout.dir, e))
+}
+
+/// The directory's `place` record; `None` when there is none yet.
+fn read_place(layout: &Layout, backend: &dyn Backend) -> Result<Option<Place>> {
+    let path = layout.place();
+    let bytes = match crate::backend::read_whole(backend, &path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    Place::parse(&String::from_utf8_lossy(&bytes))
+        .map(Some)
+        .ok_or_else(|| {
+            Error::corruption(
+                &path,
+                0,
+                "the place record is damaged: if this directory is the one it was created as, \
+                 remove the file and open it again; if it is a copy of another node's \
+                 directory, remove the file and run chorus init --new-identity",
+            )
+        })
+}
+
+fn write_place(layout: &Layout, backend: &dyn Backend, place: Place) -> Result<()> {
+    let path = layout.place();
+    crate::backend::write_atomic(backend, &path, place.encode().as_bytes())
+        .map_err(|e| Error::io("write", &path, e))
 }
 
 /// Runs an update closure, turning a panic in it into an error for its
