@@ -199,6 +199,17 @@ fn main() -> ExitCode {
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli.dir_on_command_line =
         matches.value_source("dir") == Some(clap::parser::ValueSource::CommandLine);
+    // The daemons set up their own logging; every other command still
+    // shows the store's warnings (a copied directory taking a new id).
+    if !matches!(cli.command, Command::Serve(_) | Command::Stage(_)) {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::WARN)
+            .with_target(false)
+            .without_time()
+            .with_ansi(false)
+            .try_init();
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

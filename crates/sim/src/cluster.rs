@@ -46,6 +46,9 @@ pub struct Faults {
     pub loss: f64,
     /// Nodes joining during the run, and nodes leaving.
     pub churn: bool,
+    /// A node's data directory copied to a new node (a restored backup),
+    /// which takes a new identity before it starts, as a copy does.
+    pub clones: bool,
 }
 
 impl Faults {
@@ -59,6 +62,7 @@ impl Faults {
             disk: true,
             loss: 0.01,
             churn: false,
+            clones: false,
         }
     }
 
@@ -74,6 +78,7 @@ impl Faults {
                 "all" => {
                     f = Faults::standard();
                     f.churn = true;
+                    f.clones = true;
                 }
                 "partitions" => f.partitions = true,
                 "crashes" => f.crashes = true,
@@ -81,6 +86,7 @@ impl Faults {
                 "clocks" => f.clocks = true,
                 "disk" => f.disk = true,
                 "churn" => f.churn = true,
+                "clones" => f.clones = true,
                 p if p.starts_with("loss=") => {
                     let v: f64 = p[5..].parse().map_err(|_| {
                         format!("--faults: `{p}`: the loss is a number from 0 to 0.5")
@@ -94,7 +100,7 @@ impl Faults {
                 }
                 other => {
                     return Err(format!(
-                        "--faults: unknown fault `{other}`; use none, standard, all, or a list of partitions, crashes, pauses, clocks, disk, churn, loss=P"
+                        "--faults: unknown fault `{other}`; use none, standard, all, or a list of partitions, crashes, pauses, clocks, disk, churn, clones, loss=P"
                     ));
                 }
             }
@@ -212,6 +218,8 @@ struct SimNode {
     paused_until: u64,
     /// The timer event scheduled for it (virtual ms), if any.
     timer_at: Option<u64>,
+    /// Made by copying another node's directory: its node id is there.
+    cloned: bool,
 }
 
 struct Live {
@@ -266,6 +274,8 @@ enum Ev {
         plan: Option<DiskPlan>,
     },
     Leave(u32),
+    /// A node's directory copied to a new node, which starts.
+    Clone(u32),
     /// The end of the workload: every fault healed.
     End,
 }
@@ -406,6 +416,7 @@ impl World {
             wall_offset: skew,
             paused_until: 0,
             timer_at: None,
+            cloned: false,
         });
         self.group.push(0);
         self.by_addr.insert(addr, i);
@@ -518,6 +529,12 @@ impl World {
             for at in draws(&mut self.rng, per) {
                 let node = self.rng.below(n as usize) as u32;
                 self.schedule(at, Ev::Leave(node));
+            }
+        }
+        if f.clones {
+            for at in draws(&mut self.rng, per) {
+                let node = self.rng.below(n as usize) as u32;
+                self.schedule(at, Ev::Clone(node));
             }
         }
         self.schedule(end, Ev::End);
@@ -770,6 +787,10 @@ impl World {
                     Err(e) => self.note(format!("n{node} could not leave: {e}")),
                 }
             }
+            Ev::Clone(node) => {
+                self.trace(15, u64::from(node), 0);
+                self.clone_node(node);
+            }
             Ev::End => {}
         }
     }
@@ -817,7 +838,7 @@ impl World {
         self.trace(13, u64::from(node), 0);
         let (backend, disk) = FaultBackend::over(Arc::new(self.nodes[i].fs.clone()));
         self.nodes[i].disk = disk;
-        if self.nodes[i].inc == 0 {
+        if self.nodes[i].inc == 0 && !self.nodes[i].cloned {
             // A node id drawn from the seed, so runs repeat exactly.
             let id = chorus_core::NodeId::from_bytes(
                 (u128::from(mix(self.config.seed ^ 0x1D)) << 64 | u128::from(mix(u64::from(node))))
@@ -902,6 +923,54 @@ impl World {
         self.schedule(self.now + FEED_TICK_MS, Ev::FeedTick { node, inc });
         self.read_feed(node);
         self.after(node);
+    }
+
+    /// Copies a running node's directory (as a backup taken now and
+    /// restored elsewhere) to a new node, which takes a new identity
+    /// before it starts, as a copy does when it is opened in a new place.
+    fn clone_node(&mut self, from: u32) {
+        if self.nodes[from as usize]
+            .live
+            .as_ref()
+            .is_none_or(|l| l.replica.left_at().is_some())
+        {
+            return;
+        }
+        let fs = self.nodes[from as usize].fs.copy();
+        let dir = self.nodes[from as usize].dir.clone();
+        let node = self.add_node();
+        let id = chorus_core::NodeId::from_bytes(
+            (u128::from(mix(self.config.seed ^ 0xC10E)) << 64 | u128::from(mix(u64::from(node))))
+                .to_le_bytes(),
+        );
+        let options = Options {
+            backend: Arc::new(fs.clone()),
+            clock: {
+                let wall = self.nodes[node as usize].wall.clone();
+                Clock::new(move || wall.load(Ordering::Relaxed))
+            },
+            ..Options::default()
+        };
+        self.now_of(node);
+        match Store::new_identity_as(&dir, &options, id, false) {
+            Ok((old, new)) => {
+                let n = &mut self.nodes[node as usize];
+                n.fs = fs;
+                n.dir = dir;
+                n.cloned = true;
+                *self.outcome.faults.entry("clones").or_default() += 1;
+                self.note(format!(
+                    "n{node} is a copy of n{from}'s directory; it took node id {new} (was {old})"
+                ));
+                self.start(node);
+            }
+            Err(e) => {
+                self.nodes[node as usize].gone = true;
+                self.note(format!(
+                    "n{node}, a copy of n{from}, cannot take a new identity: {e}"
+                ));
+            }
+        }
     }
 
     /// Stops a node: a crash (what was not synced may be lost) or, with

@@ -830,6 +830,22 @@ impl Store {
     /// and then the pointer switch; if interrupted between the two, the
     /// directory does not open until this runs again, which finishes it.
     pub fn new_identity(dir: &Path, options: &Options) -> Result<(NodeId, NodeId)> {
+        let new = NodeId::from_bytes(
+            sys::random_bytes().map_err(|e| Error::io("read", "/dev/urandom", e))?,
+        );
+        Store::new_identity_as(dir, options, new, true)
+    }
+
+    /// [`Store::new_identity`] with the new id given (the simulator draws
+    /// ids from its seed). With `remint` false nothing is re-dotted: for a
+    /// copy made just now, which wrote nothing since (what opening a copy
+    /// in a new place does).
+    pub fn new_identity_as(
+        dir: &Path,
+        options: &Options,
+        new: NodeId,
+        remint: bool,
+    ) -> Result<(NodeId, NodeId)> {
         let dir = &expand_home(dir)?;
         let layout = Layout::new(dir);
         let backend = options.backend.clone();
@@ -847,17 +863,23 @@ impl Store {
             },
         )?;
         let old = store.node_id();
-        let new = NodeId::from_bytes(
-            sys::random_bytes().map_err(|e| Error::io("read", "/dev/urandom", e))?,
-        );
+        if new == old {
+            return Err(Error::InvalidInput(format!(
+                "{new} is this directory's node id already: give another"
+            )));
+        }
         let inner = &store.inner;
         let _guard = inner
             .lock
             .acquire(inner.options.lock_timeout, &inner.dir.shm)?;
         let state = inner.prepare_locked()?;
-        let copy_point =
-            read_place(&inner.dir.layout, inner.dir.backend.as_ref())?.map_or(0, |p| p.since);
-        store.switch_identity_locked(&state, new, Some(copy_point))?;
+        let copy_point = match remint {
+            true => Some(
+                read_place(&inner.dir.layout, inner.dir.backend.as_ref())?.map_or(0, |p| p.since),
+            ),
+            false => None,
+        };
+        store.switch_identity_locked(&state, new, copy_point)?;
         Ok((old, new))
     }
 
