@@ -126,11 +126,12 @@ fn a_push_may_bring_only_its_own_new_writes_and_not_from_the_future() {
     assert_eq!(read(&url, "ahead").0, 404, "not stored");
     assert_eq!(read(&url, "fine").0, 404, "nothing of the push stored");
 
-    // 2. A value under a dot of the upstream it never made (its write 5
-    //    of the key; it made one): 409; the upstream's value stays alone.
+    // 2. A value under a dot of the upstream it never made (a counter far
+    //    above the one its one write of the key took, from its hybrid
+    //    clock): 409; the upstream's value stays alone.
     let (s, _) = request_put(&url, "k", "upstream-1");
     assert_eq!(s, 200);
-    let forged_up = with_entries(vec![(upstream, 5, Some("forged"))]);
+    let forged_up = with_entries(vec![(upstream, 1 << 60, Some("forged"))]);
     let (status, v) = push(&url, None, &push_body(stage, &[("k", &forged_up)]));
     assert_eq!(status, 409, "{v}");
     assert!(

@@ -876,13 +876,15 @@ impl Replica {
                 continue;
             }
             // A delete this node already collected (or something older)
-            // is not stored again: only a write it has not seen is.
+            // is not stored again: only a write it has not seen is. While
+            // peers still offer it, it is remembered on: forgotten, it
+            // would be stored again and wait to be collected anew, and the
+            // nodes would pass it around for ever (found by the simulator).
             let slot = (fp, key);
-            if self
-                .collected
-                .get(&slot)
-                .is_some_and(|(context, _)| descends(context, &object.context()))
+            if let Some((context, at)) = self.collected.get_mut(&slot)
+                && descends(context, &object.context())
             {
+                *at = now.ms;
                 continue;
             }
             if batch_bytes + bytes.len() > MERGE_BYTES_MAX || batch.len() >= MERGE_KEYS_MAX {

@@ -143,3 +143,50 @@ fn a_prune_waits_for_the_checkpoint_whose_tombstones_arrived() {
         assert_eq!(ops.get(&fp(), "c").expect("get"), json!(3), "{name}");
     }
 }
+
+/// A later prune (here or on another node) leaves the tombstones of
+/// records folded before as they are: a new version of a tombstone would
+/// restart its wait to be collected and go back to the nodes that had
+/// collected it.
+#[test]
+fn a_prune_does_not_write_over_the_tombstones_of_records_folded_before() {
+    let (_dirs, metas) = common::nodes(2);
+    let (ma, mb) = (&metas[0], &metas[1]);
+    served(ma);
+    served(mb);
+    let (a, b) = (Oplogs::new(ma), Oplogs::new(mb));
+    a.push(&fp(), "c", "counter", json!(1)).expect("push");
+    let first = last_key(&a);
+    assert_eq!(a.prune(&fp(), "c", &first).expect("prune"), 1);
+    ship(ma, mb, &fp());
+    let records = |m: &Metadata| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let snap = m.store().snapshot().expect("snapshot");
+        snap.iter_prefix(&fp())
+            .filter(|(k, _)| k.as_bytes() != b"c")
+            .map(|(k, e)| (k.as_bytes().to_vec(), e.value.to_vec()))
+            .collect()
+    };
+    let tombstones = records(mb);
+    assert!(
+        !tombstones.is_empty(),
+        "the folded record's tombstone arrived"
+    );
+    // Later operations are folded on both nodes.
+    b.push(&fp(), "c", "counter", json!(2)).expect("push");
+    ship(mb, ma, &fp());
+    let second = last_key(&b);
+    assert_eq!(b.prune(&fp(), "c", &second).expect("prune"), 1);
+    assert_eq!(a.prune(&fp(), "c", &second).expect("prune"), 1);
+    for (name, m) in [("a", ma), ("b", mb)] {
+        let now = records(m);
+        for (key, value) in &tombstones {
+            let held = now.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+            assert_eq!(
+                held,
+                Some(value),
+                "{name}: the tombstone of {} was written over",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+}
