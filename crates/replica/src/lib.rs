@@ -768,7 +768,7 @@ impl Replica {
     /// again: the commit is broadcast, so every member learns of this node
     /// now rather than at its next exchange.
     fn announce_once(&mut self) {
-        if self.announced {
+        if self.announced || self.leaving.is_some() {
             return;
         }
         self.announced = true;

@@ -119,6 +119,21 @@ pub fn announce(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_st
 /// broadcast once the node has peers: new members learn of it at once
 /// instead of by anti-entropy.
 pub fn refresh(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_store::Error> {
+    // Never over a record that says this node left (`chorus leave` ran
+    // since it started): writing `up` again would make every member wait
+    // for it for ever (found by the simulator with churn).
+    let fp = members_prefix()?;
+    let opts = chorus_store::GetOptions {
+        resolver: Resolver::Lww,
+        ..chorus_store::GetOptions::default()
+    };
+    if meta
+        .get(&fp, me.as_bytes(), &opts)?
+        .and_then(|r| r.values.first().and_then(|v| v.bytes().and_then(decode)))
+        .is_some_and(|m| m.has_left())
+    {
+        return Ok(());
+    }
     let record = Member {
         node: node.to_string(),
         state: "up".into(),
