@@ -257,7 +257,8 @@ enum Ev {
         node: u32,
         inc: u32,
     },
-    Client(u32),
+    /// A client operation on a random running node (and the next one).
+    Client,
     Partition(Vec<u32>),
     Heal,
     Crash(u32),
@@ -462,7 +463,7 @@ impl World {
         let start = self.config.nodes as u64 * 10 + 2_000;
         let end = start + self.config.run_ms;
         let n = self.config.nodes as u32;
-        self.schedule(start, Ev::Client(u32::MAX));
+        self.schedule(start, Ev::Client);
         let f = self.config.faults;
         let window = self.config.run_ms.max(1);
         let draws = |rng: &mut Rng, count: u64| -> Vec<u64> {
@@ -705,7 +706,7 @@ impl World {
                 }
                 self.schedule(self.now + FEED_TICK_MS, Ev::FeedTick { node, inc });
             }
-            Ev::Client(node) => self.client(node),
+            Ev::Client => self.client(),
             Ev::Partition(side) => {
                 self.trace(6, side.len() as u64, 0);
                 *self.outcome.faults.entry("partitions").or_default() += 1;
@@ -1111,7 +1112,7 @@ impl World {
     }
 
     /// One client operation on a random live node, then the next.
-    fn client(&mut self, _hint: u32) {
+    fn client(&mut self) {
         if self.clients_done {
             return;
         }
@@ -1126,7 +1127,7 @@ impl World {
             .collect();
         let rate = self.config.ops_per_sec * live.len().max(1) as f64;
         let gap = (1_000.0 / rate.max(0.001)) as u64;
-        self.schedule(self.now + gap.max(1), Ev::Client(u32::MAX));
+        self.schedule(self.now + gap.max(1), Ev::Client);
         let Some(&node) = self.rng.pick(&live) else {
             return;
         };
