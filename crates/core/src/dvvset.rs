@@ -144,7 +144,7 @@ impl<I: Ord + Clone, V: Clone> Dvvs<I, V> {
 
     /// [`Dvvs::update_with`], where a new dot of `id`, when `id` has no
     /// value in the synced clock, is numbered above `floor` (a number
-    /// that only grows at `id`, such as its clock in milliseconds): so a
+    /// that only grows at `id`, such as its hybrid timestamp): so a
     /// dot of a key whose history was removed (a collected tombstone) is
     /// never given again to a different value. Numbers are only compared,
     /// so skipping some changes nothing else; values that do exist keep

@@ -311,9 +311,9 @@ impl Object {
     /// still holds (or remembers as collected), which a merge takes for
     /// the same value and drops. A node's hybrid timestamps grow with
     /// every commit (by at least one even when its wall clock stands still
-    /// or goes back), and a counter grows by one per write between jumps,
-    /// so it never passes the node's next timestamp: its dots are never
-    /// given twice.
+    /// or goes back), and a key's counter grows by one per write between
+    /// jumps, one write per commit: so a jump always lands above every dot
+    /// the node gave the key before, and its dots are never given twice.
     pub fn modify(
         current: Option<&Object>,
         context: &Context,

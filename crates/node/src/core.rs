@@ -314,11 +314,13 @@ impl Core {
                     tokio::task::block_in_place(|| replica.handle_timeout(now));
                 }
             }
-            let now = self.now();
-            let replica = &mut self.replica;
-            // The merges sync: let the runtime move other tasks off this
-            // thread meanwhile.
-            tokio::task::block_in_place(|| replica.flush(now));
+            if self.replica.has_deliveries() {
+                let now = self.now();
+                let replica = &mut self.replica;
+                // The merges sync: let the runtime move other tasks off
+                // this thread meanwhile.
+                tokio::task::block_in_place(|| replica.flush(now));
+            }
             self.drain();
         }
     }
@@ -391,8 +393,14 @@ impl Core {
                 }
                 let now = self.now();
                 let replica = &mut self.replica;
-                // Exchange steps read a snapshot and may merge: blocking.
-                tokio::task::block_in_place(|| replica.handle_frame(peer, node_id, frame, now));
+                if matches!(frame, Frame::Exchange { .. }) {
+                    // Exchange steps read a snapshot and may merge.
+                    tokio::task::block_in_place(|| {
+                        replica.handle_frame(peer, node_id, frame, now);
+                    });
+                } else {
+                    replica.handle_frame(peer, node_id, frame, now);
+                }
                 self.drain();
             }
             Event::Down { peer, conn } => {

@@ -238,6 +238,8 @@ pub struct Replica {
     leaving: Option<u64>,
     /// Whether this run has written its member record since its first link.
     announced: bool,
+    /// When the feed last brought a commit made on this node (ms).
+    last_local_commit: u64,
     /// Tombstones held here, by key, with when they arrived (this run:
     /// those found at start count as arriving then).
     tombstones: BTreeMap<Slot, Held>,
@@ -357,6 +359,7 @@ impl Replica {
             left,
             leaving: None,
             announced: false,
+            last_local_commit: 0,
             oplog_marks: BTreeMap::new(),
             synced: BTreeMap::new(),
             collected: BTreeMap::new(),
@@ -479,6 +482,12 @@ impl Replica {
         self.pump(now);
     }
 
+    /// True when broadcast delivered objects that [`Replica::flush`] has
+    /// not merged yet.
+    pub fn has_deliveries(&self) -> bool {
+        !self.deliveries.is_empty()
+    }
+
     /// True when enough has been delivered that the driver should call
     /// [`Replica::flush`] before taking more frames.
     pub fn wants_flush(&self) -> bool {
@@ -578,6 +587,7 @@ impl Replica {
                 if change.origin != Origin::Local {
                     continue;
                 }
+                self.last_local_commit = now.ms;
                 let Some(bytes) = k.value else { continue };
                 let Ok(object) = Object::decode(&bytes) else {
                     continue;
@@ -608,11 +618,14 @@ impl Replica {
         let Some(left) = self.leaving else {
             return false;
         };
+        // After the leave, and after the last write made here (the API
+        // still takes writes while the node leaves).
+        let since = left.max(self.last_local_commit);
         let members = self.other_members();
         members.is_empty()
             || members
                 .iter()
-                .any(|m| self.synced.get(*m).is_some_and(|s| *s >= left))
+                .any(|m| self.synced.get(*m).is_some_and(|s| *s > since))
     }
 
     /// When this node's own member record said it left (monotonic ms).
@@ -700,8 +713,12 @@ impl Replica {
 
     fn set_timer(&mut self, now: Now, after_ms: u64, timer: Timer) {
         self.timer_seq += 1;
-        self.timers
-            .insert((now.ms.saturating_add(after_ms), self.timer_seq), timer);
+        // At least 1 ms ahead: a timer due again at once would keep
+        // `handle_timeout` running.
+        self.timers.insert(
+            (now.ms.saturating_add(after_ms.max(1)), self.timer_seq),
+            timer,
+        );
     }
 
     /// Joins the overlay through a seed, or through any member this node
@@ -751,7 +768,10 @@ impl Replica {
             }
         );
         if self.left.contains(&peer) && !answer {
-            self.fail_peer(&peer);
+            // Dropped; the protocols forget it, but the exchange it may
+            // have open for its hand-off stays.
+            self.hpv.peer_failed(&peer);
+            self.plum.neighbor_down(&peer);
             return;
         }
         self.outputs.push_back(Output::Send { to: peer, frame });
@@ -1119,17 +1139,17 @@ impl Replica {
         let horizon = ms(self.config.tombstone_grace).saturating_mul(4);
         self.collected
             .retain(|_, (_, at)| now.ms.saturating_sub(*at) < horizon);
-        while self.collected.len() > COLLECTED_MAX {
-            let oldest = self
+        let excess = self.collected.len().saturating_sub(COLLECTED_MAX);
+        if excess > 0 {
+            // The oldest go, found in one pass.
+            let mut by_age: Vec<(u64, Slot)> = self
                 .collected
                 .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => {
-                    self.collected.remove(&k);
-                }
-                None => break,
+                .map(|(k, (_, at))| (*at, k.clone()))
+                .collect();
+            by_age.sort();
+            for (_, k) in by_age.into_iter().take(excess) {
+                self.collected.remove(&k);
             }
         }
     }

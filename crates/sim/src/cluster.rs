@@ -1042,7 +1042,12 @@ impl World {
 
     fn send(&mut self, from: u32, to: &str, frame: Frame) {
         let Some(&to) = self.by_addr.get(to) else {
-            // An address no node has: the dial fails.
+            // An address no node has: the dial fails, and the driver says
+            // so (what that answers goes out at the node's next event).
+            let now = self.now_of(from);
+            if let Some(l) = self.nodes[from as usize].live.as_mut() {
+                l.replica.handle_peer_down(&to.to_string(), now);
+            }
             return;
         };
         let inc_from = self.nodes[from as usize].inc;
