@@ -355,8 +355,20 @@ fn a_node_told_to_join_over_http_receives_the_clusters_writes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let cluster = json(&curl_with_headers(&[&format!("{url2}/v1/cluster")]).3);
-    assert_eq!(cluster["active"][0], gossip1.as_str());
+    // The view is published on the feed's tick: wait for the one after
+    // the join.
+    let started = Instant::now();
+    loop {
+        let cluster = json(&curl_with_headers(&[&format!("{url2}/v1/cluster")]).3);
+        if cluster["active"][0] == gossip1.as_str() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "node 2's active view never showed node 1: {cluster}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -540,6 +540,14 @@ impl Replica {
                 self.tree = build_tree(&snapshot);
                 self.tombstones = find_tombstones(&snapshot, now.ms);
                 self.cursor = resume;
+                // What the lost commits said of members and logs: read
+                // from the state, as at start.
+                for (addr, member) in members::read_all(&self.meta)? {
+                    self.apply_member(addr, &member, now);
+                }
+                for (fp, key, e) in snapshot.iter() {
+                    self.mark_oplog((fp.clone(), key.as_bytes().to_vec()), &e.value, now.ms);
+                }
                 self.outputs.push_back(Output::ReservedChanged(None));
                 Ok(true)
             }
@@ -1164,6 +1172,12 @@ impl Replica {
             .and_then(|o| o.lww_value().and_then(|v| v.bytes().map(<[u8]>::to_vec)))
             .and_then(|b| members::decode(&b));
         let Some(member) = member else { return };
+        self.apply_member(addr, &member, now);
+    }
+
+    /// What a member record means here: a member to exchange with, one
+    /// that left, or this node leaving.
+    fn apply_member(&mut self, addr: Peer, member: &members::Member, now: Now) {
         if !member.has_left() {
             self.left.remove(&addr);
             if addr != self.config.me {
