@@ -277,8 +277,9 @@ impl Application<BroadcastId, Vec<u8>> for Objects<'_> {
     }
 }
 
-/// The store's objects for the exchange, from one snapshot.
-struct SnapshotObjects<'a>(&'a Snapshot);
+/// The store's objects for an exchange, from one snapshot (the one the
+/// tree compared was built from).
+pub struct SnapshotObjects<'a>(pub &'a Snapshot);
 
 impl ObjectSource<Vec<u8>, Vec<u8>> for SnapshotObjects<'_> {
     fn object(&mut self, prefix: &[u8], sub: &[u8], key: &Vec<u8>) -> Option<Vec<u8>> {
@@ -1359,7 +1360,9 @@ fn find_tombstones(snapshot: &Snapshot, now_ms: u64) -> BTreeMap<Slot, Held> {
         .collect()
 }
 
-fn build_tree(snapshot: &Snapshot) -> MerkleTree<Vec<u8>> {
+/// The Merkle tree of every object in a snapshot, as replicas compare
+/// them.
+pub fn build_tree(snapshot: &Snapshot) -> MerkleTree<Vec<u8>> {
     let mut tree = MerkleTree::new();
     for (fp, key, entry) in snapshot.iter() {
         let key = key.as_bytes();

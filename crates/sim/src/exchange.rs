@@ -13,7 +13,8 @@ use chorus_core::key_hash;
 use chorus_core::object::Object;
 use chorus_core::object_hash;
 use chorus_gossip::Rng;
-use chorus_gossip::merkle::{Exchange, ExchangeConfig, MerkleTree, Message, ObjectSource, Repair};
+use chorus_gossip::merkle::{Exchange, ExchangeConfig, MerkleTree, Message, Repair};
+use chorus_replica::{SnapshotObjects, build_tree};
 use chorus_store::{Error, Metadata, Options, Origin, Snapshot, Store, SyncMode};
 use serde::Serialize;
 
@@ -121,19 +122,6 @@ struct Side {
     meta: Metadata,
     tree: MerkleTree<Vec<u8>>,
     snapshot: Snapshot,
-}
-
-/// Objects come from the snapshot the tree was built from.
-struct Source<'a>(&'a Snapshot);
-
-impl ObjectSource<Vec<u8>, Vec<u8>> for Source<'_> {
-    fn object(&mut self, prefix: &[u8], sub: &[u8], key: &Vec<u8>) -> Option<Vec<u8>> {
-        let fp = full_prefix(prefix, sub)?;
-        self.0.get(&fp, key).map(|b| b.to_vec())
-    }
-    fn size(&self, key: &Vec<u8>, object: &Vec<u8>) -> usize {
-        key.len() + object.len()
-    }
 }
 
 fn full_prefix(prefix: &[u8], sub: &[u8]) -> Option<FullPrefix> {
@@ -312,17 +300,7 @@ fn make_differences(
 
 fn side(meta: Metadata) -> Result<Side, Error> {
     let snapshot = meta.store().snapshot()?;
-    let mut tree = MerkleTree::new();
-    for (fp, key, entry) in snapshot.iter() {
-        let key = key.as_bytes();
-        tree.update(
-            fp.prefix().as_bytes(),
-            fp.subprefix().as_bytes(),
-            &key.to_vec(),
-            key_hash(key),
-            Some(object_hash(key, &entry.value)),
-        );
-    }
+    let tree = build_tree(&snapshot);
     Ok(Side {
         meta,
         tree,
@@ -378,13 +356,13 @@ fn exchange(a: &Side, b: &Side) -> Result<Outcome, Error> {
         outcome.messages += 1;
         if to_b {
             outcome.bytes.0 += size;
-            next = ex_b.handle(&b.tree, msg, &mut Source(&b.snapshot));
+            next = ex_b.handle(&b.tree, msg, &mut SnapshotObjects(&b.snapshot));
             while let Some(r) = ex_b.poll_repair() {
                 outcome.repairs.1.push(r);
             }
         } else {
             outcome.bytes.1 += size;
-            next = ex_a.handle(&a.tree, msg, &mut Source(&a.snapshot));
+            next = ex_a.handle(&a.tree, msg, &mut SnapshotObjects(&a.snapshot));
             while let Some(r) = ex_a.poll_repair() {
                 outcome.repairs.0.push(r);
             }

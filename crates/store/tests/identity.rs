@@ -79,6 +79,13 @@ fn as_if_cloned(dir: &Path) {
     .expect("rewrite place");
 }
 
+/// Creates a store in `dir` holding one write, closed again; its node id.
+fn written(dir: &Path) -> NodeId {
+    let a = open(dir);
+    put(&a, "cut", "v1");
+    a.store().node_id()
+}
+
 fn former_of(meta: &Metadata, id: NodeId) -> Vec<String> {
     let fp = FullPrefix::parse(IDENTITIES).expect("fp");
     let object = meta
@@ -99,11 +106,7 @@ fn former_of(meta: &Metadata, id: NodeId) -> Vec<String> {
 fn a_copied_directory_takes_a_new_identity_at_open_and_the_original_keeps_its_own() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
-    let original = {
-        let a = open(&a_dir);
-        put(&a, "cut", "v1");
-        a.store().node_id()
-    };
+    let original = written(&a_dir);
     copy(&a_dir, &b_dir);
     let b = open(&b_dir);
     assert_ne!(b.store().node_id(), original);
@@ -124,11 +127,7 @@ fn a_copied_directory_takes_a_new_identity_at_open_and_the_original_keeps_its_ow
 fn a_moved_directory_keeps_its_identity() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (a_dir, moved) = (tmp.path().join("a"), tmp.path().join("moved"));
-    let id = {
-        let a = open(&a_dir);
-        put(&a, "cut", "v1");
-        a.store().node_id()
-    };
+    let id = written(&a_dir);
     std::fs::rename(&a_dir, &moved).expect("move");
     let m = open(&moved);
     assert_eq!(m.store().node_id(), id);
@@ -139,11 +138,7 @@ fn a_moved_directory_keeps_its_identity() {
 fn a_directory_from_before_places_records_its_place_and_keeps_its_id() {
     let tmp = tempfile::tempdir().expect("tmp");
     let a_dir = tmp.path().join("a");
-    let id = {
-        let a = open(&a_dir);
-        put(&a, "cut", "v1");
-        a.store().node_id()
-    };
+    let id = written(&a_dir);
     std::fs::remove_file(a_dir.join("place")).expect("as an older release left it");
     assert_eq!(open(&a_dir).store().node_id(), id);
     assert!(a_dir.join("place").exists());
@@ -155,11 +150,7 @@ fn a_directory_from_before_places_records_its_place_and_keeps_its_id() {
 fn two_handles_opening_a_copy_at_once_agree_on_one_new_id() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
-    let original = {
-        let a = open(&a_dir);
-        put(&a, "cut", "v1");
-        a.store().node_id()
-    };
+    let original = written(&a_dir);
     copy(&a_dir, &b_dir);
     let ids: Vec<NodeId> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)

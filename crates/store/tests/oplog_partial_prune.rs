@@ -60,6 +60,22 @@ fn records_only(key: &[u8]) -> bool {
     key != b"c"
 }
 
+/// Two nodes' stores, both served (prunes leave tombstones).
+fn served_pair() -> (Vec<tempfile::TempDir>, Vec<Metadata>) {
+    let (dirs, metas) = common::nodes(2);
+    metas.iter().for_each(served);
+    (dirs, metas)
+}
+
+/// Both nodes give `value` for the log, with nothing reported late.
+fn both_agree(a: &Oplogs, b: &Oplogs, value: serde_json::Value) {
+    for (name, ops) in [("a", a), ("b", b)] {
+        let view = ops.log(&fp(), "c").expect("log");
+        assert!(view.late.is_empty(), "{name}: nothing is late: {view:?}");
+        assert_eq!(ops.get(&fp(), "c").expect("get"), value, "{name}");
+    }
+}
+
 fn last_key(ops: &Oplogs) -> chorus_core::oplog::OpKey {
     ops.log(&fp(), "c")
         .expect("log")
@@ -106,19 +122,13 @@ fn a_push_after_the_tombstones_of_a_prune_sorts_after_what_they_folded() {
     b.push(&fp(), "c", "counter", json!(4)).expect("push");
     ship(&ma, &mb, &fp());
     ship(&mb, &ma, &fp());
-    for (name, ops) in [("a", &a), ("b", &b)] {
-        let view = ops.log(&fp(), "c").expect("log");
-        assert!(view.late.is_empty(), "{name}: nothing is late: {view:?}");
-        assert_eq!(ops.get(&fp(), "c").expect("get"), json!(7), "{name}");
-    }
+    both_agree(&a, &b, json!(7));
 }
 
 #[test]
 fn a_prune_waits_for_the_checkpoint_whose_tombstones_arrived() {
-    let (_dirs, metas) = common::nodes(2);
+    let (_dirs, metas) = served_pair();
     let (ma, mb) = (&metas[0], &metas[1]);
-    served(ma);
-    served(mb);
     let (a, b) = (Oplogs::new(ma), Oplogs::new(mb));
     a.push(&fp(), "c", "counter", json!(1)).expect("push");
     let first = last_key(&a);
@@ -137,11 +147,7 @@ fn a_prune_waits_for_the_checkpoint_whose_tombstones_arrived() {
     ship(ma, mb, &fp());
     assert_eq!(b.prune(&fp(), "c", &second).expect("prune"), 1);
     ship(mb, ma, &fp());
-    for (name, ops) in [("a", &a), ("b", &b)] {
-        let view = ops.log(&fp(), "c").expect("log");
-        assert!(view.late.is_empty(), "{name}: nothing is late: {view:?}");
-        assert_eq!(ops.get(&fp(), "c").expect("get"), json!(3), "{name}");
-    }
+    both_agree(&a, &b, json!(3));
 }
 
 /// A later prune (here or on another node) leaves the tombstones of
@@ -150,10 +156,8 @@ fn a_prune_waits_for_the_checkpoint_whose_tombstones_arrived() {
 /// collected it.
 #[test]
 fn a_prune_does_not_write_over_the_tombstones_of_records_folded_before() {
-    let (_dirs, metas) = common::nodes(2);
+    let (_dirs, metas) = served_pair();
     let (ma, mb) = (&metas[0], &metas[1]);
-    served(ma);
-    served(mb);
     let (a, b) = (Oplogs::new(ma), Oplogs::new(mb));
     a.push(&fp(), "c", "counter", json!(1)).expect("push");
     let first = last_key(&a);
