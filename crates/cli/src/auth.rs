@@ -130,7 +130,7 @@ pub(crate) fn join_token(cli: &Cli, command: &JoinTokenCommand) -> Result<(), Fa
 
 impl From<AuthError> for Failure {
     fn from(e: AuthError) -> Self {
-        Failure::of_kind(chorus_node::error::Kind::of_auth(e.kind), e.message)
+        Failure::of_kind(chorus_node::error::kind_of_auth(e.kind), e.message)
     }
 }
 

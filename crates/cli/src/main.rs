@@ -184,7 +184,7 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        Failure::of_kind(Kind::of_store(&e), e.to_string())
+        Failure::of_kind(e.kind(), e.to_string())
     }
 }
 

@@ -9,11 +9,13 @@
 pub mod docs;
 pub mod dvvset;
 mod hash;
+mod kind;
 mod names;
 mod node;
 pub mod object;
 pub mod oplog;
 
 pub use hash::{key_hash, object_hash};
+pub use kind::Kind;
 pub use names::{FullPrefix, MAX_NAME_BYTES, NameError, validate_key};
 pub use node::NodeId;

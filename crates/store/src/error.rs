@@ -135,6 +135,23 @@ pub enum Error {
     Poisoned(String),
 }
 
+impl Error {
+    /// The kind of failure: decides the HTTP status, the stable code and
+    /// the exit code on every interface (`chorus_core::Kind`).
+    pub fn kind(&self) -> chorus_core::Kind {
+        use chorus_core::Kind;
+        match self {
+            Error::NotInitialized { .. } | Error::NotFound(_) => Kind::NotFound,
+            Error::InvalidInput(_) | Error::NetworkFilesystem { .. } => Kind::BadRequest,
+            Error::WriteConflict { .. } | Error::Conflict(_) => Kind::Conflict,
+            Error::LockTimeout { .. } => Kind::LockTimeout,
+            Error::Busy(_) => Kind::Busy,
+            Error::Corruption { .. } | Error::Io { .. } | Error::Poisoned(_) => Kind::Storage,
+            Error::Internal(_) => Kind::Internal,
+        }
+    }
+}
+
 fn list_keys(keys: &[ConflictKey]) -> String {
     let shown: Vec<String> = keys.iter().take(10).map(|k| k.to_string()).collect();
     let more = keys.len().saturating_sub(shown.len());
