@@ -55,8 +55,8 @@ pub use index::{Bytes, Entry, Snapshot};
 pub use key::Key;
 pub use mem::MemFs;
 pub use metadata::{
-    BatchPut, GetOptions, Incoming, Item, IterOptions, Match, MetaTransaction, Metadata,
-    PutOptions, PutValue, Read, ResolveFn, Resolver, Scope, WriteFn,
+    BatchPut, GetOptions, Incoming, Item, IterOptions, Match, MetaIter, MetaTransaction, Metadata,
+    PutOptions, PutValue, Read, ResolveFn, Resolver, Scope, WriteFn, read_snapshot,
 };
 pub use store::{
     AutoCompact, CommitInfo, CompactReport, LIVE_BYTES_PER_KEY, Limits, Options, Status, Store,

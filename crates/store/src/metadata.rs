@@ -26,8 +26,9 @@ use crate::store::{CommitInfo, Store, Write};
 /// the bytes of the one that replaces them (`None` for a tombstone).
 pub type ResolveFn = Arc<dyn Fn(&[Value]) -> Option<Vec<u8>> + Send + Sync>;
 
-/// Computes a write from the current siblings, under the writer lock.
-pub type WriteFn = Box<dyn FnOnce(&[Value]) -> Option<Vec<u8>> + Send>;
+/// Computes a write from the current siblings, under the writer lock; an
+/// error fails the write (nothing is written) with that error.
+pub type WriteFn = Box<dyn FnOnce(&[Value]) -> Result<Option<Vec<u8>>> + Send>;
 
 /// How a read settles siblings.
 #[derive(Clone, Default)]
@@ -82,7 +83,8 @@ pub enum PutValue {
     /// A tombstone (what `delete` writes).
     Tombstone,
     /// Computed under the writer lock from the current siblings (empty when
-    /// the key is absent): resolve on write. `None` writes a tombstone.
+    /// the key is absent): resolve on write. `None` writes a tombstone; an
+    /// error fails the write.
     Function(WriteFn),
 }
 
@@ -448,7 +450,17 @@ impl Metadata {
     /// snapshot taken now, so it visits each key once, whatever other
     /// processes write meanwhile, and decodes one key per step.
     pub fn iter(&self, scope: &Scope, opts: &IterOptions) -> Result<MetaIter> {
-        let snapshot = self.store.snapshot()?;
+        self.iter_snapshot(self.store.snapshot()?, scope, opts)
+    }
+
+    /// [`Metadata::iter`] over a snapshot taken earlier
+    /// ([`Store::snapshot`]): the keys as they were then.
+    pub fn iter_snapshot(
+        &self,
+        snapshot: Snapshot,
+        scope: &Scope,
+        opts: &IterOptions,
+    ) -> Result<MetaIter> {
         let prefixes: Vec<FullPrefix> = match scope {
             Scope::FullPrefix(fp) => vec![fp.clone()],
             Scope::Prefix(p) => snapshot
@@ -813,7 +825,7 @@ fn new_object(
                 .as_ref()
                 .map(|o| o.values().into_iter().cloned().collect())
                 .unwrap_or_default();
-            f(&siblings)
+            f(&siblings)?
         }
     };
     let context = match context {
@@ -860,6 +872,28 @@ struct TxWrite {
     context: Option<Context>,
 }
 
+/// Reads a key of a snapshot taken earlier ([`Store::snapshot`]), its
+/// siblings unresolved: `None` when it was absent.
+pub fn read_snapshot(snapshot: &Snapshot, fp: &FullPrefix, key: &[u8]) -> Result<Option<Read>> {
+    read_entry(fp, key, snapshot.entry(fp, key))
+}
+
+/// The read of a stored entry, its siblings unresolved.
+fn read_entry(fp: &FullPrefix, key: &[u8], entry: Option<&Entry>) -> Result<Option<Read>> {
+    let Some(e) = entry else {
+        return Ok(None);
+    };
+    let Summary {
+        values, context, ..
+    } = summary(fp, key, &e.value)?;
+    let tombstone = values.iter().all(|v| v.content == Content::Tombstone);
+    Ok(Some(Read {
+        values,
+        context,
+        tombstone,
+    }))
+}
+
 /// A transaction over several keys: reads come from a snapshot; at commit,
 /// if any key it read changed since, it fails with [`Error::WriteConflict`]
 /// naming the keys, and writes nothing.
@@ -877,20 +911,7 @@ impl MetaTransaction {
         self.reads
             .entry((fp.clone(), key.to_vec()))
             .or_insert(entry.map(|e| e.seq));
-        match entry {
-            Some(e) => {
-                let Summary {
-                    values, context, ..
-                } = summary(fp, key, &e.value)?;
-                let tombstone = values.iter().all(|v| v.content == Content::Tombstone);
-                Ok(Some(Read {
-                    values,
-                    context,
-                    tombstone,
-                }))
-            }
-            None => Ok(None),
-        }
+        read_entry(fp, key, entry)
     }
 
     /// Sets a key at commit (with a context: values written since that read

@@ -206,7 +206,7 @@ fn put_with_a_function_resolves_on_write() {
             .filter_map(|v| v.bytes())
             .filter_map(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
             .sum();
-        Some(total.to_string().into_bytes())
+        Ok(Some(total.to_string().into_bytes()))
     }));
     m.put(&fp(), b"n", sum, &PutOptions::default())
         .expect("put");

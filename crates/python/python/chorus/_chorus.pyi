@@ -116,8 +116,9 @@ class Store:
         tombstones: bool = False,
     ) -> Iterator[Item]:
         """Every key of ``scope`` (``"prefix/sub"``, ``"prefix"`` for all its
-        subprefixes, ``None`` for everything) in key order, as of the
-        call. ``match`` is a glob (``*``, ``?``, ``\\`` escapes)."""
+        subprefixes, ``None`` for everything; reserved ``$`` prefixes
+        only when named), as of the call, in the index's order (not
+        sorted). ``match`` is a glob (``*``, ``?``, ``\\`` escapes)."""
     def items(
         self,
         full_prefix: str,

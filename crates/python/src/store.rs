@@ -1,0 +1,904 @@
+//! `chorus.open` and the `Store` handle: key-value reads and writes with
+//! the cluster-metadata API, iteration, transactions and snapshots.
+//!
+//! Every call that can wait for the disk or the writer lock releases the
+//! GIL (`Python::detach`). A handle belongs to the process that opened it:
+//! after `fork()` the child's copy refuses every call (its lock and shared
+//! page belong to the parent) and is never closed from the child.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chorus_core::FullPrefix;
+use chorus_core::object::Context;
+use chorus_store::{
+    GetOptions, IterOptions, Match, MetaIter, MetaTransaction, Metadata, Options, PutOptions,
+    PutValue, Read, Resolver, Scope, Store as Engine, SyncMode,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use crate::convert::{bytes_arg, context_arg, item_py, live_values, read_py, str_arg, type_name};
+use crate::errors::{invalid, of_kind, store_error};
+
+/// What a handle holds while open.
+pub(crate) struct Inner {
+    /// The cluster-metadata API over the engine.
+    pub(crate) meta: Metadata,
+    /// The operation logs, with this handle's registered reducers.
+    pub(crate) oplogs: chorus_store::oplog::Oplogs,
+    /// The process that opened it.
+    pid: u32,
+}
+
+/// The open handle, or why there is none.
+pub(crate) type Shared = Arc<Inner>;
+
+impl Inner {
+    /// Refuses a handle used in a child after `fork()`.
+    pub(crate) fn check(self: &Arc<Self>) -> PyResult<Shared> {
+        let me = std::process::id();
+        if me != self.pid {
+            return Err(invalid(format!(
+                "this store handle was opened by process {} and this is process {me} (a child after fork()): \
+                 its lock and shared memory belong to the parent; open the store again in the child \
+                 with chorus.open(path)",
+                self.pid
+            )));
+        }
+        Ok(Arc::clone(self))
+    }
+}
+
+/// Opens the data directory `path` (created unless `create=False`).
+///
+/// `sync`: `"always"` (a write returns once it is on disk), `"batch"`
+/// (concurrent writes share one sync), or `"never"` (the OS decides; a
+/// crash may lose recent writes). `lock_timeout`: seconds a writer waits
+/// for the writer lock before raising `LockTimeout`.
+#[pyfunction]
+#[pyo3(signature = (path, sync = "always", lock_timeout = 10.0, create = true))]
+pub(crate) fn open(
+    py: Python<'_>,
+    path: PathBuf,
+    sync: &str,
+    lock_timeout: f64,
+    create: bool,
+) -> PyResult<Store> {
+    let sync = match sync {
+        "always" => SyncMode::Always,
+        "batch" => SyncMode::Batch,
+        "never" => SyncMode::Never,
+        other => {
+            return Err(invalid(format!(
+                "sync={other:?} is not a sync mode: use \"always\", \"batch\" or \"never\""
+            )));
+        }
+    };
+    if !(lock_timeout.is_finite() && (0.0..=86_400.0).contains(&lock_timeout)) {
+        return Err(invalid(format!(
+            "lock_timeout={lock_timeout} is not a number of seconds from 0 to 86400"
+        )));
+    }
+    let dir = chorus_store::expand_home(&path).map_err(store_error)?;
+    let opts = Options {
+        create,
+        sync,
+        lock_timeout: Duration::from_secs_f64(lock_timeout),
+        ..Options::default()
+    };
+    let engine = py
+        .detach(|| Engine::open(&dir, opts))
+        .map_err(store_error)?;
+    let meta = Metadata::new(engine);
+    let oplogs = chorus_store::oplog::Oplogs::new(&meta);
+    Ok(Store {
+        path: dir.to_string_lossy().into_owned(),
+        inner: Mutex::new(Some(Arc::new(Inner {
+            meta,
+            oplogs,
+            pid: std::process::id(),
+        }))),
+    })
+}
+
+/// A data directory, shared with every other process that opens it.
+#[pyclass(module = "chorus", frozen)]
+pub(crate) struct Store {
+    /// The directory.
+    #[pyo3(get)]
+    path: String,
+    inner: Mutex<Option<Shared>>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // A child after fork() must not run the parent's close (it would
+        // unlock and unmap what the parent still uses): leak it instead.
+        let mut slot = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(inner) = slot.take()
+            && inner.pid != std::process::id()
+        {
+            std::mem::forget(inner);
+        }
+    }
+}
+
+/// How a read settles siblings, from Python: `None`, `"lww"` or a callable.
+pub(crate) enum PyResolver {
+    None,
+    Lww,
+    Call(Py<PyAny>),
+}
+
+impl PyResolver {
+    pub(crate) fn parse(obj: Option<&Bound<'_, PyAny>>) -> PyResult<PyResolver> {
+        let Some(obj) = obj.filter(|o| !o.is_none()) else {
+            return Ok(PyResolver::None);
+        };
+        if let Ok(name) = obj.extract::<String>() {
+            return match name.as_str() {
+                "lww" => Ok(PyResolver::Lww),
+                other => Err(invalid(format!(
+                    "resolver={other:?} is not a resolver: use \"lww\", a function of the values, or None"
+                ))),
+            };
+        }
+        if obj.is_callable() {
+            return Ok(PyResolver::Call(obj.clone().unbind()));
+        }
+        Err(invalid(format!(
+            "resolver must be None, \"lww\" or a function, not {}",
+            type_name(obj)
+        )))
+    }
+
+    fn engine(&self) -> Resolver {
+        match self {
+            PyResolver::Lww => Resolver::Lww,
+            _ => Resolver::None,
+        }
+    }
+}
+
+/// Calls a Python resolver or write function with the live values; its
+/// result must be bytes, str or None.
+fn call_values(py: Python<'_>, f: &Py<PyAny>, values: Vec<Vec<u8>>) -> PyResult<Option<Vec<u8>>> {
+    let list = PyList::new(py, values.iter().map(|v| PyBytes::new(py, v)))?;
+    let out = f.bind(py).call1((list,))?;
+    if out.is_none() {
+        return Ok(None);
+    }
+    bytes_arg(&out, "function's result").map(Some)
+}
+
+impl Store {
+    pub(crate) fn inner(&self) -> PyResult<Shared> {
+        let slot = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(inner) => inner.check(),
+            None => Err(invalid(format!(
+                "the store {} is closed: open it again with chorus.open(path)",
+                self.path
+            ))),
+        }
+    }
+
+    /// A read with a resolver applied: a Python resolver runs here, with
+    /// the GIL, and its result is written back (with the read's context)
+    /// when `allow_put`.
+    fn settled(
+        &self,
+        py: Python<'_>,
+        fp: &FullPrefix,
+        key: &[u8],
+        resolver: &PyResolver,
+        allow_put: bool,
+    ) -> PyResult<Option<Read>> {
+        let inner = self.inner()?;
+        let opts = GetOptions {
+            default: None,
+            resolver: resolver.engine(),
+            allow_put,
+        };
+        let read = py
+            .detach(|| inner.meta.get(fp, key, &opts))
+            .map_err(store_error)?;
+        let PyResolver::Call(f) = resolver else {
+            return Ok(read);
+        };
+        let Some(read) = read else {
+            return Ok(None);
+        };
+        if read.values.len() <= 1 {
+            return Ok(Some(read));
+        }
+        let chosen = call_values(py, f, live_values(&read.values))?;
+        if allow_put {
+            let value = match chosen {
+                Some(b) => PutValue::Bytes(b),
+                None => PutValue::Tombstone,
+            };
+            let put = PutOptions {
+                context: Some(read.context.clone()),
+                ..Default::default()
+            };
+            py.detach(|| inner.meta.put(fp, key, value, &put))
+                .map_err(store_error)?;
+            let plain = GetOptions::default();
+            return py
+                .detach(|| inner.meta.get(fp, key, &plain))
+                .map_err(store_error);
+        }
+        let ts = read
+            .values
+            .iter()
+            .map(|v| v.timestamp)
+            .max()
+            .unwrap_or_default();
+        let node = inner.meta.store().node_id();
+        let value = match chosen {
+            Some(b) => chorus_core::object::Value::data(&b, ts, node),
+            None => chorus_core::object::Value::tombstone(ts, node),
+        };
+        let tombstone = value.bytes().is_none();
+        Ok(Some(Read {
+            values: vec![value],
+            context: read.context,
+            tombstone,
+        }))
+    }
+}
+
+/// The one live value of a read, `None` when deleted, `Conflict` when
+/// siblings remain.
+fn single(fp: &FullPrefix, key: &[u8], read: &Read) -> PyResult<Option<Vec<u8>>> {
+    let mut values = live_values(&read.values);
+    match values.len() {
+        0 => Ok(None),
+        1 => Ok(values.pop()),
+        n => Err(of_kind(
+            chorus_core::Kind::Conflict,
+            format!(
+                "{fp}/{} holds {n} siblings: read them with read(), or settle them with resolver=\"lww\" or a function",
+                String::from_utf8_lossy(key)
+            ),
+        )),
+    }
+}
+
+/// Which part of the store an iteration covers: `"prefix/sub"`, `"prefix"`
+/// or `None`.
+pub(crate) fn scope_arg(scope: Option<&Bound<'_, PyAny>>) -> PyResult<Scope> {
+    let Some(obj) = scope.filter(|o| !o.is_none()) else {
+        return Ok(Scope::All);
+    };
+    let text = str_arg(obj, "scope")?;
+    if text.contains('/') {
+        return FullPrefix::parse(&text)
+            .map(Scope::FullPrefix)
+            .map_err(crate::errors::name_error);
+    }
+    // A bare prefix: validated the same way a full prefix's first part is.
+    FullPrefix::new(&text, "x").map_err(crate::errors::name_error)?;
+    Ok(Scope::Prefix(text))
+}
+
+fn match_arg(pattern: Option<&str>) -> Match {
+    pattern.map_or(Match::All, |g| Match::Glob(g.to_string()))
+}
+
+#[pymethods]
+impl Store {
+    /// The node id of the directory (hex).
+    #[getter]
+    fn node_id(&self) -> PyResult<String> {
+        Ok(self.inner()?.meta.store().node_id().to_string())
+    }
+
+    /// Closes this handle (other processes are not affected). Iterators and
+    /// watches already made keep working until they end.
+    fn close(&self) {
+        let mut slot = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(inner) = slot.take()
+            && inner.pid != std::process::id()
+        {
+            std::mem::forget(inner);
+        }
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) {
+        self.close();
+    }
+
+    fn __repr__(&self) -> String {
+        let open = self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        format!(
+            "<chorus.Store {:?}{}>",
+            self.path,
+            if open { "" } else { " (closed)" }
+        )
+    }
+
+    /// The key's value, or `default` when it is absent or deleted; raises
+    /// `Conflict` when siblings remain unsettled.
+    #[pyo3(signature = (full_prefix, key, default = None, *, resolver = None, allow_put = true))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        full_prefix: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+        resolver: Option<&Bound<'py, PyAny>>,
+        allow_put: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let key = bytes_arg(key, "key")?;
+        let resolver = PyResolver::parse(resolver)?;
+        let read = self.settled(py, &fp, &key, &resolver, allow_put)?;
+        let value = match &read {
+            Some(r) => single(&fp, &key, r)?,
+            None => None,
+        };
+        Ok(match value {
+            Some(b) => PyBytes::new(py, &b).into_any(),
+            None => default.unwrap_or_else(|| py.None().into_bound(py)),
+        })
+    }
+
+    /// Every sibling of the key and the context to write back with.
+    #[pyo3(signature = (full_prefix, key, *, resolver = None, allow_put = true))]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        full_prefix: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        resolver: Option<&Bound<'py, PyAny>>,
+        allow_put: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let key = bytes_arg(key, "key")?;
+        let resolver = PyResolver::parse(resolver)?;
+        let read = self.settled(py, &fp, &key, &resolver, allow_put)?;
+        read_py(py, read.as_ref())
+    }
+
+    /// Writes a value (bytes, str, or a function of the current values).
+    #[pyo3(signature = (full_prefix, key, value, *, context = None, if_absent = false))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        full_prefix: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        context: Option<&str>,
+        if_absent: bool,
+    ) -> PyResult<()> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let key = bytes_arg(key, "key")?;
+        let context = context_arg(context)?;
+        let raised: Arc<Mutex<Option<PyErr>>> = Arc::default();
+        let value = if value.is_callable() {
+            let f = value.clone().unbind();
+            let slot = Arc::clone(&raised);
+            PutValue::Function(Box::new(move |siblings| {
+                let values = live_values(siblings);
+                Python::attach(|py| call_values(py, &f, values)).map_err(|e| {
+                    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    chorus_store::Error::InvalidInput(
+                        "the write function raised an exception; nothing was written".into(),
+                    )
+                })
+            }))
+        } else {
+            PutValue::Bytes(bytes_arg(value, "value")?)
+        };
+        let inner = self.inner()?;
+        let opts = PutOptions { context, if_absent };
+        let outcome = py.detach(|| inner.meta.put(&fp, &key, value, &opts));
+        if let Some(e) = raised.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            return Err(e);
+        }
+        outcome.map(|_| ()).map_err(store_error)
+    }
+
+    /// Writes a tombstone; `NotFound` when the key is absent or deleted.
+    #[pyo3(signature = (full_prefix, key, *, context = None))]
+    fn delete(
+        &self,
+        py: Python<'_>,
+        full_prefix: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        context: Option<&str>,
+    ) -> PyResult<()> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let key = bytes_arg(key, "key")?;
+        let context = context_arg(context)?;
+        let inner = self.inner()?;
+        let found = py
+            .detach(|| inner.meta.get(&fp, &key, &GetOptions::default()))
+            .map_err(store_error)?;
+        if found.is_none() {
+            return Err(of_kind(
+                chorus_core::Kind::NotFound,
+                format!(
+                    "{fp}/{} not found; nothing deleted",
+                    String::from_utf8_lossy(&key)
+                ),
+            ));
+        }
+        let opts = PutOptions {
+            context,
+            ..Default::default()
+        };
+        py.detach(|| inner.meta.delete(&fp, &key, &opts))
+            .map(|_| ())
+            .map_err(store_error)
+    }
+
+    /// Every key of `scope` as `chorus.Item`s, in key order, as of now.
+    #[pyo3(signature = (scope = None, *, r#match = None, resolver = None, allow_put = false, tombstones = false))]
+    fn iter(
+        &self,
+        py: Python<'_>,
+        scope: Option<&Bound<'_, PyAny>>,
+        r#match: Option<&str>,
+        resolver: Option<&Bound<'_, PyAny>>,
+        allow_put: bool,
+        tombstones: bool,
+    ) -> PyResult<ItemIter> {
+        let scope = scope_arg(scope)?;
+        let resolver = PyResolver::parse(resolver)?;
+        let inner = self.inner()?;
+        let opts = IterOptions {
+            matching: match_arg(r#match),
+            resolver: resolver.engine(),
+            allow_put,
+            tombstones,
+            default: None,
+        };
+        let it = py
+            .detach(|| inner.meta.iter(&scope, &opts))
+            .map_err(store_error)?;
+        Ok(ItemIter::new(
+            it,
+            Mode::Items,
+            resolver,
+            allow_put,
+            Some(self.inner()?),
+        ))
+    }
+
+    /// `(key, value)` of every live key of one full prefix.
+    #[pyo3(signature = (full_prefix, *, r#match = None, resolver = None))]
+    fn items(
+        &self,
+        py: Python<'_>,
+        full_prefix: &Bound<'_, PyAny>,
+        r#match: Option<&str>,
+        resolver: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<ItemIter> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let resolver = PyResolver::parse(resolver)?;
+        let inner = self.inner()?;
+        let opts = IterOptions {
+            matching: match_arg(r#match),
+            resolver: resolver.engine(),
+            ..Default::default()
+        };
+        let it = py
+            .detach(|| inner.meta.iter(&Scope::FullPrefix(fp), &opts))
+            .map_err(store_error)?;
+        Ok(ItemIter::new(it, Mode::Pairs, resolver, false, Some(inner)))
+    }
+
+    /// The live keys of one full prefix.
+    #[pyo3(signature = (full_prefix, *, r#match = None))]
+    fn keys(
+        &self,
+        py: Python<'_>,
+        full_prefix: &Bound<'_, PyAny>,
+        r#match: Option<&str>,
+    ) -> PyResult<ItemIter> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let inner = self.inner()?;
+        let opts = IterOptions {
+            matching: match_arg(r#match),
+            ..Default::default()
+        };
+        let it = py
+            .detach(|| inner.meta.iter(&Scope::FullPrefix(fp), &opts))
+            .map_err(store_error)?;
+        Ok(ItemIter::new(
+            it,
+            Mode::Keys,
+            PyResolver::None,
+            false,
+            Some(inner),
+        ))
+    }
+
+    /// Hex hash of a full prefix's (or a whole prefix's) content.
+    fn prefix_hash(&self, py: Python<'_>, scope: &Bound<'_, PyAny>) -> PyResult<String> {
+        let scope = scope_arg(Some(scope))?;
+        let inner = self.inner()?;
+        let hash = py
+            .detach(|| match &scope {
+                Scope::FullPrefix(fp) => inner.meta.prefix_hash(fp),
+                Scope::Prefix(p) => inner.meta.prefix_hash_all(p),
+                Scope::All => Err(chorus_store::Error::InvalidInput(
+                    "prefix_hash needs a prefix or a full prefix".into(),
+                )),
+            })
+            .map_err(store_error)?;
+        Ok(hash.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// A transaction: `with db.transaction() as tx: ...`.
+    fn transaction(&self, py: Python<'_>) -> PyResult<Transaction> {
+        let inner = self.inner()?;
+        let tx = py.detach(|| inner.meta.begin()).map_err(store_error)?;
+        Ok(Transaction {
+            tx: Mutex::new(Some(tx)),
+            inner,
+        })
+    }
+
+    /// A consistent read-only view as of now.
+    fn snapshot(&self, py: Python<'_>) -> PyResult<Snapshot> {
+        let inner = self.inner()?;
+        let snapshot = py
+            .detach(|| inner.meta.store().snapshot())
+            .map_err(store_error)?;
+        Ok(Snapshot { snapshot, inner })
+    }
+
+    /// A document store of this directory.
+    fn docs(&self, name: &Bound<'_, PyAny>) -> PyResult<crate::docs::Docs> {
+        let name = str_arg(name, "document store name")?;
+        crate::docs::Docs::open(self.inner()?, name)
+    }
+
+    /// The operation logs of this directory.
+    #[getter]
+    fn oplogs(&self) -> PyResult<crate::docs::Oplogs> {
+        Ok(crate::docs::Oplogs::new(self.inner()?))
+    }
+
+    /// Changes from now on, or after the change `from_`.
+    #[pyo3(signature = (scope = None, *, key = None, from_ = None, timeout = None))]
+    fn watch(
+        &self,
+        py: Python<'_>,
+        scope: Option<&Bound<'_, PyAny>>,
+        key: Option<&Bound<'_, PyAny>>,
+        from_: Option<&str>,
+        timeout: Option<f64>,
+    ) -> PyResult<crate::watch::WatchIter> {
+        crate::watch::WatchIter::start(py, self.inner()?, scope, key, from_, timeout)
+    }
+}
+
+/// What an iterator yields.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Items,
+    Pairs,
+    Keys,
+}
+
+/// An iteration over keys (`iter`, `items`, `keys`).
+#[pyclass(module = "chorus")]
+pub(crate) struct ItemIter {
+    it: Option<MetaIter>,
+    mode: Mode,
+    resolver: PyResolver,
+    allow_put: bool,
+    inner: Option<Shared>,
+}
+
+impl ItemIter {
+    fn new(
+        it: MetaIter,
+        mode: Mode,
+        resolver: PyResolver,
+        allow_put: bool,
+        inner: Option<Shared>,
+    ) -> ItemIter {
+        ItemIter {
+            it: Some(it),
+            mode,
+            resolver,
+            allow_put,
+            inner,
+        }
+    }
+}
+
+#[pymethods]
+impl ItemIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if let Some(inner) = &self.inner {
+            inner.check()?;
+        }
+        let Some(it) = self.it.as_mut() else {
+            return Ok(None);
+        };
+        let next = py.detach(|| it.next());
+        let mut item = match next {
+            None => {
+                self.it = None;
+                return Ok(None);
+            }
+            Some(r) => r.map_err(store_error)?,
+        };
+        if let (PyResolver::Call(f), true) = (&self.resolver, item.read.values.len() > 1) {
+            let chosen = call_values(py, f, live_values(&item.read.values))?;
+            if let (true, Some(inner)) = (self.allow_put, &self.inner) {
+                let value = match &chosen {
+                    Some(b) => PutValue::Bytes(b.clone()),
+                    None => PutValue::Tombstone,
+                };
+                let put = PutOptions {
+                    context: Some(item.read.context.clone()),
+                    ..Default::default()
+                };
+                py.detach(|| inner.meta.put(&item.full_prefix, &item.key, value, &put))
+                    .map_err(store_error)?;
+            }
+            let ts = item
+                .read
+                .values
+                .iter()
+                .map(|v| v.timestamp)
+                .max()
+                .unwrap_or_default();
+            let node = item.read.values[0].node;
+            let value = match chosen {
+                Some(b) => chorus_core::object::Value::data(&b, ts, node),
+                None => chorus_core::object::Value::tombstone(ts, node),
+            };
+            item.read.tombstone = value.bytes().is_none();
+            item.read.values = vec![value];
+        }
+        match self.mode {
+            Mode::Items => item_py(py, &item).map(Some),
+            Mode::Keys => Ok(Some(PyBytes::new(py, &item.key).into_any())),
+            Mode::Pairs => match single(&item.full_prefix, &item.key, &item.read)? {
+                Some(v) => Ok(Some(
+                    PyTuple::new(py, [PyBytes::new(py, &item.key), PyBytes::new(py, &v)])?
+                        .into_any(),
+                )),
+                None => self.__next__(py),
+            },
+        }
+    }
+}
+
+/// `with db.transaction() as tx:`: reads from a snapshot, writes that
+/// commit together at the end of the block or not at all.
+#[pyclass(module = "chorus", frozen)]
+pub(crate) struct Transaction {
+    tx: Mutex<Option<MetaTransaction>>,
+    inner: Shared,
+}
+
+impl Transaction {
+    fn with<T>(&self, f: impl FnOnce(&mut MetaTransaction) -> PyResult<T>) -> PyResult<T> {
+        self.inner.check()?;
+        let mut slot = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_mut() {
+            Some(tx) => f(tx),
+            None => Err(invalid(
+                "this transaction has ended (committed or aborted): start another with db.transaction()",
+            )),
+        }
+    }
+
+    fn read_raw(&self, fp: &FullPrefix, key: &[u8]) -> PyResult<Option<Read>> {
+        self.with(|tx| tx.get(fp, key).map_err(store_error))
+    }
+}
+
+#[pymethods]
+impl Transaction {
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Commits when the block ended normally, aborts when it raised.
+    #[pyo3(signature = (exc_type = None, _exc = None, _tb = None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        if exc_type.is_some_and(|t| !t.is_none()) {
+            self.abort();
+            return Ok(false);
+        }
+        self.commit(py)?;
+        Ok(false)
+    }
+
+    /// The key's value as of the transaction's start, or `default`.
+    #[pyo3(signature = (full_prefix, key, default = None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        full_prefix: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let key = bytes_arg(key, "key")?;
+        let value = match self.read_raw(&fp, &key)? {
+            Some(r) => single(&fp, &key, &r)?,
+            None => None,
+        };
+        Ok(match value {
+            Some(b) => PyBytes::new(py, &b).into_any(),
+            None => default.unwrap_or_else(|| py.None().into_bound(py)),
+        })
+    }
+
+    /// Every sibling of the key as of the transaction's start.
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        full_prefix: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let key = bytes_arg(key, "key")?;
+        let read = self.read_raw(&fp, &key)?;
+        read_py(py, read.as_ref())
+    }
+
+    /// Writes at commit.
+    #[pyo3(signature = (full_prefix, key, value, *, context = None))]
+    fn put(
+        &self,
+        full_prefix: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        context: Option<&str>,
+    ) -> PyResult<()> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let key = bytes_arg(key, "key")?;
+        let value = bytes_arg(value, "value")?;
+        let context: Option<Context> = context_arg(context)?;
+        self.with(|tx| tx.put(&fp, &key, &value, context).map_err(store_error))
+    }
+
+    /// Deletes at commit.
+    #[pyo3(signature = (full_prefix, key, *, context = None))]
+    fn delete(
+        &self,
+        full_prefix: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        context: Option<&str>,
+    ) -> PyResult<()> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let key = bytes_arg(key, "key")?;
+        let context = context_arg(context)?;
+        self.with(|tx| tx.delete(&fp, &key, context).map_err(store_error))
+    }
+
+    /// Commits: `WriteConflict` (nothing written) when a key it read
+    /// changed since the transaction began.
+    fn commit(&self, py: Python<'_>) -> PyResult<()> {
+        self.inner.check()?;
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(tx) = tx else {
+            return Err(invalid(
+                "this transaction has ended (committed or aborted): start another with db.transaction()",
+            ));
+        };
+        py.detach(|| tx.commit()).map(|_| ()).map_err(store_error)
+    }
+
+    /// Drops the writes; nothing is written.
+    fn abort(&self) {
+        self.tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
+
+/// A consistent read-only view of the store as of its creation.
+#[pyclass(module = "chorus", frozen)]
+pub(crate) struct Snapshot {
+    snapshot: chorus_store::Snapshot,
+    inner: Shared,
+}
+
+#[pymethods]
+impl Snapshot {
+    /// The key's value in the snapshot, or `default`.
+    #[pyo3(signature = (full_prefix, key, default = None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        full_prefix: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.inner.check()?;
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let key = bytes_arg(key, "key")?;
+        let read = chorus_store::read_snapshot(&self.snapshot, &fp, &key).map_err(store_error)?;
+        let value = match &read {
+            Some(r) => single(&fp, &key, r)?,
+            None => None,
+        };
+        Ok(match value {
+            Some(b) => PyBytes::new(py, &b).into_any(),
+            None => default.unwrap_or_else(|| py.None().into_bound(py)),
+        })
+    }
+
+    /// Every sibling of the key in the snapshot.
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        full_prefix: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.inner.check()?;
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let key = bytes_arg(key, "key")?;
+        let read = chorus_store::read_snapshot(&self.snapshot, &fp, &key).map_err(store_error)?;
+        read_py(py, read.as_ref())
+    }
+
+    /// Every key of `scope` in the snapshot.
+    #[pyo3(signature = (scope = None, *, r#match = None, tombstones = false))]
+    fn iter(
+        &self,
+        scope: Option<&Bound<'_, PyAny>>,
+        r#match: Option<&str>,
+        tombstones: bool,
+    ) -> PyResult<ItemIter> {
+        self.inner.check()?;
+        let scope = scope_arg(scope)?;
+        let opts = IterOptions {
+            matching: match_arg(r#match),
+            tombstones,
+            ..Default::default()
+        };
+        let it = self
+            .inner
+            .meta
+            .iter_snapshot(self.snapshot.clone(), &scope, &opts)
+            .map_err(store_error)?;
+        Ok(ItemIter::new(
+            it,
+            Mode::Items,
+            PyResolver::None,
+            false,
+            Some(Arc::clone(&self.inner)),
+        ))
+    }
+}
