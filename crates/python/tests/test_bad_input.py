@@ -6,7 +6,6 @@ prefix hashes)."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 

@@ -90,6 +90,37 @@ def test_keys_and_values_may_be_bytes_str_bytearray_or_memoryview(db):
     assert db.get("sem/types", "\u00e9".encode()) == "\u00fc".encode()
 
 
+def test_iteration(db):
+    for k in ("a1", "a2", "b1"):
+        db.put("sem/it", k, f"v-{k}")
+    db.put("sem/it2", "a1", "elsewhere")
+    db.put("sem/it", "gone", "x")
+    db.delete("sem/it", "gone")
+    assert sorted(db.keys("sem/it")) == [b"a1", b"a2", b"b1"]
+    assert sorted(db.keys("sem/it", match="a*")) == [b"a1", b"a2"]
+    assert sorted(db.items("sem/it", match="?1")) == [(b"a1", b"v-a1"), (b"b1", b"v-b1")]
+    everything = {(i.full_prefix, i.key) for i in db.iter("sem")}
+    assert everything == {("sem/it", b"a1"), ("sem/it", b"a2"), ("sem/it", b"b1"), ("sem/it2", b"a1")}
+    with_tombstones = {i.key for i in db.iter("sem/it", tombstones=True)}
+    assert b"gone" in with_tombstones
+    two_siblings(db, "sem/it", "a2")
+    with pytest.raises(chorus.Conflict):
+        dict(db.items("sem/it"))
+    settled = dict(db.items("sem/it", resolver="lww"))
+    assert settled[b"a2"] == newest(db.read("sem/it", "a2"))
+    assert db.prefix_hash("sem/it") != db.prefix_hash("sem/it2")
+
+
+def test_a_closed_handle_refuses_calls(store_dir):
+    with chorus.open(store_dir) as db:
+        db.put("sem/c", "k", "v")
+    with pytest.raises(chorus.InvalidInput, match="closed"):
+        db.get("sem/c", "k")
+    assert "closed" in repr(db)
+    with chorus.open(store_dir, create=False) as again:
+        assert again.get("sem/c", "k") == b"v"
+
+
 # --- resolvers -------------------------------------------------------------
 
 
