@@ -8,7 +8,7 @@ use chorus_store::{Item, Read};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
 };
 
 use crate::errors::{invalid, name_error};
@@ -16,28 +16,46 @@ use crate::errors::{invalid, name_error};
 /// Deepest JSON nesting accepted from (or given to) Python.
 const MAX_DEPTH: usize = 64;
 
-/// The bytes of a key or value argument: `bytes`, `bytearray`, or `str`
-/// (as UTF-8); anything else is `InvalidInput` naming `what`.
+/// The bytes of a key or value argument: `bytes`, `bytearray`,
+/// `memoryview`, or `str` (as UTF-8); anything else is `InvalidInput` naming `what`.
 pub(crate) fn bytes_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
     if let Ok(b) = obj.cast::<PyBytes>() {
         return Ok(b.as_bytes().to_vec());
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(s.to_cow()?.as_bytes().to_vec());
+        return Ok(utf8(s, what)?.as_bytes().to_vec());
     }
     if let Ok(b) = obj.cast::<PyByteArray>() {
         return Ok(b.to_vec());
     }
+    if obj.cast::<PyMemoryView>().is_ok() {
+        // The limited API has no buffer access before 3.11: copy through
+        // `tobytes()`, which also flattens a non-contiguous view.
+        let copied = obj.call_method0("tobytes")?;
+        if let Ok(b) = copied.cast::<PyBytes>() {
+            return Ok(b.as_bytes().to_vec());
+        }
+    }
     Err(invalid(format!(
-        "the {what} must be bytes or str, not {}",
+        "the {what} must be bytes, bytearray, memoryview or str, not {}",
         type_name(obj)
     )))
+}
+
+/// The UTF-8 text of a `str`; one holding a lone surrogate (which UTF-8
+/// cannot encode) is `InvalidInput` naming `what`, not a `UnicodeEncodeError`.
+fn utf8<'a>(s: &'a Bound<'_, PyString>, what: &str) -> PyResult<std::borrow::Cow<'a, str>> {
+    s.to_cow().map_err(|e| {
+        invalid(format!(
+            "the {what} is a str that UTF-8 cannot encode ({e}): pass bytes, or text without lone surrogates"
+        ))
+    })
 }
 
 /// A `str` argument, or `InvalidInput` naming `what`.
 pub(crate) fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
     match obj.cast::<PyString>() {
-        Ok(s) => Ok(s.to_cow()?.into_owned()),
+        Ok(s) => Ok(utf8(s, what)?.into_owned()),
         Err(_) => Err(invalid(format!(
             "the {what} must be a str, not {}",
             type_name(obj)
@@ -211,7 +229,7 @@ fn to_json(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<serde_j
             .ok_or_else(|| invalid(format!("the {what} holds {x}, which JSON cannot represent")));
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(J::String(s.to_cow()?.into_owned()));
+        return Ok(J::String(utf8(s, what)?.into_owned()));
     }
     if let Ok(d) = obj.cast::<PyDict>() {
         let mut out = serde_json::Map::new();
@@ -222,7 +240,7 @@ fn to_json(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<serde_j
                     type_name(&k)
                 )));
             };
-            out.insert(key.to_cow()?.into_owned(), to_json(&v, what, depth + 1)?);
+            out.insert(utf8(key, what)?.into_owned(), to_json(&v, what, depth + 1)?);
         }
         return Ok(J::Object(out));
     }

@@ -268,6 +268,18 @@ fn single(fp: &FullPrefix, key: &[u8], read: &Read) -> PyResult<Option<Vec<u8>>>
     }
 }
 
+/// Refuses a write to a reserved (`$`) full prefix before looking at the
+/// key, so a delete there is `InvalidInput` (as the `chorus` command says)
+/// rather than `NotFound`.
+fn refuse_reserved(fp: &FullPrefix) -> PyResult<()> {
+    if fp.is_reserved() {
+        return Err(invalid(format!(
+            "{fp} is reserved for Chorus itself (names starting with '$'); pick a name without '$'"
+        )));
+    }
+    Ok(())
+}
+
 /// Which part of the store an iteration covers: `"prefix/sub"`, `"prefix"`
 /// or `None`.
 pub(crate) fn scope_arg(scope: Option<&Bound<'_, PyAny>>) -> PyResult<Scope> {
@@ -424,6 +436,7 @@ impl Store {
         let fp = crate::convert::full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
         let context = context_arg(context)?;
+        refuse_reserved(&fp)?;
         let inner = self.inner()?;
         let found = py
             .detach(|| inner.meta.get(&fp, &key, &GetOptions::default()))
