@@ -255,3 +255,85 @@ fn to_json(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<serde_j
         type_name(obj)
     )))
 }
+
+/// Keyword options as types whose extraction raises `InvalidInput` naming
+/// the option (PyO3's own conversions raise a bare `TypeError`).
+macro_rules! option_types {
+    ($(flag $flag:ident = $fname:literal;)* $(text $text:ident = $tname:literal;)* $(seconds $secs:ident = $sname:literal;)*) => {
+        $(
+            #[doc = concat!("The `", $fname, "` option: True or False.")]
+            pub(crate) struct $flag(pub(crate) bool);
+            impl<'a, 'py> FromPyObject<'a, 'py> for $flag {
+                type Error = PyErr;
+                fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+                    let obj = obj.to_owned();
+                    match obj.cast::<PyBool>() {
+                        Ok(b) => Ok($flag(b.is_true())),
+                        Err(_) => Err(invalid(format!(
+                            "{}= must be True or False, not {}",
+                            $fname,
+                            type_name(&obj)
+                        ))),
+                    }
+                }
+            }
+        )*
+        $(
+            #[doc = concat!("The `", $tname, "` option: a str.")]
+            pub(crate) struct $text(pub(crate) String);
+            impl<'a, 'py> FromPyObject<'a, 'py> for $text {
+                type Error = PyErr;
+                fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+                    let obj = obj.to_owned();
+                    match obj.cast::<PyString>() {
+                        Ok(s) => s
+                            .to_cow()
+                            .map(|c| $text(c.into_owned()))
+                            .map_err(|_| invalid(format!("{}= is not valid Unicode text", $tname))),
+                        Err(_) => Err(invalid(format!(
+                            "{}= must be a str, not {}",
+                            $tname,
+                            type_name(&obj)
+                        ))),
+                    }
+                }
+            }
+        )*
+        $(
+            #[doc = concat!("The `", $sname, "` option: a number of seconds.")]
+            pub(crate) struct $secs(pub(crate) f64);
+            impl<'a, 'py> FromPyObject<'a, 'py> for $secs {
+                type Error = PyErr;
+                fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+                    let obj = obj.to_owned();
+                    let number = obj.cast::<PyBool>().is_err()
+                        && (obj.cast::<PyInt>().is_ok() || obj.cast::<PyFloat>().is_ok());
+                    match obj.extract::<f64>() {
+                        Ok(x) if number => Ok($secs(x)),
+                        _ => Err(invalid(format!(
+                            "{}= must be a number of seconds, not {}",
+                            $sname,
+                            type_name(&obj)
+                        ))),
+                    }
+                }
+            }
+        )*
+    };
+}
+
+option_types! {
+    flag AllowPut = "allow_put";
+    flag IfAbsent = "if_absent";
+    flag Tombstones = "tombstones";
+    flag Create = "create";
+    flag Conflicts = "conflicts";
+    flag KeepBoth = "keep_both";
+    text ContextText = "context";
+    text Pattern = "match";
+    text FromId = "from_";
+    text RevText = "rev";
+    text SyncText = "sync";
+    seconds LockTimeoutSecs = "lock_timeout";
+    seconds TimeoutSecs = "timeout";
+}

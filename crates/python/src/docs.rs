@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use serde_json::Value;
 
-use crate::convert::{json_to_py, py_to_json, str_arg};
+use crate::convert::{Conflicts, KeepBoth, RevText, json_to_py, py_to_json, str_arg};
 use crate::errors::{invalid, store_error};
 use crate::store::Shared;
 
@@ -65,14 +65,16 @@ impl Docs {
 
     /// The winning revision (with `_conflicts` when `conflicts=True`), or
     /// revision `rev`.
-    #[pyo3(signature = (id, *, conflicts = false, rev = None))]
+    #[pyo3(signature = (id, *, conflicts = None, rev = None))]
     fn get<'py>(
         &self,
         py: Python<'py>,
         id: &Bound<'py, PyAny>,
-        conflicts: bool,
-        rev: Option<String>,
+        conflicts: Option<Conflicts>,
+        rev: Option<RevText>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let conflicts = conflicts.is_some_and(|c| c.0);
+        let rev = rev.map(|r| r.0);
         let id = str_arg(id, "document id")?;
         let doc = self.run(py, |d| match (&rev, conflicts) {
             (Some(r), _) => d.get_rev(&id, r),
@@ -84,13 +86,14 @@ impl Docs {
 
     /// Saves a new revision of `doc` (its `_rev` must be current, unless
     /// `keep_both`, which keeps both edits as conflicting revisions).
-    #[pyo3(signature = (doc, *, keep_both = false))]
+    #[pyo3(signature = (doc, *, keep_both = None))]
     fn update<'py>(
         &self,
         py: Python<'py>,
         doc: &Bound<'py, PyAny>,
-        keep_both: bool,
+        keep_both: Option<KeepBoth>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let keep_both = keep_both.is_some_and(|k| k.0);
         let doc = doc_arg(doc)?;
         let saved = self.run(py, |d| d.update(doc, keep_both))?;
         json_to_py(py, &saved.to_json())

@@ -19,7 +19,11 @@ use chorus_store::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use crate::convert::{bytes_arg, context_arg, item_py, live_values, read_py, str_arg, type_name};
+use crate::convert::{
+    AllowPut, ContextText, Create, FromId, IfAbsent, LockTimeoutSecs, Pattern, SyncText,
+    TimeoutSecs, Tombstones, bytes_arg, context_arg, item_py, live_values, read_py, str_arg,
+    type_name,
+};
 use crate::errors::{invalid, of_kind, store_error};
 
 /// What a handle holds while open.
@@ -58,15 +62,24 @@ impl Inner {
 /// crash may lose recent writes). `lock_timeout`: seconds a writer waits
 /// for the writer lock before raising `LockTimeout`.
 #[pyfunction]
-#[pyo3(signature = (path, sync = "always", lock_timeout = 10.0, create = true))]
+#[pyo3(signature = (path, sync = None, lock_timeout = None, create = None))]
 pub(crate) fn open(
     py: Python<'_>,
-    path: PathBuf,
-    sync: &str,
-    lock_timeout: f64,
-    create: bool,
+    path: &Bound<'_, PyAny>,
+    sync: Option<SyncText>,
+    lock_timeout: Option<LockTimeoutSecs>,
+    create: Option<Create>,
 ) -> PyResult<Store> {
-    let sync = match sync {
+    let path: PathBuf = path.extract().map_err(|_| {
+        invalid(format!(
+            "the path must be a str or os.PathLike, not {}",
+            type_name(path)
+        ))
+    })?;
+    let lock_timeout = lock_timeout.map_or(10.0, |t| t.0);
+    let create = create.is_none_or(|c| c.0);
+    let sync = sync.map_or_else(|| "always".to_string(), |s| s.0);
+    let sync = match sync.as_str() {
         "always" => SyncMode::Always,
         "batch" => SyncMode::Batch,
         "never" => SyncMode::Never,
@@ -344,7 +357,7 @@ impl Store {
 
     /// The key's value, or `default` when it is absent or deleted; raises
     /// `Conflict` when siblings remain unsettled.
-    #[pyo3(signature = (full_prefix, key, default = None, *, resolver = None, allow_put = true))]
+    #[pyo3(signature = (full_prefix, key, default = None, *, resolver = None, allow_put = None))]
     fn get<'py>(
         &self,
         py: Python<'py>,
@@ -352,8 +365,9 @@ impl Store {
         key: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
         resolver: Option<&Bound<'py, PyAny>>,
-        allow_put: bool,
+        allow_put: Option<AllowPut>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let allow_put = allow_put.is_none_or(|a| a.0);
         let fp = crate::convert::full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
         let resolver = PyResolver::parse(resolver)?;
@@ -369,15 +383,16 @@ impl Store {
     }
 
     /// Every sibling of the key and the context to write back with.
-    #[pyo3(signature = (full_prefix, key, *, resolver = None, allow_put = true))]
+    #[pyo3(signature = (full_prefix, key, *, resolver = None, allow_put = None))]
     fn read<'py>(
         &self,
         py: Python<'py>,
         full_prefix: &Bound<'py, PyAny>,
         key: &Bound<'py, PyAny>,
         resolver: Option<&Bound<'py, PyAny>>,
-        allow_put: bool,
+        allow_put: Option<AllowPut>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let allow_put = allow_put.is_none_or(|a| a.0);
         let fp = crate::convert::full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
         let resolver = PyResolver::parse(resolver)?;
@@ -386,19 +401,20 @@ impl Store {
     }
 
     /// Writes a value (bytes, str, or a function of the current values).
-    #[pyo3(signature = (full_prefix, key, value, *, context = None, if_absent = false))]
+    #[pyo3(signature = (full_prefix, key, value, *, context = None, if_absent = None))]
     fn put(
         &self,
         py: Python<'_>,
         full_prefix: &Bound<'_, PyAny>,
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
-        context: Option<&str>,
-        if_absent: bool,
+        context: Option<ContextText>,
+        if_absent: Option<IfAbsent>,
     ) -> PyResult<()> {
         let fp = crate::convert::full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
-        let context = context_arg(context)?;
+        let context = context_arg(context.as_ref().map(|c| c.0.as_str()))?;
+        let if_absent = if_absent.is_some_and(|f| f.0);
         let raised: Arc<Mutex<Option<PyErr>>> = Arc::default();
         let value = if value.is_callable() {
             let f = value.clone().unbind();
@@ -431,11 +447,11 @@ impl Store {
         py: Python<'_>,
         full_prefix: &Bound<'_, PyAny>,
         key: &Bound<'_, PyAny>,
-        context: Option<&str>,
+        context: Option<ContextText>,
     ) -> PyResult<()> {
         let fp = crate::convert::full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
-        let context = context_arg(context)?;
+        let context = context_arg(context.as_ref().map(|c| c.0.as_str()))?;
         refuse_reserved(&fp)?;
         let inner = self.inner()?;
         let found = py
@@ -460,21 +476,23 @@ impl Store {
     }
 
     /// Every key of `scope` as `chorus.Item`s, in key order, as of now.
-    #[pyo3(signature = (scope = None, *, r#match = None, resolver = None, allow_put = false, tombstones = false))]
+    #[pyo3(signature = (scope = None, *, r#match = None, resolver = None, allow_put = None, tombstones = None))]
     fn iter(
         &self,
         py: Python<'_>,
         scope: Option<&Bound<'_, PyAny>>,
-        r#match: Option<&str>,
+        r#match: Option<Pattern>,
         resolver: Option<&Bound<'_, PyAny>>,
-        allow_put: bool,
-        tombstones: bool,
+        allow_put: Option<AllowPut>,
+        tombstones: Option<Tombstones>,
     ) -> PyResult<ItemIter> {
+        let allow_put = allow_put.is_some_and(|a| a.0);
+        let tombstones = tombstones.is_some_and(|t| t.0);
         let scope = scope_arg(scope)?;
         let resolver = PyResolver::parse(resolver)?;
         let inner = self.inner()?;
         let opts = IterOptions {
-            matching: match_arg(r#match),
+            matching: match_arg(r#match.as_ref().map(|m| m.0.as_str())),
             resolver: resolver.engine(),
             allow_put,
             tombstones,
@@ -498,14 +516,14 @@ impl Store {
         &self,
         py: Python<'_>,
         full_prefix: &Bound<'_, PyAny>,
-        r#match: Option<&str>,
+        r#match: Option<Pattern>,
         resolver: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<ItemIter> {
         let fp = crate::convert::full_prefix(full_prefix)?;
         let resolver = PyResolver::parse(resolver)?;
         let inner = self.inner()?;
         let opts = IterOptions {
-            matching: match_arg(r#match),
+            matching: match_arg(r#match.as_ref().map(|m| m.0.as_str())),
             resolver: resolver.engine(),
             ..Default::default()
         };
@@ -521,12 +539,12 @@ impl Store {
         &self,
         py: Python<'_>,
         full_prefix: &Bound<'_, PyAny>,
-        r#match: Option<&str>,
+        r#match: Option<Pattern>,
     ) -> PyResult<ItemIter> {
         let fp = crate::convert::full_prefix(full_prefix)?;
         let inner = self.inner()?;
         let opts = IterOptions {
-            matching: match_arg(r#match),
+            matching: match_arg(r#match.as_ref().map(|m| m.0.as_str())),
             ..Default::default()
         };
         let it = py
@@ -595,10 +613,17 @@ impl Store {
         py: Python<'_>,
         scope: Option<&Bound<'_, PyAny>>,
         key: Option<&Bound<'_, PyAny>>,
-        from_: Option<&str>,
-        timeout: Option<f64>,
+        from_: Option<FromId>,
+        timeout: Option<TimeoutSecs>,
     ) -> PyResult<crate::watch::WatchIter> {
-        crate::watch::WatchIter::start(py, self.inner()?, scope, key, from_, timeout)
+        crate::watch::WatchIter::start(
+            py,
+            self.inner()?,
+            scope,
+            key,
+            from_.as_ref().map(|f| f.0.as_str()),
+            timeout.map(|t| t.0),
+        )
     }
 }
 
@@ -791,12 +816,12 @@ impl Transaction {
         full_prefix: &Bound<'_, PyAny>,
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
-        context: Option<&str>,
+        context: Option<ContextText>,
     ) -> PyResult<()> {
         let fp = crate::convert::full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
         let value = bytes_arg(value, "value")?;
-        let context: Option<Context> = context_arg(context)?;
+        let context: Option<Context> = context_arg(context.as_ref().map(|c| c.0.as_str()))?;
         self.with(|tx| tx.put(&fp, &key, &value, context).map_err(store_error))
     }
 
@@ -806,11 +831,11 @@ impl Transaction {
         &self,
         full_prefix: &Bound<'_, PyAny>,
         key: &Bound<'_, PyAny>,
-        context: Option<&str>,
+        context: Option<ContextText>,
     ) -> PyResult<()> {
         let fp = crate::convert::full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
-        let context = context_arg(context)?;
+        let context = context_arg(context.as_ref().map(|c| c.0.as_str()))?;
         self.with(|tx| tx.delete(&fp, &key, context).map_err(store_error))
     }
 
@@ -887,17 +912,18 @@ impl Snapshot {
     }
 
     /// Every key of `scope` in the snapshot.
-    #[pyo3(signature = (scope = None, *, r#match = None, tombstones = false))]
+    #[pyo3(signature = (scope = None, *, r#match = None, tombstones = None))]
     fn iter(
         &self,
         scope: Option<&Bound<'_, PyAny>>,
-        r#match: Option<&str>,
-        tombstones: bool,
+        r#match: Option<Pattern>,
+        tombstones: Option<Tombstones>,
     ) -> PyResult<ItemIter> {
         self.inner.check()?;
+        let tombstones = tombstones.is_some_and(|t| t.0);
         let scope = scope_arg(scope)?;
         let opts = IterOptions {
-            matching: match_arg(r#match),
+            matching: match_arg(r#match.as_ref().map(|m| m.0.as_str())),
             tombstones,
             ..Default::default()
         };

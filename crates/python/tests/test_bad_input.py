@@ -103,6 +103,17 @@ def refused(db, call, *fragments):
         ("int store name", lambda db: db.docs(5), ["document store name must be a str"]),
         ("non-callable reducer", lambda db: db.oplogs.register("k", 5), ["reduce must be a function", "not int"]),
         ("tx int value", lambda db: db.transaction().put("bad/a", "k", 5), ["value must be", "not int"]),
+        # Keyword options name themselves; a truthy str is not a flag.
+        ("str allow_put", lambda db: db.get("bad/a", "sib", resolver="lww", allow_put="yes"), ["allow_put= must be True or False", "not str"]),
+        ("int if_absent", lambda db: db.put("bad/a", "new", "v", if_absent=1), ["if_absent= must be True or False", "not int"]),
+        ("int context", lambda db: db.put("bad/a", "k", "v", context=5), ["context= must be a str", "not int"]),
+        ("int match", lambda db: list(db.iter("bad/a", match=5)), ["match= must be a str", "not int"]),
+        ("str tombstones", lambda db: list(db.iter("bad/a", tombstones="no")), ["tombstones= must be True or False"]),
+        ("str timeout", lambda db: db.watch("bad/a", timeout="1"), ["timeout= must be a number of seconds", "not str"]),
+        ("bool timeout", lambda db: db.watch("bad/a", timeout=True), ["timeout= must be a number of seconds", "not bool"]),
+        ("int from_", lambda db: db.watch("bad/a", from_=5), ["from_= must be a str"]),
+        ("int keep_both", lambda db: db.docs("bad").update({"_id": "doc"}, keep_both=1), ["keep_both= must be True or False"]),
+        ("int rev", lambda db: db.docs("bad").get("doc", rev=1), ["rev= must be a str"]),
     ],
 )
 def test_wrong_types(filled, label, call, fragments):
@@ -119,6 +130,9 @@ def test_wrong_types(filled, label, call, fragments):
         ({"lock_timeout": math.nan}, ["lock_timeout=NaN"]),
         ({"lock_timeout": math.inf}, ["lock_timeout=inf"]),
         ({"lock_timeout": 1e9}, ["lock_timeout=1000000000"]),
+        ({"sync": 1}, ["sync= must be a str", "not int"]),
+        ({"lock_timeout": "1"}, ["lock_timeout= must be a number of seconds", "not str"]),
+        ({"create": "yes"}, ["create= must be True or False", "not str"]),
     ],
 )
 def test_bad_open_options_create_nothing(tmp_path, kwargs, fragments):
