@@ -605,11 +605,6 @@ impl Daemon {
         };
         stage_request::write_ack(&self.meta, &self.ack)?;
         self.keys_since_ack = 0;
-        if !self.requested() {
-            log(format!(
-                "push request done: everything local through commit {through} is upstream"
-            ));
-        }
         Ok(())
     }
 
@@ -772,6 +767,7 @@ impl Daemon {
             .as_deref()
             .and_then(|c| Cursor::parse(c).ok())
             .map_or(0, |c| c.seq());
+        let requested = self.requested();
         self.acknowledge(through)?;
         if count > 0 {
             self.saved.last_push = Some(PushRecord {
@@ -793,6 +789,11 @@ impl Daemon {
                 } else {
                     String::new()
                 }
+            ));
+        }
+        if requested && !self.requested() {
+            log(format!(
+                "push request done: everything local through commit {through} is upstream"
             ));
         }
         self.succeeded();
