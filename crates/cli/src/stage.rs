@@ -1,12 +1,15 @@
 //! `chorus stage`: a local data directory (default `~/.chorus/stage`) that
 //! writers use at local speed, and its push/pull daemon; `chorus stage
-//! status` reads what waits. The daemon is in `chorus_node::stage`;
+//! status` reads what waits; `chorus stage push` asks the daemon to push
+//! now (through `chorus_store::stage_request`). The daemon is in `chorus_node::stage`;
 //! docs/staging.md has the rules.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use chorus_node::error::Kind;
 use chorus_node::stage::{Follow, StageConfig, Upstream};
+use chorus_store::stage_request::{self, PushProgress};
 use chorus_store::{Metadata, Options, PutOptions, PutValue, Store};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -73,6 +76,13 @@ const TOKEN_FILE_MAX: u64 = 64 * 1024;
 enum StageCommand {
     /// What waits to be pushed, the last push, the last error, recent reports
     Status,
+    /// Ask the running daemon to push now, skipping the quiet period
+    Push {
+        /// Wait up to this long until the upstream acknowledged every write
+        /// made before the request (seconds, or 500ms, 2m...)
+        #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+        wait: Option<String>,
+    },
     /// Write COUNT keys TAG-0.. into FULL_PREFIX, one commit each (for tests and benchmarks)
     #[command(hide = true)]
     Fill {
@@ -365,6 +375,13 @@ pub(crate) fn run(cli: &Cli, args: &StageArgs) -> Result<(), Failure> {
     let dir = stage_dir(cli, Some(&file));
     match &args.command {
         Some(StageCommand::Status) => status(cli, &dir),
+        Some(StageCommand::Push { wait }) => {
+            let wait = wait
+                .as_deref()
+                .map(|w| parse_duration("--wait", w))
+                .transpose()?;
+            push(cli, &dir, wait)
+        }
         Some(StageCommand::Fill {
             full_prefix,
             count,
@@ -410,6 +427,87 @@ fn status(cli: &Cli, dir: &Path) -> Result<(), Failure> {
     let s = chorus_node::stage::status(&store).map_err(crate::serve::node_failure)?;
     crate::emit(cli, s.clone(), || status_text(&s));
     Ok(())
+}
+
+/// How often `push --wait` reads the acknowledgement.
+const PUSH_POLL: Duration = Duration::from_millis(50);
+
+/// `chorus stage push`: records a request; with `wait`, waits until the
+/// daemon acknowledged it, failed, stopped, or the time is up.
+fn push(cli: &Cli, dir: &Path, wait: Option<Duration>) -> Result<(), Failure> {
+    let meta = Metadata::new(open_existing(cli, dir)?);
+    let request = stage_request::request_push(&meta)?;
+    let Some(wait) = wait else {
+        crate::emit(
+            cli,
+            json!({"dir": dir, "requested": request.seq, "done": false}),
+            || {
+                format!(
+                    "push requested (commit {}): the daemon on {} pushes now; `chorus stage push --wait 30` waits until the upstream has it",
+                    request.seq,
+                    dir.display()
+                )
+            },
+        );
+        return Ok(());
+    };
+    // None: so far ahead that it never comes.
+    let deadline = Instant::now().checked_add(wait);
+    loop {
+        match stage_request::push_status(&meta, &request)? {
+            PushProgress::Done(ack) => {
+                crate::emit(
+                    cli,
+                    json!({
+                        "dir": dir,
+                        "requested": request.seq,
+                        "done": true,
+                        "through": ack.through,
+                        "keys": ack.keys,
+                        "upstream": ack.upstream,
+                    }),
+                    || {
+                        format!(
+                            "pushed: every write to {} before the request is on {} ({} key(s) pushed since the previous request)",
+                            dir.display(),
+                            if ack.upstream.is_empty() {
+                                "the upstream"
+                            } else {
+                                &ack.upstream
+                            },
+                            ack.keys
+                        )
+                    },
+                );
+                return Ok(());
+            }
+            PushProgress::NoDaemon => {
+                return Err(Failure::not_found(stage_request::no_daemon_message(dir)));
+            }
+            PushProgress::Failed { message } => return Err(Failure::io(message)),
+            PushProgress::Pending if deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Err(Failure::of_kind(
+                    Kind::Busy,
+                    format!(
+                        "the push request (commit {}) is still pending after {}: the daemon on {} keeps it and pushes it; `chorus stage status` shows what waits",
+                        request.seq,
+                        humantime(wait),
+                        dir.display()
+                    ),
+                ));
+            }
+            PushProgress::Pending => std::thread::sleep(PUSH_POLL),
+        }
+    }
+}
+
+/// A duration as the user would write it.
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 fn status_text(s: &Value) -> String {

@@ -1024,3 +1024,188 @@ fn with_auth_on_a_push_needs_a_token_that_may_write_every_prefix_it_names() {
     assert_eq!(pull("other", &ro), 403);
     assert_eq!(curl(&[&format!("{url}/v1/sync/pull?prefix=app")]).1, 401);
 }
+
+/// The stage directory's last commit sequence number (`chorus status`).
+fn last_seq(dir: &Path) -> u64 {
+    ok_json(&chorus(dir, &["--json", "status"]))["last_seq"]
+        .as_u64()
+        .expect("last_seq")
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn stage_push_wait_pushes_at_once_despite_a_long_quiet_period() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (st, up) = (tmp.path().join("stage"), tmp.path().join("up"));
+    let http = free_port();
+    let _up = upstream(&up, http);
+    let url = format!("http://127.0.0.1:{http}");
+    let s = stage(
+        &st,
+        &tmp.path().join("stage.log"),
+        &["--upstream", &url, "--quiet", "1h"],
+    );
+    put(&st, "app/cfg", "k1", "v1");
+    // The quiet period holds it back.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(upstream_keys(http, "app/cfg").is_empty());
+    assert_eq!(status(&st)["waiting"], 1);
+    // Asked to push, it pushes; `--wait` returns once the upstream has it.
+    let started = Instant::now();
+    let out = chorus(&st, &["stage", "push", "--wait", "30"]);
+    assert_success(&out);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        upstream_keys(http, "app/cfg").get("k1").map(String::as_str),
+        Some("v1"),
+        "upstream when `stage push --wait` returned"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pushed: every write to"), "{text}");
+    assert!(text.contains(&url), "{text}");
+    assert!(text.contains("(1 key(s) pushed"), "{text}");
+    assert!(s.log().contains("push requested (commit"), "{}", s.log());
+    // The same with --json.
+    put(&st, "app/cfg", "k2", "v2");
+    let seq_before = last_seq(&st);
+    let answer = ok_json(&chorus(&st, &["--json", "stage", "push", "--wait", "30"]));
+    assert_eq!(answer["done"], true, "{answer}");
+    assert_eq!(answer["keys"], 1, "{answer}");
+    assert_eq!(answer["upstream"], url.as_str(), "{answer}");
+    let requested = answer["requested"].as_u64().expect("requested");
+    assert!(requested > seq_before, "{answer}");
+    assert!(answer["through"].as_u64().expect("through") >= requested);
+    assert_eq!(
+        upstream_keys(http, "app/cfg").get("k2").map(String::as_str),
+        Some("v2")
+    );
+    // Nothing waiting: done at once, nothing sent.
+    let answer = ok_json(&chorus(&st, &["--json", "stage", "push", "--wait", "30"]));
+    assert_eq!(
+        (&answer["done"], &answer["keys"]),
+        (&serde_json::json!(true), &serde_json::json!(0))
+    );
+    // Without --wait it returns after recording; the daemon pushes anyway.
+    put(&st, "app/cfg", "k3", "v3");
+    let out = chorus(&st, &["stage", "push"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("push requested (commit"), "{text}");
+    wait_until(Duration::from_secs(20), || {
+        upstream_keys(http, "app/cfg").contains_key("k3")
+    });
+    // The requests themselves stay in the stage.
+    let (_, code, _) = curl(&[&format!(
+        "http://127.0.0.1:{http}/v1/kv/$stage/requests/push"
+    )]);
+    assert_eq!(code, 404);
+    assert_eq!(status(&st)["waiting"], 0);
+}
+
+#[test]
+fn stage_push_without_a_daemon_says_how_to_start_one_and_writes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let st = tmp.path().join("stage");
+    // No stage directory at all.
+    let out = chorus(&st, &["stage", "push"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no stage at"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_success(&fill(&st, "app/cfg", 3, "k"));
+    let before = last_seq(&st);
+    for args in [
+        &["stage", "push"][..],
+        &["stage", "push", "--wait", "5"],
+        &["--json", "stage", "push", "--wait", "5"],
+    ] {
+        let out = chorus(&st, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains(&format!(
+                "no stage daemon is running on {}: start one with `chorus stage --upstream URL`",
+                st.display()
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(last_seq(&st), before, "a refused request writes nothing");
+    // A daemon that stopped is no daemon either.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let mut s = stage(&st, &tmp.path().join("stage.log"), &["--upstream", &url]);
+    s.kill();
+    let out = chorus(&st, &["stage", "push", "--wait", "5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("no stage daemon is running"));
+    // Bad waits are refused before anything is asked.
+    for (bad, why) in [("abc", "is not a duration"), ("-1", "cannot be negative")] {
+        let out = chorus(&st, &["stage", "push", "--wait", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr_of(&out));
+        assert!(stderr_of(&out).contains(why), "{bad}: {}", stderr_of(&out));
+    }
+}
+
+#[test]
+fn stage_push_wait_reports_an_unreachable_upstream_then_succeeds_once_it_is_back() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (st, up) = (tmp.path().join("stage"), tmp.path().join("up"));
+    let http = free_port();
+    let url = format!("http://127.0.0.1:{http}");
+    let upstream_node = upstream(&up, http);
+    let _s = stage(
+        &st,
+        &tmp.path().join("stage.log"),
+        &["--upstream", &url, "--quiet", "1h"],
+    );
+    put(&st, "app/cfg", "k1", "v1");
+    drop(upstream_node);
+    // Failed: exit 4, soon, with the reason and what happens next.
+    let started = Instant::now();
+    let out = chorus(&st, &["stage", "push", "--wait", "30"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr_of(&out));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let err = stderr_of(&out);
+    for want in [
+        "the stage daemon could not push",
+        "cannot reach the upstream",
+        "keeps every write and retries",
+    ] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+    // The upstream is back: the next request goes through.
+    let _up = upstream(&up, http);
+    let out = chorus(&st, &["stage", "push", "--wait", "30"]);
+    assert_success(&out);
+    assert_eq!(
+        upstream_keys(http, "app/cfg").get("k1").map(String::as_str),
+        Some("v1")
+    );
+}
+
+#[test]
+fn stage_push_wait_times_out_with_busy_while_the_upstream_does_not_answer() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let st = tmp.path().join("stage");
+    // Accepts connections (in its backlog) and never answers: the daemon
+    // waits on it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let url = format!("http://127.0.0.1:{port}");
+    assert_success(&fill(&st, "app/cfg", 1, "k"));
+    let _s = stage(&st, &tmp.path().join("stage.log"), &["--upstream", &url]);
+    let started = Instant::now();
+    let out = chorus(&st, &["stage", "push", "--wait", "1"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr_of(&out));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let err = stderr_of(&out);
+    for want in ["is still pending after 1s", "keeps it and pushes it"] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+    drop(silent);
+}

@@ -14,6 +14,12 @@
 //! merges them as commits recorded as the upstream's, so they are never
 //! pushed back.
 //!
+//! A push request ([`chorus_store::stage_request`]: a write to
+//! `$stage/requests` by any process on the directory) makes the daemon
+//! push at once, skipping the quiet period; once the upstream acknowledged
+//! a push through the request's commit, the daemon records so in the same
+//! full prefix, and a failed attempt while a request waits too.
+//!
 //! Everything is bounded: the pending set holds at most a batch (reading
 //! the feed waits while it is full: the log is the buffer), a push request
 //! at most [`PUSH_BYTES_MAX`] of objects, a pull page what the upstream
@@ -28,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chorus_core::object::Hlc;
 use chorus_core::{FullPrefix, NodeId};
+use chorus_store::stage_request::{self, PushAck, PushFailure};
 use chorus_store::{Cursor, Feed, Metadata, Origin, PutOptions, PutValue, Store};
 use serde_json::{Value, json};
 
@@ -240,6 +247,13 @@ struct Daemon {
     /// stage does not grow its log (a lost pull cursor only repeats a
     /// pull).
     last_saved: Instant,
+    /// The commit sequence number of the newest push request seen (0:
+    /// none); it waits while above `ack.through`.
+    requested: u64,
+    /// The acknowledgement last recorded for the push requests.
+    ack: PushAck,
+    /// Keys pushed since that acknowledgement.
+    keys_since_ack: u64,
 }
 
 fn now_ms() -> u64 {
@@ -292,6 +306,14 @@ impl Daemon {
             "pull_interval_ms": config.pull_interval.as_millis() as u64,
         });
         let tail = store.cursor()?;
+        let requested = stage_request::latest_request(&store)?;
+        let ack = match stage_request::read_ack(&meta) {
+            Ok(a) => a.unwrap_or_default(),
+            Err(e) => {
+                log(format!("{e}: writing a new one at the next push"));
+                PushAck::default()
+            }
+        };
         let rng = u64::from(std::process::id()) ^ now_ms().rotate_left(17) | 1;
         Ok(Daemon {
             meta,
@@ -309,6 +331,9 @@ impl Daemon {
             rng,
             reports_written: 0,
             last_saved: Instant::now(),
+            requested,
+            ack,
+            keys_since_ack: 0,
         })
     }
 
@@ -392,6 +417,7 @@ impl Daemon {
     }
 
     fn step(&mut self) -> Result<(), Error> {
+        self.notice_request()?;
         self.read_feed()?;
         let now = Instant::now();
         if self.retry_at.is_some_and(|t| now < t) {
@@ -408,6 +434,29 @@ impl Daemon {
             self.next_pull = Instant::now() + self.config.pull_interval;
         }
         Ok(())
+    }
+
+    /// Notices a new push request: it makes a push due at once (see
+    /// [`Daemon::push_due`]) and, while the upstream fails, brings the next
+    /// attempt within [`BACKOFF_MIN`] (not sooner, however many requests
+    /// come).
+    fn notice_request(&mut self) -> Result<(), Error> {
+        let seq = stage_request::latest_request(self.store())?;
+        if seq <= self.requested {
+            return Ok(());
+        }
+        self.requested = seq;
+        if seq > self.ack.through {
+            log(format!("push requested (commit {seq}): pushing now"));
+            let soon = Instant::now() + BACKOFF_MIN;
+            self.retry_at = self.retry_at.map(|t| t.min(soon));
+        }
+        Ok(())
+    }
+
+    /// Whether a push request waits for an acknowledgement.
+    fn requested(&self) -> bool {
+        self.requested > self.ack.through
     }
 
     /// Reads new commits into the pending set, until it holds a batch.
@@ -470,7 +519,7 @@ impl Daemon {
     }
 
     fn push_due(&self) -> bool {
-        if self.sweep.is_some() {
+        if self.sweep.is_some() || self.requested() {
             return true;
         }
         !self.pending.is_empty()
@@ -487,6 +536,7 @@ impl Daemon {
             .last_error
             .as_ref()
             .is_none_or(|e| e.message != message);
+        self.record_failure(&message)?;
         // A jitter of 0.5-1.5 so that many stages do not retry in step.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -513,6 +563,48 @@ impl Daemon {
         if changed || stale {
             self.save()?;
         }
+        Ok(())
+    }
+
+    /// Records a failure for the push requests that wait, once per newest
+    /// request and message.
+    fn record_failure(&mut self, message: &str) -> Result<(), Error> {
+        if !self.requested() {
+            return Ok(());
+        }
+        let recorded = self
+            .ack
+            .failed
+            .as_ref()
+            .is_some_and(|f| f.seq == self.requested && f.message == message);
+        if recorded {
+            return Ok(());
+        }
+        self.ack.failed = Some(PushFailure {
+            seq: self.requested,
+            time_ms: now_ms(),
+            message: message.to_string(),
+        });
+        stage_request::write_ack(&self.meta, &self.ack)?;
+        Ok(())
+    }
+
+    /// Records that everything local up to commit `through` is upstream,
+    /// when a push request waited for it (or a recorded failure is now
+    /// out of date).
+    fn acknowledge(&mut self, through: u64) -> Result<(), Error> {
+        if !self.requested() || (through < self.requested && self.ack.failed.is_none()) {
+            return Ok(());
+        }
+        self.ack = PushAck {
+            through: through.max(self.ack.through),
+            time_ms: now_ms(),
+            keys: self.keys_since_ack,
+            upstream: self.config.upstream.to_string(),
+            failed: None,
+        };
+        stage_request::write_ack(&self.meta, &self.ack)?;
+        self.keys_since_ack = 0;
         Ok(())
     }
 
@@ -666,6 +758,17 @@ impl Daemon {
                 self.saved.pushed_prefixes.push(p);
             }
         }
+        self.keys_since_ack += count as u64;
+        // The acknowledgement first: it is true once the upstream answered,
+        // and a crash before the state is stored only repeats the push.
+        let through = self
+            .saved
+            .push_cursor
+            .as_deref()
+            .and_then(|c| Cursor::parse(c).ok())
+            .map_or(0, |c| c.seq());
+        let requested = self.requested();
+        self.acknowledge(through)?;
         if count > 0 {
             self.saved.last_push = Some(PushRecord {
                 time_ms: now_ms(),
@@ -686,6 +789,11 @@ impl Daemon {
                 } else {
                     String::new()
                 }
+            ));
+        }
+        if requested && !self.requested() {
+            log(format!(
+                "push request done: everything local through commit {through} is upstream"
             ));
         }
         self.succeeded();

@@ -39,6 +39,7 @@ mod modes;
 pub mod oplog;
 pub mod script;
 mod shm;
+pub mod stage_request;
 mod store;
 mod sys;
 mod tools;

@@ -5,10 +5,10 @@
 //! Reports of near-simultaneous writes are under `$stage/reports`.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chorus_core::FullPrefix;
+use chorus_store::stage_request;
 use chorus_store::{
     Cursor, Feed, GetOptions, IterOptions, Metadata, Origin, PutOptions, PutValue, Resolver, Scope,
     Store,
@@ -23,8 +23,6 @@ use crate::sync_http::REPORTS;
 pub(crate) const STATE: (&str, &str) = ("$stage", "state");
 /// Its key.
 const STATE_KEY: &[u8] = b"daemon";
-/// The lock file a running daemon holds, beside the log.
-pub(crate) const LOCK_FILE: &str = "stage.lock";
 /// How many reports `status` shows.
 const RECENT_REPORTS: usize = 10;
 
@@ -124,29 +122,14 @@ impl Saved {
     }
 }
 
-/// Whether a daemon holds the directory's stage lock now.
-fn running(dir: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else {
-        return false;
-    };
-    file.try_lock_shared().is_err()
-}
-
 /// The stage lock: held by the daemon for its whole life, so that two
-/// daemons never push from one directory at once.
+/// daemons never push from one directory at once, and so that
+/// `chorus stage status` and push requests see whether one runs
+/// ([`chorus_store::stage_request::daemon_running`]).
 pub(crate) fn lock(dir: &Path) -> Result<std::fs::File, Error> {
-    let path: PathBuf = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        // Private like every file of the directory (see chorus_store).
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
     // `status` takes the lock for an instant to see whether it is free.
     for _ in 0..40 {
-        if file.try_lock().is_ok() {
+        if let Some(file) = stage_request::lock_daemon(dir)? {
             return Ok(file);
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -154,7 +137,7 @@ pub(crate) fn lock(dir: &Path) -> Result<std::fs::File, Error> {
     Err(Error::Config(format!(
         "another `chorus stage` runs on {} (it holds {}): stop it first",
         dir.display(),
-        path.display()
+        dir.join(stage_request::LOCK_FILE).display()
     )))
 }
 
@@ -243,7 +226,7 @@ pub fn status(store: &Store) -> Result<Value, Error> {
     let mut out = json!({
         "dir": store.dir(),
         "node": store.node_id().to_string(),
-        "running": running(store.dir()),
+        "running": stage_request::daemon_running(store.dir()),
         "upstream": if saved.upstream.is_empty() { Value::Null } else { json!(saved.upstream) },
         "upstream_node": saved.upstream_node,
         "waiting": waiting,
