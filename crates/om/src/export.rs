@@ -1,6 +1,6 @@
 //! `export_tree`: the keys of one full prefix back into `.meta` folders.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -51,13 +51,16 @@ pub fn export_tree(
     force: bool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ExportReport, OmError> {
-    let keys = read_keys(meta, fp, progress)?;
-    if keys.is_empty() {
+    let (keys, mut problems) = read_keys(meta, fp, progress)?;
+    if keys.is_empty() && problems.is_empty() {
         return Err(OmError::NotFound(format!(
             "{fp} holds no Open Metadata keys: import a tree first (chorus om import PATH --into {fp}), or name the prefix you imported into"
         )));
     }
-    let (plan, mut report) = plan(fp, root, &keys)?;
+    let (plan, mut report) = plan(root, &keys, &mut problems);
+    if !problems.is_empty() {
+        return Err(not_om(fp, &problems));
+    }
     let writes = check_destination(root, &plan, force, &mut report)?;
     let total = writes.len() as u64;
     for (i, p) in writes.iter().enumerate() {
@@ -79,13 +82,13 @@ pub fn export_tree(
     Ok(report)
 }
 
-/// Every live key of `fp` and its entry, sorted; keys that are not OM
-/// entries are refused (all of them listed).
+/// Every live key of `fp` and its entry, sorted, and the keys that hold
+/// no OM entry.
 fn read_keys(
     meta: &Metadata,
     fp: &FullPrefix,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<(String, OmType, String)>, OmError> {
+) -> Result<(Vec<(String, OmType, String)>, Problems), OmError> {
     let opts = IterOptions {
         resolver: Resolver::Lww,
         ..Default::default()
@@ -118,11 +121,8 @@ fn read_keys(
             });
         }
     }
-    if !problems.is_empty() {
-        return Err(not_om(fp, &problems));
-    }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    Ok((out, problems))
 }
 
 fn not_om(fp: &FullPrefix, problems: &Problems) -> OmError {
@@ -132,14 +132,14 @@ fn not_om(fp: &FullPrefix, problems: &Problems) -> OmError {
     ))
 }
 
-/// The files and folders the keys make, and the report's counts.
+/// The files and folders the keys make, and the report's counts; keys
+/// that make none are added to `problems`.
 fn plan(
-    fp: &FullPrefix,
     root: &Path,
     keys: &[(String, OmType, String)],
-) -> Result<(Vec<Planned>, ExportReport), OmError> {
+    problems: &mut Problems,
+) -> (Vec<Planned>, ExportReport) {
     let types: HashMap<&str, OmType> = keys.iter().map(|(k, t, _)| (k.as_str(), *t)).collect();
-    let mut problems = Problems::new();
     let mut locations = BTreeSet::new();
     let mut report = ExportReport::default();
     let mut plan = Vec::with_capacity(keys.len());
@@ -179,11 +179,8 @@ fn plan(
             content: ty.is_value().then(|| raw.clone()),
         });
     }
-    if !problems.is_empty() {
-        return Err(not_om(fp, &problems));
-    }
     report.locations = locations.len() as u64;
-    Ok((plan, report))
+    (plan, report)
 }
 
 /// The file and folder names of an entry's path: each name with the
@@ -252,25 +249,31 @@ fn check_destination<'a>(
         Err(e) => return Err(OmError::io("read", root, &e)),
     }
     // Every folder on the way from the root, checked once.
-    let mut ancestors: BTreeMap<PathBuf, ()> = BTreeMap::new();
+    let mut ancestors: BTreeSet<PathBuf> = BTreeSet::new();
     for p in plan {
         let mut at = p.path.parent();
         while let Some(dir) = at {
             if dir == root || !dir.starts_with(root) {
                 break;
             }
-            ancestors.insert(dir.to_path_buf(), ());
+            if !ancestors.insert(dir.to_path_buf()) {
+                break;
+            }
             at = dir.parent();
         }
     }
-    for dir in ancestors.keys() {
+    for dir in &ancestors {
         if let Some(problem) = not_a_folder(dir) {
             problems.push(problem);
         }
     }
     for p in plan {
         match (&p.content, fs::symlink_metadata(&p.path)) {
-            (_, Err(e)) if e.kind() == ErrorKind::NotFound => writes.push(p),
+            // Not a directory: a file is in the way of a folder above,
+            // which the check of the folders on the way reported.
+            (_, Err(e)) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                writes.push(p)
+            }
             (_, Err(e)) => return Err(OmError::io("read", &p.path, &e)),
             (None, Ok(_)) => match not_a_folder(&p.path) {
                 Some(problem) => problems.push(problem),
