@@ -29,6 +29,9 @@ pub struct ExportReport {
     pub unchanged: u64,
 }
 
+/// A key and the entry it holds.
+type KeyEntry = (String, OmType, String);
+
 /// One file or folder to write.
 struct Planned {
     path: PathBuf,
@@ -88,7 +91,7 @@ fn read_keys(
     meta: &Metadata,
     fp: &FullPrefix,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(Vec<(String, OmType, String)>, Problems), OmError> {
+) -> Result<(Vec<KeyEntry>, Problems), OmError> {
     let opts = IterOptions {
         resolver: Resolver::Lww,
         ..Default::default()
@@ -134,11 +137,7 @@ fn not_om(fp: &FullPrefix, problems: &Problems) -> OmError {
 
 /// The files and folders the keys make, and the report's counts; keys
 /// that make none are added to `problems`.
-fn plan(
-    root: &Path,
-    keys: &[(String, OmType, String)],
-    problems: &mut Problems,
-) -> (Vec<Planned>, ExportReport) {
+fn plan(root: &Path, keys: &[KeyEntry], problems: &mut Problems) -> (Vec<Planned>, ExportReport) {
     let types: HashMap<&str, OmType> = keys.iter().map(|(k, t, _)| (k.as_str(), *t)).collect();
     let mut locations = BTreeSet::new();
     let mut report = ExportReport::default();
