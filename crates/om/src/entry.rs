@@ -116,8 +116,10 @@ pub fn write_entry(
 }
 
 /// The entry at `path` of `location`: its type and content (`""` for a
-/// group); `None` when there is none. Siblings are settled by
-/// last-writer-wins.
+/// group); `None` when there is none. An empty `path` reads the
+/// location's `.meta` itself (type `meta`); names may include OM's own
+/// folders (`[".history", "fps&20240102-030405", "value"]`). Siblings are
+/// settled by last-writer-wins.
 pub fn read_entry(
     meta: &Metadata,
     fp: &FullPrefix,
@@ -197,7 +199,9 @@ pub fn list_entries(
 }
 
 /// The earlier values of the entry at `path`, newest first (snapshots
-/// without a value are skipped; a missing `user` reads as `""`).
+/// without a value are skipped; a missing `user` reads as `""`). Two
+/// writes in one second share a snapshot, as in OM: the later one's. The
+/// call visits every key of the full prefix once.
 pub fn history(
     meta: &Metadata,
     fp: &FullPrefix,
