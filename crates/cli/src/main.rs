@@ -24,6 +24,7 @@ mod auth;
 mod demo;
 mod doc;
 mod kv;
+mod om;
 mod op;
 mod serve;
 mod sim;
@@ -124,6 +125,9 @@ enum Command {
     /// Reducers written as Rhai scripts, for operation logs
     #[command(subcommand)]
     Reducer(op::ReducerCommand),
+    /// Open Metadata: import .meta folders into a full prefix and export them back (see docs/om.md)
+    #[command(subcommand)]
+    Om(om::OmCommand),
     /// Show the engine at work: processes writing one directory at once
     /// (a temporary directory, removed after, unless --dir is given)
     Demo(demo::DemoArgs),
@@ -273,6 +277,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Op(c) => op::run(cli, c),
         Command::Watch(a) => watch::run(cli, a),
         Command::Reducer(c) => op::reducer(cli, c),
+        Command::Om(c) => om::run(cli, c),
         Command::Demo(args) => demo::run(cli, args),
         Command::Sim(args) => sim::run(cli, args),
         Command::Serve(args) => serve::run(cli, args),
