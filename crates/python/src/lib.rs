@@ -16,6 +16,7 @@
 mod convert;
 mod docs;
 mod errors;
+mod om;
 mod store;
 mod watch;
 
@@ -27,6 +28,7 @@ use pyo3::prelude::*;
 fn chorus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    om::register(m)?;
     m.add_function(wrap_pyfunction!(store::open, m)?)?;
     m.add_class::<store::Store>()?;
     m.add_class::<store::Transaction>()?;

@@ -1,0 +1,311 @@
+//! The native half of `chorus.om` (Open Metadata's API) and of
+//! `om.push()`: thin calls into `chorus-om` (entries with Open Metadata's
+//! history, trash and inheritance rules; `.meta` trees in and out) and
+//! into the stage's push-now protocol (`chorus_store::stage_request`),
+//! the same code `chorus om` and `chorus stage push` run.
+
+use std::time::SystemTime;
+
+use chorus_om::{OmError, OmType, Progress};
+use chorus_store::stage_request::{self, PushProgress, PushRequest};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::convert::full_prefix;
+use crate::errors::{invalid, of_kind, store_error};
+use crate::store::{Shared, Store};
+
+fn om_error(e: OmError) -> PyErr {
+    match e {
+        OmError::Store(e) => store_error(e),
+        other => of_kind(other.kind(), other.to_string()),
+    }
+}
+
+fn om_type(name: &str) -> PyResult<OmType> {
+    OmType::from_name(name).ok_or_else(|| {
+        invalid(format!(
+            "{name:?} is not an Open Metadata type: use bool, int, float, string, text, null, tuple, date, dict or list"
+        ))
+    })
+}
+
+fn names(path: &[String]) -> Vec<&str> {
+    path.iter().map(String::as_str).collect()
+}
+
+fn open(store: &Bound<'_, Store>) -> PyResult<Shared> {
+    store.get().inner()
+}
+
+/// Writes an entry (Open Metadata's rules: history, trash on a type
+/// change, missing groups made).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn om_write(
+    py: Python<'_>,
+    store: &Bound<'_, Store>,
+    full_prefix_: &Bound<'_, PyAny>,
+    location: &str,
+    path: Vec<String>,
+    ty: &str,
+    raw: &str,
+    user: &str,
+) -> PyResult<()> {
+    let fp = full_prefix(full_prefix_)?;
+    let ty = om_type(ty)?;
+    let inner = open(store)?;
+    let path = names(&path);
+    py.detach(|| {
+        chorus_om::write_entry(
+            &inner.meta,
+            &fp,
+            location,
+            &path,
+            ty,
+            raw,
+            user,
+            SystemTime::now(),
+        )
+    })
+    .map_err(om_error)
+}
+
+/// `(type, raw, location)` of an entry, or `None`; with `inherit`, from the
+/// nearest location above that has it.
+#[pyfunction]
+fn om_read(
+    py: Python<'_>,
+    store: &Bound<'_, Store>,
+    full_prefix_: &Bound<'_, PyAny>,
+    location: &str,
+    path: Vec<String>,
+    inherit: bool,
+) -> PyResult<Option<(&'static str, String, String)>> {
+    let fp = full_prefix(full_prefix_)?;
+    let inner = open(store)?;
+    let path = names(&path);
+    py.detach(|| {
+        if inherit {
+            chorus_om::read_inherited(&inner.meta, &fp, location, &path)
+                .map(|f| f.map(|i| (i.ty.name(), i.raw, i.location)))
+        } else {
+            chorus_om::read_entry(&inner.meta, &fp, location, &path)
+                .map(|f| f.map(|(ty, raw)| (ty.name(), raw, location.to_string())))
+        }
+    })
+    .map_err(om_error)
+}
+
+/// `(name, type)` of a group's entries (the top level for an empty path).
+#[pyfunction]
+fn om_list(
+    py: Python<'_>,
+    store: &Bound<'_, Store>,
+    full_prefix_: &Bound<'_, PyAny>,
+    location: &str,
+    group: Vec<String>,
+) -> PyResult<Vec<(String, &'static str)>> {
+    let fp = full_prefix(full_prefix_)?;
+    let inner = open(store)?;
+    let group = names(&group);
+    let listed = py
+        .detach(|| chorus_om::list_entries(&inner.meta, &fp, location, &group))
+        .map_err(om_error)?;
+    Ok(listed.into_iter().map(|(n, ty)| (n, ty.name())).collect())
+}
+
+/// `(stamp, user, type, raw)` of an entry's earlier values, newest first.
+#[pyfunction]
+fn om_history(
+    py: Python<'_>,
+    store: &Bound<'_, Store>,
+    full_prefix_: &Bound<'_, PyAny>,
+    location: &str,
+    path: Vec<String>,
+) -> PyResult<Vec<(String, String, &'static str, String)>> {
+    let fp = full_prefix(full_prefix_)?;
+    let inner = open(store)?;
+    let path = names(&path);
+    let snaps = py
+        .detach(|| chorus_om::history(&inner.meta, &fp, location, &path))
+        .map_err(om_error)?;
+    Ok(snaps
+        .into_iter()
+        .map(|s| (s.stamp, s.user, s.ty.name(), s.raw))
+        .collect())
+}
+
+/// Writes the value of history snapshot `stamp` back.
+#[pyfunction]
+fn om_restore(
+    py: Python<'_>,
+    store: &Bound<'_, Store>,
+    full_prefix_: &Bound<'_, PyAny>,
+    location: &str,
+    path: Vec<String>,
+    stamp: &str,
+    user: &str,
+) -> PyResult<()> {
+    let fp = full_prefix(full_prefix_)?;
+    let inner = open(store)?;
+    let path = names(&path);
+    py.detach(|| {
+        chorus_om::restore(
+            &inner.meta,
+            &fp,
+            location,
+            &path,
+            stamp,
+            user,
+            SystemTime::now(),
+        )
+    })
+    .map_err(om_error)
+}
+
+/// Removes an entry (to the trash unless `permanent`); false if absent.
+#[pyfunction]
+fn om_delete(
+    py: Python<'_>,
+    store: &Bound<'_, Store>,
+    full_prefix_: &Bound<'_, PyAny>,
+    location: &str,
+    path: Vec<String>,
+    permanent: bool,
+) -> PyResult<bool> {
+    let fp = full_prefix(full_prefix_)?;
+    let inner = open(store)?;
+    let path = names(&path);
+    py.detach(|| chorus_om::delete_entry(&inner.meta, &fp, location, &path, permanent))
+        .map_err(om_error)
+}
+
+/// Calls a Python progress callback, if any, with `(phase, done, total)`.
+fn report(progress: &Option<Py<PyAny>>, p: Progress) {
+    if let Some(f) = progress {
+        let phase = match p.phase {
+            chorus_om::Phase::Scanning => "scanning",
+            chorus_om::Phase::Writing => "writing",
+        };
+        // A failing progress callback must not abort an import half-way:
+        // its error is printed, as Python prints an unraisable exception.
+        Python::attach(|py| {
+            if let Err(e) = f.bind(py).call1((phase, p.done, p.total)) {
+                e.print(py);
+            }
+        });
+    }
+}
+
+/// Imports every `.meta` folder under `root`; the whole tree is checked
+/// first, so a bad tree writes nothing.
+#[pyfunction]
+#[pyo3(signature = (store, root, full_prefix_, progress = None))]
+fn om_import<'py>(
+    py: Python<'py>,
+    store: &Bound<'py, Store>,
+    root: std::path::PathBuf,
+    full_prefix_: &Bound<'py, PyAny>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let fp = full_prefix(full_prefix_)?;
+    let inner = open(store)?;
+    let r = py
+        .detach(|| chorus_om::import_tree(&inner.meta, &fp, &root, &mut |p| report(&progress, p)))
+        .map_err(om_error)?;
+    let d = PyDict::new(py);
+    for (k, v) in [
+        ("locations", r.locations),
+        ("entries", r.entries),
+        ("bytes", r.bytes),
+        ("written", r.written),
+        ("unchanged", r.unchanged),
+        ("commits", r.commits),
+    ] {
+        d.set_item(k, v)?;
+    }
+    Ok(d)
+}
+
+/// Writes the entries of `full_prefix` as `.meta` folders under `root`.
+#[pyfunction]
+#[pyo3(signature = (store, root, full_prefix_, force = false, progress = None))]
+fn om_export<'py>(
+    py: Python<'py>,
+    store: &Bound<'py, Store>,
+    root: std::path::PathBuf,
+    full_prefix_: &Bound<'py, PyAny>,
+    force: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let fp = full_prefix(full_prefix_)?;
+    let inner = open(store)?;
+    let r = py
+        .detach(|| {
+            chorus_om::export_tree(&inner.meta, &fp, &root, force, &mut |p| {
+                report(&progress, p)
+            })
+        })
+        .map_err(om_error)?;
+    let d = PyDict::new(py);
+    for (k, v) in [
+        ("locations", r.locations),
+        ("entries", r.entries),
+        ("bytes", r.bytes),
+        ("written", r.written),
+        ("unchanged", r.unchanged),
+    ] {
+        d.set_item(k, v)?;
+    }
+    Ok(d)
+}
+
+/// Asks the stage daemon on this directory to push now; returns the
+/// request (`NotFound` when no daemon runs).
+#[pyfunction]
+fn stage_push(py: Python<'_>, store: &Bound<'_, Store>) -> PyResult<u64> {
+    let inner = open(store)?;
+    py.detach(|| stage_request::request_push(&inner.meta))
+        .map(|r| r.seq)
+        .map_err(store_error)
+}
+
+/// `(state, message)` of a push request: `"done"`, `"pending"`,
+/// `"no_daemon"` or `"failed"`.
+#[pyfunction]
+fn stage_push_status(
+    py: Python<'_>,
+    store: &Bound<'_, Store>,
+    request: u64,
+) -> PyResult<(&'static str, String)> {
+    let inner = open(store)?;
+    let dir = inner.meta.store().dir().to_path_buf();
+    let progress = py
+        .detach(|| stage_request::push_status(&inner.meta, &PushRequest { seq: request }))
+        .map_err(store_error)?;
+    Ok(match progress {
+        PushProgress::Done(ack) => (
+            "done",
+            format!("{} key(s) pushed to {}", ack.keys, ack.upstream),
+        ),
+        PushProgress::Pending => ("pending", String::new()),
+        PushProgress::NoDaemon => ("no_daemon", stage_request::no_daemon_message(&dir)),
+        PushProgress::Failed { message } => ("failed", message),
+    })
+}
+
+/// Adds the functions to the module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(om_write, m)?)?;
+    m.add_function(wrap_pyfunction!(om_read, m)?)?;
+    m.add_function(wrap_pyfunction!(om_list, m)?)?;
+    m.add_function(wrap_pyfunction!(om_history, m)?)?;
+    m.add_function(wrap_pyfunction!(om_restore, m)?)?;
+    m.add_function(wrap_pyfunction!(om_delete, m)?)?;
+    m.add_function(wrap_pyfunction!(om_import, m)?)?;
+    m.add_function(wrap_pyfunction!(om_export, m)?)?;
+    m.add_function(wrap_pyfunction!(stage_push, m)?)?;
+    m.add_function(wrap_pyfunction!(stage_push_status, m)?)?;
+    Ok(())
+}
