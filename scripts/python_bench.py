@@ -265,7 +265,7 @@ GET_ROWS = [
 FLOOR_ROWS = [
     ("empty loop", None, loop_empty),
     ("chorus: db.path (native attribute, no check)", "chorus", loop_chorus_noop),
-    ("chorus: db.node_id (handle check + str)", "chorus", loop_chorus_node_id),
+    ("chorus: db.node_id (handle check + hex formatting of the id)", "chorus", loop_chorus_node_id),
     ("lmdb: env.max_key_size() (native call)", "lmdb", loop_lmdb_noop),
     ("os.getpid()", None, loop_getpid),
 ]
