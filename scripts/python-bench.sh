@@ -38,4 +38,5 @@ CARGO_TARGET_DIR="$target" "$py" -m maturin build --release --quiet \
   -m "$ROOT/crates/python/Cargo.toml" --out "$wheels" >&2
 "$py" -m pip install --quiet --force-reinstall --no-deps "$wheels"/*.whl
 
-exec "$py" "$ROOT/scripts/python_bench.py" "$@"
+# Not exec: the EXIT trap removes the temporary venv afterwards.
+"$py" "$ROOT/scripts/python_bench.py" "$@"
