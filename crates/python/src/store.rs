@@ -7,6 +7,7 @@
 //! page belong to the parent) and is never closed from the child.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use chorus_store::{
     PutValue, Read, Resolver, Scope, Store as Engine, SyncMode,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyString, PyTuple};
 
 use crate::convert::{
     AllowPut, ContextText, Create, FromId, IfAbsent, LockTimeoutSecs, Pattern, SyncText,
@@ -42,7 +44,7 @@ pub(crate) type Shared = Arc<Inner>;
 impl Inner {
     /// Refuses a handle used in a child after `fork()`.
     pub(crate) fn check(self: &Arc<Self>) -> PyResult<Shared> {
-        let me = std::process::id();
+        let me = this_process();
         if me != self.pid {
             return Err(invalid(format!(
                 "this store handle was opened by process {} and this is process {me} (a child after fork()): \
@@ -53,6 +55,96 @@ impl Inner {
         }
         Ok(Arc::clone(self))
     }
+}
+
+/// This process's id, kept by the at-fork hook `watch_forks` installs, so
+/// that the fork check of every call reads memory instead of making a
+/// getpid system call (about 100 ns, a tenth of a `get`). 0: no hook yet.
+static PROCESS_ID: AtomicU32 = AtomicU32::new(0);
+
+/// This process's id (see `PROCESS_ID`).
+fn this_process() -> u32 {
+    match PROCESS_ID.load(Ordering::Relaxed) {
+        0 => std::process::id(),
+        pid => pid,
+    }
+}
+
+/// Installs, once per process, the hook that sets `PROCESS_ID` in a child
+/// after `os.fork()` (Python runs it for every fork that goes on running
+/// Python: `os.fork`, multiprocessing's fork, and C code calling
+/// `PyOS_AfterFork_Child` as it must). When it cannot be installed,
+/// `PROCESS_ID` stays 0 and every check asks the kernel, as before.
+fn watch_forks(py: Python<'_>) {
+    static HOOKED: PyOnceLock<()> = PyOnceLock::new();
+    let hook = || -> PyResult<()> {
+        let after_fork = PyCFunction::new_closure(
+            py,
+            Some(c"chorus_after_fork"),
+            None,
+            |_args, _kwargs| -> PyResult<()> {
+                PROCESS_ID.store(std::process::id(), Ordering::Relaxed);
+                Ok(())
+            },
+        )?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("after_in_child", after_fork)?;
+        py.import("os")?
+            .getattr("register_at_fork")?
+            .call((), Some(&kwargs))?;
+        // Under the GIL since the hook went in: no fork can come between.
+        PROCESS_ID.store(std::process::id(), Ordering::Relaxed);
+        Ok(())
+    };
+    if HOOKED.get_or_try_init(py, hook).is_err() {
+        // Not installed: the checks keep asking the kernel (see above).
+    }
+}
+
+/// How many parsed full prefixes `Store::get` keeps.
+const PREFIX_SLOTS: usize = 4;
+
+/// Full prefixes parsed by `Store::get`, keyed by the `str` object passed
+/// (held here, so its address cannot be reused by another string while
+/// it is a key): a loop calling `db.get("a/b", key)` validates "a/b" once
+/// instead of on every call. Only exact `str` objects go in (immutable,
+/// and freeing one runs no Python code).
+struct PrefixCache {
+    slots: [Option<(Py<PyString>, FullPrefix)>; PREFIX_SLOTS],
+    /// The slot the next new prefix replaces.
+    next: usize,
+}
+
+static PREFIXES: Mutex<PrefixCache> = Mutex::new(PrefixCache {
+    slots: [const { None }; PREFIX_SLOTS],
+    next: 0,
+});
+
+/// `convert::full_prefix`, remembered per `str` object (see `PrefixCache`).
+fn cached_full_prefix(obj: &Bound<'_, PyAny>) -> PyResult<FullPrefix> {
+    {
+        let cache = PREFIXES.lock().unwrap_or_else(PoisonError::into_inner);
+        let hit = cache
+            .slots
+            .iter()
+            .flatten()
+            .find(|(text, _)| text.as_ptr() == obj.as_ptr());
+        if let Some((_, fp)) = hit {
+            return Ok(fp.clone());
+        }
+    }
+    let fp = crate::convert::full_prefix(obj)?;
+    if let Ok(text) = obj.cast_exact::<PyString>() {
+        let evicted = {
+            let mut cache = PREFIXES.lock().unwrap_or_else(PoisonError::into_inner);
+            let slot = cache.next;
+            cache.next = (slot + 1) % PREFIX_SLOTS;
+            cache.slots[slot].replace((text.clone().unbind(), fp.clone()))
+        };
+        // Released outside the lock.
+        drop(evicted);
+    }
+    Ok(fp)
 }
 
 /// Opens the data directory `path` (created unless `create=False`).
@@ -94,6 +186,7 @@ pub(crate) fn open(
             "lock_timeout={lock_timeout} is not a number of seconds from 0 to 86400"
         )));
     }
+    watch_forks(py);
     let dir = chorus_store::expand_home(&path).map_err(store_error)?;
     let opts = Options {
         create,
@@ -267,15 +360,21 @@ impl Store {
 /// The one live value of a read, `None` when deleted, `Conflict` when
 /// siblings remain.
 fn single(fp: &FullPrefix, key: &[u8], read: &Read) -> PyResult<Option<Vec<u8>>> {
-    let mut values = live_values(&read.values);
-    match values.len() {
-        0 => Ok(None),
-        1 => Ok(values.pop()),
-        n => Err(of_kind(
+    single_ref(fp, key, read).map(|v| v.map(<[u8]>::to_vec))
+}
+
+/// `single`, borrowed from the read (no copy before the `bytes` is made).
+fn single_ref<'r>(fp: &FullPrefix, key: &[u8], read: &'r Read) -> PyResult<Option<&'r [u8]>> {
+    let mut live = read.values.iter().filter_map(|v| v.bytes());
+    match (live.next(), live.next()) {
+        (None, _) => Ok(None),
+        (Some(only), None) => Ok(Some(only)),
+        (Some(_), Some(_)) => Err(of_kind(
             chorus_core::Kind::Conflict,
             format!(
-                "{fp}/{} holds {n} siblings: read them with read(), or settle them with resolver=\"lww\" or a function",
-                String::from_utf8_lossy(key)
+                "{fp}/{} holds {} siblings: read them with read(), or settle them with resolver=\"lww\" or a function",
+                String::from_utf8_lossy(key),
+                2 + live.count()
             ),
         )),
     }
@@ -368,16 +467,16 @@ impl Store {
         allow_put: Option<AllowPut>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let allow_put = allow_put.is_none_or(|a| a.0);
-        let fp = crate::convert::full_prefix(full_prefix)?;
+        let fp = cached_full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
         let resolver = PyResolver::parse(resolver)?;
         let read = self.settled(py, &fp, &key, &resolver, allow_put)?;
         let value = match &read {
-            Some(r) => single(&fp, &key, r)?,
+            Some(r) => single_ref(&fp, &key, r)?,
             None => None,
         };
         Ok(match value {
-            Some(b) => PyBytes::new(py, &b).into_any(),
+            Some(b) => PyBytes::new(py, b).into_any(),
             None => default.unwrap_or_else(|| py.None().into_bound(py)),
         })
     }
