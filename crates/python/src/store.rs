@@ -308,9 +308,19 @@ impl Store {
             resolver: resolver.engine(),
             allow_put,
         };
-        let read = py
-            .detach(|| inner.meta.get(fp, key, &opts))
-            .map_err(store_error)?;
+        // A read that writes nothing and finds this process up to date is
+        // answered from memory with the GIL held (releasing it costs more
+        // than the read); one that must read other processes' commits
+        // from the log, or may write a resolution back, releases it.
+        let in_memory = match resolver {
+            PyResolver::Lww => None,
+            PyResolver::None | PyResolver::Call(_) => inner.meta.get_in_memory(fp, key),
+        };
+        let read = match in_memory {
+            Some(found) => found,
+            None => py.detach(|| inner.meta.get(fp, key, &opts)),
+        }
+        .map_err(store_error)?;
         let PyResolver::Call(f) = resolver else {
             return Ok(read);
         };

@@ -323,6 +323,29 @@ impl Metadata {
         Ok(Some(read))
     }
 
+    /// A read with no resolver and no default, answered from memory alone
+    /// ([`Store::get_in_memory`]): `None` when the log must be read first
+    /// (then call [`Metadata::get`]). Otherwise what `get` returns: `None`
+    /// inside for an absent or deleted key.
+    pub fn get_in_memory(&self, fp: &FullPrefix, key: &[u8]) -> Option<Result<Option<Read>>> {
+        let bytes = self.store.get_in_memory(fp, key)?;
+        let Some(bytes) = bytes else {
+            return Some(Ok(None));
+        };
+        Some(summary(fp, key, &bytes).map(
+            |Summary {
+                 values, context, ..
+             }| {
+                let tombstone = values.iter().all(|v| v.content == Content::Tombstone);
+                (!tombstone).then_some(Read {
+                    values,
+                    context,
+                    tombstone,
+                })
+            },
+        ))
+    }
+
     /// Writes a key; see the module documentation for what a concurrent
     /// writer makes of it. Names starting with `$` are refused.
     pub fn put(

@@ -584,6 +584,18 @@ impl Store {
             .map(|e| e.value.clone()))
     }
 
+    /// [`Store::get`] when it can be answered from memory alone: `None`
+    /// when another process committed since this one last read the log
+    /// (then call [`Store::get`], which reads the new frames). Never does
+    /// IO, never waits: for callers that must not block where a read may
+    /// (a Python call holding the GIL).
+    pub fn get_in_memory(&self, fp: &FullPrefix, key: &[u8]) -> Option<Option<Bytes>> {
+        let (generation, end) = self.inner.dir.shm.published();
+        let state = self.inner.state.load();
+        (state.generation == generation && state.end == end)
+            .then(|| state.index.get(fp, key).map(|e| e.value.clone()))
+    }
+
     /// The entry (value and sequence number) of a key, as of the latest commit.
     pub fn get_entry(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Entry>> {
         Ok(self.snapshot()?.entry(fp, key).cloned())

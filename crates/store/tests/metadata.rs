@@ -682,3 +682,40 @@ fn put_all_commits_each_write_alone_with_one_sync_and_refuses_reserved_names() {
     let reserved = FullPrefix::parse("$auth/users").expect("valid");
     assert!(m.object(&reserved, b"x").expect("read").is_none());
 }
+
+#[test]
+fn a_read_from_memory_alone_defers_to_the_log_once_another_handle_commits() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = meta(dir.path());
+    let b = meta(dir.path());
+    let value = |m: &Metadata| match m.get_in_memory(&fp(), b"k") {
+        None => None,
+        Some(r) => Some(r.expect("read").map(|read| texts(&read))),
+    };
+    assert_eq!(
+        value(&a),
+        Some(None),
+        "absent, and nothing to read from the log"
+    );
+    put(&a, "k", "1");
+    assert_eq!(value(&a), Some(Some(vec!["1".to_string()])));
+    put(&b, "k", "2");
+    assert_eq!(
+        value(&a),
+        None,
+        "b's commit must be read from the log first"
+    );
+    let read = a
+        .get(&fp(), b"k", &GetOptions::default())
+        .expect("get")
+        .expect("present");
+    assert_eq!(texts(&read), ["2"]);
+    assert_eq!(value(&a), Some(Some(vec!["2".to_string()])));
+    a.delete(&fp(), b"k", &PutOptions::default())
+        .expect("delete");
+    assert_eq!(
+        value(&a),
+        Some(None),
+        "deleted reads as absent, as get does"
+    );
+}
