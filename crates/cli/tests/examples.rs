@@ -298,6 +298,14 @@ fn run(block: &Block) -> Result<(), String> {
     if let Ok(mut f) = std::fs::File::open(&output) {
         let _ = f.read_to_string(&mut text);
     }
+    // The Python module is built and installed by ./scripts/test.sh (into
+    // its own virtual environment, first on PATH); a bare `cargo test`
+    // has no `chorus` module to import.
+    if text.contains("No module named 'chorus'") {
+        text.push_str(
+            "\n(the `chorus` Python module is not installed for this python3: run ./scripts/test.sh, which builds it into target/python-venv and puts that first on PATH)",
+        );
+    }
     match status {
         Some(s) if s.success() => Ok(()),
         Some(s) => Err(format!("exited with {s}\n{text}")),
