@@ -521,7 +521,7 @@ class _HttpTransport:
         return self.json_request("GET", self.path(*parts), cap=cap)
 
     def _json_body(self, obj: Any) -> Tuple[bytes, Dict[str, str]]:
-        return json.dumps(obj, allow_nan=False).encode("utf-8"), {"Content-Type": "application/json"}
+        return json.dumps(obj, allow_nan=False, ensure_ascii=False).encode("utf-8"), {"Content-Type": "application/json"}
 
     def _op_doc_create(self, cap: int, store: str, doc: Dict[str, Any]) -> Dict[str, Any]:
         body, headers = self._json_body(doc)
@@ -560,6 +560,19 @@ class _TooBig(Exception):
     """An answer over the size asked for: ask again with a smaller page."""
 
 
+def _zmq_value(value: bytes) -> Dict[str, str]:
+    """A value for the broker: ``value`` (text) when it is UTF-8 and no
+    longer so in JSON than in base64, else ``value_base64``."""
+    b64 = base64.b64encode(value).decode("ascii")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"value_base64": b64}
+    if len(json.dumps(text, ensure_ascii=False).encode("utf-8")) <= len(b64) + 2:
+        return {"value": text}
+    return {"value_base64": b64}
+
+
 class _ZmqTransport:
     """Requests to the node's broker, a DEALER socket per thread."""
 
@@ -579,22 +592,19 @@ class _ZmqTransport:
         self._ids = itertools.count(1)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._context: Any = None
-        self._pid = os.getpid()
-
-    def _ctx(self) -> Any:
-        with self._lock:
-            if self._context is None or self._pid != os.getpid():
-                self._context = self._zmq.Context()
-                self._pid = os.getpid()
-            return self._context
+        # Every socket this handle made, to close them at close(). They
+        # live in pyzmq's process-wide context, which is never terminated
+        # here (terminating a context waits for every socket of it).
+        self._sockets: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
     def _socket(self) -> Any:
         held = getattr(self._local, "held", None)
         if held is not None and held[1] == os.getpid() and not held[0].closed:
             return held[0]
         zmq = self._zmq
-        sock = self._ctx().socket(zmq.DEALER)
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        with self._lock:
+            self._sockets.add(sock)
         sock.setsockopt(zmq.LINGER, 0)
         # Only to a connected node: a request is never queued for a node
         # that is down, to be applied when it comes back.
@@ -617,24 +627,22 @@ class _ZmqTransport:
 
     def close(self) -> None:
         with self._lock:
-            ctx, self._context = self._context, None
-        if ctx is not None and self._pid == os.getpid():
-            ctx.destroy(linger=0)
+            sockets = list(self._sockets)
+        for sock in sockets:
+            if not sock.closed:
+                sock.close(linger=0)
 
     def call(self, op: str, fields: Dict[str, Any], cap: int = MAX_ANSWER) -> Dict[str, Any]:
         zmq = self._zmq
         fields = dict(fields)
         value = fields.pop("value", None)
         if isinstance(value, bytes):
-            try:
-                fields["value"] = value.decode("utf-8")
-            except UnicodeDecodeError:
-                fields["value_base64"] = base64.b64encode(value).decode("ascii")
+            fields.update(_zmq_value(value))
         rid = next(self._ids)
         request = {"id": rid, "op": op, **fields}
         if self._token is not None:
             request["token"] = self._token
-        body = json.dumps(request, allow_nan=False).encode("utf-8")
+        body = json.dumps(request, allow_nan=False, ensure_ascii=False).encode("utf-8")
         if len(body) > ZMQ_SEND_MAX:
             raise error_for(
                 "too_large",
