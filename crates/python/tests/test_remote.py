@@ -199,6 +199,17 @@ def test_a_node_that_is_not_there_is_busy_with_a_clear_message():
         db.watch("app")
 
 
+def test_a_node_that_does_not_answer_is_busy_after_the_timeout():
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = "http://127.0.0.1:%d" % silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(chorus.Busy, match="did not answer within 0.5 s"):
+            chorus.connect(url, timeout=0.5).get("app/cfg", "color")
+        assert time.monotonic() - started < 5
+
+
 def test_a_broker_that_is_not_there_is_busy_after_the_timeout():
     _needs_zmq()
     port = _free_port()
@@ -353,6 +364,21 @@ def test_the_handle_and_a_watch_go_on_after_the_node_restarts(node, db):
         db.put("app/cfg", "b", "2")
         change = next(changes)
         assert (change.key, change.read.value) == (b"b", b"2")
+
+
+def test_a_watch_behind_compaction_yields_a_gap_then_goes_on(node, db):
+    with db.watch("app/cfg", timeout=10) as changes:
+        db.put("app/cfg", "a", "1")
+        first = next(changes)
+    for i in range(5):
+        db.put("app/cfg", f"k{i}", "v")
+    node.cli("compact")  # the commits after `first` are replaced by a snapshot
+    with db.watch("app/cfg", from_=first.id, timeout=10) as changes:
+        gap = next(changes)
+        assert isinstance(gap, chorus.Gap) and gap.resume == first.id
+        db.put("app/cfg", "after", "1")  # the watch goes on from the node's present
+        change = next(changes)
+        assert (change.key, change.read.value) == (b"after", b"1")
 
 
 def test_a_watch_ends_its_reader_thread_when_closed(db):

@@ -437,11 +437,11 @@ class _HttpTransport:
                 raise self.unreachable(e, writes) from None
             except socket.timeout:
                 self._drop(conn)
+                maybe = " (the request may have been applied: read before writing again)" if writes else ""
                 raise error_for(
                     "busy",
-                    f"the Chorus node at {self.url} did not answer within {self._timeout} s; retry later, "
-                    f"or connect with a longer timeout="
-                    + (" (the request may have been applied: read before writing again)" if writes else ""),
+                    f"the Chorus node at {self.url} did not answer within {self._timeout} s: retry later, "
+                    f"or connect with a longer timeout{maybe}",
                 ) from None
             except (OSError, http.client.HTTPException) as e:
                 self._drop(conn)
