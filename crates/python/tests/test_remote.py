@@ -394,6 +394,14 @@ def test_a_watch_ends_its_reader_thread_when_closed(db):
         next(w)
 
 
+def test_a_watch_outlives_its_handles_close(node):
+    db = chorus.connect(node.url)
+    with db.watch("app/cfg", timeout=10) as changes:
+        db.close()
+        chorus.connect(node.url).put("app/cfg", "after", "1")
+        assert next(changes).key == b"after"
+
+
 def test_a_forked_child_uses_connections_of_its_own(db):
     db.put("app/cfg", "color", "blue")
     pid = os.fork()

@@ -341,11 +341,14 @@ class _HttpTransport:
 
     # Connections.
 
-    def new_connection(self, timeout: Optional[float] = None) -> http.client.HTTPConnection:
+    def new_connection(self, pooled: bool = True) -> http.client.HTTPConnection:
+        """A new connection; ``pooled`` ones are closed by :meth:`close`
+        (a watch's is not: a watch outlives its handle's ``close()``)."""
         cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=timeout or self._timeout)
-        with self._lock:
-            self._all.add(conn)
+        conn = cls(self._host, self._port, timeout=self._timeout)
+        if pooled:
+            with self._lock:
+                self._all.add(conn)
         return conn
 
     def _connection(self) -> Tuple[http.client.HTTPConnection, bool]:
@@ -1018,6 +1021,7 @@ class _RemoteStore:
         from_: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> Iterator[Union[Change, Gap]]:
+        """Changes from now on (or after ``from_``): see each handle."""
         raise NotImplementedError
 
 
@@ -1230,7 +1234,7 @@ class RemoteWatch:
                 headers["Last-Event-ID"] = position
             else:
                 query["from"] = position
-        conn = t.new_connection()
+        conn = t.new_connection(pooled=False)
         try:
             conn.request("GET", t.path("v1", "watch", query=query), headers=headers)
             resp = conn.getresponse()
