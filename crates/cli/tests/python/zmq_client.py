@@ -1,6 +1,7 @@
 """Drives a running node's ZeroMQ broker with pyzmq through the example
-client in docs/examples/chorus_zmq.py; exits non-zero on the first
-failure. Run by crates/cli/tests/zmq.rs: zmq_client.py ROUTER PUB."""
+wire-protocol client in docs/examples/chorus_wire.py; exits non-zero on
+the first failure. Run by crates/cli/tests/zmq.rs: zmq_client.py ROUTER
+PUB."""
 
 import json
 import os
@@ -10,7 +11,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "docs", "examples"))
 
 import zmq  # noqa: E402
-from chorus_zmq import Chorus, ChorusError, next_event, subscribe  # noqa: E402
+from chorus_wire import Chorus, ChorusError, next_event, subscribe  # noqa: E402
 
 
 def expect_error(code, fn, *args, **kwargs):
