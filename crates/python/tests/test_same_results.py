@@ -139,7 +139,7 @@ def scenario(db: Any, twin: Any, watch: bool) -> List[Tuple[str, Any]]:
     def step(label: str, f: Callable[[], Any]) -> Any:
         try:
             result = f()
-        except (chorus.Error, TypeError) as e:
+        except chorus.Error as e:
             out.append((label, "raises " + type(e).__name__))
             return None
         out.append((label, norm(result)))

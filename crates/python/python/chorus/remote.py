@@ -125,12 +125,13 @@ def _type_name(obj: Any) -> str:
 
 
 def _typed(obj: Any, types: Tuple[type, ...], name: str, what: str) -> None:
-    """A ``TypeError`` like the native module's for an argument of the wrong
-    type (``match``, ``context``, ``allow_put``, ...)."""
+    """``InvalidInput`` naming the option, as the native module raises, for
+    a keyword option of the wrong type (``match``, ``context``,
+    ``allow_put``, ...): a truthy str is not a flag."""
     if bool in types and not isinstance(obj, bool):
-        raise TypeError(f"argument '{name}': {_type_name(obj)!r} object is not an instance of 'bool'")
+        raise _invalid(f"{name}= must be True or False, not {_type_name(obj)}")
     if not isinstance(obj, types):
-        raise TypeError(f"argument '{name}': {_type_name(obj)!r} object is not an instance of {what!r}")
+        raise _invalid(f"{name}= must be a {what}, not {_type_name(obj)}")
 
 
 def _opt_str(obj: Any, name: str) -> Optional[str]:
@@ -140,11 +141,16 @@ def _opt_str(obj: Any, name: str) -> Optional[str]:
 
 
 def _bytes_arg(obj: Any, what: str) -> bytes:
+    """The embedded handle's rule: bytes, bytearray, memoryview, or str as
+    UTF-8."""
     if isinstance(obj, bytes):
         return bytes(obj)
     if isinstance(obj, str):
-        return obj.encode("utf-8")
-    if isinstance(obj, bytearray):
+        try:
+            return obj.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise _invalid(f"the {what} is a str that UTF-8 cannot encode ({e}): pass bytes, or text without lone surrogates") from None
+    if isinstance(obj, (bytearray, memoryview)):
         return bytes(obj)
     raise _invalid(f"the {what} must be bytes or str, not {_type_name(obj)}")
 
@@ -1185,7 +1191,7 @@ class RemoteStore(_RemoteStore):
         from_ = _opt_str(from_, "from_")
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"must be real number, not {_type_name(timeout)}")
+                raise _invalid(f"timeout= must be a number of seconds, not {_type_name(timeout)}")
             if not (math.isfinite(timeout) and timeout >= 0):
                 raise _invalid(f"timeout={timeout} is not a number of seconds >= 0")
         if self._closed:
@@ -1431,7 +1437,7 @@ def connect(url: str, token: Optional[str] = None, timeout: float = 30.0) -> _Re
         if not token or any(c in token for c in "\r\n\0") or not token.isascii():
             raise _invalid("the token is empty or holds characters a token never has: pass it as `chorus token create` printed it")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {_type_name(timeout)}")
+        raise _invalid(f"timeout= must be a number of seconds, not {_type_name(timeout)}")
     if not (math.isfinite(timeout) and 0 < timeout <= 86_400):
         raise _invalid(f"timeout={timeout} is not a number of seconds above 0 and at most 86400")
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
