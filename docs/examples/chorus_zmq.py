@@ -14,13 +14,10 @@ a short tour against a running node:
     python3 docs/examples/chorus_zmq.py tcp://127.0.0.1:7801
 
 docs/examples/chorus_wire.py speaks the same protocol by hand with pyzmq
-alone; its names are imported here too, for programs written against the
-earlier version of this file (`from chorus_zmq import Chorus`).
+alone.
 """
 
 import sys
-
-from chorus_wire import Chorus, ChorusError, next_event, subscribe  # noqa: F401
 
 
 def tour(endpoint):
