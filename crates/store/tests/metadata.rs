@@ -688,9 +688,9 @@ fn a_read_from_memory_alone_defers_to_the_log_once_another_handle_commits() {
     let dir = tempfile::tempdir().expect("tmp");
     let a = meta(dir.path());
     let b = meta(dir.path());
-    let value = |m: &Metadata| match m.get_in_memory(&fp(), b"k") {
-        None => None,
-        Some(r) => Some(r.expect("read").map(|read| texts(&read))),
+    let value = |m: &Metadata| {
+        m.get_in_memory(&fp(), b"k")
+            .map(|r| r.expect("read").map(|read| texts(&read)))
     };
     assert_eq!(
         value(&a),
