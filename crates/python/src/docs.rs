@@ -179,7 +179,7 @@ impl Reducer for PyReducer {
                     "sha": op.sha, "payload": op.payload,
                 });
                 let op = json_to_py(py, &op)?;
-                let out = self.reduce.bind(py).call1((state, op))?;
+                let out = crate::store::as_callback(|| self.reduce.bind(py).call1((state, op)))?;
                 py_to_json(&out, "reducer's result")
             };
             call().map_err(|e| format!("the Python reducer raised {e}"))

@@ -44,6 +44,13 @@ pub(crate) type Shared = Arc<Inner>;
 impl Inner {
     /// Refuses a handle used in a child after `fork()`.
     pub(crate) fn check(self: &Arc<Self>) -> PyResult<Shared> {
+        if IN_CALLBACK.with(std::cell::Cell::get) {
+            return Err(invalid(
+                "a resolver, write function or reducer called the store: it runs inside a store call \
+                 (a write function under the writer lock), so it must compute its result from the \
+                 values it was given; read or write before or after the call instead",
+            ));
+        }
         let me = this_process();
         if me != self.pid {
             return Err(invalid(format!(
@@ -268,11 +275,31 @@ impl PyResolver {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs a Python callback (a resolver, a write
+    /// function, a reducer) for the engine.
+    static IN_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (which calls Python code for the engine) with `IN_CALLBACK`
+/// set: a store call from inside it is refused by `Inner::check` instead
+/// of waiting for the writer lock or a mutex its own caller holds.
+pub(crate) fn as_callback<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_CALLBACK.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(IN_CALLBACK.with(|c| c.replace(true)));
+    f()
+}
+
 /// Calls a Python resolver or write function with the live values; its
 /// result must be bytes, str or None.
 fn call_values(py: Python<'_>, f: &Py<PyAny>, values: Vec<Vec<u8>>) -> PyResult<Option<Vec<u8>>> {
     let list = PyList::new(py, values.iter().map(|v| PyBytes::new(py, v)))?;
-    let out = f.bind(py).call1((list,))?;
+    let out = as_callback(|| f.bind(py).call1((list,)))?;
     if out.is_none() {
         return Ok(None);
     }
@@ -332,8 +359,8 @@ impl Store {
         }
         let chosen = call_values(py, f, live_values(&read.values))?;
         if allow_put {
-            let value = match chosen {
-                Some(b) => PutValue::Bytes(b),
+            let value = match &chosen {
+                Some(b) => PutValue::Bytes(b.clone()),
                 None => PutValue::Tombstone,
             };
             let put = PutOptions {
@@ -343,9 +370,18 @@ impl Store {
             py.detach(|| inner.meta.put(fp, key, value, &put))
                 .map_err(store_error)?;
             let plain = GetOptions::default();
-            return py
+            let stored = py
                 .detach(|| inner.meta.get(fp, key, &plain))
-                .map_err(store_error);
+                .map_err(store_error)?;
+            // What was stored, with its context; unless a writer added a
+            // sibling since: then the resolved value with the context of
+            // what the resolver saw (writing back with it keeps that
+            // sibling), as without allow_put.
+            match stored {
+                None if chosen.is_none() => return Ok(None),
+                Some(r) if r.values.len() == 1 => return Ok(Some(r)),
+                _ => {}
+            }
         }
         let ts = read
             .values
@@ -610,13 +646,10 @@ impl Store {
         let it = py
             .detach(|| inner.meta.iter(&scope, &opts))
             .map_err(store_error)?;
-        Ok(ItemIter::new(
-            it,
-            Mode::Items,
-            resolver,
-            allow_put,
-            Some(self.inner()?),
-        ))
+        Ok(
+            ItemIter::new(it, Mode::Items, resolver, allow_put, Some(inner))
+                .hiding_reserved(&scope),
+        )
     }
 
     /// `(key, value)` of every live key of one full prefix.
@@ -748,6 +781,9 @@ enum Mode {
 #[pyclass(module = "chorus")]
 pub(crate) struct ItemIter {
     it: Option<MetaIter>,
+    /// Leave out reserved (`$`) full prefixes: an iteration that did not
+    /// name one.
+    hide_reserved: bool,
     mode: Mode,
     resolver: PyResolver,
     allow_put: bool,
@@ -755,6 +791,18 @@ pub(crate) struct ItemIter {
 }
 
 impl ItemIter {
+    /// Leaves out Chorus's own (`$`) full prefixes unless `scope` names
+    /// one: `iter()` of everything shows the user's data, as the HTTP API
+    /// lists it.
+    fn hiding_reserved(mut self, scope: &Scope) -> ItemIter {
+        self.hide_reserved = match scope {
+            Scope::All => true,
+            Scope::Prefix(p) => !p.starts_with('$'),
+            Scope::FullPrefix(_) => false,
+        };
+        self
+    }
+
     fn new(
         it: MetaIter,
         mode: Mode,
@@ -764,6 +812,7 @@ impl ItemIter {
     ) -> ItemIter {
         ItemIter {
             it: Some(it),
+            hide_reserved: false,
             mode,
             resolver,
             allow_put,
@@ -782,17 +831,33 @@ impl ItemIter {
         if let Some(inner) = &self.inner {
             inner.check()?;
         }
+        // A loop, not recursion: any number of keys in a row may be
+        // skipped (reserved ones, deleted ones `items` leaves out).
+        loop {
+            if let Some(found) = self.step(py)? {
+                return Ok(found);
+            }
+        }
+    }
+}
+
+impl ItemIter {
+    /// The next key: `Some(None)` at the end, `None` for a key skipped.
+    fn step<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Option<Bound<'py, PyAny>>>> {
         let Some(it) = self.it.as_mut() else {
-            return Ok(None);
+            return Ok(Some(None));
         };
         let next = py.detach(|| it.next());
         let mut item = match next {
             None => {
                 self.it = None;
-                return Ok(None);
+                return Ok(Some(None));
             }
             Some(r) => r.map_err(store_error)?,
         };
+        if self.hide_reserved && item.full_prefix.is_reserved() {
+            return Ok(None);
+        }
         if let (PyResolver::Call(f), true) = (&self.resolver, item.read.values.len() > 1) {
             let chosen = call_values(py, f, live_values(&item.read.values))?;
             if let (true, Some(inner)) = (self.allow_put, &self.inner) {
@@ -823,14 +888,14 @@ impl ItemIter {
             item.read.values = vec![value];
         }
         match self.mode {
-            Mode::Items => item_py(py, &item).map(Some),
-            Mode::Keys => Ok(Some(PyBytes::new(py, &item.key).into_any())),
+            Mode::Items => item_py(py, &item).map(|i| Some(Some(i))),
+            Mode::Keys => Ok(Some(Some(PyBytes::new(py, &item.key).into_any()))),
             Mode::Pairs => match single(&item.full_prefix, &item.key, &item.read)? {
-                Some(v) => Ok(Some(
+                Some(v) => Ok(Some(Some(
                     PyTuple::new(py, [PyBytes::new(py, &item.key), PyBytes::new(py, &v)])?
                         .into_any(),
-                )),
-                None => self.__next__(py),
+                ))),
+                None => Ok(None),
             },
         }
     }
@@ -1047,6 +1112,7 @@ impl Snapshot {
             PyResolver::None,
             false,
             Some(Arc::clone(&self.inner)),
-        ))
+        )
+        .hiding_reserved(&scope))
     }
 }

@@ -44,12 +44,14 @@ impl WatchIter {
         }
         let timeout = match timeout {
             None => None,
-            Some(t) if t.is_finite() && t >= 0.0 => Some(Duration::from_secs_f64(t)),
-            Some(t) => {
-                return Err(invalid(format!(
-                    "timeout={t} is not a number of seconds >= 0"
-                )));
-            }
+            Some(t) => match Duration::try_from_secs_f64(t) {
+                Ok(d) => Some(d),
+                Err(_) => {
+                    return Err(invalid(format!(
+                        "timeout={t} is not a number of seconds >= 0 that a duration holds: leave it out to wait for ever"
+                    )));
+                }
+            },
         };
         let after = from_
             .map(|text| {

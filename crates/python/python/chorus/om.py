@@ -44,7 +44,7 @@ VALUE_TYPES = ("bool", "int", "float", "string", "text", "null", "tuple", "date"
 GROUP_TYPES = ("dict", "list")
 
 _lock = threading.Lock()
-_config: Dict[str, Any] = {"store": None, "full_prefix": "om/default", "root": "/", "pid": None}
+_config: Dict[str, Any] = {"store": None, "path": None, "full_prefix": "om/default", "root": "/", "pid": None}
 
 
 def stage_dir() -> str:
@@ -64,6 +64,7 @@ def configure(
     with _lock:
         if store is not None:
             _config["store"] = chorus.open(store) if isinstance(store, (str, os.PathLike)) else store
+            _config["path"] = _config["store"].path
             _config["pid"] = os.getpid()
         if full_prefix is not None:
             if not isinstance(full_prefix, str) or full_prefix.count("/") != 1:
@@ -77,9 +78,10 @@ def configure(
 
 def _store() -> "chorus.Store":
     with _lock:
-        # A store opened before fork() belongs to the parent: open anew.
+        # A store opened before fork() belongs to the parent: open the
+        # same directory anew (the configured one, else the stage).
         if _config["store"] is None or _config["pid"] != os.getpid():
-            _config["store"] = chorus.open(stage_dir())
+            _config["store"] = chorus.open(_config["path"] or stage_dir())
             _config["pid"] = os.getpid()
         return _config["store"]
 
@@ -204,9 +206,20 @@ class Entry:
         self.children: List[Entry] = []
         if parent is not None:
             parent.children.append(self)
-        if isinstance(value, dict) and self.type in GROUP_TYPES:
-            for k, v in value.items():
-                Entry(str(k), value=v, parent=self)
+        if self.type in GROUP_TYPES and value is not None:
+            # A group's value becomes its children: a dict's by key, a
+            # list's by position ("0", "1", ...).
+            if isinstance(value, dict):
+                children = [(str(k), v) for k, v in value.items()]
+            elif isinstance(value, (list, tuple)):
+                children = [(str(i), v) for i, v in enumerate(value)]
+            else:
+                raise chorus.InvalidInput(
+                    f"entry {name!r} is a {self.type} group: give it a dict or a list of values, "
+                    f"not a {type(value).__name__}"
+                )
+            for k, v in children:
+                Entry(k, value=v, parent=self)
             self.value = None
 
     @property
@@ -265,32 +278,44 @@ def _user() -> str:
         return "unknown"
 
 
-def _commit_entry(store: "chorus.Store", fp: str, loc: str, entry: Entry) -> None:
+def _plan(entry: Entry, out: List[Tuple[List[str], str, str]]) -> None:
+    """The writes of an entry and its children, every value checked and
+    encoded before the first is written."""
     ty = entry.type or ("dict" if entry.children else None)
     if ty is None:
         raise chorus.InvalidInput(
             f"entry {entry.name!r} has no type: name it with a suffix ({', '.join(VALUE_TYPES)}) or give it a value"
         )
     raw = "" if ty in GROUP_TYPES else _encode(ty, entry.value)
-    _chorus.om_write(store, fp, loc, entry.names, ty, raw, _user())
+    out.append((entry.names, ty, raw))
     for child in entry.children:
-        _commit_entry(store, fp, loc, child)
+        _plan(child, out)
+
+
+def _write_all(store: "chorus.Store", fp: str, loc: str, entries: List[Entry]) -> None:
+    planned: List[Tuple[List[str], str, str]] = []
+    for entry in entries:
+        _plan(entry, planned)
+    user = _user()
+    for names, ty, raw in planned:
+        _chorus.om_write(store, fp, loc, names, ty, raw, user)
 
 
 def commit(entry: Union[Entry, Location]) -> None:
     """Writes an entry (a group with its children; a location with all its
     entries) into the store, durable on local disk when it returns. Like
     Open Metadata, an overwritten value first goes to the entry's history,
-    and a value whose type changes goes to the trash."""
+    and a value whose type changes goes to the trash. Every value is
+    checked before the first is written; each entry is then its own
+    commit (a store failure part way leaves the earlier ones)."""
     store = _store()
     fp = _config["full_prefix"]
     if isinstance(entry, Location):
-        for child in entry.children:
-            _commit_entry(store, fp, entry.location, child)
+        _write_all(store, fp, entry.location, entry.children)
         return
     if not isinstance(entry, Entry):
         raise chorus.InvalidInput(f"commit takes an Entry or a Location, not {type(entry).__name__}")
-    _commit_entry(store, fp, entry.location.location, entry)
+    _write_all(store, fp, entry.location.location, [entry])
 
 
 flush = commit
@@ -367,15 +392,9 @@ def write(path: Union[str, os.PathLike], name: str, value: Any) -> None:
         gname, gsuffix = _split_name(group)
         parent = Entry(f"{gname}.{gsuffix or 'dict'}", parent=parent)
     entry = Entry(parts[-1], value=value, parent=parent)
-    _chorus.om_write(
-        _store(),
-        _config["full_prefix"],
-        entry.location.location,
-        entry.names,
-        entry.type or _infer(value),
-        "" if (entry.type in GROUP_TYPES) else _encode(entry.type or _infer(value), value),
-        _user(),
-    )
+    if entry.type is None:
+        entry.type = _infer(value)  # None: a null entry
+    _write_all(_store(), _config["full_prefix"], entry.location.location, [entry])
 
 
 def history(entry: Entry) -> List[Snapshot]:

@@ -58,6 +58,7 @@ import json
 import math
 import os
 import queue
+import select
 import socket
 import threading
 import time
@@ -65,7 +66,7 @@ import urllib.parse
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from chorus._chorus import error_for
+from chorus._chorus import Busy, error_for
 from chorus._types import Change, Gap, Item, Read, Sibling
 
 __all__ = [
@@ -96,14 +97,14 @@ HTTP_SEND_MAX = 64 << 20
 #: The broker drops the connection of a message over 4 MiB: refused here.
 ZMQ_SEND_MAX = (4 << 20) - 4096
 #: Longest line of the watch stream (an event with every sibling of a key).
-MAX_EVENT_LINE = 64 << 20
+MAX_EVENT_LINE = 32 << 20
 #: Events read ahead of the caller by a watch.
-WATCH_QUEUE = 64
+WATCH_QUEUE = 16
 #: A watch stream silent this long is dead (the node sends a comment
 #: every 15 s): it reconnects.
 WATCH_SILENCE = 45.0
 #: Attempts to reconnect a broken watch stream before giving up.
-WATCH_RECONNECTS = 3
+WATCH_RECONNECTS = 8
 #: A kept-alive HTTP connection idle this long is not reused (the node
 #: closes idle connections after 120 s).
 IDLE_REUSE = 60.0
@@ -114,6 +115,20 @@ FullPrefix = Tuple[str, str]
 
 # ---------------------------------------------------------------------------
 # Arguments: the embedded handle's checks, with its exception classes.
+
+
+def _still_open(conn: http.client.HTTPConnection) -> bool:
+    """False when the node closed this idle kept-alive connection (its
+    socket reads as ready: end of file), so that a write is never sent on
+    a connection that is already gone."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not ready
 
 
 def _invalid(message: str) -> Exception:
@@ -362,7 +377,7 @@ class _HttpTransport:
         held = getattr(self._local, "held", None)
         if held is not None:
             conn, pid, last = held
-            if pid == os.getpid() and time.monotonic() - last < IDLE_REUSE:
+            if pid == os.getpid() and time.monotonic() - last < IDLE_REUSE and _still_open(conn):
                 return conn, True
             if pid == os.getpid():
                 conn.close()
@@ -422,7 +437,9 @@ class _HttpTransport:
         for attempt in (0, 1):
             conn, reused = self._connection()
             try:
+                delivered = False
                 conn.request(method, path, body=body, headers=sent)
+                delivered = True
                 resp = conn.getresponse()
                 length = resp.getheader("Content-Length")
                 if length is not None and length.isdigit() and int(length) > cap:
@@ -439,9 +456,12 @@ class _HttpTransport:
                 return resp.status, data
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
                 self._drop(conn)
-                # A kept-alive connection the node closed meanwhile: the
-                # request never reached it, so it is sent again once.
-                if reused and attempt == 0:
+                # A kept-alive connection the node had closed: sent again
+                # once when the request could not be sent, or when it is a
+                # read. A write that was sent may have been applied
+                # before the connection dropped (a POST applied twice
+                # would push an operation twice), so it is not resent.
+                if reused and attempt == 0 and (not delivered or method == "GET"):
                     continue
                 raise self.unreachable(e, writes) from None
             except socket.timeout:
@@ -1329,15 +1349,25 @@ class RemoteWatch:
                 except ValueError:
                     body = None
                 raise _error_from(body, f"the watch stream of {self._t.url} ended with an error: {data}")
-            # The stream ended or broke: go on from the last change seen.
+            # The stream ended or broke: go on from the last change seen,
+            # waiting longer after each failed attempt.
             self._end_stream()
-            failures += 1
-            if failures > WATCH_RECONNECTS:
-                self.close()
-                raise self._t.unreachable(f"the watch stream broke {failures} times ({data})", False)
-            time.sleep(0.1 * failures)
-            position = self._last or self._start
-            self._open(position, resume=position is not None)
+            while True:
+                failures += 1
+                if failures > WATCH_RECONNECTS:
+                    self.close()
+                    raise self._t.unreachable(f"the watch stream broke {failures - 1} times ({data})", False)
+                time.sleep(min(5.0, 0.2 * 2 ** (failures - 1)))
+                position = self._last or self._start
+                try:
+                    self._open(position, resume=position is not None)
+                    break
+                except Busy as e:  # the node is still away: try again
+                    data = str(e)
+                except BaseException:
+                    # Refused (a token, a scope): the watch is over.
+                    self.close()
+                    raise
 
 
 def _read_events(
@@ -1360,6 +1390,7 @@ def _read_events(
         return False
 
     event, data = "message", []  # type: Tuple[str, List[str]]
+    size = 0  # bytes of data lines in this event
     try:
         while not stop.is_set():
             line = resp.readline(MAX_EVENT_LINE + 1)
@@ -1375,7 +1406,7 @@ def _read_events(
                     return
                 if event in ("overflow", "error"):
                     return
-                event, data = "message", []
+                event, data, size = "message", [], 0
                 continue
             if line.startswith(b":"):
                 continue
@@ -1385,6 +1416,10 @@ def _read_events(
             if name == b"event":
                 event = value.decode("utf-8", "replace")
             elif name == b"data":
+                size += len(value)
+                if size > MAX_EVENT_LINE:
+                    put(("end", f"an event over {MAX_EVENT_LINE} bytes"))
+                    return
                 data.append(value.decode("utf-8", "replace"))
     except Exception as e:  # whatever broke the stream, the caller reconnects
         if not stop.is_set():
