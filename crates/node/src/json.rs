@@ -187,17 +187,21 @@ pub fn object_json(object: &Object, fp: &FullPrefix, viewer: &Viewer) -> Value {
     json!({"values": values, "context": context_to_string(&object.context()), "tombstone": tombstone})
 }
 
-/// Listed keys of `fp`: each a read plus its `key` (text, or base64 when
-/// the key is not UTF-8), as `{"keys": [...]}`.
+/// Listed keys of `fp`: each a read plus its `key` (text, or base64 with
+/// `"key_encoding": "base64"` when the key is not UTF-8), as
+/// `{"keys": [...]}`.
 pub fn list_json(items: &[chorus_store::Item], fp: &FullPrefix, viewer: &Viewer) -> Value {
     let keys: Vec<Value> = items
         .iter()
         .map(|i| {
             let mut o = read_json(&i.read, fp, viewer);
-            o["key"] = match std::str::from_utf8(&i.key) {
-                Ok(s) => json!(s),
-                Err(_) => json!(STANDARD.encode(&i.key)),
-            };
+            match std::str::from_utf8(&i.key) {
+                Ok(s) => o["key"] = json!(s),
+                Err(_) => {
+                    o["key"] = json!(STANDARD.encode(&i.key));
+                    o["key_encoding"] = json!("base64");
+                }
+            }
             o
         })
         .collect();

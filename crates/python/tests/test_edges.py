@@ -163,3 +163,33 @@ def test_a_watch_reconnects_after_a_failed_attempt(tmp_path, chorus_bin):
     finally:
         node.kill()
         node.wait()
+
+
+def test_a_key_that_is_not_utf8_lists_the_same_remotely(tmp_path, chorus_bin):
+    path = str(tmp_path / "n")
+    http = free_port()
+    node = subprocess.Popen(
+        [chorus_bin, "--dir", path, "serve", "--insecure", "--http", f"127.0.0.1:{http}",
+         "--gossip", f"127.0.0.1:{free_port()}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{http}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        local = chorus.open(path)
+        local.put("bin/a", b"\xff\x00key", b"v1")
+        local.put("bin/a", "text", b"v2")
+        remote = chorus.connect(url)
+        listed = sorted((i.key, i.read.value) for i in remote.iter("bin/a"))
+        assert listed == sorted((i.key, i.read.value) for i in local.iter("bin/a"))
+        assert (b"\xff\x00key", b"v1") in listed
+    finally:
+        node.kill()
+        node.wait()

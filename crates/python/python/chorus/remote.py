@@ -131,6 +131,13 @@ def _still_open(conn: http.client.HTTPConnection) -> bool:
     return not ready
 
 
+def _key_of(entry: Dict[str, Any]) -> bytes:
+    """A listed key's bytes: text, or base64 with ``key_encoding``."""
+    if entry.get("key_encoding") == "base64":
+        return base64.b64decode(str(entry["key"]))
+    return str(entry["key"]).encode("utf-8")
+
+
 def _invalid(message: str) -> Exception:
     return error_for("bad_request", message)
 
@@ -934,7 +941,7 @@ class _RemoteStore:
             if match is not None:
                 fields["match"] = match
             for entry in self._pages("list", fields, "keys"):
-                key = str(entry["key"]).encode("utf-8")
+                key = _key_of(entry)
                 read = Read.from_json(entry)
                 if resolver is not None and len(read.siblings) > 1:
                     settled = self._settle_item(fp, key, read, resolver, allow_put)
