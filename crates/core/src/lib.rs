@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod channels;
 pub mod docs;
 pub mod dvvset;
 mod hash;
