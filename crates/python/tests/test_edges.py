@@ -193,3 +193,25 @@ def test_a_key_that_is_not_utf8_lists_the_same_remotely(tmp_path, chorus_bin):
     finally:
         node.kill()
         node.wait()
+
+
+def test_zeromq_pages_of_large_values_shrink_to_fit(tmp_path, chorus_bin):
+    pytest.importorskip("zmq")
+    path = str(tmp_path / "z")
+    http, zport = free_port(), free_port()
+    node = subprocess.Popen(
+        [chorus_bin, "--dir", path, "serve", "--insecure", "--http", f"127.0.0.1:{http}",
+         "--gossip", f"127.0.0.1:{free_port()}", "--zmq", f"tcp://127.0.0.1:{zport}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        local = chorus.open(path, sync="never")
+        big = os.urandom(900_000)  # base64 in the reply: 1.2 MB each
+        for i in range(70):
+            local.put("big/a", f"k{i:03}", big)
+        remote = chorus.connect(f"tcp://127.0.0.1:{zport}", timeout=30)
+        keys = [k for k, v in remote.items("big/a") if v == big]
+        assert len(keys) == 70
+    finally:
+        node.kill()
+        node.wait()

@@ -610,6 +610,11 @@ def _zmq_value(value: bytes) -> Dict[str, str]:
 
 
 class _ZmqTransport:
+    #: Items asked per page: a broker reply is one ZeroMQ message, which
+    #: libzmq drops (and the call times out) when it is over MAXMSGSIZE,
+    #: so pages are kept well under it even with large values.
+    page_limit = 32
+
     """Requests to the node's broker, a DEALER socket per thread."""
 
     def __init__(self, url: str, token: Optional[str], timeout: float) -> None:
@@ -705,6 +710,8 @@ class _ZmqTransport:
                     "retry later (a write may have been applied: read before writing again)",
                 )
             frames = sock.recv_multipart()
+            if len(frames[-1]) > cap:
+                raise _TooBig()
             try:
                 reply = json.loads(frames[-1])
             except ValueError:
@@ -778,7 +785,7 @@ class _RemoteStore:
         """Every item of a paged listing, a page at a time; a page whose
         answer is too big is asked again with half the items."""
         after: Optional[str] = None
-        limit = PAGE_LIMIT
+        limit = getattr(self._t, "page_limit", PAGE_LIMIT)
         while True:
             try:
                 page = self._call(op, dict(fields, limit=limit, after=after), cap=PAGE_BYTES if limit > 1 else MAX_ANSWER)
