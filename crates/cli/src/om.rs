@@ -66,7 +66,10 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<(), Failure> {
     let fp = writable_prefix(&a.into)?;
     let meta = Metadata::new(cli.open()?);
     let mut bar = ProgressLine::new();
-    let outcome = import_tree(&meta, &fp, &a.path, &mut |p| bar.show(p));
+    let outcome = import_tree(&meta, &fp, &a.path, &mut |p| {
+        bar.show(p);
+        Ok(())
+    });
     bar.finish();
     let r: ImportReport = outcome?;
     emit(
@@ -95,7 +98,10 @@ fn export(cli: &Cli, a: &ExportArgs) -> Result<(), Failure> {
     let fp = parse_prefix(&a.from)?;
     let meta = Metadata::new(cli.open()?);
     let mut bar = ProgressLine::new();
-    let outcome = export_tree(&meta, &fp, &a.path, a.force, &mut |p| bar.show(p));
+    let outcome = export_tree(&meta, &fp, &a.path, a.force, &mut |p| {
+        bar.show(p);
+        Ok(())
+    });
     bar.finish();
     let r: ExportReport = outcome?;
     emit(

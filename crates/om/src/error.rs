@@ -20,6 +20,9 @@ pub enum OmError {
     Io(String),
     /// The store failed (its own kind and message).
     Store(chorus_store::Error),
+    /// The caller's progress callback stopped the import or export (what
+    /// was written before stays).
+    Stopped(String),
 }
 
 impl OmError {
@@ -33,6 +36,7 @@ impl OmError {
             OmError::Conflict(_) => Kind::Conflict,
             OmError::Io(_) => Kind::Storage,
             OmError::Store(e) => e.kind(),
+            OmError::Stopped(_) => Kind::Busy,
         }
     }
 
@@ -48,9 +52,11 @@ impl OmError {
 impl fmt::Display for OmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OmError::Invalid(m) | OmError::NotFound(m) | OmError::Conflict(m) | OmError::Io(m) => {
-                f.write_str(m)
-            }
+            OmError::Invalid(m)
+            | OmError::NotFound(m)
+            | OmError::Conflict(m)
+            | OmError::Io(m)
+            | OmError::Stopped(m) => f.write_str(m),
             OmError::Store(e) => write!(f, "{e}"),
         }
     }

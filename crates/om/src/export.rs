@@ -52,7 +52,7 @@ pub fn export_tree(
     fp: &FullPrefix,
     root: &Path,
     force: bool,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn FnMut(Progress) -> Result<(), OmError>,
 ) -> Result<ExportReport, OmError> {
     let (keys, mut problems) = read_keys(meta, fp, progress)?;
     if keys.is_empty() && problems.is_empty() {
@@ -79,7 +79,7 @@ pub fn export_tree(
                 phase: Phase::Writing,
                 done,
                 total: Some(total),
-            });
+            })?;
         }
     }
     Ok(report)
@@ -90,7 +90,7 @@ pub fn export_tree(
 fn read_keys(
     meta: &Metadata,
     fp: &FullPrefix,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn FnMut(Progress) -> Result<(), OmError>,
 ) -> Result<(Vec<KeyEntry>, Problems), OmError> {
     let opts = IterOptions {
         resolver: Resolver::Lww,
@@ -121,7 +121,7 @@ fn read_keys(
                 phase: Phase::Scanning,
                 done: out.len() as u64,
                 total: None,
-            });
+            })?;
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));

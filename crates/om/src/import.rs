@@ -40,7 +40,7 @@ pub fn import_tree(
     meta: &Metadata,
     fp: &FullPrefix,
     root: &Path,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn FnMut(Progress) -> Result<(), OmError>,
 ) -> Result<ImportReport, OmError> {
     refuse_reserved(fp)?;
     let limits = meta.store().options().limits;
@@ -69,7 +69,7 @@ pub fn import_tree(
             phase: Phase::Writing,
             done: total - rest.len() as u64,
             total: Some(total),
-        });
+        })?;
     }
     Ok(report)
 }

@@ -51,7 +51,7 @@ struct Walk<'a> {
     limits: Limits,
     problems: Problems,
     out: Scanned,
-    progress: &'a mut dyn FnMut(Progress),
+    progress: &'a mut dyn FnMut(Progress) -> Result<(), OmError>,
 }
 
 /// A folder of a `.meta` tree waiting to be read.
@@ -69,7 +69,7 @@ struct MetaDir {
 pub(crate) fn scan(
     root: &Path,
     limits: Limits,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn FnMut(Progress) -> Result<(), OmError>,
 ) -> Result<Scanned, OmError> {
     check_root(root)?;
     let mut walk = Walk {
@@ -125,7 +125,7 @@ pub(crate) fn scan(
         phase: Phase::Scanning,
         done: out.entries,
         total: Some(out.entries),
-    });
+    })?;
     Ok(out)
 }
 
@@ -322,7 +322,7 @@ impl Walk<'_> {
                 phase: Phase::Scanning,
                 done: self.out.entries,
                 total: None,
-            });
+            })?;
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ fn refused_with(limits: Limits, make: impl FnOnce(&Path)) -> String {
     let src = tempfile::tempdir().expect("tmp");
     file(src.path(), "good/.meta/fine.int", b"1");
     make(src.path());
-    let err: OmError = import_tree(&s.meta, &fp(), src.path(), &mut |_: Progress| {})
+    let err: OmError = import_tree(&s.meta, &fp(), src.path(), &mut |_: Progress| Ok(()))
         .expect_err("the tree is refused");
     assert_eq!(err.kind(), Kind::BadRequest, "{err}");
     assert_eq!(key_count(&s.meta, &fp()), 0, "nothing is written");
@@ -156,18 +156,18 @@ fn every_problem_is_listed() {
 fn a_missing_root_or_a_meta_root_is_refused() {
     let s = store();
     let src = tempfile::tempdir().expect("tmp");
-    let err =
-        import_tree(&s.meta, &fp(), &src.path().join("nope"), &mut |_| {}).expect_err("missing");
+    let err = import_tree(&s.meta, &fp(), &src.path().join("nope"), &mut |_| Ok(()))
+        .expect_err("missing");
     assert_eq!(err.kind(), Kind::NotFound);
     file(src.path(), ".meta/a.int", b"1");
-    let err = import_tree(&s.meta, &fp(), &src.path().join(".meta"), &mut |_| {})
+    let err = import_tree(&s.meta, &fp(), &src.path().join(".meta"), &mut |_| Ok(()))
         .expect_err("a .meta root");
     assert!(
         err.to_string().contains("pass the folder that holds it"),
         "{err}"
     );
     let reserved = chorus_core::FullPrefix::parse("$om/x").expect("a prefix");
-    let err = import_tree(&s.meta, &reserved, src.path(), &mut |_| {}).expect_err("reserved");
+    let err = import_tree(&s.meta, &reserved, src.path(), &mut |_| Ok(())).expect_err("reserved");
     assert_eq!(err.kind(), Kind::BadRequest);
     assert_eq!(key_count(&s.meta, &fp()), 0);
 }

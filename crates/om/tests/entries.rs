@@ -303,7 +303,7 @@ fn entries_written_through_the_api_export_as_om_lays_them_out() {
     write(m, "shot", &["cam", "lens"], OmType::Int, "35", 1);
     write(m, "shot", &["cam", "lens"], OmType::Int, "50", 2);
     let out = tempfile::tempdir().expect("tmp");
-    export_tree(m, &fp(), out.path(), false, &mut |_| {}).expect("export");
+    export_tree(m, &fp(), out.path(), false, &mut |_| Ok(())).expect("export");
     let read_file = |rel: &str| {
         std::fs::read_to_string(out.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
     };
@@ -325,9 +325,9 @@ fn entries_written_through_the_api_export_as_om_lays_them_out() {
 
     // And that tree imports into another prefix with the same keys.
     let other = chorus_core::FullPrefix::parse("om/copy").expect("a prefix");
-    import_tree(m, &other, out.path(), &mut |_| {}).expect("import");
+    import_tree(m, &other, out.path(), &mut |_| Ok(())).expect("import");
     assert_eq!(key_count(m, &other), key_count(m, &fp()));
     let again = tempfile::tempdir().expect("tmp");
-    export_tree(m, &other, again.path(), false, &mut |_| {}).expect("export");
+    export_tree(m, &other, again.path(), false, &mut |_| Ok(())).expect("export");
     assert_same_meta(out.path(), again.path());
 }

@@ -11,8 +11,8 @@ use chorus_store::GetOptions;
 mod common;
 use common::{assert_same_meta, file, fp, key_count, meta_contents, rich_tree, store};
 
-fn quiet() -> impl FnMut(Progress) {
-    |_| {}
+fn quiet() -> impl FnMut(Progress) -> Result<(), chorus_om::OmError> {
+    |_| Ok(())
 }
 
 fn value_of(meta: &chorus_store::Metadata, key: &str) -> Vec<u8> {
@@ -31,7 +31,8 @@ fn a_tree_comes_back_byte_for_byte() {
     rich_tree(src.path());
     let mut phases = Vec::new();
     let report = import_tree(&s.meta, &fp(), src.path(), &mut |p: Progress| {
-        phases.push(p)
+        phases.push(p);
+        Ok(())
     })
     .expect("import");
     assert_eq!(report.locations, 5);

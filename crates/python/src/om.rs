@@ -181,20 +181,43 @@ fn om_delete(
         .map_err(om_error)
 }
 
-/// Calls a Python progress callback, if any, with `(phase, done, total)`.
-fn report(progress: &Option<Py<PyAny>>, p: Progress) {
-    if let Some(f) = progress {
+/// A Python progress callback, if any, called with `(phase, done,
+/// total)`; an exception it raises (Ctrl-C among them) stops the import
+/// or export, and is raised again once the call returns.
+struct Reporter {
+    f: Option<Py<PyAny>>,
+    raised: Option<PyErr>,
+}
+
+impl Reporter {
+    fn new(f: Option<Py<PyAny>>) -> Reporter {
+        Reporter { f, raised: None }
+    }
+
+    fn report(&mut self, p: Progress) -> Result<(), OmError> {
+        let Some(f) = &self.f else {
+            return Ok(());
+        };
         let phase = match p.phase {
             chorus_om::Phase::Scanning => "scanning",
             chorus_om::Phase::Writing => "writing",
         };
-        // A failing progress callback must not abort an import half-way:
-        // its error is printed, as Python prints an unraisable exception.
-        Python::attach(|py| {
-            if let Err(e) = f.bind(py).call1((phase, p.done, p.total)) {
-                e.print(py);
-            }
+        let outcome = Python::attach(|py| {
+            crate::store::as_callback(|| f.bind(py).call1((phase, p.done, p.total)))
+                .and_then(|_| py.check_signals())
         });
+        outcome.map_err(|e| {
+            self.raised = Some(e);
+            OmError::Stopped("the progress callback raised an exception: stopped".into())
+        })
+    }
+
+    /// The callback's exception, if it stopped the call, else `e`.
+    fn error(self, e: OmError) -> PyErr {
+        match (self.raised, e) {
+            (Some(raised), OmError::Stopped(_)) => raised,
+            (_, e) => om_error(e),
+        }
     }
 }
 
@@ -211,9 +234,10 @@ fn om_import<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let fp = full_prefix(full_prefix_)?;
     let inner = open(store)?;
-    let r = py
-        .detach(|| chorus_om::import_tree(&inner.meta, &fp, &root, &mut |p| report(&progress, p)))
-        .map_err(om_error)?;
+    let mut reporter = Reporter::new(progress);
+    let outcome =
+        py.detach(|| chorus_om::import_tree(&inner.meta, &fp, &root, &mut |p| reporter.report(p)));
+    let r = outcome.map_err(|e| reporter.error(e))?;
     let d = PyDict::new(py);
     for (k, v) in [
         ("locations", r.locations),
@@ -241,13 +265,11 @@ fn om_export<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let fp = full_prefix(full_prefix_)?;
     let inner = open(store)?;
-    let r = py
-        .detach(|| {
-            chorus_om::export_tree(&inner.meta, &fp, &root, force, &mut |p| {
-                report(&progress, p)
-            })
-        })
-        .map_err(om_error)?;
+    let mut reporter = Reporter::new(progress);
+    let outcome = py.detach(|| {
+        chorus_om::export_tree(&inner.meta, &fp, &root, force, &mut |p| reporter.report(p))
+    });
+    let r = outcome.map_err(|e| reporter.error(e))?;
     let d = PyDict::new(py);
     for (k, v) in [
         ("locations", r.locations),

@@ -320,3 +320,26 @@ def test_bad_trees_import_nothing(omdb, tmp_path, files, fragments, chorus_bin):
     assert ran.returncode == 2
     for fragment in fragments:
         assert fragment in ran.stderr
+
+
+def test_a_progress_callback_that_raises_stops_the_import(omdb, tmp_path):
+    src = tmp_path / "many"
+    for i in range(600):
+        loc = src / f"shot{i:03}" / ".meta"
+        loc.mkdir(parents=True)
+        (loc / "frames.int").write_text(str(i))
+    seen = []
+
+    def progress(phase, done, total):
+        seen.append((phase, done, total))
+        raise KeyboardInterrupt  # what Ctrl-C raises in a callback
+
+    with pytest.raises(KeyboardInterrupt):
+        om.import_tree(src, progress=progress)
+    assert len(seen) == 1 and seen[0][0] == "scanning"
+    assert list(omdb.iter("om/test", tombstones=True)) == []  # stopped while checking
+
+    calls = []
+    report = om.import_tree(src, progress=lambda *a: calls.append(a))
+    assert report["entries"] >= 600 and calls[-1][0] == "writing"
+    assert calls[-1][1] == calls[-1][2]  # the last report says all done
