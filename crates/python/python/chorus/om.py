@@ -421,7 +421,11 @@ def remove(entry: Entry, permanent: bool = False) -> bool:
 
 def import_tree(path: Union[str, os.PathLike], full_prefix: Optional[str] = None, progress=None) -> Dict[str, int]:
     """Imports every ``.meta`` folder under ``path`` (``chorus om import``):
-    the whole tree is checked first, so a bad tree imports nothing."""
+    the whole tree is checked first, so a bad tree imports nothing.
+    ``progress(phase, done, total)`` is called every few hundred entries
+    (``phase`` ``"scanning"`` or ``"writing"``; ``total`` ``None`` while
+    unknown); an exception it raises stops the import and propagates
+    (while writing, the commits made so far stay: import again to finish)."""
     return _chorus.om_import(_store(), os.fspath(path), full_prefix or _config["full_prefix"], progress)
 
 
@@ -429,5 +433,6 @@ def export_tree(
     path: Union[str, os.PathLike], full_prefix: Optional[str] = None, force: bool = False, progress=None
 ) -> Dict[str, int]:
     """Writes the entries back as ``.meta`` folders under ``path`` (``chorus
-    om export``), byte for byte as imported."""
+    om export``), byte for byte as imported; ``progress`` as for
+    :func:`import_tree`."""
     return _chorus.om_export(_store(), os.fspath(path), full_prefix or _config["full_prefix"], force, progress)
