@@ -21,6 +21,7 @@
 #![deny(unsafe_code)]
 
 mod backend;
+pub mod channels;
 mod dirops;
 pub mod docs;
 mod error;

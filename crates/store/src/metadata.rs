@@ -215,6 +215,9 @@ pub struct Metadata {
     /// The documents' per-process index, shared by every handle made from
     /// this one (see [`crate::docs`]).
     doc_cache: Arc<crate::docs::DocCache>,
+    /// The channel table last read (see [`crate::channels`]), shared by
+    /// every handle made from this one.
+    channel_cache: Arc<crate::channels::Cache>,
 }
 
 /// One write of [`Metadata::put_all`].
@@ -259,6 +262,7 @@ impl Metadata {
             store,
             stamp: None,
             doc_cache: Arc::default(),
+            channel_cache: Arc::default(),
         }
     }
 
@@ -271,6 +275,7 @@ impl Metadata {
             store: self.store.clone(),
             stamp: (!meta.is_empty()).then(|| Arc::new(meta)),
             doc_cache: self.doc_cache.clone(),
+            channel_cache: self.channel_cache.clone(),
         }
     }
 
@@ -280,6 +285,11 @@ impl Metadata {
             node: self.node(),
             stamp: self.stamp.clone(),
         }
+    }
+
+    /// The channel table's cache this handle shares.
+    pub(crate) fn channel_cache(&self) -> Arc<crate::channels::Cache> {
+        self.channel_cache.clone()
     }
 
     /// The documents' index this handle shares.
