@@ -75,12 +75,7 @@ pub fn import_tree(
 }
 
 pub(crate) fn refuse_reserved(fp: &FullPrefix) -> Result<(), OmError> {
-    if fp.is_reserved() {
-        return Err(OmError::Invalid(format!(
-            "{fp} is reserved for Chorus itself (names starting with '$'); pick a name without '$', such as om/default"
-        )));
-    }
-    Ok(())
+    chorus_store::refuse_reserved(fp).map_err(OmError::Store)
 }
 
 /// How many of `keys` fit one commit (at least one).

@@ -77,6 +77,24 @@ pub(crate) fn full_prefix(obj: &Bound<'_, PyAny>) -> PyResult<FullPrefix> {
     FullPrefix::parse(&text).map_err(name_error)
 }
 
+/// `chorus._chorus.split_full_prefix(text)`: `(prefix, subprefix)` of a
+/// full prefix, checked by the engine's rules (the remote client checks
+/// names with this, so both handles refuse the same names alike).
+#[pyfunction]
+pub(crate) fn split_full_prefix(obj: &Bound<'_, PyAny>) -> PyResult<(String, String)> {
+    let fp = full_prefix(obj)?;
+    Ok((fp.prefix().to_string(), fp.subprefix().to_string()))
+}
+
+/// `chorus._chorus.check_names(prefix, subprefix)`: `InvalidInput` when
+/// either part breaks the engine's rules for names.
+#[pyfunction]
+pub(crate) fn check_names(prefix: &str, subprefix: &str) -> PyResult<()> {
+    FullPrefix::new(prefix, subprefix)
+        .map(|_| ())
+        .map_err(name_error)
+}
+
 /// A context argument (the opaque string a read returned).
 pub(crate) fn context_arg(text: Option<&str>) -> PyResult<Option<Context>> {
     text.map(|t| {

@@ -157,6 +157,26 @@ impl Oplogs {
     pub(crate) fn new(inner: Shared) -> Oplogs {
         Oplogs { inner }
     }
+
+    /// Runs `f` on the log at `path` of `full_prefix`, without the GIL.
+    fn at<T: Send>(
+        &self,
+        py: Python<'_>,
+        full_prefix: &Bound<'_, PyAny>,
+        path: &Bound<'_, PyAny>,
+        f: impl FnOnce(
+            &chorus_store::oplog::Oplogs,
+            &chorus_core::FullPrefix,
+            &str,
+        ) -> chorus_store::Result<T>
+        + Send,
+    ) -> PyResult<T> {
+        let fp = crate::convert::full_prefix(full_prefix)?;
+        let path = str_arg(path, "log path")?;
+        let inner = self.inner.check()?;
+        py.detach(|| f(&inner.oplogs, &fp, &path))
+            .map_err(store_error)
+    }
 }
 
 /// A reducer written in Python: `reduce(state, op) -> state`, from `init`.
@@ -199,14 +219,11 @@ impl Oplogs {
         kind: &Bound<'py, PyAny>,
         payload: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let fp = crate::convert::full_prefix(full_prefix)?;
-        let path = str_arg(path, "log path")?;
         let kind = str_arg(kind, "log type")?;
         let payload = py_to_json(payload, "payload")?;
-        let inner = self.inner.check()?;
-        let value = py
-            .detach(|| inner.oplogs.push(&fp, &path, &kind, payload))
-            .map_err(store_error)?;
+        let value = self.at(py, full_prefix, path, |logs, fp, path| {
+            logs.push(fp, path, &kind, payload)
+        })?;
         json_to_py(py, &value)
     }
 
@@ -217,12 +234,7 @@ impl Oplogs {
         full_prefix: &Bound<'py, PyAny>,
         path: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let fp = crate::convert::full_prefix(full_prefix)?;
-        let path = str_arg(path, "log path")?;
-        let inner = self.inner.check()?;
-        let value = py
-            .detach(|| inner.oplogs.get(&fp, &path))
-            .map_err(store_error)?;
+        let value = self.at(py, full_prefix, path, |logs, fp, path| logs.get(fp, path))?;
         json_to_py(py, &value)
     }
 
@@ -233,12 +245,7 @@ impl Oplogs {
         full_prefix: &Bound<'py, PyAny>,
         path: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let fp = crate::convert::full_prefix(full_prefix)?;
-        let path = str_arg(path, "log path")?;
-        let inner = self.inner.check()?;
-        let view = py
-            .detach(|| inner.oplogs.log(&fp, &path))
-            .map_err(store_error)?;
+        let view = self.at(py, full_prefix, path, |logs, fp, path| logs.log(fp, path))?;
         json_to_py(py, &view.to_json())
     }
 

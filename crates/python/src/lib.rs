@@ -30,6 +30,8 @@ fn chorus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     om::register(m)?;
     m.add_function(wrap_pyfunction!(store::open, m)?)?;
+    m.add_function(wrap_pyfunction!(convert::split_full_prefix, m)?)?;
+    m.add_function(wrap_pyfunction!(convert::check_names, m)?)?;
     m.add_class::<store::Store>()?;
     m.add_class::<store::Transaction>()?;
     m.add_class::<store::Snapshot>()?;

@@ -6,6 +6,7 @@
 
 use std::time::SystemTime;
 
+use chorus_core::FullPrefix;
 use chorus_om::{OmError, OmType, Progress};
 use chorus_store::stage_request::{self, PushProgress, PushRequest};
 use pyo3::prelude::*;
@@ -38,6 +39,19 @@ fn open(store: &Bound<'_, Store>) -> PyResult<Shared> {
     store.get().inner()
 }
 
+/// Runs `f` on the store's metadata and the parsed full prefix, without
+/// the GIL; its error becomes the matching `chorus` exception.
+fn run<T: Send>(
+    py: Python<'_>,
+    store: &Bound<'_, Store>,
+    full_prefix_: &Bound<'_, PyAny>,
+    f: impl FnOnce(&chorus_store::Metadata, &FullPrefix) -> Result<T, OmError> + Send,
+) -> PyResult<T> {
+    let fp = full_prefix(full_prefix_)?;
+    let inner = open(store)?;
+    py.detach(|| f(&inner.meta, &fp)).map_err(om_error)
+}
+
 /// Writes an entry (Open Metadata's rules: history, trash on a type
 /// change, missing groups made).
 #[pyfunction]
@@ -52,23 +66,11 @@ fn om_write(
     raw: &str,
     user: &str,
 ) -> PyResult<()> {
-    let fp = full_prefix(full_prefix_)?;
     let ty = om_type(ty)?;
-    let inner = open(store)?;
-    let path = names(&path);
-    py.detach(|| {
-        chorus_om::write_entry(
-            &inner.meta,
-            &fp,
-            location,
-            &path,
-            ty,
-            raw,
-            user,
-            SystemTime::now(),
-        )
+    run(py, store, full_prefix_, |meta, fp| {
+        let now = SystemTime::now();
+        chorus_om::write_entry(meta, fp, location, &names(&path), ty, raw, user, now)
     })
-    .map_err(om_error)
 }
 
 /// `(type, raw, location)` of an entry, or `None`; with `inherit`, from the
@@ -82,19 +84,16 @@ fn om_read(
     path: Vec<String>,
     inherit: bool,
 ) -> PyResult<Option<(&'static str, String, String)>> {
-    let fp = full_prefix(full_prefix_)?;
-    let inner = open(store)?;
-    let path = names(&path);
-    py.detach(|| {
+    run(py, store, full_prefix_, |meta, fp| {
+        let path = names(&path);
         if inherit {
-            chorus_om::read_inherited(&inner.meta, &fp, location, &path)
+            chorus_om::read_inherited(meta, fp, location, &path)
                 .map(|f| f.map(|i| (i.ty.name(), i.raw, i.location)))
         } else {
-            chorus_om::read_entry(&inner.meta, &fp, location, &path)
+            chorus_om::read_entry(meta, fp, location, &path)
                 .map(|f| f.map(|(ty, raw)| (ty.name(), raw, location.to_string())))
         }
     })
-    .map_err(om_error)
 }
 
 /// `(name, type)` of a group's entries (the top level for an empty path).
@@ -106,12 +105,9 @@ fn om_list(
     location: &str,
     group: Vec<String>,
 ) -> PyResult<Vec<(String, &'static str)>> {
-    let fp = full_prefix(full_prefix_)?;
-    let inner = open(store)?;
-    let group = names(&group);
-    let listed = py
-        .detach(|| chorus_om::list_entries(&inner.meta, &fp, location, &group))
-        .map_err(om_error)?;
+    let listed = run(py, store, full_prefix_, |meta, fp| {
+        chorus_om::list_entries(meta, fp, location, &names(&group))
+    })?;
     Ok(listed.into_iter().map(|(n, ty)| (n, ty.name())).collect())
 }
 
@@ -124,12 +120,9 @@ fn om_history(
     location: &str,
     path: Vec<String>,
 ) -> PyResult<Vec<(String, String, &'static str, String)>> {
-    let fp = full_prefix(full_prefix_)?;
-    let inner = open(store)?;
-    let path = names(&path);
-    let snaps = py
-        .detach(|| chorus_om::history(&inner.meta, &fp, location, &path))
-        .map_err(om_error)?;
+    let snaps = run(py, store, full_prefix_, |meta, fp| {
+        chorus_om::history(meta, fp, location, &names(&path))
+    })?;
     Ok(snaps
         .into_iter()
         .map(|s| (s.stamp, s.user, s.ty.name(), s.raw))
@@ -147,21 +140,10 @@ fn om_restore(
     stamp: &str,
     user: &str,
 ) -> PyResult<()> {
-    let fp = full_prefix(full_prefix_)?;
-    let inner = open(store)?;
-    let path = names(&path);
-    py.detach(|| {
-        chorus_om::restore(
-            &inner.meta,
-            &fp,
-            location,
-            &path,
-            stamp,
-            user,
-            SystemTime::now(),
-        )
+    run(py, store, full_prefix_, |meta, fp| {
+        let now = SystemTime::now();
+        chorus_om::restore(meta, fp, location, &names(&path), stamp, user, now)
     })
-    .map_err(om_error)
 }
 
 /// Removes an entry (to the trash unless `permanent`); false if absent.
@@ -174,11 +156,9 @@ fn om_delete(
     path: Vec<String>,
     permanent: bool,
 ) -> PyResult<bool> {
-    let fp = full_prefix(full_prefix_)?;
-    let inner = open(store)?;
-    let path = names(&path);
-    py.detach(|| chorus_om::delete_entry(&inner.meta, &fp, location, &path, permanent))
-        .map_err(om_error)
+    run(py, store, full_prefix_, |meta, fp| {
+        chorus_om::delete_entry(meta, fp, location, &names(&path), permanent)
+    })
 }
 
 /// A Python progress callback, if any, called with `(phase, done,
@@ -238,18 +218,17 @@ fn om_import<'py>(
     let outcome =
         py.detach(|| chorus_om::import_tree(&inner.meta, &fp, &root, &mut |p| reporter.report(p)));
     let r = outcome.map_err(|e| reporter.error(e))?;
-    let d = PyDict::new(py);
-    for (k, v) in [
-        ("locations", r.locations),
-        ("entries", r.entries),
-        ("bytes", r.bytes),
-        ("written", r.written),
-        ("unchanged", r.unchanged),
-        ("commits", r.commits),
-    ] {
-        d.set_item(k, v)?;
-    }
-    Ok(d)
+    counts(
+        py,
+        &[
+            ("locations", r.locations),
+            ("entries", r.entries),
+            ("bytes", r.bytes),
+            ("written", r.written),
+            ("unchanged", r.unchanged),
+            ("commits", r.commits),
+        ],
+    )
 }
 
 /// Writes the entries of `full_prefix` as `.meta` folders under `root`.
@@ -270,15 +249,23 @@ fn om_export<'py>(
         chorus_om::export_tree(&inner.meta, &fp, &root, force, &mut |p| reporter.report(p))
     });
     let r = outcome.map_err(|e| reporter.error(e))?;
+    counts(
+        py,
+        &[
+            ("locations", r.locations),
+            ("entries", r.entries),
+            ("bytes", r.bytes),
+            ("written", r.written),
+            ("unchanged", r.unchanged),
+        ],
+    )
+}
+
+/// A report's counts as a `dict`.
+fn counts<'py>(py: Python<'py>, fields: &[(&str, u64)]) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    for (k, v) in [
-        ("locations", r.locations),
-        ("entries", r.entries),
-        ("bytes", r.bytes),
-        ("written", r.written),
-        ("unchanged", r.unchanged),
-    ] {
-        d.set_item(k, v)?;
+    for (k, v) in fields {
+        d.set_item(*k, *v)?;
     }
     Ok(d)
 }

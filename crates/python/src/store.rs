@@ -359,16 +359,7 @@ impl Store {
         }
         let chosen = call_values(py, f, live_values(&read.values))?;
         if allow_put {
-            let value = match &chosen {
-                Some(b) => PutValue::Bytes(b.clone()),
-                None => PutValue::Tombstone,
-            };
-            let put = PutOptions {
-                context: Some(read.context.clone()),
-                ..Default::default()
-            };
-            py.detach(|| inner.meta.put(fp, key, value, &put))
-                .map_err(store_error)?;
+            write_back(py, &inner, fp, key, &chosen, &read)?;
             let plain = GetOptions::default();
             let stored = py
                 .detach(|| inner.meta.get(fp, key, &plain))
@@ -383,33 +374,74 @@ impl Store {
                 _ => {}
             }
         }
-        let ts = read
-            .values
-            .iter()
-            .map(|v| v.timestamp)
-            .max()
-            .unwrap_or_default();
-        let node = inner.meta.store().node_id();
-        let value = match chosen {
-            Some(b) => chorus_core::object::Value::data(&b, ts, node),
-            None => chorus_core::object::Value::tombstone(ts, node),
-        };
-        let tombstone = value.bytes().is_none();
-        Ok(Some(Read {
-            values: vec![value],
-            context: read.context,
-            tombstone,
-        }))
+        Ok(Some(resolved(&read, chosen, inner.meta.store().node_id())))
     }
+}
+
+/// Writes what a Python resolver chose over the siblings of `read`, with
+/// the context of what it saw: values written since stay siblings.
+fn write_back(
+    py: Python<'_>,
+    inner: &Shared,
+    fp: &FullPrefix,
+    key: &[u8],
+    chosen: &Option<Vec<u8>>,
+    read: &Read,
+) -> PyResult<()> {
+    let value = match chosen {
+        Some(b) => PutValue::Bytes(b.clone()),
+        None => PutValue::Tombstone,
+    };
+    let put = PutOptions {
+        context: Some(read.context.clone()),
+        ..Default::default()
+    };
+    py.detach(|| inner.meta.put(fp, key, value, &put))
+        .map(|_| ())
+        .map_err(store_error)
+}
+
+/// `read` settled to what a resolver chose (written by `node`, at the
+/// newest sibling's time), with the context of what it saw.
+fn resolved(read: &Read, chosen: Option<Vec<u8>>, node: chorus_core::NodeId) -> Read {
+    let ts = read
+        .values
+        .iter()
+        .map(|v| v.timestamp)
+        .max()
+        .unwrap_or_default();
+    let value = match chosen {
+        Some(b) => chorus_core::object::Value::data(&b, ts, node),
+        None => chorus_core::object::Value::tombstone(ts, node),
+    };
+    Read {
+        tombstone: value.bytes().is_none(),
+        values: vec![value],
+        context: read.context.clone(),
+    }
+}
+
+/// The one live value of `read` as `bytes`, or `default` when there is
+/// none; `Conflict` when siblings remain.
+fn value_or_default<'py>(
+    py: Python<'py>,
+    fp: &FullPrefix,
+    key: &[u8],
+    read: Option<&Read>,
+    default: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let value = match read {
+        Some(r) => single_ref(fp, key, r)?,
+        None => None,
+    };
+    Ok(match value {
+        Some(b) => PyBytes::new(py, b).into_any(),
+        None => default.unwrap_or_else(|| py.None().into_bound(py)),
+    })
 }
 
 /// The one live value of a read, `None` when deleted, `Conflict` when
 /// siblings remain.
-fn single(fp: &FullPrefix, key: &[u8], read: &Read) -> PyResult<Option<Vec<u8>>> {
-    single_ref(fp, key, read).map(|v| v.map(<[u8]>::to_vec))
-}
-
-/// `single`, borrowed from the read (no copy before the `bytes` is made).
 fn single_ref<'r>(fp: &FullPrefix, key: &[u8], read: &'r Read) -> PyResult<Option<&'r [u8]>> {
     let mut live = read.values.iter().filter_map(|v| v.bytes());
     match (live.next(), live.next()) {
@@ -424,18 +456,6 @@ fn single_ref<'r>(fp: &FullPrefix, key: &[u8], read: &'r Read) -> PyResult<Optio
             ),
         )),
     }
-}
-
-/// Refuses a write to a reserved (`$`) full prefix before looking at the
-/// key, so a delete there is `InvalidInput` (as the `chorus` command says)
-/// rather than `NotFound`.
-fn refuse_reserved(fp: &FullPrefix) -> PyResult<()> {
-    if fp.is_reserved() {
-        return Err(invalid(format!(
-            "{fp} is reserved for Chorus itself (names starting with '$'); pick a name without '$'"
-        )));
-    }
-    Ok(())
 }
 
 /// Which part of the store an iteration covers: `"prefix/sub"`, `"prefix"`
@@ -517,14 +537,7 @@ impl Store {
         let key = bytes_arg(key, "key")?;
         let resolver = PyResolver::parse(resolver)?;
         let read = self.settled(py, &fp, &key, &resolver, allow_put)?;
-        let value = match &read {
-            Some(r) => single_ref(&fp, &key, r)?,
-            None => None,
-        };
-        Ok(match value {
-            Some(b) => PyBytes::new(py, b).into_any(),
-            None => default.unwrap_or_else(|| py.None().into_bound(py)),
-        })
+        value_or_default(py, &fp, &key, read.as_ref(), default)
     }
 
     /// Every sibling of the key and the context to write back with.
@@ -597,7 +610,10 @@ impl Store {
         let fp = crate::convert::full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
         let context = context_arg(context.as_ref().map(|c| c.0.as_str()))?;
-        refuse_reserved(&fp)?;
+        // A reserved name is refused before the key is looked up, so a
+        // delete there is InvalidInput (as the `chorus` command says),
+        // not NotFound.
+        chorus_store::refuse_reserved(&fp).map_err(store_error)?;
         let inner = self.inner()?;
         let found = py
             .detach(|| inner.meta.get(&fp, &key, &GetOptions::default()))
@@ -646,10 +662,7 @@ impl Store {
         let it = py
             .detach(|| inner.meta.iter(&scope, &opts))
             .map_err(store_error)?;
-        Ok(
-            ItemIter::new(it, Mode::Items, resolver, allow_put, Some(inner))
-                .hiding_reserved(&scope),
-        )
+        Ok(ItemIter::new(it, Mode::Items, resolver, allow_put, inner).hiding_reserved(&scope))
     }
 
     /// `(key, value)` of every live key of one full prefix.
@@ -672,7 +685,7 @@ impl Store {
         let it = py
             .detach(|| inner.meta.iter(&Scope::FullPrefix(fp), &opts))
             .map_err(store_error)?;
-        Ok(ItemIter::new(it, Mode::Pairs, resolver, false, Some(inner)))
+        Ok(ItemIter::new(it, Mode::Pairs, resolver, false, inner))
     }
 
     /// The live keys of one full prefix.
@@ -697,7 +710,7 @@ impl Store {
             Mode::Keys,
             PyResolver::None,
             false,
-            Some(inner),
+            inner,
         ))
     }
 
@@ -787,7 +800,7 @@ pub(crate) struct ItemIter {
     mode: Mode,
     resolver: PyResolver,
     allow_put: bool,
-    inner: Option<Shared>,
+    inner: Shared,
 }
 
 impl ItemIter {
@@ -808,7 +821,7 @@ impl ItemIter {
         mode: Mode,
         resolver: PyResolver,
         allow_put: bool,
-        inner: Option<Shared>,
+        inner: Shared,
     ) -> ItemIter {
         ItemIter {
             it: Some(it),
@@ -828,9 +841,7 @@ impl ItemIter {
     }
 
     fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if let Some(inner) = &self.inner {
-            inner.check()?;
-        }
+        self.inner.check()?;
         // A loop, not recursion: any number of keys in a row may be
         // skipped (reserved ones, deleted ones `items` leaves out).
         loop {
@@ -860,39 +871,24 @@ impl ItemIter {
         }
         if let (PyResolver::Call(f), true) = (&self.resolver, item.read.values.len() > 1) {
             let chosen = call_values(py, f, live_values(&item.read.values))?;
-            if let (true, Some(inner)) = (self.allow_put, &self.inner) {
-                let value = match &chosen {
-                    Some(b) => PutValue::Bytes(b.clone()),
-                    None => PutValue::Tombstone,
-                };
-                let put = PutOptions {
-                    context: Some(item.read.context.clone()),
-                    ..Default::default()
-                };
-                py.detach(|| inner.meta.put(&item.full_prefix, &item.key, value, &put))
-                    .map_err(store_error)?;
+            if self.allow_put {
+                write_back(
+                    py,
+                    &self.inner,
+                    &item.full_prefix,
+                    &item.key,
+                    &chosen,
+                    &item.read,
+                )?;
             }
-            let ts = item
-                .read
-                .values
-                .iter()
-                .map(|v| v.timestamp)
-                .max()
-                .unwrap_or_default();
-            let node = item.read.values[0].node;
-            let value = match chosen {
-                Some(b) => chorus_core::object::Value::data(&b, ts, node),
-                None => chorus_core::object::Value::tombstone(ts, node),
-            };
-            item.read.tombstone = value.bytes().is_none();
-            item.read.values = vec![value];
+            item.read = resolved(&item.read, chosen, self.inner.meta.store().node_id());
         }
         match self.mode {
             Mode::Items => item_py(py, &item).map(|i| Some(Some(i))),
             Mode::Keys => Ok(Some(Some(PyBytes::new(py, &item.key).into_any()))),
-            Mode::Pairs => match single(&item.full_prefix, &item.key, &item.read)? {
+            Mode::Pairs => match single_ref(&item.full_prefix, &item.key, &item.read)? {
                 Some(v) => Ok(Some(Some(
-                    PyTuple::new(py, [PyBytes::new(py, &item.key), PyBytes::new(py, &v)])?
+                    PyTuple::new(py, [PyBytes::new(py, &item.key), PyBytes::new(py, v)])?
                         .into_any(),
                 ))),
                 None => Ok(None),
@@ -960,14 +956,8 @@ impl Transaction {
     ) -> PyResult<Bound<'py, PyAny>> {
         let fp = crate::convert::full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
-        let value = match self.read_raw(&fp, &key)? {
-            Some(r) => single(&fp, &key, &r)?,
-            None => None,
-        };
-        Ok(match value {
-            Some(b) => PyBytes::new(py, &b).into_any(),
-            None => default.unwrap_or_else(|| py.None().into_bound(py)),
-        })
+        let read = self.read_raw(&fp, &key)?;
+        value_or_default(py, &fp, &key, read.as_ref(), default)
     }
 
     /// Every sibling of the key as of the transaction's start.
@@ -1061,14 +1051,7 @@ impl Snapshot {
         let fp = crate::convert::full_prefix(full_prefix)?;
         let key = bytes_arg(key, "key")?;
         let read = chorus_store::read_snapshot(&self.snapshot, &fp, &key).map_err(store_error)?;
-        let value = match &read {
-            Some(r) => single(&fp, &key, r)?,
-            None => None,
-        };
-        Ok(match value {
-            Some(b) => PyBytes::new(py, &b).into_any(),
-            None => default.unwrap_or_else(|| py.None().into_bound(py)),
-        })
+        value_or_default(py, &fp, &key, read.as_ref(), default)
     }
 
     /// Every sibling of the key in the snapshot.
@@ -1111,7 +1094,7 @@ impl Snapshot {
             Mode::Items,
             PyResolver::None,
             false,
-            Some(Arc::clone(&self.inner)),
+            Arc::clone(&self.inner),
         )
         .hiding_reserved(&scope))
     }

@@ -59,6 +59,7 @@ pub use mem::MemFs;
 pub use metadata::{
     BatchPut, GetOptions, Incoming, Item, IterOptions, Match, MetaIter, MetaTransaction, Metadata,
     PutOptions, PutValue, Read, ResolveFn, Resolver, Scope, WriteFn, read_snapshot,
+    refuse_reserved,
 };
 pub use store::{
     AutoCompact, CommitInfo, CompactReport, LIVE_BYTES_PER_KEY, Limits, Options, Status, Store,

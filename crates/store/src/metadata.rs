@@ -793,7 +793,9 @@ fn merge_writes(
     Ok((writes, conflicts))
 }
 
-fn refuse_reserved(fp: &FullPrefix) -> Result<()> {
+/// Refuses a client write to a reserved (`$`) full prefix, with the
+/// message every interface shows.
+pub fn refuse_reserved(fp: &FullPrefix) -> Result<()> {
     if fp.is_reserved() {
         return Err(Error::InvalidInput(format!(
             "{fp} is reserved for Chorus itself (names starting with '$'); pick a name without '$'"

@@ -66,7 +66,7 @@ import urllib.parse
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from chorus._chorus import Busy, error_for
+from chorus._chorus import Busy, check_names, error_for, split_full_prefix
 from chorus._types import Change, Gap, Item, Read, Sibling
 
 __all__ = [
@@ -80,8 +80,6 @@ __all__ = [
 
 #: The context of an absent key, which every handle returns for it.
 EMPTY_CONTEXT = "AQA"
-#: Longest prefix or subprefix, in bytes (as the engine).
-MAX_NAME_BYTES = 255
 #: Items asked per page when listing keys, prefixes or documents.
 PAGE_LIMIT = 256
 #: A page whose answer is announced bigger than this is asked again with
@@ -184,29 +182,15 @@ def _str_arg(obj: Any, what: str) -> str:
 
 
 def _check_name(what: str, name: str) -> None:
-    """The engine's rule for a prefix or subprefix."""
-    if not name:
-        raise _invalid(f"the {what} is empty: prefixes and subprefixes are non-empty names")
-    size = len(name.encode("utf-8"))
-    if size > MAX_NAME_BYTES:
-        raise _invalid(f"the {what} is {size} bytes long; the limit is {MAX_NAME_BYTES} bytes")
-    for c in name:
-        if c == "/" or ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F:
-            raise _invalid(
-                f"the {what} {name!r} contains {c!r}: names may not contain '/' or control characters"
-            )
+    """The engine's rule for a prefix or subprefix (checked natively)."""
+    if what == "prefix":
+        check_names(name, "x")
+    else:
+        check_names("x", name)
 
 
 def _full_prefix(obj: Any) -> FullPrefix:
-    text = _str_arg(obj, "full prefix")
-    prefix, slash, sub = text.partition("/")
-    if not slash:
-        raise _invalid(
-            f"full prefix {text!r} has no '/': write it as PREFIX/SUBPREFIX, for example 'config/web'"
-        )
-    _check_name("prefix", prefix)
-    _check_name("subprefix", sub)
-    return prefix, sub
+    return split_full_prefix(obj)
 
 
 def _scope(obj: Any) -> Tuple[str, ...]:
