@@ -125,6 +125,7 @@ impl Core {
                 tombstone_grace: config.tombstone_grace,
                 seed,
                 max_clock_skew: config.max_clock_skew,
+                channel_min_members: config.channel_min_members,
                 #[cfg(feature = "mutations")]
                 mutation: chorus_replica::Mutation::None,
             },

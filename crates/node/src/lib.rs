@@ -90,6 +90,9 @@ pub struct Config {
     /// Connection caps, request rates, timeouts and the frame memory
     /// budget (docs/auth.md, "Limits").
     pub limits: Limits,
+    /// How many other members of a channel must hold its data before this
+    /// node, no longer serving it, drops its copy (docs/channels.md).
+    pub channel_min_members: usize,
 }
 
 impl Config {
@@ -112,6 +115,7 @@ impl Config {
             audit: auth::AuditConfig::default(),
             max_clock_skew: Duration::from_millis(validate::MAX_CLOCK_SKEW_DEFAULT_MS),
             limits: Limits::default(),
+            channel_min_members: 2,
         }
     }
 }
