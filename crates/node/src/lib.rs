@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::core::Stats;
+pub use crate::core::{CHANNEL_STATUS_FILE, Stats};
 pub use crate::limits::Limits;
 pub use chorus_replica::members;
 use chorus_replica::validate;
