@@ -1895,6 +1895,11 @@ impl Replica {
                     scope.state = State::Ready;
                 }
             }
+            // A hand-off may just have completed: drop at once rather
+            // than at the next collection tick (up to a minute away).
+            if self.scope(name).is_some_and(|s| !s.is_serving()) {
+                self.drop_left_channels();
+            }
         }
         if let Some(message) = reply {
             self.send(
