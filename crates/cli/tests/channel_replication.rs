@@ -151,6 +151,15 @@ fn a_channel_stays_on_its_members_a_joiner_is_ready_with_everything_a_leaver_dro
         );
     }
     assert_eq!(held(c, &render)?, KEYS);
+    // `chorus status` on c's directory says so too.
+    let status = common::stdout(&chorus(c, &["--json", "status"]));
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    let render_status = &status["channels"]["channels"][0];
+    assert_eq!(render_status["name"], "render", "{status}");
+    assert_eq!(render_status["state"], "ready", "{status}");
+    assert_eq!(render_status["keys"], KEYS, "{status}");
+    let text = common::stdout(&chorus(c, &["status"]));
+    assert!(text.contains("render") && text.contains("ready"), "{text}");
 
     // a stops serving: it drops its copy once b and c hold it.
     write_channel(a, "render", &["render/*"], &[ids[1], ids[2]])?;

@@ -254,6 +254,11 @@ pub async fn run(
 }
 
 /// This machine's wall clock, unix milliseconds (0 before 1970).
+/// The wall clock, Unix milliseconds (0 if it is before 1970).
+pub fn unix_ms_now() -> u64 {
+    unix_ms()
+}
+
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
