@@ -1809,7 +1809,7 @@ impl Replica {
             && let Some(scope) = self.scope_mut(name)
             && (scope.peer_keys.len() < MEMBERS_MAX || scope.peer_keys.contains_key(&peer))
         {
-            scope.peer_keys.insert(peer.clone(), root.count);
+            scope.peer_keys.insert(peer.clone(), (root.count, now.ms));
         }
         let pos = match self.session_index(name, &peer, session, mine) {
             Some(p) => p,
@@ -1879,7 +1879,11 @@ impl Replica {
             }
             self.stats.exchanges_done += 1;
             self.last_exchange.insert(peer.clone(), now.ms);
-            let member = self.scope_members(name).contains(&peer);
+            let members = self.scope_members(name);
+            let member = members.contains(&peer);
+            let recent = now
+                .ms
+                .saturating_sub(ms(self.config.exchange_interval).saturating_mul(4));
             if let Some(scope) = self.scope_mut(name) {
                 scope.synced.insert(peer.clone(), started);
                 // Joined once an exchange with a member, opened after this
@@ -1890,7 +1894,7 @@ impl Replica {
                 if let State::Joining { since } = scope.state
                     && member
                     && started >= since
-                    && scope.tree.len() >= scope.members_keys()
+                    && scope.tree.len() >= scope.target_keys(&members, recent)
                 {
                     scope.state = State::Ready;
                 }

@@ -55,9 +55,9 @@ pub struct Scope {
     /// Serving, joining or leaving.
     pub state: State,
     /// How many keys of the scope each peer held when it last opened an
-    /// exchange with this node (at most `MEMBERS_MAX` peers): what a
-    /// joining node's progress is measured against.
-    pub peer_keys: BTreeMap<Peer, u64>,
+    /// exchange with this node, and when (ms; at most `MEMBERS_MAX`
+    /// peers): what a joining node's progress is measured against.
+    pub peer_keys: BTreeMap<Peer, (u64, u64)>,
 }
 
 impl Scope {
@@ -94,7 +94,20 @@ impl Scope {
     /// The most keys a peer said it held when it last opened an exchange
     /// with this node.
     pub fn members_keys(&self) -> u64 {
-        self.peer_keys.values().copied().max().unwrap_or(0)
+        self.peer_keys.values().map(|(n, _)| *n).max().unwrap_or(0)
+    }
+
+    /// The most keys a peer said it held, counting a peer that is not a
+    /// member (a node handing the channel off) only if it said so since
+    /// `recent` (ms): once it has dropped its copy it says nothing more,
+    /// and members may since have collected tombstones it still held.
+    pub fn target_keys(&self, members: &[Peer], recent: u64) -> u64 {
+        self.peer_keys
+            .iter()
+            .filter(|(p, (_, at))| *at >= recent || members.contains(p))
+            .map(|(_, (n, _))| *n)
+            .max()
+            .unwrap_or(0)
     }
 
     /// True while this node serves the scope.
