@@ -4,11 +4,12 @@
 //! BENCHMARKS.md, never in tests.
 //!
 //! ```text
-//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction|watch-fanout|attack] [--quick] [--json FILE] [--dir DIR]
+//! chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|channels|docs|docs-conflicts|ops|ops-history|compaction|watch-fanout|attack] [--quick] [--json FILE] [--dir DIR]
 //!              [--streams N] [--rate N] [--seconds S]
 //! ```
 
 mod attack;
+mod channels;
 mod cluster;
 mod commit;
 mod compaction;
@@ -31,7 +32,7 @@ use std::time::Instant;
 
 use harness::{Cfg, Outcome, Res, Row, print_table};
 
-const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|docs|docs-conflicts|ops|ops-history|compaction|watch-fanout|attack] [--quick] [--json FILE] [--dir DIR]
+const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|visibility|meta|cluster|antientropy|channels|docs|docs-conflicts|ops|ops-history|compaction|watch-fanout|attack] [--quick] [--json FILE] [--dir DIR]
        [--streams N] [--rate N] [--seconds S]
 
   all         run every benchmark (the default)
@@ -50,6 +51,11 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
               etcd-server with apt-get if etcd is not on PATH
   antientropy (not in all) two chorus serve daemons whose stores of 1,000,000
               keys differ in 1%: time to equal hashes, bytes between them
+  channels    (not in all) 6 chorus serve daemons, all serving everything
+              beside 3 channels of 2 nodes (issue 19), 3 rounds: cluster PUT
+              throughput from 24 conns, peer bytes, CPU and syncs per write,
+              and that a channel's keys are on its members only; needs
+              `cargo build --release -p chorus-cli` (--seconds S: the window)
 
   docs        (not in all) the document store beside multiprocess-store (npm,
               installed by the run; needs node and npm): create, get and
@@ -86,7 +92,7 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
   --dir DIR   where to create the temporary stores (default: the system temp dir)
   --streams N, --rate N, --seconds S
               watch-fanout: streams, writes per second, seconds per phase;
-              attack: --seconds is the window of each measurement (10)";
+              attack and channels: --seconds is the window of each measurement (10)";
 
 const BENCHES: [&str; 7] = [
     "read",
@@ -100,9 +106,10 @@ const BENCHES: [&str; 7] = [
 
 /// Benchmarks run only when named: they start daemons or need a peer
 /// installed from outside Rust.
-const EXTRA: [&str; 9] = [
+const EXTRA: [&str; 10] = [
     "cluster",
     "antientropy",
+    "channels",
     "docs",
     "docs-conflicts",
     "ops",
@@ -123,6 +130,7 @@ fn run_one(name: &str, cfg: &Cfg) -> Res<Outcome> {
         "meta" => meta::run(cfg),
         "cluster" => cluster::run(cfg),
         "antientropy" => cluster::run_ae(cfg),
+        "channels" => channels::run(cfg),
         "docs" => docs::run(cfg),
         "docs-conflicts" => docs_conflicts::run(cfg),
         "ops" => ops::run(cfg),
