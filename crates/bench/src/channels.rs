@@ -370,6 +370,14 @@ struct Figures {
 }
 
 impl Figures {
+    /// A counter of `COUNTERS` per write over the window (0 if absent).
+    fn counter(&self, name: &str) -> f64 {
+        self.counters_per_write
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0.0, |(_, v)| *v)
+    }
+
     fn to_json(&self) -> Value {
         let counters: serde_json::Map<String, Value> = self
             .counters_per_write
@@ -745,6 +753,15 @@ impl Rounds<'_> {
                 self.each(others, chan, 2)
             )
         };
+        let broadcast = |chan: bool| {
+            [
+                self.each(|f| f.counter("chorus_objects_received_total"), chan, 2),
+                self.each(|f| f.counter("chorus_duplicates_total"), chan, 2),
+                self.each(|f| f.counter("chorus_grafts_total"), chan, 2),
+                self.each(|f| f.counter("chorus_frames_dropped_total"), chan, 3),
+            ]
+            .join("; ")
+        };
         vec![
             Row::ratio_goal(
                 &format!("channels, {load}: cluster PUT throughput (6 daemons, {cores} cores)"),
@@ -764,6 +781,14 @@ impl Rounds<'_> {
                 context(true),
                 peer,
                 context(false),
+            ),
+            Row::context(
+                &format!(
+                    "channels, {load}: per write, objects received / duplicates / grafts / frames dropped (all nodes)"
+                ),
+                broadcast(true),
+                peer,
+                broadcast(false),
             ),
         ]
     }
