@@ -53,7 +53,7 @@ const USAGE: &str = "usage: chorus-bench [all|read|commit|threads|procs|open|vis
               keys differ in 1%: time to equal hashes, bytes between them
   channels    (not in all) 6 chorus serve daemons, all serving everything
               beside 3 channels of 2 nodes (issue 19), 3 rounds: cluster PUT
-              throughput from 24 conns, peer bytes, CPU and syncs per write,
+              throughput from 24 and 96 conns, peer bytes, CPU and syncs per write,
               and that a channel's keys are on its members only; needs
               `cargo build --release -p chorus-cli` (--seconds S: the window)
 
