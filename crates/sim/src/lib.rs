@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub mod channels;
 pub mod check;
 pub mod client;
 pub mod cluster;
