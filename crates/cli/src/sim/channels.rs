@@ -238,10 +238,13 @@ mod tests {
     use super::*;
     use crate::Command;
 
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["chorus", "sim"].iter().chain(extra))
+    }
+
     /// Parses `chorus sim ARGS` and builds the channel configuration.
     fn configure(extra: &[&str]) -> Result<Config, String> {
-        let argv = ["chorus", "sim"].iter().chain(extra);
-        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let cli = parse(extra).map_err(|e| e.to_string())?;
         let Command::Sim(args) = &cli.command else {
             return Err("not the sim command".into());
         };
@@ -297,8 +300,10 @@ mod tests {
             &["--design", "per-channel"],
             &["--channels", "10", "--loss", "0.1"],
             &["--channels", "10", "--faults", "all"],
+            &["--channels", "10", "--plot", "x.svg"],
         ] {
-            assert!(configure(args).is_err(), "{args:?} was accepted");
+            assert!(parse(args).is_err(), "{args:?} was accepted");
         }
+        assert!(parse(&["--channels", "10", "--design", "cluster-wide"]).is_ok());
     }
 }
