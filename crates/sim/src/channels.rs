@@ -275,6 +275,11 @@ pub struct Report {
     pub overlays_split: usize,
     /// Pairs of live nodes with an empty active view at the end.
     pub isolated_pairs: usize,
+    /// Active-view links between live nodes that only one end lists, at
+    /// the end, summed over the overlays.
+    pub one_sided_view_links: usize,
+    /// Tree links eager at one end and lazy at the other, at the end.
+    pub one_way_tree_links: usize,
     /// Grafts sent.
     pub grafts: u64,
     /// Prunes sent.
@@ -379,6 +384,9 @@ fn report(net: &Net, config: &Config, design: Design) -> Report {
     let shapes: Vec<(usize, usize)> = (0..net.overlay_count() as u32)
         .map(|o| net.overlay_shape(o))
         .collect();
+    let (one_sided_views, one_way_trees) = (0..net.overlay_count() as u32)
+        .map(|o| net.one_sided_links(o))
+        .fold((0, 0), |acc, (v, t)| (acc.0 + v, acc.1 + t));
     let live_nodes = (0..config.nodes as u32)
         .filter(|&n| net.is_alive(n))
         .count();
@@ -431,6 +439,8 @@ fn report(net: &Net, config: &Config, design: Design) -> Report {
         active_links_per_node: links as f64 / live_nodes.max(1) as f64,
         overlays_split: shapes.iter().filter(|(comp, _)| *comp > 1).count(),
         isolated_pairs: shapes.iter().map(|(_, iso)| iso).sum(),
+        one_sided_view_links: one_sided_views,
+        one_way_tree_links: one_way_trees,
         grafts: stats.grafts_sent,
         prunes: stats.prunes_sent,
         counters: c.clone(),

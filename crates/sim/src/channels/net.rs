@@ -291,6 +291,37 @@ impl Net {
         (links, stats)
     }
 
+    /// Links of `overlay` that only one end has, between live nodes:
+    /// (`a` lists `b` in its active view and `b` does not list `a`;
+    /// `a` pushes payloads to `b` and `b` only announces to `a`). Either
+    /// makes a tree link carry payloads one way, so a broadcast from `b`'s
+    /// side reaches `a`'s side only by grafts.
+    pub(crate) fn one_sided_links(&self, overlay: u32) -> (usize, usize) {
+        let (mut views, mut trees) = (0, 0);
+        for (a, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
+            let a = a as u32;
+            let Some(pair) = node.pairs.iter().find(|p| p.overlay == overlay) else {
+                continue;
+            };
+            for &b in pair.hpv.active_view() {
+                if self.is_alive(b) && !self.active_view(b, overlay).contains(&a) {
+                    views += 1;
+                }
+            }
+            for &b in pair.tree.eager_peers() {
+                let back = self
+                    .nodes
+                    .get(b as usize)
+                    .filter(|n| n.alive)
+                    .and_then(|n| n.pairs.iter().find(|p| p.overlay == overlay));
+                if back.is_some_and(|p| p.tree.lazy_peers().contains(&a)) {
+                    trees += 1;
+                }
+            }
+        }
+        (views, trees)
+    }
+
     fn active_view(&self, node: u32, overlay: u32) -> &[u32] {
         self.nodes
             .get(node as usize)
