@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::core::Stats;
+pub use crate::core::{CHANNEL_STATUS_FILE, Stats};
 pub use crate::limits::Limits;
 pub use chorus_replica::members;
 use chorus_replica::validate;
@@ -90,6 +90,9 @@ pub struct Config {
     /// Connection caps, request rates, timeouts and the frame memory
     /// budget (docs/auth.md, "Limits").
     pub limits: Limits,
+    /// How many other members of a channel must hold its data before this
+    /// node, no longer serving it, drops its copy (docs/channels.md).
+    pub channel_min_members: usize,
 }
 
 impl Config {
@@ -112,6 +115,7 @@ impl Config {
             audit: auth::AuditConfig::default(),
             max_clock_skew: Duration::from_millis(validate::MAX_CLOCK_SKEW_DEFAULT_MS),
             limits: Limits::default(),
+            channel_min_members: 2,
         }
     }
 }
@@ -250,6 +254,11 @@ pub async fn run(
 }
 
 /// This machine's wall clock, unix milliseconds (0 before 1970).
+/// The wall clock, Unix milliseconds (0 if it is before 1970).
+pub fn unix_ms_now() -> u64 {
+    unix_ms()
+}
+
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
