@@ -1,6 +1,6 @@
 //! `chorus sim`: the gossip cores at scale in the simulator, Plumtree and
-//! eager flooding side by side, and the anti-entropy exchange between two
-//! large stores.
+//! eager flooding side by side, channels (`sim/channels.rs`), and the
+//! anti-entropy exchange between two large stores.
 
 use std::path::{Path, PathBuf};
 
@@ -12,14 +12,16 @@ use chorus_node::error::Kind;
 
 use crate::{Cli, Failure, emit};
 
+mod channels;
+
 #[derive(Args, Debug)]
 pub(crate) struct SimArgs {
-    /// Nodes in the simulated cluster [default: 1000; with --faults, 5]
+    /// Nodes in the simulated cluster [default: 1000; with --faults, 5; with --channels, 10000]
     #[arg(long)]
     nodes: Option<usize>,
-    /// Messages broadcast after the overlay is built
-    #[arg(long, default_value_t = 100)]
-    messages: usize,
+    /// Messages broadcast after the overlay is built [default: 100; with --channels, 1000 after the warm-up]
+    #[arg(long)]
+    messages: Option<usize>,
     /// Share of the nodes to crash at once after the overlay is built (0 to <1)
     #[arg(long, default_value_t = 0.0)]
     fail: f64,
@@ -35,9 +37,9 @@ pub(crate) struct SimArgs {
     /// Anti-entropy exchange interval per node in virtual ms (0 = off) [default: 2000 with --loss, else off]
     #[arg(long)]
     anti_entropy_ms: Option<u64>,
-    /// Virtual ms between two broadcasts
-    #[arg(long, default_value_t = 1_000)]
-    message_gap_ms: u64,
+    /// Virtual ms between two broadcasts [default: 1000; with --channels, 100]
+    #[arg(long)]
+    message_gap_ms: Option<u64>,
     /// Plumtree's optimization: move a tree link when an announcement shows a path this many hops shorter (0 = off)
     #[arg(long)]
     optimization_threshold: Option<u32>,
@@ -68,6 +70,25 @@ pub(crate) struct SimArgs {
     /// Instead: the scenario of shared/seeds/001 with whole nodes: every node edits one document while apart, the cluster heals and must agree on its winner and conflicts, then one new revision is measured
     #[arg(long, conflicts_with_all = ["faults", "messages", "fail", "loss", "protocol", "anti_entropy_ms", "message_gap_ms", "plot", "optimization_threshold", "exchange_keys"])]
     conflicting_revisions: bool,
+    /// Instead: partial replication with this many channels, every node in --channels-per-node of them, each channel's messages from a random live member; an overlay and a tree per channel beside the cluster-wide baseline (see --design)
+    #[arg(long, conflicts_with_all = ["faults", "loss", "protocol", "anti_entropy_ms", "plot", "exchange_keys", "conflicting_revisions"])]
+    channels: Option<usize>,
+    /// With --channels: how many channels every node serves
+    #[arg(long, default_value_t = 3, requires = "channels")]
+    channels_per_node: usize,
+    /// With --channels: per-channel (an overlay and a tree per channel, among its members), cluster-wide (the baseline: one overlay and tree of every node, non-members relay and drop), or both
+    #[arg(long, value_enum, default_value_t = DesignArg::Both, requires = "channels")]
+    design: DesignArg,
+    /// With --channels: rounds of one broadcast per channel that build the trees before the measured broadcasts (and, after a crash, each channel's broadcasts left out of "RMR after the trees form")
+    #[arg(long, default_value_t = 2, requires = "channels")]
+    warmup_per_channel: u32,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DesignArg {
+    PerChannel,
+    ClusterWide,
+    Both,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +107,9 @@ pub(crate) fn run(cli: &Cli, args: &SimArgs) -> Result<(), Failure> {
     }
     if args.conflicting_revisions {
         return revisions(cli, args);
+    }
+    if let Some(count) = args.channels {
+        return channels::run(cli, args, count);
     }
     let config = config(args)?;
     if let Some(path) = &args.plot {
@@ -124,13 +148,15 @@ pub(crate) fn run(cli: &Cli, args: &SimArgs) -> Result<(), Failure> {
 
 fn config(args: &SimArgs) -> Result<Config, Failure> {
     let nodes = args.nodes.unwrap_or(1_000);
+    let messages = args.messages.unwrap_or(100);
+    let message_gap_ms = args.message_gap_ms.unwrap_or(1_000);
     if !(2..=NODES_MAX).contains(&nodes) {
         return Err(Failure::usage(format!(
             "--nodes {nodes}: give from 2 to {NODES_MAX} nodes"
         )));
     }
     for (name, value) in [
-        ("--message-gap-ms", Some(args.message_gap_ms)),
+        ("--message-gap-ms", Some(message_gap_ms)),
         ("--anti-entropy-ms", args.anti_entropy_ms),
     ] {
         if value.is_some_and(|v| v > INTERVAL_MS_MAX) {
@@ -139,7 +165,7 @@ fn config(args: &SimArgs) -> Result<Config, Failure> {
             )));
         }
     }
-    if args.messages == 0 {
+    if messages == 0 {
         return Err(Failure::usage(
             "--messages 0 measures nothing: give at least 1",
         ));
@@ -164,11 +190,11 @@ fn config(args: &SimArgs) -> Result<Config, Failure> {
     Ok(Config {
         plumtree,
         nodes,
-        messages: args.messages,
+        messages,
         fail: args.fail,
         loss: args.loss,
         seed: args.seed,
-        message_gap_ms: args.message_gap_ms.max(1),
+        message_gap_ms: message_gap_ms.max(1),
         anti_entropy_ms,
         drain_ms: if anti_entropy_ms.is_some() {
             30_000

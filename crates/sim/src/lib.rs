@@ -5,7 +5,9 @@
 //! with per-link latency and loss, partitions, crashes, restarts and joins
 //! under churn, all in virtual time. Beside Plumtree it runs a baseline,
 //! eager flooding over the same HyParView overlay with the same fanout, so
-//! every figure has a side-by-side comparison.
+//! every figure has a side-by-side comparison. [`channels`] runs partial
+//! replication the same way: an overlay and a tree per channel among its
+//! members, beside one cluster-wide tree whose non-members relay.
 //!
 //! Nothing here reads a clock (except [`run`] timing itself for the report)
 //! or draws an unseeded random number: the same configuration and the same
@@ -17,6 +19,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub mod channels;
 pub mod check;
 pub mod client;
 pub mod cluster;

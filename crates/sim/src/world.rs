@@ -26,7 +26,7 @@ const REJOIN_MS: u64 = 5_000;
 /// the peer's, so the node links to that peer (ms).
 const STALE_REPAIR_MS: u64 = 2_000;
 /// Framing added to every message on the wire (a length prefix).
-const FRAME_BYTES: u64 = 4;
+pub(crate) const FRAME_BYTES: u64 = 4;
 
 /// Something that happens at a moment of virtual time.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,13 +177,15 @@ pub struct World {
     trace: u64,
 }
 
-fn mix(mut z: u64) -> u64 {
+/// SplitMix64's finaliser: a well-mixed hash of one number.
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
-fn varint_len(v: u64) -> u64 {
+/// Bytes of `v` as a LEB128 varint (postcard's integers).
+pub(crate) fn varint_len(v: u64) -> u64 {
     u64::from((64 - (v | 1).leading_zeros()).div_ceil(7))
 }
 
@@ -769,24 +771,7 @@ impl World {
             Wire::Ae { session, msg, .. } => {
                 varint_len(*session) + 1 + postcard::to_stdvec(msg).map_or(0, |v| v.len() as u64)
             }
-            Wire::Bcast(msg) => match msg {
-                Message::Gossip { id, round, .. } => {
-                    1 + varint_len(*id)
-                        + varint_len(u64::from(*round))
-                        + self.config.payload_bytes as u64
-                }
-                Message::IHave { ids } => {
-                    1 + varint_len(ids.len() as u64)
-                        + ids
-                            .iter()
-                            .map(|(id, r)| varint_len(*id) + varint_len(u64::from(*r)))
-                            .sum::<u64>()
-                }
-                Message::Graft { id, round } => {
-                    2 + id.map_or(0, varint_len) + varint_len(u64::from(*round))
-                }
-                Message::Prune => 1,
-            },
+            Wire::Bcast(msg) => bcast_size(msg, self.config.payload_bytes),
         }
     }
 
@@ -992,12 +977,33 @@ fn add_stats(total: &mut chorus_gossip::plumtree::Stats, s: &chorus_gossip::plum
     total.shortened += s.shortened;
 }
 
+/// Bytes of a broadcast-layer message on the wire, framing excluded; the
+/// payload is sized, not carried.
+pub(crate) fn bcast_size(msg: &Msg, payload_bytes: usize) -> u64 {
+    match msg {
+        Message::Gossip { id, round, .. } => {
+            1 + varint_len(*id) + varint_len(u64::from(*round)) + payload_bytes as u64
+        }
+        Message::IHave { ids } => {
+            1 + varint_len(ids.len() as u64)
+                + ids
+                    .iter()
+                    .map(|(id, r)| varint_len(*id) + varint_len(u64::from(*r)))
+                    .sum::<u64>()
+        }
+        Message::Graft { id, round } => {
+            2 + id.map_or(0, varint_len) + varint_len(u64::from(*round))
+        }
+        Message::Prune => 1,
+    }
+}
+
 /// Folds values into one, for the trace.
 fn fold(values: &[u64]) -> u64 {
     values.iter().fold(0, |h, v| mix(h ^ v))
 }
 
-fn hpv_tag(msg: &hyparview::Message<u32>) -> u64 {
+pub(crate) fn hpv_tag(msg: &hyparview::Message<u32>) -> u64 {
     use hyparview::Message as M;
     match msg {
         M::Join => 1,
@@ -1016,7 +1022,7 @@ fn hpv_tag(msg: &hyparview::Message<u32>) -> u64 {
     }
 }
 
-fn bcast_tag(msg: &Msg) -> u64 {
+pub(crate) fn bcast_tag(msg: &Msg) -> u64 {
     match msg {
         Message::Gossip { id, round, .. } => fold(&[1, *id, u64::from(*round)]),
         Message::IHave { ids } => {
