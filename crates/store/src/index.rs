@@ -109,6 +109,14 @@ impl Index {
         self.keys
     }
 
+    /// A full prefix's running sum and key count, `None` when it holds no
+    /// key: they change with every write to it, so they tell whether
+    /// something derived from its data is current. One map lookup, no
+    /// hashing.
+    pub(crate) fn prefix_state(&self, fp: &FullPrefix) -> Option<(u128, usize)> {
+        self.prefixes.get(fp).map(|k| (k.sum, k.len()))
+    }
+
     pub(crate) fn keys_in(&self, fp: &FullPrefix) -> usize {
         self.prefixes.get(fp).map_or(0, |keys| keys.len())
     }
