@@ -20,19 +20,20 @@
 //! (`Snapshot`: the replica's consistent views), and iterations of
 //! everything.
 //!
-//! **Invariant:** the check costs one ordered-map lookup when no channel
-//! record exists, and one more pointer load and compare otherwise: the
-//! table is rebuilt only when the records' running sum or count (kept up
-//! to date by every write) differs from the one it was read at.
+//! **Invariant:** a read's check costs one atomic load when no channel
+//! record exists (the state found out once, [`Mark`]), and one more
+//! pointer load and compare otherwise: the table is rebuilt only when the
+//! records' running sum or count (kept up to date by every write) differs
+//! from the one it was read at.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use chorus_core::channels::{Channel, ChannelError, ChannelTable};
 use chorus_core::{FullPrefix, NodeId};
 
-use crate::index::{Index, Snapshot};
+use crate::index::{Index, Snapshot, State};
 use crate::metadata::{Metadata, lww_bytes, new_object_bytes, tombstone_object_bytes};
 use crate::store::Write;
 use crate::{Error, Result};
@@ -56,6 +57,20 @@ pub struct Channels {
 /// The full prefix of the channel records.
 pub fn full_prefix() -> Result<FullPrefix> {
     FullPrefix::new(PREFIX, SUBPREFIX).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// What a state's channel records are (their running sum and count,
+/// `None` when there is none), found by the first check of the state. A
+/// state is never changed once checked: a commit works on a clone, and a
+/// clone finds out again (the engine checks a commit against its index,
+/// not its mark).
+#[derive(Debug, Default)]
+pub(crate) struct Mark(OnceLock<Option<(u128, usize)>>);
+
+impl Clone for Mark {
+    fn clone(&self) -> Self {
+        Mark::default()
+    }
 }
 
 /// One reading of the records, for one node.
@@ -88,13 +103,33 @@ impl Cache {
 
     /// The table `index` holds.
     pub(crate) fn table(&self, index: &Index, node: NodeId) -> Arc<Channels> {
-        self.reading(index, node)
-            .map_or_else(Arc::default, |r| Arc::clone(&r.channels))
+        index.prefix_state(&self.fp).map_or_else(Arc::default, |r| {
+            Arc::clone(&self.reading(r, index, node).channels)
+        })
     }
 
-    /// Refuses `fp` when `index`'s table puts it in a channel `node` does
-    /// not serve.
+    /// Refuses `fp` when `state`'s table puts it in a channel `node` does
+    /// not serve. For states that no longer change (installed, or in a
+    /// snapshot).
     pub(crate) fn refuse_unserved(
+        &self,
+        state: &State,
+        node: NodeId,
+        fp: &FullPrefix,
+    ) -> Result<()> {
+        if fp.is_reserved() {
+            return Ok(());
+        }
+        let records = *state
+            .channels
+            .0
+            .get_or_init(|| state.index.prefix_state(&self.fp));
+        self.refuse(records, &state.index, node, fp)
+    }
+
+    /// [`Cache::refuse_unserved`] for an index that is being changed (a
+    /// commit's work).
+    pub(crate) fn refuse_unserved_in(
         &self,
         index: &Index,
         node: NodeId,
@@ -103,7 +138,17 @@ impl Cache {
         if fp.is_reserved() {
             return Ok(());
         }
-        let Some(reading) = self.reading(index, node) else {
+        self.refuse(index.prefix_state(&self.fp), index, node, fp)
+    }
+
+    fn refuse(
+        &self,
+        records: Option<(u128, usize)>,
+        index: &Index,
+        node: NodeId,
+        fp: &FullPrefix,
+    ) -> Result<()> {
+        let Some(reading) = records.map(|r| self.reading(r, index, node)) else {
             return Ok(());
         };
         if !reading.unserved.contains(fp.prefix()) {
@@ -124,9 +169,10 @@ impl Cache {
         node: NodeId,
         prefix: &str,
     ) -> Result<()> {
-        let Some(reading) = self.reading(index, node) else {
+        let Some(records) = index.prefix_state(&self.fp) else {
             return Ok(());
         };
+        let reading = self.reading(records, index, node);
         if !reading.unserved.contains(prefix) {
             return Ok(());
         }
@@ -141,15 +187,14 @@ impl Cache {
         Ok(())
     }
 
-    /// The reading of `index`'s records for `node`; `None` when there is
-    /// no record (every node serves everything).
-    fn reading(&self, index: &Index, node: NodeId) -> Option<Arc<Reading>> {
-        let records = index.prefix_state(&self.fp)?;
+    /// The reading of `index`'s records (whose sum and count are
+    /// `records`) for `node`.
+    fn reading(&self, records: (u128, usize), index: &Index, node: NodeId) -> Arc<Reading> {
         if let Some(last) = self.last.load().as_ref()
             && last.records == records
             && last.node == node
         {
-            return Some(Arc::clone(last));
+            return Arc::clone(last);
         }
         let channels = read_records(index, &self.fp);
         let unserved = channels
@@ -165,7 +210,7 @@ impl Cache {
             unserved,
         });
         self.last.store(Some(Arc::clone(&reading)));
-        Some(reading)
+        reading
     }
 }
 

@@ -382,6 +382,9 @@ pub(crate) struct State {
     pub(crate) last_seq: u64,
     pub(crate) last_ts: u64,
     pub(crate) index: Index,
+    /// Whether `index` holds channel records, found by the first check of
+    /// this state (see [`crate::channels::Mark`]).
+    pub(crate) channels: crate::channels::Mark,
 }
 
 /// A consistent, read-only view of every key at one commit. Other writers,

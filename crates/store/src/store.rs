@@ -575,7 +575,7 @@ impl Store {
     /// channel this node does not serve (see [`crate::channels`]).
     pub fn get(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Bytes>> {
         self.with_state(|state| {
-            self.refuse_unserved_in(&state.index, fp)?;
+            self.refuse_unserved_in(state, fp)?;
             Ok(state.index.get(fp, key).map(|e| e.value.clone()))
         })?
     }
@@ -609,7 +609,7 @@ impl Store {
         let (generation, end) = self.inner.dir.shm.published();
         let state = self.inner.state.load();
         (state.generation == generation && state.end == end).then(|| {
-            self.refuse_unserved_in(&state.index, fp)?;
+            self.refuse_unserved_in(&state, fp)?;
             Ok(state.index.get(fp, key).map(|e| e.value.clone()))
         })
     }
@@ -618,19 +618,19 @@ impl Store {
     /// commit (refused as [`Store::get`] is).
     pub fn get_entry(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Entry>> {
         let snapshot = self.snapshot()?;
-        self.refuse_unserved_in(&snapshot.state.index, fp)?;
+        self.refuse_unserved_in(&snapshot.state, fp)?;
         Ok(snapshot.entry(fp, key).cloned())
     }
 
     /// Refuses ([`Error::NotServed`]) a full prefix of a channel this node
     /// does not serve, as of the latest commit.
     pub fn refuse_unserved(&self, fp: &FullPrefix) -> Result<()> {
-        self.with_state(|state| self.refuse_unserved_in(&state.index, fp))?
+        self.with_state(|state| self.refuse_unserved_in(state, fp))?
     }
 
     /// [`Store::refuse_unserved`] as of `snapshot`.
     pub fn refuse_unserved_at(&self, snapshot: &Snapshot, fp: &FullPrefix) -> Result<()> {
-        self.refuse_unserved_in(&snapshot.state.index, fp)
+        self.refuse_unserved_in(&snapshot.state, fp)
     }
 
     /// Refuses a prefix's listing or hash when a channel this node does
@@ -645,10 +645,10 @@ impl Store {
             .refuse_unserved_prefix(&snapshot.state.index, self.node_id(), prefix)
     }
 
-    fn refuse_unserved_in(&self, index: &crate::index::Index, fp: &FullPrefix) -> Result<()> {
+    fn refuse_unserved_in(&self, state: &State, fp: &FullPrefix) -> Result<()> {
         self.inner
             .channels
-            .refuse_unserved(index, self.node_id(), fp)
+            .refuse_unserved(state, self.node_id(), fp)
     }
 
     /// The channel table's cache every handle of this store shares.
@@ -1365,6 +1365,7 @@ impl Inner {
             last_seq: header.base_seq,
             last_ts: header.base_ts,
             index: left.index,
+            channels: crate::channels::Mark::default(),
         };
         apply_range(&tail, &mut state, end)?;
         Ok(Some((tail, state)))
@@ -1827,7 +1828,7 @@ impl Inner {
                 continue;
             }
             self.channels
-                .refuse_unserved(&work.index, self.dir.node_id, &w.full_prefix)?;
+                .refuse_unserved_in(&work.index, self.dir.node_id, &w.full_prefix)?;
             last = Some(&w.full_prefix);
         }
         Ok(())
@@ -2005,6 +2006,7 @@ impl Inner {
                 last_seq: state.last_seq,
                 last_ts: state.last_ts,
                 index: state.index.clone(),
+                channels: crate::channels::Mark::default(),
             })
         };
         shm.set_intent(Intent::None);
