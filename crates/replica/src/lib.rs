@@ -89,6 +89,9 @@ pub struct Config {
     pub seed: u64,
     /// How far ahead of this node's wall clock a value from a peer may be.
     pub max_clock_skew: Duration,
+    /// Where this node serves its HTTP API (`HOST:PORT`), written in its
+    /// member record so that other nodes can forward requests to it.
+    pub http: Option<String>,
     /// A bug injected on purpose, to show the simulator catches it.
     #[cfg(feature = "mutations")]
     pub mutation: Mutation,
@@ -312,7 +315,7 @@ impl Replica {
     ) -> Result<Replica, chorus_store::Error> {
         let store = meta.store().clone();
         let node_id = *store.node_id().as_bytes();
-        members::announce(&meta, &config.me, store.node_id())?;
+        members::announce(&meta, &config.me, store.node_id(), config.http.as_deref())?;
         let records = members::read_all(&meta)?;
         let left: BTreeSet<Peer> = records
             .iter()
@@ -802,7 +805,12 @@ impl Replica {
         }
         self.announced = true;
         let node = NodeId::from_bytes(self.node_id);
-        if let Err(e) = members::refresh(&self.meta, &self.config.me, node) {
+        if let Err(e) = members::refresh(
+            &self.meta,
+            &self.config.me,
+            node,
+            self.config.http.as_deref(),
+        ) {
             tracing::warn!("cannot write this node's member record: {e}");
         }
     }
