@@ -73,9 +73,22 @@ pub fn announced_http(http: SocketAddr, me: &str) -> String {
     }
 }
 
-/// Merges `--channels FILE` and then every `--serve` into the table this
-/// node holds (called once the node's member record is written).
-pub(crate) fn at_start(meta: &Metadata, serve: &[Serve], file: Option<&Path>) -> Result<(), Error> {
+/// Merges `--channels FILE` and then every `--serve` into the table the
+/// directory `dir` holds, before the node starts (nothing else is opened
+/// when neither is given). This node may always be named; the other
+/// nodes a file names must be members already.
+pub(crate) fn at_start(dir: &Path, serve: &[Serve], file: Option<&Path>) -> Result<(), Error> {
+    if serve.is_empty() && file.is_none() {
+        return Ok(());
+    }
+    let store = chorus_store::Store::open(
+        dir,
+        chorus_store::Options {
+            create: true,
+            ..chorus_store::Options::default()
+        },
+    )?;
+    let meta = &Metadata::new(store);
     let me = meta.store().node_id();
     if let Some(path) = file {
         for (name, patterns, nodes) in read_file(meta, path)? {

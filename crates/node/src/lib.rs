@@ -238,12 +238,10 @@ pub async fn run(
         }
         None => None,
     };
+    // Before the replica announces this node: a refused start writes
+    // nothing.
+    channels::at_start(&config.dir, &config.serve, config.channels.as_deref())?;
     let core = core::Core::open(&config, me)?;
-    channels::at_start(
-        &core.service().meta,
-        &config.serve,
-        config.channels.as_deref(),
-    )?;
     core.service().auth.configure_audit(config.audit.clone());
     if config.auth {
         // The directory holds the cluster key and password hashes: only
