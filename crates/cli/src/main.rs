@@ -1,12 +1,14 @@
 //! `chorus`: the command line of a Chorus node.
 //!
-//! Exit codes scripts can rely on: 0 ok, 1 not found, 2 bad usage or input,
-//! 3 conflict, 4 corruption or I/O error, 5 lock timeout. Errors go to
+//! Exit codes scripts can rely on: 0 ok, 1 not found (or not served on this
+//! node: see docs/channels.md), 2 bad usage or input, 3 conflict, 4
+//! corruption or I/O error, 5 lock timeout or busy. Errors go to
 //! stderr as one line that says what happened and what to do; `--json`
 //! prints one JSON document on stdout, and on an error also one object
 //! `{"code": ..., "message": ...}` with the error's stable code (the same
 //! codes as the HTTP and ZeroMQ interfaces: `not_found`, `bad_request`,
-//! `conflict`, `storage`, `lock_timeout`, ...).
+//! `conflict`, `storage`, `lock_timeout`, `not_served`, ...; a
+//! `not_served` error also lists the serving nodes under `"nodes"`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
