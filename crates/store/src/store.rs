@@ -574,10 +574,17 @@ impl Store {
     /// Refused ([`Error::NotServed`]) when the key's full prefix is in a
     /// channel this node does not serve (see [`crate::channels`]).
     pub fn get(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Bytes>> {
-        self.with_state(|state| {
-            self.refuse_unserved_in(state, fp)?;
-            Ok(state.index.get(fp, key).map(|e| e.value.clone()))
-        })?
+        let (generation, end) = self.inner.dir.shm.published();
+        {
+            let state = self.inner.state.load();
+            if state.generation == generation && state.end == end {
+                self.refuse_unserved_in(&state, fp)?;
+                return Ok(state.index.get(fp, key).map(|e| e.value.clone()));
+            }
+        }
+        let state = self.inner.catch_up()?;
+        self.refuse_unserved_in(&state, fp)?;
+        Ok(state.index.get(fp, key).map(|e| e.value.clone()))
     }
 
     /// [`Store::get`] whatever the channels say: for the replica, which
@@ -645,6 +652,7 @@ impl Store {
             .refuse_unserved_prefix(&snapshot.state.index, self.node_id(), prefix)
     }
 
+    #[inline]
     fn refuse_unserved_in(&self, state: &State, fp: &FullPrefix) -> Result<()> {
         self.inner
             .channels
