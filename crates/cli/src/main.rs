@@ -566,7 +566,44 @@ fn compact(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What a running node last wrote of its channels in the data directory
+/// (`chorus_node::CHANNEL_STATUS_FILE`), if it did.
+fn channel_status(dir: &std::path::Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(dir.join(chorus_node::CHANNEL_STATUS_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// One line per channel of a node's status file: its state, keys held
+/// and, while joining, the members' count; while leaving, the hand-off.
+fn channel_lines(status: &serde_json::Value) -> String {
+    let age = chorus_node::unix_ms_now().saturating_sub(status["updated_ms"].as_u64().unwrap_or(0))
+        as f64
+        / 1000.0;
+    let mut out = format!(
+        "channels    as the node (pid {}) said {age:.1} s ago",
+        status["pid"]
+    );
+    for c in status["channels"].as_array().into_iter().flatten() {
+        let (name, state) = (
+            c["name"].as_str().unwrap_or("?"),
+            c["state"].as_str().unwrap_or("?"),
+        );
+        let keys = c["keys"].as_u64().unwrap_or(0);
+        let detail = match state {
+            "joining" => format!("{keys} of {} keys", c["members_keys"].as_u64().unwrap_or(0)),
+            "leaving" => format!(
+                "{keys} keys kept until {} members hold them ({} do)",
+                c["handoff_needed"], c["handed_off"]
+            ),
+            _ => format!("{keys} keys"),
+        };
+        out.push_str(&format!("\n  {name:<10} {state:<8} {detail}"));
+    }
+    out
+}
+
 fn status(cli: &Cli) -> Result<(), Failure> {
+    let channels = channel_status(&cli.dir);
     let s = cli.open()?.status()?;
     let holder = s
         .lock_holder
@@ -583,6 +620,7 @@ fn status(cli: &Cli) -> Result<(), Failure> {
             "last_auto_compaction_ms": s.last_auto_compaction.map(|d| d.as_secs_f64() * 1000.0),
             "longest_auto_compaction_ms": s.longest_auto_compaction.map(|d| d.as_secs_f64() * 1000.0),
             "auto_compaction_failures": s.auto_compaction_failures,
+            "channels": channels,
         }),
         || {
             let holder = s
@@ -616,7 +654,11 @@ fn status(cli: &Cli) -> Result<(), Failure> {
                 s.auto_compactions,
                 ms(s.last_auto_compaction),
                 ms(s.longest_auto_compaction),
-            )
+            ) + channels
+                .as_ref()
+                .map(|c| format!("\n{}", channel_lines(c)))
+                .unwrap_or_default()
+                .as_str()
         },
     );
     Ok(())

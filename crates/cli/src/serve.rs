@@ -65,6 +65,9 @@ pub(crate) struct ServeArgs {
     /// Seconds ahead of this node's clock a value pushed by a stage or sent by a peer may be timestamped; a push beyond is refused, a peer's object waits (see docs/auth.md)
     #[arg(long, default_value_t = 300.0)]
     max_clock_skew: f64,
+    /// Other members of a channel that must hold its data before this node, no longer serving it, drops its copy (see docs/channels.md)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    channel_min_members: u32,
     /// Inbound peer connections at most (handshaking or open); more are closed at once (see docs/auth.md, Limits)
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     gossip_max_connections: u32,
@@ -176,6 +179,7 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.forward = args.forward;
     config.serve = args.serve.clone();
     config.channels = args.channels.clone();
+    config.channel_min_members = args.channel_min_members as usize;
     if let Some(endpoint) = &args.zmq {
         let mut b = chorus_node::broker::BrokerConfig::new(endpoint.clone(), args.zmq_pub.clone());
         b.workers = usize::from(args.zmq_workers);

@@ -166,6 +166,11 @@ impl Channel {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChannelTable {
     channels: BTreeMap<String, Channel>,
+    /// Every pattern by its prefix, with its channel's name: what
+    /// `channel_of` looks in, so finding a full prefix's channel costs a
+    /// lookup and the patterns of that one prefix, not a pass over the
+    /// table (it runs for every write and read).
+    by_prefix: BTreeMap<String, BTreeMap<Pattern, String>>,
 }
 
 /// Checks a channel's name.
@@ -224,9 +229,13 @@ impl ChannelTable {
         if fp.is_reserved() {
             return None;
         }
-        self.channels
+        let (_, name) = self
+            .by_prefix
+            .get(fp.prefix())?
             .iter()
-            .find(|(_, c)| c.covers(fp))
+            .find(|(p, _)| p.covers(fp))?;
+        self.channels
+            .get_key_value(name)
             .map(|(n, c)| (n.as_str(), c))
     }
 
@@ -291,6 +300,12 @@ impl ChannelTable {
             parsed.push(p);
         }
         let mut next = self.clone();
+        for p in &parsed {
+            next.by_prefix
+                .entry(p.prefix().to_string())
+                .or_default()
+                .insert(p.clone(), name.to_string());
+        }
         next.channels.insert(
             name.to_string(),
             Channel {
@@ -306,7 +321,13 @@ impl ChannelTable {
     pub fn remove(&self, name: &str) -> Result<ChannelTable, ChannelError> {
         let mut next = self.clone();
         match next.channels.remove(name) {
-            Some(_) => Ok(next),
+            Some(_) => {
+                next.by_prefix.retain(|_, patterns| {
+                    patterns.retain(|_, n| n != name);
+                    !patterns.is_empty()
+                });
+                Ok(next)
+            }
             None => Err(self.no_such(name)),
         }
     }

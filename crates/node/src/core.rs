@@ -54,6 +54,10 @@ struct Link {
     node_id: Option<[u8; 16]>,
 }
 
+/// The file in the data directory where a running node says where it
+/// stands in its channels (see [`Core::write_channel_status`]).
+pub const CHANNEL_STATUS_FILE: &str = "channels.json";
+
 pub(crate) struct Core {
     replica: Replica,
     me: Peer,
@@ -85,6 +89,10 @@ pub(crate) struct Core {
     joiner_refused: u64,
     /// Whether a leave that waits for a member was logged.
     leave_warned: bool,
+    /// The data directory: where the channel status file is written.
+    dir: std::path::PathBuf,
+    /// The channel status last written there, and when.
+    channels_written: Option<(Vec<chorus_replica::ChannelStatus>, Instant)>,
 }
 
 impl Core {
@@ -127,6 +135,7 @@ impl Core {
                 seed,
                 max_clock_skew: config.max_clock_skew,
                 http: config.http.map(|a| crate::channels::announced_http(a, &me)),
+                channel_min_members: config.channel_min_members,
                 #[cfg(feature = "mutations")]
                 mutation: chorus_replica::Mutation::None,
             },
@@ -167,6 +176,8 @@ impl Core {
             dropped: 0,
             joiner_refused: 0,
             leave_warned: false,
+            dir: config.dir.clone(),
+            channels_written: None,
         })
     }
 
@@ -180,7 +191,7 @@ impl Core {
     }
 
     /// Publishes the views and counters for the API.
-    fn publish_view(&self) {
+    fn publish_view(&mut self) {
         let r = &self.replica;
         let (p, stats, now) = (r.broadcast_stats(), r.stats(), self.now().ms);
         let last: Vec<(String, f64)> = r
@@ -223,12 +234,59 @@ impl Core {
                 ("prunes_total", p.prunes_sent),
                 ("duplicates_total", p.duplicates),
                 ("feed_seq", r.feed_seq()),
+                ("unserved_objects_dropped_total", stats.unserved_dropped),
+                ("unserved_frames_dropped_total", stats.unserved_frames),
+                ("channel_keys_dropped_total", stats.channel_keys_dropped),
             ],
+            channels: r.channel_status(),
         };
+        self.write_channel_status(&view.channels);
         *self
             .view
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = view;
+    }
+
+    /// Writes the channels' status to `DIR/channels.json` for `chorus
+    /// status` and `chorus channel serve --wait` (which read the directory,
+    /// not the daemon), when it changed: at once when a state changed, at
+    /// most every 250 ms while only counts move. Written to a temporary
+    /// file and renamed, so a reader never sees half of it.
+    fn write_channel_status(&mut self, channels: &[chorus_replica::ChannelStatus]) {
+        let due = match &self.channels_written {
+            None => true,
+            Some((last, at)) => {
+                let states = |v: &[chorus_replica::ChannelStatus]| -> Vec<(String, &'static str)> {
+                    v.iter().map(|c| (c.name.clone(), c.state)).collect()
+                };
+                last.as_slice() != channels
+                    && (states(last) != states(channels)
+                        || at.elapsed() >= Duration::from_millis(250))
+            }
+        };
+        if !due {
+            return;
+        }
+        let body = serde_json::json!({
+            "node": chorus_core::NodeId::from_bytes(self.node_id).to_string(),
+            "pid": std::process::id(),
+            "updated_ms": crate::unix_ms(),
+            "channels": channels,
+        });
+        let path = self.dir.join(CHANNEL_STATUS_FILE);
+        let tmp = self.dir.join(format!("{CHANNEL_STATUS_FILE}.tmp"));
+        let written = serde_json::to_vec_pretty(&body)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => self.channels_written = Some((channels.to_vec(), Instant::now())),
+            Err(e) => {
+                // Retried at the next change; the API's view is unaffected.
+                tracing::warn!("cannot write {}: {e}", path.display());
+                self.channels_written = Some((channels.to_vec(), Instant::now()));
+            }
+        }
     }
 
     pub(crate) async fn run(

@@ -431,6 +431,9 @@ pub fn restrict(frame: &mut Frame, them: Identity<'_>, dropped: &mut u64) -> boo
             }
             true
         }
+        // A channel's frame is restricted as the cluster's: a joiner could
+        // wrap reserved objects in one.
+        Frame::Channel { frame, .. } => restrict(frame, them, dropped),
     }
 }
 

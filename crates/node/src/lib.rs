@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::core::Stats;
+pub use crate::core::{CHANNEL_STATUS_FILE, Stats};
 pub use crate::limits::Limits;
 pub use chorus_replica::members;
 use chorus_replica::validate;
@@ -101,6 +101,9 @@ pub struct Config {
     pub serve: Vec<channels::Serve>,
     /// A local table file (`--channels`), merged into the table at start.
     pub channels: Option<PathBuf>,
+    /// How many other members of a channel must hold its data before this
+    /// node, no longer serving it, drops its copy (docs/channels.md).
+    pub channel_min_members: usize,
 }
 
 impl Config {
@@ -126,6 +129,7 @@ impl Config {
             forward: false,
             serve: Vec::new(),
             channels: None,
+            channel_min_members: 2,
         }
     }
 }
@@ -279,6 +283,11 @@ pub async fn run(
 }
 
 /// This machine's wall clock, unix milliseconds (0 before 1970).
+/// The wall clock, Unix milliseconds (0 if it is before 1970).
+pub fn unix_ms_now() -> u64 {
+    unix_ms()
+}
+
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -69,6 +69,9 @@ pub struct ClusterView {
     pub members: Vec<(String, &'static str)>,
     /// Counters (name, value) for /metrics.
     pub counters: Vec<(&'static str, u64)>,
+    /// The channels this node serves or still holds data of, and where it
+    /// stands in each (joining with its progress, ready, leaving).
+    pub channels: Vec<chorus_replica::ChannelStatus>,
 }
 
 /// What the service asks of the core.

@@ -408,6 +408,39 @@ where
 mod tests {
     use super::*;
 
+    /// An anti-entropy Begin as the release before channels sent it:
+    /// variant 2 (Exchange), session 7, from the initiator, Begin, root
+    /// hash 1 and count 2.
+    const BEGIN_BEFORE_CHANNELS: &[u8] = &[2, 7, 1, 0, 1, 2];
+
+    #[test]
+    fn frames_of_the_release_before_channels_read_as_the_cluster_scope() {
+        use chorus_gossip::merkle;
+        let frame: chorus_replica::Frame = decode(BEGIN_BEFORE_CHANNELS).expect("decodes");
+        let chorus_replica::Frame::Exchange {
+            session: 7,
+            from_initiator: true,
+            message: merkle::Message::Begin { root },
+        } = frame.clone()
+        else {
+            panic!("not the Begin it was: {frame:?}");
+        };
+        assert_eq!((root.hash, root.count), (1, 2));
+        // The cluster scope's frames are still sent that way.
+        assert_eq!(
+            postcard::to_stdvec(&frame).expect("encodes"),
+            BEGIN_BEFORE_CHANNELS
+        );
+        // A channel's frame is the new last variant wrapping one of them.
+        let wrapped = chorus_replica::Frame::Channel {
+            channel: "ca".into(),
+            frame: Box::new(frame),
+        };
+        let bytes = postcard::to_stdvec(&wrapped).expect("encodes");
+        assert_eq!(bytes[..4], [3, 2, b'c', b'a']);
+        assert_eq!(&bytes[4..], BEGIN_BEFORE_CHANNELS);
+    }
+
     /// The hello of the previous release (protocol 1), as it sent it: a
     /// node of this release without auth still talks to it.
     const HELLO_V1: &[u8] = b"CHORUS01\x01\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x0e127.0.0.1:7900";

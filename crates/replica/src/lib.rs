@@ -22,9 +22,11 @@
 
 pub mod members;
 mod msg;
+pub mod scope;
 pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_core::object::{Context, Object, context_from_string, context_to_string, descends};
@@ -32,13 +34,16 @@ use chorus_core::object_hash;
 use chorus_core::oplog::OpKey;
 use chorus_core::{FullPrefix, NodeId, key_hash};
 use chorus_gossip::Rng;
-use chorus_gossip::hyparview::{self, HyParView};
+use chorus_gossip::hyparview;
 use chorus_gossip::merkle::{self, Exchange, ExchangeConfig, MerkleTree, ObjectSource};
-use chorus_gossip::plumtree::{self, Application, Plumtree};
+use chorus_gossip::plumtree::{self, Application};
+use chorus_store::channels::Channels;
 use chorus_store::oplog::Oplogs;
 use chorus_store::{Change, Cursor, Feed, Incoming, Metadata, Origin, Snapshot};
 
 pub use msg::{BroadcastId, Frame, Peer};
+pub use scope::ChannelStatus;
+use scope::{CLUSTER, Scope, State};
 
 /// Commits read from the feed per [`Replica::read_feed`].
 pub const FEED_BATCH: usize = 1024;
@@ -92,6 +97,9 @@ pub struct Config {
     /// Where this node serves its HTTP API (`HOST:PORT`), written in its
     /// member record so that other nodes can forward requests to it.
     pub http: Option<String>,
+    /// How many other members of a channel must hold its data before a
+    /// node that stopped serving it drops its copy (at least 1).
+    pub channel_min_members: usize,
     /// A bug injected on purpose, to show the simulator catches it.
     #[cfg(feature = "mutations")]
     pub mutation: Mutation,
@@ -165,13 +173,21 @@ pub struct Stats {
     /// Objects the store skipped as evidence of a copied identity
     /// (`chorus_store::IdentityConflict`).
     pub identity_conflicts: u64,
+    /// Objects from peers of full prefixes this node does not serve
+    /// (a peer with an older channel table), dropped.
+    pub unserved_dropped: u64,
+    /// Frames for a channel this node does not serve, dropped.
+    pub unserved_frames: u64,
+    /// Keys dropped here after this node stopped serving their channel
+    /// and enough members held them.
+    pub channel_keys_dropped: u64,
 }
 
-/// The replica's timers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The replica's timers; the protocols' are per scope (by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Timer {
-    Shuffle,
-    Tick,
+    Shuffle(String),
+    Tick(String),
     Rejoin,
     Exchange,
     CollectTombstones,
@@ -198,6 +214,8 @@ struct Held {
 type Marks = VecDeque<(u64, OpKey)>;
 
 struct Session {
+    /// The scope compared ([`CLUSTER`] or a channel).
+    scope: String,
     peer: Peer,
     id: u64,
     initiator: bool,
@@ -213,9 +231,14 @@ pub struct Replica {
     node_id: [u8; 16],
     meta: Metadata,
     oplogs: Oplogs,
-    hpv: HyParView<Peer>,
-    plum: Plumtree<Peer, BroadcastId, Vec<u8>>,
-    tree: MerkleTree<Vec<u8>>,
+    /// Full prefixes in no channel, and reserved ones: every member.
+    cluster: Scope,
+    /// The channels this node serves or still holds data of.
+    channels: BTreeMap<String, Scope>,
+    /// The channel table as last read.
+    table: Arc<Channels>,
+    /// Members' node ids, from their records: who serves which channel.
+    member_ids: BTreeMap<Peer, NodeId>,
     cursor: Cursor,
     sessions: VecDeque<Session>,
     timers: BTreeMap<(u64, u64), Timer>,
@@ -248,9 +271,6 @@ pub struct Replica {
     tombstones: BTreeMap<Slot, Held>,
     /// Per operation log: when its greatest operation was seen here.
     oplog_marks: BTreeMap<Slot, Marks>,
-    /// When an exchange that finished last started, per peer: everything
-    /// that arrived here before it has reached that peer.
-    synced: BTreeMap<Peer, u64>,
     /// Tombstones collected here recently, with their contexts: a peer
     /// that has not collected its copy yet sends it back, and it is not
     /// stored again. Entries expire after four grace periods, and at most
@@ -335,13 +355,16 @@ impl Replica {
             .filter(|p| *p != config.me)
             .take(MEMBERS_MAX)
             .collect();
+        let member_ids = member_ids(&records);
         let cursor = store.cursor()?;
         let snapshot = store.snapshot()?;
+        let table = meta.channels()?;
         let seed = config.seed;
         let mut replica = Replica {
-            hpv: HyParView::new(config.me.clone(), hyparview::Config::default(), seed),
-            plum: Plumtree::new(config.me.clone(), plumtree::Config::default()),
-            tree: build_tree(&snapshot),
+            cluster: Scope::serving(&config.me, CLUSTER, config.seed, State::Ready),
+            channels: BTreeMap::new(),
+            table,
+            member_ids,
             tombstones: find_tombstones(&snapshot, now.ms),
             config,
             node_id,
@@ -365,9 +388,10 @@ impl Replica {
             announced: false,
             last_local_commit: 0,
             oplog_marks: BTreeMap::new(),
-            synced: BTreeMap::new(),
             collected: BTreeMap::new(),
         };
+        replica.set_scopes(now);
+        replica.rebuild_trees(&snapshot, now);
         // Logs already here wait a grace period from now, like tombstones.
         for (fp, key, e) in snapshot.iter() {
             replica.mark_oplog((fp.clone(), key.as_bytes().to_vec()), &e.value, now.ms);
@@ -421,15 +445,31 @@ impl Replica {
                 break;
             };
             match timer {
-                Timer::Shuffle => self.hpv.handle_timer(hyparview::Timer::Shuffle),
-                Timer::Tick => {
-                    self.plum
-                        .handle_timer(now.ms, plumtree::Timer::Tick, &mut Objects(&self.meta));
+                Timer::Shuffle(name) => {
+                    if let Some(hpv) = self.scope_mut(&name).and_then(|s| s.hpv.as_mut()) {
+                        hpv.handle_timer(hyparview::Timer::Shuffle);
+                    }
+                }
+                Timer::Tick(name) => {
+                    let meta = &self.meta;
+                    let scope = match name.as_str() {
+                        CLUSTER => Some(&mut self.cluster),
+                        _ => self.channels.get_mut(&name),
+                    };
+                    if let Some(plum) = scope.and_then(|s| s.plum.as_mut()) {
+                        plum.handle_timer(now.ms, plumtree::Timer::Tick, &mut Objects(meta));
+                    }
                 }
                 Timer::Rejoin => {
-                    if self.hpv.active_view().is_empty() {
+                    if self
+                        .cluster
+                        .hpv
+                        .as_ref()
+                        .is_some_and(|h| h.active_view().is_empty())
+                    {
                         self.join_seeds();
                     }
+                    self.rejoin_channels();
                     self.set_timer(now, REJOIN_MS, Timer::Rejoin);
                 }
                 Timer::Exchange => {
@@ -437,6 +477,7 @@ impl Replica {
                     self.set_timer(now, ms(self.config.exchange_interval), Timer::Exchange);
                 }
                 Timer::CollectTombstones => {
+                    self.drop_left_channels();
                     self.collect_tombstones(now);
                     self.prune_oplogs(now);
                     self.set_timer(now, self.collect_interval_ms(), Timer::CollectTombstones);
@@ -464,24 +505,58 @@ impl Replica {
     /// Joins the overlay through `peer` (an operator's `chorus join`).
     pub fn join(&mut self, peer: Peer, now: Now) {
         self.note_member(peer.clone());
-        self.hpv.join(peer);
+        if let Some(hpv) = self.cluster.hpv.as_mut() {
+            hpv.join(peer);
+        }
         self.pump(now);
     }
 
     /// A frame from `peer` (whose handshake named `node_id`).
     pub fn handle_frame(&mut self, peer: Peer, node_id: [u8; 16], frame: Frame, now: Now) {
+        let (name, frame) = match frame {
+            Frame::Channel { channel, frame } => (channel, *frame),
+            other => (CLUSTER.to_string(), other),
+        };
+        // An answer to an exchange this node opened is taken in a scope it
+        // is leaving (that is how it hands its data off); anything else
+        // only in a scope it serves. A peer with a newer table may send
+        // before this node has read it: the protocols retry.
+        let answer = matches!(
+            frame,
+            Frame::Exchange {
+                from_initiator: false,
+                ..
+            }
+        );
+        let taken = self.scope(&name).is_some_and(|s| s.is_serving() || answer);
+        if !taken {
+            self.stats.unserved_frames += 1;
+            return;
+        }
         match frame {
-            Frame::Membership(m) => self.hpv.handle_message(peer, m),
+            Frame::Membership(m) => {
+                if let Some(hpv) = self.scope_mut(&name).and_then(|s| s.hpv.as_mut()) {
+                    hpv.handle_message(peer, m);
+                }
+            }
             Frame::Broadcast(m) => {
-                self.plum
-                    .handle_message(now.ms, peer, m, &mut Objects(&self.meta));
-                self.drain_plumtree(Some(node_id), now);
+                let meta = &self.meta;
+                let scope = match name.as_str() {
+                    CLUSTER => Some(&mut self.cluster),
+                    _ => self.channels.get_mut(&name),
+                };
+                if let Some(plum) = scope.and_then(|s| s.plum.as_mut()) {
+                    plum.handle_message(now.ms, peer, m, &mut Objects(meta));
+                }
+                self.drain_plumtree(&name, Some(node_id), now);
             }
             Frame::Exchange {
                 session,
                 from_initiator,
                 message,
-            } => self.on_exchange(peer, node_id, session, from_initiator, message, now),
+            } => self.on_exchange(&name, peer, node_id, session, from_initiator, message, now),
+            // Nested: refused (the wire never carries one).
+            Frame::Channel { .. } => self.stats.unserved_frames += 1,
         }
         self.pump(now);
     }
@@ -541,14 +616,16 @@ impl Replica {
                 // start over from the state, as at start (every tombstone
                 // waits again).
                 let snapshot = store.snapshot()?;
-                self.tree = build_tree(&snapshot);
                 self.tombstones = find_tombstones(&snapshot, now.ms);
                 self.cursor = resume;
-                // What the lost commits said of members and logs: read
-                // from the state, as at start.
+                // What the lost commits said of members, channels and
+                // logs: read from the state, as at start.
                 for (addr, member) in members::read_all(&self.meta)? {
                     self.apply_member(addr, &member, now);
                 }
+                self.table = self.meta.channels()?;
+                self.set_scopes(now);
+                self.rebuild_trees(&snapshot, now);
                 for (fp, key, e) in snapshot.iter() {
                     self.mark_oplog((fp.clone(), key.as_bytes().to_vec()), &e.value, now.ms);
                 }
@@ -567,6 +644,13 @@ impl Replica {
             for k in change.keys {
                 if k.full_prefix.is_reserved() && !reserved.contains(&k.full_prefix) {
                     reserved.push(k.full_prefix.clone());
+                    if k.full_prefix.prefix() == chorus_store::channels::PREFIX
+                        && k.full_prefix.subprefix() == chorus_store::channels::SUBPREFIX
+                    {
+                        // The table changed: every later key of this batch
+                        // goes where the new table says.
+                        self.on_table_change(now);
+                    }
                 }
                 if k.full_prefix.to_string() == members::MEMBERS {
                     self.on_member_record(&k.key, k.value.as_deref(), now);
@@ -594,7 +678,17 @@ impl Replica {
                 }
                 let (p, s) = (k.full_prefix.prefix(), k.full_prefix.subprefix());
                 let hash = k.value.as_deref().map(|v| object_hash(&k.key, v));
-                self.tree
+                let name = self.scope_name(&k.full_prefix);
+                if self.scope(&name).is_none() && hash.is_some() {
+                    // Data of a channel this node does not serve (written
+                    // before it read the table): held until handed off.
+                    self.channels.insert(name.clone(), Scope::leaving(now.ms));
+                }
+                let Some(scope) = self.scope_mut(&name) else {
+                    continue;
+                };
+                scope
+                    .tree
                     .update(p.as_bytes(), s.as_bytes(), &k.key, key_hash(&k.key), hash);
                 if change.origin != Origin::Local {
                     continue;
@@ -609,8 +703,12 @@ impl Replica {
                     key: k.key,
                     context: context_to_string(&object.context()),
                 };
-                self.plum.broadcast(now.ms, id, bytes.to_vec());
-                self.stats.broadcasts += 1;
+                // A scope being left has no tree: its data reaches the
+                // members by the hand-off exchanges.
+                if let Some(plum) = self.scope_mut(&name).and_then(|s| s.plum.as_mut()) {
+                    plum.broadcast(now.ms, id, bytes.to_vec());
+                    self.stats.broadcasts += 1;
+                }
             }
         }
         for fp in reserved {
@@ -633,11 +731,16 @@ impl Replica {
         // After the leave, and after the last write made here (the API
         // still takes writes while the node leaves).
         let since = left.max(self.last_local_commit);
-        let members = self.other_members();
-        members.is_empty()
-            || members
-                .iter()
-                .any(|m| self.synced.get(*m).is_some_and(|s| *s > since))
+        // In every scope holding data: some other member has it all.
+        self.scopes()
+            .filter(|(name, s)| name.is_empty() || !s.tree.is_empty())
+            .all(|(name, scope)| {
+                let members = self.scope_members(name);
+                members.is_empty()
+                    || members
+                        .iter()
+                        .any(|m| scope.synced.get(m).is_some_and(|s| *s > since))
+            })
     }
 
     /// When this node's own member record said it left (monotonic ms).
@@ -650,29 +753,90 @@ impl Replica {
         &self.stats
     }
 
-    /// Plumtree's counters.
+    /// Plumtree's counters, summed over the scopes.
     pub fn broadcast_stats(&self) -> plumtree::Stats {
-        self.plum.stats().clone()
+        let mut sum = plumtree::Stats::default();
+        for plum in self.scopes().filter_map(|(_, s)| s.plum.as_ref()) {
+            let p = plum.stats();
+            sum.gossip_sent += p.gossip_sent;
+            sum.ihave_sent += p.ihave_sent;
+            sum.grafts_sent += p.grafts_sent;
+            sum.prunes_sent += p.prunes_sent;
+            sum.duplicates += p.duplicates;
+            sum.already_known += p.already_known;
+            sum.lazy_dropped += p.lazy_dropped;
+            sum.missing_evicted += p.missing_evicted;
+            sum.missing_abandoned += p.missing_abandoned;
+            sum.shortened += p.shortened;
+        }
+        sum
     }
 
-    /// HyParView's active view.
+    /// HyParView's active view (the cluster scope's).
     pub fn active_view(&self) -> &[Peer] {
-        self.hpv.active_view()
+        self.cluster.hpv.as_ref().map_or(&[], |h| h.active_view())
     }
 
-    /// HyParView's passive view.
+    /// HyParView's passive view (the cluster scope's).
     pub fn passive_view(&self) -> &[Peer] {
-        self.hpv.passive_view()
+        self.cluster.hpv.as_ref().map_or(&[], |h| h.passive_view())
     }
 
-    /// Plumtree's eager peers.
+    /// Plumtree's eager peers (the cluster scope's).
     pub fn eager_peers(&self) -> &[Peer] {
-        self.plum.eager_peers()
+        self.cluster.plum.as_ref().map_or(&[], |p| p.eager_peers())
     }
 
-    /// Plumtree's lazy peers.
+    /// Plumtree's lazy peers (the cluster scope's).
     pub fn lazy_peers(&self) -> &[Peer] {
-        self.plum.lazy_peers()
+        self.cluster.plum.as_ref().map_or(&[], |p| p.lazy_peers())
+    }
+
+    /// A channel scope's active view, if this node serves the channel.
+    pub fn channel_view(&self, name: &str) -> Option<&[Peer]> {
+        self.channels
+            .get(name)
+            .and_then(|s| s.hpv.as_ref())
+            .map(|h| h.active_view())
+    }
+
+    /// The channels this node serves or still holds data of, with where
+    /// it stands in each (for `chorus status` and `/v1/cluster`).
+    pub fn channel_status(&self) -> Vec<ChannelStatus> {
+        self.channels
+            .iter()
+            .map(|(name, scope)| {
+                let members = self.scope_members(name);
+                let (state, handed_off, needed) = match scope.state {
+                    State::Joining { .. } => ("joining", 0, 0),
+                    State::Ready => ("ready", 0, 0),
+                    State::Leaving { since } => (
+                        "leaving",
+                        handed_off(scope, &members, since),
+                        self.handoff_needed(),
+                    ),
+                };
+                ChannelStatus {
+                    name: name.clone(),
+                    state,
+                    keys: scope.tree.len(),
+                    members_keys: scope.members_keys(),
+                    members,
+                    handed_off,
+                    handoff_needed: needed,
+                }
+            })
+            .collect()
+    }
+
+    /// The Merkle roots of every scope this node serves ([`CLUSTER`], the
+    /// empty name, for the cluster scope): equal on two replicas serving
+    /// a scope exactly when they hold the same objects of it.
+    pub fn tree_roots(&self) -> BTreeMap<String, merkle::Summary> {
+        self.scopes()
+            .filter(|(_, s)| s.is_serving())
+            .map(|(n, s)| (n.to_string(), s.tree.root()))
+            .collect()
     }
 
     /// The members anti-entropy picks from.
@@ -695,10 +859,11 @@ impl Replica {
         self.tombstones.len()
     }
 
-    /// The Merkle tree's root: equal on two replicas exactly when they
-    /// hold the same objects (as of the feed read so far).
+    /// The cluster scope's Merkle root: equal on two replicas exactly when
+    /// they hold the same objects outside channels (as of the feed read so
+    /// far). [`Replica::tree_roots`] has the channels'.
     pub fn tree_root(&self) -> merkle::Summary {
-        self.tree.root()
+        self.cluster.tree.root()
     }
 
     /// The feed position read so far.
@@ -721,6 +886,258 @@ impl Replica {
                 MERGE_BYTES_MAX + (16 << 20),
             ),
         ]
+    }
+
+    /// The cluster scope, then every channel scope, by name.
+    fn scopes(&self) -> impl Iterator<Item = (&str, &Scope)> {
+        std::iter::once((CLUSTER, &self.cluster))
+            .chain(self.channels.iter().map(|(n, s)| (n.as_str(), s)))
+    }
+
+    fn scope(&self, name: &str) -> Option<&Scope> {
+        match name {
+            CLUSTER => Some(&self.cluster),
+            _ => self.channels.get(name),
+        }
+    }
+
+    fn scope_mut(&mut self, name: &str) -> Option<&mut Scope> {
+        match name {
+            CLUSTER => Some(&mut self.cluster),
+            _ => self.channels.get_mut(name),
+        }
+    }
+
+    /// The scope a full prefix belongs to: its channel, or [`CLUSTER`].
+    fn scope_name(&self, fp: &FullPrefix) -> String {
+        self.table
+            .table
+            .channel_of(fp)
+            .map_or_else(String::new, |(n, _)| n.to_string())
+    }
+
+    /// The other current members of a scope, by address: every member for
+    /// the cluster scope, the channel's nodes (whose member records say
+    /// where they listen) for a channel.
+    fn scope_members(&self, name: &str) -> Vec<Peer> {
+        if name == CLUSTER {
+            return self.other_members().into_iter().cloned().collect();
+        }
+        let Some(channel) = self.table.table.get(name) else {
+            return Vec::new();
+        };
+        self.member_ids
+            .iter()
+            .filter(|(addr, id)| {
+                channel.nodes.contains(id) && **addr != self.config.me && !self.left.contains(*addr)
+            })
+            .map(|(addr, _)| addr.clone())
+            .collect()
+    }
+
+    /// How many other members must hold a channel's data before a node
+    /// that stopped serving it drops its copy.
+    fn handoff_needed(&self) -> usize {
+        self.config.channel_min_members.max(1)
+    }
+
+    /// The channel table changed (a commit touched its records): the
+    /// scopes and trees follow it.
+    fn on_table_change(&mut self, now: Now) {
+        let table = match self.meta.channels() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("cannot read the channel table: {e}");
+                return;
+            }
+        };
+        if *table == *self.table {
+            return;
+        }
+        for problem in &table.problems {
+            tracing::warn!("{problem}");
+        }
+        self.table = table;
+        self.set_scopes(now);
+        match self.meta.store().snapshot() {
+            Ok(snapshot) => self.rebuild_trees(&snapshot, now),
+            Err(e) => tracing::warn!("cannot read the store to follow the channel table: {e}"),
+        }
+    }
+
+    /// Makes the scopes match the table: a scope for every channel this
+    /// node serves (joining its members' overlay), leaving ones for those
+    /// it stopped serving, none for channels that no longer exist (their
+    /// data is every node's again).
+    fn set_scopes(&mut self, now: Now) {
+        let me = self.node_id();
+        let served: Vec<(String, bool)> = self
+            .table
+            .table
+            .channels()
+            .filter(|(_, c)| c.nodes.contains(&me))
+            .map(|(n, c)| (n.to_string(), c.nodes.len() == 1))
+            .collect();
+        for (name, alone) in &served {
+            if self.channels.get(name).is_some_and(Scope::is_serving) {
+                continue;
+            }
+            let state = if *alone {
+                State::Ready
+            } else {
+                State::Joining { since: now.ms }
+            };
+            let mut scope = Scope::serving(&self.config.me, name, self.config.seed, state);
+            if let Some(held) = self.channels.remove(name) {
+                scope.tree = held.tree;
+            }
+            let peers = self.scope_members(name);
+            if let (Some(peer), Some(hpv)) = (self.rng.pick(&peers), scope.hpv.as_mut()) {
+                hpv.join(peer.clone());
+            }
+            tracing::info!("serving the channel {name:?}");
+            self.channels.insert(name.clone(), scope);
+        }
+        for (name, scope) in &mut self.channels {
+            if scope.is_serving() && !served.iter().any(|(n, _)| n == name) {
+                tracing::info!(
+                    "no longer serving the channel {name:?}: its data is kept until members hold it"
+                );
+                scope.stop_serving(now.ms);
+            }
+        }
+        let table = Arc::clone(&self.table);
+        self.channels
+            .retain(|name, _| table.table.get(name).is_some());
+        self.sessions
+            .retain(|s| s.scope == CLUSTER || table.table.get(&s.scope).is_some());
+        self.prune_channel_peers();
+    }
+
+    /// Forgets, in every channel's overlay, the peers that are not members
+    /// of that channel (any more).
+    fn prune_channel_peers(&mut self) {
+        let names: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, s)| s.is_serving())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let members = self.scope_members(&name);
+            let Some(scope) = self.channels.get_mut(&name) else {
+                continue;
+            };
+            let strangers: Vec<Peer> = scope
+                .hpv
+                .as_ref()
+                .map(|h| {
+                    h.active_view()
+                        .iter()
+                        .chain(h.passive_view())
+                        .filter(|p| !members.contains(p))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for p in strangers {
+                forget_peer(scope, &p);
+            }
+        }
+    }
+
+    /// Builds every scope's tree from a snapshot, one full prefix at a
+    /// time. Data of a channel this node does not serve makes a leaving
+    /// scope: held until members have it, then dropped.
+    fn rebuild_trees(&mut self, snapshot: &Snapshot, now: Now) {
+        self.cluster.tree = MerkleTree::new();
+        for scope in self.channels.values_mut() {
+            scope.tree = MerkleTree::new();
+        }
+        for fp in snapshot.prefixes() {
+            let name = self.scope_name(fp);
+            if self.scope(&name).is_none() {
+                self.channels.insert(name.clone(), Scope::leaving(now.ms));
+            }
+            let Some(scope) = self.scope_mut(&name) else {
+                continue;
+            };
+            for (key, entry) in snapshot.iter_prefix(fp) {
+                let key = key.as_bytes();
+                scope.tree.update(
+                    fp.prefix().as_bytes(),
+                    fp.subprefix().as_bytes(),
+                    &key.to_vec(),
+                    key_hash(key),
+                    Some(object_hash(key, &entry.value)),
+                );
+            }
+        }
+        self.channels
+            .retain(|_, s| s.is_serving() || !s.tree.is_empty());
+    }
+
+    /// Drops the data of channels this node no longer serves once enough
+    /// of their members have finished an exchange with it since (each
+    /// then holds everything it had): a local removal, never broadcast
+    /// and leaving no tombstone, in commits of at most `MERGE_KEYS_MAX`
+    /// keys.
+    fn drop_left_channels(&mut self) {
+        let needed = self.handoff_needed();
+        let done: Vec<String> = self
+            .channels
+            .iter()
+            .filter_map(|(name, scope)| match scope.state {
+                State::Leaving { since }
+                    if handed_off(scope, &self.scope_members(name), since) >= needed =>
+                {
+                    Some(name.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for name in done {
+            match self.drop_channel_data(&name) {
+                Ok(n) => {
+                    tracing::info!(
+                        "dropped {n} keys of the channel {name:?}: {needed} other members hold them"
+                    );
+                    self.stats.channel_keys_dropped += n;
+                    self.channels.remove(&name);
+                    let table = Arc::clone(&self.table);
+                    self.oplog_marks.retain(|(fp, _), _| {
+                        table.table.channel_of(fp).is_none_or(|(n, _)| n != name)
+                    });
+                }
+                Err(e) => tracing::warn!("cannot drop the data of the channel {name:?}: {e}"),
+            }
+        }
+    }
+
+    /// Removes every key of channel `name` held here; the count removed.
+    fn drop_channel_data(&mut self, name: &str) -> Result<u64, chorus_store::Error> {
+        let store = self.meta.store().clone();
+        let snapshot = store.snapshot()?;
+        let mut slots: Vec<Slot> = Vec::new();
+        for fp in snapshot.prefixes() {
+            if self.scope_name(fp) != name {
+                continue;
+            }
+            for (key, _) in snapshot.iter_prefix(fp) {
+                slots.push((fp.clone(), key.as_bytes().to_vec()));
+            }
+        }
+        let mut dropped = 0u64;
+        for chunk in slots.chunks(MERGE_KEYS_MAX) {
+            let writes: Vec<chorus_store::Write> = chunk
+                .iter()
+                .map(|(fp, key)| chorus_store::Write::delete(fp, key))
+                .collect();
+            let n = writes.len() as u64;
+            store.update_returning(move |_| Ok((writes, ())))?;
+            dropped += n;
+        }
+        Ok(dropped)
     }
 
     fn set_timer(&mut self, now: Now, after_ms: u64, timer: Timer) {
@@ -746,8 +1163,30 @@ impl Replica {
             .collect::<BTreeSet<Peer>>()
             .into_iter()
             .collect();
-        if let Some(seed) = self.rng.pick(&seeds).cloned() {
-            self.hpv.join(seed);
+        if let Some(seed) = self.rng.pick(&seeds).cloned()
+            && let Some(hpv) = self.cluster.hpv.as_mut()
+        {
+            hpv.join(seed);
+        }
+    }
+
+    /// Joins, through one of its members, the overlay of every channel
+    /// this node serves whose active view is empty.
+    fn rejoin_channels(&mut self) {
+        let lonely: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, s)| s.hpv.as_ref().is_some_and(|h| h.active_view().is_empty()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in lonely {
+            let peers = self.scope_members(&name);
+            let Some(peer) = self.rng.pick(&peers).cloned() else {
+                continue;
+            };
+            if let Some(hpv) = self.channels.get_mut(&name).and_then(|s| s.hpv.as_mut()) {
+                hpv.join(peer);
+            }
         }
     }
 
@@ -765,10 +1204,10 @@ impl Replica {
         }
     }
 
-    /// Queues a frame for a peer. One that left is sent nothing but the
-    /// answers to the exchanges it starts: it is handing its data off
-    /// before it stops (see [`Replica::may_stop`]).
-    fn send(&mut self, peer: Peer, frame: Frame) {
+    /// Queues a frame of scope `scope` for a peer. One that left is sent
+    /// nothing but the answers to the exchanges it starts: it is handing
+    /// its data off before it stops (see [`Replica::may_stop`]).
+    fn send(&mut self, scope: &str, peer: Peer, frame: Frame) {
         if peer == self.config.me {
             return;
         }
@@ -782,17 +1221,30 @@ impl Replica {
         if self.left.contains(&peer) && !answer {
             // Dropped; the protocols forget it, but the exchange it may
             // have open for its hand-off stays.
-            self.hpv.peer_failed(&peer);
-            self.plum.neighbor_down(&peer);
+            if let Some(s) = self.scope_mut(scope) {
+                forget_peer(s, &peer);
+            }
             return;
         }
+        // The cluster scope's frames are as before channels existed, so
+        // peers of earlier releases read them.
+        let frame = if scope == CLUSTER {
+            frame
+        } else {
+            Frame::Channel {
+                channel: scope.to_string(),
+                frame: Box::new(frame),
+            }
+        };
         self.outputs.push_back(Output::Send { to: peer, frame });
     }
 
-    /// Tells the protocols that `peer` is unreachable.
+    /// Tells every scope's protocols that `peer` is unreachable.
     fn fail_peer(&mut self, peer: &Peer) {
-        self.hpv.peer_failed(peer);
-        self.plum.neighbor_down(peer);
+        forget_peer(&mut self.cluster, peer);
+        for s in self.channels.values_mut() {
+            forget_peer(s, peer);
+        }
         self.sessions.retain(|s| s.peer != *peer);
     }
 
@@ -815,44 +1267,77 @@ impl Replica {
         }
     }
 
-    /// Drains both state machines' outputs until they are quiet.
+    /// Drains every scope's state machines until they are quiet.
     fn pump(&mut self, now: Now) {
+        let names: Vec<String> = std::iter::once(CLUSTER.to_string())
+            .chain(
+                self.channels
+                    .iter()
+                    .filter(|(_, s)| s.is_serving())
+                    .map(|(n, _)| n.clone()),
+            )
+            .collect();
+        for name in names {
+            self.pump_scope(&name, now);
+        }
+    }
+
+    /// Drains one scope's HyParView and Plumtree until they are quiet.
+    fn pump_scope(&mut self, name: &str, now: Now) {
         loop {
             let mut progressed = false;
-            while let Some(out) = self.hpv.poll_output() {
+            while let Some(out) = self
+                .scope_mut(name)
+                .and_then(|s| s.hpv.as_mut())
+                .and_then(|h| h.poll_output())
+            {
                 progressed = true;
                 match out {
                     hyparview::Output::Send { to, message } => {
-                        self.send(to, Frame::Membership(message));
+                        self.send(name, to, Frame::Membership(message));
                     }
                     hyparview::Output::SetTimer { after_ms, .. } => {
-                        self.set_timer(now, after_ms, Timer::Shuffle);
+                        self.set_timer(now, after_ms, Timer::Shuffle(name.to_string()));
                     }
                     hyparview::Output::NeighborUp(p) => {
-                        self.plum.neighbor_up(p);
-                        self.announce_once();
+                        if let Some(plum) = self.scope_mut(name).and_then(|s| s.plum.as_mut()) {
+                            plum.neighbor_up(p);
+                        }
+                        if name == CLUSTER {
+                            self.announce_once();
+                        }
                     }
-                    hyparview::Output::NeighborDown(p) => self.plum.neighbor_down(&p),
+                    hyparview::Output::NeighborDown(p) => {
+                        if let Some(plum) = self.scope_mut(name).and_then(|s| s.plum.as_mut()) {
+                            plum.neighbor_down(&p);
+                        }
+                    }
                 }
             }
-            progressed |= self.drain_plumtree(None, now);
+            progressed |= self.drain_plumtree(name, None, now);
             if !progressed {
                 return;
             }
         }
     }
 
-    /// Sends Plumtree's messages and keeps what it delivers (from the
-    /// peer with `node_id`) for the next flush.
-    fn drain_plumtree(&mut self, node_id: Option<[u8; 16]>, now: Now) -> bool {
+    /// Sends a scope's Plumtree messages and keeps what it delivers (from
+    /// the peer with `node_id`) for the next flush.
+    fn drain_plumtree(&mut self, name: &str, node_id: Option<[u8; 16]>, now: Now) -> bool {
         let mut progressed = false;
         let mut delivered = Vec::new();
-        while let Some(out) = self.plum.poll_output() {
+        while let Some(out) = self
+            .scope_mut(name)
+            .and_then(|s| s.plum.as_mut())
+            .and_then(|p| p.poll_output())
+        {
             progressed = true;
             match out {
-                plumtree::Output::Send { to, message } => self.send(to, Frame::Broadcast(message)),
+                plumtree::Output::Send { to, message } => {
+                    self.send(name, to, Frame::Broadcast(message));
+                }
                 plumtree::Output::SetTimer { after_ms, .. } => {
-                    self.set_timer(now, after_ms, Timer::Tick);
+                    self.set_timer(now, after_ms, Timer::Tick(name.to_string()));
                 }
                 plumtree::Output::Deliver { id, payload, .. } => delivered.push((id, payload)),
             }
@@ -897,6 +1382,16 @@ impl Replica {
             let Ok(fp) = FullPrefix::parse(&fp) else {
                 continue;
             };
+            // Only what this node serves is stored: a peer with an older
+            // table may still send the rest.
+            if !self
+                .table
+                .table
+                .serves(&NodeId::from_bytes(self.node_id), &fp)
+            {
+                self.stats.unserved_dropped += 1;
+                continue;
+            }
             let object = match validate::decode_merged(&bytes, clock) {
                 Ok(o) => o,
                 Err(r) => {
@@ -982,17 +1477,20 @@ impl Replica {
         self.stats.identity_conflicts = count;
     }
 
-    /// Links to `peer` in the overlay (at most once per `REJOIN_MS`).
-    fn link_after_stale_repair(&mut self, peer: &Peer, now: Now) {
-        if self.hpv.active_view().contains(peer)
-            || self
-                .last_link
-                .is_some_and(|t| now.ms.saturating_sub(t) < REJOIN_MS)
-        {
+    /// Links to `peer` in scope `name`'s overlay (at most once per
+    /// `REJOIN_MS`).
+    fn link_after_stale_repair(&mut self, name: &str, peer: &Peer, now: Now) {
+        let recent = self
+            .last_link
+            .is_some_and(|t| now.ms.saturating_sub(t) < REJOIN_MS);
+        let Some(hpv) = self.scope_mut(name).and_then(|s| s.hpv.as_mut()) else {
+            return;
+        };
+        if recent || hpv.active_view().contains(peer) {
             return;
         }
+        hpv.connect(peer.clone());
         self.last_link = Some(now.ms);
-        self.hpv.connect(peer.clone());
         self.stats.overlay_links += 1;
     }
 
@@ -1017,20 +1515,36 @@ impl Replica {
         // is refused it for good (the simulator found the divergence).
         self.forget_old_collected(now);
         let grace = ms(self.config.tombstone_grace);
-        let members = self.other_members();
         #[cfg(feature = "mutations")]
         let early = self.config.mutation == Mutation::CollectEarly;
         #[cfg(not(feature = "mutations"))]
         let early = false;
+        // Per scope, the oldest moment every member has finished an
+        // exchange since (`None`: some member has not yet): a tombstone
+        // that arrived before it has reached every member of its scope.
+        // A channel this node is leaving collects nothing: its data goes
+        // whole once handed off.
+        let horizons: BTreeMap<String, Option<u64>> = self
+            .scopes()
+            .map(|(name, scope)| {
+                let h = if scope.is_serving() {
+                    self.scope_members(name)
+                        .iter()
+                        .map(|m| scope.synced.get(m).copied())
+                        .try_fold(u64::MAX, |acc, s| s.map(|s| acc.min(s)))
+                } else {
+                    None
+                };
+                (name.to_string(), h)
+            })
+            .collect();
         let ready: Vec<(Slot, u64)> = self
             .tombstones
             .iter()
-            .filter(|(_, held)| {
+            .filter(|((fp, _), held)| {
+                let horizon = horizons.get(&self.scope_name(fp)).copied().flatten();
                 now.ms.saturating_sub(held.arrived) >= grace
-                    && (early
-                        || members
-                            .iter()
-                            .all(|m| self.synced.get(*m).is_some_and(|s| *s > held.arrived)))
+                    && (early || horizon.is_some_and(|h| h > held.arrived))
             })
             .map(|(k, held)| (k.clone(), held.hash))
             .take(MERGE_KEYS_MAX)
@@ -1114,21 +1628,30 @@ impl Replica {
         if self.oplog_marks.is_empty() {
             return;
         }
-        let members = self.other_members();
-        let mut horizon = now.ms.checked_sub(ms(self.config.tombstone_grace));
-        for m in members {
-            match (self.synced.get(m), horizon) {
-                (Some(s), Some(h)) => horizon = Some(h.min(*s)),
-                _ => horizon = None,
-            }
-        }
-        let Some(horizon) = horizon else {
+        let Some(grace_ago) = now.ms.checked_sub(ms(self.config.tombstone_grace)) else {
             return;
         };
+        // Per scope: the grace period ago, or the oldest moment every
+        // member of the scope has exchanged since, whichever is earlier.
+        let horizons: BTreeMap<String, Option<u64>> = self
+            .scopes()
+            .map(|(name, scope)| {
+                let h = if scope.is_serving() {
+                    self.scope_members(name)
+                        .iter()
+                        .map(|m| scope.synced.get(m).copied())
+                        .try_fold(grace_ago, |acc, s| s.map(|s| acc.min(s)))
+                } else {
+                    None
+                };
+                (name.to_string(), h)
+            })
+            .collect();
         let ready: Vec<(Slot, OpKey)> = self
             .oplog_marks
             .iter()
             .filter_map(|(slot, marks)| {
+                let horizon = horizons.get(&self.scope_name(&slot.0)).copied().flatten()?;
                 marks
                     .iter()
                     .rev()
@@ -1187,6 +1710,17 @@ impl Replica {
     /// What a member record means here: a member to exchange with, one
     /// that left, or this node leaving.
     fn apply_member(&mut self, addr: Peer, member: &members::Member, now: Now) {
+        match NodeId::parse_hex(&member.node) {
+            Some(id) if !member.has_left() => {
+                if self.member_ids.len() < MEMBERS_MAX || self.member_ids.contains_key(&addr) {
+                    self.member_ids.insert(addr.clone(), id);
+                }
+            }
+            _ => {
+                self.member_ids.remove(&addr);
+            }
+        }
+        self.prune_channel_peers();
         if !member.has_left() {
             self.left.remove(&addr);
             if addr != self.config.me {
@@ -1206,12 +1740,13 @@ impl Replica {
         self.fail_peer(&addr);
     }
 
+    /// Starts one exchange in every scope, each with a random member of
+    /// it.
     fn start_exchange(&mut self, now: Now) {
         let known: Vec<Peer> = self
-            .hpv
             .active_view()
             .iter()
-            .chain(self.hpv.passive_view())
+            .chain(self.passive_view())
             .cloned()
             .collect();
         for p in known {
@@ -1221,16 +1756,27 @@ impl Replica {
         for gone in &self.left {
             self.members.remove(gone);
         }
-        let peers: Vec<Peer> = self.members.iter().cloned().collect();
+        let names: Vec<String> = self.scopes().map(|(n, _)| n.to_string()).collect();
+        for name in names {
+            self.start_exchange_in(&name, now);
+        }
+    }
+
+    fn start_exchange_in(&mut self, name: &str, now: Now) {
+        let peers = self.scope_members(name);
         let Some(peer) = self.rng.pick(&peers).cloned() else {
             return;
         };
-        let (exchange, message) = Exchange::initiate(&self.tree, ExchangeConfig::default());
+        let Some(scope) = self.scope(name) else {
+            return;
+        };
+        let (exchange, message) = Exchange::initiate(&scope.tree, ExchangeConfig::default());
         let id = self.rng.next_u64();
         if self.sessions.len() >= SESSIONS_MAX {
             self.sessions.pop_front();
         }
         self.sessions.push_back(Session {
+            scope: name.to_string(),
             peer: peer.clone(),
             id,
             initiator: true,
@@ -1239,6 +1785,7 @@ impl Replica {
         });
         self.stats.exchanges += 1;
         self.send(
+            name,
             peer,
             Frame::Exchange {
                 session: id,
@@ -1248,14 +1795,16 @@ impl Replica {
         );
     }
 
-    fn session_index(&self, peer: &Peer, id: u64, initiator: bool) -> Option<usize> {
-        self.sessions
-            .iter()
-            .position(|s| s.peer == *peer && s.id == id && s.initiator == initiator)
+    fn session_index(&self, scope: &str, peer: &Peer, id: u64, initiator: bool) -> Option<usize> {
+        self.sessions.iter().position(|s| {
+            s.scope == scope && s.peer == *peer && s.id == id && s.initiator == initiator
+        })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_exchange(
         &mut self,
+        name: &str,
         peer: Peer,
         node_id: [u8; 16],
         session: u64,
@@ -1264,7 +1813,13 @@ impl Replica {
         now: Now,
     ) {
         let mine = !from_initiator;
-        let pos = match self.session_index(&peer, session, mine) {
+        if let merkle::Message::Begin { root } = &message
+            && let Some(scope) = self.scope_mut(name)
+            && (scope.peer_keys.len() < MEMBERS_MAX || scope.peer_keys.contains_key(&peer))
+        {
+            scope.peer_keys.insert(peer.clone(), (root.count, now.ms));
+        }
+        let pos = match self.session_index(name, &peer, session, mine) {
             Some(p) => p,
             // Only a Begin opens a session: a step for a session this node
             // does not have (evicted, or from before a restart) would
@@ -1274,6 +1829,7 @@ impl Replica {
                     self.sessions.pop_front();
                 }
                 self.sessions.push_back(Session {
+                    scope: name.to_string(),
                     peer: peer.clone(),
                     id: session,
                     initiator: false,
@@ -1287,12 +1843,19 @@ impl Replica {
         let Ok(snapshot) = self.meta.store().snapshot() else {
             return;
         };
+        let tree = match name {
+            CLUSTER => &self.cluster.tree,
+            _ => match self.channels.get(name) {
+                Some(s) => &s.tree,
+                None => return,
+            },
+        };
         let Some(s) = self.sessions.get_mut(pos) else {
             return;
         };
         let reply = s
             .exchange
-            .handle(&self.tree, message, &mut SnapshotObjects(&snapshot));
+            .handle(tree, message, &mut SnapshotObjects(&snapshot));
         let mut repairs = Vec::new();
         while let Some(r) = s.exchange.poll_repair() {
             let (Ok(p), Ok(sub)) = (String::from_utf8(r.prefix), String::from_utf8(r.sub)) else {
@@ -1307,27 +1870,52 @@ impl Replica {
                 .iter()
                 .any(|(_, _, bytes)| missed_by_broadcast(bytes, now.wall_ms))
             {
-                self.link_after_stale_repair(&peer, now);
+                self.link_after_stale_repair(name, &peer, now);
             }
             if !self.merge(Origin::Peer(node_id), repairs, now) {
                 // Not stored, so not acknowledged: the exchange ends here
                 // unanswered, and the peer counts it as unfinished.
-                if let Some(i) = self.session_index(&peer, session, mine) {
+                if let Some(i) = self.session_index(name, &peer, session, mine) {
                     self.sessions.remove(i);
                 }
                 return;
             }
         }
         if done {
-            if let Some(i) = self.session_index(&peer, session, mine) {
+            if let Some(i) = self.session_index(name, &peer, session, mine) {
                 self.sessions.remove(i);
             }
             self.stats.exchanges_done += 1;
             self.last_exchange.insert(peer.clone(), now.ms);
-            self.synced.insert(peer.clone(), started);
+            let members = self.scope_members(name);
+            let member = members.contains(&peer);
+            let recent = now
+                .ms
+                .saturating_sub(ms(self.config.exchange_interval).saturating_mul(4));
+            if let Some(scope) = self.scope_mut(name) {
+                scope.synced.insert(peer.clone(), started);
+                // Joined once an exchange with a member, opened after this
+                // node began serving, has finished (it holds what that
+                // member held then), and it holds as many keys as any peer
+                // last said it held (a member that was joining too held
+                // less than the nodes handing the channel off).
+                if let State::Joining { since } = scope.state
+                    && member
+                    && started >= since
+                    && scope.tree.len() >= scope.target_keys(&members, recent)
+                {
+                    scope.state = State::Ready;
+                }
+            }
+            // A hand-off may just have completed: drop at once rather
+            // than at the next collection tick (up to a minute away).
+            if self.scope(name).is_some_and(|s| !s.is_serving()) {
+                self.drop_left_channels();
+            }
         }
         if let Some(message) = reply {
             self.send(
+                name,
                 peer,
                 Frame::Exchange {
                     session,
@@ -1337,6 +1925,36 @@ impl Replica {
             );
         }
     }
+}
+
+/// Members' node ids by address, from their records (those that left
+/// are not members).
+fn member_ids(records: &BTreeMap<Peer, members::Member>) -> BTreeMap<Peer, NodeId> {
+    records
+        .iter()
+        .filter(|(_, m)| !m.has_left())
+        .filter_map(|(a, m)| Some((a.clone(), NodeId::parse_hex(&m.node)?)))
+        .take(MEMBERS_MAX)
+        .collect()
+}
+
+/// Tells a scope's protocols that `peer` is gone from it.
+fn forget_peer(scope: &mut Scope, peer: &Peer) {
+    if let Some(hpv) = scope.hpv.as_mut() {
+        hpv.peer_failed(peer);
+    }
+    if let Some(plum) = scope.plum.as_mut() {
+        plum.neighbor_down(peer);
+    }
+}
+
+/// How many of `members` finished an exchange in `scope` that started
+/// after `since`.
+fn handed_off(scope: &Scope, members: &[Peer], since: u64) -> usize {
+    members
+        .iter()
+        .filter(|m| scope.synced.get(*m).is_some_and(|s| *s > since))
+        .count()
 }
 
 /// True when an object's newest value was written longer ago than

@@ -38,14 +38,30 @@ pub enum Frame {
         /// The step.
         message: merkle::Message<Vec<u8>, Vec<u8>>,
     },
+    /// A frame of a channel's scope: its own overlay, tree and exchanges
+    /// (`Membership`, `Broadcast` or `Exchange` inside; never another
+    /// `Channel`). Frames without one are the cluster scope's, as every
+    /// frame was before channels: a new variant at the end, so the earlier
+    /// variants encode as they did (older peers are never sent this one:
+    /// only members of a channel are, and a table naming a node is written
+    /// by a release that knows channels).
+    Channel {
+        /// The channel's name.
+        channel: String,
+        /// The frame.
+        frame: Box<Frame>,
+    },
 }
 
 impl Frame {
     /// Announcements and prunes: what a full queue drops first.
     pub fn is_lazy(&self) -> bool {
-        matches!(
-            self,
-            Frame::Broadcast(plumtree::Message::IHave { .. } | plumtree::Message::Prune)
-        )
+        match self {
+            Frame::Channel { frame, .. } => frame.is_lazy(),
+            other => matches!(
+                other,
+                Frame::Broadcast(plumtree::Message::IHave { .. } | plumtree::Message::Prune)
+            ),
+        }
     }
 }

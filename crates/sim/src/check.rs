@@ -45,6 +45,8 @@ pub const CONVERGENCE: &str = "convergence";
 pub const DOCUMENTS: &str = "documents";
 /// The operation-logs checker.
 pub const OPERATION_LOGS: &str = "operation logs";
+/// The checker that a channel's data is only on its members.
+pub const CHANNELS: &str = "channels";
 
 /// Most replica numbers a violation lists.
 const REPLICAS_LISTED: usize = 8;
@@ -81,6 +83,57 @@ impl std::fmt::Display for Violation {
 pub fn check_all(replicas: &[Metadata], history: &History) -> Vec<Violation> {
     let mut out = plain_keys(replicas, history);
     out.extend(convergence(replicas, history));
+    out.extend(documents(replicas, history));
+    out.extend(operation_logs(replicas, history));
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// [`check_all`] for a cluster with channels: `serves(fp, r)` says
+/// whether replica `r` serves plain-key full prefix `fp`. The plain-key
+/// checks and convergence of each such full prefix run over the replicas
+/// serving it (numbered among them); every other replica must hold
+/// nothing of it ([`CHANNELS`]); the rest (documents, logs, reserved
+/// prefixes) over every replica.
+pub fn check_all_channels(
+    replicas: &[Metadata],
+    history: &History,
+    serves: impl Fn(&FullPrefix, usize) -> bool,
+) -> Vec<Violation> {
+    let layout = history.layout();
+    let mut out = Vec::new();
+    for fp in &layout.kv {
+        let members: Vec<Metadata> = (0..replicas.len())
+            .filter(|r| serves(fp, *r))
+            .filter_map(|r| replicas.get(r).cloned())
+            .collect();
+        out.extend(plain_keys_where(&members, history, |f| f == fp));
+        out.extend(convergence_where(&members, history, |f| f == fp));
+        for (r, meta) in replicas.iter().enumerate() {
+            if serves(fp, r) {
+                continue;
+            }
+            let held = match meta.store().snapshot() {
+                Ok(s) => s.len_in(fp),
+                Err(e) => {
+                    out.push(unreadable(r, &e.to_string()));
+                    continue;
+                }
+            };
+            if held > 0 {
+                out.push(Violation {
+                    checker: CHANNELS,
+                    key: fp.to_string(),
+                    detail: format!("replica {r} does not serve {fp} but holds {held} keys of it"),
+                    first_event: None,
+                });
+            }
+        }
+    }
+    out.extend(convergence_where(replicas, history, |f| {
+        !layout.kv.contains(f)
+    }));
     out.extend(documents(replicas, history));
     out.extend(operation_logs(replicas, history));
     out.sort();
@@ -219,10 +272,19 @@ impl Writes<'_> {
 /// checks, over every plain key of the layout (those any replica holds
 /// and those the history wrote).
 pub fn plain_keys(replicas: &[Metadata], history: &History) -> Vec<Violation> {
+    plain_keys_where(replicas, history, |_| true)
+}
+
+/// [`plain_keys`] over the layout's full prefixes `checked` selects.
+pub fn plain_keys_where(
+    replicas: &[Metadata],
+    history: &History,
+    checked: impl Fn(&FullPrefix) -> bool,
+) -> Vec<Violation> {
     let mut out = Vec::new();
     let snaps = snapshots(replicas, &mut out);
     let n = snaps.len();
-    for fp in &history.layout().kv {
+    for fp in history.layout().kv.iter().filter(|fp| checked(fp)) {
         let mut keys: BTreeMap<Vec<u8>, Vec<Option<Bytes>>> = BTreeMap::new();
         for (i, (_, snap)) in snaps.iter().enumerate() {
             for (key, entry) in snap.iter_prefix(fp) {

@@ -195,6 +195,19 @@ pub enum Action {
 }
 
 impl Action {
+    /// The plain key this action names, if it names one.
+    pub fn kv_key(&self) -> Option<usize> {
+        match *self {
+            Action::Put { key }
+            | Action::PutWithContext { key }
+            | Action::Read { key }
+            | Action::Delete { key }
+            | Action::DeleteWithContext { key }
+            | Action::Resolve { key } => Some(key),
+            _ => None,
+        }
+    }
+
     /// A random action over `layout`.
     pub fn random(rng: &mut Rng, layout: &Layout) -> Action {
         let key = rng.below(layout.kv_keys().max(1));

@@ -27,7 +27,7 @@ use chorus_store::oplog::Oplogs;
 use chorus_store::{Backend, Clock, Metadata, Options, Store, SyncMode};
 
 use crate::check::{self, Violation};
-use crate::client::{Clients, Layout};
+use crate::client::{Action, Clients, Layout};
 
 /// Which faults a run injects.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -134,6 +134,15 @@ pub struct Config {
     pub grace_ms: u64,
     /// Latency of a link, drawn per link from this range (virtual ms).
     pub latency_ms: (u64, u64),
+    /// Channels: full prefixes of the clients' plain keys served by some
+    /// nodes only (none: every node serves everything). The table is
+    /// written once every node has started, before clients write.
+    pub channels: Vec<SimChannel>,
+    /// When the channel table is written, after clients start writing
+    /// (virtual ms; 0: a second before they start). Later, every node
+    /// holds the channels' data first, and those that do not serve them
+    /// hand it off and drop it.
+    pub channels_after_ms: u64,
     /// A bug injected on purpose (feature `mutations`).
     #[cfg(feature = "mutations")]
     pub mutation: chorus_replica::Mutation,
@@ -152,10 +161,25 @@ impl Default for Config {
             exchange_ms: 1_000,
             grace_ms: 5_000,
             latency_ms: (1, 20),
+            channels: Vec::new(),
+            channels_after_ms: 0,
             #[cfg(feature = "mutations")]
             mutation: chorus_replica::Mutation::None,
         }
     }
+}
+
+/// A channel of a simulation: one full prefix of the clients' plain keys
+/// and the nodes serving it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimChannel {
+    /// Its name.
+    pub name: String,
+    /// Which of the layout's plain-key full prefixes it holds (0: `sim/a`,
+    /// 1: `sim/b`).
+    pub kv: usize,
+    /// The nodes serving it (numbers of nodes started at the beginning).
+    pub nodes: Vec<u32>,
 }
 
 /// What a run did and found.
@@ -220,6 +244,8 @@ struct SimNode {
     timer_at: Option<u64>,
     /// Made by copying another node's directory: its node id is there.
     cloned: bool,
+    /// Its node id, once it has started.
+    id: Option<chorus_core::NodeId>,
 }
 
 struct Live {
@@ -277,6 +303,8 @@ enum Ev {
     Leave(u32),
     /// A node's directory copied to a new node, which starts.
     Clone(u32),
+    /// The channel table is written (on the first running node).
+    Channels,
     /// The end of the workload: every fault healed.
     End,
 }
@@ -418,6 +446,7 @@ impl World {
             paused_until: 0,
             timer_at: None,
             cloned: false,
+            id: None,
         });
         self.group.push(0);
         self.by_addr.insert(addr, i);
@@ -464,6 +493,13 @@ impl World {
         let end = start + self.config.run_ms;
         let n = self.config.nodes as u32;
         self.schedule(start, Ev::Client);
+        if !self.config.channels.is_empty() {
+            let at = match self.config.channels_after_ms {
+                0 => start - 1_000,
+                after => start + after,
+            };
+            self.schedule(at, Ev::Channels);
+        }
         let f = self.config.faults;
         let window = self.config.run_ms.max(1);
         let draws = |rng: &mut Rng, count: u64| -> Vec<u64> {
@@ -577,9 +613,11 @@ impl World {
         }
     }
 
-    /// Every live replica holds the same objects.
+    /// Every live replica holds the same objects of every scope it
+    /// serves (the cluster scope and its channels), and none still holds
+    /// the data of a channel it does not serve.
     fn converged(&mut self) -> bool {
-        let mut root = None;
+        let mut roots: BTreeMap<String, chorus_gossip::merkle::Summary> = BTreeMap::new();
         for i in 0..self.nodes.len() {
             let now = self.now_of(i as u32);
             let Some(live) = self.nodes[i]
@@ -590,11 +628,22 @@ impl World {
                 continue;
             };
             while let Ok(true) = live.replica.read_feed(now) {}
-            let r = live.replica.tree_root();
-            match root {
-                None => root = Some(r),
-                Some(x) if x != r => return false,
-                Some(_) => {}
+            if live
+                .replica
+                .channel_status()
+                .iter()
+                .any(|c| c.state == "leaving")
+            {
+                return false;
+            }
+            for (scope, r) in live.replica.tree_roots() {
+                match roots.get(&scope) {
+                    None => {
+                        roots.insert(scope, r);
+                    }
+                    Some(x) if *x != r => return false,
+                    Some(_) => {}
+                }
             }
         }
         true
@@ -707,6 +756,7 @@ impl World {
                 self.schedule(self.now + FEED_TICK_MS, Ev::FeedTick { node, inc });
             }
             Ev::Client => self.client(),
+            Ev::Channels => self.write_channels(),
             Ev::Partition(side) => {
                 self.trace(6, side.len() as u64, 0);
                 *self.outcome.faults.entry("partitions").or_default() += 1;
@@ -897,6 +947,7 @@ impl World {
             seed: mix(self.config.seed ^ u64::from(node) ^ (u64::from(self.nodes[i].inc) << 40)),
             max_clock_skew: Duration::from_secs(300),
             http: None,
+            channel_min_members: 2,
             #[cfg(feature = "mutations")]
             mutation: self.config.mutation,
         };
@@ -914,6 +965,7 @@ impl World {
         let n = &mut self.nodes[i];
         n.inc += 1;
         n.timer_at = None;
+        n.id = Some(meta.store().node_id());
         n.live = Some(Box::new(Live { replica, meta }));
         let inc = n.inc;
         if inc > 1 {
@@ -1137,6 +1189,23 @@ impl World {
         let Some(&node) = self.rng.pick(&live) else {
             return;
         };
+        let action = Action::random(&mut self.rng, self.clients.history().layout());
+        // A plain key of a channel is written where it is served (a node
+        // that does not serve it refuses).
+        let node = match action.kv_key().and_then(|k| self.channel_of_key(k)) {
+            Some(c) => {
+                let serving: Vec<u32> = live
+                    .iter()
+                    .copied()
+                    .filter(|n| c.nodes.contains(n))
+                    .collect();
+                match self.rng.pick(&serving) {
+                    Some(&n) => n,
+                    None => return,
+                }
+            }
+            None => node,
+        };
         if self.nodes[node as usize].paused_until > self.now {
             return;
         }
@@ -1146,7 +1215,7 @@ impl World {
         let Some(l) = self.nodes[node as usize].live.as_ref() else {
             return;
         };
-        let step = self.clients.step(node, &l.meta, &mut self.rng, now_ms);
+        let step = self.clients.apply(node, &l.meta, action, now_ms);
         let text = self
             .clients
             .history()
@@ -1159,11 +1228,81 @@ impl World {
         self.after(node);
     }
 
+    /// The channel holding plain key number `key`, if any.
+    fn channel_of_key(&self, key: usize) -> Option<&SimChannel> {
+        let keys = self.config.keys.max(1);
+        let kv = (key % (keys * 2)) / keys;
+        self.config.channels.iter().find(|c| c.kv == kv)
+    }
+
+    /// Writes the channel table on the first running node: the nodes
+    /// named by their ids, each channel's full prefix as its pattern.
+    fn write_channels(&mut self) {
+        let layout = self.clients.history().layout().clone();
+        let Some(writer) = self.nodes.iter().position(|n| n.live.is_some()) else {
+            self.note("no node runs: the channel table is not written".into());
+            return;
+        };
+        let ids = |nodes: &[SimNode], c: &SimChannel| -> Vec<String> {
+            c.nodes
+                .iter()
+                .filter_map(|&n| nodes.get(n as usize)?.id)
+                .map(|id| id.to_string())
+                .collect()
+        };
+        let mut records = Vec::new();
+        for c in &self.config.channels {
+            let Some(fp) = layout.kv.get(c.kv) else {
+                continue;
+            };
+            let record =
+                serde_json::json!({"patterns": [fp.to_string()], "nodes": ids(&self.nodes, c)});
+            records.push((c.name.clone(), record.to_string()));
+        }
+        self.now_of(writer as u32);
+        let Some(meta) = self.nodes[writer].live.as_ref().map(|l| l.meta.clone()) else {
+            return;
+        };
+        let fp = match chorus_store::channels::full_prefix() {
+            Ok(fp) => fp,
+            Err(e) => {
+                self.note(format!("the channel table's prefix: {e}"));
+                return;
+            }
+        };
+        let mut failed = false;
+        for (name, record) in records {
+            let put = meta.put_reserved(
+                &fp,
+                name.as_bytes(),
+                chorus_store::PutValue::Bytes(record.clone().into_bytes()),
+                &chorus_store::PutOptions::default(),
+            );
+            let text = match put {
+                Ok(_) => format!("n{writer} wrote the channel {name}: {record}"),
+                Err(e) => {
+                    failed = true;
+                    format!("n{writer} could not write the channel {name}: {e}; again in 1 s")
+                }
+            };
+            self.note(text);
+        }
+        if failed {
+            // As an operator would: the same table again (rewriting a
+            // record that was written is harmless).
+            self.schedule(self.now + 1_000, Ev::Channels);
+        }
+        self.read_feed(writer as u32);
+        self.after(writer as u32);
+    }
+
     /// Checks, and the figures.
     fn finish(mut self) -> Outcome {
         self.outcome.sim_ms = self.now;
         self.outcome.trace_hash = self.hash;
         let mut replicas = Vec::new();
+        // Each replica's node number.
+        let mut numbers: Vec<u32> = Vec::new();
         for (i, n) in self.nodes.iter_mut().enumerate() {
             // A node that left (and still hands off) is out of the cluster:
             // nothing says it holds everything.
@@ -1185,6 +1324,7 @@ impl World {
                 }
             }
             replicas.push(l.meta.clone());
+            numbers.push(i as u32);
         }
         if self.outcome.converged_after_ms.is_none() {
             self.outcome.violations.push(Violation {
@@ -1198,9 +1338,20 @@ impl World {
             });
         }
         let history = self.clients.history();
-        self.outcome
-            .violations
-            .extend(check::check_all(&replicas, history));
+        let found = if self.config.channels.is_empty() {
+            check::check_all(&replicas, history)
+        } else {
+            let layout = history.layout();
+            let channels = &self.config.channels;
+            check::check_all_channels(&replicas, history, |fp, r| {
+                let node = numbers.get(r).copied().unwrap_or(u32::MAX);
+                channels
+                    .iter()
+                    .find(|c| layout.kv.get(c.kv) == Some(fp))
+                    .is_none_or(|c| c.nodes.contains(&node))
+            })
+        };
+        self.outcome.violations.extend(found);
         let (acked, failed) =
             history
                 .events()

@@ -48,3 +48,34 @@ fn the_replica_as_released_is_not_reported_by_the_same_seeds() {
     // the mutation, not the seeds.
     assert_eq!(caught(Mutation::None, 20), None);
 }
+
+#[test]
+fn collecting_a_channel_tombstone_before_every_member_of_it_has_it_is_caught() {
+    // Two channels with overlapping members over the two plain-key
+    // prefixes: a tombstone there waits for the channel's members only,
+    // and collecting it earlier must still be seen.
+    let channel = |name: &str, kv, nodes: Vec<u32>| cluster::SimChannel {
+        name: name.into(),
+        kv,
+        nodes,
+    };
+    let found = (1..=100).find_map(|seed| {
+        let outcome = cluster::run(&Config {
+            seed,
+            faults: Faults::standard(),
+            mutation: Mutation::CollectEarly,
+            channels: vec![
+                channel("ca", 0, vec![0, 1, 2]),
+                channel("cb", 1, vec![2, 3, 4]),
+            ],
+            ..Config::default()
+        })
+        .expect("the run");
+        outcome.violations.first().map(|v| (seed, v.to_string()))
+    });
+    assert!(
+        found.is_some(),
+        "collecting channel tombstones early went unnoticed for 100 seeds"
+    );
+    eprintln!("CollectEarly with channels caught: {found:?}");
+}
