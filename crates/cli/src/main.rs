@@ -1,12 +1,14 @@
 //! `chorus`: the command line of a Chorus node.
 //!
-//! Exit codes scripts can rely on: 0 ok, 1 not found, 2 bad usage or input,
-//! 3 conflict, 4 corruption or I/O error, 5 lock timeout. Errors go to
+//! Exit codes scripts can rely on: 0 ok, 1 not found (or not served on this
+//! node: see docs/channels.md), 2 bad usage or input, 3 conflict, 4
+//! corruption or I/O error, 5 lock timeout or busy. Errors go to
 //! stderr as one line that says what happened and what to do; `--json`
 //! prints one JSON document on stdout, and on an error also one object
 //! `{"code": ..., "message": ...}` with the error's stable code (the same
 //! codes as the HTTP and ZeroMQ interfaces: `not_found`, `bad_request`,
-//! `conflict`, `storage`, `lock_timeout`, ...).
+//! `conflict`, `storage`, `lock_timeout`, `not_served`, ...; a
+//! `not_served` error also lists the serving nodes under `"nodes"`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 mod auth;
+mod channel;
 mod demo;
 mod doc;
 mod kv;
@@ -138,6 +141,9 @@ enum Command {
     /// The cluster's CA and node certificates for mutual TLS
     #[command(subcommand)]
     Cluster(serve::ClusterCommand),
+    /// Channels: which nodes serve which full prefixes (see docs/channels.md)
+    #[command(subcommand)]
+    Channel(channel::ChannelCommand),
     /// Stage writes in a local directory ($CHORUS_STAGE_DIR, else ~/.chorus/stage; --dir overrides) and push them upstream after a quiet period
     Stage(stage::StageArgs),
     /// Users with a master secret, for sessions and tokens (see docs/auth.md)
@@ -159,6 +165,8 @@ enum Command {
 pub(crate) struct Failure {
     kind: Kind,
     message: String,
+    /// For `not_served`: the nodes that serve the full prefix.
+    serving: Vec<chorus_core::NodeId>,
 }
 
 impl Failure {
@@ -173,6 +181,7 @@ impl Failure {
         Failure {
             kind,
             message: message.into(),
+            serving: Vec::new(),
         }
     }
     pub(crate) fn usage(message: impl Into<String>) -> Self {
@@ -188,7 +197,11 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        Failure::of_kind(e.kind(), e.to_string())
+        let mut f = Failure::of_kind(e.kind(), e.to_string());
+        if let Error::NotServed { nodes, .. } = e {
+            f.serving = nodes;
+        }
+        f
     }
 }
 
@@ -216,12 +229,17 @@ fn main() -> ExitCode {
     }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
+        Err(mut f) => {
+            let nodes = channel::serving(&cli, &mut f);
             eprintln!("chorus: {}", f.message);
             // One JSON document: a command that already printed its
             // report (a damaged `check`) does not add a second one.
             if cli.json && !EMITTED.load(Ordering::Relaxed) {
-                println!("{}", json!({"code": f.kind().code(), "message": f.message}));
+                let mut doc = json!({"code": f.kind().code(), "message": f.message});
+                if let Some(nodes) = nodes {
+                    doc["nodes"] = nodes;
+                }
+                println!("{doc}");
             }
             ExitCode::from(f.kind.exit_code())
         }
@@ -283,6 +301,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Serve(args) => serve::run(cli, args),
         Command::Leave => serve::leave(cli),
         Command::Cluster(c) => serve::cluster(cli, c),
+        Command::Channel(c) => channel::run(cli, c),
         Command::Stage(a) => stage::run(cli, a),
         Command::User(c) => auth::user(cli, c),
         Command::Session(c) => auth::session(cli, c),

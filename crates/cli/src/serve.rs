@@ -101,6 +101,15 @@ pub(crate) struct ServeArgs {
     /// ZeroMQ requests per second over every connection (0: no limit)
     #[arg(long, default_value_t = 100_000)]
     zmq_rate_total: u32,
+    /// Forward requests for full prefixes this node does not serve to a node that does, as if each asked ?forward=true (see docs/channels.md)
+    #[arg(long)]
+    forward: bool,
+    /// Serve this channel: CHANNEL (it exists) or CHANNEL=PATTERN[,PATTERN...] (created if absent); repeat for several (see docs/channels.md)
+    #[arg(long, value_name = "CHANNEL[=PATTERN,...]", value_parser = chorus_node::channels::Serve::parse)]
+    serve: Vec<chorus_node::channels::Serve>,
+    /// A local channel table (JSON, as `chorus channel ls --json` prints it) merged into the replicated one at start
+    #[arg(long, value_name = "FILE")]
+    channels: Option<std::path::PathBuf>,
 }
 
 /// Sends the daemon's (and the engine's) log lines to stderr, one line
@@ -167,6 +176,9 @@ pub(crate) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Failure> {
     config.tombstone_grace = std::time::Duration::from_secs_f64(args.tombstone_grace);
     config.max_clock_skew = std::time::Duration::from_secs_f64(args.max_clock_skew);
     config.limits = limits(args);
+    config.forward = args.forward;
+    config.serve = args.serve.clone();
+    config.channels = args.channels.clone();
     config.channel_min_members = args.channel_min_members as usize;
     if let Some(endpoint) = &args.zmq {
         let mut b = chorus_node::broker::BrokerConfig::new(endpoint.clone(), args.zmq_pub.clone());

@@ -201,7 +201,7 @@ fn check_members(nodes: &BTreeSet<NodeId>, members: &BTreeSet<NodeId>) -> Result
         return Ok(());
     }
     Err(ChannelError::Invalid(format!(
-        "{} not a member of the cluster: name nodes from `chorus cluster` (their ids), or start them first",
+        "{} not a member of the cluster: name nodes by their ids (`chorus status` on each node, or `GET /v1/cluster`) or their member addresses, or start them first",
         unknown.join(", ") + if unknown.len() == 1 { " is" } else { " are" }
     )))
 }

@@ -33,11 +33,20 @@ pub enum Kind {
     Storage,
     /// A broken invariant: a bug, not the caller's fault (500, exit 4).
     Internal,
+    /// The full prefix is in a channel this node does not serve: ask a
+    /// node that serves it (421 Misdirected Request, exit 1: like
+    /// `not_found`, the data is not here, and asking this node again
+    /// will not change that).
+    NotServed,
+    /// A node this one forwarded the request to could not be reached or
+    /// did not answer in time (502 Bad Gateway, exit 5: retry, or ask
+    /// another node).
+    Unreachable,
 }
 
 impl Kind {
     /// Every kind, for tables and tests.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 15] = [
         Kind::BadRequest,
         Kind::Unauthorized,
         Kind::Forbidden,
@@ -51,6 +60,8 @@ impl Kind {
         Kind::LockTimeout,
         Kind::Storage,
         Kind::Internal,
+        Kind::NotServed,
+        Kind::Unreachable,
     ];
 
     /// The HTTP status.
@@ -67,6 +78,8 @@ impl Kind {
             Kind::RateLimited => 429,
             Kind::Busy | Kind::LockTimeout => 503,
             Kind::Storage | Kind::Internal => 500,
+            Kind::NotServed => 421,
+            Kind::Unreachable => 502,
         }
     }
 
@@ -86,14 +99,17 @@ impl Kind {
             Kind::LockTimeout => "lock_timeout",
             Kind::Storage => "storage",
             Kind::Internal => "internal",
+            Kind::NotServed => "not_served",
+            Kind::Unreachable => "unreachable",
         }
     }
 
-    /// The command line's exit code: 1 not found, 2 a wrong request, 3 a
-    /// conflict, 4 storage, 5 busy (retry).
+    /// The command line's exit code: 1 not found (or not here: not
+    /// served), 2 a wrong request, 3 a conflict, 4 storage, 5 busy or
+    /// unreachable (retry).
     pub fn exit_code(self) -> u8 {
         match self {
-            Kind::NotFound => 1,
+            Kind::NotFound | Kind::NotServed => 1,
             Kind::BadRequest
             | Kind::Unauthorized
             | Kind::Forbidden
@@ -102,7 +118,7 @@ impl Kind {
             | Kind::UriTooLong => 2,
             Kind::Conflict => 3,
             Kind::Storage | Kind::Internal => 4,
-            Kind::Busy | Kind::LockTimeout | Kind::RateLimited => 5,
+            Kind::Busy | Kind::LockTimeout | Kind::RateLimited | Kind::Unreachable => 5,
         }
     }
 }

@@ -121,6 +121,7 @@ impl Core {
         let mut service =
             Service::new(meta.clone(), config.auth, commands.clone()).map_err(Error::Io)?;
         service.max_clock_skew = config.max_clock_skew;
+        service.forward = config.forward;
         let committed = service.committed.clone();
         let started = Instant::now();
         let replica = Replica::open(
@@ -133,6 +134,7 @@ impl Core {
                 tombstone_grace: config.tombstone_grace,
                 seed,
                 max_clock_skew: config.max_clock_skew,
+                http: config.http.map(|a| crate::channels::announced_http(a, &me)),
                 channel_min_members: config.channel_min_members,
                 #[cfg(feature = "mutations")]
                 mutation: chorus_replica::Mutation::None,

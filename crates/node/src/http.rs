@@ -392,7 +392,12 @@ pub(crate) fn router(api: Service) -> Router {
         .route("/v1/ops/{prefix}/{sub}/{*path}", get(op_get).post(op_push))
         .merge(crate::sync_http::routes())
         .merge(crate::auth_http::routes())
+        .merge(crate::channels_http::routes())
         .fallback(|| async { ApiError::not_found("no such route: see /openapi.json") })
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            crate::channels_http::forwarding,
+        ))
         .layer(DefaultBodyLimit::max(BODY_MAX))
         .layer(axum::middleware::from_fn_with_state(api.clone(), measure))
         .layer(axum::middleware::from_fn(audit_source))

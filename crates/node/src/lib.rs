@@ -18,6 +18,8 @@
 pub mod auth;
 mod auth_http;
 pub mod broker;
+pub mod channels;
+mod channels_http;
 mod commit;
 mod core;
 pub mod error;
@@ -90,6 +92,15 @@ pub struct Config {
     /// Connection caps, request rates, timeouts and the frame memory
     /// budget (docs/auth.md, "Limits").
     pub limits: Limits,
+    /// Forward key-value requests for full prefixes this node does not
+    /// serve to a node that does, as if each asked `?forward=true`
+    /// (docs/channels.md).
+    pub forward: bool,
+    /// Channels this node serves (`--serve`), merged into the table at
+    /// start (see [`channels::Serve`]).
+    pub serve: Vec<channels::Serve>,
+    /// A local table file (`--channels`), merged into the table at start.
+    pub channels: Option<PathBuf>,
     /// How many other members of a channel must hold its data before this
     /// node, no longer serving it, drops its copy (docs/channels.md).
     pub channel_min_members: usize,
@@ -115,6 +126,9 @@ impl Config {
             audit: auth::AuditConfig::default(),
             max_clock_skew: Duration::from_millis(validate::MAX_CLOCK_SKEW_DEFAULT_MS),
             limits: Limits::default(),
+            forward: false,
+            serve: Vec::new(),
+            channels: None,
             channel_min_members: 2,
         }
     }
@@ -215,6 +229,22 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::Io(format!("cannot read the listen address: {e}")))?;
     let me = config.advertise.unwrap_or(listen).to_string();
+    // Bound before the replica starts: the member record it writes names
+    // the HTTP address (a port 0 becomes the one picked).
+    let http = match config.http {
+        Some(addr) => {
+            let l = listen_on(addr)?;
+            config.http = Some(
+                l.local_addr()
+                    .map_err(|e| Error::Io(format!("cannot read the HTTP address: {e}")))?,
+            );
+            Some(l)
+        }
+        None => None,
+    };
+    // Before the replica announces this node: a refused start writes
+    // nothing.
+    channels::at_start(&config.dir, &config.serve, config.channels.as_deref())?;
     let core = core::Core::open(&config, me)?;
     core.service().auth.configure_audit(config.audit.clone());
     if config.auth {
@@ -239,8 +269,7 @@ pub async fn run(
                 .map_err(|e| Error::Config(format!("cannot create the cluster key: {e}")))?;
         }
     }
-    if let Some(addr) = config.http {
-        let http = listen_on(addr)?;
+    if let Some(http) = http {
         tokio::spawn(http::serve(http, core.service(), config.limits.clone()));
     }
     // Stopped (its threads joined) when dropped, after the core stops.

@@ -101,6 +101,9 @@ pub(crate) struct Service {
     /// How far ahead of this node's clock a pushed value may be
     /// (`Config::max_clock_skew`).
     pub(crate) max_clock_skew: std::time::Duration,
+    /// Whether key-value requests for full prefixes this node does not
+    /// serve are forwarded without `?forward=true` (`Config::forward`).
+    pub(crate) forward: bool,
 }
 
 /// One operation, parsed from any interface.
@@ -461,6 +464,7 @@ impl Service {
             max_clock_skew: std::time::Duration::from_millis(
                 crate::validate::MAX_CLOCK_SKEW_DEFAULT_MS,
             ),
+            forward: false,
         })
     }
 

@@ -139,11 +139,13 @@ def harvest(url):
         cursors.append(pull_cursor()["cursor"])
     status, headers, _ = http("GET", key)
     context = headers.get("X-Chorus-Context")
+    _, _, health = http("GET", f"{url}/health")
+    node = json.loads(health)["node"]
     objects = [o["object"] for o in pull_cursor()["objects"]]
     if status != 200 or not context or not objects:
         log(f"FAILED: harvesting values: {status}, context {context!r}, objects {objects!r}")
         sys.exit(5)
-    return {"contexts": [context], "cursors": cursors, "objects": objects}
+    return {"contexts": [context], "cursors": cursors, "objects": objects, "node": node}
 
 
 # Requests the fuzzer does not make, or whose answers it cannot judge
@@ -413,6 +415,14 @@ def _register_hooks():
             # parameter here, which links may hold percent-encoded): the
             # URL names the document, so a valid edit may leave it out.
             case.body.pop("_id", None)
+        if label == "PUT /v1/channels/{name}" and isinstance(case.body, dict):
+            # A channel names members (this node is the only one) and
+            # patterns that do not overlap each other.
+            case.body["nodes"] = [values["node"]]
+            if isinstance(case.body.get("patterns"), list):
+                case.body["patterns"] = case.body["patterns"][:1]
+        if label in ("POST /v1/channels/{name}/serve", "POST /v1/channels/{name}/leave") and isinstance(case.body, dict) and "node" in case.body:
+            case.body["node"] = values["node"]
         if label == "POST /v1/sync/push" and isinstance(case.body, dict):
             for o in case.body.get("objects") or []:
                 if isinstance(o, dict) and o.get("object") not in values["objects"]:

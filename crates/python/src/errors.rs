@@ -77,6 +77,19 @@ pyo3::create_exception!(
     "A broken invariant inside Chorus: a bug, not the caller's fault (exit code 4)."
 );
 
+pyo3::create_exception!(
+    chorus,
+    NotServed,
+    Error,
+    "The full prefix is in a channel this node does not serve: ask a node that serves it (exit code 1). `channel` names the channel, `nodes` the ids of the nodes that serve it (docs/channels.md)."
+);
+pyo3::create_exception!(
+    chorus,
+    Unreachable,
+    Error,
+    "A node the request was forwarded to could not be reached: retry, or ask another node (exit code 5)."
+);
+
 /// The class raised for a kind.
 fn class_of(py: Python<'_>, kind: Kind) -> Bound<'_, pyo3::types::PyType> {
     match kind {
@@ -91,6 +104,8 @@ fn class_of(py: Python<'_>, kind: Kind) -> Bound<'_, pyo3::types::PyType> {
         Kind::LockTimeout => py.get_type::<LockTimeout>(),
         Kind::Storage => py.get_type::<StorageError>(),
         Kind::Internal => py.get_type::<InternalError>(),
+        Kind::NotServed => py.get_type::<NotServed>(),
+        Kind::Unreachable => py.get_type::<Unreachable>(),
     }
 }
 
@@ -151,6 +166,14 @@ pub(crate) fn store_error(e: StoreError) -> PyErr {
             err
         }
         StoreError::Corruption { .. } => raise(py.get_type::<Corruption>(), kind, message),
+        StoreError::NotServed { channel, nodes, .. } => {
+            let err = raise(py.get_type::<NotServed>(), kind, message);
+            let ids: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+            // The message names them too; the attributes are a convenience.
+            let _ = err.value(py).setattr("channel", channel.as_str());
+            let _ = err.value(py).setattr("nodes", ids);
+            err
+        }
         _ => raise(class_of(py, kind), kind, message),
     })
 }
@@ -188,7 +211,7 @@ fn kinds() -> Vec<(&'static str, u8, u16)> {
 /// functions to the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    let classes: [(&str, Bound<'_, pyo3::types::PyType>, Kind); 12] = [
+    let classes: [(&str, Bound<'_, pyo3::types::PyType>, Kind); 14] = [
         ("Error", py.get_type::<Error>(), Kind::Internal),
         ("NotFound", py.get_type::<NotFound>(), Kind::NotFound),
         (
@@ -220,6 +243,12 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "InternalError",
             py.get_type::<InternalError>(),
             Kind::Internal,
+        ),
+        ("NotServed", py.get_type::<NotServed>(), Kind::NotServed),
+        (
+            "Unreachable",
+            py.get_type::<Unreachable>(),
+            Kind::Unreachable,
         ),
     ];
     for (name, class, kind) in classes {

@@ -94,6 +94,9 @@ pub struct Config {
     pub seed: u64,
     /// How far ahead of this node's wall clock a value from a peer may be.
     pub max_clock_skew: Duration,
+    /// Where this node serves its HTTP API (`HOST:PORT`), written in its
+    /// member record so that other nodes can forward requests to it.
+    pub http: Option<String>,
     /// How many other members of a channel must hold its data before a
     /// node that stopped serving it drops its copy (at least 1).
     pub channel_min_members: usize,
@@ -332,7 +335,7 @@ impl Replica {
     ) -> Result<Replica, chorus_store::Error> {
         let store = meta.store().clone();
         let node_id = *store.node_id().as_bytes();
-        members::announce(&meta, &config.me, store.node_id())?;
+        members::announce(&meta, &config.me, store.node_id(), config.http.as_deref())?;
         let records = members::read_all(&meta)?;
         let left: BTreeSet<Peer> = records
             .iter()
@@ -1254,7 +1257,12 @@ impl Replica {
         }
         self.announced = true;
         let node = NodeId::from_bytes(self.node_id);
-        if let Err(e) = members::refresh(&self.meta, &self.config.me, node) {
+        if let Err(e) = members::refresh(
+            &self.meta,
+            &self.config.me,
+            node,
+            self.config.http.as_deref(),
+        ) {
             tracing::warn!("cannot write this node's member record: {e}");
         }
     }

@@ -1,6 +1,8 @@
 //! The member list, kept as data under `$cluster/members` so it replicates
 //! like everything else: one key per node, named by the address peers dial,
-//! holding `{"node": ID, "state": "up" | "left"}`.
+//! holding `{"node": ID, "state": "up" | "left"}`, and where the node serves
+//! its HTTP API (`"http"`, absent in records of earlier releases and of
+//! nodes without one), which forwarded requests go to.
 //!
 //! A node writes its own record when it starts; `chorus leave` writes
 //! `left`, which the node's daemon sees in its change feed (and stops), and
@@ -37,6 +39,10 @@ pub struct Member {
     /// records of earlier releases, which never count as this place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub place: Option<String>,
+    /// Where the node serves its HTTP API (`HOST:PORT`); absent in records
+    /// of earlier releases and of nodes that serve none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 impl Member {
@@ -71,13 +77,20 @@ pub fn place(meta: &Metadata) -> Option<String> {
 /// node's records under other addresses left when they were written from
 /// this same place (the node moved); others, which may be a copy of this
 /// directory still running elsewhere, stay as they are, with a warning.
-pub fn announce(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_store::Error> {
+/// `http` is where the node serves its HTTP API, if it does.
+pub fn announce(
+    meta: &Metadata,
+    me: &str,
+    node: NodeId,
+    http: Option<&str>,
+) -> Result<(), chorus_store::Error> {
     let fp = members_prefix()?;
     let here = place(meta);
     let record = Member {
         node: node.to_string(),
         state: "up".into(),
         place: here.clone(),
+        http: http.map(str::to_string),
     };
     let all = read_all(meta)?;
     let mine: Vec<&Member> = all.values().filter(|m| m.node == record.node).collect();
@@ -101,9 +114,8 @@ pub fn announce(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_st
         }
         if here.is_some() && m.place == here {
             let moved = Member {
-                node: m.node.clone(),
                 state: "left".into(),
-                place: m.place.clone(),
+                ..m.clone()
             };
             put(meta, &fp, addr, &moved)?;
         } else {
@@ -118,7 +130,12 @@ pub fn announce(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_st
 /// Writes this node's `up` record again (a new version), so that it is
 /// broadcast once the node has peers: new members learn of it at once
 /// instead of by anti-entropy.
-pub fn refresh(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_store::Error> {
+pub fn refresh(
+    meta: &Metadata,
+    me: &str,
+    node: NodeId,
+    http: Option<&str>,
+) -> Result<(), chorus_store::Error> {
     // Never over a record that says this node left (`chorus leave` ran
     // since it started): writing `up` again would make every member wait
     // for it for ever (found by the simulator with churn).
@@ -138,6 +155,7 @@ pub fn refresh(meta: &Metadata, me: &str, node: NodeId) -> Result<(), chorus_sto
         node: node.to_string(),
         state: "up".into(),
         place: place(meta),
+        http: http.map(str::to_string),
     };
     put(meta, &members_prefix()?, me, &record)
 }
@@ -188,7 +206,7 @@ pub fn read_all(meta: &Metadata) -> Result<BTreeMap<String, Member>, chorus_stor
 pub fn leave(meta: &Metadata, node: NodeId) -> Result<Option<String>, chorus_store::Error> {
     let fp = members_prefix()?;
     let id = node.to_string();
-    let Some((addr, _)) = read_all(meta)?
+    let Some((addr, old)) = read_all(meta)?
         .into_iter()
         .find(|(_, m)| m.node == id && !m.has_left())
     else {
@@ -198,7 +216,166 @@ pub fn leave(meta: &Metadata, node: NodeId) -> Result<Option<String>, chorus_sto
         node: id,
         state: "left".into(),
         place: place(meta),
+        http: old.http,
     };
     put(meta, &fp, &addr, &record)?;
     Ok(Some(addr))
+}
+
+// The channels' nodes: what `chorus channel` and the HTTP API share.
+
+/// Where a node can be reached, from its member records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// The address peers dial (its member record's key).
+    pub gossip: Option<String>,
+    /// Where it serves its HTTP API.
+    pub http: Option<String>,
+    /// `up` or `left`.
+    pub state: Option<String>,
+}
+
+/// Every node's addresses, by node id: an `up` record wins over a `left`
+/// one (a node that moved keeps its old address left).
+pub fn addresses(meta: &Metadata) -> Result<BTreeMap<NodeId, Addresses>, chorus_store::Error> {
+    let mut by_node: BTreeMap<NodeId, Addresses> = BTreeMap::new();
+    for (addr, m) in read_all(meta)? {
+        let Some(id) = NodeId::parse_hex(&m.node) else {
+            continue;
+        };
+        let known = by_node.get(&id);
+        if known.is_some_and(|k| k.state.as_deref() == Some("up")) && m.has_left() {
+            continue;
+        }
+        by_node.insert(
+            id,
+            Addresses {
+                gossip: Some(addr),
+                http: m.http.clone(),
+                state: Some(m.state.clone()),
+            },
+        );
+    }
+    Ok(by_node)
+}
+
+/// The node ids a channel may name as of `snapshot`: every member that is
+/// up, and `me` (a node that never served is a member of its own
+/// directory).
+pub fn member_ids(
+    snapshot: &chorus_store::Snapshot,
+    me: NodeId,
+) -> Result<std::collections::BTreeSet<NodeId>, chorus_store::Error> {
+    let fp = members_prefix()?;
+    let mut ids = std::collections::BTreeSet::from([me]);
+    for (_, entry) in snapshot.iter_prefix(&fp) {
+        let Ok(object) = chorus_core::object::Object::decode(&entry.value) else {
+            continue;
+        };
+        let settled = object.resolve_lww();
+        let member = settled
+            .values()
+            .first()
+            .and_then(|v| v.bytes().and_then(decode));
+        if let Some(m) = member.filter(|m| !m.has_left())
+            && let Some(id) = NodeId::parse_hex(&m.node)
+        {
+            ids.insert(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// The node `text` names: its id (32 hex digits), or the address of a
+/// member (the address peers dial, or its HTTP address).
+pub fn resolve_node(meta: &Metadata, text: &str) -> Result<NodeId, chorus_store::Error> {
+    if let Some(id) = NodeId::parse_hex(text) {
+        return Ok(id);
+    }
+    let all = read_all(meta)?;
+    let found = all
+        .iter()
+        .filter(|(addr, m)| *addr == text || m.http.as_deref() == Some(text))
+        .min_by_key(|(_, m)| m.has_left())
+        .and_then(|(_, m)| NodeId::parse_hex(&m.node));
+    found.ok_or_else(|| {
+        chorus_store::Error::InvalidInput(format!(
+            "{text:?} names no node: give a node id (32 hex digits, as `chorus status` shows) or the address of a member (as `chorus channel ls` lists them)"
+        ))
+    })
+}
+
+/// Applies a change to the channel table, validated under the writer lock
+/// against the table and the members of that moment (see
+/// [`Metadata::change_channels`]); a refused change writes nothing.
+pub fn change_channels(
+    meta: &Metadata,
+    change: chorus_store::channels::Change,
+) -> Result<std::sync::Arc<chorus_store::channels::Channels>, chorus_store::Error> {
+    let me = meta.store().node_id();
+    meta.change_channels(change, move |snapshot| member_ids(snapshot, me))
+}
+
+/// The channel table as `chorus channel ls --json` and `GET /v1/channels`
+/// show it: `{"channels": {NAME: {"patterns": [...], "nodes": [{"id",
+/// "gossip", "http", "state"}]}}, "problems": [...]}` (a node's addresses
+/// are absent when no member record names it).
+pub fn channels_json(
+    channels: &chorus_store::channels::Channels,
+    addresses: &BTreeMap<NodeId, Addresses>,
+) -> serde_json::Value {
+    let mut all = serde_json::Map::new();
+    for (name, c) in channels.table.channels() {
+        let nodes: Vec<serde_json::Value> = c
+            .nodes
+            .iter()
+            .map(|id| node_json(*id, addresses.get(id)))
+            .collect();
+        let patterns: Vec<String> = c.patterns.iter().map(ToString::to_string).collect();
+        all.insert(
+            name.to_string(),
+            serde_json::json!({"patterns": patterns, "nodes": nodes}),
+        );
+    }
+    serde_json::json!({"channels": all, "problems": channels.problems})
+}
+
+/// One node as [`channels_json`] lists it.
+pub fn node_json(id: NodeId, addresses: Option<&Addresses>) -> serde_json::Value {
+    let mut node = serde_json::json!({"id": id.to_string()});
+    if let Some(a) = addresses {
+        for (field, value) in [
+            ("gossip", &a.gossip),
+            ("http", &a.http),
+            ("state", &a.state),
+        ] {
+            if let Some(v) = value {
+                node[field] = serde_json::json!(v);
+            }
+        }
+    }
+    node
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_of_an_earlier_release_still_reads() {
+        let old = br#"{"node":"0123456789abcdef0123456789abcdef","state":"up","place":"b/1:2"}"#;
+        let Some(m) = decode(old) else {
+            panic!("an earlier release's record no longer reads");
+        };
+        assert_eq!(m.http, None);
+        assert_eq!(m.state, "up");
+        let oldest = br#"{"node":"0123456789abcdef0123456789abcdef","state":"left"}"#;
+        assert!(decode(oldest).is_some_and(|m| m.has_left() && m.http.is_none()));
+        let new = Member {
+            http: Some("127.0.0.1:7800".into()),
+            ..m
+        };
+        let bytes = serde_json::to_vec(&new).unwrap_or_default();
+        assert_eq!(decode(&bytes), Some(new));
+    }
 }

@@ -946,6 +946,7 @@ impl World {
             tombstone_grace: Duration::from_millis(self.config.grace_ms),
             seed: mix(self.config.seed ^ u64::from(node) ^ (u64::from(self.nodes[i].inc) << 40)),
             max_clock_skew: Duration::from_secs(300),
+            http: None,
             channel_min_members: 2,
             #[cfg(feature = "mutations")]
             mutation: self.config.mutation,

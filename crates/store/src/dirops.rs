@@ -152,6 +152,7 @@ impl Dir {
             last_seq: header.base_seq,
             last_ts: header.base_ts,
             index: Index::default(),
+            channels: crate::channels::Mark::default(),
         };
         apply_range(&tail, &mut state, end)?;
         Ok((tail, state))

@@ -357,6 +357,7 @@ impl Docs {
     /// [`Docs::page`] instead.
     pub fn all(&self) -> Result<Vec<Value>> {
         let snap = self.meta.store().snapshot()?;
+        self.meta.store().refuse_unserved_at(&snap, &self.fp)?;
         let ids: BTreeSet<Vec<u8>> = snap
             .iter_prefix(&self.fp)
             .map(|(k, _)| crate::group_base(k.as_bytes()).to_vec())
@@ -382,6 +383,7 @@ impl Docs {
     /// them the page ends early, with `next`).
     pub fn page(&self, limit: usize, after: Option<&str>) -> Result<(Vec<Value>, Option<String>)> {
         let snap = self.meta.store().snapshot()?;
+        self.meta.store().refuse_unserved_at(&snap, &self.fp)?;
         let cap = limit.saturating_add(PAGE_SKIP_MAX).saturating_add(1);
         let after = after.map(str::as_bytes);
         let mut ids: BTreeSet<&[u8]> = BTreeSet::new();
@@ -472,6 +474,7 @@ impl Docs {
         let mut cache = self.cache.lock();
         // Taken under the index's lock, so never behind what it holds.
         let snap = self.meta.store().snapshot()?;
+        self.meta.store().refuse_unserved_at(&snap, &self.fp)?;
         if let Some(doc) = cache.cached(&snap, &self.fp, id.as_bytes())? {
             return Ok(f(&doc.tree));
         }

@@ -128,6 +128,21 @@ pub enum Error {
     /// boundary): not the caller's fault; nothing was written.
     #[error("internal error: {0}; nothing was written (please report it)")]
     Internal(String),
+    /// The full prefix belongs to a channel this node does not serve (see
+    /// `channels`): nothing was read or written here.
+    #[error(
+        "{full_prefix} is not served on this node: it is in the channel {channel:?}, served by {}; ask one of those nodes, add ?forward=true to an HTTP request so that this node asks one, or have this node serve the channel with `chorus channel serve {channel}`",
+        list_nodes(.nodes)
+    )]
+    NotServed {
+        /// The full prefix asked for (or, for a whole prefix, the
+        /// pattern under it that is not served).
+        full_prefix: String,
+        /// The channel it belongs to.
+        channel: String,
+        /// The nodes that serve the channel.
+        nodes: Vec<chorus_core::NodeId>,
+    },
     /// A previous failure left this handle unable to write safely.
     #[error(
         "this store handle stopped writing after an earlier failure ({0}); reopen the store: the next writer repairs the log tail"
@@ -148,6 +163,7 @@ impl Error {
             Error::Busy(_) => Kind::Busy,
             Error::Corruption { .. } | Error::Io { .. } | Error::Poisoned(_) => Kind::Storage,
             Error::Internal(_) => Kind::Internal,
+            Error::NotServed { .. } => Kind::NotServed,
         }
     }
 }
@@ -159,6 +175,20 @@ fn list_keys(keys: &[ConflictKey]) -> String {
         format!("{} (and {more} more)", shown.join(", "))
     } else {
         shown.join(", ")
+    }
+}
+
+fn list_nodes(nodes: &[chorus_core::NodeId]) -> String {
+    match nodes {
+        [] => "no node".to_string(),
+        [one] => format!("node {one}"),
+        many => format!(
+            "nodes {}",
+            many.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

@@ -109,6 +109,14 @@ impl Index {
         self.keys
     }
 
+    /// A full prefix's running sum and key count, `None` when it holds no
+    /// key: they change with every write to it, so they tell whether
+    /// something derived from its data is current. One map lookup, no
+    /// hashing.
+    pub(crate) fn prefix_state(&self, fp: &FullPrefix) -> Option<(u128, usize)> {
+        self.prefixes.get(fp).map(|k| (k.sum, k.len()))
+    }
+
     pub(crate) fn keys_in(&self, fp: &FullPrefix) -> usize {
         self.prefixes.get(fp).map_or(0, |keys| keys.len())
     }
@@ -374,6 +382,9 @@ pub(crate) struct State {
     pub(crate) last_seq: u64,
     pub(crate) last_ts: u64,
     pub(crate) index: Index,
+    /// Whether `index` holds channel records, found by the first check of
+    /// this state (see [`crate::channels::Mark`]).
+    pub(crate) channels: crate::channels::Mark,
 }
 
 /// A consistent, read-only view of every key at one commit. Other writers,

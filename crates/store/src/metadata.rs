@@ -215,9 +215,6 @@ pub struct Metadata {
     /// The documents' per-process index, shared by every handle made from
     /// this one (see [`crate::docs`]).
     doc_cache: Arc<crate::docs::DocCache>,
-    /// The channel table last read (see [`crate::channels`]), shared by
-    /// every handle made from this one.
-    channel_cache: Arc<crate::channels::Cache>,
 }
 
 /// One write of [`Metadata::put_all`].
@@ -262,7 +259,6 @@ impl Metadata {
             store,
             stamp: None,
             doc_cache: Arc::default(),
-            channel_cache: Arc::default(),
         }
     }
 
@@ -275,7 +271,6 @@ impl Metadata {
             store: self.store.clone(),
             stamp: (!meta.is_empty()).then(|| Arc::new(meta)),
             doc_cache: self.doc_cache.clone(),
-            channel_cache: self.channel_cache.clone(),
         }
     }
 
@@ -285,11 +280,6 @@ impl Metadata {
             node: self.node(),
             stamp: self.stamp.clone(),
         }
-    }
-
-    /// The channel table's cache this handle shares.
-    pub(crate) fn channel_cache(&self) -> Arc<crate::channels::Cache> {
-        self.channel_cache.clone()
     }
 
     /// The documents' index this handle shares.
@@ -302,16 +292,18 @@ impl Metadata {
         &self.store
     }
 
-    /// The object stored under a key, undecoded reads included.
+    /// The object stored under a key, undecoded reads included, whatever
+    /// the channels say (the replica sends what it holds).
     pub fn object(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Object>> {
-        match self.store.get(fp, key)? {
+        match self.store.get_anywhere(fp, key)? {
             Some(bytes) => decode(fp, key, &bytes).map(Some),
             None => Ok(None),
         }
     }
 
     /// Reads a key. `None` when it is absent (or deleted) and no default is
-    /// given.
+    /// given. Refused ([`Error::NotServed`]) in a full prefix of a channel
+    /// this node does not serve.
     pub fn get(&self, fp: &FullPrefix, key: &[u8], opts: &GetOptions) -> Result<Option<Read>> {
         let Some(bytes) = self.store.get(fp, key)? else {
             return Ok(opts.default.as_ref().map(|d| default_read(d, self.node())));
@@ -338,9 +330,10 @@ impl Metadata {
     /// (then call [`Metadata::get`]). Otherwise what `get` returns: `None`
     /// inside for an absent or deleted key.
     pub fn get_in_memory(&self, fp: &FullPrefix, key: &[u8]) -> Option<Result<Option<Read>>> {
-        let bytes = self.store.get_in_memory(fp, key)?;
-        let Some(bytes) = bytes else {
-            return Some(Ok(None));
+        let bytes = match self.store.get_in_memory(fp, key)? {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Some(Ok(None)),
+            Err(e) => return Some(Err(e)),
         };
         Some(summary(fp, key, &bytes).map(
             |Summary {
@@ -366,6 +359,7 @@ impl Metadata {
         opts: &PutOptions,
     ) -> Result<CommitInfo> {
         refuse_reserved(fp)?;
+        self.store.refuse_unserved(fp)?;
         self.write(fp, key, value, opts)
     }
 
@@ -378,7 +372,9 @@ impl Metadata {
         let mut outcomes: Vec<Option<Result<CommitInfo>>> = Vec::with_capacity(writes.len());
         let mut updates: Vec<(crate::Origin, crate::store::UpdateFn)> = Vec::new();
         for w in writes {
-            if let Err(e) = refuse_reserved(&w.full_prefix) {
+            if let Err(e) = refuse_reserved(&w.full_prefix)
+                .and_then(|()| self.store.refuse_unserved(&w.full_prefix))
+            {
                 outcomes.push(Some(Err(e)));
                 continue;
             }
@@ -494,6 +490,11 @@ impl Metadata {
         scope: &Scope,
         opts: &IterOptions,
     ) -> Result<MetaIter> {
+        match scope {
+            Scope::FullPrefix(fp) => self.store.refuse_unserved_at(&snapshot, fp)?,
+            Scope::Prefix(p) => self.store.refuse_unserved_prefix_at(&snapshot, p)?,
+            Scope::All => {}
+        }
         let prefixes: Vec<FullPrefix> = match scope {
             Scope::FullPrefix(fp) => vec![fp.clone()],
             Scope::Prefix(p) => snapshot
@@ -562,13 +563,19 @@ impl Metadata {
     }
 
     /// The hash of a full prefix's data: equal on stores with equal data.
+    /// Refused in a full prefix this node does not serve.
     pub fn prefix_hash(&self, fp: &FullPrefix) -> Result<[u8; 32]> {
-        Ok(self.store.snapshot()?.prefix_hash(fp))
+        let snapshot = self.store.snapshot()?;
+        self.store.refuse_unserved_at(&snapshot, fp)?;
+        Ok(snapshot.prefix_hash(fp))
     }
 
-    /// The hash of all the data under a prefix.
+    /// The hash of all the data under a prefix. Refused when a channel
+    /// this node does not serve has a pattern under it.
     pub fn prefix_hash_all(&self, prefix: &str) -> Result<[u8; 32]> {
-        Ok(self.store.snapshot()?.prefix_hash_all(prefix))
+        let snapshot = self.store.snapshot()?;
+        self.store.refuse_unserved_prefix_at(&snapshot, prefix)?;
+        Ok(snapshot.prefix_hash_all(prefix))
     }
 
     /// Starts a transaction over a snapshot taken now.
@@ -804,6 +811,15 @@ pub fn refuse_reserved(fp: &FullPrefix) -> Result<()> {
     Ok(())
 }
 
+/// The bytes of the value a last-write-wins read of `bytes` (a stored
+/// object) returns: `None` when it is a tombstone.
+pub(crate) fn lww_bytes(fp: &FullPrefix, key: &[u8], bytes: &Bytes) -> Result<Option<Vec<u8>>> {
+    let Summary { values, lww, .. } = summary(fp, key, bytes)?;
+    Ok(lww
+        .and_then(|i| values.get(i))
+        .and_then(|v| v.bytes().map(<[u8]>::to_vec)))
+}
+
 fn decode(fp: &FullPrefix, key: &[u8], bytes: &[u8]) -> Result<Object> {
     Object::decode(bytes).map_err(|e| not_an_object(fp, key, e))
 }
@@ -942,6 +958,7 @@ pub struct MetaTransaction {
 impl MetaTransaction {
     /// Reads a key from the transaction's snapshot (siblings unresolved).
     pub fn get(&mut self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Read>> {
+        self.meta.store.refuse_unserved_at(&self.snapshot, fp)?;
         let entry = self.snapshot.entry(fp, key);
         self.reads
             .entry((fp.clone(), key.to_vec()))
@@ -959,6 +976,7 @@ impl MetaTransaction {
         context: Option<Context>,
     ) -> Result<()> {
         refuse_reserved(fp)?;
+        self.meta.store.refuse_unserved(fp)?;
         self.writes.push(TxWrite {
             fp: fp.clone(),
             key: key.to_vec(),
@@ -971,6 +989,7 @@ impl MetaTransaction {
     /// Deletes a key at commit (a tombstone).
     pub fn delete(&mut self, fp: &FullPrefix, key: &[u8], context: Option<Context>) -> Result<()> {
         refuse_reserved(fp)?;
+        self.meta.store.refuse_unserved(fp)?;
         self.writes.push(TxWrite {
             fp: fp.clone(),
             key: key.to_vec(),

@@ -457,6 +457,7 @@ impl Oplogs {
         // Caught up on a committed view first, so that the push itself
         // rarely has anything to catch up on.
         let snap = self.meta.store().snapshot()?;
+        self.meta.store().refuse_unserved_at(&snap, fp)?;
         self.with_current(&snap, fp, path, &mut budget, |_| Ok(()))?;
         let (fp2, path2, kind2) = (fp.clone(), path.to_string(), kind.to_string());
         let writer = self.meta.writer();
@@ -1130,6 +1131,7 @@ impl Oplogs {
     pub fn get(&self, fp: &FullPrefix, path: &str) -> Result<Value> {
         validate_path(path)?;
         let snap = self.meta.store().snapshot()?;
+        self.meta.store().refuse_unserved_at(&snap, fp)?;
         let mut budget = self.new_budget();
         self.with_current(&snap, fp, path, &mut budget, |p| {
             if p.kind.is_empty() {
@@ -1143,6 +1145,7 @@ impl Oplogs {
     pub fn log(&self, fp: &FullPrefix, path: &str) -> Result<LogView> {
         validate_path(path)?;
         let snap = self.meta.store().snapshot()?;
+        self.meta.store().refuse_unserved_at(&snap, fp)?;
         let mut view = read_log_inline(&snap, fp, path.as_bytes())?.view;
         // Reports of late operations whose records a prune deleted.
         for op in recorded_late(&snap, fp, path.as_bytes())? {

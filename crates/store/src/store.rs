@@ -364,6 +364,8 @@ struct Inner {
     auto_longest_us: AtomicU64,
     /// Objects from peers that showed a copy of this directory.
     identity: Arc<crate::identity::Conflicts>,
+    /// The channel table last read (what this node must refuse).
+    channels: Arc<crate::channels::Cache>,
 }
 
 /// What this process's handle has written since it opened the directory.
@@ -547,6 +549,7 @@ impl Store {
                 auto_failures: AtomicU64::new(0),
                 auto_longest_us: AtomicU64::new(0),
                 identity: Arc::default(),
+                channels: Arc::new(crate::channels::Cache::new()?),
                 options,
             }),
         })
@@ -568,20 +571,40 @@ impl Store {
     }
 
     /// The value of a key, as of the latest commit by any process.
+    /// Refused ([`Error::NotServed`]) when the key's full prefix is in a
+    /// channel this node does not serve (see [`crate::channels`]).
     pub fn get(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Bytes>> {
         let (generation, end) = self.inner.dir.shm.published();
         {
             let state = self.inner.state.load();
             if state.generation == generation && state.end == end {
+                self.refuse_unserved_in(&state, fp)?;
                 return Ok(state.index.get(fp, key).map(|e| e.value.clone()));
             }
         }
-        Ok(self
-            .inner
-            .catch_up()?
-            .index
-            .get(fp, key)
-            .map(|e| e.value.clone()))
+        let state = self.inner.catch_up()?;
+        self.refuse_unserved_in(&state, fp)?;
+        Ok(state.index.get(fp, key).map(|e| e.value.clone()))
+    }
+
+    /// [`Store::get`] whatever the channels say: for the replica, which
+    /// sends what it holds.
+    pub(crate) fn get_anywhere(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Bytes>> {
+        self.with_state(|state| state.index.get(fp, key).map(|e| e.value.clone()))
+    }
+
+    /// Runs `f` on the latest state: the current one when the shared map
+    /// shows no change (no reference count taken), else after catching up.
+    fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T> {
+        let (generation, end) = self.inner.dir.shm.published();
+        {
+            let state = self.inner.state.load();
+            if state.generation == generation && state.end == end {
+                return Ok(f(&state));
+            }
+        }
+        let state = self.inner.catch_up()?;
+        Ok(f(&state))
     }
 
     /// [`Store::get`] when it can be answered from memory alone: `None`
@@ -589,16 +612,56 @@ impl Store {
     /// (then call [`Store::get`], which reads the new frames). Never does
     /// IO, never waits: for callers that must not block where a read may
     /// (a Python call holding the GIL).
-    pub fn get_in_memory(&self, fp: &FullPrefix, key: &[u8]) -> Option<Option<Bytes>> {
+    pub fn get_in_memory(&self, fp: &FullPrefix, key: &[u8]) -> Option<Result<Option<Bytes>>> {
         let (generation, end) = self.inner.dir.shm.published();
         let state = self.inner.state.load();
-        (state.generation == generation && state.end == end)
-            .then(|| state.index.get(fp, key).map(|e| e.value.clone()))
+        (state.generation == generation && state.end == end).then(|| {
+            self.refuse_unserved_in(&state, fp)?;
+            Ok(state.index.get(fp, key).map(|e| e.value.clone()))
+        })
     }
 
-    /// The entry (value and sequence number) of a key, as of the latest commit.
+    /// The entry (value and sequence number) of a key, as of the latest
+    /// commit (refused as [`Store::get`] is).
     pub fn get_entry(&self, fp: &FullPrefix, key: &[u8]) -> Result<Option<Entry>> {
-        Ok(self.snapshot()?.entry(fp, key).cloned())
+        let snapshot = self.snapshot()?;
+        self.refuse_unserved_in(&snapshot.state, fp)?;
+        Ok(snapshot.entry(fp, key).cloned())
+    }
+
+    /// Refuses ([`Error::NotServed`]) a full prefix of a channel this node
+    /// does not serve, as of the latest commit.
+    pub fn refuse_unserved(&self, fp: &FullPrefix) -> Result<()> {
+        self.with_state(|state| self.refuse_unserved_in(state, fp))?
+    }
+
+    /// [`Store::refuse_unserved`] as of `snapshot`.
+    pub fn refuse_unserved_at(&self, snapshot: &Snapshot, fp: &FullPrefix) -> Result<()> {
+        self.refuse_unserved_in(&snapshot.state, fp)
+    }
+
+    /// Refuses a prefix's listing or hash when a channel this node does
+    /// not serve has a pattern under it, as of `snapshot`.
+    pub(crate) fn refuse_unserved_prefix_at(
+        &self,
+        snapshot: &Snapshot,
+        prefix: &str,
+    ) -> Result<()> {
+        self.inner
+            .channels
+            .refuse_unserved_prefix(&snapshot.state.index, self.node_id(), prefix)
+    }
+
+    #[inline]
+    fn refuse_unserved_in(&self, state: &State, fp: &FullPrefix) -> Result<()> {
+        self.inner
+            .channels
+            .refuse_unserved(state, self.node_id(), fp)
+    }
+
+    /// The channel table's cache every handle of this store shares.
+    pub(crate) fn channel_cache(&self) -> Arc<crate::channels::Cache> {
+        self.inner.channels.clone()
     }
 
     /// A consistent view of every key as of the latest commit. O(1).
@@ -1310,6 +1373,7 @@ impl Inner {
             last_seq: header.base_seq,
             last_ts: header.base_ts,
             index: left.index,
+            channels: crate::channels::Mark::default(),
         };
         apply_range(&tail, &mut state, end)?;
         Ok(Some((tail, state)))
@@ -1717,6 +1781,10 @@ impl Inner {
                 outcomes.push(Ok(Outcome::Unchanged));
                 continue;
             }
+            if let Err(e) = self.refuse_unserved_writes(&work, origin, &writes) {
+                outcomes.push(Err(e));
+                continue;
+            }
             let seq = work.last_seq + 1;
             let ts = next_ts;
             for w in &writes {
@@ -1752,6 +1820,26 @@ impl Inner {
             }
         }
         outcomes
+    }
+
+    /// Refuses a local commit that puts a value under a full prefix this
+    /// node does not serve, as the state it applies to says (earlier
+    /// commits of the batch included). Removals and merges from peers
+    /// pass (see [`crate::channels`]). Lock held.
+    fn refuse_unserved_writes(&self, work: &State, origin: Origin, writes: &[Write]) -> Result<()> {
+        if origin != Origin::Local {
+            return Ok(());
+        }
+        let mut last: Option<&FullPrefix> = None;
+        for w in writes.iter().filter(|w| w.value.is_some()) {
+            if last == Some(&w.full_prefix) {
+                continue;
+            }
+            self.channels
+                .refuse_unserved_in(&work.index, self.dir.node_id, &w.full_prefix)?;
+            last = Some(&w.full_prefix);
+        }
+        Ok(())
     }
 
     /// Appends `commits` (as few frames as the commit limit allows; each
@@ -1926,6 +2014,7 @@ impl Inner {
                 last_seq: state.last_seq,
                 last_ts: state.last_ts,
                 index: state.index.clone(),
+                channels: crate::channels::Mark::default(),
             })
         };
         shm.set_intent(Intent::None);

@@ -240,6 +240,7 @@ pub fn repair(dir: &Path, options: &Options) -> Result<RepairReport> {
         last_seq: header.map_or(0, |h| h.base_seq),
         last_ts: header.map_or(0, |h| h.base_ts),
         index: Index::default(),
+        channels: crate::channels::Mark::default(),
     };
     let mut report = RepairReport {
         repaired: false,

@@ -36,6 +36,19 @@ class StorageError(Error): ...
 class Corruption(StorageError): ...
 class InternalError(Error): ...
 
+class NotServed(Error):
+    """The full prefix is in a channel this node does not serve; ask a
+    node that serves it (over HTTP, ``?forward=true`` asks the node to).
+    ``channel`` names the channel, ``nodes`` the ids of its nodes (and,
+    from a remote node, their addresses: dicts with ``id``, ``http``,
+    ``gossip``)."""
+
+    channel: str
+    nodes: List[Any]
+
+class Unreachable(Error):
+    """A node a request was forwarded to could not be reached."""
+
 def error_for(code: str, message: str) -> Error:
     """The exception for a stable error code (as sent by the HTTP API and
     the broker), with this message."""

@@ -315,9 +315,17 @@ def _with_context(e: Exception, context: Optional[str]) -> Exception:
 
 
 def _error_from(body: Any, fallback: str) -> Exception:
-    """The exception of an error answer ``{"code", "message"[, "context"]}``."""
+    """The exception of an error answer ``{"code", "message"[, "context"]}``;
+    a ``not_served`` one also carries ``channel`` and ``nodes`` (each a
+    dict with the node's ``id`` and addresses)."""
     if isinstance(body, dict) and isinstance(body.get("code"), str):
         e = error_for(body["code"], str(body.get("message", "")))
+        for name in ("channel", "nodes"):
+            if name in body:
+                try:
+                    setattr(e, name, body[name])
+                except AttributeError:
+                    pass
         return _with_context(e, body.get("context"))
     return error_for("internal", fallback)
 
