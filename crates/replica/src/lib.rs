@@ -36,7 +36,7 @@ use chorus_core::{FullPrefix, NodeId, key_hash};
 use chorus_gossip::Rng;
 use chorus_gossip::hyparview;
 use chorus_gossip::merkle::{self, Exchange, ExchangeConfig, MerkleTree, ObjectSource};
-use chorus_gossip::plumtree::{self, Application};
+use chorus_gossip::plumtree::{self, Application, Plumtree};
 use chorus_store::channels::Channels;
 use chorus_store::oplog::Oplogs;
 use chorus_store::{Change, Cursor, Feed, Incoming, Metadata, Origin, Snapshot};
@@ -198,6 +198,8 @@ enum Timer {
 type Delivery = (Origin, String, Vec<u8>, Vec<u8>);
 /// An object as a peer sent it: full prefix, key, encoded object.
 type Encoded = (String, Vec<u8>, Vec<u8>);
+/// A scope's broadcast tree.
+type Tree = Plumtree<Peer, BroadcastId, Vec<u8>>;
 /// A key: its full prefix and the key.
 type Slot = (FullPrefix, Vec<u8>);
 
@@ -451,12 +453,7 @@ impl Replica {
                     }
                 }
                 Timer::Tick(name) => {
-                    let meta = &self.meta;
-                    let scope = match name.as_str() {
-                        CLUSTER => Some(&mut self.cluster),
-                        _ => self.channels.get_mut(&name),
-                    };
-                    if let Some(plum) = scope.and_then(|s| s.plum.as_mut()) {
+                    if let (Some(plum), meta) = self.plum_with_meta(&name) {
                         plum.handle_timer(now.ms, plumtree::Timer::Tick, &mut Objects(meta));
                     }
                 }
@@ -540,12 +537,7 @@ impl Replica {
                 }
             }
             Frame::Broadcast(m) => {
-                let meta = &self.meta;
-                let scope = match name.as_str() {
-                    CLUSTER => Some(&mut self.cluster),
-                    _ => self.channels.get_mut(&name),
-                };
-                if let Some(plum) = scope.and_then(|s| s.plum.as_mut()) {
+                if let (Some(plum), meta) = self.plum_with_meta(&name) {
                     plum.handle_message(now.ms, peer, m, &mut Objects(meta));
                 }
                 self.drain_plumtree(&name, Some(node_id), now);
@@ -906,6 +898,16 @@ impl Replica {
             CLUSTER => Some(&mut self.cluster),
             _ => self.channels.get_mut(name),
         }
+    }
+
+    /// A scope's broadcast tree (none while leaving) beside the store it
+    /// reads stale checks and payloads from: borrowed apart.
+    fn plum_with_meta(&mut self, name: &str) -> (Option<&mut Tree>, &Metadata) {
+        let scope = match name {
+            CLUSTER => Some(&mut self.cluster),
+            _ => self.channels.get_mut(name),
+        };
+        (scope.and_then(|s| s.plum.as_mut()), &self.meta)
     }
 
     /// The scope a full prefix belongs to: its channel, or [`CLUSTER`].

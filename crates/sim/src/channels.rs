@@ -17,6 +17,7 @@
 mod assign;
 mod net;
 
+use crate::{mean, min};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -474,16 +475,4 @@ fn figures(net: &Net, id: usize, live_members: &[Vec<u32>]) -> MessageFigures {
         non_member_frames: r.non_member_frames,
         payloads: r.payloads,
     }
-}
-
-/// The mean of the values that are numbers; NaN if there are none.
-fn mean(values: impl Iterator<Item = f64>) -> f64 {
-    let (sum, n) = values
-        .filter(|v| !v.is_nan())
-        .fold((0.0, 0u64), |(s, n), v| (s + v, n + 1));
-    if n == 0 { f64::NAN } else { sum / n as f64 }
-}
-
-fn min(values: impl Iterator<Item = f64>) -> f64 {
-    values.fold(f64::NAN, f64::min)
 }

@@ -334,13 +334,14 @@ fn figures(r: &MessageRecord, live_delivered: u32, live: usize) -> MessageFigure
 }
 
 /// The mean of the values that are numbers; NaN if there are none.
-fn mean(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (sum, n) = values
         .filter(|v| !v.is_nan())
         .fold((0.0, 0u64), |(s, n), v| (s + v, n + 1));
     if n == 0 { f64::NAN } else { sum / n as f64 }
 }
 
-fn min(values: impl Iterator<Item = f64>) -> f64 {
+/// The smallest of the values; NaN if there are none.
+pub(crate) fn min(values: impl Iterator<Item = f64>) -> f64 {
     values.fold(f64::NAN, f64::min)
 }

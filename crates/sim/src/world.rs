@@ -102,24 +102,27 @@ enum Event {
     },
 }
 
-struct Scheduled {
-    time: u64,
-    seq: u64,
-    event: Event,
+/// An event due at `time`; `seq` orders events due at once by when they
+/// were scheduled. Shared by the gossip-scale worlds (this one and the
+/// channels' one, `channels/net.rs`).
+pub(crate) struct Scheduled<E> {
+    pub(crate) time: u64,
+    pub(crate) seq: u64,
+    pub(crate) event: E,
 }
 
-impl PartialEq for Scheduled {
+impl<E> PartialEq for Scheduled<E> {
     fn eq(&self, other: &Self) -> bool {
         (self.time, self.seq) == (other.time, other.seq)
     }
 }
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
+impl<E> Eq for Scheduled<E> {}
+impl<E> PartialOrd for Scheduled<E> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Scheduled {
+impl<E> Ord for Scheduled<E> {
     /// Reversed, so the max-heap pops the earliest event first.
     fn cmp(&self, other: &Self) -> Ordering {
         (other.time, other.seq).cmp(&(self.time, self.seq))
@@ -166,7 +169,7 @@ pub struct World {
     config: Config,
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Scheduled>,
+    queue: BinaryHeap<Scheduled<Event>>,
     nodes: Vec<Node>,
     /// Nodes that have ever joined, in join order: the member list.
     members: Vec<u32>,

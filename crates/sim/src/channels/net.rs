@@ -10,6 +10,7 @@
 //! count is taken from the network, so a frame routed wrongly shows in it.
 //! A frame is handed only to the receiver's pair of the overlay it names.
 
+use crate::world::Scheduled;
 use std::collections::BinaryHeap;
 
 use chorus_gossip::Rng;
@@ -79,30 +80,6 @@ enum Event {
     },
 }
 
-struct Scheduled {
-    time: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.time, self.seq) == (other.time, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    /// Reversed, so the max-heap pops the earliest event first.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.time, other.seq).cmp(&(self.time, self.seq))
-    }
-}
-
 /// One overlay's membership and broadcast state on one node.
 struct Pair {
     overlay: u32,
@@ -125,7 +102,7 @@ pub(crate) struct Net {
     assignment: Assignment,
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Scheduled>,
+    queue: BinaryHeap<Scheduled<Event>>,
     nodes: Vec<Node>,
     /// Per overlay: the nodes started in it, in start order.
     started: Vec<Vec<u32>>,
