@@ -217,6 +217,18 @@ fn core_help(name: &str) -> Option<(&'static str, &'static str)> {
             ("counter", "tombstones removed once every member had them")
         }
         "tombstones_held" => ("gauge", "tombstones kept until every member has them"),
+        "unserved_objects_dropped_total" => (
+            "counter",
+            "objects from peers of full prefixes this node does not serve, dropped",
+        ),
+        "unserved_frames_dropped_total" => (
+            "counter",
+            "peer frames for channels this node does not serve, dropped",
+        ),
+        "channel_keys_dropped_total" => (
+            "counter",
+            "keys removed here after this node stopped serving their channel and members held them",
+        ),
         "oplog_ops_folded_total" => (
             "counter",
             "operation-log operations folded into checkpoints",
@@ -582,6 +594,9 @@ mod tests {
             ("overlay_links_total", 1),
             ("tombstones_collected_total", 1),
             ("tombstones_held", 1),
+            ("unserved_objects_dropped_total", 1),
+            ("unserved_frames_dropped_total", 1),
+            ("channel_keys_dropped_total", 1),
             ("oplog_ops_folded_total", 1),
             ("joiner_objects_refused_total", 1),
             ("peer_bytes_sent_total", 1),
